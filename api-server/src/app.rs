@@ -1,0 +1,224 @@
+//! Start-up and shutdown: builds the state from the configuration, binds the listeners
+//! and runs the API and admin servers until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::auth::password::PasswordHashing;
+use crate::auth::tokens::{KeyRing, TokenService};
+use crate::config::Config;
+use crate::keys::{KeySetFile, generate_keyset};
+use crate::metrics::{KeyLabels, Metrics};
+use crate::state::AppState;
+
+pub struct App {
+    pub state: AppState,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    /// Keeps a `--dev` key directory alive for the process lifetime.
+    _dev_keys: Option<tempfile_guard::TempDir>,
+}
+
+mod tempfile_guard {
+    /// A directory removed on drop (dev key sets only).
+    pub struct TempDir(pub std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Loads the key set named by the configuration, or generates one for `--dev`.
+fn load_keys(config: &Config) -> anyhow::Result<(KeySetFile, Option<tempfile_guard::TempDir>)> {
+    match &config.auth.keys_dir {
+        Some(dir) => Ok((KeySetFile::read_dir(dir)?, None)),
+        None => {
+            let dir: PathBuf =
+                std::env::temp_dir().join(format!("stoa-dev-keys-{}", std::process::id()));
+            let set = generate_keyset();
+            set.write_dir(&dir)?;
+            tracing::warn!(
+                dir = %dir.display(),
+                "DEVELOPMENT KEY SET GENERATED: tokens will not survive a restart. Never use --dev in production; set STOA_JWT_KEYS_DIR."
+            );
+            Ok((set, Some(tempfile_guard::TempDir(dir))))
+        }
+    }
+}
+
+pub fn publish_key_metrics(metrics: &Metrics, ring: &KeyRing) {
+    metrics.signing_keys.clear();
+    for (kid, state) in ring.kids() {
+        metrics
+            .signing_keys
+            .get_or_create(&KeyLabels {
+                kid: kid.clone(),
+                state: state.as_str(),
+            })
+            .set(1);
+    }
+    metrics.keyset_generation.inc();
+}
+
+impl App {
+    /// Builds everything that can fail at start-up, so `serve` either runs or exits with a
+    /// clear error. `pool` overrides the configured database (tests pass their own).
+    pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<App> {
+        let (keyset, dev_keys) = load_keys(&config)?;
+        let ring = KeyRing::from_file(&keyset).context("invalid signing key set")?;
+        let metrics = Metrics::new();
+        publish_key_metrics(&metrics, &ring);
+        let tokens = TokenService::new(
+            ring,
+            config.auth.issuer.clone(),
+            config.auth.audience.clone(),
+            config.auth.access_token_ttl,
+            config.auth.leeway,
+        );
+        let passwords = PasswordHashing::new(&config.auth)?;
+        let pool = match pool {
+            Some(pool) => pool,
+            None => crate::db::pool(&config.database.url, &config.database)
+                .context("invalid database URL")?,
+        };
+        let listener = TcpListener::bind(config.http.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;
+        let admin_listener = TcpListener::bind(config.http.admin_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", config.http.admin_addr))?;
+        let state = AppState::new(config, pool, tokens, passwords, metrics);
+        Ok(App {
+            state,
+            listener,
+            admin_listener,
+            _dev_keys: dev_keys,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin_listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then: readiness turns false, the server keeps
+    /// serving for `shutdown_delay` (so load balancers stop sending), then stops accepting
+    /// and drains in-flight requests for at most `shutdown_timeout`.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let delay = state.config.http.shutdown_delay;
+        let drain_timeout = state.config.http.shutdown_timeout;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+        let signal_state = state.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            signal_state.begin_shutdown();
+            tracing::info!(delay = ?delay, "shutdown requested: reporting not ready, then draining");
+            tokio::time::sleep(delay).await;
+            let _ = stop_tx.send(true);
+        });
+
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let api = axum::serve(
+            self.listener,
+            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let admin = axum::serve(self.admin_listener, admin_router(state.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+        let api_addr = api.local_addr()?;
+        tracing::info!(addr = %api_addr, "stoa-api listening");
+
+        let servers = async { tokio::try_join!(api.into_future(), admin.into_future()) };
+        let deadline = async {
+            stopped(stop_rx.clone()).await;
+            tokio::time::sleep(drain_timeout).await;
+        };
+        tokio::select! {
+            result = servers => { result?; tracing::info!("drained, exiting"); }
+            () = deadline => tracing::warn!(timeout = ?drain_timeout, "drain timed out; exiting with requests in flight"),
+        }
+        state.db().close().await;
+        Ok(())
+    }
+}
+
+/// The admin port: Prometheus metrics (kept off the public port).
+fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let pool = state.db();
+    state.metrics.db_pool_size.set(i64::from(pool.size()));
+    state
+        .metrics
+        .db_pool_idle
+        .set(i64::try_from(pool.num_idle()).unwrap_or(i64::MAX));
+    state
+        .metrics
+        .db_pool_max
+        .set(i64::from(pool.options().get_max_connections()));
+    match state.metrics.encode() {
+        Ok(body) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Time to wait for a database during `--dev` start-up.
+pub const DEV_DB_WAIT: Duration = Duration::from_secs(10);

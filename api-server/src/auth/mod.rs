@@ -1,0 +1,8 @@
+//! Authentication: password hashing, access tokens, and the extractors that give handlers
+//! the caller's identity.
+
+pub mod extract;
+pub mod password;
+pub mod tokens;
+
+pub use extract::{AuthUser, MaybeAuthUser};

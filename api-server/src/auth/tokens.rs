@@ -1,0 +1,266 @@
+//! JWT access tokens: issued with the active key of the key set, verified against any key
+//! the set still knows (`next`, `active`, `retiring`), so rotation never breaks a token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::keys::{KeySetError, KeySetFile, KeyState, public_x};
+
+/// The claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id.
+    pub sub: Uuid,
+    pub iss: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    /// Token id, used for revocation.
+    pub jti: Uuid,
+}
+
+/// A key set ready for use: the signer, the verifiers and the published JWKS.
+pub struct KeyRing {
+    signer_kid: String,
+    signer: EncodingKey,
+    verifiers: HashMap<String, DecodingKey>,
+    /// `/.well-known/jwks.json`, rendered once per key set.
+    jwks_json: Arc<str>,
+    kids: Vec<(String, KeyState)>,
+}
+
+#[derive(Serialize)]
+struct Jwk<'a> {
+    kty: &'static str,
+    crv: &'static str,
+    alg: &'static str,
+    #[serde(rename = "use")]
+    use_: &'static str,
+    kid: &'a str,
+    x: String,
+}
+
+impl KeyRing {
+    pub fn from_file(file: &KeySetFile) -> Result<KeyRing, KeySetError> {
+        let parsed = file.parse()?;
+        let mut verifiers = HashMap::with_capacity(parsed.len());
+        let mut jwks = Vec::with_capacity(parsed.len());
+        let mut signer = None;
+        for (entry, key) in file.keys.iter().zip(&parsed) {
+            let x = public_x(&key.signing_key);
+            let decoding =
+                DecodingKey::from_ed_components(&x).map_err(|_| KeySetError::InvalidKey {
+                    kid: key.kid.clone(),
+                })?;
+            verifiers.insert(key.kid.clone(), decoding);
+            jwks.push(Jwk {
+                kty: "OKP",
+                crv: "Ed25519",
+                alg: "EdDSA",
+                use_: "sig",
+                kid: &key.kid,
+                x,
+            });
+            if key.state == KeyState::Active {
+                let encoding =
+                    EncodingKey::from_ed_pem(entry.private_key_pem.as_bytes()).map_err(|_| {
+                        KeySetError::InvalidKey {
+                            kid: key.kid.clone(),
+                        }
+                    })?;
+                signer = Some((key.kid.clone(), encoding));
+            }
+        }
+        // `parse` guarantees exactly one active key.
+        let (signer_kid, signer) = signer.ok_or(KeySetError::ActiveCount(0))?;
+        let jwks_json = serde_json::json!({ "keys": jwks }).to_string().into();
+        Ok(KeyRing {
+            signer_kid,
+            signer,
+            verifiers,
+            jwks_json,
+            kids: parsed.into_iter().map(|k| (k.kid, k.state)).collect(),
+        })
+    }
+
+    pub fn kids(&self) -> &[(String, KeyState)] {
+        &self.kids
+    }
+
+    pub fn jwks_json(&self) -> Arc<str> {
+        self.jwks_json.clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token was signed by an unknown key")]
+    UnknownKey,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is invalid")]
+    Invalid,
+}
+
+pub struct IssuedToken {
+    pub token: String,
+    pub claims: Claims,
+}
+
+/// Issues and verifies access tokens. The key ring can be swapped at run time.
+pub struct TokenService {
+    ring: ArcSwap<KeyRing>,
+    issuer: String,
+    audience: String,
+    ttl: Duration,
+    validation: Validation,
+}
+
+impl TokenService {
+    pub fn new(
+        ring: KeyRing,
+        issuer: String,
+        audience: String,
+        ttl: Duration,
+        leeway: Duration,
+    ) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&issuer]);
+        validation.set_audience(&[&audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = leeway.as_secs();
+        TokenService {
+            ring: ArcSwap::from_pointee(ring),
+            issuer,
+            audience,
+            ttl,
+            validation,
+        }
+    }
+
+    pub fn ring(&self) -> Arc<KeyRing> {
+        self.ring.load_full()
+    }
+
+    pub fn replace_ring(&self, ring: KeyRing) {
+        self.ring.store(Arc::new(ring));
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn issue(&self, user_id: Uuid) -> anyhow::Result<IssuedToken> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user_id,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            iat: now,
+            nbf: now,
+            exp: now + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            jti: Uuid::now_v7(),
+        };
+        let ring = self.ring.load();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(ring.signer_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &ring.signer)?;
+        Ok(IssuedToken { token, claims })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Invalid);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let ring = self.ring.load();
+        let key = ring.verifiers.get(&kid).ok_or(TokenError::UnknownKey)?;
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{generate_key, generate_keyset};
+
+    fn service(file: &KeySetFile, ttl: Duration) -> TokenService {
+        TokenService::new(
+            KeyRing::from_file(file).unwrap(),
+            "stoa".into(),
+            "stoa-api".into(),
+            ttl,
+            Duration::from_secs(0),
+        )
+    }
+
+    #[test]
+    fn issued_tokens_verify_and_carry_a_kid() {
+        let tokens = service(&generate_keyset(), Duration::from_secs(60));
+        let user = Uuid::new_v4();
+        let issued = tokens.issue(user).unwrap();
+        let header = jsonwebtoken::decode_header(&issued.token).unwrap();
+        assert_eq!(
+            header.kid.as_deref(),
+            Some(tokens.ring().kids()[0].0.as_str())
+        );
+        assert_eq!(tokens.verify(&issued.token).unwrap().sub, user);
+    }
+
+    #[test]
+    fn tokens_from_other_keys_issuers_or_tampering_are_rejected() {
+        let tokens = service(&generate_keyset(), Duration::from_secs(60));
+        let stranger = service(&generate_keyset(), Duration::from_secs(60));
+        let foreign = stranger.issue(Uuid::new_v4()).unwrap().token;
+        assert_eq!(tokens.verify(&foreign), Err(TokenError::UnknownKey));
+        assert_eq!(tokens.verify("not.a.jwt"), Err(TokenError::Malformed));
+
+        let token = tokens.issue(Uuid::new_v4()).unwrap().token;
+        let mut tampered = token.clone();
+        tampered.replace_range(token.len() - 3.., "AAA");
+        assert_eq!(tokens.verify(&tampered), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn retiring_keys_still_verify_after_rotation() {
+        let mut file = generate_keyset();
+        let tokens = service(&file, Duration::from_secs(60));
+        let old = tokens.issue(Uuid::new_v4()).unwrap().token;
+        file.keys[0].state = KeyState::Retiring;
+        file.keys.push(generate_key(KeyState::Active));
+        tokens.replace_ring(KeyRing::from_file(&file).unwrap());
+        assert!(tokens.verify(&old).is_ok());
+        let new = tokens.issue(Uuid::new_v4()).unwrap().token;
+        assert_eq!(
+            jsonwebtoken::decode_header(&new).unwrap().kid.unwrap(),
+            file.keys[1].kid
+        );
+    }
+
+    #[test]
+    fn jwks_lists_every_public_key_and_no_private_material() {
+        let mut file = generate_keyset();
+        file.keys.push(generate_key(KeyState::Next));
+        let ring = KeyRing::from_file(&file).unwrap();
+        let jwks: serde_json::Value = serde_json::from_str(&ring.jwks_json()).unwrap();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(jwks["keys"][0]["kty"], "OKP");
+        assert!(jwks["keys"][0].get("d").is_none());
+    }
+}

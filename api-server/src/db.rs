@@ -1,0 +1,91 @@
+//! PostgreSQL: the pool, the embedded migrations and the schema version check.
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+use crate::config::{DatabaseConfig, Secret};
+
+/// The migrations in `migrations/`, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// The newest migration this binary embeds: the schema version it needs.
+pub fn required_schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+pub fn connect_options(
+    url: &Secret,
+    config: &DatabaseConfig,
+) -> Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = url.expose().parse()?;
+    let timeout_ms = config.statement_timeout.as_millis().to_string();
+    Ok(options
+        .application_name("stoa-api")
+        .options([("statement_timeout", timeout_ms.as_str())])
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500)))
+}
+
+/// A lazily connecting pool: the server starts (and reports not-ready) even while the
+/// database is unreachable, and connects as soon as it can.
+pub fn pool(url: &Secret, config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .test_before_acquire(false)
+        .connect_lazy_with(connect_options(url, config)?))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaStatus {
+    /// At or ahead of what this binary needs (ahead: the expand phase of a newer release).
+    Current {
+        version: i64,
+    },
+    Behind {
+        version: Option<i64>,
+        required: i64,
+    },
+}
+
+/// Reads the applied schema version: one round trip that also proves the database is up.
+pub async fn schema_status(pool: &PgPool) -> Result<SchemaStatus, sqlx::Error> {
+    let required = required_schema_version();
+    let version: Option<i64> = sqlx::query_scalar(
+        "SELECT CASE WHEN to_regclass('_sqlx_migrations') IS NULL THEN NULL
+                ELSE (SELECT max(version) FROM _sqlx_migrations WHERE success) END",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(match version {
+        Some(v) if v >= required => SchemaStatus::Current { version: v },
+        version => SchemaStatus::Behind { version, required },
+    })
+}
+
+/// Creates the database named in `url` if it does not exist (used by `serve --dev` only).
+pub async fn create_database_if_missing(url: &Secret) -> anyhow::Result<()> {
+    use sqlx::Executor;
+    let options: PgConnectOptions = url.expose().parse()?;
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = options.database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
+            .await?;
+        tracing::info!(database = %name, "created database");
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The one error type of the HTTP layer and its mapping to responses.
+//!
+//! Every failure a client can see goes through [`ApiError::into_response`], which writes the
+//! RealWorld shape `{"errors": {"<field>": ["<message>"]}}`. Internal errors are logged with
+//! their cause and answered with a generic message, so nothing internal leaks.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Field name → messages, serialized in a stable order.
+pub type FieldErrors = BTreeMap<Cow<'static, str>, Vec<Cow<'static, str>>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: missing, malformed, expired or revoked credentials.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// 401 from login: the same answer whether or not the account exists.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("validation failed")]
+    Validation(FieldErrors),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    #[error("service unavailable: {0}")]
+    Unavailable(&'static str),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    errors: &'a FieldErrors,
+}
+
+impl ApiError {
+    /// A 422 with a single field error.
+    pub fn field(field: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        let mut errors = FieldErrors::new();
+        errors.insert(Cow::Borrowed(field), vec![message.into()]);
+        ApiError::Validation(errors)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(e) if is_pool_exhausted(e) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(&self) -> FieldErrors {
+        let one = |field: &'static str, message: &'static str| {
+            let mut errors = FieldErrors::new();
+            errors.insert(Cow::Borrowed(field), vec![Cow::Borrowed(message)]);
+            errors
+        };
+        match self {
+            ApiError::Unauthorized(reason) => one("token", reason),
+            ApiError::InvalidCredentials => one("email or password", "is invalid"),
+            ApiError::Forbidden(what) => one(what, "is not yours to change"),
+            ApiError::NotFound(what) => one(what, "not found"),
+            ApiError::Validation(errors) => errors.clone(),
+            ApiError::PayloadTooLarge => one("body", "is too large"),
+            ApiError::RateLimited { .. } => one("request", "rate limit exceeded, retry later"),
+            ApiError::Unavailable(what) => one(what, "is temporarily unavailable"),
+            ApiError::Database(e) if is_pool_exhausted(e) => one("server", "is busy, retry later"),
+            ApiError::Database(_) | ApiError::Internal(_) => one("server", "internal error"),
+        }
+    }
+}
+
+fn is_pool_exhausted(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Database(e) => tracing::error!(error = %e, "database error"),
+            ApiError::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
+            _ => {}
+        }
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                errors: &self.body(),
+            }),
+        )
+            .into_response();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Token realm=\"stoa\", Bearer realm=\"stoa\""),
+                );
+            }
+            ApiError::RateLimited { retry_after } => {
+                let secs = retry_after.as_secs().max(1);
+                if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+            }
+            ApiError::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Maps unique-constraint violations to field errors at the call site:
+/// `query.await.on_constraint("users_email_key", || ApiError::field("email", "has already been taken"))`.
+pub trait ResultExt<T> {
+    fn on_constraint(self, name: &str, map: impl FnOnce() -> ApiError) -> ApiResult<T>;
+}
+
+impl<T, E: Into<ApiError>> ResultExt<T> for Result<T, E> {
+    fn on_constraint(self, name: &str, map: impl FnOnce() -> ApiError) -> ApiResult<T> {
+        self.map_err(|e| match e.into() {
+            ApiError::Database(sqlx::Error::Database(db)) if db.constraint() == Some(name) => map(),
+            other => other,
+        })
+    }
+}
+
+/// Collects validation messages for several fields before failing once.
+#[derive(Default)]
+pub struct Validator {
+    errors: FieldErrors,
+}
+
+impl Validator {
+    pub fn check(&mut self, ok: bool, field: &'static str, message: &'static str) -> &mut Self {
+        if !ok {
+            self.errors
+                .entry(Cow::Borrowed(field))
+                .or_default()
+                .push(Cow::Borrowed(message));
+        }
+        self
+    }
+
+    pub fn finish(&mut self) -> ApiResult<()> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(std::mem::take(&mut self.errors)))
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Liveness, readiness and the public key set.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::db::{SchemaStatus, schema_status};
+use crate::keys::KeyState;
+use crate::metrics::DependencyLabels;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(jwks))
+}
+
+/// Liveness: the process serves requests. Touches no dependency.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "alive", content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    pub checks: Checks,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Checks {
+    pub database: Check,
+    pub schema: Check,
+    pub signing_keys: Check,
+    pub lifecycle: Check,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    /// `up`, `down`, `current`, `behind`, `loaded`, `serving`, `draining`, `unknown`.
+    pub status: &'static str,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}
+
+impl Check {
+    fn ok(status: &'static str, detail: Option<String>) -> Self {
+        Check {
+            status,
+            ok: true,
+            detail,
+            latency_ms: None,
+        }
+    }
+    fn failed(status: &'static str, detail: impl Into<String>) -> Self {
+        Check {
+            status,
+            ok: false,
+            detail: Some(detail.into()),
+            latency_ms: None,
+        }
+    }
+}
+
+/// How long a readiness probe waits for the database before calling it down.
+const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Readiness: the database answers, its schema is at the version this binary needs, a
+/// signing key is loaded, and the process is not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let started = Instant::now();
+    let pool = state.db().clone();
+    let (database, schema) =
+        match tokio::time::timeout(DB_CHECK_TIMEOUT, schema_status(&pool)).await {
+            Ok(Ok(status)) => {
+                let mut database = Check::ok("up", None);
+                database.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                let schema = match status {
+                    SchemaStatus::Current { version } => {
+                        Check::ok("current", Some(format!("version {version}")))
+                    }
+                    SchemaStatus::Behind { version, required } => Check::failed(
+                        "behind",
+                        format!(
+                            "database at {}, this binary needs {required}; run `stoa-api migrate`",
+                            version.map_or_else(|| "no schema".into(), |v| v.to_string())
+                        ),
+                    ),
+                };
+                (database, schema)
+            }
+            Ok(Err(e)) => (
+                Check::failed("down", crate::http::describe_db_error(&e)),
+                Check::failed("unknown", "database unreachable"),
+            ),
+            Err(_) => (
+                Check::failed("down", "timed out"),
+                Check::failed("unknown", "database unreachable"),
+            ),
+        };
+    state
+        .metrics
+        .dependency_up
+        .get_or_create(&DependencyLabels {
+            dependency: "postgres",
+        })
+        .set(i64::from(database.ok));
+
+    let ring = state.tokens.ring();
+    let active = ring
+        .kids()
+        .iter()
+        .find(|(_, s)| *s == KeyState::Active)
+        .map(|(k, _)| k.clone());
+    let signing_keys = match active {
+        Some(kid) => Check::ok(
+            "loaded",
+            Some(format!("active kid {kid}, {} keys", ring.kids().len())),
+        ),
+        None => Check::failed("missing", "no active signing key"),
+    };
+    let lifecycle = if state.is_shutting_down() {
+        Check::failed("draining", "shutting down")
+    } else {
+        Check::ok("serving", None)
+    };
+
+    let ready = database.ok && schema.ok && signing_keys.ok && lifecycle.ok;
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        checks: Checks {
+            database,
+            schema,
+            signing_keys,
+            lifecycle,
+        },
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+/// The public keys that verify access tokens (JWK Set).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "JWK Set", content_type = "application/json")))]
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    let body = state.tokens.ring().jwks_json();
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            // Short: verifiers must pick up a new `next` key well before it signs.
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        body.to_string(),
+    )
+}

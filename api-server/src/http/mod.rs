@@ -1,0 +1,142 @@
+//! The HTTP layer: one module per resource, assembled here with the cross-cutting
+//! middleware (request ids, access logs, metrics, limits, timeouts, CORS).
+
+pub mod articles;
+pub mod comments;
+pub mod extract;
+pub mod health;
+pub mod middleware;
+pub mod openapi;
+pub mod profiles;
+pub mod slug;
+pub mod tags;
+pub mod types;
+pub mod users;
+pub mod validate;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::response::IntoResponse;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// All API routes with their OpenAPI description (no middleware, no state).
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(users::router())
+        .merge(profiles::router())
+        .merge(articles::router())
+        .merge(comments::router())
+        .merge(tags::router())
+        .merge(health::router())
+}
+
+/// The OpenAPI document, as served at `/api/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
+/// The public router: API, docs and middleware.
+pub fn router(state: AppState) -> Router {
+    let (api, openapi) = api_routes().split_for_parts();
+    let config = &state.config.http;
+
+    let docs: Router = SwaggerUi::new("/api/docs")
+        .url("/api/openapi.json", openapi)
+        .into();
+    let docs = docs.layer(SetResponseHeaderLayer::overriding(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+        ),
+    ));
+
+    let request_limits = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(middleware::handle_overload))
+        .load_shed()
+        .concurrency_limit(config.max_concurrent_requests)
+        .timeout(config.request_timeout);
+
+    Router::new()
+        .merge(api.with_state(state.clone()))
+        .merge(docs)
+        .fallback(|| async { ApiError::NotFound("route").into_response() })
+        .method_not_allowed_fallback(|| async {
+            (
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                ApiError::field("method", "is not allowed for this route"),
+            )
+                .into_response()
+        })
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(request_limits)
+        .layer(cors(&config.cors_allowed_origins))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::observe,
+        ))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
+        .expose_headers([REQUEST_ID, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+/// A database error in words safe to show an operator (no URLs, no passwords).
+pub fn describe_db_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => format!("connection failed: {}", io.kind()),
+        sqlx::Error::PoolTimedOut => "no connection available in time".into(),
+        sqlx::Error::PoolClosed => "pool closed".into(),
+        sqlx::Error::Database(db) => format!("database error {}", db.code().unwrap_or_default()),
+        sqlx::Error::Tls(_) => "TLS error".into(),
+        _ => "unavailable".into(),
+    }
+}

@@ -1,0 +1,12 @@
+//! `stoa-api`: the RealWorld API over PostgreSQL with a production surface.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,173 @@
+//! Prometheus metrics (served on the admin port). Names are prefixed `stoa_`; labels are
+//! bounded (route templates, never raw paths; never user data or secrets).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: &'static str,
+    /// The route template (`/api/articles/{slug}`), or `unmatched`.
+    pub route: Arc<str>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    version: &'static str,
+    schema_version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub kid: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DependencyLabels {
+    pub dependency: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<HttpLabels, Histogram>,
+    pub http_in_flight: Gauge,
+    pub db_pool_size: Gauge,
+    pub db_pool_idle: Gauge,
+    pub db_pool_max: Gauge,
+    pub signing_keys: Family<KeyLabels, Gauge>,
+    pub keyset_reload_errors: Counter,
+    pub keyset_generation: Gauge<u64, AtomicU64>,
+    pub dependency_up: Family<DependencyLabels, Gauge>,
+    pub security_events: Family<EventLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~8 s: the interesting range for an API is the low milliseconds.
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stoa");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by method, route template and status",
+            http_requests.clone(),
+        );
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "HTTP request latency, by method, route template and status",
+            prometheus_client::registry::Unit::Seconds,
+            http_duration.clone(),
+        );
+        let http_in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being served now",
+            http_in_flight.clone(),
+        );
+        let db_pool_size = Gauge::default();
+        registry.register(
+            "db_pool_connections",
+            "Open database connections",
+            db_pool_size.clone(),
+        );
+        let db_pool_idle = Gauge::default();
+        registry.register(
+            "db_pool_idle_connections",
+            "Idle database connections",
+            db_pool_idle.clone(),
+        );
+        let db_pool_max = Gauge::default();
+        registry.register(
+            "db_pool_max_connections",
+            "Configured maximum database connections",
+            db_pool_max.clone(),
+        );
+        let signing_keys = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "signing_keys_loaded",
+            "Signing keys currently loaded (1 per kid and state)",
+            signing_keys.clone(),
+        );
+        let keyset_reload_errors = Counter::default();
+        registry.register(
+            "keyset_reload_errors",
+            "Key set updates that were rejected (the last good set stays in use)",
+            keyset_reload_errors.clone(),
+        );
+        let keyset_generation = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "keyset_generation",
+            "Number of key sets loaded since start (increments on every successful reload)",
+            keyset_generation.clone(),
+        );
+        let dependency_up = Family::<DependencyLabels, Gauge>::default();
+        registry.register(
+            "dependency_up",
+            "Whether a dependency answered its last check (1) or not (0)",
+            dependency_up.clone(),
+        );
+        let security_events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "security_events",
+            "Security-relevant events, by kind",
+            security_events.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register("build_info", "Build information", build_info.clone());
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                schema_version: crate::db::required_schema_version().to_string(),
+            })
+            .set(1);
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            http_in_flight,
+            db_pool_size,
+            db_pool_idle,
+            db_pool_max,
+            signing_keys,
+            keyset_reload_errors,
+            keyset_generation,
+            dependency_up,
+            security_events,
+        }
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
