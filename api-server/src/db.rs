@@ -55,12 +55,16 @@ pub enum SchemaStatus {
 /// Reads the applied schema version: one round trip that also proves the database is up.
 pub async fn schema_status(pool: &PgPool) -> Result<SchemaStatus, sqlx::Error> {
     let required = required_schema_version();
-    let version: Option<i64> = sqlx::query_scalar(
-        "SELECT CASE WHEN to_regclass('_sqlx_migrations') IS NULL THEN NULL
-                ELSE (SELECT max(version) FROM _sqlx_migrations WHERE success) END",
-    )
-    .fetch_one(pool)
-    .await?;
+    let version: Option<i64> =
+        match sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+        {
+            Ok(version) => version,
+            // 42P01 undefined_table: nothing was ever migrated here.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => None,
+            Err(e) => return Err(e),
+        };
     Ok(match version {
         Some(v) if v >= required => SchemaStatus::Current { version: v },
         version => SchemaStatus::Behind { version, required },

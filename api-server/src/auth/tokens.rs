@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::keys::{KeySetError, KeySetFile, KeyState, public_x};
 
 /// The claims of an access token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// User id.
     pub sub: Uuid,

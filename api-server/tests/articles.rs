@@ -1,0 +1,486 @@
+mod common;
+
+use common::{TestApp, errors};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn create_returns_the_full_article(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let token = app.register("jake").await;
+    let res = app
+        .post(
+            "/api/articles",
+            Some(&token),
+            json!({"article": {"title": "How to train your dragon", "description": "Ever wonder how?",
+                   "body": "You have to believe", "tagList": ["reactjs", "angularjs", "dragons", "reactjs", " "]}}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
+    let a = &res.body["article"];
+    assert_eq!(a["slug"], "how-to-train-your-dragon");
+    assert_eq!(a["body"], "You have to believe");
+    // Author's order kept, duplicates and blanks dropped.
+    assert_eq!(a["tagList"], json!(["reactjs", "angularjs", "dragons"]));
+    assert_eq!(a["favorited"], false);
+    assert_eq!(a["favoritesCount"], 0);
+    assert_eq!(
+        a["author"],
+        json!({"username": "jake", "bio": null, "image": null, "following": false})
+    );
+    let created = a["createdAt"].as_str().unwrap();
+    assert!(created.ends_with('Z') && created.len() == 24, "{created}");
+
+    let fetched = app
+        .get("/api/articles/how-to-train-your-dragon", None)
+        .await;
+    assert_eq!(fetched.status, StatusCode::OK);
+    assert_eq!(fetched.body["article"], res.body["article"]);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn same_titles_get_distinct_slugs_and_unicode_titles_work(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let token = app.register("jake").await;
+    let first = app.article(&token, "Same title", &[]).await;
+    let second = app.article(&token, "Same title", &[]).await;
+    assert_eq!(first, "same-title");
+    assert_ne!(first, second);
+    assert!(second.starts_with("same-title-"));
+
+    let slug = app
+        .article(&token, "Привет, мир! 日本語", &["ünïcödé"])
+        .await;
+    assert_eq!(slug, "привет-мир-日本語");
+    let encoded: String = url_escape(&slug);
+    let res = app.get(&format!("/api/articles/{encoded}"), None).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.body["article"]["title"], "Привет, мир! 日本語");
+    let by_tag = app
+        .get(
+            &format!("/api/articles?tag={}", url_escape("ünïcödé")),
+            None,
+        )
+        .await;
+    assert_eq!(by_tag.body["articlesCount"], 1);
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn create_validates_input_and_requires_auth(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let token = app.register("jake").await;
+    let res = app
+        .post(
+            "/api/articles",
+            Some(&token),
+            json!({"article": {"title": " ", "description": "", "body": ""}}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(errors(&res, "title"), ["can't be blank"]);
+    assert_eq!(errors(&res, "description"), ["can't be blank"]);
+    assert_eq!(errors(&res, "body"), ["can't be blank"]);
+    let anon = app
+        .post(
+            "/api/articles",
+            None,
+            json!({"article": {"title": "t", "description": "d", "body": "b"}}),
+        )
+        .await;
+    assert_eq!(anon.status, StatusCode::UNAUTHORIZED);
+    let many_tags: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
+    let res = app
+        .post("/api/articles", Some(&token), json!({"article": {"title": "t", "description": "d", "body": "b", "tagList": many_tags}}))
+        .await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!errors(&res, "tagList").is_empty());
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn only_the_author_may_update_or_delete(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let jake = app.register("jake").await;
+    let jane = app.register("jane").await;
+    let slug = app.article(&jake, "Original title", &["a"]).await;
+
+    let forbidden = app
+        .put(
+            &format!("/api/articles/{slug}"),
+            Some(&jane),
+            json!({"article": {"body": "hijacked"}}),
+        )
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.delete(&format!("/api/articles/{slug}"), Some(&jane))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.delete(&format!("/api/articles/{slug}"), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let body: String = sqlx::query_scalar("SELECT body FROM articles")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(body, "the body");
+
+    // Body-only change keeps the slug; a title change moves it.
+    let res = app
+        .put(
+            &format!("/api/articles/{slug}"),
+            Some(&jake),
+            json!({"article": {"body": "new body"}}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    assert_eq!(res.body["article"]["slug"], slug);
+    assert_eq!(res.body["article"]["body"], "new body");
+    let res = app
+        .put(
+            &format!("/api/articles/{slug}"),
+            Some(&jake),
+            json!({"article": {"title": "A new title"}}),
+        )
+        .await;
+    assert_eq!(res.body["article"]["slug"], "a-new-title");
+    assert_ne!(
+        res.body["article"]["updatedAt"],
+        res.body["article"]["createdAt"]
+    );
+    assert_eq!(
+        app.get(&format!("/api/articles/{slug}"), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    assert_eq!(
+        app.put(
+            "/api/articles/a-new-title",
+            Some(&jake),
+            json!({"article": {}})
+        )
+        .await
+        .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.put(
+            "/api/articles/missing",
+            Some(&jake),
+            json!({"article": {"body": "x"}})
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+
+    assert_eq!(
+        app.delete("/api/articles/a-new-title", Some(&jake))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get("/api/articles/a-new-title", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.delete("/api/articles/a-new-title", Some(&jake))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn title_change_onto_a_taken_slug_gets_a_unique_one(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let jake = app.register("jake").await;
+    app.article(&jake, "Taken", &[]).await;
+    let slug = app.article(&jake, "Other", &[]).await;
+    let res = app
+        .put(
+            &format!("/api/articles/{slug}"),
+            Some(&jake),
+            json!({"article": {"title": "Taken"}}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    let new_slug = res.body["article"]["slug"].as_str().unwrap();
+    assert!(new_slug.starts_with("taken-"), "{new_slug}");
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn list_filters_combine_and_paginate_newest_first(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let jake = app.register("jake").await;
+    let jane = app.register("jane").await;
+    for i in 0..5 {
+        app.article(
+            &jake,
+            &format!("Jake {i}"),
+            &["rust", if i % 2 == 0 { "even" } else { "odd" }],
+        )
+        .await;
+    }
+    for i in 0..3 {
+        app.article(&jane, &format!("Jane {i}"), &["rust"]).await;
+    }
+    app.post("/api/articles/jake-0/favorite", Some(&jane), json!({}))
+        .await;
+    app.post("/api/articles/jake-2/favorite", Some(&jane), json!({}))
+        .await;
+    app.post("/api/articles/jane-1/favorite", Some(&jane), json!({}))
+        .await;
+
+    let all = app.get("/api/articles", None).await;
+    assert_eq!(all.body["articlesCount"], 8);
+    let slugs: Vec<&str> = all.body["articles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["slug"].as_str().unwrap())
+        .collect();
+    assert_eq!(slugs[0], "jane-2", "newest first");
+    assert_eq!(slugs[7], "jake-0");
+    assert!(
+        all.body["articles"][0].get("body").is_none(),
+        "lists omit the body"
+    );
+
+    let page = app.get("/api/articles?limit=3&offset=2", None).await;
+    let page_slugs: Vec<&str> = page.body["articles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["slug"].as_str().unwrap())
+        .collect();
+    assert_eq!(page_slugs, slugs[2..5]);
+    assert_eq!(
+        page.body["articlesCount"], 8,
+        "the total, not the page length"
+    );
+
+    let past_end = app.get("/api/articles?offset=50", None).await;
+    assert_eq!(past_end.body, json!({"articles": [], "articlesCount": 8}));
+
+    assert_eq!(
+        app.get("/api/articles?author=jake", None).await.body["articlesCount"],
+        5
+    );
+    assert_eq!(
+        app.get("/api/articles?tag=even", None).await.body["articlesCount"],
+        3
+    );
+    assert_eq!(
+        app.get("/api/articles?tag=even&author=jake", None)
+            .await
+            .body["articlesCount"],
+        3
+    );
+    assert_eq!(
+        app.get("/api/articles?tag=even&author=jane", None)
+            .await
+            .body["articlesCount"],
+        0
+    );
+    assert_eq!(
+        app.get("/api/articles?favorited=jane", None).await.body["articlesCount"],
+        3
+    );
+    let combined = app
+        .get("/api/articles?favorited=jane&author=jake&tag=even", None)
+        .await;
+    assert_eq!(combined.body["articlesCount"], 2);
+    assert_eq!(
+        app.get("/api/articles?author=nobody", None).await.body["articlesCount"],
+        0
+    );
+
+    // Caller-specific flags come with the list.
+    let as_jane = app
+        .get("/api/articles?author=jake&limit=100", Some(&jane))
+        .await;
+    let favorited: Vec<bool> = as_jane.body["articles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["favorited"].as_bool().unwrap())
+        .collect();
+    assert_eq!(favorited, [false, false, true, false, true]);
+
+    assert_eq!(
+        app.get("/api/articles?limit=0", None).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.get("/api/articles?offset=-1", None).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.get("/api/articles?limit=abc", None).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.get("/api/articles?limit=1000", None).await.body["articles"]
+            .as_array()
+            .unwrap()
+            .len(),
+        8
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn feed_shows_followed_authors_only(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let jake = app.register("jake").await;
+    let jane = app.register("jane").await;
+    let bob = app.register("bob").await;
+    app.article(&jane, "From jane", &[]).await;
+    app.article(&bob, "From bob", &[]).await;
+    app.article(&jake, "From jake", &[]).await;
+
+    let empty = app.get("/api/articles/feed", Some(&jake)).await;
+    assert_eq!(empty.body, json!({"articles": [], "articlesCount": 0}));
+    app.post("/api/profiles/jane/follow", Some(&jake), json!({}))
+        .await;
+    let feed = app.get("/api/articles/feed", Some(&jake)).await;
+    assert_eq!(feed.body["articlesCount"], 1);
+    assert_eq!(feed.body["articles"][0]["slug"], "from-jane");
+    assert_eq!(feed.body["articles"][0]["author"]["following"], true);
+    assert_eq!(
+        app.get("/api/articles/feed", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn favorites_are_idempotent_and_counted(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let jake = app.register("jake").await;
+    let jane = app.register("jane").await;
+    let bob = app.register("bob").await;
+    let slug = app.article(&jake, "Popular", &[]).await;
+    let path = format!("/api/articles/{slug}/favorite");
+
+    let res = app.post(&path, Some(&jane), json!({})).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(
+        (
+            res.body["article"]["favorited"].as_bool(),
+            res.body["article"]["favoritesCount"].as_i64()
+        ),
+        (Some(true), Some(1))
+    );
+    let again = app.post(&path, Some(&jane), json!({})).await;
+    assert_eq!(again.body["article"]["favoritesCount"], 1);
+    let bobs = app.post(&path, Some(&bob), json!({})).await;
+    assert_eq!(bobs.body["article"]["favoritesCount"], 2);
+
+    let removed = app.delete(&path, Some(&jane)).await;
+    assert_eq!(
+        (
+            removed.body["article"]["favorited"].as_bool(),
+            removed.body["article"]["favoritesCount"].as_i64()
+        ),
+        (Some(false), Some(1))
+    );
+    let removed_again = app.delete(&path, Some(&jane)).await;
+    assert_eq!(removed_again.body["article"]["favoritesCount"], 1);
+
+    assert_eq!(
+        app.post("/api/articles/missing/favorite", Some(&jane), json!({}))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post(&path, None, json!({})).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let seen_by_bob = app.get(&format!("/api/articles/{slug}"), Some(&bob)).await;
+    assert_eq!(seen_by_bob.body["article"]["favorited"], true);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn concurrent_favorites_keep_an_exact_count(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let author = app.register("author").await;
+    let slug = app.article(&author, "Race", &[]).await;
+    let mut tokens = Vec::new();
+    for i in 0..10 {
+        tokens.push(app.register(&format!("fan{i}")).await);
+    }
+    let path = format!("/api/articles/{slug}/favorite");
+    let calls = tokens
+        .iter()
+        .flat_map(|t| [t, t])
+        .map(|t| app.post(&path, Some(t), json!({})));
+    for res in futures::future::join_all(calls).await {
+        assert_eq!(res.status, StatusCode::OK);
+    }
+    let article = app.get(&format!("/api/articles/{slug}"), None).await;
+    assert_eq!(article.body["article"]["favoritesCount"], 10);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn deleting_an_article_removes_its_comments_and_favorites(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let jake = app.register("jake").await;
+    let slug = app.article(&jake, "Doomed", &[]).await;
+    app.post(
+        &format!("/api/articles/{slug}/comments"),
+        Some(&jake),
+        json!({"comment": {"body": "hi"}}),
+    )
+    .await;
+    app.post(
+        &format!("/api/articles/{slug}/favorite"),
+        Some(&jake),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        app.delete(&format!("/api/articles/{slug}"), Some(&jake))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let leftovers: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM comments) + (SELECT count(*) FROM favorites)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(leftovers, 0);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn tags_list_distinct_tags_most_used_first(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    assert_eq!(app.get("/api/tags", None).await.body, json!({"tags": []}));
+    let jake = app.register("jake").await;
+    app.article(&jake, "One", &["rust", "web"]).await;
+    app.article(&jake, "Two", &["rust"]).await;
+    assert_eq!(
+        app.get("/api/tags", None).await.body,
+        json!({"tags": ["rust", "web"]})
+    );
+}

@@ -1,0 +1,182 @@
+//! Test helper: the real server on a random port over a fresh database (from
+//! `#[sqlx::test]`), driven over HTTP.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use stoa_api::app::App;
+use stoa_api::config::{Config, Env};
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+/// Test settings: random ports, cheap argon2 parameters (the real ones are the default).
+pub fn test_env(extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("STOA_LISTEN_ADDR", "127.0.0.1:0"),
+        ("STOA_ADMIN_ADDR", "127.0.0.1:0"),
+        ("STOA_ARGON2_MEMORY_KIB", "1024"),
+        ("STOA_ARGON2_ITERATIONS", "1"),
+        ("STOA_LOG", "warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    env
+}
+
+impl TestApp {
+    pub async fn spawn(pool: PgPool) -> TestApp {
+        TestApp::spawn_with(pool, &[]).await
+    }
+
+    pub async fn spawn_with(pool: PgPool, extra: &[(&str, &str)]) -> TestApp {
+        let env = test_env(extra);
+        let config =
+            Config::from_env(&Env::new(move |k| env.get(k).cloned()), true).expect("test config");
+        let app = App::build(config, Some(pool.clone()))
+            .await
+            .expect("app builds");
+        let addr = app.local_addr().unwrap();
+        let admin = app.admin_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            addr,
+            admin,
+            client: reqwest::Client::new(),
+            pool,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends the shutdown signal (as SIGTERM would).
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.header("Authorization", format!("Token {token}"));
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Response {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.request(Method::GET, path, token, None).await
+    }
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        self.request(Method::PUT, path, token, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Response {
+        self.request(Method::DELETE, path, token, None).await
+    }
+
+    /// Registers `name` (email `name@example.com`, password `password-<name>`) and returns
+    /// the access token.
+    pub async fn register(&self, name: &str) -> String {
+        let res = self
+            .post(
+                "/api/users",
+                None,
+                json!({"user": {"username": name, "email": format!("{name}@example.com"), "password": format!("password-{name}")}}),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
+        res.body["user"]["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an article and returns its slug.
+    pub async fn article(&self, token: &str, title: &str, tags: &[&str]) -> String {
+        let res = self
+            .post(
+                "/api/articles",
+                Some(token),
+                json!({"article": {"title": title, "description": "about it", "body": "the body", "tagList": tags}}),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
+        res.body["article"]["slug"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.signal_shutdown();
+    }
+}
+
+/// The field errors of a 422 body.
+pub fn errors(res: &Response, field: &str) -> Vec<String> {
+    res.body["errors"][field]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

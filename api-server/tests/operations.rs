@@ -1,0 +1,262 @@
+mod common;
+
+use std::time::Duration;
+
+use common::TestApp;
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn health_and_readiness_report_each_dependency(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let health = app.get("/healthz", None).await;
+    assert_eq!(
+        (health.status, health.text.as_str()),
+        (StatusCode::OK, "ok")
+    );
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
+    assert_eq!(ready.body["status"], "ready");
+    for check in ["database", "schema", "signingKeys", "lifecycle"] {
+        assert_eq!(
+            ready.body["checks"][check]["ok"], true,
+            "{check}: {}",
+            ready.text
+        );
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn readiness_is_false_until_the_schema_is_migrated(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let behind = app.get("/readyz", None).await;
+    assert_eq!(behind.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(behind.body["checks"]["schema"]["status"], "behind");
+    assert_eq!(behind.body["checks"]["database"]["ok"], true);
+
+    stoa_api::db::MIGRATOR.run(&pool).await.unwrap();
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn readiness_is_false_when_the_database_is_unreachable(pool: PgPool) {
+    let _ = pool;
+    let unreachable = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+        .unwrap();
+    let app = TestApp::spawn(unreachable).await;
+    let res = app.get("/readyz", None).await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.body["checks"]["database"]["status"], "down");
+    assert!(
+        !res.text.contains("postgres://"),
+        "no connection details leak: {}",
+        res.text
+    );
+    // API calls fail cleanly, without internals.
+    let list = app.get("/api/articles", None).await;
+    assert!(list.status.is_server_error());
+    assert!(list.body["errors"].is_object(), "{}", list.text);
+    assert!(!list.text.contains("127.0.0.1"));
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn metrics_count_requests_by_route_template(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let token = app.register("jake").await;
+    let slug = app.article(&token, "Counted", &[]).await;
+    app.get(&format!("/api/articles/{slug}"), None).await;
+    app.get("/api/articles/missing", None).await;
+    let text = app.metrics().await;
+    assert!(
+        text.contains(
+            r#"stoa_http_requests_total{method="GET",route="/api/articles/{slug}",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(
+        r#"stoa_http_requests_total{method="GET",route="/api/articles/{slug}",status="404"} 1"#
+    ));
+    assert!(text.contains("stoa_http_request_duration_seconds_bucket"));
+    assert!(text.contains("stoa_http_requests_in_flight"));
+    assert!(text.contains("stoa_db_pool_connections"));
+    assert!(text.contains("stoa_build_info{"));
+    assert!(text.contains("stoa_signing_keys_loaded{"));
+    assert!(!text.contains(&slug), "raw paths never become labels");
+    // Metrics are not on the public port.
+    assert_eq!(
+        app.get("/metrics", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn openapi_document_and_offline_docs_page_are_served(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let doc = app.get("/api/openapi.json", None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/api/users",
+        "/api/users/login",
+        "/api/user",
+        "/api/profiles/{username}/follow",
+        "/api/articles",
+        "/api/articles/feed",
+        "/api/articles/{slug}",
+        "/api/articles/{slug}/comments/{id}",
+        "/api/articles/{slug}/favorite",
+        "/api/tags",
+        "/.well-known/jwks.json",
+    ] {
+        assert!(doc.body["paths"].get(path).is_some(), "missing {path}");
+    }
+    let page = app.client.get(app.url("/api/docs/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'self'"));
+    let html = page.text().await.unwrap();
+    assert!(
+        !html.contains("https://"),
+        "the docs page loads nothing from the internet"
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn jwks_publishes_the_public_key_that_verifies_tokens(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let token = app.register("jake").await;
+    let jwks = app.get("/.well-known/jwks.json", None).await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    let key = &jwks.body["keys"][0];
+    assert_eq!(
+        (
+            key["kty"].as_str(),
+            key["crv"].as_str(),
+            key["alg"].as_str()
+        ),
+        (Some("OKP"), Some("Ed25519"), Some("EdDSA"))
+    );
+    assert!(key.get("d").is_none());
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!(header.kid.as_deref(), key["kid"].as_str());
+    let decoding =
+        jsonwebtoken::DecodingKey::from_ed_components(key["x"].as_str().unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["stoa-api"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation)
+        .unwrap()
+        .claims;
+    for claim in ["sub", "iss", "aud", "exp", "iat", "jti"] {
+        assert!(claims.get(claim).is_some(), "missing {claim}");
+    }
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900,
+        "15 minute default"
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn request_ids_are_returned_and_propagated(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let generated = app.get("/healthz", None).await;
+    assert_eq!(generated.headers["x-request-id"].len(), 36);
+    let given = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "abc-123");
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn oversized_bodies_unknown_routes_and_wrong_methods_get_api_errors(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &[("STOA_BODY_LIMIT_BYTES", "2048")]).await;
+    let token = app.register("jake").await;
+    let big = "x".repeat(4096);
+    let res = app
+        .post(
+            "/api/articles",
+            Some(&token),
+            json!({"article": {"title": "t", "description": "d", "body": big}}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(res.body["errors"]["body"].is_array(), "{}", res.text);
+
+    let unknown = app.get("/api/nothing-here", None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert!(unknown.body["errors"].is_object());
+    let wrong = app
+        .request(reqwest::Method::PATCH, "/api/tags", None, None)
+        .await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(wrong.body["errors"].is_object(), "{}", wrong.text);
+    // Hardening headers on every response.
+    assert_eq!(unknown.headers["x-content-type-options"], "nosniff");
+    assert_eq!(unknown.headers["x-frame-options"], "DENY");
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn cors_allows_only_configured_origins(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[("STOA_CORS_ALLOWED_ORIGINS", "http://localhost:4200")],
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/articles"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("http://localhost:4200").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://localhost:4200"
+    );
+    let denied = preflight("https://evil.example").await.unwrap();
+    assert!(
+        denied
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn shutdown_reports_not_ready_first_then_drains(pool: PgPool) {
+    let mut app = TestApp::spawn_with(pool, &[("STOA_SHUTDOWN_DELAY", "700ms")]).await;
+    assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
+    app.signal_shutdown();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Still serving, but telling the load balancer to go away.
+    let draining = app.get("/readyz", None).await;
+    assert_eq!(draining.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(draining.body["checks"]["lifecycle"]["status"], "draining");
+    assert_eq!(app.get("/api/tags", None).await.status, StatusCode::OK);
+    let server = app.server.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("exits after draining")
+        .unwrap()
+        .unwrap();
+    assert!(
+        reqwest::get(app.url("/healthz")).await.is_err(),
+        "listener closed"
+    );
+}
