@@ -1,6 +1,6 @@
 //! Test helper: the real server on a random port over a fresh database (from
 //! `#[sqlx::test]`), driven over HTTP.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

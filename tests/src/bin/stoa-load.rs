@@ -1,1 +1,541 @@
-fn main() {}
+//! `stoa-load`: seeds realistic data through the API, then drives the main read and write
+//! endpoints with a fixed number of keep-alive connections and reports throughput and
+//! latency percentiles per scenario, plus each scenario's throughput as a ratio of
+//! `/healthz` measured in the same run.
+//!
+//! With `--database-url` it also reports database transactions per request (from
+//! `pg_stat_database.xact_commit`): every statement Stoa sends is its own transaction, so
+//! this is the number of statements each request costs.
+//!
+//! ```text
+//! cargo run --release -p stoa-tests --bin stoa-load -- --url http://127.0.0.1:8080 \
+//!     --connections 64 --duration 10s --database-url postgres://postgres@127.0.0.1/stoa_bench
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use rand::Rng;
+use rand::seq::SliceRandom;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(about = "Load harness for stoa-api")]
+struct Args {
+    /// Base URL of a running stoa-api.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Concurrent keep-alive connections per scenario.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Measured time per scenario (after a 1 s warm-up).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Users to create while seeding.
+    #[arg(long, default_value_t = 40)]
+    users: usize,
+    /// Articles to create while seeding.
+    #[arg(long, default_value_t = 400)]
+    articles: usize,
+    /// Comma-separated scenarios to run (default: all). See `--list`.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+    /// Database of the server, to count database transactions per request.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
+    }
+}
+
+const SCENARIOS: &[(&str, &str)] = &[
+    ("healthz", "GET /healthz: the no-I/O baseline"),
+    ("articles_list", "GET /api/articles (20 items, anonymous)"),
+    (
+        "articles_list_auth",
+        "GET /api/articles?limit=20 as a user (favorited/following flags)",
+    ),
+    ("articles_by_tag", "GET /api/articles?tag=<popular tag>"),
+    ("article_get", "GET /api/articles/:slug (anonymous)"),
+    (
+        "feed",
+        "GET /api/articles/feed as a user following 5 authors",
+    ),
+    ("tags", "GET /api/tags"),
+    ("profile", "GET /api/profiles/:username as a user"),
+    ("comment_create", "POST /api/articles/:slug/comments"),
+    (
+        "favorite_toggle",
+        "POST then DELETE /api/articles/:slug/favorite",
+    ),
+    ("article_create", "POST /api/articles"),
+];
+
+/// What the seeding step produced, shared by all workers.
+struct Seed {
+    tokens: Vec<String>,
+    usernames: Vec<String>,
+    slugs: Vec<String>,
+    popular_tag: String,
+}
+
+const TAGS: &[&str] = &[
+    "rust",
+    "kubernetes",
+    "postgres",
+    "redis",
+    "axum",
+    "tokio",
+    "web",
+    "ops",
+    "security",
+    "sre",
+    "api",
+    "design",
+];
+
+async fn call(
+    client: &Client,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let mut req = client.request(method, url);
+    if let Some(token) = token {
+        req = req.header("Authorization", format!("Token {token}"));
+    }
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    let res = req.send().await?;
+    let status = res.status();
+    let value = res.json().await.unwrap_or(Value::Null);
+    Ok((status, value))
+}
+
+async fn seed(client: &Client, base: &str, users: usize, articles: usize) -> anyhow::Result<Seed> {
+    let started = Instant::now();
+    let run = rand::random::<u32>();
+    let mut tokens = Vec::with_capacity(users);
+    let mut usernames = Vec::with_capacity(users);
+    for i in 0..users {
+        let username = format!("load{run:x}u{i}");
+        let body = json!({"user": {"username": username, "email": format!("{username}@load.example"), "password": "load-test-password"}});
+        let (status, value) = call(
+            client,
+            Method::POST,
+            &format!("{base}/api/users"),
+            None,
+            Some(&body),
+        )
+        .await?;
+        if status != StatusCode::CREATED {
+            bail!("registering {username}: {status} {value}");
+        }
+        tokens.push(value["user"]["token"].as_str().context("token")?.to_owned());
+        usernames.push(username);
+    }
+    let mut slugs = Vec::with_capacity(articles);
+    let mut rng = rand::thread_rng();
+    for i in 0..articles {
+        let author = i % users;
+        let tags: Vec<&str> = TAGS
+            .choose_multiple(&mut rng, rng.gen_range(1..=4))
+            .copied()
+            .collect();
+        let body = json!({"article": {
+            "title": format!("Load article {i} about {}", tags[0]),
+            "description": "A realistic description of a realistic article, one sentence long.",
+            "body": "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(20),
+            "tagList": tags,
+        }});
+        let (status, value) = call(
+            client,
+            Method::POST,
+            &format!("{base}/api/articles"),
+            Some(&tokens[author]),
+            Some(&body),
+        )
+        .await?;
+        if status != StatusCode::CREATED {
+            bail!("creating article {i}: {status} {value}");
+        }
+        slugs.push(
+            value["article"]["slug"]
+                .as_str()
+                .context("slug")?
+                .to_owned(),
+        );
+    }
+    // Each user follows 5 others and favorites 10 articles; a few comments per article.
+    for (i, token) in tokens.iter().enumerate() {
+        for k in 1..=5 {
+            let other = &usernames[(i + k) % users];
+            call(
+                client,
+                Method::POST,
+                &format!("{base}/api/profiles/{other}/follow"),
+                Some(token),
+                Some(&json!({})),
+            )
+            .await?;
+        }
+        for slug in slugs.choose_multiple(&mut rng, 10) {
+            call(
+                client,
+                Method::POST,
+                &format!("{base}/api/articles/{slug}/favorite"),
+                Some(token),
+                Some(&json!({})),
+            )
+            .await?;
+        }
+    }
+    for (i, slug) in slugs.iter().enumerate().take(articles / 4) {
+        let body = json!({"comment": {"body": "Thoughtful comment."}});
+        call(
+            client,
+            Method::POST,
+            &format!("{base}/api/articles/{slug}/comments"),
+            Some(&tokens[i % users]),
+            Some(&body),
+        )
+        .await?;
+    }
+    eprintln!(
+        "seeded {users} users, {articles} articles, {} follows, {} favorites in {:.1}s",
+        users * 5,
+        users * 10,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Seed {
+        tokens,
+        usernames,
+        slugs,
+        popular_tag: TAGS[0].to_owned(),
+    })
+}
+
+struct Stats {
+    histogram: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+}
+
+/// One request of a scenario; returns whether it succeeded.
+async fn one(client: &Client, base: &str, name: &str, seed: &Seed, worker: usize, i: u64) -> bool {
+    let token = &seed.tokens[worker % seed.tokens.len()];
+    let slug = &seed.slugs[(worker * 7919 + i as usize) % seed.slugs.len()];
+    let result = match name {
+        "healthz" => call(client, Method::GET, &format!("{base}/healthz"), None, None)
+            .await
+            .map(|r| r.0),
+        "articles_list" => call(
+            client,
+            Method::GET,
+            &format!("{base}/api/articles"),
+            None,
+            None,
+        )
+        .await
+        .map(|r| r.0),
+        "articles_list_auth" => call(
+            client,
+            Method::GET,
+            &format!("{base}/api/articles?limit=20"),
+            Some(token),
+            None,
+        )
+        .await
+        .map(|r| r.0),
+        "articles_by_tag" => call(
+            client,
+            Method::GET,
+            &format!("{base}/api/articles?tag={}", seed.popular_tag),
+            None,
+            None,
+        )
+        .await
+        .map(|r| r.0),
+        "article_get" => call(
+            client,
+            Method::GET,
+            &format!("{base}/api/articles/{slug}"),
+            None,
+            None,
+        )
+        .await
+        .map(|r| r.0),
+        "feed" => call(
+            client,
+            Method::GET,
+            &format!("{base}/api/articles/feed"),
+            Some(token),
+            None,
+        )
+        .await
+        .map(|r| r.0),
+        "tags" => call(client, Method::GET, &format!("{base}/api/tags"), None, None)
+            .await
+            .map(|r| r.0),
+        "profile" => {
+            let user = &seed.usernames[i as usize % seed.usernames.len()];
+            call(
+                client,
+                Method::GET,
+                &format!("{base}/api/profiles/{user}"),
+                Some(token),
+                None,
+            )
+            .await
+            .map(|r| r.0)
+        }
+        "comment_create" => {
+            let body = json!({"comment": {"body": "Load comment"}});
+            call(
+                client,
+                Method::POST,
+                &format!("{base}/api/articles/{slug}/comments"),
+                Some(token),
+                Some(&body),
+            )
+            .await
+            .map(|r| r.0)
+        }
+        "favorite_toggle" => {
+            let method = if i % 2 == 0 {
+                Method::POST
+            } else {
+                Method::DELETE
+            };
+            let slug = &seed.slugs[(worker * 7919 + (i / 2) as usize) % seed.slugs.len()];
+            call(
+                client,
+                method,
+                &format!("{base}/api/articles/{slug}/favorite"),
+                Some(token),
+                Some(&json!({})),
+            )
+            .await
+            .map(|r| r.0)
+        }
+        "article_create" => {
+            let body = json!({"article": {"title": format!("Bench {worker}-{i}"), "description": "d", "body": "b", "tagList": ["bench"]}});
+            call(
+                client,
+                Method::POST,
+                &format!("{base}/api/articles"),
+                Some(token),
+                Some(&body),
+            )
+            .await
+            .map(|r| r.0)
+        }
+        _ => return false,
+    };
+    matches!(result, Ok(status) if status.is_success())
+}
+
+async fn run_scenario(
+    client: &Client,
+    base: &str,
+    name: &'static str,
+    seed: Arc<Seed>,
+    connections: usize,
+    duration: Duration,
+) -> Stats {
+    let warmup = Duration::from_secs(1);
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let deadline = measure_from + duration;
+    let counter = Arc::new(AtomicU64::new(0));
+    let workers = (0..connections).map(|worker| {
+        let client = client.clone();
+        let base = base.to_owned();
+        let seed = seed.clone();
+        let counter = counter.clone();
+        tokio::spawn(async move {
+            let mut histogram =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let (mut ok, mut errors) = (0u64, 0u64);
+            loop {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let begin = Instant::now();
+                if begin >= deadline {
+                    break;
+                }
+                let success = one(&client, &base, name, &seed, worker, i).await;
+                if begin >= measure_from {
+                    let _ = histogram.record(begin.elapsed().as_micros().max(1) as u64);
+                    if success { ok += 1 } else { errors += 1 }
+                }
+            }
+            Stats {
+                histogram,
+                ok,
+                errors,
+            }
+        })
+    });
+    let mut total = Stats {
+        histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        ok: 0,
+        errors: 0,
+    };
+    for stats in futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        let _ = total.histogram.add(&stats.histogram);
+        total.ok += stats.ok;
+        total.errors += stats.errors;
+    }
+    total
+}
+
+async fn transactions(pool: &Option<sqlx::PgPool>) -> Option<i64> {
+    let pool = pool.as_ref()?;
+    sqlx::query_scalar("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(pool)
+        .await
+        .ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.list {
+        for (name, description) in SCENARIOS {
+            println!("{name:20} {description}");
+        }
+        return Ok(());
+    }
+    let selected: Vec<&'static str> = if args.scenarios.is_empty() {
+        SCENARIOS.iter().map(|(n, _)| *n).collect()
+    } else {
+        let mut names = vec!["healthz"];
+        for s in &args.scenarios {
+            let found = SCENARIOS
+                .iter()
+                .find(|(n, _)| n == s)
+                .with_context(|| format!("unknown scenario {s:?}; see --list"))?;
+            if found.0 != "healthz" {
+                names.push(found.0);
+            }
+        }
+        names
+    };
+    let base = args.url.trim_end_matches('/').to_owned();
+    let client = Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let (status, _) = call(&client, Method::GET, &format!("{base}/readyz"), None, None)
+        .await
+        .with_context(|| format!("cannot reach {base}; is stoa-api running?"))?;
+    if status != StatusCode::OK {
+        bail!("{base}/readyz answered {status}: the server is not ready");
+    }
+    let pool = match &args.database_url {
+        Some(url) => Some(
+            sqlx::PgPool::connect(url)
+                .await
+                .context("connecting to --database-url")?,
+        ),
+        None => None,
+    };
+    let seed = Arc::new(seed(&client, &base, args.users.max(6), args.articles.max(1)).await?);
+
+    println!(
+        "{:20} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "scenario",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "vs healthz",
+        "tx/req"
+    );
+    let mut baseline = None;
+    let mut results = Vec::new();
+    for name in selected {
+        let tx_before = transactions(&pool).await;
+        let stats = run_scenario(
+            &client,
+            &base,
+            name,
+            seed.clone(),
+            args.connections,
+            args.duration,
+        )
+        .await;
+        let tx_after = transactions(&pool).await;
+        let requests = stats.ok + stats.errors;
+        let rps = requests as f64 / args.duration.as_secs_f64();
+        if name == "healthz" {
+            baseline = Some(rps);
+        }
+        let ratio = baseline.map(|b| rps / b * 100.0).unwrap_or(100.0);
+        // Transactions counted over warm-up and measurement; divide by everything sent.
+        let tx_per_req = match (tx_before, tx_after) {
+            (Some(before), Some(after)) if requests > 0 => {
+                let sent = (requests as f64 * (args.duration.as_secs_f64() + 1.0)
+                    / args.duration.as_secs_f64())
+                .max(1.0);
+                Some((after - before - 2) as f64 / sent)
+            }
+            _ => None,
+        };
+        let ms = |q: f64| stats.histogram.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{:20} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8.1}% {:>8}",
+            name,
+            rps,
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            stats.histogram.max() as f64 / 1000.0,
+            stats.errors,
+            ratio,
+            tx_per_req.map_or_else(|| "-".into(), |t| format!("{t:.2}")),
+        );
+        results.push(json!({
+            "scenario": name, "requests_per_second": rps, "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99),
+            "max_ms": stats.histogram.max() as f64 / 1000.0, "errors": stats.errors, "ratio_to_healthz": ratio / 100.0,
+            "db_transactions_per_request": tx_per_req,
+        }));
+    }
+    if let Some(path) = args.json {
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&json!({
+                "connections": args.connections, "duration_seconds": args.duration.as_secs_f64(), "results": results
+            }))?,
+        )?;
+    }
+    Ok(())
+}

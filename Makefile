@@ -1,0 +1,28 @@
+# The two commands: `make run` (the service, locally) and `make test` (every test).
+CARGO ?= cargo
+DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+export DATABASE_URL
+
+.PHONY: run test lint fmt services bench crds
+
+services:
+	@scripts/ensure-services.sh
+
+## Run stoa-api locally: dev key set, database `stoa_dev` created and migrated, readable logs.
+run: services
+	$(CARGO) run -p stoa-api -- serve --dev
+
+## Run the whole test suite (unit, integration over HTTP with real PostgreSQL and Redis).
+test: services
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Load harness against a release build on a scratch database (see README, "Benchmarks").
+bench: services
+	scripts/bench.sh

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Benchmarks a release build of stoa-api with the in-repo load harness (stoa-load).
+#
+#   scripts/bench.sh [stoa-load args...]      e.g. scripts/bench.sh --connections 64 --duration 10s
+#
+# Uses a scratch database `stoa_bench` (dropped and re-created), a generated key set, and
+# production defaults except where noted below. Set BENCH_REDIS_URL to benchmark with Redis.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
+DB=stoa_bench
+PORT=${BENCH_PORT:-18080}
+ADMIN_PORT=${BENCH_ADMIN_PORT:-19090}
+WORK=$(mktemp -d)
+trap 'kill ${SERVER_PID:-0} 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+cargo build --release -q -p stoa-api -p stoa-tests --bin stoa-api --bin stoa-load
+
+psql "$PG/postgres" -q -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+./target/release/stoa-api keys generate --dir "$WORK/keys" >/dev/null
+
+export STOA_DATABASE_URL="$PG/$DB"
+export STOA_JWT_KEYS_DIR="$WORK/keys"
+export STOA_LISTEN_ADDR="127.0.0.1:$PORT"
+export STOA_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT"
+export STOA_SHUTDOWN_DELAY=0s
+# The harness registers users in bulk; everything else stays at production defaults.
+export STOA_DB_MAX_CONNECTIONS=${STOA_DB_MAX_CONNECTIONS:-16}
+[ -n "${BENCH_REDIS_URL:-}" ] && export STOA_REDIS_URL="$BENCH_REDIS_URL"
+
+./target/release/stoa-api migrate >/dev/null
+./target/release/stoa-api serve >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
+
+./target/release/stoa-load --url "http://127.0.0.1:$PORT" --database-url "$PG/$DB" "$@"
+
+RSS_KB=$(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status)
+echo "server RSS after the run: $((RSS_KB / 1024)) MiB"

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Makes sure the local services Stoa needs are running:
+#   PostgreSQL on 127.0.0.1:5432 (required) and the redis-server binary (tests start
+#   their own instances; `make run` uses one on 127.0.0.1:6379 if present).
+# Starts what is installed but stopped, installs what is missing when it can (Debian,
+# as root), and otherwise stops with a message that says what to do.
+set -euo pipefail
+
+PGHOST=${PGHOST:-127.0.0.1}
+PGPORT=${PGPORT:-5432}
+
+say() { printf '[ensure-services] %s\n' "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+can_install() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+apt_install() {
+  say "installing $* with apt-get"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; }
+}
+
+pg_up() {
+  if command -v pg_isready >/dev/null 2>&1; then
+    pg_isready -q -h "$PGHOST" -p "$PGPORT"
+  else
+    (exec 3<>"/dev/tcp/$PGHOST/$PGPORT") 2>/dev/null
+  fi
+}
+
+ensure_postgres() {
+  pg_up && { say "PostgreSQL is up on $PGHOST:$PGPORT"; return; }
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    can_install || die "PostgreSQL is not running on $PGHOST:$PGPORT and cannot be installed here (need root and apt-get). Install PostgreSQL ≥ 13, allow 'postgres' to connect from 127.0.0.1 without a password (trust), or set DATABASE_URL."
+    apt_install postgresql
+  fi
+  local version
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+  [ -n "$version" ] || die "PostgreSQL is installed but no cluster exists (see pg_createcluster)."
+  say "starting PostgreSQL $version"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null || pg_ctlcluster "$version" main start
+  for _ in $(seq 1 30); do pg_up && break; sleep 0.5; done
+  pg_up || die "PostgreSQL did not come up on $PGHOST:$PGPORT"
+  # Local development trusts local connections, as the test suite expects.
+  if ! psql -h "$PGHOST" -p "$PGPORT" -U postgres -c 'select 1' >/dev/null 2>&1; then
+    local hba="/etc/postgresql/$version/main/pg_hba.conf"
+    if [ -w "$hba" ]; then
+      say "allowing trusted local connections in $hba (development machine)"
+      sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+      pg_ctlcluster --skip-systemctl-redirect "$version" main reload 2>/dev/null || pg_ctlcluster "$version" main reload
+    else
+      die "cannot connect as postgres to $PGHOST:$PGPORT; set DATABASE_URL to a superuser URL"
+    fi
+  fi
+  say "PostgreSQL is up on $PGHOST:$PGPORT"
+}
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    if can_install; then
+      apt_install redis-server
+    else
+      say "WARNING: redis-server is not installed; Redis tests will fail. Install the Debian package redis-server."
+      return
+    fi
+  fi
+  if [ "${STOA_START_REDIS:-0}" = 1 ] && ! redis-cli -p 6379 ping >/dev/null 2>&1; then
+    say "starting redis-server on 127.0.0.1:6379"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  fi
+}
+
+ensure_postgres
+ensure_redis
