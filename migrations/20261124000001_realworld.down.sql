@@ -1,5 +1,7 @@
 DROP TABLE IF EXISTS comments;
 DROP TABLE IF EXISTS favorites;
 DROP TABLE IF EXISTS articles;
+DROP TABLE IF EXISTS article_stats;
+DROP FUNCTION IF EXISTS article_stats_count();
 DROP TABLE IF EXISTS follows;
 DROP TABLE IF EXISTS users;

@@ -44,6 +44,28 @@ CREATE INDEX articles_recent_idx ON articles (created_at DESC, id DESC);
 CREATE INDEX articles_author_recent_idx ON articles (author_id, created_at DESC, id DESC);
 CREATE INDEX articles_tags_idx ON articles USING gin (tag_list);
 
+-- The unfiltered article list needs the total on every request: keep it in one row,
+-- maintained by statement-level triggers, instead of counting the table each time.
+CREATE TABLE article_stats (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    article_count bigint NOT NULL DEFAULT 0
+);
+INSERT INTO article_stats DEFAULT VALUES;
+
+CREATE FUNCTION article_stats_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        UPDATE article_stats SET article_count = article_count + (SELECT count(*) FROM changed);
+    ELSE
+        UPDATE article_stats SET article_count = article_count - (SELECT count(*) FROM changed);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER articles_count_inserts AFTER INSERT ON articles
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION article_stats_count();
+CREATE TRIGGER articles_count_deletes AFTER DELETE ON articles
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION article_stats_count();
+
 CREATE TABLE favorites (
     user_id    uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     article_id bigint NOT NULL REFERENCES articles (id) ON DELETE CASCADE,

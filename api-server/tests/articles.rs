@@ -471,6 +471,11 @@ async fn deleting_an_article_removes_its_comments_and_favorites(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(leftovers, 0);
+    // The maintained total follows deletes.
+    assert_eq!(
+        app.get("/api/articles", None).await.body["articlesCount"],
+        0
+    );
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]

@@ -111,9 +111,14 @@ impl ListShape {
         } else {
             conditions.join(" AND ")
         };
+        let total = if conditions.is_empty() {
+            "SELECT article_count AS total FROM article_stats".to_owned()
+        } else {
+            format!("SELECT count(*) AS total FROM articles a WHERE {filter}")
+        };
         format!(
             "SELECT t.total, p.* FROM
-                 (SELECT count(*) AS total FROM articles a WHERE {filter}) t
+                 ({total}) t
              LEFT JOIN LATERAL (
                  SELECT a.id, {columns}
                  FROM articles a JOIN users u ON u.id = a.author_id
