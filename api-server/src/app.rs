@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,9 +16,12 @@ use tokio::net::TcpListener;
 use crate::auth::password::PasswordHashing;
 use crate::auth::tokens::{KeyRing, TokenService};
 use crate::config::Config;
+use crate::config::DatabaseUrlSource;
+use crate::db::Db;
 use crate::keys::{KeySetFile, generate_keyset};
+use crate::kv::Kv;
 use crate::metrics::{KeyLabels, Metrics};
-use crate::state::AppState;
+use crate::state::{AppState, Parts};
 
 pub struct App {
     pub state: AppState,
@@ -75,7 +79,7 @@ impl App {
     pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<App> {
         let (keyset, dev_keys) = load_keys(&config)?;
         let ring = KeyRing::from_file(&keyset).context("invalid signing key set")?;
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         publish_key_metrics(&metrics, &ring);
         let tokens = TokenService::new(
             ring,
@@ -90,13 +94,58 @@ impl App {
             None => crate::db::pool(&config.database.url, &config.database)
                 .context("invalid database URL")?,
         };
+        let database = Arc::new(Db::new(pool));
+        let kv = match &config.redis_url {
+            Some(url) => Some(Kv::start(url, config.redis_timeout, metrics.clone())?),
+            None => {
+                tracing::info!(
+                    "no STOA_REDIS_URL: rate limits and revocation checks run without Redis; no response cache"
+                );
+                None
+            }
+        };
+        if let Some(kv) = &kv {
+            let database = database.clone();
+            let access_ttl = config.auth.access_token_ttl;
+            kv.set_resync(Box::new(move |conn| {
+                let database = database.clone();
+                Box::pin(async move {
+                    let pool = database.pool().clone();
+                    let restored =
+                        crate::auth::revocation::resync(&pool, conn.clone(), access_ttl).await?;
+                    crate::cache::flush(conn).await?;
+                    tracing::info!(
+                        revocations = restored,
+                        "redis resynced: revocations restored, cache flushed"
+                    );
+                    Ok(())
+                })
+            }));
+        }
         let listener = TcpListener::bind(config.http.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;
         let admin_listener = TcpListener::bind(config.http.admin_addr)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", config.http.admin_addr))?;
-        let state = AppState::new(config, pool, tokens, passwords, metrics);
+        let keys_dir = config.auth.keys_dir.clone();
+        let url_source = config.database.url_source.clone();
+        let initial_url = config.database.url.clone();
+        let state = AppState::new(Parts {
+            config,
+            database,
+            tokens,
+            passwords,
+            metrics,
+            kv,
+        });
+        crate::watch::publish_credentials(&state, &initial_url);
+        if let Some(dir) = keys_dir {
+            crate::watch::spawn_keyset_watcher(state.clone(), dir);
+        }
+        if let DatabaseUrlSource::File(path) = url_source {
+            crate::watch::spawn_credentials_watcher(state.clone(), path, initial_url);
+        }
         Ok(App {
             state,
             listener,

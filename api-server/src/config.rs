@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ratelimit::Quota;
+
 /// A value that must never appear in logs, errors or `check-config` output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -74,6 +76,9 @@ pub struct DatabaseConfig {
     pub min_connections: u32,
     pub acquire_timeout: Duration,
     pub statement_timeout: Duration,
+    /// After a credential swap, how long the old pool keeps serving requests that already
+    /// hold it before it is closed.
+    pub drain_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -109,10 +114,33 @@ pub struct HttpConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Every request, per client IP.
+    pub per_ip: Quota,
+    /// Every authenticated request, per user.
+    pub per_user: Quota,
+    /// Login, register and refresh, per client IP.
+    pub auth: Quota,
+    /// Login attempts per account (keyed by a hash of the email, existing or not).
+    pub login_per_account: Quota,
+    /// How many reverse proxies in front of the server append to `X-Forwarded-For`;
+    /// 0 means use the peer address.
+    pub trusted_proxy_hops: usize,
+}
+
+#[derive(Debug, Clone)]
 pub struct Config {
     pub dev: bool,
     pub database: DatabaseConfig,
     pub redis_url: Option<Secret>,
+    /// Per-operation Redis deadline; past it, Redis counts as down.
+    pub redis_timeout: Duration,
+    /// Lifetime of cached anonymous reads; 0 disables the cache.
+    pub cache_ttl: Duration,
+    pub rate_limits: RateLimitConfig,
+    /// How often mounted files (key set, database URL) are checked for changes.
+    pub reload_interval: Duration,
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub log_format: LogFormat,
@@ -203,6 +231,14 @@ pub fn read_secret_file(path: &str) -> Result<Secret, String> {
     Ok(Secret::new(trimmed))
 }
 
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
 fn socket_addr(v: &str) -> Result<SocketAddr, String> {
     v.parse()
         .map_err(|e| format!("{e} (expected host:port, e.g. 0.0.0.0:8080)"))
@@ -280,12 +316,32 @@ impl Config {
             acquire_timeout: env.duration("STOA_DB_ACQUIRE_TIMEOUT", Duration::from_secs(5))?,
             statement_timeout: env
                 .duration("STOA_DB_STATEMENT_TIMEOUT", Duration::from_secs(10))?,
+            drain_grace: env.duration("STOA_DB_DRAIN_GRACE", Duration::from_secs(5))?,
         };
 
         let redis_url = env.secret("STOA_REDIS_URL")?.map(|(secret, _)| secret);
         if let Some(redis) = &redis_url {
             validate_url("STOA_REDIS_URL", redis, &["redis", "rediss"])?;
         }
+
+        let quota = |name: &'static str, default: &str| {
+            env.parse(
+                name,
+                Quota::parse(default).unwrap_or(Quota {
+                    burst: 1,
+                    period: Duration::from_secs(1),
+                }),
+                Quota::parse,
+            )
+        };
+        let rate_limits = RateLimitConfig {
+            enabled: env.parse("STOA_RATE_LIMIT_ENABLED", true, parse_bool)?,
+            per_ip: quota("STOA_RATE_LIMIT_PER_IP", "1200/1m")?,
+            per_user: quota("STOA_RATE_LIMIT_PER_USER", "1200/1m")?,
+            auth: quota("STOA_RATE_LIMIT_AUTH", "20/1m")?,
+            login_per_account: quota("STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT", "10/15m")?,
+            trusted_proxy_hops: env.number("STOA_TRUSTED_PROXY_HOPS", 0usize)?,
+        };
 
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let http = HttpConfig {
@@ -409,6 +465,10 @@ impl Config {
             dev,
             database,
             redis_url,
+            redis_timeout: env.duration("STOA_REDIS_TIMEOUT", Duration::from_millis(250))?,
+            cache_ttl: env.duration("STOA_CACHE_TTL", Duration::from_secs(30))?,
+            rate_limits,
+            reload_interval: env.duration("STOA_RELOAD_INTERVAL", Duration::from_secs(1))?,
             http,
             auth,
             log_format,
@@ -454,6 +514,26 @@ impl Config {
                 || "(not set: in-process fallbacks)".into(),
                 |u| redact_url(u.expose()),
             ),
+        );
+        out.insert("STOA_DB_DRAIN_GRACE", d(self.database.drain_grace));
+        out.insert("STOA_REDIS_TIMEOUT", d(self.redis_timeout));
+        out.insert("STOA_CACHE_TTL", d(self.cache_ttl));
+        out.insert("STOA_RELOAD_INTERVAL", d(self.reload_interval));
+        let q = |q: Quota| format!("{}/{}", q.burst, humantime::format_duration(q.period));
+        out.insert(
+            "STOA_RATE_LIMIT_ENABLED",
+            self.rate_limits.enabled.to_string(),
+        );
+        out.insert("STOA_RATE_LIMIT_PER_IP", q(self.rate_limits.per_ip));
+        out.insert("STOA_RATE_LIMIT_PER_USER", q(self.rate_limits.per_user));
+        out.insert("STOA_RATE_LIMIT_AUTH", q(self.rate_limits.auth));
+        out.insert(
+            "STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT",
+            q(self.rate_limits.login_per_account),
+        );
+        out.insert(
+            "STOA_TRUSTED_PROXY_HOPS",
+            self.rate_limits.trusted_proxy_hops.to_string(),
         );
         out.insert("STOA_LISTEN_ADDR", self.http.listen_addr.to_string());
         out.insert("STOA_ADMIN_ADDR", self.http.admin_addr.to_string());

@@ -93,3 +93,26 @@ pub async fn create_database_if_missing(url: &Secret) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The pool in use, swappable at run time (credential rotation) without a restart.
+pub struct Db {
+    pool: arc_swap::ArcSwap<PgPool>,
+}
+
+impl Db {
+    pub fn new(pool: PgPool) -> Self {
+        Db {
+            pool: arc_swap::ArcSwap::from_pointee(pool),
+        }
+    }
+
+    /// The current pool. Hold the guard only for the duration of a query.
+    pub fn pool(&self) -> arc_swap::Guard<std::sync::Arc<PgPool>> {
+        self.pool.load()
+    }
+
+    /// Installs a new pool and returns the previous one (for the caller to drain).
+    pub fn replace(&self, pool: PgPool) -> std::sync::Arc<PgPool> {
+        self.pool.swap(std::sync::Arc::new(pool))
+    }
+}

@@ -33,7 +33,10 @@ pub enum ApiError {
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("rate limited")]
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        retry_after: Duration,
+        headers: crate::ratelimit::Headers,
+    },
     #[error("service unavailable: {0}")]
     Unavailable(&'static str),
     #[error("database error")]
@@ -118,11 +121,16 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Token realm=\"stoa\", Bearer realm=\"stoa\""),
                 );
             }
-            ApiError::RateLimited { retry_after } => {
-                let secs = retry_after.as_secs().max(1);
+            ApiError::RateLimited {
+                retry_after,
+                headers,
+            } => {
+                // Round up: retrying after the advertised time must succeed.
+                let secs = retry_after.as_millis().div_ceil(1000).max(1);
                 if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
+                headers.apply(response.headers_mut());
             }
             ApiError::Unavailable(_) => {
                 response

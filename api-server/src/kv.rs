@@ -11,15 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use redis::{AsyncCommands, RedisResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisResult};
 
 use crate::config::Secret;
 use crate::metrics::{DependencyLabels, Metrics};
 
 /// Runs when Redis (re)appears, before it is trusted again: restores what Redis mirrors
 /// and drops what may have gone stale while writes could not reach it.
-pub type ResyncHook = Box<dyn Fn(ConnectionManager) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+pub type ResyncHook =
+    Box<dyn Fn(ConnectionManager) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
 /// Present in Redis once a resync has run against this Redis instance; a Redis that lost
 /// its data (restart without persistence) lacks it, which triggers a resync.
@@ -36,8 +37,13 @@ pub struct Kv {
 impl Kv {
     /// Creates the client without connecting (Redis may be down at start-up) and starts
     /// the probe that keeps the breaker's state current.
-    pub fn start(url: &Secret, timeout: Duration, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Kv>> {
-        let client = redis::Client::open(url.expose()).map_err(|e| anyhow::anyhow!("invalid STOA_REDIS_URL: {:?}", e.kind()))?;
+    pub fn start(
+        url: &Secret,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Kv>> {
+        let client = redis::Client::open(url.expose())
+            .map_err(|e| anyhow::anyhow!("invalid STOA_REDIS_URL: {:?}", e.kind()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -46,8 +52,19 @@ impl Kv {
             .set_max_delay(Duration::from_millis(500));
         let manager = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| anyhow::anyhow!("cannot set up Redis: {:?}", e.kind()))?;
-        let kv = Arc::new(Kv { manager, resync: std::sync::OnceLock::new(), up: AtomicBool::new(false), timeout, metrics });
-        kv.metrics.dependency_up.get_or_create(&DependencyLabels { dependency: "redis" }).set(0);
+        let kv = Arc::new(Kv {
+            manager,
+            resync: std::sync::OnceLock::new(),
+            up: AtomicBool::new(false),
+            timeout,
+            metrics,
+        });
+        kv.metrics
+            .dependency_up
+            .get_or_create(&DependencyLabels {
+                dependency: "redis",
+            })
+            .set(0);
         tokio::spawn(probe(Arc::downgrade(&kv)));
         Ok(kv)
     }
@@ -63,11 +80,19 @@ impl Kv {
 
     fn set_up(&self, up: bool, reason: &str) {
         if self.up.swap(up, Ordering::Relaxed) != up {
-            self.metrics.dependency_up.get_or_create(&DependencyLabels { dependency: "redis" }).set(i64::from(up));
+            self.metrics
+                .dependency_up
+                .get_or_create(&DependencyLabels {
+                    dependency: "redis",
+                })
+                .set(i64::from(up));
             if up {
                 tracing::info!("redis is reachable again; leaving degraded mode");
             } else {
-                tracing::warn!(reason, "redis unavailable; degraded mode (PostgreSQL and in-process fallbacks)");
+                tracing::warn!(
+                    reason,
+                    "redis unavailable; degraded mode (PostgreSQL and in-process fallbacks)"
+                );
             }
         }
     }
@@ -111,7 +136,10 @@ impl Kv {
                 .map_err(|_| "resync timed out".to_owned())?
                 .map_err(|e| format!("resync failed: {e:#}"))?;
         }
-        let _: () = conn.set(SYNCED_MARKER, 1).await.map_err(|e| e.category().to_owned())?;
+        let _: () = conn
+            .set(SYNCED_MARKER, 1)
+            .await
+            .map_err(|e| e.category().to_owned())?;
         Ok(())
     }
 }

@@ -2,11 +2,15 @@
 
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod kv;
 pub mod metrics;
+pub mod ratelimit;
 pub mod state;
 pub mod telemetry;
+pub mod watch;

@@ -54,6 +54,26 @@ pub struct Metrics {
     pub keyset_generation: Gauge<u64, AtomicU64>,
     pub dependency_up: Family<DependencyLabels, Gauge>,
     pub security_events: Family<EventLabels, Counter>,
+    pub cache_requests: Family<crate::cache::CacheLabels, Counter>,
+    pub rate_limited: Family<BucketLabels, Counter>,
+    pub db_credentials: Family<CredentialLabels, Gauge>,
+    pub db_credential_reloads: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabels {
+    pub bucket: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    /// The database role in use (a name, never a password).
+    pub user: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -135,6 +155,30 @@ impl Metrics {
             "Security-relevant events, by kind",
             security_events.clone(),
         );
+        let cache_requests = Family::<crate::cache::CacheLabels, Counter>::default();
+        registry.register(
+            "cache_requests",
+            "Cache lookups by kind and outcome (hit, miss, unavailable)",
+            cache_requests.clone(),
+        );
+        let rate_limited = Family::<BucketLabels, Counter>::default();
+        registry.register(
+            "rate_limited_requests",
+            "Requests refused with 429, by bucket",
+            rate_limited.clone(),
+        );
+        let db_credentials = Family::<CredentialLabels, Gauge>::default();
+        registry.register(
+            "db_credentials_info",
+            "The database role whose credentials the active pool uses (1)",
+            db_credentials.clone(),
+        );
+        let db_credential_reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "db_credential_reloads",
+            "Database credential file changes, by outcome (swapped, rejected)",
+            db_credential_reloads.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Build information", build_info.clone());
         build_info
@@ -156,6 +200,10 @@ impl Metrics {
             keyset_generation,
             dependency_up,
             security_events,
+            cache_requests,
+            rate_limited,
+            db_credentials,
+            db_credential_reloads,
         }
     }
 

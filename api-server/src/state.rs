@@ -3,24 +3,32 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::Guard;
 use sqlx::PgPool;
 
 use crate::auth::password::PasswordHashing;
+use crate::auth::revocation::Revocations;
 use crate::auth::tokens::TokenService;
+use crate::cache::Cache;
 use crate::config::Config;
+use crate::db::Db;
+use crate::kv::Kv;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub config: Config,
-    /// Swappable so a credential rotation can replace the pool without a restart.
-    db: ArcSwap<PgPool>,
+    pub database: Arc<Db>,
     pub tokens: TokenService,
     pub passwords: PasswordHashing,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    pub kv: Option<Arc<Kv>>,
+    pub revocations: Revocations,
+    pub limiter: RateLimiter,
+    pub cache: Cache,
     shutting_down: AtomicBool,
 }
 
@@ -31,20 +39,35 @@ impl std::ops::Deref for AppState {
     }
 }
 
+pub struct Parts {
+    pub config: Config,
+    pub database: Arc<Db>,
+    pub tokens: TokenService,
+    pub passwords: PasswordHashing,
+    pub metrics: Arc<Metrics>,
+    pub kv: Option<Arc<Kv>>,
+}
+
 impl AppState {
-    pub fn new(
-        config: Config,
-        db: PgPool,
-        tokens: TokenService,
-        passwords: PasswordHashing,
-        metrics: Metrics,
-    ) -> Self {
-        AppState(Arc::new(Inner {
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
             config,
-            db: ArcSwap::from_pointee(db),
+            database,
             tokens,
             passwords,
             metrics,
+            kv,
+        } = parts;
+        AppState(Arc::new(Inner {
+            revocations: Revocations::new(kv.clone(), config.auth.access_token_ttl),
+            limiter: RateLimiter::new(kv.clone()),
+            cache: Cache::new(kv.clone(), config.cache_ttl, metrics.clone()),
+            config,
+            database,
+            tokens,
+            passwords,
+            metrics,
+            kv,
             shutting_down: AtomicBool::new(false),
         }))
     }
@@ -53,12 +76,7 @@ impl AppState {
 impl Inner {
     /// The current pool. Hold the guard only for the duration of a query.
     pub fn db(&self) -> Guard<Arc<PgPool>> {
-        self.db.load()
-    }
-
-    /// Installs a new pool and returns the previous one (for the caller to drain).
-    pub fn replace_db(&self, pool: PgPool) -> Arc<PgPool> {
-        self.db.swap(Arc::new(pool))
+        self.database.pool()
     }
 
     pub fn begin_shutdown(&self) {

@@ -53,7 +53,8 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     }
 }
 
-fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
+/// Verifies the signature and claims, then the denylist, then the caller's rate budget.
+async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
     let claims = state.tokens.verify(token).map_err(|e| {
         ApiError::Unauthorized(match e {
             TokenError::Expired => "has expired",
@@ -61,6 +62,28 @@ fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
             TokenError::Malformed | TokenError::Invalid => "is invalid",
         })
     })?;
+    let revoked = state
+        .revocations
+        .is_revoked(&state.db(), claims.jti, claims.fam)
+        .await?;
+    if revoked {
+        return Err(ApiError::Unauthorized("has been revoked"));
+    }
+    let limits = &state.config.rate_limits;
+    if limits.enabled {
+        let decision = state
+            .limiter
+            .check("user", &claims.sub.to_string(), limits.per_user)
+            .await;
+        if !decision.allowed {
+            return Err(crate::ratelimit::refuse(
+                &state.metrics,
+                "user",
+                limits.per_user,
+                decision,
+            ));
+        }
+    }
     Ok(AuthUser {
         id: claims.sub,
         claims,
@@ -75,7 +98,7 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?.ok_or(ApiError::Unauthorized("is missing"))?;
-        authenticate(state, token)
+        authenticate(state, token).await
     }
 }
 
@@ -88,7 +111,9 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
     ) -> Result<Self, Self::Rejection> {
         match bearer(parts)? {
             None => Ok(MaybeAuthUser(None)),
-            Some(token) => authenticate(state, token).map(|user| MaybeAuthUser(Some(user))),
+            Some(token) => authenticate(state, token)
+                .await
+                .map(|user| MaybeAuthUser(Some(user))),
         }
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod extract;
 pub mod password;
+pub mod refresh;
+pub mod revocation;
 pub mod tokens;
 
 pub use extract::{AuthUser, MaybeAuthUser};

@@ -24,6 +24,10 @@ pub struct Claims {
     pub nbf: i64,
     /// Token id, used for revocation.
     pub jti: Uuid,
+    /// The refresh-token family (login session) this token belongs to; revoking the
+    /// family (logout, reuse detection, password change) also rejects its access tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fam: Option<Uuid>,
 }
 
 /// A key set ready for use: the signer, the verifiers and the published JWKS.
@@ -160,7 +164,7 @@ impl TokenService {
         self.ttl
     }
 
-    pub fn issue(&self, user_id: Uuid) -> anyhow::Result<IssuedToken> {
+    pub fn issue(&self, user_id: Uuid, family: Option<Uuid>) -> anyhow::Result<IssuedToken> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user_id,
@@ -170,6 +174,7 @@ impl TokenService {
             nbf: now,
             exp: now + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2),
             jti: Uuid::now_v7(),
+            fam: family,
         };
         let ring = self.ring.load();
         let mut header = Header::new(Algorithm::EdDSA);
@@ -214,7 +219,7 @@ mod tests {
     fn issued_tokens_verify_and_carry_a_kid() {
         let tokens = service(&generate_keyset(), Duration::from_secs(60));
         let user = Uuid::new_v4();
-        let issued = tokens.issue(user).unwrap();
+        let issued = tokens.issue(user, None).unwrap();
         let header = jsonwebtoken::decode_header(&issued.token).unwrap();
         assert_eq!(
             header.kid.as_deref(),
@@ -227,11 +232,11 @@ mod tests {
     fn tokens_from_other_keys_issuers_or_tampering_are_rejected() {
         let tokens = service(&generate_keyset(), Duration::from_secs(60));
         let stranger = service(&generate_keyset(), Duration::from_secs(60));
-        let foreign = stranger.issue(Uuid::new_v4()).unwrap().token;
+        let foreign = stranger.issue(Uuid::new_v4(), None).unwrap().token;
         assert_eq!(tokens.verify(&foreign), Err(TokenError::UnknownKey));
         assert_eq!(tokens.verify("not.a.jwt"), Err(TokenError::Malformed));
 
-        let token = tokens.issue(Uuid::new_v4()).unwrap().token;
+        let token = tokens.issue(Uuid::new_v4(), None).unwrap().token;
         let mut tampered = token.clone();
         tampered.replace_range(token.len() - 3.., "AAA");
         assert_eq!(tokens.verify(&tampered), Err(TokenError::Invalid));
@@ -241,12 +246,12 @@ mod tests {
     fn retiring_keys_still_verify_after_rotation() {
         let mut file = generate_keyset();
         let tokens = service(&file, Duration::from_secs(60));
-        let old = tokens.issue(Uuid::new_v4()).unwrap().token;
+        let old = tokens.issue(Uuid::new_v4(), None).unwrap().token;
         file.keys[0].state = KeyState::Retiring;
         file.keys.push(generate_key(KeyState::Active));
         tokens.replace_ring(KeyRing::from_file(&file).unwrap());
         assert!(tokens.verify(&old).is_ok());
-        let new = tokens.issue(Uuid::new_v4()).unwrap().token;
+        let new = tokens.issue(Uuid::new_v4(), None).unwrap().token;
         assert_eq!(
             jsonwebtoken::decode_header(&new).unwrap().kid.unwrap(),
             file.keys[1].kid

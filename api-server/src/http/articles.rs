@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
@@ -13,13 +14,14 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
+use crate::cache::{Change, Key};
 use crate::error::{ApiError, ApiResult, Validator};
 use crate::http::extract::{ApiJson, ApiQuery, Pagination};
 use crate::http::slug::{slugify, with_suffix};
 use crate::http::types::{
     Article, ArticleResponse, ArticlesResponse, NewArticleRequest, UpdateArticleRequest,
 };
-use crate::http::validate;
+use crate::http::{json_bytes, to_json_bytes, validate};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -234,14 +236,25 @@ async fn get_article(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
     Path(slug): Path<String>,
-) -> ApiResult<axum::Json<ArticleResponse>> {
+) -> ApiResult<Response> {
+    let cache_key =
+        (viewer.0.is_none() && state.cache.enabled()).then(|| Key::Article(slug.clone()));
+    if let Some(key) = &cache_key {
+        if let Some(body) = state.cache.get(key).await {
+            return Ok(json_bytes(body));
+        }
+    }
     let article: Article = sqlx::query_as(GET_ARTICLE)
         .bind(viewer.id())
         .bind(&slug)
         .fetch_optional(&**state.db())
         .await?
         .ok_or(ApiError::NotFound("article"))?;
-    Ok(axum::Json(ArticleResponse { article }))
+    let body = to_json_bytes(&ArticleResponse { article })?;
+    if let Some(key) = &cache_key {
+        state.cache.put(key, &body).await;
+    }
+    Ok(json_bytes(body))
 }
 
 const CREATE_ARTICLE: &str = concat!(
@@ -319,6 +332,13 @@ async fn create_article(
                 _ => e.into(),
             })?;
         if let Some(article) = created {
+            state
+                .cache
+                .invalidate(Change::Articles {
+                    slugs: &[],
+                    tags: !article.tag_list.is_empty(),
+                })
+                .await;
             return Ok((StatusCode::CREATED, axum::Json(ArticleResponse { article })));
         }
         slug = with_suffix(&base);
@@ -432,9 +452,16 @@ async fn update_article(
         if owner != auth.id {
             return Err(ApiError::Forbidden("article"));
         }
-        return Ok(axum::Json(ArticleResponse {
-            article: Article::from_row(&row)?,
-        }));
+        let article = Article::from_row(&row)?;
+        let slugs = [slug.as_str(), article.slug.as_str()];
+        state
+            .cache
+            .invalidate(Change::Articles {
+                slugs: &slugs,
+                tags: tags.is_some(),
+            })
+            .await;
+        return Ok(axum::Json(ArticleResponse { article }));
     }
     Err(anyhow::anyhow!("could not find a free slug while updating {slug:?}").into())
 }
@@ -462,6 +489,13 @@ async fn delete_article(
     if owner != auth.id {
         return Err(ApiError::Forbidden("article"));
     }
+    state
+        .cache
+        .invalidate(Change::Articles {
+            slugs: &[&slug],
+            tags: true,
+        })
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -505,6 +539,14 @@ async fn set_favorite(
         .fetch_optional(&**state.db())
         .await?
         .ok_or(ApiError::NotFound("article"))?;
+    // The count is in the article page and in every list that shows it.
+    state
+        .cache
+        .invalidate(Change::Articles {
+            slugs: &[slug],
+            tags: false,
+        })
+        .await;
     Ok(axum::Json(ArticleResponse { article }))
 }
 

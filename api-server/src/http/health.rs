@@ -43,6 +43,8 @@ pub struct Checks {
     pub database: Check,
     pub schema: Check,
     pub signing_keys: Check,
+    /// Optional: `disabled`, `up` or `degraded` (Redis down; fallbacks in use). Never fails readiness.
+    pub redis: Check,
     pub lifecycle: Check,
 }
 
@@ -136,6 +138,17 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         ),
         None => Check::failed("missing", "no active signing key"),
     };
+    let redis = match &state.kv {
+        None => Check::ok(
+            "disabled",
+            Some("not configured; in-process fallbacks".into()),
+        ),
+        Some(kv) if kv.is_up() => Check::ok("up", None),
+        Some(_) => Check::ok(
+            "degraded",
+            Some("unreachable; using PostgreSQL and in-process fallbacks, no cache".into()),
+        ),
+    };
     let lifecycle = if state.is_shutting_down() {
         Check::failed("draining", "shutting down")
     } else {
@@ -149,6 +162,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             database,
             schema,
             signing_keys,
+            redis,
             lifecycle,
         },
     };

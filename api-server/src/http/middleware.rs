@@ -115,3 +115,83 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
         .unwrap_or_default();
     ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
 }
+
+/// The caller's address as the rate limiter sees it (see `STOA_TRUSTED_PROXY_HOPS`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+/// The general per-IP budget. Health probes are exempt (kubelets must never be throttled).
+pub async fn limit_per_ip(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let limits = &state.config.rate_limits;
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let forwarded = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let ip = crate::ratelimit::client_ip(peer, forwarded, limits.trusted_proxy_hops);
+    request.extensions_mut().insert(ClientIp(ip));
+
+    let path = request.uri().path();
+    if !limits.enabled || path == "/healthz" || path == "/readyz" {
+        return next.run(request).await;
+    }
+    let decision = state
+        .limiter
+        .check("ip", &ip.to_string(), limits.per_ip)
+        .await;
+    if !decision.allowed {
+        return crate::ratelimit::refuse(&state.metrics, "ip", limits.per_ip, decision)
+            .into_response();
+    }
+    let mut response = next.run(request).await;
+    crate::ratelimit::Headers::new(limits.per_ip, decision).apply(response.headers_mut());
+    response
+}
+
+/// `ETag` on successful GETs and `304 Not Modified` when `If-None-Match` matches.
+pub async fn etag(request: Request, next: Next) -> Response {
+    use axum::http::{HeaderValue, Method, StatusCode, header};
+    if request.method() != Method::GET {
+        return next.run(request).await;
+    }
+    let if_none_match = request.headers().get(header::IF_NONE_MATCH).cloned();
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() != StatusCode::OK || !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // API responses are small and already in memory; the limit only guards against surprises.
+    let Ok(bytes) = axum::body::to_bytes(body, 16 * 1024 * 1024).await else {
+        return ApiError::Internal(anyhow::anyhow!("response body unreadable")).into_response();
+    };
+    let tag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(&bytes));
+    let matches = if_none_match
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',').any(|candidate| {
+                candidate.trim().trim_start_matches("W/") == tag || candidate.trim() == "*"
+            })
+        });
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        parts.headers.insert(header::ETAG, value);
+    }
+    if matches {
+        parts.status = StatusCode::NOT_MODIFIED;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_TYPE);
+        return Response::from_parts(parts, Body::empty());
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}

@@ -2,6 +2,7 @@
 //! middleware (request ids, access logs, metrics, limits, timeouts, CORS).
 
 pub mod articles;
+pub mod auth;
 pub mod comments;
 pub mod extract;
 pub mod health;
@@ -38,6 +39,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(users::router())
+        .merge(auth::router())
         .merge(profiles::router())
         .merge(articles::router())
         .merge(comments::router())
@@ -83,7 +85,12 @@ pub fn router(state: AppState) -> Router {
                 .into_response()
         })
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(axum::middleware::from_fn(middleware::etag))
         .layer(request_limits)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::limit_per_ip,
+        ))
         .layer(cors(&config.cors_allowed_origins))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -125,8 +132,35 @@ fn cors(origins: &[String]) -> CorsLayer {
             Method::OPTIONS,
         ])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
-        .expose_headers([REQUEST_ID, header::RETRY_AFTER])
+        .expose_headers([
+            REQUEST_ID,
+            header::RETRY_AFTER,
+            header::ETAG,
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+        ])
         .max_age(Duration::from_secs(600))
+}
+
+/// A JSON body that is already serialized (cached or about to be cached), answered exactly
+/// like `axum::Json` would, so cached and fresh answers are byte-identical.
+pub fn json_bytes(body: axum::body::Bytes) -> axum::response::Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Serializes `value` for a response that may also be cached.
+pub fn to_json_bytes<T: serde::Serialize>(value: &T) -> Result<axum::body::Bytes, ApiError> {
+    serde_json::to_vec(value)
+        .map(axum::body::Bytes::from)
+        .map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// A database error in words safe to show an operator (no URLs, no passwords).

@@ -4,8 +4,10 @@ use axum::extract::State;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::cache::Key;
 use crate::error::ApiResult;
 use crate::http::types::TagsResponse;
+use crate::http::{json_bytes, to_json_bytes};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -15,11 +17,16 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Distinct tags in use, most used first.
 #[utoipa::path(get, path = "/api/tags", tag = "tags",
     responses((status = 200, body = TagsResponse)))]
-async fn list_tags(State(state): State<AppState>) -> ApiResult<axum::Json<TagsResponse>> {
+async fn list_tags(State(state): State<AppState>) -> ApiResult<axum::response::Response> {
+    if let Some(body) = state.cache.get(&Key::Tags).await {
+        return Ok(json_bytes(body));
+    }
     let tags: Vec<String> = sqlx::query_scalar(
         "SELECT tag FROM articles, unnest(tag_list) AS tag GROUP BY tag ORDER BY count(*) DESC, tag",
     )
     .fetch_all(&**state.db())
     .await?;
-    Ok(axum::Json(TagsResponse { tags }))
+    let body = to_json_bytes(&TagsResponse { tags })?;
+    state.cache.put(&Key::Tags, &body).await;
+    Ok(json_bytes(body))
 }

@@ -98,6 +98,10 @@ pub struct User {
     pub username: String,
     pub bio: Option<String>,
     pub image: Option<String>,
+    /// Opaque refresh token (login, register, refresh and password change only); exchange
+    /// it at `POST /api/auth/refresh`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

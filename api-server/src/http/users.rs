@@ -1,5 +1,6 @@
 //! Registration, login and the current user.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
@@ -7,8 +8,11 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
+use crate::cache::Change;
 use crate::error::{ApiError, ApiResult, ResultExt, Validator};
+use crate::http::auth::{limit_credentials, limit_login_attempts, security_event};
 use crate::http::extract::ApiJson;
+use crate::http::middleware::ClientIp;
 use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, User, UserResponse};
 use crate::http::validate;
 use crate::state::AppState;
@@ -21,20 +25,27 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(sqlx::FromRow)]
-struct UserRow {
-    id: Uuid,
-    email: String,
-    username: String,
-    bio: Option<String>,
-    image: Option<String>,
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub username: String,
+    pub bio: Option<String>,
+    pub image: Option<String>,
 }
 
 fn taken(field: &'static str) -> impl FnOnce() -> ApiError {
     move || ApiError::field(field, "has already been taken")
 }
 
-fn user_response(state: &AppState, row: UserRow) -> ApiResult<UserResponse> {
-    let issued = state.tokens.issue(row.id)?;
+/// The user with a fresh access token in session `family`, and the session's new
+/// refresh token when one was just issued.
+pub fn session_response(
+    state: &AppState,
+    row: UserRow,
+    family: Option<Uuid>,
+    refresh_token: Option<String>,
+) -> ApiResult<UserResponse> {
+    let issued = state.tokens.issue(row.id, family)?;
     Ok(UserResponse {
         user: User {
             email: row.email,
@@ -42,8 +53,24 @@ fn user_response(state: &AppState, row: UserRow) -> ApiResult<UserResponse> {
             username: row.username,
             bio: row.bio,
             image: row.image,
+            refresh_token,
         },
     })
+}
+
+/// A new session: a refresh-token family, its first token and its expiry.
+struct NewSession {
+    family: Uuid,
+    refresh: crate::auth::refresh::NewRefreshToken,
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn new_session(state: &AppState) -> NewSession {
+    NewSession {
+        family: Uuid::new_v4(),
+        refresh: crate::auth::refresh::generate(),
+        expires_at: chrono::Utc::now() + state.config.auth.refresh_token_ttl,
+    }
 }
 
 /// Register a new user.
@@ -55,8 +82,10 @@ fn user_response(state: &AppState, row: UserRow) -> ApiResult<UserResponse> {
     ))]
 async fn register(
     State(state): State<AppState>,
+    Extension(ip): Extension<ClientIp>,
     ApiJson(NewUserRequest { user }): ApiJson<NewUserRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<UserResponse>)> {
+    limit_credentials(&state, ip).await?;
     let username = user.username.trim();
     let email = user.email.trim();
     Validator::default()
@@ -74,20 +103,36 @@ async fn register(
         .finish()?;
 
     let password_hash = state.passwords.hash(user.password).await?;
-    // The unique indexes decide races between concurrent registrations.
+    let session = new_session(&state);
+    // One statement creates the user and the first session; the unique indexes decide
+    // races between concurrent registrations.
     let row: UserRow = sqlx::query_as(
-        "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)
-         RETURNING id, email, username, bio, image",
+        "WITH u AS (
+             INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)
+             RETURNING id, email, username, bio, image),
+          session AS (
+             INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at)
+             SELECT $4, $5, id, $6 FROM u)
+         SELECT * FROM u",
     )
     .bind(username)
     .bind(email)
     .bind(password_hash)
+    .bind(&session.refresh.hash)
+    .bind(session.family)
+    .bind(session.expires_at)
     .fetch_one(&**state.db())
     .await
     .on_constraint("users_username_key", taken("username"))
     .on_constraint("users_email_key", taken("email"))?;
     tracing::info!(user_id = %row.id, "user registered");
-    Ok((StatusCode::CREATED, axum::Json(user_response(&state, row)?)))
+    let response = session_response(
+        &state,
+        row,
+        Some(session.family),
+        Some(session.refresh.token),
+    )?;
+    Ok((StatusCode::CREATED, axum::Json(response)))
 }
 
 /// Log in with email and password.
@@ -100,8 +145,10 @@ async fn register(
     ))]
 async fn login(
     State(state): State<AppState>,
+    Extension(ip): Extension<ClientIp>,
     ApiJson(LoginRequest { user }): ApiJson<LoginRequest>,
 ) -> ApiResult<axum::Json<UserResponse>> {
+    limit_credentials(&state, ip).await?;
     Validator::default()
         .check(!user.email.trim().is_empty(), "email", "can't be blank")
         .check(!user.password.is_empty(), "password", "can't be blank")
@@ -111,6 +158,7 @@ async fn login(
             "is too long",
         )
         .finish()?;
+    limit_login_attempts(&state, &user.email).await?;
 
     #[derive(sqlx::FromRow)]
     struct Credentials {
@@ -130,19 +178,27 @@ async fn login(
         None => (None, None),
     };
     let matched = state.passwords.verify(user.password, hash).await?;
-    match row {
-        Some(row) if matched => Ok(axum::Json(user_response(&state, row)?)),
+    let row = match row {
+        Some(row) if matched => row,
         _ => {
-            state
-                .metrics
-                .security_events
-                .get_or_create(&crate::metrics::EventLabels {
-                    event: "login_failed",
-                })
-                .inc();
-            Err(ApiError::InvalidCredentials)
+            security_event(&state, "login_failed");
+            return Err(ApiError::InvalidCredentials);
         }
-    }
+    };
+    let session = new_session(&state);
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)")
+        .bind(&session.refresh.hash)
+        .bind(session.family)
+        .bind(row.id)
+        .bind(session.expires_at)
+        .execute(&**state.db())
+        .await?;
+    Ok(axum::Json(session_response(
+        &state,
+        row,
+        Some(session.family),
+        Some(session.refresh.token),
+    )?))
 }
 
 /// The current user, with a fresh token.
@@ -160,7 +216,12 @@ async fn current_user(
             .await?
             // A valid token for a deleted account.
             .ok_or(ApiError::Unauthorized("belongs to no user"))?;
-    Ok(axum::Json(user_response(&state, row)?))
+    Ok(axum::Json(session_response(
+        &state,
+        row,
+        auth.claims.fam,
+        None,
+    )?))
 }
 
 /// Update the current user.
@@ -226,16 +287,33 @@ async fn update_user(
         Some(image) => (true, image.filter(|i| !i.trim().is_empty())),
         None => (false, None),
     };
-    let row: UserRow = sqlx::query_as(
-        "UPDATE users SET
-             username = COALESCE($2, username),
-             email = COALESCE($3, email),
-             password_hash = COALESCE($4, password_hash),
-             bio = CASE WHEN $5 THEN $6 ELSE bio END,
-             image = CASE WHEN $7 THEN $8 ELSE image END,
-             updated_at = now()
-         WHERE id = $1
-         RETURNING id, email, username, bio, image",
+    // A password change ends every session of the user and starts a new one for the caller.
+    let session = password_hash.as_ref().map(|_| new_session(&state));
+    #[derive(sqlx::FromRow)]
+    struct Updated {
+        #[sqlx(flatten)]
+        user: UserRow,
+        revoked_families: Vec<Uuid>,
+    }
+    let updated: Updated = sqlx::query_as(
+        "WITH u AS (
+             UPDATE users SET
+                 username = COALESCE($2, username),
+                 email = COALESCE($3, email),
+                 password_hash = COALESCE($4, password_hash),
+                 bio = CASE WHEN $5 THEN $6 ELSE bio END,
+                 image = CASE WHEN $7 THEN $8 ELSE image END,
+                 updated_at = now()
+             WHERE id = $1
+             RETURNING id, email, username, bio, image),
+          revoked AS (
+             UPDATE refresh_tokens SET revoked_at = now()
+             WHERE user_id IN (SELECT id FROM u) AND $4::text IS NOT NULL AND revoked_at IS NULL
+             RETURNING family_id),
+          session AS (
+             INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at)
+             SELECT $9, $10, id, $11 FROM u WHERE $4::text IS NOT NULL)
+         SELECT u.*, ARRAY(SELECT DISTINCT family_id FROM revoked) AS revoked_families FROM u",
     )
     .bind(auth.id)
     .bind(username)
@@ -245,10 +323,35 @@ async fn update_user(
     .bind(bio)
     .bind(set_image)
     .bind(image)
+    .bind(session.as_ref().map(|s| s.refresh.hash.clone()))
+    .bind(session.as_ref().map(|s| s.family))
+    .bind(session.as_ref().map(|s| s.expires_at))
     .fetch_optional(&**state.db())
     .await
     .on_constraint("users_username_key", taken("username"))
     .on_constraint("users_email_key", taken("email"))?
     .ok_or(ApiError::Unauthorized("belongs to no user"))?;
-    Ok(axum::Json(user_response(&state, row)?))
+
+    if !updated.revoked_families.is_empty() {
+        state
+            .revocations
+            .mirror(None, &updated.revoked_families)
+            .await;
+        tracing::info!(target: "stoa::security", event = "password_changed", user_id = %auth.id,
+            sessions_revoked = updated.revoked_families.len(), "password changed; other sessions revoked");
+    }
+    if username.is_some() || set_bio || set_image {
+        // The author's name and details are embedded in cached articles and lists.
+        state.cache.invalidate(Change::Everything).await;
+    }
+    let response = match session {
+        Some(session) => session_response(
+            &state,
+            updated.user,
+            Some(session.family),
+            Some(session.refresh.token),
+        )?,
+        None => session_response(&state, updated.user, auth.claims.fam, None)?,
+    };
+    Ok(axum::Json(response))
 }

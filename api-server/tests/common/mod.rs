@@ -35,6 +35,12 @@ pub fn test_env(extra: &[(&str, &str)]) -> HashMap<String, String> {
         ("STOA_ARGON2_MEMORY_KIB", "1024"),
         ("STOA_ARGON2_ITERATIONS", "1"),
         ("STOA_LOG", "warn"),
+        // Tests register many users from one address; rate-limit tests lower these.
+        ("STOA_RATE_LIMIT_AUTH", "100000/1m"),
+        ("STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT", "100000/1m"),
+        ("STOA_RATE_LIMIT_PER_IP", "100000/1m"),
+        ("STOA_RATE_LIMIT_PER_USER", "100000/1m"),
+        ("STOA_RELOAD_INTERVAL", "100ms"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -1,0 +1,205 @@
+//! Token refresh and logout (Stoa extensions), plus the stricter budgets of the
+//! credential-handling endpoints.
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::auth::refresh;
+use crate::error::{ApiError, ApiResult};
+use crate::http::extract::ApiJson;
+use crate::http::middleware::ClientIp;
+use crate::http::types::UserResponse;
+use crate::http::users::{UserRow, session_response};
+use crate::metrics::EventLabels;
+use crate::ratelimit;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(refresh_session))
+        .routes(routes!(logout))
+}
+
+/// The strict per-IP budget shared by login, register and refresh.
+pub async fn limit_credentials(state: &AppState, ip: ClientIp) -> ApiResult<()> {
+    let limits = &state.config.rate_limits;
+    if !limits.enabled {
+        return Ok(());
+    }
+    let decision = state
+        .limiter
+        .check("auth", &ip.0.to_string(), limits.auth)
+        .await;
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(ratelimit::refuse(
+            &state.metrics,
+            "auth",
+            limits.auth,
+            decision,
+        ))
+    }
+}
+
+/// Login attempts per account, keyed by a hash of the normalised email whether or not
+/// the account exists, so the answer reveals nothing about existence.
+pub async fn limit_login_attempts(state: &AppState, email: &str) -> ApiResult<()> {
+    let limits = &state.config.rate_limits;
+    if !limits.enabled {
+        return Ok(());
+    }
+    let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
+    let key: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let decision = state
+        .limiter
+        .check("login", &key, limits.login_per_account)
+        .await;
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(ratelimit::refuse(
+            &state.metrics,
+            "login",
+            limits.login_per_account,
+            decision,
+        ))
+    }
+}
+
+pub fn security_event(state: &AppState, event: &'static str) {
+    state
+        .metrics
+        .security_events
+        .get_or_create(&EventLabels { event })
+        .inc();
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct Rotated {
+    #[sqlx(flatten)]
+    user: UserRow,
+    family_id: Uuid,
+}
+
+/// Exchange a refresh token for a new access token and a new refresh token. The presented
+/// token is spent; presenting it again revokes its whole family.
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, body = UserResponse, description = "the user with a new `token` and `refreshToken`"),
+        (status = 401, description = "unknown, expired, revoked or reused refresh token"),
+        (status = 429, description = "too many attempts")))]
+async fn refresh_session(
+    State(state): State<AppState>,
+    Extension(ip): Extension<ClientIp>,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> ApiResult<axum::Json<UserResponse>> {
+    limit_credentials(&state, ip).await?;
+    if body.refresh_token.is_empty() || body.refresh_token.len() > 128 {
+        return Err(ApiError::Unauthorized("refresh token is invalid"));
+    }
+    let presented = refresh::hash(&body.refresh_token);
+    let next = refresh::generate();
+    let expires_at = Utc::now() + state.config.auth.refresh_token_ttl;
+    // Spend and replace in one statement: two concurrent uses of one token cannot both win.
+    let rotated: Option<Rotated> = sqlx::query_as(
+        "WITH spent AS (
+             UPDATE refresh_tokens SET spent_at = now()
+             WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > now()
+             RETURNING family_id, user_id),
+          next AS (
+             INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at)
+             SELECT $2, family_id, user_id, $3 FROM spent
+             RETURNING family_id, user_id)
+         SELECT u.id, u.email, u.username, u.bio, u.image, next.family_id
+         FROM next JOIN users u ON u.id = next.user_id",
+    )
+    .bind(&presented)
+    .bind(&next.hash)
+    .bind(expires_at)
+    .fetch_optional(&**state.db())
+    .await?;
+    if let Some(rotated) = rotated {
+        return Ok(axum::Json(session_response(
+            &state,
+            rotated.user,
+            Some(rotated.family_id),
+            Some(next.token),
+        )?));
+    }
+
+    // Not spendable: if it was already spent, someone is replaying it. Revoke the family.
+    let reused: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "WITH presented AS (
+             SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1 AND spent_at IS NOT NULL),
+          revoked AS (
+             UPDATE refresh_tokens SET revoked_at = now()
+             WHERE family_id IN (SELECT family_id FROM presented) AND revoked_at IS NULL)
+         SELECT family_id, user_id FROM presented",
+    )
+    .bind(&presented)
+    .fetch_optional(&**state.db())
+    .await?;
+    if let Some((family, user)) = reused {
+        tracing::warn!(
+            target: "stoa::security",
+            event = "refresh_token_reuse",
+            user_id = %user,
+            family_id = %family,
+            client_ip = %ip.0,
+            "spent refresh token presented again: family revoked"
+        );
+        security_event(&state, "refresh_token_reuse");
+        state.revocations.mirror(None, &[family]).await;
+        return Err(ApiError::Unauthorized(
+            "refresh token was already used; the session is revoked",
+        ));
+    }
+    security_event(&state, "refresh_token_invalid");
+    Err(ApiError::Unauthorized(
+        "refresh token is invalid or expired",
+    ))
+}
+
+/// Revoke the presented access token and its refresh-token family.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
+    security(("token" = [])),
+    responses((status = 204, description = "logged out"), (status = 401)))]
+async fn logout(State(state): State<AppState>, auth: AuthUser) -> ApiResult<StatusCode> {
+    let expires_at = DateTime::<Utc>::from_timestamp(auth.claims.exp, 0).unwrap_or_else(Utc::now);
+    sqlx::query(
+        "WITH denied AS (
+             INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING)
+         UPDATE refresh_tokens SET revoked_at = now()
+         WHERE family_id = $3 AND user_id = $4 AND revoked_at IS NULL",
+    )
+    .bind(auth.claims.jti)
+    .bind(expires_at)
+    .bind(auth.claims.fam)
+    .bind(auth.id)
+    .execute(&**state.db())
+    .await?;
+    let families: Vec<Uuid> = auth.claims.fam.into_iter().collect();
+    state
+        .revocations
+        .mirror(Some((auth.claims.jti, expires_at)), &families)
+        .await;
+    tracing::info!(target: "stoa::security", event = "logout", user_id = %auth.id, "session revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

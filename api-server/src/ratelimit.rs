@@ -1,0 +1,320 @@
+//! Rate limiting with GCRA (the generic cell rate algorithm).
+//!
+//! In Redis, one Lua script call per decision (atomic, one round trip), shared by every
+//! replica. When Redis is not configured or not answering, the same algorithm runs in
+//! process, so limits keep holding (per replica) instead of failing open or closed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::Script;
+
+use crate::kv::Kv;
+
+/// A limit: `burst` requests at once, refilling at `burst` per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub burst: u32,
+    pub period: Duration,
+}
+
+impl Quota {
+    /// Parses `N/period`, e.g. `600/1m`, `10/15m`.
+    pub fn parse(s: &str) -> Result<Quota, String> {
+        let (n, period) = s.split_once('/').ok_or("expected N/period, e.g. 600/1m")?;
+        let burst: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{n:?} is not a number"))?;
+        let period = humantime::parse_duration(period.trim()).map_err(|e| e.to_string())?;
+        if burst == 0 || period.is_zero() {
+            return Err("both N and the period must be positive".into());
+        }
+        Ok(Quota { burst, period })
+    }
+
+    fn interval_ms(self) -> u64 {
+        (self.period.as_millis() as u64 / u64::from(self.burst)).max(1)
+    }
+
+    /// `RateLimit-Policy` value, e.g. `600;w=60`.
+    pub fn policy(self) -> String {
+        format!("{};w={}", self.burst, self.period.as_secs().max(1))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Until the bucket is full again.
+    pub reset: Duration,
+    /// When denied: until the next request would be allowed.
+    pub retry_after: Duration,
+}
+
+/// GCRA: `tat` is the theoretical arrival time of the next request.
+fn gcra(tat: Option<u64>, now: u64, quota: Quota) -> (Decision, Option<u64>) {
+    let interval = quota.interval_ms() as i64;
+    let tolerance = interval * i64::from(quota.burst);
+    let now = now as i64;
+    let tat = tat.map_or(now, |t| t as i64).max(now);
+    let new_tat = tat + interval;
+    let allow_at = new_tat - tolerance;
+    let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
+    if allow_at > now {
+        let decision = Decision {
+            allowed: false,
+            limit: quota.burst,
+            remaining: 0,
+            reset: ms(tat - now),
+            retry_after: ms(allow_at - now),
+        };
+        return (decision, None);
+    }
+    let remaining = ((now - allow_at) / interval).min(i64::from(quota.burst)) as u32;
+    let decision = Decision {
+        allowed: true,
+        limit: quota.burst,
+        remaining,
+        reset: ms(new_tat - now),
+        retry_after: Duration::ZERO,
+    };
+    (decision, Some(new_tat as u64))
+}
+
+// Same algorithm as `gcra`, on Redis' clock. Returns {allowed, remaining, reset_ms, retry_ms}.
+const GCRA_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - interval * burst
+if allow_at > now then
+  return {0, 0, tat - now, allow_at - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+local remaining = math.min(math.floor((now - allow_at) / interval), burst)
+return {1, remaining, new_tat - now, 0}
+";
+
+/// In-process buckets, used when Redis cannot be.
+struct LocalBuckets {
+    started: Instant,
+    tats: Mutex<HashMap<String, u64>>,
+}
+
+impl LocalBuckets {
+    fn check(&self, key: &str, quota: Quota) -> Decision {
+        let now = self.started.elapsed().as_millis() as u64;
+        let mut tats = match self.tats.lock() {
+            Ok(tats) => tats,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Bound memory: drop buckets that have refilled completely.
+        if tats.len() > 100_000 {
+            tats.retain(|_, tat| *tat > now);
+        }
+        let (decision, new_tat) = gcra(tats.get(key).copied(), now, quota);
+        if let Some(new_tat) = new_tat {
+            tats.insert(key.to_owned(), new_tat);
+        }
+        decision
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimiter {
+    kv: Option<Arc<Kv>>,
+    script: Arc<Script>,
+    local: Arc<LocalBuckets>,
+}
+
+impl RateLimiter {
+    pub fn new(kv: Option<Arc<Kv>>) -> Self {
+        RateLimiter {
+            kv,
+            script: Arc::new(Script::new(GCRA_LUA)),
+            local: Arc::new(LocalBuckets {
+                started: Instant::now(),
+                tats: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Takes one request from bucket `bucket:key`.
+    pub async fn check(&self, bucket: &str, key: &str, quota: Quota) -> Decision {
+        let full_key = format!("stoa:rl:{bucket}:{key}");
+        if let Some(kv) = &self.kv {
+            let script = self.script.clone();
+            let redis_key = full_key.clone();
+            let answer = kv
+                .run(|mut conn| async move {
+                    script
+                        .key(redis_key)
+                        .arg(quota.interval_ms())
+                        .arg(quota.burst)
+                        .invoke_async::<(u8, u64, u64, u64)>(&mut conn)
+                        .await
+                })
+                .await;
+            if let Some((allowed, remaining, reset_ms, retry_ms)) = answer {
+                return Decision {
+                    allowed: allowed == 1,
+                    limit: quota.burst,
+                    remaining: remaining.min(u64::from(u32::MAX)) as u32,
+                    reset: Duration::from_millis(reset_ms),
+                    retry_after: Duration::from_millis(retry_ms),
+                };
+            }
+        }
+        self.local.check(&full_key, quota)
+    }
+}
+
+/// The `RateLimit-*` response headers of one decision (IETF draft "RateLimit header fields").
+#[derive(Debug, Clone)]
+pub struct Headers {
+    limit: u32,
+    remaining: u32,
+    reset_secs: u64,
+    policy: String,
+}
+
+impl Headers {
+    pub fn new(quota: Quota, decision: Decision) -> Self {
+        Headers {
+            limit: decision.limit,
+            remaining: decision.remaining,
+            reset_secs: decision.reset.as_millis().div_ceil(1000) as u64,
+            policy: quota.policy(),
+        }
+    }
+
+    pub fn apply(&self, headers: &mut axum::http::HeaderMap) {
+        use axum::http::HeaderValue;
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        };
+        set("ratelimit-limit", self.limit.to_string());
+        set("ratelimit-remaining", self.remaining.to_string());
+        set("ratelimit-reset", self.reset_secs.to_string());
+        set("ratelimit-policy", self.policy.clone());
+    }
+}
+
+/// The 429 for a denied decision (counted by bucket).
+pub fn refuse(
+    metrics: &crate::metrics::Metrics,
+    bucket: &'static str,
+    quota: Quota,
+    decision: Decision,
+) -> crate::error::ApiError {
+    metrics
+        .rate_limited
+        .get_or_create(&crate::metrics::BucketLabels { bucket })
+        .inc();
+    crate::error::ApiError::RateLimited {
+        retry_after: decision.retry_after,
+        headers: Headers::new(quota, decision),
+    }
+}
+
+/// The client address: the peer, or with `trusted_hops` proxies in front, the address the
+/// outermost trusted proxy saw (counted from the right of `X-Forwarded-For`, which a client
+/// cannot forge past a proxy that appends).
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    forwarded_for: Option<&str>,
+    trusted_hops: usize,
+) -> std::net::IpAddr {
+    if trusted_hops == 0 {
+        return peer;
+    }
+    forwarded_for
+        .and_then(|header| {
+            let hops: Vec<&str> = header.split(',').map(str::trim).collect();
+            hops.len()
+                .checked_sub(trusted_hops)
+                .and_then(|i| hops.get(i))
+                .and_then(|ip| ip.parse().ok())
+        })
+        .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_parse() {
+        assert_eq!(
+            Quota::parse("600/1m"),
+            Ok(Quota {
+                burst: 600,
+                period: Duration::from_secs(60)
+            })
+        );
+        assert!(Quota::parse("0/1m").is_err());
+        assert!(Quota::parse("ten/1m").is_err());
+        assert!(Quota::parse("10").is_err());
+    }
+
+    #[test]
+    fn gcra_allows_a_burst_then_refills_at_the_rate() {
+        let quota = Quota {
+            burst: 3,
+            period: Duration::from_secs(3),
+        };
+        let mut tat = None;
+        for expected_remaining in [2, 1, 0] {
+            let (d, next) = gcra(tat, 0, quota);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, expected_remaining);
+            tat = next;
+        }
+        let (denied, next) = gcra(tat, 0, quota);
+        assert!(!denied.allowed && next.is_none());
+        assert_eq!(denied.retry_after, Duration::from_secs(1));
+        // One interval later, exactly one more request fits.
+        let (d, next) = gcra(tat, 1000, quota);
+        assert!(d.allowed);
+        let (d, _) = gcra(next, 1000, quota);
+        assert!(!d.allowed);
+    }
+
+    #[test]
+    fn client_ip_trusts_only_the_configured_hops() {
+        let peer: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(peer, Some("1.2.3.4"), 0), peer);
+        assert_eq!(
+            client_ip(peer, Some("6.6.6.6, 1.2.3.4"), 1).to_string(),
+            "1.2.3.4"
+        );
+        assert_eq!(
+            client_ip(peer, Some("6.6.6.6, 1.2.3.4, 10.0.0.9"), 2).to_string(),
+            "1.2.3.4"
+        );
+        assert_eq!(client_ip(peer, None, 1), peer);
+    }
+
+    #[tokio::test]
+    async fn local_fallback_enforces_limits_per_key() {
+        let limiter = RateLimiter::new(None);
+        let quota = Quota {
+            burst: 2,
+            period: Duration::from_secs(60),
+        };
+        assert!(limiter.check("ip", "a", quota).await.allowed);
+        assert!(limiter.check("ip", "a", quota).await.allowed);
+        assert!(!limiter.check("ip", "a", quota).await.allowed);
+        assert!(limiter.check("ip", "b", quota).await.allowed);
+    }
+}

@@ -1,0 +1,144 @@
+//! Live reload of mounted files: the signing key set and the database credentials.
+//!
+//! Kubernetes updates a mounted Secret by writing a new directory and swapping the `..data`
+//! symlink, so a reader sees either the old or the new contents, never a mix. We poll the
+//! file (reading through the symlink) every `STOA_RELOAD_INTERVAL` and compare contents:
+//! polling needs no inotify subtleties around symlink swaps and costs one small read.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::auth::tokens::KeyRing;
+use crate::config::{Secret, read_secret_file};
+use crate::keys::{KEYSET_FILE, KeySetFile};
+use crate::metrics::{CredentialLabels, OutcomeLabels};
+use crate::state::AppState;
+
+/// Reloads the key set whenever `dir/keyset.json` changes. A bad update is logged and
+/// counted, and the last good key set stays in use.
+pub fn spawn_keyset_watcher(state: AppState, dir: PathBuf) {
+    tokio::spawn(async move {
+        let path = dir.join(KEYSET_FILE);
+        let mut last = std::fs::read(&path).ok();
+        loop {
+            tokio::time::sleep(state.config.reload_interval).await;
+            let Ok(current) = tokio::fs::read(&path).await else {
+                // A missing file mid-swap is transient; keep the loaded set.
+                continue;
+            };
+            if last.as_deref() == Some(current.as_slice()) {
+                continue;
+            }
+            last = Some(current.clone());
+            let ring = serde_json::from_slice::<KeySetFile>(&current)
+                .map_err(|e| format!("not a valid key set: {e}"))
+                .and_then(|file| KeyRing::from_file(&file).map_err(|e| e.to_string()));
+            match ring {
+                Ok(ring) => {
+                    let kids: Vec<String> = ring
+                        .kids()
+                        .iter()
+                        .map(|(kid, s)| format!("{kid}:{}", s.as_str()))
+                        .collect();
+                    crate::app::publish_key_metrics(&state.metrics, &ring);
+                    state.tokens.replace_ring(ring);
+                    tracing::info!(keys = ?kids, "signing key set reloaded");
+                }
+                Err(error) => {
+                    state.metrics.keyset_reload_errors.inc();
+                    tracing::error!(error, path = %path.display(), "rejected key set update; keeping the previous key set");
+                }
+            }
+        }
+    });
+}
+
+fn role_name(url: &Secret) -> String {
+    url.expose()
+        .parse::<PgConnectOptions>()
+        .map(|o| o.get_username().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn publish_credentials(state: &AppState, url: &Secret) {
+    state.metrics.db_credentials.clear();
+    state
+        .metrics
+        .db_credentials
+        .get_or_create(&CredentialLabels {
+            user: role_name(url),
+        })
+        .set(1);
+}
+
+/// Swaps the pool when the database URL file changes: the new pool must connect first; the
+/// old one keeps serving the requests that already hold it for `drain_grace`, then closes
+/// (waiting for connections still checked out).
+pub fn spawn_credentials_watcher(state: AppState, path: PathBuf, initial: Secret) {
+    tokio::spawn(async move {
+        let mut current = initial;
+        let mut rejected: Option<(Secret, Instant)> = None;
+        loop {
+            tokio::time::sleep(state.config.reload_interval).await;
+            let Ok(candidate) = read_secret_file(&path.to_string_lossy()) else {
+                continue;
+            };
+            if candidate == current {
+                continue;
+            }
+            // Retry a rejected URL every 10 s (its password may not be set yet).
+            if let Some((url, at)) = &rejected {
+                if *url == candidate && at.elapsed() < Duration::from_secs(10) {
+                    continue;
+                }
+            }
+            match connect_checked(&state, &candidate).await {
+                Ok(pool) => {
+                    let old = state.database.replace(pool);
+                    publish_credentials(&state, &candidate);
+                    state
+                        .metrics
+                        .db_credential_reloads
+                        .get_or_create(&OutcomeLabels { outcome: "swapped" })
+                        .inc();
+                    tracing::info!(
+                        role = role_name(&candidate),
+                        "database credentials changed: new pool in use, draining the old one"
+                    );
+                    let grace = state.config.database.drain_grace;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        old.close().await;
+                        tracing::info!("old database pool drained and closed");
+                    });
+                    current = candidate;
+                    rejected = None;
+                }
+                Err(error) => {
+                    state
+                        .metrics
+                        .db_credential_reloads
+                        .get_or_create(&OutcomeLabels {
+                            outcome: "rejected",
+                        })
+                        .inc();
+                    tracing::error!(
+                        error = crate::http::describe_db_error(&error),
+                        role = role_name(&candidate),
+                        "new database credentials do not work yet; still using the previous ones"
+                    );
+                    rejected = Some((candidate, Instant::now()));
+                }
+            }
+        }
+    });
+}
+
+async fn connect_checked(state: &AppState, url: &Secret) -> Result<PgPool, sqlx::Error> {
+    let pool = crate::db::pool(url, &state.config.database)?;
+    sqlx::query("SELECT 1").execute(&pool).await?;
+    Ok(pool)
+}
