@@ -13,13 +13,19 @@ async fn with_redis(pool: PgPool, extra: &[(&str, &str)]) -> (RedisServer, TestA
     let mut env = vec![("STOA_REDIS_URL", url.as_str())];
     env.extend_from_slice(extra);
     let app = TestApp::spawn_with(pool, &env).await;
-    eventually("redis up", || async { app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up" }).await;
+    eventually("redis up", || async {
+        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up"
+    })
+    .await;
     (redis, app)
 }
 
 fn hits(metrics: &str, kind: &str) -> u64 {
     let prefix = format!(r#"stoa_cache_requests_total{{kind="{kind}",outcome="hit"}} "#);
-    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.parse().unwrap())
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
@@ -34,50 +40,122 @@ async fn cached_answers_are_byte_identical_and_every_write_invalidates_them(pool
     let first = app.get(&article_path, None).await;
     let second = app.get(&article_path, None).await;
     assert_eq!(first.text, second.text);
-    assert_eq!(first.headers["content-type"], second.headers["content-type"]);
+    assert_eq!(
+        first.headers["content-type"],
+        second.headers["content-type"]
+    );
     assert!(hits(&app.metrics().await, "article") >= 1);
     let list = app.get("/api/articles", None).await;
     assert_eq!(app.get("/api/articles", None).await.text, list.text);
-    assert_eq!(app.get("/api/tags", None).await.body, json!({"tags": ["one"]}));
+    assert_eq!(
+        app.get("/api/tags", None).await.body,
+        json!({"tags": ["one"]})
+    );
     app.get("/api/tags", None).await;
 
     // Update: article page, lists and tags all change.
-    app.put(&article_path, Some(&jake), json!({"article": {"body": "edited", "tagList": ["two"]}})).await;
-    assert_eq!(app.get(&article_path, None).await.body["article"]["body"], "edited");
-    assert_eq!(app.get("/api/articles", None).await.body["articles"][0]["tagList"], json!(["two"]));
-    assert_eq!(app.get("/api/tags", None).await.body, json!({"tags": ["two"]}));
+    app.put(
+        &article_path,
+        Some(&jake),
+        json!({"article": {"body": "edited", "tagList": ["two"]}}),
+    )
+    .await;
+    assert_eq!(
+        app.get(&article_path, None).await.body["article"]["body"],
+        "edited"
+    );
+    assert_eq!(
+        app.get("/api/articles", None).await.body["articles"][0]["tagList"],
+        json!(["two"])
+    );
+    assert_eq!(
+        app.get("/api/tags", None).await.body,
+        json!({"tags": ["two"]})
+    );
 
     // Favorite: count in the page and the lists.
-    app.post(&format!("{article_path}/favorite"), Some(&jane), json!({})).await;
-    assert_eq!(app.get(&article_path, None).await.body["article"]["favoritesCount"], 1);
-    assert_eq!(app.get("/api/articles", None).await.body["articles"][0]["favoritesCount"], 1);
-    assert_eq!(app.get("/api/articles?favorited=jane", None).await.body["articlesCount"], 1);
-    app.delete(&format!("{article_path}/favorite"), Some(&jane)).await;
-    assert_eq!(app.get(&article_path, None).await.body["article"]["favoritesCount"], 0);
-    assert_eq!(app.get("/api/articles?favorited=jane", None).await.body["articlesCount"], 0);
+    app.post(&format!("{article_path}/favorite"), Some(&jane), json!({}))
+        .await;
+    assert_eq!(
+        app.get(&article_path, None).await.body["article"]["favoritesCount"],
+        1
+    );
+    assert_eq!(
+        app.get("/api/articles", None).await.body["articles"][0]["favoritesCount"],
+        1
+    );
+    assert_eq!(
+        app.get("/api/articles?favorited=jane", None).await.body["articlesCount"],
+        1
+    );
+    app.delete(&format!("{article_path}/favorite"), Some(&jane))
+        .await;
+    assert_eq!(
+        app.get(&article_path, None).await.body["article"]["favoritesCount"],
+        0
+    );
+    assert_eq!(
+        app.get("/api/articles?favorited=jane", None).await.body["articlesCount"],
+        0
+    );
 
     // Create: lists and tags.
     app.article(&jane, "Newer", &["three"]).await;
-    assert_eq!(app.get("/api/articles", None).await.body["articlesCount"], 2);
-    assert_eq!(app.get("/api/tags", None).await.body["tags"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        app.get("/api/articles", None).await.body["articlesCount"],
+        2
+    );
+    assert_eq!(
+        app.get("/api/tags", None).await.body["tags"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Author profile change: embedded author everywhere.
-    app.put("/api/user", Some(&jake), json!({"user": {"bio": "new bio"}})).await;
-    assert_eq!(app.get(&article_path, None).await.body["article"]["author"]["bio"], "new bio");
+    app.put(
+        "/api/user",
+        Some(&jake),
+        json!({"user": {"bio": "new bio"}}),
+    )
+    .await;
+    assert_eq!(
+        app.get(&article_path, None).await.body["article"]["author"]["bio"],
+        "new bio"
+    );
     let list = app.get("/api/articles?author=jake", None).await;
     assert_eq!(list.body["articles"][0]["author"]["bio"], "new bio");
 
     // Title change moves the slug: the old page is gone.
-    let renamed = app.put(&article_path, Some(&jake), json!({"article": {"title": "Renamed"}})).await;
-    assert_eq!(app.get(&article_path, None).await.status, StatusCode::NOT_FOUND);
-    let new_path = format!("/api/articles/{}", renamed.body["article"]["slug"].as_str().unwrap());
+    let renamed = app
+        .put(
+            &article_path,
+            Some(&jake),
+            json!({"article": {"title": "Renamed"}}),
+        )
+        .await;
+    assert_eq!(
+        app.get(&article_path, None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let new_path = format!(
+        "/api/articles/{}",
+        renamed.body["article"]["slug"].as_str().unwrap()
+    );
     app.get(&new_path, None).await;
 
     // Delete: page, lists and tags.
     app.delete(&new_path, Some(&jake)).await;
     assert_eq!(app.get(&new_path, None).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.get("/api/articles", None).await.body["articlesCount"], 1);
-    assert_eq!(app.get("/api/tags", None).await.body, json!({"tags": ["three"]}));
+    assert_eq!(
+        app.get("/api/articles", None).await.body["articlesCount"],
+        1
+    );
+    assert_eq!(
+        app.get("/api/tags", None).await.body,
+        json!({"tags": ["three"]})
+    );
 
     // Signed-in readers are never served from the anonymous cache.
     app.get("/api/articles", None).await;
@@ -92,12 +170,24 @@ async fn etags_let_clients_revalidate(pool: PgPool) {
     app.article(&jake, "Tagged", &[]).await;
     let first = app.get("/api/articles", None).await;
     let etag = first.headers["etag"].to_str().unwrap().to_owned();
-    let revalidated = app.client.get(app.url("/api/articles")).header("if-none-match", &etag).send().await.unwrap();
+    let revalidated = app
+        .client
+        .get(app.url("/api/articles"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(revalidated.headers()["etag"].to_str().unwrap(), etag);
     assert!(revalidated.text().await.unwrap().is_empty());
     app.article(&jake, "Another", &[]).await;
-    let changed = app.client.get(app.url("/api/articles")).header("if-none-match", &etag).send().await.unwrap();
+    let changed = app
+        .client
+        .get(app.url("/api/articles"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
 }
 
@@ -107,17 +197,28 @@ async fn rate_limits_apply(app: &TestApp) {
         let res = app.get("/api/tags", None).await;
         assert_eq!(res.status, StatusCode::OK);
         assert_eq!(res.headers["ratelimit-limit"], "5");
-        assert_eq!(res.headers["ratelimit-remaining"].to_str().unwrap(), remaining.to_string());
+        assert_eq!(
+            res.headers["ratelimit-remaining"].to_str().unwrap(),
+            remaining.to_string()
+        );
     }
     let limited = app.get("/api/tags", None).await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=12).contains(&retry), "{retry}");
     assert_eq!(limited.headers["ratelimit-remaining"], "0");
     assert!(limited.body["errors"]["request"].is_array());
     // Probes are never limited.
     assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
-    assert!(app.metrics().await.contains(r#"stoa_rate_limited_requests_total{bucket="ip"}"#));
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"stoa_rate_limited_requests_total{bucket="ip"}"#)
+    );
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
@@ -138,16 +239,34 @@ async fn login_is_throttled_per_account_without_revealing_existence(pool: PgPool
     app.register("jake").await;
     for email in ["jake@example.com", "ghost@example.com"] {
         for _ in 0..3 {
-            let res = app.post("/api/users/login", None, json!({"user": {"email": email, "password": "wrong-password"}})).await;
+            let res = app
+                .post(
+                    "/api/users/login",
+                    None,
+                    json!({"user": {"email": email, "password": "wrong-password"}}),
+                )
+                .await;
             assert_eq!(res.status, StatusCode::UNAUTHORIZED);
         }
-        let res = app.post("/api/users/login", None, json!({"user": {"email": email, "password": "wrong-password"}})).await;
+        let res = app
+            .post(
+                "/api/users/login",
+                None,
+                json!({"user": {"email": email, "password": "wrong-password"}}),
+            )
+            .await;
         assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS, "{email}");
         assert!(res.headers.contains_key("retry-after"));
     }
     // Other accounts are unaffected.
     app.register("jane").await;
-    let ok = app.post("/api/users/login", None, json!({"user": {"email": "jane@example.com", "password": "password-jane"}})).await;
+    let ok = app
+        .post(
+            "/api/users/login",
+            None,
+            json!({"user": {"email": "jane@example.com", "password": "password-jane"}}),
+        )
+        .await;
     assert_eq!(ok.status, StatusCode::OK);
 }
 
@@ -160,7 +279,9 @@ async fn credential_endpoints_have_a_stricter_budget(pool: PgPool) {
         .post("/api/users", None, json!({"user": {"username": "a3", "email": "a3@example.com", "password": "password-a3"}}))
         .await;
     assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
-    let refresh = app.post("/api/auth/refresh", None, json!({"refreshToken": "x"})).await;
+    let refresh = app
+        .post("/api/auth/refresh", None, json!({"refreshToken": "x"}))
+        .await;
     assert_eq!(refresh.status, StatusCode::TOO_MANY_REQUESTS);
     // Ordinary reads are not on that budget.
     assert_eq!(app.get("/api/articles", None).await.status, StatusCode::OK);

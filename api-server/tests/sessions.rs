@@ -14,12 +14,16 @@ async fn login(app: &TestApp, name: &str) -> (String, String) {
     assert_eq!(res.status, StatusCode::OK, "{}", res.text);
     (
         res.body["user"]["token"].as_str().unwrap().to_owned(),
-        res.body["user"]["refreshToken"].as_str().unwrap().to_owned(),
+        res.body["user"]["refreshToken"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
     )
 }
 
 async fn refresh(app: &TestApp, token: &str) -> common::Response {
-    app.post("/api/auth/refresh", None, json!({"refreshToken": token})).await
+    app.post("/api/auth/refresh", None, json!({"refreshToken": token}))
+        .await
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
@@ -30,28 +34,57 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_whole_family(pool: PgPoo
 
     let rotated = refresh(&app, &first).await;
     assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
-    let second = rotated.body["user"]["refreshToken"].as_str().unwrap().to_owned();
+    let second = rotated.body["user"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let new_access = rotated.body["user"]["token"].as_str().unwrap().to_owned();
     assert_ne!(second, first);
-    assert_eq!(app.get("/api/user", Some(&new_access)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/api/user", Some(&new_access)).await.status,
+        StatusCode::OK
+    );
 
     // Replaying the spent token: refused, and the family (including `second`) is revoked.
     let replay = refresh(&app, &first).await;
     assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
     assert!(replay.text.contains("already used"), "{}", replay.text);
-    assert_eq!(refresh(&app, &second).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refresh(&app, &second).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     // Access tokens of the revoked session stop working at once.
-    assert_eq!(app.get("/api/user", Some(&new_access)).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.get("/api/user", Some(&access)).await.status, StatusCode::UNAUTHORIZED);
-    assert!(app.metrics().await.contains(r#"stoa_security_events_total{event="refresh_token_reuse"} 1"#));
+    assert_eq!(
+        app.get("/api/user", Some(&new_access)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/api/user", Some(&access)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"stoa_security_events_total{event="refresh_token_reuse"} 1"#)
+    );
 
     // Only hashes are stored.
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM refresh_tokens").fetch_all(&pool).await.unwrap();
-    assert!(stored.iter().all(|h| h.len() == 32 && h.as_slice() != first.as_bytes()));
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM refresh_tokens")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|h| h.len() == 32 && h.as_slice() != first.as_bytes())
+    );
 
     // Another session of the same user is unaffected.
     let (other_access, other_refresh) = login(&app, "jake").await;
-    assert_eq!(app.get("/api/user", Some(&other_access)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/api/user", Some(&other_access)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(refresh(&app, &other_refresh).await.status, StatusCode::OK);
 }
 
@@ -63,8 +96,14 @@ async fn register_returns_a_refresh_token_and_garbage_is_refused(pool: PgPool) {
         .await;
     let token = res.body["user"]["refreshToken"].as_str().unwrap();
     assert_eq!(refresh(&app, token).await.status, StatusCode::OK);
-    assert_eq!(refresh(&app, "not-a-token").await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.post("/api/auth/refresh", None, json!({})).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        refresh(&app, "not-a-token").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.post("/api/auth/refresh", None, json!({})).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
@@ -72,7 +111,10 @@ async fn expired_refresh_tokens_are_refused(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     app.register("jake").await;
     let (_, token) = login(&app, "jake").await;
-    sqlx::query("UPDATE refresh_tokens SET expires_at = now() - interval '1 second'").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE refresh_tokens SET expires_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
     assert_eq!(refresh(&app, &token).await.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -85,13 +127,29 @@ async fn logout_revokes_the_access_token_and_its_refresh_family(pool: PgPool) {
     let res = app.post("/api/auth/logout", Some(&access), json!({})).await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
     for path in ["/api/user", "/api/articles/feed"] {
-        assert_eq!(app.get(path, Some(&access)).await.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            app.get(path, Some(&access)).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
     }
     // Optional-auth routes reject it too rather than treating the caller as anonymous.
-    assert_eq!(app.get("/api/articles", Some(&access)).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(refresh(&app, &refresh_token).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.get("/api/user", Some(&other_access)).await.status, StatusCode::OK);
-    assert_eq!(app.post("/api/auth/logout", None, json!({})).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get("/api/articles", Some(&access)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        refresh(&app, &refresh_token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/api/user", Some(&other_access)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post("/api/auth/logout", None, json!({})).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
@@ -100,44 +158,111 @@ async fn password_change_revokes_every_other_session(pool: PgPool) {
     app.register("jake").await;
     let (phone, phone_refresh) = login(&app, "jake").await;
     let (laptop, _) = login(&app, "jake").await;
-    let res = app.put("/api/user", Some(&laptop), json!({"user": {"password": "a-new-password"}})).await;
+    let res = app
+        .put(
+            "/api/user",
+            Some(&laptop),
+            json!({"user": {"password": "a-new-password"}}),
+        )
+        .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text);
     let fresh = res.body["user"]["token"].as_str().unwrap();
     let fresh_refresh = res.body["user"]["refreshToken"].as_str().unwrap();
-    assert_eq!(app.get("/api/user", Some(&phone)).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(refresh(&app, &phone_refresh).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.get("/api/user", Some(fresh)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/api/user", Some(&phone)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        refresh(&app, &phone_refresh).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/api/user", Some(fresh)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(refresh(&app, fresh_refresh).await.status, StatusCode::OK);
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn revoked_tokens_stay_rejected_with_redis_up_down_and_restarted_empty(pool: PgPool) {
     let mut redis = RedisServer::start().await;
-    let app = TestApp::spawn_with(pool, &[("STOA_REDIS_URL", &redis.url()), ("STOA_REDIS_TIMEOUT", "100ms")]).await;
-    eventually("redis up", || async { app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up" }).await;
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("STOA_REDIS_URL", &redis.url()),
+            ("STOA_REDIS_TIMEOUT", "100ms"),
+        ],
+    )
+    .await;
+    eventually("redis up", || async {
+        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up"
+    })
+    .await;
     app.register("jake").await;
     let (revoked, _) = login(&app, "jake").await;
     let (revoked_while_down, _) = login(&app, "jake").await;
     let (valid, _) = login(&app, "jake").await;
 
-    assert_eq!(app.post("/api/auth/logout", Some(&revoked), json!({})).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(app.get("/api/user", Some(&revoked)).await.status, StatusCode::UNAUTHORIZED, "redis up");
+    assert_eq!(
+        app.post("/api/auth/logout", Some(&revoked), json!({}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get("/api/user", Some(&revoked)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "redis up"
+    );
 
     redis.stop();
     // The checks fall back to PostgreSQL: still rejected, valid tokens still work.
-    assert_eq!(app.get("/api/user", Some(&revoked)).await.status, StatusCode::UNAUTHORIZED, "redis down");
-    assert_eq!(app.get("/api/user", Some(&valid)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/api/user", Some(&revoked)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "redis down"
+    );
+    assert_eq!(
+        app.get("/api/user", Some(&valid)).await.status,
+        StatusCode::OK
+    );
     let ready = app.get("/readyz", None).await;
-    assert_eq!(ready.status, StatusCode::OK, "Redis is optional: {}", ready.text);
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "Redis is optional: {}",
+        ready.text
+    );
     assert_eq!(ready.body["checks"]["redis"]["status"], "degraded");
     // A logout while Redis is down only reaches PostgreSQL...
-    assert_eq!(app.post("/api/auth/logout", Some(&revoked_while_down), json!({})).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.post("/api/auth/logout", Some(&revoked_while_down), json!({}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
 
     // ...and Redis comes back empty: the resync restores both revocations before Redis is trusted.
     redis.restart().await;
-    eventually("redis up again", || async { app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up" }).await;
-    assert_eq!(app.get("/api/user", Some(&revoked)).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.get("/api/user", Some(&revoked_while_down)).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.get("/api/user", Some(&valid)).await.status, StatusCode::OK);
-    assert!(app.metrics().await.contains(r#"stoa_dependency_up{dependency="redis"} 1"#));
+    eventually("redis up again", || async {
+        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up"
+    })
+    .await;
+    assert_eq!(
+        app.get("/api/user", Some(&revoked)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/api/user", Some(&revoked_while_down)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/api/user", Some(&valid)).await.status,
+        StatusCode::OK
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"stoa_dependency_up{dependency="redis"} 1"#)
+    );
 }
