@@ -90,10 +90,11 @@ pub fn spawn_credentials_watcher(state: AppState, path: PathBuf, initial: Secret
                 continue;
             }
             // Retry a rejected URL every 10 s (its password may not be set yet).
-            if let Some((url, at)) = &rejected {
-                if *url == candidate && at.elapsed() < Duration::from_secs(10) {
-                    continue;
-                }
+            if let Some((url, at)) = &rejected
+                && *url == candidate
+                && at.elapsed() < Duration::from_secs(10)
+            {
+                continue;
             }
             match connect_checked(&state, &candidate).await {
                 Ok(pool) => {

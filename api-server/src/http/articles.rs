@@ -239,10 +239,10 @@ async fn get_article(
 ) -> ApiResult<Response> {
     let cache_key =
         (viewer.0.is_none() && state.cache.enabled()).then(|| Key::Article(slug.clone()));
-    if let Some(key) = &cache_key {
-        if let Some(body) = state.cache.get(key).await {
-            return Ok(json_bytes(body));
-        }
+    if let Some(key) = &cache_key
+        && let Some(body) = state.cache.get(key).await
+    {
+        return Ok(json_bytes(body));
     }
     let article: Article = sqlx::query_as(GET_ARTICLE)
         .bind(viewer.id())

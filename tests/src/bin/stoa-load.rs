@@ -343,7 +343,7 @@ async fn one(client: &Client, base: &str, name: &str, seed: &Seed, worker: usize
             .map(|r| r.0)
         }
         "favorite_toggle" => {
-            let method = if i % 2 == 0 {
+            let method = if i.is_multiple_of(2) {
                 Method::POST
             } else {
                 Method::DELETE
