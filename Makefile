@@ -26,3 +26,9 @@ fmt:
 ## Load harness against a release build on a scratch database (see README, "Benchmarks").
 bench: services
 	scripts/bench.sh
+
+## Regenerate the CRD YAML (crds/, the Helm chart and the kustomize base) from the Rust types.
+crds:
+	$(CARGO) run -q -p stoa-operator -- crd > crds/stoa.dev_stoas.yaml
+	cp crds/stoa.dev_stoas.yaml helm/stoa-operator/crds/stoa.dev_stoas.yaml
+	cp crds/stoa.dev_stoas.yaml manifests/operator/crds/stoa.dev_stoas.yaml

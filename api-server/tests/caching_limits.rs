@@ -47,6 +47,10 @@ async fn cached_answers_are_byte_identical_and_every_write_invalidates_them(pool
     assert!(hits(&app.metrics().await, "article") >= 1);
     let list = app.get("/api/articles", None).await;
     assert_eq!(app.get("/api/articles", None).await.text, list.text);
+    assert!(
+        hits(&app.metrics().await, "list") >= 1,
+        "anonymous lists are cached"
+    );
     assert_eq!(
         app.get("/api/tags", None).await.body,
         json!({"tags": ["one"]})

@@ -147,6 +147,9 @@ static LIST_SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
         .collect()
 });
 
+/// Anonymous list pages with an offset below this are cached ("the first pages").
+const CACHED_OFFSETS: i64 = 100;
+
 async fn fetch_list(
     state: &AppState,
     viewer: Option<Uuid>,
@@ -196,10 +199,30 @@ async fn list_articles(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> ApiResult<axum::Json<ArticlesResponse>> {
-    Ok(axum::Json(
-        fetch_list(&state, viewer.id(), query, false).await?,
-    ))
+) -> ApiResult<Response> {
+    let (limit, offset) = Pagination {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .resolve()?;
+    let cache_key =
+        (viewer.0.is_none() && offset < CACHED_OFFSETS && state.cache.enabled()).then(|| {
+            // Canonical: parsed values, fixed order, unambiguous encoding.
+            Key::List(
+                serde_json::json!([limit, offset, query.tag, query.author, query.favorited])
+                    .to_string(),
+            )
+        });
+    if let Some(key) = &cache_key
+        && let Some(body) = state.cache.get(key).await
+    {
+        return Ok(json_bytes(body));
+    }
+    let body = to_json_bytes(&fetch_list(&state, viewer.id(), query, false).await?)?;
+    if let Some(key) = &cache_key {
+        state.cache.put(key, &body).await;
+    }
+    Ok(json_bytes(body))
 }
 
 /// Articles by the users the caller follows, newest first.

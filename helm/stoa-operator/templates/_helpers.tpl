@@ -1,0 +1,24 @@
+{{- define "stoa-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stoa-operator.selectorLabels" -}}
+app.kubernetes.io/name: stoa-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "stoa-operator.labels" -}}
+{{ include "stoa-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Namespaced RBAC when one namespace is watched, cluster RBAC otherwise. */}}
+{{- define "stoa-operator.roleKind" -}}
+{{- if .Values.watchNamespace -}}Role{{- else -}}ClusterRole{{- end -}}
+{{- end -}}

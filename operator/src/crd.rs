@@ -1,0 +1,423 @@
+//! The `Stoa` custom resource (group `stoa.dev`, version `v1alpha1`).
+//!
+//! `stoa-operator crd` prints the CRD generated from these types; `crds/stoa.dev_stoas.yaml`
+//! is that output, and a test fails when it is stale.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Stoa API service: the operator runs it as a Deployment with its configuration,
+/// signing keys, Service, disruption budget and optional Ingress, NetworkPolicy and
+/// ServiceMonitor, and reports its state in `status`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "stoa.dev",
+    version = "v1alpha1",
+    kind = "Stoa",
+    plural = "stoas",
+    singular = "stoa",
+    shortname = "st",
+    category = "stoa",
+    namespaced,
+    status = "StoaStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A Stoa API service managed by stoa-operator.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Image", type_ = "string", json_path = ".status.currentImage"),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.autoscaling.mode == 'Disabled' || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas").message("autoscaling.minReplicas must be ≤ autoscaling.maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.podDisruptionBudget) || !self.podDisruptionBudget.enabled || self.autoscaling.mode != 'Disabled' || self.podDisruptionBudget.minAvailable < self.replicas || self.replicas == 0").message("podDisruptionBudget.minAvailable must be below replicas, or no pod could ever be evicted"))]
+#[serde(rename_all = "camelCase")]
+pub struct StoaSpec {
+    /// The stoa-api container image, e.g. `ghcr.io/stoa-dev/stoa-api:0.1.0`.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("image must not be empty"))]
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never` (Kubernetes default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Desired replicas when autoscaling is disabled (the scale subresource writes this).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Container resources; defaults suit a small service (100m CPU, 64Mi–256Mi memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    pub database: DatabaseSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    #[serde(default)]
+    pub auth: AuthSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    #[serde(default)]
+    pub autoscaling: AutoscalingSpec,
+    #[serde(default)]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+    /// Settings passed to stoa-api as environment (see its README); for secrets use
+    /// `valueFrom.secretKeyRef`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default)]
+    pub pod: PodSpecOverrides,
+    /// Stop all changes to this service's objects (status is still reported).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+/// An empty spec with the same defaults the CRD schema applies (needed by tooling that
+/// builds blank objects; a real Stoa always names an image and a database Secret).
+impl Default for StoaSpec {
+    fn default() -> Self {
+        StoaSpec {
+            image: String::new(),
+            image_pull_policy: None,
+            replicas: default_replicas(),
+            resources: None,
+            database: DatabaseSpec {
+                url_secret_ref: SecretKeyRef {
+                    name: String::new(),
+                    key: default_url_key(),
+                },
+                admin_secret_ref: None,
+                max_connections: default_pool(),
+            },
+            redis: None,
+            auth: AuthSpec::default(),
+            ingress: None,
+            autoscaling: AutoscalingSpec::default(),
+            pod_disruption_budget: PodDisruptionBudgetSpec::default(),
+            monitoring: MonitoringSpec::default(),
+            network_policy: NetworkPolicySpec::default(),
+            env: Vec::new(),
+            pod: PodSpecOverrides::default(),
+            paused: false,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// A key of a Secret in the Stoa's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    /// Defaults to `url`.
+    #[serde(default = "default_url_key")]
+    pub key: String,
+}
+
+fn default_url_key() -> String {
+    "url".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Secret key holding the PostgreSQL connection URL (mounted as a file, so credential
+    /// changes reach the pods without a restart).
+    pub url_secret_ref: SecretKeyRef,
+    /// Optional admin credential: enables managed credential rotation (a later release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_secret_ref: Option<SecretKeyRef>,
+    /// Connections per pod.
+    #[serde(default = "default_pool")]
+    #[schemars(range(min = 1, max = 500))]
+    pub max_connections: i32,
+}
+
+fn default_pool() -> i32 {
+    16
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// Secret key holding the Redis URL.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Access token lifetime (Go-style duration, e.g. `15m`).
+    #[serde(default = "default_access_ttl")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub access_token_ttl: String,
+    /// Refresh token lifetime, e.g. `168h` or `7d`.
+    #[serde(default = "default_refresh_ttl")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub refresh_token_ttl: String,
+    #[serde(default)]
+    pub key_rotation: KeyRotationSpec,
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        AuthSpec {
+            access_token_ttl: default_access_ttl(),
+            refresh_token_ttl: default_refresh_ttl(),
+            key_rotation: KeyRotationSpec::default(),
+        }
+    }
+}
+
+fn default_access_ttl() -> String {
+    "15m".into()
+}
+fn default_refresh_ttl() -> String {
+    "7d".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotationSpec {
+    /// How often the signing key rotates, e.g. `720h` (30 days).
+    #[serde(default = "default_rotation")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub every: String,
+}
+
+impl Default for KeyRotationSpec {
+    fn default() -> Self {
+        KeyRotationSpec {
+            every: default_rotation(),
+        }
+    }
+}
+
+fn default_rotation() -> String {
+    "720h".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    pub host: String,
+    /// IngressClass; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// A Secret with the TLS certificate for `host`; plain HTTP when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum AutoscalingMode {
+    /// `spec.replicas` is the replica count.
+    #[default]
+    Disabled,
+    /// A HorizontalPodAutoscaler on CPU.
+    Hpa,
+    /// The operator scales on in-flight requests (a later release).
+    Concurrency,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    #[serde(default)]
+    pub mode: AutoscalingMode,
+    #[serde(default = "default_min")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    #[serde(default = "default_max")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// `Hpa`: target average CPU utilization, percent of requests.
+    #[serde(default = "default_cpu")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+    /// `Concurrency`: target in-flight requests per pod.
+    #[serde(default = "default_in_flight")]
+    #[schemars(range(min = 1))]
+    pub target_in_flight: i32,
+}
+
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        AutoscalingSpec {
+            mode: AutoscalingMode::Disabled,
+            min_replicas: default_min(),
+            max_replicas: default_max(),
+            target_cpu_utilization: default_cpu(),
+            target_in_flight: default_in_flight(),
+        }
+    }
+}
+
+fn default_min() -> i32 {
+    2
+}
+fn default_max() -> i32 {
+    10
+}
+fn default_cpu() -> i32 {
+    70
+}
+fn default_in_flight() -> i32 {
+    50
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisruptionBudgetSpec {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub min_available: i32,
+}
+
+impl Default for PodDisruptionBudgetSpec {
+    fn default() -> Self {
+        PodDisruptionBudgetSpec {
+            enabled: true,
+            min_available: 1,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> i32 {
+    1
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Create a ServiceMonitor (only when the Prometheus Operator's CRD is installed).
+    #[serde(default = "yes")]
+    pub service_monitor: bool,
+    /// Scrape interval for the ServiceMonitor.
+    #[serde(default = "default_interval")]
+    pub interval: String,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        MonitoringSpec {
+            service_monitor: true,
+            interval: default_interval(),
+        }
+    }
+}
+
+fn default_interval() -> String {
+    "30s".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Restrict ingress to the API port (from anywhere, or from `allowedNamespaces`) and the
+    /// metrics port (from `metricsNamespaces`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Namespaces (by name) allowed to call the API; empty means any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
+    /// Namespaces allowed to scrape metrics (e.g. `monitoring`); empty means same namespace only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_namespaces: Vec<String>,
+}
+
+/// Pod template knobs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecOverrides {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// What the operator observed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoaStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The image the Deployment runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_image: Option<String>,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Label selector of the pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Signing keys in the key Secret, by kid and state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    pub kid: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}

@@ -1,0 +1,342 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! Unit tests of the pure builders, and golden files of the full object set.
+mod fixtures;
+
+use fixtures::{full, stoa, with_spec};
+use k8s_openapi::api::apps::v1::Deployment;
+use stoa_operator::crd::AutoscalingMode;
+use stoa_operator::resources;
+
+fn container(d: &Deployment) -> &k8s_openapi::api::core::v1::Container {
+    &d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+}
+
+#[test]
+fn builders_are_pure_functions_of_the_spec() {
+    let a = stoa("api");
+    let cm = resources::config_map(&a).unwrap();
+    assert_eq!(
+        resources::deployment(&a, &cm).unwrap(),
+        resources::deployment(&a, &cm).unwrap()
+    );
+    assert_eq!(
+        resources::service(&a).unwrap(),
+        resources::service(&a).unwrap()
+    );
+    assert_eq!(resources::config_map(&a).unwrap(), cm);
+}
+
+#[test]
+fn every_object_is_labelled_and_owned_by_the_stoa() {
+    let s = full("api");
+    let cm = resources::config_map(&s).unwrap();
+    let metas = [
+        resources::service_account(&s).unwrap().metadata,
+        cm.metadata.clone(),
+        resources::deployment(&s, &cm).unwrap().metadata,
+        resources::service(&s).unwrap().metadata,
+        resources::pod_disruption_budget(&s)
+            .unwrap()
+            .unwrap()
+            .metadata,
+        resources::ingress(&s).unwrap().unwrap().metadata,
+        resources::network_policy(&s).unwrap().unwrap().metadata,
+        resources::horizontal_pod_autoscaler(&s)
+            .unwrap()
+            .unwrap()
+            .metadata,
+        resources::service_monitor(&s).unwrap().unwrap().metadata,
+        resources::key_secret(&s, &stoa_api::keys::generate_keyset())
+            .unwrap()
+            .metadata,
+    ];
+    for meta in metas {
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("Stoa", "api", Some(true))
+        );
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["app.kubernetes.io/name"], "stoa");
+        assert_eq!(labels["app.kubernetes.io/instance"], "api");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "stoa-operator");
+        assert_eq!(meta.namespace.as_deref(), Some("shop"));
+    }
+}
+
+#[test]
+fn the_deployment_is_hardened_probed_and_drains() {
+    let s = stoa("api");
+    let d = resources::deployment(&s, &resources::config_map(&s).unwrap()).unwrap();
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let pod_security = pod.security_context.as_ref().unwrap();
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(
+        pod_security.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    let c = container(&d);
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    assert_eq!(
+        c.liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+    assert!(
+        c.lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .sleep
+            .is_some()
+    );
+    assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    assert_eq!(pod.topology_spread_constraints.as_ref().unwrap().len(), 2);
+    // The key Secret is mounted as a directory (so kubelet can swap it atomically).
+    let keys = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "keys")
+        .unwrap();
+    assert_eq!(keys.mount_path, resources::KEYS_MOUNT);
+    assert!(keys.sub_path.is_none());
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
+}
+
+#[test]
+fn configuration_changes_change_the_checksum_and_roll_the_pods() {
+    let base = stoa("api");
+    let hash = |s: &stoa_operator::crd::Stoa| {
+        let d = resources::deployment(s, &resources::config_map(s).unwrap()).unwrap();
+        d.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[resources::CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    let ttl = with_spec(base.clone(), |s| s.auth.access_token_ttl = "5m".into());
+    let env = with_spec(base.clone(), |s| {
+        s.env.push(k8s_openapi::api::core::v1::EnvVar {
+            name: "X".into(),
+            value: Some("1".into()),
+            value_from: None,
+        })
+    });
+    let replicas = with_spec(base.clone(), |s| s.replicas = 5);
+    assert_ne!(hash(&base), hash(&ttl));
+    assert_ne!(hash(&base), hash(&env));
+    assert_eq!(
+        hash(&base),
+        hash(&replicas),
+        "scaling is not a configuration change"
+    );
+}
+
+#[test]
+fn with_an_autoscaler_the_deployment_does_not_claim_replicas() {
+    let s = full("api");
+    assert_eq!(s.spec.autoscaling.mode, AutoscalingMode::Hpa);
+    let d = resources::deployment(&s, &resources::config_map(&s).unwrap()).unwrap();
+    assert_eq!(d.spec.unwrap().replicas, None);
+    let hpa = resources::horizontal_pod_autoscaler(&s)
+        .unwrap()
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(3), 12));
+    assert_eq!(
+        hpa.behavior
+            .unwrap()
+            .scale_down
+            .unwrap()
+            .stabilization_window_seconds,
+        Some(300)
+    );
+    // The PDB follows the autoscaler's minimum.
+    let pdb = resources::pod_disruption_budget(&s)
+        .unwrap()
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(
+        pdb.min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(2))
+    );
+}
+
+#[test]
+fn optional_objects_follow_the_spec() {
+    let s = stoa("api");
+    assert!(resources::ingress(&s).unwrap().is_none());
+    assert!(resources::network_policy(&s).unwrap().is_none());
+    assert!(resources::horizontal_pod_autoscaler(&s).unwrap().is_none());
+    assert!(resources::pod_disruption_budget(&s).unwrap().is_some());
+    let off = with_spec(s, |spec| spec.pod_disruption_budget.enabled = false);
+    assert!(resources::pod_disruption_budget(&off).unwrap().is_none());
+    let ingress = resources::ingress(&full("api"))
+        .unwrap()
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(
+        ingress.tls.unwrap()[0].secret_name.as_deref(),
+        Some("api-example-com-tls")
+    );
+}
+
+#[test]
+fn the_key_secret_holds_a_key_set_stoa_api_accepts() {
+    let s = stoa("api");
+    let secret = resources::key_secret(&s, &stoa_api::keys::generate_keyset()).unwrap();
+    assert_eq!(secret.metadata.name.as_deref(), Some("api-jwt-keys"));
+    let bytes = &secret.data.unwrap()[stoa_api::keys::KEYSET_FILE].0;
+    let file: stoa_api::keys::KeySetFile = serde_json::from_slice(bytes).unwrap();
+    // The exact parser stoa-api runs at start-up and on reload.
+    stoa_api::auth::tokens::KeyRing::from_file(&file).unwrap();
+}
+
+#[test]
+fn config_map_carries_the_api_settings() {
+    let data = resources::config_map(&full("api")).unwrap().data.unwrap();
+    assert_eq!(data["STOA_LISTEN_ADDR"], "0.0.0.0:8080");
+    assert_eq!(data["STOA_JWT_KEYS_DIR"], resources::KEYS_MOUNT);
+    assert_eq!(data["STOA_DATABASE_URL_FILE"], "/var/run/stoa/database/url");
+    assert_eq!(data["STOA_REDIS_URL_FILE"], "/var/run/stoa/redis/url");
+    assert_eq!(data["STOA_ACCESS_TOKEN_TTL"], "10m");
+    assert_eq!(data["STOA_TRUSTED_PROXY_HOPS"], "1");
+    // No secret values in the ConfigMap.
+    assert!(data.values().all(|v| !v.contains("://")));
+}
+
+/// The full rendered object set (minus the random key material).
+fn render(s: &stoa_operator::crd::Stoa) -> String {
+    let cm = resources::config_map(s).unwrap();
+    let mut docs: Vec<serde_json::Value> = vec![
+        serde_json::to_value(resources::service_account(s).unwrap()).unwrap(),
+        serde_json::to_value(&cm).unwrap(),
+        serde_json::to_value(resources::deployment(s, &cm).unwrap()).unwrap(),
+        serde_json::to_value(resources::service(s).unwrap()).unwrap(),
+    ];
+    docs.extend(
+        resources::pod_disruption_budget(s)
+            .unwrap()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    docs.extend(
+        resources::ingress(s)
+            .unwrap()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    docs.extend(
+        resources::network_policy(s)
+            .unwrap()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    docs.extend(
+        resources::horizontal_pod_autoscaler(s)
+            .unwrap()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    docs.extend(
+        resources::service_monitor(s)
+            .unwrap()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    docs.iter()
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn golden(name: &str, rendered: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.yaml"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, rendered).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == rendered,
+        "{} is stale; run `UPDATE_GOLDEN=1 cargo test -p stoa-operator --test builders` and review the diff",
+        path.display()
+    );
+}
+
+#[test]
+fn golden_minimal() {
+    golden("minimal", &render(&stoa("api")));
+}
+
+#[test]
+fn golden_full() {
+    golden("full", &render(&full("api")));
+}
+
+#[test]
+fn golden_no_pdb_no_monitoring() {
+    let s = with_spec(stoa("quiet"), |spec| {
+        spec.pod_disruption_budget.enabled = false;
+        spec.monitoring.service_monitor = false;
+        spec.replicas = 1;
+    });
+    golden("quiet", &render(&s));
+}
+
+#[test]
+fn the_checked_in_crds_are_current() {
+    let generated = stoa_operator::crd_yaml().unwrap();
+    // The CRD ships in three places: crds/, the Helm chart, and the kustomize base.
+    for copy in [
+        "../crds",
+        "../helm/stoa-operator/crds",
+        "../manifests/operator/crds",
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(copy)
+            .join("stoa.dev_stoas.yaml");
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            expected == generated,
+            "{} is stale; run `make crds`",
+            path.display()
+        );
+    }
+}
