@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export DATABASE_URL
 
-.PHONY: run test lint fmt services bench crds
+.PHONY: run test lint fmt services bench crds validate
 
 services:
 	@scripts/ensure-services.sh
@@ -22,6 +22,12 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Validate the CRDs, the Helm chart (two value sets), the kustomize output and the
+## operator's rendered objects against the official Kubernetes schemas.
+validate:
+	python3 -m pip install -q --disable-pip-version-check kubernetes-validate helm-python-sdk jsonschema pyyaml
+	python3 scripts/validate-manifests.py
 
 ## Load harness against a release build on a scratch database (see README, "Benchmarks").
 bench: services
