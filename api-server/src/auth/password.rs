@@ -16,8 +16,9 @@ pub struct PasswordHashing {
     params: Params,
     permits: Arc<Semaphore>,
     /// A real hash of a random password: verified against when the account does not exist,
-    /// so a login for an unknown email costs the same time as a wrong password.
-    dummy_hash: Arc<str>,
+    /// so a login for an unknown email costs the same time as a wrong password. Computed on
+    /// first use, so an idle server never holds argon2's work area.
+    dummy_hash: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl PasswordHashing {
@@ -29,17 +30,10 @@ impl PasswordHashing {
             None,
         )
         .map_err(|e| anyhow::anyhow!("invalid argon2 parameters: {e}"))?;
-        let hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-        let random: [u8; 16] = rand::random();
-        let dummy_hash = hasher
-            .hash_password(&random)
-            .map_err(|e| anyhow::anyhow!("argon2 self-test failed: {e}"))?
-            .to_string()
-            .into();
         Ok(PasswordHashing {
             params,
             permits: Arc::new(Semaphore::new(config.hash_concurrency)),
-            dummy_hash,
+            dummy_hash: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -64,7 +58,25 @@ impl PasswordHashing {
     pub async fn verify(&self, password: String, hash: Option<String>) -> anyhow::Result<bool> {
         let _permit = self.permits.acquire().await?;
         let exists = hash.is_some();
-        let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
+        let hash = match hash {
+            Some(hash) => hash,
+            None => {
+                let params = self.params.clone();
+                self.dummy_hash
+                    .get_or_try_init(|| async move {
+                        tokio::task::spawn_blocking(move || {
+                            let random: [u8; 16] = rand::random();
+                            Self::hasher(params)
+                                .hash_password(&random)
+                                .map(|h| h.to_string())
+                                .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
+                        })
+                        .await?
+                    })
+                    .await?
+                    .clone()
+            }
+        };
         let params = self.params.clone();
         let matched = tokio::task::spawn_blocking(move || {
             // Verification reads the parameters from the stored hash; `params` only
