@@ -27,7 +27,6 @@ export STOA_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT"
 export STOA_SHUTDOWN_DELAY=0s
 # One client address sends everything: raise the rate limits out of the way (they still
 # run, so their cost is measured). Everything else stays at production defaults.
-export STOA_DB_MAX_CONNECTIONS=${STOA_DB_MAX_CONNECTIONS:-16}
 export STOA_RATE_LIMIT_PER_IP=${STOA_RATE_LIMIT_PER_IP:-1000000000/1m}
 export STOA_RATE_LIMIT_PER_USER=${STOA_RATE_LIMIT_PER_USER:-1000000000/1m}
 export STOA_RATE_LIMIT_AUTH=${STOA_RATE_LIMIT_AUTH:-1000000000/1m}

@@ -167,7 +167,7 @@ pub struct DatabaseSpec {
 }
 
 fn default_pool() -> i32 {
-    16
+    8
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

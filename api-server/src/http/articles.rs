@@ -60,89 +60,125 @@ struct ListQuery {
     offset: Option<i64>,
 }
 
-/// Which filters a list query uses; each combination has its own prepared statement so
-/// PostgreSQL plans it with the right indexes.
+/// Which filters a list query uses and whether the caller is anonymous; each combination
+/// has its own prepared statement, so PostgreSQL plans it with the right indexes and an
+/// anonymous list does not evaluate the caller's favorited/following flags at all.
 #[derive(Clone, Copy)]
 struct ListShape {
     tag: bool,
     author: bool,
     favorited: bool,
     feed: bool,
+    anonymous: bool,
+}
+
+/// Numbers query parameters in the order they are bound.
+struct Params(usize);
+
+impl Params {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("${}", self.0)
+    }
 }
 
 impl ListShape {
+    const VARIANTS: usize = 32;
+
+    fn from_index(i: usize) -> Self {
+        ListShape {
+            tag: i & 1 != 0,
+            author: i & 2 != 0,
+            favorited: i & 4 != 0,
+            feed: i & 8 != 0,
+            anonymous: i & 16 != 0,
+        }
+    }
+
     fn index(self) -> usize {
         usize::from(self.tag)
             | usize::from(self.author) << 1
             | usize::from(self.favorited) << 2
             | usize::from(self.feed) << 3
+            | usize::from(self.anonymous) << 4
     }
 
-    fn sql(self) -> String {
-        // $1 viewer, $2 limit, $3 offset, then the filter values in this order.
+    /// The WHERE clause over `a` (articles); filter values take the next parameters.
+    fn filter(self, params: &mut Params, viewer: Option<&str>) -> String {
         let mut conditions = Vec::new();
-        let mut next = 4;
-        let mut param = || {
-            let p = format!("${next}");
-            next += 1;
-            p
-        };
         if self.tag {
-            conditions.push(format!("a.tag_list @> ARRAY[{}::text]", param()));
+            conditions.push(format!("a.tag_list @> ARRAY[{}::text]", params.next()));
         }
         if self.author {
             conditions.push(format!(
                 "a.author_id = (SELECT id FROM users WHERE username = {})",
-                param()
+                params.next()
             ));
         }
         if self.favorited {
             conditions.push(format!(
                 "a.id IN (SELECT fv.article_id FROM favorites fv JOIN users fu ON fu.id = fv.user_id WHERE fu.username = {})",
-                param()
+                params.next()
             ));
         }
-        if self.feed {
-            conditions.push(
-                "a.author_id IN (SELECT followed_id FROM follows WHERE follower_id = $1::uuid)"
-                    .into(),
-            );
+        if let (true, Some(viewer)) = (self.feed, viewer) {
+            conditions.push(format!("a.author_id IN (SELECT followed_id FROM follows WHERE follower_id = {viewer}::uuid)"));
         }
-        let filter = if conditions.is_empty() {
+        if conditions.is_empty() {
             "true".to_owned()
         } else {
             conditions.join(" AND ")
-        };
-        let total = if conditions.is_empty() {
-            "SELECT article_count AS total FROM article_stats".to_owned()
+        }
+    }
+
+    /// The total of matches: a maintained counter when unfiltered.
+    fn total(self, filter: &str) -> String {
+        if filter == "true" {
+            "(SELECT article_count FROM article_stats)".to_owned()
         } else {
-            format!("SELECT count(*) AS total FROM articles a WHERE {filter}")
+            format!("(SELECT count(*) FROM articles a WHERE {filter})")
+        }
+    }
+
+    /// The page with its total on every row. Parameters: limit, offset, then the viewer
+    /// (unless anonymous), then the filter values.
+    fn page_sql(self) -> String {
+        let mut params = Params(2);
+        let viewer = (!self.anonymous).then(|| params.next());
+        let filter = self.filter(&mut params, viewer.as_deref());
+        let flags = match &viewer {
+            None => "false AS favorited, false AS following".to_owned(),
+            Some(v) => format!(
+                "EXISTS (SELECT 1 FROM favorites f WHERE f.article_id = a.id AND f.user_id = {v}::uuid) AS favorited,
+                 EXISTS (SELECT 1 FROM follows fo WHERE fo.followed_id = a.author_id AND fo.follower_id = {v}::uuid) AS following"
+            ),
         };
         format!(
-            "SELECT t.total, p.* FROM
-                 ({total}) t
-             LEFT JOIN LATERAL (
-                 SELECT a.id, {columns}
-                 FROM articles a JOIN users u ON u.id = a.author_id
-                 WHERE {filter}
-                 ORDER BY a.created_at DESC, a.id DESC
-                 LIMIT $2 OFFSET $3) p ON true
-             ORDER BY p.created_at DESC, p.id DESC",
-            columns = article_columns!("NULL::text"),
+            "SELECT {total} AS total, a.slug, a.title, a.description, NULL::text AS body, a.tag_list,
+                    a.created_at, a.updated_at, a.favorites_count, u.username, u.bio, u.image, {flags}
+             FROM articles a JOIN users u ON u.id = a.author_id
+             WHERE {filter}
+             ORDER BY a.created_at DESC, a.id DESC
+             LIMIT $1 OFFSET $2",
+            total = self.total(&filter),
         )
+    }
+
+    /// Only the total, for a page past the end. Parameters: the viewer (feed only), then
+    /// the filter values.
+    fn count_sql(self) -> String {
+        let mut params = Params(0);
+        let viewer = self.feed.then(|| params.next());
+        let filter = self.filter(&mut params, viewer.as_deref());
+        format!("SELECT {} AS total", self.total(&filter))
     }
 }
 
-static LIST_SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
-    (0..16)
+static LIST_SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
+    (0..ListShape::VARIANTS)
         .map(|i| {
-            ListShape {
-                tag: i & 1 != 0,
-                author: i & 2 != 0,
-                favorited: i & 4 != 0,
-                feed: i & 8 != 0,
-            }
-            .sql()
+            let shape = ListShape::from_index(i);
+            (shape.page_sql(), shape.count_sql())
         })
         .collect()
 });
@@ -150,6 +186,8 @@ static LIST_SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
 /// Anonymous list pages with an offset below this are cached ("the first pages").
 const CACHED_OFFSETS: i64 = 100;
 
+/// One round trip for any page with results; a second only for a page past the end
+/// (where no row carries the total).
 async fn fetch_list(
     state: &AppState,
     viewer: Option<Uuid>,
@@ -166,25 +204,39 @@ async fn fetch_list(
         author: query.author.is_some(),
         favorited: query.favorited.is_some(),
         feed,
+        anonymous: viewer.is_none(),
     };
-    let text: &'static str = LIST_SQL[shape.index()].as_str();
-    let mut sql = sqlx::query(text).bind(viewer).bind(limit).bind(offset);
-    for value in [query.tag, query.author, query.favorited]
-        .into_iter()
-        .flatten()
-    {
-        sql = sql.bind(value);
+    let (page_sql, count_sql) = &LIST_SQL[shape.index()];
+    let page_sql: &'static str = page_sql.as_str();
+    let filters = [query.tag, query.author, query.favorited];
+
+    let mut page = sqlx::query(page_sql).bind(limit).bind(offset);
+    if let Some(viewer) = viewer {
+        page = page.bind(viewer);
     }
-    let rows: Vec<PgRow> = sql.fetch_all(&**state.db()).await?;
-    let mut articles_count = 0;
-    let mut articles = Vec::with_capacity(rows.len());
-    for row in &rows {
-        articles_count = row.try_get("total")?;
-        // The page is empty (offset past the end): one row with only the total.
-        if row.try_get::<Option<&str>, _>("slug")?.is_some() {
-            articles.push(Article::from_row(row)?);
+    for value in filters.iter().flatten() {
+        page = page.bind(value);
+    }
+    let rows: Vec<PgRow> = page.fetch_all(&**state.db()).await?;
+    let articles_count = match rows.first() {
+        Some(row) => row.try_get("total")?,
+        None if offset == 0 => 0,
+        None => {
+            let count_sql: &'static str = count_sql.as_str();
+            let mut count = sqlx::query_scalar(count_sql);
+            if feed {
+                count = count.bind(viewer);
+            }
+            for value in filters.iter().flatten() {
+                count = count.bind(value);
+            }
+            count.fetch_one(&**state.db()).await?
         }
-    }
+    };
+    let articles = rows
+        .iter()
+        .map(Article::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ArticlesResponse {
         articles,
         articles_count,
