@@ -267,16 +267,16 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         Some(hpa) => drop(apply(client, &namespace, &hpa).await?),
         None => drop(remove::<HorizontalPodAutoscaler>(client, &namespace, &names.base).await?),
     }
-    if let Some(monitor) = resources::service_monitor(stoa)? {
-        if service_monitor_supported(client).await? {
-            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-                client.clone(),
-                &namespace,
-                &resources::service_monitor_resource(),
-            );
-            api.patch(&names.base, &apply_params(), &Patch::Apply(&monitor))
-                .await?;
-        }
+    if let Some(monitor) = resources::service_monitor(stoa)?
+        && service_monitor_supported(client).await?
+    {
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &namespace,
+            &resources::service_monitor_resource(),
+        );
+        api.patch(&names.base, &apply_params(), &Patch::Apply(&monitor))
+            .await?;
     }
 
     let status = observe(stoa, Some(&applied), key_status(&keys), false);
@@ -473,10 +473,9 @@ fn carry_transition_times(previous: Option<&StoaStatus>, next: &mut StoaStatus) 
             .conditions
             .iter()
             .find(|c| c.type_ == condition.type_)
+            && old.status == condition.status
         {
-            if old.status == condition.status {
-                condition.last_transition_time = old.last_transition_time.clone();
-            }
+            condition.last_transition_time = old.last_transition_time.clone();
         }
     }
 }

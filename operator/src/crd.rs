@@ -3,6 +3,9 @@
 //! `stoa-operator crd` prints the CRD generated from these types; `crds/stoa.dev_stoas.yaml`
 //! is that output, and a test fails when it is stale.
 
+// Each `printcolumn(...)` repeats `type_ = "string"`; clippy reads that as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{

@@ -175,41 +175,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let owned =
         |_: ()| watcher::Config::default().labels("app.kubernetes.io/managed-by=stoa-operator");
-    let ns = args.namespace.clone();
-    let api_for = |c: &Client| -> (
-        Api<Deployment>,
-        Api<Service>,
-        Api<ConfigMap>,
-        Api<Secret>,
-        Api<ServiceAccount>,
-    ) {
-        match &ns {
-            Some(ns) => (
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-            ),
-            None => (
-                Api::all(c.clone()),
-                Api::all(c.clone()),
-                Api::all(c.clone()),
-                Api::all(c.clone()),
-                Api::all(c.clone()),
-            ),
-        }
-    };
-    let (deployments, services, configs, secrets, accounts) = api_for(&client);
+    let namespace = args.namespace.as_deref();
     let context = Arc::new(Context::new(client.clone(), metrics.clone()));
     health.ready.store(true, Ordering::SeqCst);
     tracing::info!(namespace = ?args.namespace, "starting controller");
     Controller::new(stoas, watcher::Config::default())
-        .owns(deployments, owned(()))
-        .owns(services, owned(()))
-        .owns(configs, owned(()))
-        .owns(secrets, owned(()))
-        .owns(accounts, owned(()))
+        .owns(scoped::<Deployment>(&client, namespace), owned(()))
+        .owns(scoped::<Service>(&client, namespace), owned(()))
+        .owns(scoped::<ConfigMap>(&client, namespace), owned(()))
+        .owns(scoped::<Secret>(&client, namespace), owned(()))
+        .owns(scoped::<ServiceAccount>(&client, namespace), owned(()))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -220,6 +195,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await;
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// An API over one namespace, or all of them.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 fn http_router(health: Health) -> Router {
