@@ -160,7 +160,8 @@ pub struct DatabaseSpec {
     /// Secret key holding the PostgreSQL connection URL (mounted as a file, so credential
     /// changes reach the pods without a restart).
     pub url_secret_ref: SecretKeyRef,
-    /// Optional admin credential: enables managed credential rotation (a later release).
+    /// Optional admin credential, reserved for managed credential rotation (not acted on
+    /// by this release of the operator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_secret_ref: Option<SecretKeyRef>,
     /// Connections per pod.
@@ -215,7 +216,8 @@ fn default_refresh_ttl() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRotationSpec {
-    /// How often the signing key rotates, e.g. `720h` (30 days).
+    /// How often the signing key should rotate, e.g. `720h` (30 days). Reserved: this
+    /// release creates the key set once and does not rotate it yet.
     #[serde(default = "default_rotation")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub every: String,
@@ -254,8 +256,6 @@ pub enum AutoscalingMode {
     Disabled,
     /// A HorizontalPodAutoscaler on CPU.
     Hpa,
-    /// The operator scales on in-flight requests (a later release).
-    Concurrency,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -273,10 +273,6 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_cpu")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: i32,
-    /// `Concurrency`: target in-flight requests per pod.
-    #[serde(default = "default_in_flight")]
-    #[schemars(range(min = 1))]
-    pub target_in_flight: i32,
 }
 
 impl Default for AutoscalingSpec {
@@ -286,7 +282,6 @@ impl Default for AutoscalingSpec {
             min_replicas: default_min(),
             max_replicas: default_max(),
             target_cpu_utilization: default_cpu(),
-            target_in_flight: default_in_flight(),
         }
     }
 }
@@ -299,9 +294,6 @@ fn default_max() -> i32 {
 }
 fn default_cpu() -> i32 {
     70
-}
-fn default_in_flight() -> i32 {
-    50
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
