@@ -240,140 +240,83 @@ struct Stats {
     errors: u64,
 }
 
-/// Sends a request and reads the whole body without parsing it (the harness should spend
-/// as little CPU as possible next to the server).
-async fn hit(
-    client: &Client,
-    method: Method,
-    url: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> anyhow::Result<(StatusCode, ())> {
-    let mut req = client.request(method, url);
-    if let Some(token) = token {
-        req = req.header("Authorization", format!("Token {token}"));
-    }
-    if let Some(body) = body {
-        req = req.json(body);
-    }
-    let res = req.send().await?;
-    let status = res.status();
-    res.bytes().await?;
-    Ok((status, ()))
-}
-
-/// One request of a scenario; returns whether it succeeded.
-async fn one(client: &Client, base: &str, name: &str, seed: &Seed, worker: usize, i: u64) -> bool {
-    let token = &seed.tokens[worker % seed.tokens.len()];
+/// The request a scenario sends as its `i`-th call from `worker`.
+fn request_for<'a>(
+    name: &str,
+    seed: &'a Seed,
+    worker: usize,
+    i: u64,
+) -> Option<(Method, String, Option<&'a str>, Option<Value>)> {
+    let token = Some(seed.tokens[worker % seed.tokens.len()].as_str());
     let slug = &seed.slugs[(worker * 7919 + i as usize) % seed.slugs.len()];
-    let result = match name {
-        "healthz" => hit(client, Method::GET, &format!("{base}/healthz"), None, None)
-            .await
-            .map(|r| r.0),
-        "articles_list" => hit(
-            client,
+    let user = &seed.usernames[i as usize % seed.usernames.len()];
+    Some(match name {
+        "healthz" => (Method::GET, "/healthz".into(), None, None),
+        "articles_list" => (Method::GET, "/api/articles".into(), None, None),
+        "articles_list_auth" => (Method::GET, "/api/articles?limit=20".into(), token, None),
+        "articles_by_tag" => (
             Method::GET,
-            &format!("{base}/api/articles"),
+            format!("/api/articles?tag={}", seed.popular_tag),
             None,
             None,
-        )
-        .await
-        .map(|r| r.0),
-        "articles_list_auth" => hit(
-            client,
-            Method::GET,
-            &format!("{base}/api/articles?limit=20"),
-            Some(token),
-            None,
-        )
-        .await
-        .map(|r| r.0),
-        "articles_by_tag" => hit(
-            client,
-            Method::GET,
-            &format!("{base}/api/articles?tag={}", seed.popular_tag),
-            None,
-            None,
-        )
-        .await
-        .map(|r| r.0),
-        "article_get" => hit(
-            client,
-            Method::GET,
-            &format!("{base}/api/articles/{slug}"),
-            None,
-            None,
-        )
-        .await
-        .map(|r| r.0),
-        "feed" => hit(
-            client,
-            Method::GET,
-            &format!("{base}/api/articles/feed"),
-            Some(token),
-            None,
-        )
-        .await
-        .map(|r| r.0),
-        "tags" => hit(client, Method::GET, &format!("{base}/api/tags"), None, None)
-            .await
-            .map(|r| r.0),
-        "profile" => {
-            let user = &seed.usernames[i as usize % seed.usernames.len()];
-            hit(
-                client,
-                Method::GET,
-                &format!("{base}/api/profiles/{user}"),
-                Some(token),
-                None,
-            )
-            .await
-            .map(|r| r.0)
-        }
-        "comment_create" => {
-            let body = json!({"comment": {"body": "Load comment"}});
-            hit(
-                client,
-                Method::POST,
-                &format!("{base}/api/articles/{slug}/comments"),
-                Some(token),
-                Some(&body),
-            )
-            .await
-            .map(|r| r.0)
-        }
+        ),
+        "article_get" => (Method::GET, format!("/api/articles/{slug}"), None, None),
+        "feed" => (Method::GET, "/api/articles/feed".into(), token, None),
+        "tags" => (Method::GET, "/api/tags".into(), None, None),
+        "profile" => (Method::GET, format!("/api/profiles/{user}"), token, None),
+        "comment_create" => (
+            Method::POST,
+            format!("/api/articles/{slug}/comments"),
+            token,
+            Some(json!({"comment": {"body": "Load comment"}})),
+        ),
         "favorite_toggle" => {
+            // Alternate on the same article so every call changes something.
+            let slug = &seed.slugs[(worker * 7919 + (i / 2) as usize) % seed.slugs.len()];
             let method = if i.is_multiple_of(2) {
                 Method::POST
             } else {
                 Method::DELETE
             };
-            let slug = &seed.slugs[(worker * 7919 + (i / 2) as usize) % seed.slugs.len()];
-            hit(
-                client,
+            (
                 method,
-                &format!("{base}/api/articles/{slug}/favorite"),
-                Some(token),
-                Some(&json!({})),
+                format!("/api/articles/{slug}/favorite"),
+                token,
+                Some(json!({})),
             )
-            .await
-            .map(|r| r.0)
         }
-        "article_create" => {
-            let body = json!({"article": {"title": format!("Bench {worker}-{i}"), "description": "d", "body": "b", "tagList": ["bench"]}});
-            hit(
-                client,
-                Method::POST,
-                &format!("{base}/api/articles"),
-                Some(token),
-                Some(&body),
-            )
-            .await
-            .map(|r| r.0)
-        }
-        _ => return false,
+        "article_create" => (
+            Method::POST,
+            "/api/articles".into(),
+            token,
+            Some(
+                json!({"article": {"title": format!("Bench {worker}-{i}"), "description": "d", "body": "b", "tagList": ["bench"]}}),
+            ),
+        ),
+        _ => return None,
+    })
+}
+
+/// One request of a scenario; reads the whole body without parsing it (the harness should
+/// spend as little CPU as possible next to the server). Returns whether it succeeded.
+async fn one(client: &Client, base: &str, name: &str, seed: &Seed, worker: usize, i: u64) -> bool {
+    let Some((method, path, token, body)) = request_for(name, seed, worker, i) else {
+        return false;
     };
-    matches!(result, Ok(status) if status.is_success())
+    let mut req = client.request(method, format!("{base}{path}"));
+    if let Some(token) = token {
+        req = req.header("Authorization", format!("Token {token}"));
+    }
+    if let Some(body) = &body {
+        req = req.json(body);
+    }
+    match req.send().await {
+        Ok(res) => {
+            let ok = res.status().is_success();
+            res.bytes().await.is_ok() && ok
+        }
+        Err(_) => false,
+    }
 }
 
 async fn run_scenario(
