@@ -230,6 +230,13 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap) -> Result<Deployment> {
             "defaultMode": 0o440}}));
         mounts.push(json!({"name": "redis", "mountPath": REDIS_MOUNT, "readOnly": true}));
     }
+    let container_security = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "privileged": false,
+        "capabilities": {"drop": ["ALL"]}
+    });
     let spread = |key: &str| {
         json!({"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
                "labelSelector": {"matchLabels": selector}})
@@ -260,6 +267,18 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap) -> Result<Deployment> {
                 "imagePullSecrets": spec.pod.image_pull_secrets,
                 "priorityClassName": spec.pod.priority_class_name,
                 "volumes": volumes,
+                // Until migrations run as gated Jobs, each pod brings the schema up to date
+                // before it starts (under PostgreSQL's advisory lock, so concurrent pods are safe).
+                "initContainers": [{
+                    "name": "migrate",
+                    "image": spec.image,
+                    "imagePullPolicy": spec.image_pull_policy,
+                    "args": ["migrate"],
+                    "envFrom": [{"configMapRef": {"name": names.config}}],
+                    "resources": resources,
+                    "volumeMounts": [{"name": "database", "mountPath": DATABASE_MOUNT, "readOnly": true}],
+                    "securityContext": container_security
+                }],
                 "containers": [{
                     "name": "api",
                     "image": spec.image,
@@ -273,13 +292,7 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap) -> Result<Deployment> {
                     "env": spec.env,
                     "resources": resources,
                     "volumeMounts": mounts,
-                    "securityContext": {
-                        "allowPrivilegeEscalation": false,
-                        "readOnlyRootFilesystem": true,
-                        "runAsNonRoot": true,
-                        "privileged": false,
-                        "capabilities": {"drop": ["ALL"]}
-                    },
+                    "securityContext": container_security,
                     "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 30},
                     "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
                     "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},

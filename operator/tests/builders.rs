@@ -135,6 +135,11 @@ fn the_deployment_is_hardened_probed_and_drains() {
     assert_eq!(keys.mount_path, resources::KEYS_MOUNT);
     assert!(keys.sub_path.is_none());
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
+    // The schema is migrated before the API container starts, with the same hardening.
+    let init = &pod.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.args.as_deref(), Some(&["migrate".to_owned()][..]));
+    assert_eq!(init.image, c.image);
+    assert_eq!(init.security_context, c.security_context);
 }
 
 #[test]
