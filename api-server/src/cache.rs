@@ -63,6 +63,72 @@ pub enum Key {
     Tags,
 }
 
+/// Anonymous list pages with an offset below this are cached ("the first pages").
+pub const CACHED_OFFSETS: i64 = 100;
+
+/// The key of an anonymous list page, from its validated parameters.
+pub fn list_key(
+    limit: i64,
+    offset: i64,
+    tag: Option<&str>,
+    author: Option<&str>,
+    favorited: Option<&str>,
+) -> Option<Key> {
+    // Canonical: parsed values, fixed order, unambiguous encoding.
+    (offset < CACHED_OFFSETS)
+        .then(|| Key::List(serde_json::json!([limit, offset, tag, author, favorited]).to_string()))
+}
+
+/// The cache key an anonymous GET of `path?query` reads, if it is a cached route. Used by
+/// the per-IP limiter to fetch the entry in the same Redis round trip as its decision;
+/// handlers only use the prefetched entry when their own key is identical.
+pub fn key_for_request(path: &str, query: Option<&str>) -> Option<Key> {
+    #[derive(serde::Deserialize)]
+    struct ListParams {
+        tag: Option<String>,
+        author: Option<String>,
+        favorited: Option<String>,
+        limit: Option<i64>,
+        offset: Option<i64>,
+    }
+    match path {
+        "/api/tags" => Some(Key::Tags),
+        "/api/articles" => {
+            let p: ListParams = serde_urlencoded::from_str(query.unwrap_or("")).ok()?;
+            let (limit, offset) = crate::http::extract::Pagination {
+                limit: p.limit,
+                offset: p.offset,
+            }
+            .resolve()
+            .ok()?;
+            list_key(
+                limit,
+                offset,
+                p.tag.as_deref(),
+                p.author.as_deref(),
+                p.favorited.as_deref(),
+            )
+        }
+        _ => {
+            let slug = path.strip_prefix("/api/articles/")?;
+            if slug.is_empty() || slug.contains('/') || slug == "feed" {
+                return None;
+            }
+            let slug = percent_encoding::percent_decode_str(slug)
+                .decode_utf8()
+                .ok()?;
+            Some(Key::Article(slug.into_owned()))
+        }
+    }
+}
+
+/// An entry fetched together with the rate-limit decision (`None` body: not cached).
+#[derive(Clone, Debug)]
+pub struct Prefetched {
+    pub redis_key: String,
+    pub body: Option<Bytes>,
+}
+
 impl Key {
     fn kind(&self) -> &'static str {
         match self {
@@ -72,7 +138,7 @@ impl Key {
         }
     }
 
-    fn redis_key(&self) -> String {
+    pub fn redis_key(&self) -> String {
         match self {
             Key::Article(slug) => format!("stoa:c:article:{slug}"),
             Key::List(query) => format!("stoa:c:list:{query}"),
@@ -100,6 +166,20 @@ impl Cache {
             .cache_requests
             .get_or_create(&CacheLabels { kind, outcome })
             .inc();
+    }
+
+    /// Like `get`, but uses what the limiter already fetched for this request when it is
+    /// the same entry (saving a round trip).
+    pub async fn lookup(&self, key: &Key, prefetched: Option<&Prefetched>) -> Option<Bytes> {
+        if let Some(found) = prefetched.filter(|p| self.enabled() && p.redis_key == key.redis_key())
+        {
+            self.count(
+                key.kind(),
+                if found.body.is_some() { "hit" } else { "miss" },
+            );
+            return found.body.clone();
+        }
+        self.get(key).await
     }
 
     pub async fn get(&self, key: &Key) -> Option<Bytes> {
@@ -194,4 +274,37 @@ pub async fn flush(mut conn: redis::aio::ConnectionManager) -> anyhow::Result<()
         .await?;
     conn.del::<_, ()>(TAGS).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis_key(key: Option<Key>) -> Option<String> {
+        key.map(|k| k.redis_key())
+    }
+
+    #[test]
+    fn request_keys_match_the_keys_handlers_use() {
+        assert_eq!(
+            redis_key(key_for_request("/api/articles", Some("tag=rust&limit=5"))),
+            redis_key(list_key(5, 0, Some("rust"), None, None))
+        );
+        assert_eq!(redis_key(key_for_request("/api/articles", None)), redis_key(list_key(20, 0, None, None, None)));
+        // Clamped like the handler clamps.
+        assert_eq!(
+            redis_key(key_for_request("/api/articles", Some("limit=1000"))),
+            redis_key(list_key(100, 0, None, None, None))
+        );
+        assert_eq!(redis_key(key_for_request("/api/articles", Some("offset=100"))), None);
+        assert_eq!(redis_key(key_for_request("/api/articles", Some("limit=abc"))), None);
+        assert_eq!(redis_key(key_for_request("/api/tags", None)), Some(Key::Tags.redis_key()));
+        assert_eq!(
+            redis_key(key_for_request("/api/articles/%D0%BF%D1%80%D0%B8", None)),
+            Some(Key::Article("при".into()).redis_key())
+        );
+        for uncached in ["/api/articles/feed", "/api/articles/x/comments", "/api/user", "/api/profiles/x"] {
+            assert!(key_for_request(uncached, None).is_none(), "{uncached}");
+        }
+    }
 }

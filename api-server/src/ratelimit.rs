@@ -96,11 +96,14 @@ if tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - interval * burst
 if allow_at > now then
-  return {0, 0, tat - now, allow_at - now}
+  return {0, 0, tat - now, allow_at - now, false}
 end
 redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
 local remaining = math.min(math.floor((now - allow_at) / interval), burst)
-return {1, remaining, new_tat - now, 0}
+-- Optionally read a cache entry in the same round trip (KEYS[2]).
+local cached = false
+if #KEYS > 1 then cached = redis.call('GET', KEYS[2]) end
+return {1, remaining, new_tat - now, 0, cached}
 ";
 
 /// In-process buckets, used when Redis cannot be.
@@ -149,31 +152,49 @@ impl RateLimiter {
 
     /// Takes one request from bucket `bucket:key`.
     pub async fn check(&self, bucket: &str, key: &str, quota: Quota) -> Decision {
+        self.check_and_fetch(bucket, key, quota, None).await.0
+    }
+
+    /// Takes one request from the bucket and, when allowed, also reads the Redis key
+    /// `fetch` in the same round trip. The second value is `None` when nothing was fetched
+    /// (no key given, request denied, or Redis unavailable).
+    pub async fn check_and_fetch(
+        &self,
+        bucket: &str,
+        key: &str,
+        quota: Quota,
+        fetch: Option<String>,
+    ) -> (Decision, Option<Option<Vec<u8>>>) {
         let full_key = format!("stoa:rl:{bucket}:{key}");
         if let Some(kv) = &self.kv {
             let script = self.script.clone();
             let redis_key = full_key.clone();
+            let fetching = fetch.is_some();
             let answer = kv
                 .run(|mut conn| async move {
-                    script
-                        .key(redis_key)
+                    let mut invocation = script.key(redis_key);
+                    if let Some(fetch) = fetch {
+                        invocation.key(fetch);
+                    }
+                    invocation
                         .arg(quota.interval_ms())
                         .arg(quota.burst)
-                        .invoke_async::<(u8, u64, u64, u64)>(&mut conn)
+                        .invoke_async::<(u8, u64, u64, u64, Option<Vec<u8>>)>(&mut conn)
                         .await
                 })
                 .await;
-            if let Some((allowed, remaining, reset_ms, retry_ms)) = answer {
-                return Decision {
+            if let Some((allowed, remaining, reset_ms, retry_ms, cached)) = answer {
+                let decision = Decision {
                     allowed: allowed == 1,
                     limit: quota.burst,
                     remaining: remaining.min(u64::from(u32::MAX)) as u32,
                     reset: Duration::from_millis(reset_ms),
                     retry_after: Duration::from_millis(retry_ms),
                 };
+                return (decision, (fetching && decision.allowed).then_some(cached));
             }
         }
-        self.local.check(&full_key, quota)
+        (self.local.check(&full_key, quota), None)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::LazyLock;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -14,7 +15,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
-use crate::cache::{Change, Key};
+use crate::cache::{Change, Key, Prefetched};
 use crate::error::{ApiError, ApiResult, Validator};
 use crate::http::extract::{ApiJson, ApiQuery, Pagination};
 use crate::http::slug::{slugify, with_suffix};
@@ -183,9 +184,6 @@ static LIST_SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Anonymous list pages with an offset below this are cached ("the first pages").
-const CACHED_OFFSETS: i64 = 100;
-
 /// One round trip for any page with results; a second only for a page past the end
 /// (where no row carries the total).
 async fn fetch_list(
@@ -250,6 +248,7 @@ async fn fetch_list(
 async fn list_articles(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
+    prefetched: Option<Extension<Prefetched>>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Response> {
     let (limit, offset) = Pagination {
@@ -257,16 +256,22 @@ async fn list_articles(
         offset: query.offset,
     }
     .resolve()?;
-    let cache_key =
-        (viewer.0.is_none() && offset < CACHED_OFFSETS && state.cache.enabled()).then(|| {
-            // Canonical: parsed values, fixed order, unambiguous encoding.
-            Key::List(
-                serde_json::json!([limit, offset, query.tag, query.author, query.favorited])
-                    .to_string(),
+    let cache_key = (viewer.0.is_none() && state.cache.enabled())
+        .then(|| {
+            crate::cache::list_key(
+                limit,
+                offset,
+                query.tag.as_deref(),
+                query.author.as_deref(),
+                query.favorited.as_deref(),
             )
-        });
+        })
+        .flatten();
     if let Some(key) = &cache_key
-        && let Some(body) = state.cache.get(key).await
+        && let Some(body) = state
+            .cache
+            .lookup(key, prefetched.as_ref().map(|p| &p.0))
+            .await
     {
         return Ok(json_bytes(body));
     }
@@ -310,12 +315,16 @@ const GET_ARTICLE: &str = concat!(
 async fn get_article(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
+    prefetched: Option<Extension<Prefetched>>,
     Path(slug): Path<String>,
 ) -> ApiResult<Response> {
     let cache_key =
         (viewer.0.is_none() && state.cache.enabled()).then(|| Key::Article(slug.clone()));
     if let Some(key) = &cache_key
-        && let Some(body) = state.cache.get(key).await
+        && let Some(body) = state
+            .cache
+            .lookup(key, prefetched.as_ref().map(|p| &p.0))
+            .await
     {
         return Ok(json_bytes(body));
     }

@@ -142,13 +142,28 @@ pub async fn limit_per_ip(
     if !limits.enabled || path == "/healthz" || path == "/readyz" {
         return next.run(request).await;
     }
-    let decision = state
+    // An anonymous read of a cached route: fetch the entry in the limiter's round trip.
+    let prefetch = (state.cache.enabled()
+        && request.method() == axum::http::Method::GET
+        && !request
+            .headers()
+            .contains_key(axum::http::header::AUTHORIZATION))
+    .then(|| crate::cache::key_for_request(path, request.uri().query()))
+    .flatten()
+    .map(|key| key.redis_key());
+    let (decision, fetched) = state
         .limiter
-        .check("ip", &ip.to_string(), limits.per_ip)
+        .check_and_fetch("ip", &ip.to_string(), limits.per_ip, prefetch.clone())
         .await;
     if !decision.allowed {
         return crate::ratelimit::refuse(&state.metrics, "ip", limits.per_ip, decision)
             .into_response();
+    }
+    if let (Some(redis_key), Some(body)) = (prefetch, fetched) {
+        request.extensions_mut().insert(crate::cache::Prefetched {
+            redis_key,
+            body: body.map(axum::body::Bytes::from),
+        });
     }
     let mut response = next.run(request).await;
     crate::ratelimit::Headers::new(limits.per_ip, decision).apply(response.headers_mut());

@@ -17,8 +17,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Distinct tags in use, most used first.
 #[utoipa::path(get, path = "/api/tags", tag = "tags",
     responses((status = 200, body = TagsResponse)))]
-async fn list_tags(State(state): State<AppState>) -> ApiResult<axum::response::Response> {
-    if let Some(body) = state.cache.get(&Key::Tags).await {
+async fn list_tags(
+    State(state): State<AppState>,
+    prefetched: Option<axum::Extension<crate::cache::Prefetched>>,
+) -> ApiResult<axum::response::Response> {
+    if let Some(body) = state
+        .cache
+        .lookup(&Key::Tags, prefetched.as_ref().map(|p| &p.0))
+        .await
+    {
         return Ok(json_bytes(body));
     }
     let tags: Vec<String> = sqlx::query_scalar(
