@@ -290,20 +290,37 @@ mod tests {
             redis_key(key_for_request("/api/articles", Some("tag=rust&limit=5"))),
             redis_key(list_key(5, 0, Some("rust"), None, None))
         );
-        assert_eq!(redis_key(key_for_request("/api/articles", None)), redis_key(list_key(20, 0, None, None, None)));
+        assert_eq!(
+            redis_key(key_for_request("/api/articles", None)),
+            redis_key(list_key(20, 0, None, None, None))
+        );
         // Clamped like the handler clamps.
         assert_eq!(
             redis_key(key_for_request("/api/articles", Some("limit=1000"))),
             redis_key(list_key(100, 0, None, None, None))
         );
-        assert_eq!(redis_key(key_for_request("/api/articles", Some("offset=100"))), None);
-        assert_eq!(redis_key(key_for_request("/api/articles", Some("limit=abc"))), None);
-        assert_eq!(redis_key(key_for_request("/api/tags", None)), Some(Key::Tags.redis_key()));
+        assert_eq!(
+            redis_key(key_for_request("/api/articles", Some("offset=100"))),
+            None
+        );
+        assert_eq!(
+            redis_key(key_for_request("/api/articles", Some("limit=abc"))),
+            None
+        );
+        assert_eq!(
+            redis_key(key_for_request("/api/tags", None)),
+            Some(Key::Tags.redis_key())
+        );
         assert_eq!(
             redis_key(key_for_request("/api/articles/%D0%BF%D1%80%D0%B8", None)),
             Some(Key::Article("при".into()).redis_key())
         );
-        for uncached in ["/api/articles/feed", "/api/articles/x/comments", "/api/user", "/api/profiles/x"] {
+        for uncached in [
+            "/api/articles/feed",
+            "/api/articles/x/comments",
+            "/api/user",
+            "/api/profiles/x",
+        ] {
             assert!(key_for_request(uncached, None).is_none(), "{uncached}");
         }
     }

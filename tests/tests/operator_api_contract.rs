@@ -1,0 +1,144 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! Both programs together: what stoa-operator renders must be exactly what stoa-api reads.
+//! The operator's ConfigMap is fed to stoa-api's configuration parser, and the signing-key
+//! Secret it creates is mounted (kubelet-style) into a real stoa-api server that then
+//! signs and verifies tokens and publishes the keys.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::json;
+use sqlx::PgPool;
+use stoa_api::app::App;
+use stoa_api::config::{Config, Env};
+use stoa_operator::crd::Stoa;
+use stoa_operator::resources;
+
+fn stoa() -> Stoa {
+    serde_yaml::from_str(
+        "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {name: api, namespace: shop, uid: 11111111-2222-3333-4444-555555555555}
+spec:
+  image: stoa-api:test
+  database: {urlSecretRef: {name: api-db}}
+  redis: {urlSecretRef: {name: api-redis}}
+  auth: {accessTokenTtl: 10m, refreshTokenTtl: 14d}
+  ingress: {host: api.example.com}
+",
+    )
+    .unwrap()
+}
+
+/// Writes Secret data the way the kubelet mounts it: files behind a `..data` symlink.
+fn mount_secret(dir: &Path, data: &std::collections::BTreeMap<String, k8s_openapi::ByteString>) {
+    let generation = dir.join("..2026_11_24_00_00_00.000000001");
+    std::fs::create_dir_all(&generation).unwrap();
+    for (name, bytes) in data {
+        std::fs::write(generation.join(name), &bytes.0).unwrap();
+        std::os::unix::fs::symlink(Path::new("..data").join(name), dir.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink(generation.file_name().unwrap(), dir.join("..data")).unwrap();
+}
+
+#[test]
+fn the_operators_config_map_is_a_valid_stoa_api_configuration() {
+    let s = stoa();
+    let data = resources::config_map(&s).unwrap().data.unwrap();
+    // The mounted files the ConfigMap points at.
+    let mounts = tempfile::tempdir().unwrap();
+    let db_url = mounts.path().join("url");
+    std::fs::write(&db_url, "postgres://stoa:pw@postgres:5432/stoa\n").unwrap();
+    let redis_url = mounts.path().join("redis");
+    std::fs::write(&redis_url, "redis://redis:6379\n").unwrap();
+    let mut env: HashMap<String, String> = data.into_iter().collect();
+    env.insert(
+        "STOA_DATABASE_URL_FILE".into(),
+        db_url.to_str().unwrap().into(),
+    );
+    env.insert(
+        "STOA_REDIS_URL_FILE".into(),
+        redis_url.to_str().unwrap().into(),
+    );
+
+    let config = Config::from_env(&Env::new(move |k| env.get(k).cloned()), false).unwrap();
+    assert_eq!(config.http.listen_addr.to_string(), "0.0.0.0:8080");
+    assert_eq!(
+        config.http.admin_addr.port(),
+        resources::METRICS_PORT as u16
+    );
+    assert_eq!(config.auth.access_token_ttl.as_secs(), 600);
+    assert_eq!(config.auth.refresh_token_ttl.as_secs(), 14 * 24 * 3600);
+    assert_eq!(
+        config.auth.keys_dir.as_deref(),
+        Some(Path::new(resources::KEYS_MOUNT))
+    );
+    assert_eq!(
+        config.rate_limits.trusted_proxy_hops, 1,
+        "behind the Ingress"
+    );
+    assert!(config.redis_url.is_some());
+    assert_eq!(config.log_format, stoa_api::config::LogFormat::Json);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn stoa_api_serves_with_the_key_secret_the_operator_creates(pool: PgPool) {
+    let secret = resources::key_secret(&stoa(), &stoa_api::keys::generate_keyset()).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    mount_secret(keys.path(), secret.data.as_ref().unwrap());
+
+    let env: HashMap<&str, String> = HashMap::from([
+        ("STOA_LISTEN_ADDR", "127.0.0.1:0".into()),
+        ("STOA_ADMIN_ADDR", "127.0.0.1:0".into()),
+        (
+            "STOA_DATABASE_URL",
+            "postgres://unused@127.0.0.1/unused".into(),
+        ),
+        ("STOA_JWT_KEYS_DIR", keys.path().to_str().unwrap().into()),
+        ("STOA_ARGON2_MEMORY_KIB", "1024".into()),
+        ("STOA_ARGON2_ITERATIONS", "1".into()),
+        ("STOA_LOG", "warn".into()),
+    ]);
+    let config = Config::from_env(&Env::new(move |k| env.get(k).cloned()), false).unwrap();
+    let app = App::build(config, Some(pool)).await.unwrap();
+    let base = format!("http://{}", app.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let client = reqwest::Client::new();
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let registered: serde_json::Value = client
+        .post(format!("{base}/api/users"))
+        .json(&json!({"user": {"username": "kube", "email": "kube@example.com", "password": "kube-password"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = registered["user"]["token"].as_str().unwrap();
+    let me = client
+        .get(format!("{base}/api/user"))
+        .header("Authorization", format!("Token {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+
+    // The published JWKS names the key the operator generated.
+    let file: stoa_api::keys::KeySetFile =
+        serde_json::from_slice(&secret.data.unwrap()[stoa_api::keys::KEYSET_FILE].0).unwrap();
+    let jwks: serde_json::Value = client
+        .get(format!("{base}/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], file.keys[0].kid.as_str());
+    let _ = stop.send(());
+}
