@@ -143,7 +143,11 @@ impl ListShape {
 
     /// The page with its total on every row. Parameters: limit, offset, then the viewer
     /// (unless anonymous), then the filter values.
-    fn page_sql(self) -> String {
+    ///
+    /// A later page (`offset > 0`) may lie past the end, where no row would carry the
+    /// total; its query joins the page to the total, so it still answers one row (with a
+    /// NULL article) and every list stays one round trip. First pages use the cheaper form.
+    fn page_sql(self, later_page: bool) -> String {
         let mut params = Params(2);
         let viewer = (!self.anonymous).then(|| params.next());
         let filter = self.filter(&mut params, viewer.as_deref());
@@ -154,38 +158,42 @@ impl ListShape {
                  EXISTS (SELECT 1 FROM follows fo WHERE fo.followed_id = a.author_id AND fo.follower_id = {v}::uuid) AS following"
             ),
         };
-        format!(
-            "SELECT {total} AS total, a.slug, a.title, a.description, NULL::text AS body, a.tag_list,
-                    a.created_at, a.updated_at, a.favorites_count, u.username, u.bio, u.image, {flags}
+        let columns = format!(
+            "a.id, a.slug, a.title, a.description, NULL::text AS body, a.tag_list, a.created_at, a.updated_at,
+             a.favorites_count, u.username, u.bio, u.image, {flags}"
+        );
+        let page = format!(
+            "SELECT {columns}
              FROM articles a JOIN users u ON u.id = a.author_id
              WHERE {filter}
              ORDER BY a.created_at DESC, a.id DESC
-             LIMIT $1 OFFSET $2",
-            total = self.total(&filter),
-        )
-    }
-
-    /// Only the total, for a page past the end. Parameters: the viewer (feed only), then
-    /// the filter values.
-    fn count_sql(self) -> String {
-        let mut params = Params(0);
-        let viewer = self.feed.then(|| params.next());
-        let filter = self.filter(&mut params, viewer.as_deref());
-        format!("SELECT {} AS total", self.total(&filter))
+             LIMIT $1 OFFSET $2"
+        );
+        let total = self.total(&filter);
+        if later_page {
+            format!(
+                "SELECT t.total, p.* FROM (SELECT {total} AS total) t
+                 LEFT JOIN LATERAL ({page}) p ON true
+                 ORDER BY p.created_at DESC, p.id DESC"
+            )
+        } else {
+            page.replacen("SELECT ", &format!("SELECT {total} AS total, "), 1)
+        }
     }
 }
 
-static LIST_SQL: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
+/// `[first page, later page]` statements for every shape.
+static LIST_SQL: LazyLock<Vec<[String; 2]>> = LazyLock::new(|| {
     (0..ListShape::VARIANTS)
         .map(|i| {
             let shape = ListShape::from_index(i);
-            (shape.page_sql(), shape.count_sql())
+            [shape.page_sql(false), shape.page_sql(true)]
         })
         .collect()
 });
 
-/// One round trip for any page with results; a second only for a page past the end
-/// (where no row carries the total).
+/// Always one round trip: the page, its authors, tags, counts, the caller's flags and the
+/// total of matches.
 async fn fetch_list(
     state: &AppState,
     viewer: Option<Uuid>,
@@ -204,37 +212,30 @@ async fn fetch_list(
         feed,
         anonymous: viewer.is_none(),
     };
-    let (page_sql, count_sql) = &LIST_SQL[shape.index()];
-    let page_sql: &'static str = page_sql.as_str();
-    let filters = [query.tag, query.author, query.favorited];
-
-    let mut page = sqlx::query(page_sql).bind(limit).bind(offset);
+    let sql: &'static str = LIST_SQL[shape.index()][usize::from(offset > 0)].as_str();
+    let mut page = sqlx::query(sql).bind(limit).bind(offset);
     if let Some(viewer) = viewer {
         page = page.bind(viewer);
     }
-    for value in filters.iter().flatten() {
+    for value in [query.tag, query.author, query.favorited]
+        .into_iter()
+        .flatten()
+    {
         page = page.bind(value);
     }
     let rows: Vec<PgRow> = page.fetch_all(&**state.db()).await?;
     let articles_count = match rows.first() {
         Some(row) => row.try_get("total")?,
-        None if offset == 0 => 0,
-        None => {
-            let count_sql: &'static str = count_sql.as_str();
-            let mut count = sqlx::query_scalar(count_sql);
-            if feed {
-                count = count.bind(viewer);
-            }
-            for value in filters.iter().flatten() {
-                count = count.bind(value);
-            }
-            count.fetch_one(&**state.db()).await?
-        }
+        // Only a first page can come back without rows: nothing matches.
+        None => 0,
     };
-    let articles = rows
-        .iter()
-        .map(Article::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+    // A later page past the end is one row with a NULL article.
+    let mut articles = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<&str>, _>("slug")?.is_some() {
+            articles.push(Article::from_row(row)?);
+        }
+    }
     Ok(ArticlesResponse {
         articles,
         articles_count,
