@@ -112,6 +112,9 @@ async fn openapi_document_and_offline_docs_page_are_served(pool: PgPool) {
         "/api/articles/{slug}/favorite",
         "/api/tags",
         "/.well-known/jwks.json",
+        "/api/auth/refresh",
+        "/api/auth/logout",
+        "/readyz",
     ] {
         assert!(doc.body["paths"].get(path).is_some(), "missing {path}");
     }
