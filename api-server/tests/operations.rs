@@ -264,3 +264,23 @@ async fn shutdown_reports_not_ready_first_then_drains(pool: PgPool) {
         "listener closed"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn migrations_are_reversible(pool: PgPool) {
+    let migrator = &stoa_api::db::MIGRATOR;
+    migrator.run(&pool).await.unwrap();
+    migrator.undo(&pool, 0).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        tables, 0,
+        "every down migration removes what its up migration created"
+    );
+    migrator.run(&pool).await.unwrap();
+    let app = TestApp::spawn(pool).await;
+    assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
+}
