@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -515,6 +515,3 @@ pub fn error_policy(stoa: Arc<Stoa>, error: &Error, ctx: Arc<Context>) -> Action
     tracing::warn!(stoa = %key(&stoa), error = %error, attempts, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
-
-/// The owned kinds, for the controller's watches.
-pub type Owned = (ServiceAccount, ConfigMap, Secret, Deployment, Service);

@@ -13,7 +13,7 @@ use axum::routing::get;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use kube::runtime::Controller;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -183,7 +183,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(scoped::<Deployment>(&client, namespace), owned(()))
         .owns(scoped::<Service>(&client, namespace), owned(()))
         .owns(scoped::<ConfigMap>(&client, namespace), owned(()))
-        .owns(scoped::<Secret>(&client, namespace), owned(()))
         .owns(scoped::<ServiceAccount>(&client, namespace), owned(()))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
