@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,34 +26,18 @@ pub struct App {
     pub state: AppState,
     listener: TcpListener,
     admin_listener: TcpListener,
-    /// Keeps a `--dev` key directory alive for the process lifetime.
-    _dev_keys: Option<tempfile_guard::TempDir>,
 }
 
-mod tempfile_guard {
-    /// A directory removed on drop (dev key sets only).
-    pub struct TempDir(pub std::path::PathBuf);
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// Loads the key set named by the configuration, or generates one for `--dev`.
-fn load_keys(config: &Config) -> anyhow::Result<(KeySetFile, Option<tempfile_guard::TempDir>)> {
+/// Loads the key set named by the configuration, or (only in `--dev`, where no directory
+/// is configured) generates one in memory.
+fn load_keys(config: &Config) -> anyhow::Result<KeySetFile> {
     match &config.auth.keys_dir {
-        Some(dir) => Ok((KeySetFile::read_dir(dir)?, None)),
+        Some(dir) => Ok(KeySetFile::read_dir(dir)?),
         None => {
-            let dir: PathBuf =
-                std::env::temp_dir().join(format!("stoa-dev-keys-{}", std::process::id()));
-            let set = generate_keyset();
-            set.write_dir(&dir)?;
             tracing::warn!(
-                dir = %dir.display(),
                 "DEVELOPMENT KEY SET GENERATED: tokens will not survive a restart. Never use --dev in production; set STOA_JWT_KEYS_DIR."
             );
-            Ok((set, Some(tempfile_guard::TempDir(dir))))
+            Ok(generate_keyset())
         }
     }
 }
@@ -77,7 +60,7 @@ impl App {
     /// Builds everything that can fail at start-up, so `serve` either runs or exits with a
     /// clear error. `pool` overrides the configured database (tests pass their own).
     pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<App> {
-        let (keyset, dev_keys) = load_keys(&config)?;
+        let keyset = load_keys(&config)?;
         let ring = KeyRing::from_file(&keyset).context("invalid signing key set")?;
         let metrics = Arc::new(Metrics::new());
         publish_key_metrics(&metrics, &ring);
@@ -150,7 +133,6 @@ impl App {
             state,
             listener,
             admin_listener,
-            _dev_keys: dev_keys,
         })
     }
 
