@@ -12,9 +12,10 @@ use crate::auth::tokens::TokenService;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::Db;
+use crate::error::ApiError;
 use crate::kv::Kv;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Quota, RateLimiter};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -77,6 +78,30 @@ impl Inner {
     /// The current pool. Hold the guard only for the duration of a query.
     pub fn db(&self) -> Guard<Arc<PgPool>> {
         self.database.pool()
+    }
+
+    /// Takes one request from `bucket:key` unless rate limiting is disabled; a denial is
+    /// the 429 (counted by bucket).
+    pub async fn enforce_rate_limit(
+        &self,
+        bucket: &'static str,
+        key: &str,
+        quota: Quota,
+    ) -> Result<(), ApiError> {
+        if !self.config.rate_limits.enabled {
+            return Ok(());
+        }
+        let decision = self.limiter.check(bucket, key, quota).await;
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(crate::ratelimit::refuse(
+                &self.metrics,
+                bucket,
+                quota,
+                decision,
+            ))
+        }
     }
 
     pub fn begin_shutdown(&self) {

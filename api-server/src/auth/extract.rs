@@ -69,21 +69,13 @@ async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiErro
     if revoked {
         return Err(ApiError::Unauthorized("has been revoked"));
     }
-    let limits = &state.config.rate_limits;
-    if limits.enabled {
-        let decision = state
-            .limiter
-            .check("user", &claims.sub.to_string(), limits.per_user)
-            .await;
-        if !decision.allowed {
-            return Err(crate::ratelimit::refuse(
-                &state.metrics,
-                "user",
-                limits.per_user,
-                decision,
-            ));
-        }
-    }
+    state
+        .enforce_rate_limit(
+            "user",
+            &claims.sub.to_string(),
+            state.config.rate_limits.per_user,
+        )
+        .await?;
     Ok(AuthUser {
         id: claims.sub,
         claims,

@@ -20,7 +20,6 @@ use crate::http::middleware::ClientIp;
 use crate::http::types::UserResponse;
 use crate::http::users::{UserRow, session_response};
 use crate::metrics::EventLabels;
-use crate::ratelimit;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -31,49 +30,19 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The strict per-IP budget shared by login, register and refresh.
 pub async fn limit_credentials(state: &AppState, ip: ClientIp) -> ApiResult<()> {
-    let limits = &state.config.rate_limits;
-    if !limits.enabled {
-        return Ok(());
-    }
-    let decision = state
-        .limiter
-        .check("auth", &ip.0.to_string(), limits.auth)
-        .await;
-    if decision.allowed {
-        Ok(())
-    } else {
-        Err(ratelimit::refuse(
-            &state.metrics,
-            "auth",
-            limits.auth,
-            decision,
-        ))
-    }
+    state
+        .enforce_rate_limit("auth", &ip.0.to_string(), state.config.rate_limits.auth)
+        .await
 }
 
 /// Login attempts per account, keyed by a hash of the normalised email whether or not
 /// the account exists, so the answer reveals nothing about existence.
 pub async fn limit_login_attempts(state: &AppState, email: &str) -> ApiResult<()> {
-    let limits = &state.config.rate_limits;
-    if !limits.enabled {
-        return Ok(());
-    }
     let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
     let key: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let decision = state
-        .limiter
-        .check("login", &key, limits.login_per_account)
-        .await;
-    if decision.allowed {
-        Ok(())
-    } else {
-        Err(ratelimit::refuse(
-            &state.metrics,
-            "login",
-            limits.login_per_account,
-            decision,
-        ))
-    }
+    state
+        .enforce_rate_limit("login", &key, state.config.rate_limits.login_per_account)
+        .await
 }
 
 pub fn security_event(state: &AppState, event: &'static str) {
