@@ -28,16 +28,19 @@ pub struct App {
     admin_listener: TcpListener,
 }
 
-/// Loads the key set named by the configuration, or (only in `--dev`, where no directory
-/// is configured) generates one in memory.
-fn load_keys(config: &Config) -> anyhow::Result<KeySetFile> {
+/// Loads the key set named by the configuration (with the bytes read, for the watcher), or
+/// (only in `--dev`, where no directory is configured) generates one in memory.
+fn load_keys(config: &Config) -> anyhow::Result<(KeySetFile, Option<Vec<u8>>)> {
     match &config.auth.keys_dir {
-        Some(dir) => Ok(KeySetFile::read_dir(dir)?),
+        Some(dir) => {
+            let (file, bytes) = KeySetFile::read_dir_with_bytes(dir)?;
+            Ok((file, Some(bytes)))
+        }
         None => {
             tracing::warn!(
                 "DEVELOPMENT KEY SET GENERATED: tokens will not survive a restart. Never use --dev in production; set STOA_JWT_KEYS_DIR."
             );
-            Ok(generate_keyset())
+            Ok((generate_keyset(), None))
         }
     }
 }
@@ -60,7 +63,7 @@ impl App {
     /// Builds everything that can fail at start-up, so `serve` either runs or exits with a
     /// clear error. `pool` overrides the configured database (tests pass their own).
     pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<App> {
-        let keyset = load_keys(&config)?;
+        let (keyset, keyset_bytes) = load_keys(&config)?;
         let ring = KeyRing::from_file(&keyset).context("invalid signing key set")?;
         let metrics = Arc::new(Metrics::new());
         publish_key_metrics(&metrics, &ring);
@@ -123,8 +126,8 @@ impl App {
             kv,
         });
         crate::watch::publish_credentials(&state, &initial_url);
-        if let Some(dir) = keys_dir {
-            crate::watch::spawn_keyset_watcher(state.clone(), dir);
+        if let (Some(dir), Some(loaded)) = (keys_dir, keyset_bytes) {
+            crate::watch::spawn_keyset_watcher(state.clone(), dir, loaded);
         }
         if let DatabaseUrlSource::File(path) = url_source {
             crate::watch::spawn_credentials_watcher(state.clone(), path, initial_url);

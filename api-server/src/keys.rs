@@ -118,15 +118,22 @@ pub struct ParsedKey {
 
 impl KeySetFile {
     pub fn read_dir(dir: &Path) -> Result<KeySetFile, KeySetError> {
+        Self::read_dir_with_bytes(dir).map(|(file, _)| file)
+    }
+
+    /// The key set and the exact bytes it was parsed from (the baseline a watcher compares
+    /// later reads against).
+    pub fn read_dir_with_bytes(dir: &Path) -> Result<(KeySetFile, Vec<u8>), KeySetError> {
         let path = dir.join(KEYSET_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| KeySetError::Read {
+        let bytes = std::fs::read(&path).map_err(|source| KeySetError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|source| KeySetError::Parse {
+        let file = serde_json::from_slice(&bytes).map_err(|source| KeySetError::Parse {
             path: path.display().to_string(),
             source,
-        })
+        })?;
+        Ok((file, bytes))
     }
 
     /// Checks the invariants and parses every key.

@@ -19,10 +19,11 @@ use crate::state::AppState;
 
 /// Reloads the key set whenever `dir/keyset.json` changes. A bad update is logged and
 /// counted, and the last good key set stays in use.
-pub fn spawn_keyset_watcher(state: AppState, dir: PathBuf) {
+/// `loaded` is what start-up parsed, so a change made since then is picked up.
+pub fn spawn_keyset_watcher(state: AppState, dir: PathBuf, loaded: Vec<u8>) {
     tokio::spawn(async move {
         let path = dir.join(KEYSET_FILE);
-        let mut last = std::fs::read(&path).ok();
+        let mut last = Some(loaded);
         loop {
             tokio::time::sleep(state.config.reload_interval).await;
             let Ok(current) = tokio::fs::read(&path).await else {
