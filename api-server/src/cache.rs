@@ -213,10 +213,11 @@ impl Cache {
             Key::Tags => None,
         };
         let ttl = self.ttl.as_secs().max(1);
-        let body = body.to_vec();
+        // `Bytes` clones share the buffer; the pipeline encodes from the slice.
+        let body = body.clone();
         kv.run(|mut conn| async move {
             let mut pipe = redis::pipe();
-            pipe.atomic().set_ex(&redis_key, body, ttl).ignore();
+            pipe.atomic().set_ex(&redis_key, &body[..], ttl).ignore();
             if let Some(set) = tracking_set {
                 pipe.sadd(set, &redis_key)
                     .ignore()

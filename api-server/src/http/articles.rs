@@ -194,17 +194,14 @@ static LIST_SQL: LazyLock<Vec<[String; 2]>> = LazyLock::new(|| {
 
 /// Always one round trip: the page, its authors, tags, counts, the caller's flags and the
 /// total of matches.
+/// `limit` and `offset` are the callers' validated `Pagination`.
 async fn fetch_list(
     state: &AppState,
     viewer: Option<Uuid>,
     query: ListQuery,
+    (limit, offset): (i64, i64),
     feed: bool,
 ) -> ApiResult<ArticlesResponse> {
-    let (limit, offset) = Pagination {
-        limit: query.limit,
-        offset: query.offset,
-    }
-    .resolve()?;
     let shape = ListShape {
         tag: query.tag.is_some(),
         author: query.author.is_some(),
@@ -276,7 +273,8 @@ async fn list_articles(
     {
         return Ok(json_bytes(body));
     }
-    let body = to_json_bytes(&fetch_list(&state, viewer.id(), query, false).await?)?;
+    let list = fetch_list(&state, viewer.id(), query, (limit, offset), false).await?;
+    let body = to_json_bytes(&list)?;
     if let Some(key) = &cache_key {
         state.cache.put(key, &body).await;
     }
@@ -293,14 +291,9 @@ async fn feed(
     auth: AuthUser,
     ApiQuery(page): ApiQuery<Pagination>,
 ) -> ApiResult<axum::Json<ArticlesResponse>> {
-    let query = ListQuery {
-        limit: page.limit,
-        offset: page.offset,
-        ..ListQuery::default()
-    };
-    Ok(axum::Json(
-        fetch_list(&state, Some(auth.id), query, true).await?,
-    ))
+    let page = page.resolve()?;
+    let list = fetch_list(&state, Some(auth.id), ListQuery::default(), page, true).await?;
+    Ok(axum::Json(list))
 }
 
 const GET_ARTICLE: &str = concat!(
