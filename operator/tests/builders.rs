@@ -2,21 +2,9 @@
 //! Unit tests of the pure builders, and golden files of the full object set.
 mod fixtures;
 
-use fixtures::{full, stoa, with_spec};
-use k8s_openapi::api::apps::v1::Deployment;
+use fixtures::{container, full, stoa, with_spec};
 use stoa_operator::crd::AutoscalingMode;
 use stoa_operator::resources;
-
-fn container(d: &Deployment) -> &k8s_openapi::api::core::v1::Container {
-    &d.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-}
 
 #[test]
 fn builders_are_pure_functions_of_the_spec() {

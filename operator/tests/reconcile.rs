@@ -4,7 +4,7 @@ mod fixtures;
 
 use std::sync::Arc;
 
-use fixtures::{stoa, with_spec};
+use fixtures::{container, stoa, with_spec};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -48,17 +48,7 @@ async fn update_spec(client: &Client, updated: &Stoa) {
 }
 
 fn image(d: &Deployment) -> String {
-    d.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .image
-        .clone()
-        .unwrap()
+    container(d).image.clone().unwrap()
 }
 
 fn condition<'a>(
