@@ -1,4 +1,4 @@
-//! PostgreSQL: the pool, the embedded migrations and the schema version check.
+//! PostgreSQL: the pool and the embedded migrations (their phases: `crate::schema`).
 
 use std::time::Duration;
 
@@ -10,11 +10,6 @@ use crate::config::{DatabaseConfig, Secret};
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
-
-/// The newest migration this binary embeds: the schema version it needs.
-pub fn required_schema_version() -> i64 {
-    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
-}
 
 pub fn connect_options(
     url: &Secret,
@@ -28,6 +23,13 @@ pub fn connect_options(
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500)))
 }
 
+/// Options for `stoa-api migrate`: no statement timeout (building an index on a large table
+/// takes as long as it takes; the migration Job's deadline bounds the run instead).
+pub fn migration_connect_options(url: &Secret) -> Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = url.expose().parse()?;
+    Ok(options.application_name("stoa-api-migrate"))
+}
+
 /// A lazily connecting pool: the server starts (and reports not-ready) even while the
 /// database is unreachable, and connects as soon as it can.
 pub fn pool(url: &Secret, config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
@@ -38,37 +40,6 @@ pub fn pool(url: &Secret, config: &DatabaseConfig) -> Result<PgPool, sqlx::Error
         .idle_timeout(Some(Duration::from_secs(300)))
         .test_before_acquire(false)
         .connect_lazy_with(connect_options(url, config)?))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SchemaStatus {
-    /// At or ahead of what this binary needs (ahead: the expand phase of a newer release).
-    Current {
-        version: i64,
-    },
-    Behind {
-        version: Option<i64>,
-        required: i64,
-    },
-}
-
-/// Reads the applied schema version: one round trip that also proves the database is up.
-pub async fn schema_status(pool: &PgPool) -> Result<SchemaStatus, sqlx::Error> {
-    let required = required_schema_version();
-    let version: Option<i64> =
-        match sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-        {
-            Ok(version) => version,
-            // 42P01 undefined_table: nothing was ever migrated here.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => None,
-            Err(e) => return Err(e),
-        };
-    Ok(match version {
-        Some(v) if v >= required => SchemaStatus::Current { version: v },
-        version => SchemaStatus::Behind { version, required },
-    })
 }
 
 /// Creates the database named in `url` if it does not exist (used by `serve --dev` only).

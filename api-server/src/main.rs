@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use stoa_api::app::{App, shutdown_signal};
 use stoa_api::config::Config;
+use stoa_api::schema::{self, MigrationError};
 use stoa_api::{db, keys, telemetry};
+use stoa_contract::migration::{self, MigrationReport, Phase};
 
 /// mimalloc returns freed memory to the OS promptly; with glibc's allocator the large
 /// argon2 work areas (19 MiB each) ratchet up the resident size of a long-running server.
@@ -30,8 +32,21 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
-    /// Apply pending database migrations (safe to run concurrently) and exit.
-    Migrate,
+    /// Apply pending database migrations (safe to run concurrently) and exit: 0 when done,
+    /// 3 when the database holds a contract migration this binary does not know, 1 otherwise.
+    Migrate {
+        /// `expand`: additive steps only (while older pods still serve); `all`: contract
+        /// steps too (once no older pod remains).
+        #[arg(long, value_enum, default_value_t = PhaseArg::All)]
+        phase: PhaseArg,
+        /// Migrate even though the database holds contract steps this binary does not know
+        /// (an approved rollback).
+        #[arg(long)]
+        allow_newer_contract: bool,
+        /// Also write a one-line JSON report here (a Job's termination-message path).
+        #[arg(long)]
+        report_file: Option<PathBuf>,
+    },
     /// Print the effective configuration with secrets redacted, and exit non-zero if invalid.
     CheckConfig {
         #[arg(long)]
@@ -44,6 +59,21 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PhaseArg {
+    Expand,
+    All,
+}
+
+impl From<PhaseArg> for Phase {
+    fn from(phase: PhaseArg) -> Phase {
+        match phase {
+            PhaseArg::Expand => Phase::Expand,
+            PhaseArg::All => Phase::All,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -75,7 +105,15 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "fatal");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let refused = matches!(
+                e.downcast_ref::<MigrationError>(),
+                Some(MigrationError::NewerContract { .. })
+            );
+            if refused {
+                ExitCode::from(migration::EXIT_NEWER_CONTRACT as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -83,7 +121,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve { dev: false }) {
         Command::Serve { dev } => serve(dev).await,
-        Command::Migrate => migrate().await,
+        Command::Migrate {
+            phase,
+            allow_newer_contract,
+            report_file,
+        } => migrate(phase.into(), allow_newer_contract, report_file).await,
         Command::CheckConfig { dev } => {
             let config = Config::from_process_env(dev)?;
             for (key, value) in config.redacted() {
@@ -141,29 +183,76 @@ async fn serve(dev: bool) -> anyhow::Result<()> {
     tracing::info!(
         api = %app.local_addr()?,
         admin = %app.admin_addr()?,
-        schema = db::required_schema_version(),
+        schema = schema::required_version(),
         "starting"
     );
     app.run(shutdown_signal()).await
 }
 
-async fn migrate() -> anyhow::Result<()> {
+async fn migrate(
+    phase: Phase,
+    allow_newer_contract: bool,
+    report_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let config = Config::from_process_env_for_migrate()?;
     telemetry::init(config.log_format, &config.log_filter);
+    let mut report = MigrationReport {
+        outcome: migration::Outcome::Failed,
+        phase,
+        schema_version: None,
+        required_version: schema::required_version(),
+        applied: Vec::new(),
+        unknown_contract: Vec::new(),
+        unknown_expand: Vec::new(),
+        pending_contract: Vec::new(),
+        message: String::new(),
+    };
+    let result = run_migrations(&config, phase, allow_newer_contract, &mut report).await;
+    if let Err(e) = &result {
+        report.message = format!("{e:#}");
+        if let Some(MigrationError::NewerContract { versions }) = e.downcast_ref() {
+            report.outcome = migration::Outcome::NewerContract;
+            report.unknown_contract.clone_from(versions);
+        }
+    }
+    if let Some(path) = report_file {
+        // The report is for the operator; failing to write it must not hide the outcome.
+        if let Err(e) = std::fs::write(&path, report.to_line()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the migration report");
+        }
+    }
+    result
+}
+
+async fn run_migrations(
+    config: &Config,
+    phase: Phase,
+    allow_newer_contract: bool,
+    report: &mut MigrationReport,
+) -> anyhow::Result<()> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(config.database.acquire_timeout)
-        .connect_with(db::connect_options(&config.database.url, &config.database)?)
+        .connect_with(db::migration_connect_options(&config.database.url)?)
         .await
         .context("cannot connect to the database")?;
-    let before = db::schema_status(&pool).await?;
-    db::MIGRATOR.run(&pool).await.context("migration failed")?;
-    let after = db::schema_status(&pool).await?;
-    tracing::info!(?before, ?after, "migrations applied");
-    println!(
-        "schema is at version {} (was {:?})",
-        db::required_schema_version(),
-        before
+    let run = schema::migrate(&pool, phase, allow_newer_contract).await?;
+    let (unknown_contract, unknown_expand) = run.after.unknown();
+    report.outcome = migration::Outcome::Applied;
+    report.schema_version = run.after.version();
+    report.applied.clone_from(&run.applied);
+    report.unknown_contract = unknown_contract;
+    report.unknown_expand = unknown_expand;
+    report.pending_contract = run.after.pending_contract();
+    report.message = format!(
+        "schema at {} ({} applied by this run, phase {})",
+        report
+            .schema_version
+            .map_or_else(|| "no version".to_owned(), |v| v.to_string()),
+        run.applied.len(),
+        phase.as_str()
     );
+    tracing::info!(applied = ?run.applied, schema_version = ?report.schema_version, phase = phase.as_str(), "migrations applied");
+    println!("{}", report.message);
     Ok(())
 }

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub rate_limited: Family<BucketLabels, Counter>,
     pub db_credentials: Family<CredentialLabels, Gauge>,
     pub db_credential_reloads: Family<OutcomeLabels, Counter>,
+    /// The newest migration applied to the database, as the last readiness check saw it.
+    pub schema_version: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,12 +181,25 @@ impl Metrics {
             "Database credential file changes, by outcome (swapped, rejected)",
             db_credential_reloads.clone(),
         );
+        let schema_version = Gauge::default();
+        registry.register(
+            "schema_version",
+            "Newest migration applied to the database, as the last readiness check found it",
+            schema_version.clone(),
+        );
+        let required_version = Gauge::<i64>::default();
+        registry.register(
+            "schema_required_version",
+            "Newest expand migration this binary embeds: the schema version it needs to be ready",
+            required_version.clone(),
+        );
+        required_version.set(crate::schema::required_version());
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Build information", build_info.clone());
         build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
-                schema_version: crate::db::required_schema_version().to_string(),
+                schema_version: crate::schema::required_version().to_string(),
             })
             .set(1);
         Metrics {
@@ -204,6 +219,7 @@ impl Metrics {
             rate_limited,
             db_credentials,
             db_credential_reloads,
+            schema_version,
         }
     }
 

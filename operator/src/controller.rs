@@ -1,8 +1,9 @@
-//! The reconciler: a thin orchestration over the pure builders in `resources`.
+//! The reconciler: a thin orchestration over the pure builders in `resources`, the
+//! migration protocol in `rollout` and the status in `status`.
 //!
-//! Each pass applies every owned object with server-side apply (one field manager,
-//! forced), creates the signing-key Secret once, removes optional objects the spec no
-//! longer asks for, and writes the observed state into `status`.
+//! One pass: read what exists → decide (rollout plan) → write only what differs (see
+//! `apply`) → report status (server-side apply on the status subresource, only when it
+//! changed) and the Events a human wants to see.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,23 +11,25 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde_json::json;
 
-use crate::crd::{KeyStatus, Stoa, StoaStatus};
+use crate::apply::{self, ensure, remove};
+use crate::crd::{AutoscalingMode, KeyStatus, MigrationMode, Stoa, StoaStatus};
 use crate::metrics::Metrics;
 use crate::resources::{self, BuildError, Names};
+use crate::rollout::{self, Observed, Plan};
+use crate::status::{self, Facts, Failure, Notice};
 
 pub const FIELD_MANAGER: &str = "stoa-operator";
+/// The field manager that holds `spec.replicas` while it passes to an autoscaler.
+pub const HANDOVER_MANAGER: &str = "stoa-operator-handover";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,8 +37,15 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("the Stoa has no namespace")]
-    NoNamespace,
+    #[error("cannot serialize an object: {0}")]
+    Serialize(serde_json::Error),
+    #[error("the Stoa has no namespace or uid")]
+    NoIdentity,
+    #[error(
+        "{kind} {name} already exists and is not owned by this Stoa; the operator does not take \
+         over objects it did not create: rename or delete it"
+    )]
+    NotOwned { kind: &'static str, name: String },
 }
 
 impl Error {
@@ -44,8 +54,20 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(_)) => "api_error",
             Error::Kube(_) => "client_error",
-            Error::Build(_) => "invalid_spec",
-            Error::NoNamespace => "no_namespace",
+            Error::Build(_) | Error::Serialize(_) => "invalid_spec",
+            Error::NoIdentity => "no_identity",
+            Error::NotOwned { .. } => "name_conflict",
+        }
+    }
+
+    /// The `Degraded` reason this error is reported under.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(e)) if e.code == 403 => "Forbidden",
+            Error::Kube(_) => "KubernetesApiError",
+            Error::Build(_) | Error::Serialize(_) => "InvalidSpec",
+            Error::NoIdentity => "InvalidSpec",
+            Error::NotOwned { .. } => "NameConflict",
         }
     }
 }
@@ -57,6 +79,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Whether the Prometheus Operator's ServiceMonitor CRD exists (checked at start-up).
+    pub service_monitors: bool,
     /// Consecutive failures per object, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -71,8 +95,14 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            service_monitors: false,
             failures: Mutex::default(),
         }
+    }
+
+    pub fn with_service_monitors(mut self, supported: bool) -> Self {
+        self.service_monitors = supported;
+        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -83,47 +113,11 @@ impl Context {
     }
 }
 
-fn apply_params() -> PatchParams {
-    PatchParams::apply(FIELD_MANAGER).force()
-}
-
-async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    Ok(api
-        .patch(&object.name_any(), &apply_params(), &Patch::Apply(object))
-        .await?)
-}
-
-/// Deletes an optional object the spec no longer wants, if it exists.
-async fn remove<K>(client: &Client, namespace: &str, name: &str) -> Result<bool>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn event(ctx: &Context, stoa: &Stoa, type_: EventType, reason: &str, note: String) {
+async fn event(ctx: &Context, stoa: &Stoa, notice: Notice) {
     let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
+        type_: notice.type_,
+        reason: notice.reason.into(),
+        note: Some(notice.note),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -133,64 +127,16 @@ async fn event(ctx: &Context, stoa: &Stoa, type_: EventType, reason: &str, note:
     }
 }
 
-/// Makes sure the signing-key Secret exists. Returns it (existing or new).
-async fn ensure_key_secret(ctx: &Context, stoa: &Stoa, namespace: &str) -> Result<Secret> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let name = Names::of(stoa).keys;
-    if let Some(existing) = api.get_opt(&name).await? {
-        return Ok(existing);
-    }
-    let secret = resources::key_secret(stoa, &stoa_api::keys::generate_keyset())?;
-    match api
-        .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
-            &secret,
-        )
-        .await
-    {
-        Ok(created) => {
-            event(
-                ctx,
-                stoa,
-                EventType::Normal,
-                "KeySetCreated",
-                format!("created signing key set in Secret {name}"),
-            )
-            .await;
-            Ok(created)
-        }
-        // Another reconcile won the race: use its Secret.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(&name).await?),
-        Err(e) => Err(e.into()),
+fn notice(type_: EventType, reason: &'static str, note: String) -> Notice {
+    Notice {
+        type_,
+        reason,
+        note,
     }
 }
 
-fn key_status(secret: &Secret) -> Vec<KeyStatus> {
-    let Some(bytes) = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(stoa_api::keys::KEYSET_FILE))
-    else {
-        return Vec::new();
-    };
-    serde_json::from_slice::<stoa_api::keys::KeySetFile>(&bytes.0)
-        .map(|file| {
-            file.keys
-                .into_iter()
-                .map(|k| KeyStatus {
-                    kid: k.kid,
-                    state: k.state.as_str().to_owned(),
-                    created_at: k.created_at,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn service_monitor_supported(client: &Client) -> Result<bool> {
+/// Whether the Prometheus Operator's ServiceMonitor CRD is installed.
+pub async fn service_monitor_supported(client: &Client) -> Result<bool> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     match crds.get_opt(resources::SERVICE_MONITOR_CRD).await {
         Ok(found) => Ok(found.is_some()),
@@ -205,8 +151,11 @@ pub async fn reconcile(stoa: Arc<Stoa>, ctx: Arc<Context>) -> Result<Action> {
     let result = reconcile_inner(&stoa, &ctx).await;
     let outcome = if result.is_ok() { "success" } else { "error" };
     ctx.metrics.observe_reconcile(outcome, started.elapsed());
-    if result.is_ok() {
-        ctx.failures().remove(&key(&stoa));
+    match &result {
+        Ok(_) => {
+            ctx.failures().remove(&key(&stoa));
+        }
+        Err(error) => report_failure(&stoa, &ctx, error).await,
     }
     result
 }
@@ -219,286 +168,586 @@ fn key(stoa: &Stoa) -> String {
     )
 }
 
-async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
-    let namespace = stoa.namespace().ok_or(Error::NoNamespace)?;
-    let names = Names::of(stoa);
-    let client = &ctx.client;
+/// The identity every owned object refers to.
+struct Target {
+    namespace: String,
+    uid: String,
+    names: Names,
+}
 
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+impl Target {
+    fn of(stoa: &Stoa) -> Result<Target> {
+        Ok(Target {
+            namespace: stoa.namespace().ok_or(Error::NoIdentity)?,
+            uid: stoa.uid().ok_or(Error::NoIdentity)?,
+            names: Names::of(stoa),
+        })
+    }
+
+    fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(client.clone(), &self.namespace)
+    }
+}
+
+async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
+    // Garbage collection removes what the Stoa owns (owner references); applying anything
+    // now would only race it.
+    if stoa.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let target = Target::of(stoa)?;
+    let client = &ctx.client;
+    let deployments: Api<Deployment> = target.api(client);
+    let deployment = deployments.get_opt(&target.names.base).await?;
+
     if stoa.spec.paused {
-        let current = deployments.get_opt(&names.base).await?;
-        let keys = Api::<Secret>::namespaced(client.clone(), &namespace)
-            .get_opt(&names.keys)
+        let keys = target
+            .api::<Secret>(client)
+            .get_opt(&target.names.keys)
             .await?;
-        let status = observe(
-            stoa,
-            current.as_ref(),
-            keys.as_ref().map(key_status).unwrap_or_default(),
-            true,
-        );
-        patch_status(ctx, stoa, &namespace, status).await?;
+        let facts = Facts {
+            deployment: deployment.as_ref(),
+            keys: keys.as_ref().map(key_status).unwrap_or_default(),
+            paused: true,
+            plan: None,
+            failure: None,
+        };
+        write_status(ctx, stoa, &target, status::status(stoa, &facts)).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
 
-    let keys = ensure_key_secret(ctx, stoa, &namespace).await?;
-    apply(client, &namespace, &resources::service_account(stoa)?).await?;
+    let keys = ensure_key_secret(ctx, stoa, &target).await?;
+    let service_accounts: Api<ServiceAccount> = target.api(client);
+    let existing = service_accounts.get_opt(&target.names.base).await?;
+    ensure(
+        &service_accounts,
+        existing,
+        resources::service_account(stoa)?,
+        &target.uid,
+        "ServiceAccount",
+    )
+    .await?;
     let config = resources::config_map(stoa)?;
-    apply(client, &namespace, &config).await?;
+    let config_maps: Api<ConfigMap> = target.api(client);
+    let existing = config_maps.get_opt(&target.names.config).await?;
+    ensure(
+        &config_maps,
+        existing,
+        config.clone(),
+        &target.uid,
+        "ConfigMap",
+    )
+    .await?;
 
-    let desired = resources::deployment(stoa, &config)?;
-    let before = deployments.get_opt(&names.base).await?;
-    let applied = apply(client, &namespace, &desired).await?;
-    announce_rollout(ctx, stoa, before.as_ref(), &applied).await;
+    let plan = plan_rollout(ctx, stoa, &target, deployment.as_ref()).await?;
+    if let Some(request) = &plan.create {
+        create_job(ctx, stoa, &target, request).await?;
+    }
+    let deployment = match &plan.deploy_image {
+        Some(image) => {
+            let desired = resources::deployment(stoa, &config, image)?;
+            Some(apply_deployment(ctx, stoa, &target, deployment, desired).await?)
+        }
+        // First install: nothing runs until the first migration succeeded.
+        None => deployment,
+    };
 
-    apply(client, &namespace, &resources::service(stoa)?).await?;
-    match resources::pod_disruption_budget(stoa)? {
-        Some(pdb) => drop(apply(client, &namespace, &pdb).await?),
-        None => drop(remove::<PodDisruptionBudget>(client, &namespace, &names.base).await?),
+    let services: Api<Service> = target.api(client);
+    let existing = services.get_opt(&target.names.base).await?;
+    ensure(
+        &services,
+        existing,
+        resources::service(stoa)?,
+        &target.uid,
+        "Service",
+    )
+    .await?;
+    reconcile_optional(
+        &target,
+        client,
+        resources::pod_disruption_budget(stoa)?,
+        "PodDisruptionBudget",
+    )
+    .await?;
+    reconcile_optional(&target, client, resources::ingress(stoa)?, "Ingress").await?;
+    reconcile_optional(
+        &target,
+        client,
+        resources::network_policy(stoa)?,
+        "NetworkPolicy",
+    )
+    .await?;
+    if stoa.spec.autoscaling.mode == AutoscalingMode::Disabled {
+        // The Deployment carries spec.replicas again (applied above) before the autoscaler
+        // goes, so the count never falls back to a default in between.
+        reconcile_optional::<HorizontalPodAutoscaler>(
+            &target,
+            client,
+            None,
+            "HorizontalPodAutoscaler",
+        )
+        .await?;
     }
-    match resources::ingress(stoa)? {
-        Some(ingress) => drop(apply(client, &namespace, &ingress).await?),
-        None => drop(remove::<Ingress>(client, &namespace, &names.base).await?),
-    }
-    match resources::network_policy(stoa)? {
-        Some(policy) => drop(apply(client, &namespace, &policy).await?),
-        None => drop(remove::<NetworkPolicy>(client, &namespace, &names.base).await?),
-    }
-    match resources::horizontal_pod_autoscaler(stoa)? {
-        Some(hpa) => drop(apply(client, &namespace, &hpa).await?),
-        None => drop(remove::<HorizontalPodAutoscaler>(client, &namespace, &names.base).await?),
-    }
-    if let Some(monitor) = resources::service_monitor(stoa)?
-        && service_monitor_supported(client).await?
-    {
-        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-            client.clone(),
-            &namespace,
-            &resources::service_monitor_resource(),
-        );
-        api.patch(&names.base, &apply_params(), &Patch::Apply(&monitor))
-            .await?;
+    if ctx.service_monitors {
+        reconcile_service_monitor(ctx, stoa, &target).await?;
     }
 
-    let status = observe(stoa, Some(&applied), key_status(&keys), false);
-    let ready = condition_true(&status, "Ready");
-    patch_status(ctx, stoa, &namespace, status).await?;
-    // Owned objects wake us on change; the requeue is a safety net.
-    Ok(Action::requeue(if ready {
+    let facts = Facts {
+        deployment: deployment.as_ref(),
+        keys: key_status(&keys),
+        paused: false,
+        plan: Some(&plan),
+        failure: None,
+    };
+    let next = status::status(stoa, &facts);
+    for notice in status::migration_notices(
+        stoa.status.as_ref().and_then(|s| s.migration.as_ref()),
+        next.migration.as_ref(),
+    ) {
+        event(ctx, stoa, notice).await;
+    }
+    let ready = status::condition_true(&next, "Ready");
+    let migrating = status::condition_true(&next, "Progressing");
+    write_status(ctx, stoa, &target, next).await?;
+    // Owned objects wake us on change; these are safety nets (and the migration retry).
+    let fallback = if migrating {
+        Duration::from_secs(30)
+    } else if ready {
         Duration::from_secs(300)
     } else {
-        Duration::from_secs(15)
+        Duration::from_secs(60)
+    };
+    Ok(Action::requeue(
+        plan.requeue.map_or(fallback, |r| r.min(fallback)),
+    ))
+}
+
+/// Observes the migration Jobs (and, when a contract step may be due, the pods) and
+/// decides with [`rollout::plan`].
+async fn plan_rollout(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+    deployment: Option<&Deployment>,
+) -> Result<Plan> {
+    let previous = stoa.status.clone().unwrap_or_default();
+    // A Stoa from an operator release without approval: what runs is what was approved.
+    let approved_image = previous
+        .approved_image
+        .clone()
+        .or_else(|| deployment.and_then(deployment_image));
+    let mut observed = Observed {
+        approved_image,
+        contracted_image: previous.contracted_image.clone(),
+        schema_version: previous.schema_version,
+        jobs: Vec::new(),
+        rollout_complete: false,
+    };
+    let desired = Some(stoa.spec.image.as_str());
+    let settled = observed.approved_image.as_deref() == desired
+        && observed.contracted_image.as_deref() == desired;
+    // Nothing to migrate: the Jobs are history, not worth a read.
+    if stoa.spec.migrations.mode == MigrationMode::Disabled || settled {
+        return Ok(rollout::plan(stoa, &observed));
+    }
+    let jobs = target
+        .api::<Job>(&ctx.client)
+        .list(&ListParams::default().labels(&resources::migration_selector(stoa)))
+        .await?;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let finished = |job: &Job| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+            })
+    };
+    // Reports are read only from the pods of finished Jobs this decision may act on:
+    // the ones for the image asked for (the rest are history).
+    let wanted =
+        |job: &Job| job.annotations().get(resources::IMAGE_ANNOTATION) == Some(&stoa.spec.image);
+    let mut reports = HashMap::new();
+    if jobs.items.iter().any(|j| finished(j) && wanted(j)) {
+        let pods = target
+            .api::<Pod>(&ctx.client)
+            .list(&ListParams::default().labels(&resources::migration_selector(stoa)))
+            .await?;
+        for pod in pods.items {
+            if let (Some(job), Some(message)) = (
+                pod.labels().get(resources::MIGRATION_JOB_LABEL).cloned(),
+                termination_message(&pod),
+            ) {
+                reports.insert(job, message);
+            }
+        }
+    }
+    observed.jobs = jobs
+        .items
+        .iter()
+        .filter_map(|job| {
+            rollout::observe_job(job, reports.get(&job.name_any()).map(String::as_str), now)
+        })
+        .collect();
+
+    let contract_due = observed.approved_image.as_deref() == Some(stoa.spec.image.as_str())
+        && observed.contracted_image.as_deref() != Some(stoa.spec.image.as_str());
+    if contract_due {
+        observed.rollout_complete =
+            rollout_complete(ctx, stoa, target, deployment, &stoa.spec.image).await?;
+    }
+    Ok(rollout::plan(stoa, &observed))
+}
+
+fn deployment_image(deployment: &Deployment) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .image
+        .clone()
+}
+
+/// The last termination message of a migration pod's container.
+fn termination_message(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "migrate")?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .message
+        .clone()
+}
+
+/// The Deployment runs `image` on every replica, and no pod of an older revision remains
+/// (terminating pods still serve their last requests, so they count too).
+async fn rollout_complete(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+    deployment: Option<&Deployment>,
+    image: &str,
+) -> Result<bool> {
+    let Some(deployment) = deployment else {
+        return Ok(false);
+    };
+    if deployment_image(deployment).as_deref() != Some(image)
+        || !status::deployment_state(stoa, Some(deployment)).rolled_out
+    {
+        return Ok(false);
+    }
+    let pods = target
+        .api::<Pod>(&ctx.client)
+        .list(&ListParams::default().labels(&resources::selector_string(stoa)))
+        .await?;
+    Ok(pods.items.iter().all(|pod| {
+        pod.spec.as_ref().is_some_and(|s| {
+            s.containers
+                .iter()
+                .all(|c| c.image.as_deref() == Some(image))
+        })
     }))
 }
 
-/// Records an Event when the pods are about to roll (new image or configuration).
-async fn announce_rollout(
+async fn create_job(
     ctx: &Context,
     stoa: &Stoa,
-    before: Option<&Deployment>,
-    after: &Deployment,
-) {
-    let fingerprint = |d: &Deployment| {
-        let template = d.spec.as_ref().map(|s| &s.template);
-        let image = template
-            .and_then(|t| t.spec.as_ref())
-            .and_then(|s| s.containers.first())
-            .and_then(|c| c.image.clone());
-        let hash = template
-            .and_then(|t| t.metadata.as_ref())
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(resources::CONFIG_HASH_ANNOTATION).cloned());
-        (image, hash)
+    target: &Target,
+    request: &resources::JobRequest,
+) -> Result<()> {
+    let job = resources::migration_job(stoa, request)?;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
     };
-    let (new_image, new_hash) = fingerprint(after);
-    match before.map(fingerprint) {
+    match target.api::<Job>(&ctx.client).create(&params, &job).await {
+        Ok(_) => Ok(()),
+        // Created by an earlier pass whose status write did not land: the next
+        // observation picks it up.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies the Deployment. With an autoscaler, `spec.replicas` is handed over first: the
+/// applied object leaves it out, and server-side apply *removes* a field that only its
+/// manager owned, after which the API server defaults it to 1. Following the Kubernetes
+/// docs ("Server-Side Apply", "Transferring ownership"), a second field manager first
+/// applies the current count, so the field keeps an owner until the autoscaler writes it.
+async fn apply_deployment(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+    existing: Option<Deployment>,
+    desired: Deployment,
+) -> Result<Deployment> {
+    let api: Api<Deployment> = target.api(&ctx.client);
+    let scaled = stoa.spec.autoscaling.mode != AutoscalingMode::Disabled;
+    if scaled {
+        if let Some(hpa) = resources::horizontal_pod_autoscaler(stoa)? {
+            // The autoscaler exists before the operator lets go of the replica count.
+            reconcile_optional(target, &ctx.client, Some(hpa), "HorizontalPodAutoscaler").await?;
+        }
+        let handed_over = existing
+            .as_ref()
+            .and_then(|d| d.annotations().get(resources::REPLICAS_OWNER_ANNOTATION))
+            .is_some_and(|owner| owner == resources::REPLICAS_OWNER_AUTOSCALER);
+        if let Some(current) = existing.as_ref().filter(|_| !handed_over) {
+            if !apply::owned_by(current, &target.uid) {
+                return Err(Error::NotOwned {
+                    kind: "Deployment",
+                    name: target.names.base.clone(),
+                });
+            }
+            let replicas = current
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(stoa.spec.replicas);
+            let handover = json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": target.names.base, "namespace": target.namespace},
+                "spec": {"replicas": replicas}
+            });
+            // Not forced: a conflict means the autoscaler already owns the field.
+            match api
+                .patch(
+                    &target.names.base,
+                    &PatchParams::apply(HANDOVER_MANAGER),
+                    &Patch::Apply(&handover),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let before = existing.as_ref().and_then(deployment_image);
+    let applied = ensure(&api, existing, desired, &target.uid, "Deployment").await?;
+    let after = deployment_image(&applied);
+    match before {
         None => {
             let note = format!(
                 "created Deployment with image {}",
-                new_image.unwrap_or_default()
+                after.unwrap_or_default()
             );
-            event(ctx, stoa, EventType::Normal, "DeploymentCreated", note).await;
-        }
-        Some((old_image, _)) if old_image != new_image => {
-            let note = format!(
-                "rolling out image {} (was {})",
-                new_image.unwrap_or_default(),
-                old_image.unwrap_or_default()
-            );
-            event(ctx, stoa, EventType::Normal, "RollingOut", note).await;
-        }
-        Some((_, old_hash)) if old_hash != new_hash => {
             event(
                 ctx,
                 stoa,
-                EventType::Normal,
-                "ConfigChanged",
-                "configuration changed; rolling the pods".into(),
+                notice(EventType::Normal, "DeploymentCreated", note),
             )
             .await;
         }
+        Some(old) if Some(&old) != after.as_ref() => {
+            let note = format!(
+                "rolling out image {} (was {old})",
+                after.unwrap_or_default()
+            );
+            event(ctx, stoa, notice(EventType::Normal, "RollingOut", note)).await;
+        }
         Some(_) => {}
     }
+    Ok(applied)
 }
 
-fn condition_true(status: &StoaStatus, type_: &str) -> bool {
-    status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
-}
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+/// Applies an optional object, or removes it (only if owned) when the spec dropped it.
+async fn reconcile_optional<K>(
+    target: &Target,
+    client: &Client,
+    desired: Option<K>,
+    kind: &'static str,
+) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = target.api(client);
+    let existing = api.get_opt(&target.names.base).await?;
+    match desired {
+        Some(object) => drop(ensure(&api, existing, object, &target.uid, kind).await?),
+        None => drop(remove(&api, existing, &target.uid).await?),
     }
+    Ok(())
 }
 
-/// The status that describes `deployment` (pure, apart from timestamps).
-pub fn observe(
-    stoa: &Stoa,
-    deployment: Option<&Deployment>,
-    keys: Vec<KeyStatus>,
-    paused: bool,
-) -> StoaStatus {
-    let generation = stoa.metadata.generation;
-    let status = deployment
-        .and_then(|d| d.status.clone())
-        .unwrap_or_default();
-    let desired = deployment
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|s| s.replicas)
-        .unwrap_or(stoa.spec.replicas);
-    let ready = status.ready_replicas.unwrap_or(0);
-    let updated = status.updated_replicas.unwrap_or(0);
-    let current = status.replicas.unwrap_or(0);
-    let deployment_generation_seen = match (
-        deployment.and_then(|d| d.metadata.generation),
-        status.observed_generation,
-    ) {
-        (Some(generation), Some(observed)) => observed >= generation,
-        // No generation recorded (not set by every API implementation): trust the status.
-        (None, Some(_)) => true,
-        _ => false,
-    };
-    let rolled_out = deployment_generation_seen && updated >= desired && current == updated;
-    let failed = status.conditions.iter().flatten().find(|c| {
-        (c.type_ == "Progressing"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
-            || (c.type_ == "ReplicaFailure" && c.status == "True")
-    });
-
-    let mut conditions = Vec::with_capacity(3);
-    let available = ready >= desired.max(1) || (desired == 0 && deployment.is_some());
-    conditions.push(condition(
-        "Ready",
-        available && !paused,
-        if paused {
-            "Paused"
-        } else if available {
-            "Available"
-        } else {
-            "Unavailable"
-        },
-        format!("{ready}/{desired} replicas ready"),
-        generation,
-    ));
-    let progressing = !paused && !rolled_out && failed.is_none();
-    conditions.push(condition(
-        "Progressing",
-        progressing,
-        if paused {
-            "Paused"
-        } else if progressing {
-            "RollingOut"
-        } else {
-            "Complete"
-        },
-        if paused {
-            "spec.paused is true: changes are not applied".into()
-        } else {
-            format!("{updated}/{desired} replicas updated")
-        },
-        generation,
-    ));
-    conditions.push(match failed {
-        Some(c) => condition(
-            "Degraded",
-            true,
-            c.reason.as_deref().unwrap_or("DeploymentFailed"),
-            c.message.clone().unwrap_or_default(),
-            generation,
-        ),
-        None => condition(
-            "Degraded",
-            false,
-            "AsExpected",
-            "no failures observed".into(),
-            generation,
-        ),
-    });
-
-    StoaStatus {
-        observed_generation: generation,
-        conditions,
-        current_image: deployment
-            .and_then(|d| d.spec.as_ref())
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|s| s.containers.first())
-            .and_then(|c| c.image.clone()),
-        replicas: current,
-        ready_replicas: ready,
-        updated_replicas: updated,
-        selector: Some(resources::selector_string(stoa)),
-        keys,
-    }
-}
-
-/// Keeps `lastTransitionTime` of conditions whose status did not change.
-fn carry_transition_times(previous: Option<&StoaStatus>, next: &mut StoaStatus) {
-    let Some(previous) = previous else { return };
-    for condition in &mut next.conditions {
-        if let Some(old) = previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == condition.type_)
-            && old.status == condition.status
-        {
-            condition.last_transition_time = old.last_transition_time.clone();
+async fn reconcile_service_monitor(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<()> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &target.namespace,
+        &resources::service_monitor_resource(),
+    );
+    let existing = api.get_opt(&target.names.base).await?;
+    match resources::service_monitor(stoa)? {
+        Some(monitor) => {
+            drop(ensure(&api, existing, monitor, &target.uid, "ServiceMonitor").await?)
         }
+        None => drop(remove(&api, existing, &target.uid).await?),
+    }
+    Ok(())
+}
+
+/// Makes sure the signing-key Secret exists. A Secret deleted by hand is recreated with a
+/// new key set, and a Warning says what that means for issued tokens.
+async fn ensure_key_secret(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<Secret> {
+    let api: Api<Secret> = target.api(&ctx.client);
+    let name = &target.names.keys;
+    if let Some(existing) = api.get_opt(name).await? {
+        if !apply::owned_by(&existing, &target.uid) {
+            return Err(Error::NotOwned {
+                kind: "Secret",
+                name: name.clone(),
+            });
+        }
+        return Ok(existing);
+    }
+    let secret = resources::key_secret(stoa, &stoa_contract::keys::generate_keyset())?;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &secret).await {
+        Ok(created) => {
+            let existed_before = stoa.status.as_ref().is_some_and(|s| !s.keys.is_empty());
+            let notice = if existed_before {
+                notice(
+                    EventType::Warning,
+                    "KeySetRecreated",
+                    format!(
+                        "Secret {name} was deleted; created a new signing key set. Access tokens \
+                         issued before are now invalid: clients must sign in or refresh again"
+                    ),
+                )
+            } else {
+                notice(
+                    EventType::Normal,
+                    "KeySetCreated",
+                    format!("created signing key set in Secret {name}"),
+                )
+            };
+            event(ctx, stoa, notice).await;
+            Ok(created)
+        }
+        // Another reconcile won the race: use its Secret.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(name).await?),
+        Err(e) => Err(e.into()),
     }
 }
 
-async fn patch_status(
+fn key_status(secret: &Secret) -> Vec<KeyStatus> {
+    let Some(bytes) = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(stoa_contract::keys::KEYSET_FILE))
+    else {
+        return Vec::new();
+    };
+    serde_json::from_slice::<stoa_contract::keys::KeySetFile>(&bytes.0)
+        .map(|file| {
+            file.keys
+                .into_iter()
+                .map(|k| KeyStatus {
+                    kid: k.kid,
+                    state: k.state.as_str().to_owned(),
+                    created_at: k.created_at,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes `status` with server-side apply on the status subresource (so a field the
+/// operator stops reporting is removed), and only when it differs from the stored one.
+async fn write_status(
     ctx: &Context,
     stoa: &Stoa,
-    namespace: &str,
-    mut status: StoaStatus,
+    target: &Target,
+    status: StoaStatus,
 ) -> Result<()> {
-    carry_transition_times(stoa.status.as_ref(), &mut status);
     if stoa.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<Stoa> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = serde_json::json!({"status": status});
+    let api: Api<Stoa> = target.api(&ctx.client);
+    let patch = json!({
+        "apiVersion": Stoa::api_version(&()),
+        "kind": Stoa::kind(&()),
+        "status": status,
+    });
     api.patch_status(
         &stoa.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &apply::apply_params(),
+        &Patch::Apply(&patch),
     )
     .await?;
     Ok(())
+}
+
+/// On a failed reconcile: `Degraded` with the reason, and one Warning event when the
+/// failure is new (a retry of the same failure records nothing more). Best effort: the
+/// error itself is what the controller acts on.
+async fn report_failure(stoa: &Stoa, ctx: &Context, error: &Error) {
+    let failure = Failure {
+        reason: error.reason(),
+        message: error.to_string(),
+    };
+    let already = stoa.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Degraded"
+                && c.status == "True"
+                && c.reason == failure.reason
+                && c.message == failure.message
+        })
+    });
+    if already {
+        return;
+    }
+    event(
+        ctx,
+        stoa,
+        notice(
+            EventType::Warning,
+            "ReconcileFailed",
+            failure.message.clone(),
+        ),
+    )
+    .await;
+    let Ok(target) = Target::of(stoa) else { return };
+    let mut next = stoa.status.clone().unwrap_or_default();
+    next.conditions.retain(|c| c.type_ != "Degraded");
+    next.conditions
+        .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Degraded".into(),
+            status: "True".into(),
+            reason: failure.reason.into(),
+            message: failure.message,
+            observed_generation: stoa.metadata.generation,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+        });
+    if let Err(e) = write_status(ctx, stoa, &target, next).await {
+        tracing::warn!(stoa = %key(stoa), error = %e, "could not report the failure in status");
+    }
 }
 
 /// Retries with exponential backoff: 5 s, 10 s, 20 s, … up to 5 minutes.

@@ -45,6 +45,11 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(name = "Image", type_ = "string", json_path = ".status.currentImage"),
     printcolumn(
+        name = "Schema",
+        type_ = "integer",
+        json_path = ".status.schemaVersion"
+    ),
+    printcolumn(
         name = "Replicas",
         type_ = "integer",
         json_path = ".status.readyReplicas"
@@ -79,6 +84,8 @@ pub struct StoaSpec {
     pub auth: AuthSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+    #[serde(default)]
+    pub migrations: MigrationsSpec,
     #[serde(default)]
     pub autoscaling: AutoscalingSpec,
     #[serde(default)]
@@ -122,6 +129,7 @@ impl Default for StoaSpec {
             redis: None,
             auth: AuthSpec::default(),
             ingress: None,
+            migrations: MigrationsSpec::default(),
             autoscaling: AutoscalingSpec::default(),
             pod_disruption_budget: PodDisruptionBudgetSpec::default(),
             monitoring: MonitoringSpec::default(),
@@ -160,8 +168,9 @@ pub struct DatabaseSpec {
     /// Secret key holding the PostgreSQL connection URL (mounted as a file, so credential
     /// changes reach the pods without a restart).
     pub url_secret_ref: SecretKeyRef,
-    /// Optional admin credential, reserved for managed credential rotation (not acted on
-    /// by this release of the operator).
+    /// Optional admin credential (a Secret key holding a PostgreSQL URL with DDL rights).
+    /// Migration Jobs use it instead of `urlSecretRef`, so the application's own role
+    /// needs no DDL rights; it is mounted into migration Jobs only, never into API pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_secret_ref: Option<SecretKeyRef>,
     /// Connections per pod.
@@ -172,6 +181,47 @@ pub struct DatabaseSpec {
 
 fn default_pool() -> i32 {
     8
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum MigrationMode {
+    /// A Job runs `stoa-api migrate` with each new image before the Deployment moves to it.
+    #[default]
+    Auto,
+    /// The Deployment follows `image` at once; you migrate the database yourself (pods
+    /// report not ready until the schema has what they need).
+    Disabled,
+}
+
+/// How database migrations gate rollouts (see the README, "Rollouts and migrations").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationsSpec {
+    #[serde(default)]
+    pub mode: MigrationMode,
+    /// Approve a rollback to this image although the database holds contract migrations
+    /// it does not know (condition `RollbackBlocked` names them). The older binary may fail
+    /// on what those migrations removed; set this only after checking that it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_rollback_to: Option<String>,
+    /// How long one migration attempt may run before it counts as failed (seconds).
+    #[serde(default = "default_migration_deadline")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub deadline_seconds: i64,
+}
+
+impl Default for MigrationsSpec {
+    fn default() -> Self {
+        MigrationsSpec {
+            mode: MigrationMode::Auto,
+            allow_rollback_to: None,
+            deadline_seconds: default_migration_deadline(),
+        }
+    }
+}
+
+fn default_migration_deadline() -> i64 {
+    600
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -388,12 +438,25 @@ pub struct StoaStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`.
+    /// `Ready`, `Progressing`, `Degraded`, `RollbackBlocked`, `Paused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The image the Deployment runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_image: Option<String>,
+    /// The newest image whose migrations succeeded: the Deployment runs it (with
+    /// `migrations.mode: Auto`, `spec.image` reaches the pods only through here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_image: Option<String>,
+    /// The image whose contract migrations have run (after its rollout completed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contracted_image: Option<String>,
+    /// The newest migration applied to the database, as the last migration Job reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
+    /// The current or last migration Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
     #[serde(default)]
     pub replicas: i32,
     #[serde(default)]
@@ -406,6 +469,22 @@ pub struct StoaStatus {
     /// Signing keys in the key Secret, by kid and state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    /// The Job's name (its logs: `kubectl logs job/<job>`).
+    pub job: String,
+    pub image: String,
+    /// `Expand` (before the rollout) or `Contract` (after it).
+    pub phase: String,
+    /// `Running`, `Succeeded`, `Failed` (retried with backoff) or `Blocked`.
+    pub state: String,
+    /// Attempts for this image and phase so far.
+    pub attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -1,9 +1,14 @@
 //! `stoa-operator`: reconciles `Stoa` resources into running stoa-api services.
 
+pub mod apply;
 pub mod controller;
 pub mod crd;
 pub mod metrics;
+pub mod rbac;
 pub mod resources;
+pub mod rollout;
+pub mod startup;
+pub mod status;
 
 use kube::CustomResourceExt;
 

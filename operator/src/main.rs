@@ -3,23 +3,24 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::DynamicObject;
 use kube::runtime::Controller;
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use stoa_operator::controller::{Context, error_policy, reconcile};
+use stoa_operator::controller::{Context, error_policy, reconcile, service_monitor_supported};
 use stoa_operator::crd::Stoa;
 use stoa_operator::metrics::Metrics;
+use stoa_operator::startup::{self, Health};
 
 #[derive(Parser)]
 #[command(
@@ -103,12 +104,6 @@ fn main() -> ExitCode {
     }
 }
 
-#[derive(Clone)]
-struct Health {
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
@@ -123,20 +118,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("cannot configure the Kubernetes client")?;
+    let namespace = args.namespace.as_deref();
+    // One clear line for a missing CRD or permission, before anything else starts.
+    startup::preflight(&client, namespace).await?;
+    let service_monitors = service_monitor_supported(&client)
+        .await
+        .context("cannot check for the ServiceMonitor CRD")?;
+
     let metrics = Arc::new(Metrics::new());
-    let health = Health {
-        metrics: metrics.clone(),
-        ready: Arc::new(AtomicBool::new(false)),
-    };
+    let health = Health::new(metrics.clone());
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.http_addr))?;
-    let server = axum::serve(listener, http_router(health.clone()));
+    let server = axum::serve(listener, startup::router(health.clone()));
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "health server stopped");
         }
     });
+    // Ready now, leader or not: a standby must pass its readiness probe, or a rolling
+    // update of the operator (which waits for the new pod to be Ready) never completes.
+    health.mark_started();
 
     // Leader election: only the holder of the Lease reconciles.
     let _lease = if args.leader_election {
@@ -169,26 +171,52 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
 
-    let stoas: Api<Stoa> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let owned =
-        |_: ()| watcher::Config::default().labels("app.kubernetes.io/managed-by=stoa-operator");
-    let namespace = args.namespace.as_deref();
-    let context = Arc::new(Context::new(client.clone(), metrics.clone()));
-    health.ready.store(true, Ordering::SeqCst);
-    tracing::info!(namespace = ?args.namespace, "starting controller");
-    Controller::new(stoas, watcher::Config::default())
-        .owns(scoped::<Deployment>(&client, namespace), owned(()))
-        .owns(scoped::<Service>(&client, namespace), owned(()))
-        .owns(scoped::<ConfigMap>(&client, namespace), owned(()))
-        .owns(scoped::<ServiceAccount>(&client, namespace), owned(()))
+    let stoas: Api<Stoa> = scoped(&client, namespace);
+    let managed =
+        || watcher::Config::default().labels("app.kubernetes.io/managed-by=stoa-operator");
+    let context = Arc::new(
+        Context::new(client.clone(), metrics.clone()).with_service_monitors(service_monitors),
+    );
+    tracing::info!(namespace = ?args.namespace, service_monitors, "starting controller");
+    // Every type the reconciler writes is watched, so drift is corrected at once.
+    let mut controller = Controller::new(stoas, watcher::Config::default())
+        .owns(scoped::<Deployment>(&client, namespace), managed())
+        .owns(scoped::<Service>(&client, namespace), managed())
+        .owns(scoped::<ConfigMap>(&client, namespace), managed())
+        .owns(scoped::<ServiceAccount>(&client, namespace), managed())
+        .owns(scoped::<PodDisruptionBudget>(&client, namespace), managed())
+        .owns(scoped::<Ingress>(&client, namespace), managed())
+        .owns(scoped::<NetworkPolicy>(&client, namespace), managed())
+        .owns(
+            scoped::<HorizontalPodAutoscaler>(&client, namespace),
+            managed(),
+        )
+        .owns(scoped::<Job>(&client, namespace), managed())
+        .owns(
+            scoped::<Secret>(&client, namespace),
+            watcher::Config::default().labels("stoa.dev/secret=jwt-keys"),
+        );
+    if service_monitors {
+        let resource = stoa_operator::resources::service_monitor_resource();
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        controller = controller.owns_with(api, resource, managed());
+    }
+    controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile loop");
+            match result {
+                Ok(_) => {}
+                // Logged with its retry delay by the error policy.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // A reconcile queued for an object deleted meanwhile: expected.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(object = %obj, "object gone before its reconcile");
+                }
+                Err(e) => tracing::warn!(error = %e, "controller stream error"),
             }
         })
         .await;
@@ -206,29 +234,4 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-fn http_router(health: Health) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(h): State<Health>| async move {
-                if h.ready.load(Ordering::SeqCst) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|State(h): State<Health>| async move {
-                match h.metrics.encode() {
-                    Ok(body) => (StatusCode::OK, body),
-                    Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
-                }
-            }),
-        )
-        .with_state(health)
 }

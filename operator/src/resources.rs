@@ -15,14 +15,29 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use k8s_openapi::api::batch::v1::Job;
+use stoa_contract::env;
+use stoa_contract::migration::{EXIT_NEWER_CONTRACT, MigrateCommand, Phase};
+use stoa_contract::paths::{MIGRATION_DATABASE_MOUNT, TERMINATION_LOG, URL_FILE};
+
 use crate::crd::{AutoscalingMode, Stoa};
 
 pub const API_PORT: i32 = 8080;
 pub const METRICS_PORT: i32 = 9090;
-pub const KEYS_MOUNT: &str = "/var/run/stoa/keys";
-pub const DATABASE_MOUNT: &str = "/var/run/stoa/database";
-pub const REDIS_MOUNT: &str = "/var/run/stoa/redis";
+pub use stoa_contract::paths::{DATABASE_MOUNT, KEYS_MOUNT, REDIS_MOUNT};
 pub const CONFIG_HASH_ANNOTATION: &str = "stoa.dev/config-hash";
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Groups the attempts of one (step, image, approval): `<step>-<hash>`.
+pub const MIGRATION_KEY_LABEL: &str = "stoa.dev/migration";
+pub const MIGRATION_STEP_LABEL: &str = "stoa.dev/migration-step";
+/// On a migration Job's pods: the Job's name (to find its termination message).
+pub const MIGRATION_JOB_LABEL: &str = "stoa.dev/migration-job";
+pub const IMAGE_ANNOTATION: &str = "stoa.dev/image";
+/// On the Deployment: who sets `spec.replicas` (`operator`, or `autoscaler` once handed over).
+pub const REPLICAS_OWNER_ANNOTATION: &str = "stoa.dev/replicas-owner";
+pub const REPLICAS_OWNER_AUTOSCALER: &str = "autoscaler";
+pub const REPLICAS_OWNER_OPERATOR: &str = "operator";
+pub const ATTEMPT_ANNOTATION: &str = "stoa.dev/attempt";
 pub const RUN_AS: i64 = 65532;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +86,7 @@ pub fn selector_labels(stoa: &Stoa) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "stoa".into()),
         ("app.kubernetes.io/instance".into(), stoa.name_any()),
-        ("app.kubernetes.io/component".into(), "api".into()),
+        (COMPONENT_LABEL.into(), "api".into()),
     ])
 }
 
@@ -119,40 +134,43 @@ pub fn service_account(stoa: &Stoa) -> Result<ServiceAccount> {
 pub fn config_map(stoa: &Stoa) -> Result<ConfigMap> {
     let spec = &stoa.spec;
     let mut data = BTreeMap::from([
-        ("STOA_LISTEN_ADDR".to_owned(), format!("0.0.0.0:{API_PORT}")),
+        (env::LISTEN_ADDR.to_owned(), format!("0.0.0.0:{API_PORT}")),
         (
-            "STOA_ADMIN_ADDR".to_owned(),
+            env::ADMIN_ADDR.to_owned(),
             format!("0.0.0.0:{METRICS_PORT}"),
         ),
-        ("STOA_LOG_FORMAT".to_owned(), "json".to_owned()),
-        ("STOA_JWT_KEYS_DIR".to_owned(), KEYS_MOUNT.to_owned()),
+        (env::LOG_FORMAT.to_owned(), "json".to_owned()),
+        (env::JWT_KEYS_DIR.to_owned(), KEYS_MOUNT.to_owned()),
         (
-            "STOA_DATABASE_URL_FILE".to_owned(),
-            format!("{DATABASE_MOUNT}/url"),
+            env::DATABASE_URL_FILE.to_owned(),
+            format!("{DATABASE_MOUNT}/{URL_FILE}"),
         ),
         (
-            "STOA_DB_MAX_CONNECTIONS".to_owned(),
+            env::DB_MAX_CONNECTIONS.to_owned(),
             spec.database.max_connections.to_string(),
         ),
         (
-            "STOA_ACCESS_TOKEN_TTL".to_owned(),
+            env::ACCESS_TOKEN_TTL.to_owned(),
             spec.auth.access_token_ttl.clone(),
         ),
         (
-            "STOA_REFRESH_TOKEN_TTL".to_owned(),
+            env::REFRESH_TOKEN_TTL.to_owned(),
             spec.auth.refresh_token_ttl.clone(),
         ),
         // The preStop pause already keeps traffic flowing while endpoints update.
-        ("STOA_SHUTDOWN_DELAY".to_owned(), "2s".to_owned()),
-        ("STOA_SHUTDOWN_TIMEOUT".to_owned(), "20s".to_owned()),
+        (env::SHUTDOWN_DELAY.to_owned(), "2s".to_owned()),
+        (env::SHUTDOWN_TIMEOUT.to_owned(), "20s".to_owned()),
         // Behind an Ingress controller, the client address is the last X-Forwarded-For hop.
         (
-            "STOA_TRUSTED_PROXY_HOPS".to_owned(),
+            env::TRUSTED_PROXY_HOPS.to_owned(),
             if spec.ingress.is_some() { "1" } else { "0" }.to_owned(),
         ),
     ]);
     if spec.redis.is_some() {
-        data.insert("STOA_REDIS_URL_FILE".into(), format!("{REDIS_MOUNT}/url"));
+        data.insert(
+            env::REDIS_URL_FILE.into(),
+            format!("{REDIS_MOUNT}/{URL_FILE}"),
+        );
     }
     Ok(ConfigMap {
         metadata: meta(stoa, &Names::of(stoa).config)?,
@@ -162,8 +180,8 @@ pub fn config_map(stoa: &Stoa) -> Result<ConfigMap> {
 }
 
 /// The signing-key Secret, holding `keyset.json` in the format stoa-api reads
-/// (`stoa_api::keys`). Created once with a fresh key set; never overwritten.
-pub fn key_secret(stoa: &Stoa, keyset: &stoa_api::keys::KeySetFile) -> Result<Secret> {
+/// (`stoa_contract::keys`). Created once with a fresh key set; never overwritten.
+pub fn key_secret(stoa: &Stoa, keyset: &stoa_contract::keys::KeySetFile) -> Result<Secret> {
     let json = serde_json::to_vec_pretty(keyset).map_err(|source| BuildError::Invalid {
         kind: "Secret",
         source,
@@ -177,7 +195,7 @@ pub fn key_secret(stoa: &Stoa, keyset: &stoa_api::keys::KeySetFile) -> Result<Se
         metadata,
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(
-            stoa_api::keys::KEYSET_FILE.to_owned(),
+            stoa_contract::keys::KEYSET_FILE.to_owned(),
             ByteString(json),
         )])),
         ..Secret::default()
@@ -195,7 +213,9 @@ pub fn config_hash(stoa: &Stoa, config: &ConfigMap) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn deployment(stoa: &Stoa, config: &ConfigMap) -> Result<Deployment> {
+/// The API Deployment, running `image` (the image the migration protocol approved, which
+/// is `spec.image` once its migrations succeeded: see `crate::rollout`).
+pub fn deployment(stoa: &Stoa, config: &ConfigMap, image: &str) -> Result<Deployment> {
     let spec = &stoa.spec;
     let names = Names::of(stoa);
     let selector = selector_labels(stoa);
@@ -206,10 +226,7 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap) -> Result<Deployment> {
     let mut annotations = spec.pod.annotations.clone();
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash(stoa, config));
 
-    let resources = spec.resources.clone().map_or_else(
-        || json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}),
-        |r| json!(r),
-    );
+    let resources = default_resources(stoa);
     let mut volumes = vec![
         json!({"name": "keys", "secret": {"secretName": names.keys, "defaultMode": 0o440}}),
         json!({"name": "database", "secret": {
@@ -230,13 +247,7 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap) -> Result<Deployment> {
             "defaultMode": 0o440}}));
         mounts.push(json!({"name": "redis", "mountPath": REDIS_MOUNT, "readOnly": true}));
     }
-    let container_security = json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "runAsNonRoot": true,
-        "privileged": false,
-        "capabilities": {"drop": ["ALL"]}
-    });
+    let container_security = container_security();
     let spread = |key: &str| {
         json!({"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
                "labelSelector": {"matchLabels": selector}})
@@ -253,13 +264,7 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap) -> Result<Deployment> {
                 "automountServiceAccountToken": false,
                 "enableServiceLinks": false,
                 "terminationGracePeriodSeconds": 30,
-                "securityContext": {
-                    "runAsNonRoot": true,
-                    "runAsUser": RUN_AS,
-                    "runAsGroup": RUN_AS,
-                    "fsGroup": RUN_AS,
-                    "seccompProfile": {"type": "RuntimeDefault"}
-                },
+                "securityContext": pod_security(),
                 "topologySpreadConstraints": [spread("topology.kubernetes.io/zone"), spread("kubernetes.io/hostname")],
                 "nodeSelector": spec.pod.node_selector,
                 "tolerations": spec.pod.tolerations,
@@ -267,21 +272,9 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap) -> Result<Deployment> {
                 "imagePullSecrets": spec.pod.image_pull_secrets,
                 "priorityClassName": spec.pod.priority_class_name,
                 "volumes": volumes,
-                // Until migrations run as gated Jobs, each pod brings the schema up to date
-                // before it starts (under PostgreSQL's advisory lock, so concurrent pods are safe).
-                "initContainers": [{
-                    "name": "migrate",
-                    "image": spec.image,
-                    "imagePullPolicy": spec.image_pull_policy,
-                    "args": ["migrate"],
-                    "envFrom": [{"configMapRef": {"name": names.config}}],
-                    "resources": resources,
-                    "volumeMounts": [{"name": "database", "mountPath": DATABASE_MOUNT, "readOnly": true}],
-                    "securityContext": container_security
-                }],
                 "containers": [{
                     "name": "api",
-                    "image": spec.image,
+                    "image": image,
                     "imagePullPolicy": spec.image_pull_policy,
                     "args": ["serve"],
                     "ports": [
@@ -304,13 +297,205 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap) -> Result<Deployment> {
     });
     // With an autoscaler, the replica count is not ours: leaving it out of the applied
     // object means server-side apply never fights the scaler over it.
-    if spec.autoscaling.mode == AutoscalingMode::Disabled {
+    let replicas_owner = if spec.autoscaling.mode == AutoscalingMode::Disabled {
         deployment_spec["replicas"] = json!(spec.replicas);
-    }
+        REPLICAS_OWNER_OPERATOR
+    } else {
+        REPLICAS_OWNER_AUTOSCALER
+    };
     strip_nulls(&mut deployment_spec);
+    let mut metadata = meta(stoa, &names.base)?;
+    metadata.annotations = Some(BTreeMap::from([(
+        REPLICAS_OWNER_ANNOTATION.to_owned(),
+        replicas_owner.to_owned(),
+    )]));
     Ok(Deployment {
-        metadata: meta(stoa, &names.base)?,
+        metadata,
         spec: Some(typed("Deployment", deployment_spec)?),
+        status: None,
+    })
+}
+
+fn container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "privileged": false,
+        "capabilities": {"drop": ["ALL"]}
+    })
+}
+
+fn pod_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"}
+    })
+}
+
+fn default_resources(stoa: &Stoa) -> Value {
+    stoa.spec.resources.clone().map_or_else(
+        || json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}),
+        |r| json!(r),
+    )
+}
+
+/// Which half of a release's migrations a Job applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Before the rollout: additive steps only.
+    Expand,
+    /// After the rollout: contract steps too.
+    Contract,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Expand => "Expand",
+            Step::Contract => "Contract",
+        }
+    }
+
+    /// The label value (lower case) and the word in the Job's name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Step::Expand => "expand",
+            Step::Contract => "contract",
+        }
+    }
+
+    pub fn phase(self) -> Phase {
+        match self {
+            Step::Expand => Phase::Expand,
+            Step::Contract => Phase::All,
+        }
+    }
+
+    pub fn job_word(self) -> &'static str {
+        match self {
+            Step::Expand => "migrate",
+            Step::Contract => "contract",
+        }
+    }
+}
+
+/// A migration Job to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRequest {
+    pub name: String,
+    pub step: Step,
+    pub image: String,
+    /// Run with `--allow-newer-contract` (an approved rollback).
+    pub allow_newer_contract: bool,
+    pub attempt: i32,
+    /// The label that groups every attempt of one (step, image, approval).
+    pub key: String,
+}
+
+/// Labels of migration Jobs (and their pods): the Stoa's labels with component `migration`.
+pub fn migration_labels(stoa: &Stoa) -> BTreeMap<String, String> {
+    let mut labels = labels(stoa);
+    labels.insert(COMPONENT_LABEL.into(), "migration".into());
+    labels
+}
+
+/// `instance=<name>,component=migration`: every migration Job of this Stoa.
+pub fn migration_selector(stoa: &Stoa) -> String {
+    format!(
+        "app.kubernetes.io/instance={},{COMPONENT_LABEL}=migration",
+        stoa.name_any()
+    )
+}
+
+/// A Job that runs `stoa-api migrate` for one step of the rollout protocol.
+///
+/// - The pod failure policy fails the Job at once when the migrator refuses (exit code
+///   [`EXIT_NEWER_CONTRACT`]): retrying cannot help. It is the only `FailJob` rule, so a
+///   Job failed with reason `PodFailurePolicy` means exactly that (Kubernetes docs,
+///   "Handling retriable and non-retriable pod failures with Pod failure policy").
+///   Disruptions (`DisruptionTarget`, e.g. a drained node) do not count as attempts.
+/// - `backoffLimit: 2` retries a crashed pod within the attempt; the operator retries
+///   failed attempts with its own capped backoff under a new Job name.
+/// - The migrator writes its report to the termination-message path; on a crash,
+///   `FallbackToLogsOnError` puts the last log lines there instead.
+/// - Finished Jobs (and their pods, with the logs) are removed by the TTL controller a
+///   day after they finish; the Stoa's status keeps the outcome.
+pub fn migration_job(stoa: &Stoa, request: &JobRequest) -> Result<Job> {
+    let spec = &stoa.spec;
+    let names = Names::of(stoa);
+    let credential = spec
+        .database
+        .admin_secret_ref
+        .as_ref()
+        .unwrap_or(&spec.database.url_secret_ref);
+    let command = MigrateCommand {
+        phase: request.step.phase(),
+        allow_newer_contract: request.allow_newer_contract,
+        report_file: Some(TERMINATION_LOG.to_owned()),
+    };
+    let mut job_labels = migration_labels(stoa);
+    job_labels.insert(MIGRATION_KEY_LABEL.into(), request.key.clone());
+    job_labels.insert(MIGRATION_STEP_LABEL.into(), request.step.label().into());
+    let mut pod_labels = job_labels.clone();
+    pod_labels.insert(MIGRATION_JOB_LABEL.into(), request.name.clone());
+    let mut metadata = meta(stoa, &request.name)?;
+    metadata.labels = Some(job_labels);
+    metadata.annotations = Some(BTreeMap::from([
+        (IMAGE_ANNOTATION.to_owned(), request.image.clone()),
+        (ATTEMPT_ANNOTATION.to_owned(), request.attempt.to_string()),
+    ]));
+    let mut job_spec = json!({
+        "backoffLimit": 2,
+        "activeDeadlineSeconds": spec.migrations.deadline_seconds,
+        "ttlSecondsAfterFinished": 86400,
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "migrate", "operator": "In",
+                "values": [EXIT_NEWER_CONTRACT]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+        ]},
+        "template": {
+            "metadata": {"labels": pod_labels},
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": names.base,
+                "automountServiceAccountToken": false,
+                "enableServiceLinks": false,
+                "securityContext": pod_security(),
+                "nodeSelector": spec.pod.node_selector,
+                "tolerations": spec.pod.tolerations,
+                "affinity": spec.pod.affinity,
+                "imagePullSecrets": spec.pod.image_pull_secrets,
+                "priorityClassName": spec.pod.priority_class_name,
+                "volumes": [{"name": "database", "secret": {
+                    "secretName": credential.name,
+                    "items": [{"key": credential.key, "path": URL_FILE}],
+                    "defaultMode": 0o440}}],
+                "containers": [{
+                    "name": "migrate",
+                    "image": request.image,
+                    "imagePullPolicy": spec.image_pull_policy,
+                    "args": command.args(),
+                    "env": [
+                        {"name": env::DATABASE_URL_FILE, "value": format!("{MIGRATION_DATABASE_MOUNT}/{URL_FILE}")},
+                        {"name": env::LOG_FORMAT, "value": "json"}
+                    ],
+                    "resources": default_resources(stoa),
+                    "volumeMounts": [{"name": "database", "mountPath": MIGRATION_DATABASE_MOUNT, "readOnly": true}],
+                    "securityContext": container_security(),
+                    "terminationMessagePath": TERMINATION_LOG,
+                    "terminationMessagePolicy": "FallbackToLogsOnError"
+                }]
+            }
+        }
+    });
+    strip_nulls(&mut job_spec);
+    Ok(Job {
+        metadata,
+        spec: Some(typed("Job", job_spec)?),
         status: None,
     })
 }

@@ -11,8 +11,8 @@ fn builders_are_pure_functions_of_the_spec() {
     let a = stoa("api");
     let cm = resources::config_map(&a).unwrap();
     assert_eq!(
-        resources::deployment(&a, &cm).unwrap(),
-        resources::deployment(&a, &cm).unwrap()
+        resources::deployment(&a, &cm, &a.spec.image).unwrap(),
+        resources::deployment(&a, &cm, &a.spec.image).unwrap()
     );
     assert_eq!(
         resources::service(&a).unwrap(),
@@ -28,7 +28,9 @@ fn every_object_is_labelled_and_owned_by_the_stoa() {
     let metas = [
         resources::service_account(&s).unwrap().metadata,
         cm.metadata.clone(),
-        resources::deployment(&s, &cm).unwrap().metadata,
+        resources::deployment(&s, &cm, &s.spec.image)
+            .unwrap()
+            .metadata,
         resources::service(&s).unwrap().metadata,
         resources::pod_disruption_budget(&s)
             .unwrap()
@@ -41,7 +43,7 @@ fn every_object_is_labelled_and_owned_by_the_stoa() {
             .unwrap()
             .metadata,
         resources::service_monitor(&s).unwrap().unwrap().metadata,
-        resources::key_secret(&s, &stoa_api::keys::generate_keyset())
+        resources::key_secret(&s, &stoa_contract::keys::generate_keyset())
             .unwrap()
             .metadata,
     ];
@@ -62,7 +64,7 @@ fn every_object_is_labelled_and_owned_by_the_stoa() {
 #[test]
 fn the_deployment_is_hardened_probed_and_drains() {
     let s = stoa("api");
-    let d = resources::deployment(&s, &resources::config_map(&s).unwrap()).unwrap();
+    let d = resources::deployment(&s, &resources::config_map(&s).unwrap(), &s.spec.image).unwrap();
     let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     let pod_security = pod.security_context.as_ref().unwrap();
     assert_eq!(pod_security.run_as_non_root, Some(true));
@@ -123,18 +125,93 @@ fn the_deployment_is_hardened_probed_and_drains() {
     assert_eq!(keys.mount_path, resources::KEYS_MOUNT);
     assert!(keys.sub_path.is_none());
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
-    // The schema is migrated before the API container starts, with the same hardening.
-    let init = &pod.init_containers.as_ref().unwrap()[0];
-    assert_eq!(init.args.as_deref(), Some(&["migrate".to_owned()][..]));
-    assert_eq!(init.image, c.image);
-    assert_eq!(init.security_context, c.security_context);
+    // Pods never migrate: only the gated migration Job does, with its own credential.
+    assert!(pod.init_containers.is_none());
+}
+
+#[test]
+fn the_migration_job_runs_the_new_image_with_the_migration_credential_and_fails_fast_on_refusal() {
+    use stoa_operator::resources::{JobRequest, Step};
+    let mut s = full("api");
+    s.spec.database.admin_secret_ref = Some(stoa_operator::crd::SecretKeyRef {
+        name: "api-db-admin".into(),
+        key: "url".into(),
+    });
+    let request = JobRequest {
+        name: "api-migrate-0123abcd".into(),
+        step: Step::Expand,
+        image: "ghcr.io/stoa-dev/stoa-api:0.3.0".into(),
+        allow_newer_contract: false,
+        attempt: 1,
+        key: "expand-0123abcd".into(),
+    };
+    let job = resources::migration_job(&s, &request).unwrap();
+    let labels = job.metadata.labels.clone().unwrap();
+    assert_eq!(labels["app.kubernetes.io/component"], "migration");
+    assert_eq!(labels[resources::MIGRATION_KEY_LABEL], "expand-0123abcd");
+    assert!(job.metadata.owner_references.is_some());
+    let spec = job.spec.unwrap();
+    assert_eq!(spec.ttl_seconds_after_finished, Some(86400));
+    assert_eq!(spec.active_deadline_seconds, Some(600));
+    // The migrator's refusal (exit 3) fails the Job at once: retrying cannot help.
+    let rules = spec.pod_failure_policy.unwrap().rules;
+    assert_eq!(rules[0].action, "FailJob");
+    let on_exit = rules[0].on_exit_codes.as_ref().unwrap();
+    assert_eq!(
+        on_exit.values,
+        vec![stoa_contract::migration::EXIT_NEWER_CONTRACT]
+    );
+    assert_eq!(
+        rules.iter().filter(|r| r.action == "FailJob").count(),
+        1,
+        "PodFailurePolicy as the failure reason must mean the refusal"
+    );
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/stoa-dev/stoa-api:0.3.0"));
+    assert_eq!(
+        c.args.clone().unwrap(),
+        [
+            "migrate",
+            "--phase",
+            "expand",
+            "--report-file",
+            "/dev/termination-log"
+        ]
+    );
+    assert_eq!(
+        c.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
+    );
+    // The admin credential, mounted into the Job only.
+    let volume = &pod.volumes.unwrap()[0];
+    assert_eq!(
+        volume.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("api-db-admin")
+    );
+    let env: Vec<_> = c.env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == "STOA_DATABASE_URL_FILE"
+        && e.value.as_deref() == Some("/var/run/stoa/migration-database/url")));
+    assert_eq!(
+        c.security_context
+            .as_ref()
+            .unwrap()
+            .read_only_root_filesystem,
+        Some(true)
+    );
+    // The API pods never see the admin credential.
+    let d = resources::deployment(&s, &resources::config_map(&s).unwrap(), &s.spec.image).unwrap();
+    let yaml = serde_yaml::to_string(&d).unwrap();
+    assert!(!yaml.contains("api-db-admin"));
 }
 
 #[test]
 fn configuration_changes_change_the_checksum_and_roll_the_pods() {
     let base = stoa("api");
     let hash = |s: &stoa_operator::crd::Stoa| {
-        let d = resources::deployment(s, &resources::config_map(s).unwrap()).unwrap();
+        let d =
+            resources::deployment(s, &resources::config_map(s).unwrap(), &s.spec.image).unwrap();
         d.spec
             .unwrap()
             .template
@@ -166,7 +243,7 @@ fn configuration_changes_change_the_checksum_and_roll_the_pods() {
 fn with_an_autoscaler_the_deployment_does_not_claim_replicas() {
     let s = full("api");
     assert_eq!(s.spec.autoscaling.mode, AutoscalingMode::Hpa);
-    let d = resources::deployment(&s, &resources::config_map(&s).unwrap()).unwrap();
+    let d = resources::deployment(&s, &resources::config_map(&s).unwrap(), &s.spec.image).unwrap();
     assert_eq!(d.spec.unwrap().replicas, None);
     let hpa = resources::horizontal_pod_autoscaler(&s)
         .unwrap()
@@ -217,12 +294,14 @@ fn optional_objects_follow_the_spec() {
 #[test]
 fn the_key_secret_holds_a_key_set_stoa_api_accepts() {
     let s = stoa("api");
-    let secret = resources::key_secret(&s, &stoa_api::keys::generate_keyset()).unwrap();
+    let secret = resources::key_secret(&s, &stoa_contract::keys::generate_keyset()).unwrap();
     assert_eq!(secret.metadata.name.as_deref(), Some("api-jwt-keys"));
-    let bytes = &secret.data.unwrap()[stoa_api::keys::KEYSET_FILE].0;
-    let file: stoa_api::keys::KeySetFile = serde_json::from_slice(bytes).unwrap();
-    // The exact parser stoa-api runs at start-up and on reload.
-    stoa_api::auth::tokens::KeyRing::from_file(&file).unwrap();
+    let bytes = &secret.data.unwrap()[stoa_contract::keys::KEYSET_FILE].0;
+    let file: stoa_contract::keys::KeySetFile = serde_json::from_slice(bytes).unwrap();
+    // The shared validation stoa-api runs at start-up and on reload (a real stoa-api
+    // serving with this Secret mounted is tests/tests/operator_api_contract.rs).
+    let keys = file.parse().unwrap();
+    assert_eq!(keys.len(), 1);
 }
 
 #[test]
@@ -244,7 +323,7 @@ fn render(s: &stoa_operator::crd::Stoa) -> String {
     let mut docs: Vec<serde_json::Value> = vec![
         serde_json::to_value(resources::service_account(s).unwrap()).unwrap(),
         serde_json::to_value(&cm).unwrap(),
-        serde_json::to_value(resources::deployment(s, &cm).unwrap()).unwrap(),
+        serde_json::to_value(resources::deployment(s, &cm, &s.spec.image).unwrap()).unwrap(),
         serde_json::to_value(resources::service(s).unwrap()).unwrap(),
     ];
     docs.extend(
@@ -266,6 +345,23 @@ fn render(s: &stoa_operator::crd::Stoa) -> String {
         resources::horizontal_pod_autoscaler(s)
             .unwrap()
             .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    docs.push(
+        serde_json::to_value(
+            resources::migration_job(
+                s,
+                &stoa_operator::resources::JobRequest {
+                    name: format!("{}-migrate-0123abcd", s.metadata.name.as_deref().unwrap()),
+                    step: stoa_operator::resources::Step::Expand,
+                    image: s.spec.image.clone(),
+                    allow_newer_contract: false,
+                    attempt: 1,
+                    key: "expand-0123abcd".into(),
+                },
+            )
+            .unwrap(),
+        )
+        .unwrap(),
     );
     docs.extend(
         resources::service_monitor(s)

@@ -1,48 +1,50 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-//! The reconcile loop against an in-memory Kubernetes API (kube-fake-client), step by step.
+//! The reconcile loop against an in-memory Kubernetes API (kube-fake-client), step by step,
+//! with every request recorded: objects, the migration protocol, the order of calls where
+//! the API server's semantics depend on it, and the cost of an unchanged reconcile.
 mod fixtures;
 
 use std::sync::Arc;
 
+use fixtures::cluster::{self, Call, Log};
 use fixtures::{container, stoa, with_spec};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use stoa_operator::controller::{Context, reconcile};
-use stoa_operator::crd::{IngressSpec, Stoa};
+use serde_json::json;
+use stoa_contract::migration::{MigrationReport, Outcome, Phase};
+use stoa_operator::controller::{Context, HANDOVER_MANAGER, reconcile};
+use stoa_operator::crd::{AutoscalingMode, IngressSpec, MigrationMode, Stoa};
 use stoa_operator::metrics::Metrics;
+use stoa_operator::resources;
 
-async fn cluster(initial: &Stoa) -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    kube_fake_client::ClientBuilder::new()
-        .with_resource::<Stoa>()
-        .with_status_subresource::<Stoa>()
-        .with_status_subresource::<Deployment>()
-        .with_object(initial.clone())
-        .build()
-        .await
-        .unwrap()
+const V1: &str = "ghcr.io/stoa-dev/stoa-api:0.1.0";
+const V2: &str = "ghcr.io/stoa-dev/stoa-api:0.2.0";
+
+fn ctx(client: &Client) -> Arc<Context> {
+    Arc::new(Context::new(client.clone(), Arc::new(Metrics::new())))
 }
 
 /// Runs one reconcile of the stored object, as the controller would after a watch event.
 async fn reconcile_stored(client: &Client, name: &str) -> Stoa {
     let api: Api<Stoa> = Api::namespaced(client.clone(), "shop");
     let current = api.get(name).await.unwrap();
-    let ctx = Arc::new(Context::new(client.clone(), Arc::new(Metrics::new())));
-    reconcile(Arc::new(current), ctx).await.unwrap();
+    reconcile(Arc::new(current), ctx(client)).await.unwrap();
     api.get(name).await.unwrap()
 }
 
 /// Replaces the stored spec (what `kubectl apply` does), bumping the generation.
-async fn update_spec(client: &Client, updated: &Stoa) {
+async fn update_spec(client: &Client, name: &str, change: impl FnOnce(&mut Stoa)) {
     let api: Api<Stoa> = Api::namespaced(client.clone(), "shop");
-    let mut current = api.get(&updated.name_any()).await.unwrap();
-    current.spec = updated.spec.clone();
+    let mut current = api.get(name).await.unwrap();
+    change(&mut current);
     current.metadata.generation = current.metadata.generation.map(|g| g + 1);
-    api.replace(&updated.name_any(), &PostParams::default(), &current)
+    api.replace(name, &PostParams::default(), &current)
         .await
         .unwrap();
 }
@@ -51,54 +53,244 @@ fn image(d: &Deployment) -> String {
     container(d).image.clone().unwrap()
 }
 
-fn condition<'a>(
-    s: &'a Stoa,
-    type_: &str,
-) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+fn condition<'a>(s: &'a Stoa, type_: &str) -> &'a Condition {
     s.status
         .as_ref()
         .unwrap()
         .conditions
         .iter()
         .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", s.status))
+}
+
+async fn deployment(client: &Client) -> Option<Deployment> {
+    Api::<Deployment>::namespaced(client.clone(), "shop")
+        .get_opt("api")
+        .await
         .unwrap()
 }
 
+async fn jobs(client: &Client) -> Vec<Job> {
+    let mut jobs = Api::<Job>::namespaced(client.clone(), "shop")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    jobs.sort_by_key(|j| j.metadata.creation_timestamp.clone());
+    jobs
+}
+
+async fn job_for(client: &Client, image: &str, step: &str) -> Job {
+    let found: Vec<Job> = jobs(client)
+        .await
+        .into_iter()
+        .filter(|j| {
+            j.annotations()
+                .get(resources::IMAGE_ANNOTATION)
+                .map(String::as_str)
+                == Some(image)
+                && j.labels()
+                    .get(resources::MIGRATION_STEP_LABEL)
+                    .map(String::as_str)
+                    == Some(step)
+        })
+        .collect();
+    found
+        .into_iter()
+        .max_by_key(|j| {
+            j.annotations()[resources::ATTEMPT_ANNOTATION]
+                .parse::<i32>()
+                .unwrap()
+        })
+        .unwrap_or_else(|| panic!("no {step} Job for {image}"))
+}
+
+fn report(outcome: Outcome, schema: i64, unknown_contract: Vec<i64>) -> MigrationReport {
+    MigrationReport {
+        outcome,
+        phase: Phase::Expand,
+        schema_version: Some(schema),
+        required_version: schema,
+        applied: vec![],
+        unknown_contract,
+        unknown_expand: vec![],
+        pending_contract: vec![],
+        message: match outcome {
+            Outcome::Applied => format!("schema at {schema}"),
+            _ => "the database holds contract migration(s) this binary does not know".into(),
+        },
+    }
+}
+
+/// Plays the Job controller and the kubelet: the Job's pod ends with `report` as its
+/// termination message, and the Job gets its final condition.
+async fn finish_job(
+    client: &Client,
+    job: &Job,
+    condition: (&str, &str),
+    report: &MigrationReport,
+    ago_seconds: i64,
+) {
+    let name = job.name_any();
+    let mut labels = job.labels().clone();
+    labels.insert(resources::MIGRATION_JOB_LABEL.into(), name.clone());
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{name}-pod"), "namespace": "shop", "labels": labels},
+        "spec": {"containers": [{"name": "migrate", "image": "x"}]},
+        "status": {"containerStatuses": [{"name": "migrate", "image": "x", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 0, "message": report.to_line()}}}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let at = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(ago_seconds))
+        .unwrap();
+    let (type_, reason) = condition;
+    Api::<Job>::namespaced(client.clone(), "shop")
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"conditions": [{
+                "type": type_, "status": "True", "reason": reason,
+                "message": format!("{type_}: {reason}"),
+                "lastTransitionTime": at.to_string()}]}})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn succeed(client: &Client, image: &str, step: &str, schema: i64) {
+    let job = job_for(client, image, step).await;
+    finish_job(
+        client,
+        &job,
+        ("Complete", "Completed"),
+        &report(Outcome::Applied, schema, vec![]),
+        0,
+    )
+    .await;
+}
+
+/// Plays the Deployment controller: every replica updated and ready.
+async fn roll_out(client: &Client) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    let d = deployments.get("api").await.unwrap();
+    let replicas = d.spec.as_ref().unwrap().replicas.unwrap_or(1);
+    let status = DeploymentStatus {
+        observed_generation: d.metadata.generation,
+        replicas: Some(replicas),
+        ready_replicas: Some(replicas),
+        updated_replicas: Some(replicas),
+        available_replicas: Some(replicas),
+        ..DeploymentStatus::default()
+    };
+    deployments
+        .patch_status(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await
+        .unwrap();
+}
+
+/// A Stoa whose first migration succeeded and whose pods run `V1`, contract step done.
+async fn converged() -> (Client, Log) {
+    let (client, log) = cluster::with(&stoa("api")).await;
+    reconcile_stored(&client, "api").await;
+    succeed(&client, V1, "expand", 2).await;
+    reconcile_stored(&client, "api").await;
+    roll_out(&client).await;
+    reconcile_stored(&client, "api").await;
+    succeed(&client, V1, "contract", 2).await;
+    let after = reconcile_stored(&client, "api").await;
+    assert_eq!(
+        after.status.as_ref().unwrap().contracted_image.as_deref(),
+        Some(V1)
+    );
+    roll_out(&client).await;
+    reconcile_stored(&client, "api").await;
+    (client, log)
+}
+
+fn mark(log: &Log) -> usize {
+    log.lock().unwrap().len()
+}
+
+fn calls_since(log: &Log, from: usize) -> Vec<Call> {
+    log.lock().unwrap()[from..].to_vec()
+}
+
+/// Events recorded since `from`, as (type, reason).
+fn events_since(log: &Log, from: usize) -> Vec<(String, String)> {
+    calls_since(log, from)
+        .into_iter()
+        .filter(|c| c.method == "POST" && c.path.contains("/events"))
+        .filter_map(|c| {
+            let body = c.body?;
+            Some((
+                body["type"].as_str()?.to_owned(),
+                body["reason"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn create_makes_every_object_with_owner_references_and_reports_status() {
-    let s = stoa("api");
-    let client = cluster(&s).await;
+async fn a_new_stoa_migrates_before_any_pod_runs() {
+    let (client, log) = cluster::with(&stoa("api")).await;
     let after = reconcile_stored(&client, "api").await;
 
-    let ns = |c: &Client| c.clone();
-    let owned_by_stoa =
+    // The Job comes first; no pod exists until it succeeded.
+    assert!(deployment(&client).await.is_none());
+    let job = job_for(&client, V1, "expand").await;
+    assert!(
+        job.name_any().starts_with("api-migrate-"),
+        "{}",
+        job.name_any()
+    );
+    let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(&args[..3], ["migrate", "--phase", "expand"]);
+    assert_eq!(condition(&after, "Progressing").reason, "Migrating");
+    assert_eq!(condition(&after, "Progressing").status, "True");
+    assert_eq!(condition(&after, "Ready").reason, "Migrating");
+    let status = after.status.as_ref().unwrap();
+    assert_eq!(status.approved_image, None);
+    assert_eq!(status.migration.as_ref().unwrap().state, "Running");
+    assert!(events_since(&log, 0).contains(&("Normal".into(), "MigrationStarted".into())));
+
+    // Every other object is in place, owned by the Stoa.
+    let owned =
         |refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
             refs.is_some_and(|r| {
                 r.iter()
                     .any(|o| o.kind == "Stoa" && o.name == "api" && o.controller == Some(true))
             })
         };
-    let sa = Api::<ServiceAccount>::namespaced(ns(&client), "shop")
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), "shop")
         .get("api")
         .await
         .unwrap();
-    let cm = Api::<ConfigMap>::namespaced(ns(&client), "shop")
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), "shop")
         .get("api-config")
         .await
         .unwrap();
-    let secret = Api::<Secret>::namespaced(ns(&client), "shop")
+    let secret = Api::<Secret>::namespaced(client.clone(), "shop")
         .get("api-jwt-keys")
         .await
         .unwrap();
-    let deployment = Api::<Deployment>::namespaced(ns(&client), "shop")
+    let service = Api::<Service>::namespaced(client.clone(), "shop")
         .get("api")
         .await
         .unwrap();
-    let service = Api::<Service>::namespaced(ns(&client), "shop")
-        .get("api")
-        .await
-        .unwrap();
-    let pdb = Api::<PodDisruptionBudget>::namespaced(ns(&client), "shop")
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), "shop")
         .get("api")
         .await
         .unwrap();
@@ -106,74 +298,36 @@ async fn create_makes_every_object_with_owner_references_and_reports_status() {
         sa.metadata.owner_references.as_ref(),
         cm.metadata.owner_references.as_ref(),
         secret.metadata.owner_references.as_ref(),
-        deployment.metadata.owner_references.as_ref(),
         service.metadata.owner_references.as_ref(),
         pdb.metadata.owner_references.as_ref(),
     ] {
-        assert!(owned_by_stoa(refs), "missing owner reference: {refs:?}");
+        assert!(owned(refs), "missing owner reference: {refs:?}");
     }
-    assert_eq!(image(&deployment), "ghcr.io/stoa-dev/stoa-api:0.1.0");
-    assert!(
-        Api::<Ingress>::namespaced(ns(&client), "shop")
-            .get_opt("api")
-            .await
-            .unwrap()
-            .is_none()
-    );
 
+    let from = mark(&log);
+    succeed(&client, V1, "expand", 20261124000002).await;
+    let after = reconcile_stored(&client, "api").await;
+    let d = deployment(&client)
+        .await
+        .expect("the Deployment follows the successful migration");
+    assert_eq!(image(&d), V1);
+    assert!(owned(d.metadata.owner_references.as_ref()));
     let status = after.status.as_ref().unwrap();
-    assert_eq!(status.observed_generation, Some(1));
-    assert_eq!(
-        status.current_image.as_deref(),
-        Some("ghcr.io/stoa-dev/stoa-api:0.1.0")
-    );
+    assert_eq!(status.approved_image.as_deref(), Some(V1));
+    assert_eq!(status.schema_version, Some(20261124000002));
     assert_eq!(status.keys.len(), 1);
-    assert_eq!(status.keys[0].state, "active");
+    assert_eq!(condition(&after, "Progressing").reason, "RollingOut");
+    let events = events_since(&log, from);
     assert!(
-        status
-            .selector
-            .as_deref()
-            .unwrap()
-            .contains("app.kubernetes.io/instance=api")
+        events.contains(&("Normal".into(), "MigrationSucceeded".into())),
+        "{events:?}"
     );
-    // No pods are ready yet.
-    assert_eq!(condition(&after, "Ready").status, "False");
-    assert_eq!(condition(&after, "Ready").reason, "Unavailable");
-    assert_eq!(condition(&after, "Progressing").status, "True");
-    assert_eq!(condition(&after, "Degraded").status, "False");
-}
+    assert!(
+        events.contains(&("Normal".into(), "DeploymentCreated".into())),
+        "{events:?}"
+    );
 
-#[tokio::test]
-async fn ready_pods_make_the_stoa_ready_and_a_failed_rollout_degraded() {
-    let s = stoa("api");
-    let client = cluster(&s).await;
-    reconcile_stored(&client, "api").await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
-    // The fake API bumps `generation` on every write, even a no-op apply, so the
-    // deployment controller is simulated as having seen the next one too.
-    let generation = deployments
-        .get("api")
-        .await
-        .unwrap()
-        .metadata
-        .generation
-        .unwrap_or(1);
-    let status = DeploymentStatus {
-        observed_generation: Some(generation + 1),
-        replicas: Some(2),
-        ready_replicas: Some(2),
-        updated_replicas: Some(2),
-        available_replicas: Some(2),
-        ..DeploymentStatus::default()
-    };
-    deployments
-        .patch_status(
-            "api",
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({"status": status})),
-        )
-        .await
-        .unwrap();
+    roll_out(&client).await;
     let after = reconcile_stored(&client, "api").await;
     assert_eq!(
         condition(&after, "Ready").status,
@@ -181,100 +335,519 @@ async fn ready_pods_make_the_stoa_ready_and_a_failed_rollout_degraded() {
         "{:?}",
         after.status
     );
-    assert_eq!(condition(&after, "Progressing").reason, "Complete");
-    assert_eq!(after.status.as_ref().unwrap().ready_replicas, 2);
+}
 
-    let failed = serde_json::json!({"status": {"conditions": [{
+#[tokio::test]
+async fn a_new_image_reaches_the_pods_only_after_its_migration_and_scaling_continues_meanwhile() {
+    let (client, _log) = converged().await;
+    update_spec(&client, "api", |s| s.spec.image = V2.into()).await;
+    let after = reconcile_stored(&client, "api").await;
+    assert_eq!(
+        image(&deployment(&client).await.unwrap()),
+        V1,
+        "the Deployment waits"
+    );
+    let job = job_for(&client, V2, "expand").await;
+    assert_eq!(
+        job.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .image
+            .as_deref(),
+        Some(V2)
+    );
+    assert_eq!(condition(&after, "Progressing").reason, "Migrating");
+    assert!(condition(&after, "Progressing").message.contains(V1));
+
+    // A scale event during the migration reaches the Deployment, on the approved image.
+    update_spec(&client, "api", |s| s.spec.replicas = 5).await;
+    reconcile_stored(&client, "api").await;
+    let d = deployment(&client).await.unwrap();
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(5));
+    assert_eq!(image(&d), V1);
+    assert_eq!(
+        jobs(&client)
+            .await
+            .iter()
+            .filter(|j| j.annotations()[resources::IMAGE_ANNOTATION] == V2)
+            .count(),
+        1,
+        "no duplicate Job"
+    );
+
+    succeed(&client, V2, "expand", 3).await;
+    let after = reconcile_stored(&client, "api").await;
+    assert_eq!(image(&deployment(&client).await.unwrap()), V2);
+    assert_eq!(
+        after.status.as_ref().unwrap().approved_image.as_deref(),
+        Some(V2)
+    );
+    assert_eq!(after.status.as_ref().unwrap().schema_version, Some(3));
+}
+
+#[tokio::test]
+async fn a_failed_migration_keeps_the_old_image_warns_once_and_retries_with_backoff() {
+    let (client, log) = converged().await;
+    update_spec(&client, "api", |s| s.spec.image = V2.into()).await;
+    reconcile_stored(&client, "api").await;
+    let from = mark(&log);
+    let first = job_for(&client, V2, "expand").await;
+    let mut failed = report(Outcome::Failed, 2, vec![]);
+    failed.message = "migration 3 (add bio) failed: column \"bio\" already exists".into();
+    finish_job(
+        &client,
+        &first,
+        ("Failed", "BackoffLimitExceeded"),
+        &failed,
+        0,
+    )
+    .await;
+
+    let after = reconcile_stored(&client, "api").await;
+    assert_eq!(image(&deployment(&client).await.unwrap()), V1);
+    let degraded = condition(&after, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "MigrationFailed")
+    );
+    assert!(
+        degraded.message.contains(&first.name_any()),
+        "names the Job: {}",
+        degraded.message
+    );
+    assert!(
+        degraded.message.contains("already exists"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(
+        after
+            .status
+            .as_ref()
+            .unwrap()
+            .migration
+            .as_ref()
+            .unwrap()
+            .state,
+        "Failed"
+    );
+    // Within the backoff: no new attempt, and a second pass records nothing new.
+    reconcile_stored(&client, "api").await;
+    assert_eq!(
+        jobs(&client).await.len(),
+        3,
+        "expand+contract of V1 and the failed one"
+    );
+    let warnings: Vec<_> = events_since(&log, from)
+        .into_iter()
+        .filter(|(t, _)| t == "Warning")
+        .collect();
+    assert_eq!(
+        warnings,
+        [("Warning".to_owned(), "MigrationFailed".to_owned())]
+    );
+
+    // After the backoff, a new attempt under a new name; the failed Job stays for its logs.
+    Api::<Job>::namespaced(client.clone(), "shop")
+        .patch_status(&first.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": {"conditions": [{
+            "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "x",
+            "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(31)).unwrap().to_string()}]}})))
+        .await
+        .unwrap();
+    let after = reconcile_stored(&client, "api").await;
+    let retry = job_for(&client, V2, "expand").await;
+    assert_eq!(retry.name_any(), format!("{}-2", first.name_any()));
+    assert!(
+        Api::<Job>::namespaced(client.clone(), "shop")
+            .get_opt(&first.name_any())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        condition(&after, "Degraded").status,
+        "True",
+        "still degraded while retrying"
+    );
+    assert_eq!(image(&deployment(&client).await.unwrap()), V1);
+    let warnings = events_since(&log, from)
+        .into_iter()
+        .filter(|(t, _)| t == "Warning")
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "one Warning for the failure, not one per retry"
+    );
+
+    succeed(&client, V2, "expand", 3).await;
+    let after = reconcile_stored(&client, "api").await;
+    assert_eq!(image(&deployment(&client).await.unwrap()), V2);
+    assert_eq!(condition(&after, "Degraded").status, "False");
+}
+
+#[tokio::test]
+async fn a_rollback_past_a_contraction_is_blocked_until_approved() {
+    let (client, log) = cluster::with(&with_spec(stoa("api"), |s| s.image = V2.into())).await;
+    reconcile_stored(&client, "api").await;
+    succeed(&client, V2, "expand", 3).await;
+    reconcile_stored(&client, "api").await;
+    roll_out(&client).await;
+    reconcile_stored(&client, "api").await;
+    succeed(&client, V2, "contract", 4).await;
+    reconcile_stored(&client, "api").await;
+
+    // Roll back to V1, whose binary does not know V2's contract step 4.
+    update_spec(&client, "api", |s| s.spec.image = V1.into()).await;
+    reconcile_stored(&client, "api").await;
+    let attempt = job_for(&client, V1, "expand").await;
+    finish_job(
+        &client,
+        &attempt,
+        ("Failed", "PodFailurePolicy"),
+        &report(Outcome::NewerContract, 4, vec![4]),
+        600,
+    )
+    .await;
+    let from = mark(&log);
+    let after = reconcile_stored(&client, "api").await;
+    assert_eq!(
+        image(&deployment(&client).await.unwrap()),
+        V2,
+        "the Deployment keeps its image"
+    );
+    let blocked = condition(&after, "RollbackBlocked");
+    assert_eq!(blocked.status, "True");
+    assert!(
+        blocked.message.contains("[4]") && blocked.message.contains("allowRollbackTo"),
+        "{}",
+        blocked.message
+    );
+    assert_eq!(condition(&after, "Progressing").reason, "RollbackBlocked");
+    // Refusals are not retried, however long ago they happened.
+    reconcile_stored(&client, "api").await;
+    assert_eq!(
+        jobs(&client)
+            .await
+            .iter()
+            .filter(|j| j.annotations()[resources::IMAGE_ANNOTATION] == V1)
+            .count(),
+        1
+    );
+    assert_eq!(
+        events_since(&log, from),
+        [("Warning".to_owned(), "RollbackBlocked".to_owned())]
+    );
+
+    // Approval: a new Job (another name) that runs with --allow-newer-contract.
+    update_spec(&client, "api", |s| {
+        s.spec.migrations.allow_rollback_to = Some(V1.into())
+    })
+    .await;
+    reconcile_stored(&client, "api").await;
+    let approved = job_for(&client, V1, "expand").await;
+    assert_ne!(approved.name_any(), attempt.name_any());
+    let args = approved
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.contains(&"--allow-newer-contract".to_owned()),
+        "{args:?}"
+    );
+    finish_job(
+        &client,
+        &approved,
+        ("Complete", "Completed"),
+        &report(Outcome::Applied, 4, vec![]),
+        0,
+    )
+    .await;
+    let after = reconcile_stored(&client, "api").await;
+    assert_eq!(image(&deployment(&client).await.unwrap()), V1);
+    assert_eq!(condition(&after, "RollbackBlocked").status, "False");
+}
+
+#[tokio::test]
+async fn contract_steps_run_only_once_no_pod_of_the_old_revision_remains() {
+    let (client, _log) = converged().await;
+    update_spec(&client, "api", |s| s.spec.image = V2.into()).await;
+    reconcile_stored(&client, "api").await;
+    succeed(&client, V2, "expand", 3).await;
+    reconcile_stored(&client, "api").await;
+    // An old pod still runs V1 (or terminates): no contract Job yet.
+    let old: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "api-old", "namespace": "shop", "labels": resources::selector_labels(&stoa("api"))},
+        "spec": {"containers": [{"name": "api", "image": V1}]}})).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    pods.create(&PostParams::default(), &old).await.unwrap();
+    roll_out(&client).await;
+    reconcile_stored(&client, "api").await;
+    let contract_jobs = |jobs: Vec<Job>| {
+        jobs.iter()
+            .filter(|j| {
+                j.labels()[resources::MIGRATION_STEP_LABEL] == "contract"
+                    && j.annotations()[resources::IMAGE_ANNOTATION] == V2
+            })
+            .count()
+    };
+    assert_eq!(contract_jobs(jobs(&client).await), 0);
+
+    pods.delete("api-old", &DeleteParams::default())
+        .await
+        .unwrap();
+    let after = reconcile_stored(&client, "api").await;
+    assert_eq!(contract_jobs(jobs(&client).await), 1);
+    let job = job_for(&client, V2, "contract").await;
+    let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(&args[..3], ["migrate", "--phase", "all"]);
+    assert_eq!(condition(&after, "Progressing").reason, "Contracting");
+    succeed(&client, V2, "contract", 4).await;
+    let after = reconcile_stored(&client, "api").await;
+    let status = after.status.as_ref().unwrap();
+    assert_eq!(status.contracted_image.as_deref(), Some(V2));
+    assert_eq!(status.schema_version, Some(4));
+}
+
+#[tokio::test]
+async fn with_migrations_disabled_the_deployment_follows_the_image_at_once() {
+    let (client, _log) = cluster::with(&with_spec(stoa("api"), |s| {
+        s.migrations.mode = MigrationMode::Disabled
+    }))
+    .await;
+    reconcile_stored(&client, "api").await;
+    assert_eq!(image(&deployment(&client).await.unwrap()), V1);
+    assert!(jobs(&client).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unchanged_stoa_costs_no_writes() {
+    let (client, log) = converged().await;
+    let from = mark(&log);
+    reconcile_stored(&client, "api").await;
+    let calls = calls_since(&log, from);
+    let writes: Vec<_> = calls.iter().filter(|c| c.is_write()).collect();
+    // The reconcile's own requests, without the test's read of the Stoa.
+    let reads = calls.iter().filter(|c| !c.is_write()).count() - 1;
+    println!(
+        "unchanged reconcile: {} requests, {reads} reads, {} writes",
+        reads + writes.len(),
+        writes.len()
+    );
+    assert!(writes.is_empty(), "{writes:#?}");
+
+    // Drift is corrected: an edited field is written back.
+    Api::<Service>::namespaced(client.clone(), "shop")
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"type": "NodePort"}})),
+        )
+        .await
+        .unwrap();
+    let from = mark(&log);
+    reconcile_stored(&client, "api").await;
+    let writes: Vec<_> = calls_since(&log, from)
+        .into_iter()
+        .filter(Call::is_write)
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    assert!(writes[0].path.ends_with("/services/api"));
+}
+
+#[tokio::test]
+async fn switching_to_an_autoscaler_hands_replicas_over_before_letting_go() {
+    let (client, log) = converged().await;
+    update_spec(&client, "api", |s| s.spec.replicas = 3).await;
+    reconcile_stored(&client, "api").await;
+    let from = mark(&log);
+    update_spec(&client, "api", |s| {
+        s.spec.autoscaling.mode = AutoscalingMode::Hpa;
+        s.spec.autoscaling.min_replicas = 2;
+    })
+    .await;
+    reconcile_stored(&client, "api").await;
+    let writes: Vec<Call> = calls_since(&log, from)
+        .into_iter()
+        .filter(|c| c.method == "PATCH" && !c.path.contains("/stoas/"))
+        .collect();
+    let position = |pred: &dyn Fn(&Call) -> bool| {
+        writes
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("{writes:#?}"))
+    };
+    let hpa = position(&|c| c.path.contains("horizontalpodautoscalers"));
+    let handover = position(&|c| {
+        c.path.ends_with("/deployments/api")
+            && c.field_manager().as_deref() == Some(HANDOVER_MANAGER)
+    });
+    let release = position(&|c| {
+        c.path.ends_with("/deployments/api")
+            && c.field_manager().as_deref() == Some("stoa-operator")
+    });
+    assert!(
+        hpa < handover && handover < release,
+        "HPA, then handover, then release: {writes:#?}"
+    );
+    assert_eq!(
+        writes[handover].body.as_ref().unwrap()["spec"]["replicas"],
+        3,
+        "the current count, kept"
+    );
+    assert!(
+        writes[release].body.as_ref().unwrap()["spec"]
+            .get("replicas")
+            .is_none(),
+        "the operator lets go"
+    );
+
+    // And back: the operator sets replicas again before the autoscaler goes.
+    let from = mark(&log);
+    update_spec(&client, "api", |s| {
+        s.spec.autoscaling.mode = AutoscalingMode::Disabled
+    })
+    .await;
+    reconcile_stored(&client, "api").await;
+    let calls: Vec<Call> = calls_since(&log, from)
+        .into_iter()
+        .filter(Call::is_write)
+        .collect();
+    let restore = calls
+        .iter()
+        .position(|c| c.path.ends_with("/deployments/api") && c.method == "PATCH")
+        .unwrap();
+    let delete = calls
+        .iter()
+        .position(|c| c.path.contains("horizontalpodautoscalers") && c.method == "DELETE")
+        .unwrap();
+    assert!(restore < delete, "{calls:#?}");
+    assert_eq!(calls[restore].body.as_ref().unwrap()["spec"]["replicas"], 3);
+}
+
+#[tokio::test]
+async fn objects_the_stoa_does_not_own_are_reported_never_taken_over_or_deleted() {
+    let s = stoa("api");
+    let (client, log) = cluster::with(&s).await;
+    let theirs: Service = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "api", "namespace": "shop"}, "spec": {"type": "ExternalName", "externalName": "example.com"}})).unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    services
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let ingress: Ingress = serde_json::from_value(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "api", "namespace": "shop"}, "spec": {"defaultBackend": {"service": {"name": "x", "port": {"number": 80}}}}})).unwrap();
+    Api::<Ingress>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &ingress)
+        .await
+        .unwrap();
+
+    let api: Api<Stoa> = Api::namespaced(client.clone(), "shop");
+    for _ in 0..2 {
+        let current = api.get("api").await.unwrap();
+        let error = reconcile(Arc::new(current), ctx(&client))
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("not owned by this Stoa"),
+            "{error}"
+        );
+    }
+    let after = api.get("api").await.unwrap();
+    let degraded = condition(&after, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "NameConflict")
+    );
+    assert_eq!(
+        services
+            .get("api")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .type_
+            .as_deref(),
+        Some("ExternalName")
+    );
+    let warnings = events_since(&log, 0)
+        .into_iter()
+        .filter(|(t, _)| t == "Warning")
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "one Warning for the failure, not one per retry"
+    );
+    // The spec has no Ingress, yet the user's Ingress of that name was not deleted.
+    assert!(calls_since(&log, 0).iter().all(|c| c.method != "DELETE"));
+}
+
+#[tokio::test]
+async fn nothing_is_applied_to_a_stoa_being_deleted() {
+    let (client, log) = cluster::with(&stoa("api")).await;
+    let mut deleting = Api::<Stoa>::namespaced(client.clone(), "shop")
+        .get("api")
+        .await
+        .unwrap();
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let from = mark(&log);
+    reconcile(Arc::new(deleting), ctx(&client)).await.unwrap();
+    assert!(calls_since(&log, from).is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_rollout_and_a_pause_have_their_own_conditions() {
+    let (client, _log) = converged().await;
+    let failed = json!({"status": {"conditions": [{
         "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
         "message": "ReplicaSet api-123 has timed out progressing."}]}});
-    deployments
+    Api::<Deployment>::namespaced(client.clone(), "shop")
         .patch_status("api", &PatchParams::default(), &Patch::Merge(&failed))
         .await
         .unwrap();
     let after = reconcile_stored(&client, "api").await;
-    assert_eq!(condition(&after, "Degraded").status, "True");
+    let progressing = condition(&after, "Progressing");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "ProgressDeadlineExceeded")
+    );
     assert_eq!(
         condition(&after, "Degraded").reason,
         "ProgressDeadlineExceeded"
     );
-}
+    assert_eq!(condition(&after, "Paused").status, "False");
 
-#[tokio::test]
-async fn spec_changes_roll_the_deployment() {
-    let s = stoa("api");
-    let client = cluster(&s).await;
-    reconcile_stored(&client, "api").await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
-    let hash = |d: &Deployment| {
-        d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .annotations
-            .as_ref()
-            .unwrap()[stoa_operator::resources::CONFIG_HASH_ANNOTATION]
-            .clone()
-    };
-    let first = deployments.get("api").await.unwrap();
-
-    update_spec(
-        &client,
-        &with_spec(s.clone(), |spec| {
-            spec.image = "ghcr.io/stoa-dev/stoa-api:0.2.0".into()
-        }),
-    )
-    .await;
-    let after = reconcile_stored(&client, "api").await;
-    let second = deployments.get("api").await.unwrap();
-    assert_eq!(image(&second), "ghcr.io/stoa-dev/stoa-api:0.2.0");
-    assert_eq!(after.status.as_ref().unwrap().observed_generation, Some(2));
-
-    update_spec(
-        &client,
-        &with_spec(after.clone(), |spec| {
-            spec.auth.access_token_ttl = "5m".into()
-        }),
-    )
-    .await;
-    reconcile_stored(&client, "api").await;
-    let third = deployments.get("api").await.unwrap();
-    assert_ne!(
-        hash(&first),
-        hash(&third),
-        "a configuration change rolls the pods"
-    );
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), "shop")
-        .get("api-config")
-        .await
-        .unwrap();
-    assert_eq!(cm.data.unwrap()["STOA_ACCESS_TOKEN_TTL"], "5m");
-}
-
-#[tokio::test]
-async fn paused_stops_all_changes() {
-    let s = stoa("api");
-    let client = cluster(&s).await;
-    reconcile_stored(&client, "api").await;
-    let paused = with_spec(s.clone(), |spec| {
-        spec.paused = true;
-        spec.image = "ghcr.io/stoa-dev/stoa-api:9.9.9".into();
-        spec.ingress = Some(IngressSpec {
+    update_spec(&client, "api", |s| {
+        s.spec.paused = true;
+        s.spec.image = "ghcr.io/stoa-dev/stoa-api:9.9.9".into();
+        s.spec.ingress = Some(IngressSpec {
             host: "api.example.com".into(),
             class_name: None,
             tls_secret_name: None,
             annotations: Default::default(),
         });
-    });
-    update_spec(&client, &paused).await;
+    })
+    .await;
     let after = reconcile_stored(&client, "api").await;
-    let deployment = Api::<Deployment>::namespaced(client.clone(), "shop")
-        .get("api")
-        .await
-        .unwrap();
-    assert_eq!(image(&deployment), "ghcr.io/stoa-dev/stoa-api:0.1.0");
+    assert_eq!(image(&deployment(&client).await.unwrap()), V1);
     assert!(
         Api::<Ingress>::namespaced(client.clone(), "shop")
             .get_opt("api")
@@ -282,16 +855,19 @@ async fn paused_stops_all_changes() {
             .unwrap()
             .is_none()
     );
+    assert!(
+        jobs(&client)
+            .await
+            .iter()
+            .all(|j| j.annotations()[resources::IMAGE_ANNOTATION] == V1),
+        "no migration while paused"
+    );
+    assert_eq!(condition(&after, "Paused").status, "True");
     assert_eq!(condition(&after, "Progressing").reason, "Paused");
 
-    // Unpausing applies what was asked for meanwhile.
-    update_spec(&client, &with_spec(paused, |spec| spec.paused = false)).await;
+    // Unpausing applies what was asked for meanwhile (through the migration gate).
+    update_spec(&client, "api", |s| s.spec.paused = false).await;
     reconcile_stored(&client, "api").await;
-    let deployment = Api::<Deployment>::namespaced(client.clone(), "shop")
-        .get("api")
-        .await
-        .unwrap();
-    assert_eq!(image(&deployment), "ghcr.io/stoa-dev/stoa-api:9.9.9");
     assert!(
         Api::<Ingress>::namespaced(client.clone(), "shop")
             .get_opt("api")
@@ -299,37 +875,104 @@ async fn paused_stops_all_changes() {
             .unwrap()
             .is_some()
     );
+    job_for(&client, "ghcr.io/stoa-dev/stoa-api:9.9.9", "expand").await;
 }
 
 #[tokio::test]
-async fn the_key_secret_is_created_once_and_survives_reconciles() {
-    let s = stoa("api");
-    let client = cluster(&s).await;
-    reconcile_stored(&client, "api").await;
+async fn the_key_secret_survives_reconciles_and_is_recreated_with_a_warning_when_deleted() {
+    let (client, log) = converged().await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "shop");
     let original = secrets.get("api-jwt-keys").await.unwrap().data.unwrap();
     for i in 0..3 {
-        update_spec(&client, &with_spec(s.clone(), |spec| spec.replicas = 3 + i)).await;
+        update_spec(&client, "api", |s| s.spec.replicas = 3 + i).await;
         reconcile_stored(&client, "api").await;
     }
     assert_eq!(
         secrets.get("api-jwt-keys").await.unwrap().data.unwrap(),
         original
     );
+
+    secrets
+        .delete("api-jwt-keys", &DeleteParams::default())
+        .await
+        .unwrap();
+    let from = mark(&log);
+    reconcile_stored(&client, "api").await;
+    assert_ne!(
+        secrets.get("api-jwt-keys").await.unwrap().data.unwrap(),
+        original
+    );
+    let events = calls_since(&log, from)
+        .into_iter()
+        .filter(|c| c.method == "POST" && c.path.contains("/events"))
+        .filter_map(|c| c.body)
+        .find(|b| b["reason"] == "KeySetRecreated")
+        .expect("a KeySetRecreated event");
+    assert_eq!(events["type"], "Warning");
+    assert!(events["note"].as_str().unwrap().contains("now invalid"));
 }
 
 #[tokio::test]
 async fn optional_objects_are_removed_when_the_spec_drops_them() {
-    let s = stoa("api");
-    let client = cluster(&s).await;
-    reconcile_stored(&client, "api").await;
+    let (client, log) = converged().await;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "shop");
-    assert!(pdbs.get_opt("api").await.unwrap().is_some());
-    update_spec(
-        &client,
-        &with_spec(s.clone(), |spec| spec.pod_disruption_budget.enabled = false),
-    )
+    let uid = pdbs.get("api").await.unwrap().uid().unwrap();
+    update_spec(&client, "api", |s| {
+        s.spec.pod_disruption_budget.enabled = false
+    })
     .await;
+    let from = mark(&log);
     reconcile_stored(&client, "api").await;
     assert!(pdbs.get_opt("api").await.unwrap().is_none());
+    let delete = calls_since(&log, from)
+        .into_iter()
+        .find(|c| c.method == "DELETE")
+        .unwrap();
+    // Deleted with the owned object's UID as precondition.
+    assert_eq!(delete.body.unwrap()["preconditions"]["uid"], uid);
+}
+
+#[tokio::test]
+async fn every_request_is_granted_by_the_declared_rbac_rules() {
+    let (client, log) = converged().await;
+    // Exercise the remaining paths: rollout, HPA, optional objects and their removal.
+    update_spec(&client, "api", |s| {
+        s.spec.image = V2.into();
+        s.spec.autoscaling.mode = AutoscalingMode::Hpa;
+        s.spec.ingress = Some(IngressSpec {
+            host: "a.example.com".into(),
+            class_name: None,
+            tls_secret_name: None,
+            annotations: Default::default(),
+        });
+        s.spec.network_policy.enabled = true;
+    })
+    .await;
+    reconcile_stored(&client, "api").await;
+    succeed(&client, V2, "expand", 3).await;
+    reconcile_stored(&client, "api").await;
+    update_spec(&client, "api", |s| {
+        s.spec.autoscaling.mode = AutoscalingMode::Disabled;
+        s.spec.ingress = None;
+        s.spec.network_policy.enabled = false;
+    })
+    .await;
+    reconcile_stored(&client, "api").await;
+    // The tests' own requests (reading and replacing the Stoa, playing controllers) are
+    // made through the same client; only the operator's are checked.
+    let test_only = |c: &Call| {
+        (c.path.contains("/stoas/") && (c.method == "GET" || c.method == "PUT"))
+            || (c.method == "PATCH" && c.query.is_empty())
+            || (c.method == "POST" && c.path.ends_with("/pods"))
+            || (c.path.ends_with("/jobs")
+                && c.method == "GET"
+                && !c.query.contains("labelSelector"))
+    };
+    for call in calls_since(&log, 0).iter().filter(|c| !test_only(c)) {
+        let (group, resource, verb) = call.rbac();
+        assert!(
+            stoa_operator::rbac::allows(&group, &resource, &verb),
+            "{verb} {group}/{resource} is not granted: {call:?}"
+        );
+    }
 }

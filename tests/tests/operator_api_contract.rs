@@ -83,7 +83,7 @@ fn the_operators_config_map_is_a_valid_stoa_api_configuration() {
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn stoa_api_serves_with_the_key_secret_the_operator_creates(pool: PgPool) {
-    let secret = resources::key_secret(&stoa(), &stoa_api::keys::generate_keyset()).unwrap();
+    let secret = resources::key_secret(&stoa(), &stoa_contract::keys::generate_keyset()).unwrap();
     let keys = tempfile::tempdir().unwrap();
     mount_secret(keys.path(), secret.data.as_ref().unwrap());
 
@@ -129,8 +129,8 @@ async fn stoa_api_serves_with_the_key_secret_the_operator_creates(pool: PgPool) 
     assert_eq!(me.status(), 200);
 
     // The published JWKS names the key the operator generated.
-    let file: stoa_api::keys::KeySetFile =
-        serde_json::from_slice(&secret.data.unwrap()[stoa_api::keys::KEYSET_FILE].0).unwrap();
+    let file: stoa_contract::keys::KeySetFile =
+        serde_json::from_slice(&secret.data.unwrap()[stoa_contract::keys::KEYSET_FILE].0).unwrap();
     let jwks: serde_json::Value = client
         .get(format!("{base}/.well-known/jwks.json"))
         .send()

@@ -10,9 +10,9 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::db::{SchemaStatus, schema_status};
 use crate::keys::KeyState;
 use crate::metrics::DependencyLabels;
+use crate::schema::{SchemaState, SchemaStatus};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -51,7 +51,8 @@ pub struct Checks {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
-    /// `up`, `down`, `current`, `behind`, `loaded`, `serving`, `draining`, `unknown`.
+    /// `up`, `down`, `current`, `ahead`, `behind`, `dirty`, `loaded`, `serving`, `draining`,
+    /// `unknown`.
     pub status: &'static str,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,7 +83,8 @@ impl Check {
 /// How long a readiness probe waits for the database before calling it down.
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Readiness: the database answers, its schema is at the version this binary needs, a
+/// Readiness: the database answers, it has every expand migration this binary embeds
+/// (newer migrations are tolerated: rollbacks and mid-rollout scale-ups keep serving), a
 /// signing key is loaded, and the process is not shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
@@ -90,23 +92,15 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let started = Instant::now();
     let pool = state.db().clone();
     let (database, schema) =
-        match tokio::time::timeout(DB_CHECK_TIMEOUT, schema_status(&pool)).await {
-            Ok(Ok(status)) => {
+        match tokio::time::timeout(DB_CHECK_TIMEOUT, SchemaState::read(&*pool)).await {
+            Ok(Ok(found)) => {
                 let mut database = Check::ok("up", None);
                 database.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-                let schema = match status {
-                    SchemaStatus::Current { version } => {
-                        Check::ok("current", Some(format!("version {version}")))
-                    }
-                    SchemaStatus::Behind { version, required } => Check::failed(
-                        "behind",
-                        format!(
-                            "database at {}, this binary needs {required}; run `stoa-api migrate`",
-                            version.map_or_else(|| "no schema".into(), |v| v.to_string())
-                        ),
-                    ),
-                };
-                (database, schema)
+                state
+                    .metrics
+                    .schema_version
+                    .set(found.version().unwrap_or(0));
+                (database, schema_check(found.status()))
             }
             Ok(Err(e)) => (
                 Check::failed("down", crate::http::describe_db_error(&e)),
@@ -172,6 +166,47 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body))
+}
+
+/// The schema check: the version found, the version this binary needs, and what else the
+/// database holds (newer steps of a later release, this release's pending contract steps).
+fn schema_check(status: SchemaStatus) -> Check {
+    match status {
+        SchemaStatus::Current {
+            version,
+            required,
+            newer,
+            pending_contract,
+        } => {
+            let mut detail = format!("database at {version}, this binary needs {required}");
+            if newer > 0 {
+                detail.push_str(&format!(
+                    "; {newer} newer migration(s) this binary does not know (tolerated)"
+                ));
+            }
+            if pending_contract > 0 {
+                detail.push_str(&format!(
+                    "; {pending_contract} contract step(s) pending until the rollout completes"
+                ));
+            }
+            Check::ok(if newer > 0 { "ahead" } else { "current" }, Some(detail))
+        }
+        SchemaStatus::Behind {
+            version,
+            required,
+            missing,
+        } => Check::failed(
+            "behind",
+            format!(
+                "database at {}, this binary needs {required} ({missing} migration(s) missing); run `stoa-api migrate`",
+                version.map_or_else(|| "no schema".into(), |v| v.to_string())
+            ),
+        ),
+        SchemaStatus::Dirty { version } => Check::failed(
+            "dirty",
+            format!("migration {version} failed half-way; the schema needs repair"),
+        ),
+    }
 }
 
 /// The public keys that verify access tokens (JWK Set).

@@ -1,0 +1,21 @@
+//! Configuration variables of stoa-api that the operator sets (the complete list is in
+//! stoa-api's README; these are the ones both programs name).
+
+pub const LISTEN_ADDR: &str = "STOA_LISTEN_ADDR";
+pub const ADMIN_ADDR: &str = "STOA_ADMIN_ADDR";
+pub const LOG_FORMAT: &str = "STOA_LOG_FORMAT";
+pub const JWT_KEYS_DIR: &str = "STOA_JWT_KEYS_DIR";
+pub const DATABASE_URL: &str = "STOA_DATABASE_URL";
+/// `<var>_FILE` names a file holding the secret value (a mounted Secret key).
+pub const DATABASE_URL_FILE: &str = "STOA_DATABASE_URL_FILE";
+pub const DB_MAX_CONNECTIONS: &str = "STOA_DB_MAX_CONNECTIONS";
+pub const REDIS_URL: &str = "STOA_REDIS_URL";
+pub const REDIS_URL_FILE: &str = "STOA_REDIS_URL_FILE";
+pub const ACCESS_TOKEN_TTL: &str = "STOA_ACCESS_TOKEN_TTL";
+pub const REFRESH_TOKEN_TTL: &str = "STOA_REFRESH_TOKEN_TTL";
+pub const SHUTDOWN_DELAY: &str = "STOA_SHUTDOWN_DELAY";
+pub const SHUTDOWN_TIMEOUT: &str = "STOA_SHUTDOWN_TIMEOUT";
+pub const TRUSTED_PROXY_HOPS: &str = "STOA_TRUSTED_PROXY_HOPS";
+
+/// The suffix of the file form of a secret variable.
+pub const FILE_SUFFIX: &str = "_FILE";

@@ -1,0 +1,14 @@
+//! The contract between `stoa-api` and `stoa-operator`: everything one program writes and
+//! the other reads. Both import it, so a change here is a change to both sides, and the
+//! operator never links the API server (sqlx, redis, argon2).
+//!
+//! - [`keys`]: the signing key-set file (`keyset.json`), its validation and generation.
+//! - [`env`]: the configuration variables the operator sets in stoa-api's ConfigMap.
+//! - [`paths`]: where the operator mounts Secrets in the pod.
+//! - [`migration`]: the `stoa-api migrate` command line, exit codes and report, and how a
+//!   migration is marked as a contract step.
+
+pub mod env;
+pub mod keys;
+pub mod migration;
+pub mod paths;

@@ -1,0 +1,14 @@
+//! Where the operator mounts things in a stoa-api pod, and the file names inside.
+
+/// The signing key Secret, mounted as a directory holding [`crate::keys::KEYSET_FILE`].
+pub const KEYS_MOUNT: &str = "/var/run/stoa/keys";
+/// The database URL Secret key, mounted as `<DATABASE_MOUNT>/<URL_FILE>`.
+pub const DATABASE_MOUNT: &str = "/var/run/stoa/database";
+/// The migration credential (admin URL when given), mounted only into migration Jobs.
+pub const MIGRATION_DATABASE_MOUNT: &str = "/var/run/stoa/migration-database";
+pub const REDIS_MOUNT: &str = "/var/run/stoa/redis";
+/// The file name each mounted URL Secret key is projected to.
+pub const URL_FILE: &str = "url";
+/// Where Kubernetes reads a container's termination message (the default
+/// `terminationMessagePath`); `stoa-api migrate --report-file` writes its report there.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";

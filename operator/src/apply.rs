@@ -1,0 +1,159 @@
+//! Writing owned objects: server-side apply only when something changed, never onto an
+//! object this Stoa does not own, and deletes guarded by the owner's UID.
+//!
+//! An unchanged Stoa costs reads only. Each applied object carries the digest of what the
+//! operator last applied (`stoa.dev/applied`); an object whose digest matches and whose
+//! fields still hold every applied value is left alone. A changed digest means the desired
+//! object changed (fields may have been dropped, which only a fresh apply removes: the
+//! server-side-apply docs, "Field management"); a drifted field means someone edited it.
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::controller::{Error, FIELD_MANAGER, Result};
+
+/// The annotation holding the digest of the last applied object.
+pub const APPLIED_ANNOTATION: &str = "stoa.dev/applied";
+
+pub fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Whether `meta` names `owner_uid` among its owner references.
+pub fn owned_by(object: &impl Resource, owner_uid: &str) -> bool {
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == owner_uid)
+}
+
+/// `desired` with its digest annotation (the digest covers everything else).
+pub fn stamped<K: Resource + Serialize>(mut desired: K) -> Result<K> {
+    let value = serde_json::to_vec(&desired).map_err(Error::Serialize)?;
+    let digest: String = Sha256::digest(&value)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    desired
+        .meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert(APPLIED_ANNOTATION.into(), digest);
+    Ok(desired)
+}
+
+/// Whether every field of `desired` holds the same value in `actual` (objects compare key
+/// by key; lists element by element with equal length; the API server's defaults in
+/// `actual` are ignored).
+pub fn contains(actual: &Value, desired: &Value) -> bool {
+    match (actual, desired) {
+        (Value::Object(a), Value::Object(d)) => d
+            .iter()
+            .all(|(k, dv)| a.get(k).is_some_and(|av| contains(av, dv))),
+        (Value::Array(a), Value::Array(d)) => {
+            a.len() == d.len() && a.iter().zip(d).all(|(av, dv)| contains(av, dv))
+        }
+        (a, d) => a == d,
+    }
+}
+
+/// Whether applying `desired` (already [`stamped`]) over `existing` would change nothing.
+pub fn up_to_date<K: Resource + Serialize>(existing: &K, desired: &K) -> bool {
+    let digest = |o: &K| {
+        o.meta()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(APPLIED_ANNOTATION))
+            .cloned()
+    };
+    if digest(existing).is_none() || digest(existing) != digest(desired) {
+        return false;
+    }
+    match (
+        serde_json::to_value(existing),
+        serde_json::to_value(desired),
+    ) {
+        (Ok(actual), Ok(wanted)) => contains(&actual, &wanted),
+        _ => false,
+    }
+}
+
+/// Applies `desired` unless `existing` already matches it. Refuses to touch an object of
+/// the same name that this Stoa does not own (a user's object is never taken over).
+pub async fn ensure<K>(
+    api: &Api<K>,
+    existing: Option<K>,
+    desired: K,
+    owner_uid: &str,
+    kind: &'static str,
+) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let desired = stamped(desired)?;
+    let name = desired.name_any();
+    if let Some(existing) = existing {
+        if !owned_by(&existing, owner_uid) {
+            return Err(Error::NotOwned { kind, name });
+        }
+        if up_to_date(&existing, &desired) {
+            return Ok(existing);
+        }
+    }
+    Ok(api
+        .patch(&name, &apply_params(), &Patch::Apply(&desired))
+        .await?)
+}
+
+/// Deletes an object the spec no longer wants, only if this Stoa owns it, with the UID as
+/// a precondition (so a same-named object created meanwhile is never deleted). Returns
+/// whether something was deleted.
+pub async fn remove<K>(api: &Api<K>, existing: Option<K>, owner_uid: &str) -> Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(existing) = existing else {
+        return Ok(false);
+    };
+    if !owned_by(&existing, owner_uid) {
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: existing.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&existing.name_any(), &params).await {
+        Ok(_) => Ok(true),
+        // Gone already, or replaced by another object (precondition failed): not ours.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn server_defaults_do_not_count_as_changes_but_edits_do() {
+        let desired = json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "api", "image": "a"}]}}});
+        let defaulted = json!({"spec": {"replicas": 2, "progressDeadlineSeconds": 600,
+            "template": {"containers": [{"name": "api", "image": "a", "terminationMessagePath": "/dev/termination-log"}]}}});
+        assert!(contains(&defaulted, &desired));
+        let edited = json!({"spec": {"replicas": 5, "template": {"containers": [{"name": "api", "image": "a"}]}}});
+        assert!(!contains(&edited, &desired));
+        let extra_container = json!({"spec": {"replicas": 2, "template": {"containers": [
+            {"name": "api", "image": "a"}, {"name": "sidecar"}]}}});
+        assert!(!contains(&extra_container, &desired));
+    }
+}

@@ -1,0 +1,422 @@
+//! The Stoa's status and the Events worth a human's attention, as pure functions of what
+//! the reconciler observed and decided (timestamps aside).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::events::EventType;
+
+use crate::crd::{KeyStatus, MigrationStatus, Stoa, StoaStatus};
+use crate::resources;
+use crate::rollout::{Activity, Plan};
+
+/// A reconcile failure to report (its reason is a bounded, CamelCase word).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Everything the status is computed from.
+pub struct Facts<'a> {
+    pub deployment: Option<&'a Deployment>,
+    pub keys: Vec<KeyStatus>,
+    pub paused: bool,
+    /// The migration protocol's decision (`None` while paused: nothing was decided).
+    pub plan: Option<&'a Plan>,
+    pub failure: Option<Failure>,
+}
+
+/// What the Deployment says about its rollout.
+pub struct DeploymentState {
+    pub desired: i32,
+    pub ready: i32,
+    pub updated: i32,
+    pub current: i32,
+    /// Every pod runs the current template and the controller has seen the latest spec.
+    pub rolled_out: bool,
+    /// `(reason, message)` of a failed rollout.
+    pub failed: Option<(String, String)>,
+}
+
+pub fn deployment_state(stoa: &Stoa, deployment: Option<&Deployment>) -> DeploymentState {
+    let status = deployment
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    let desired = deployment
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(stoa.spec.replicas);
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let current = status.replicas.unwrap_or(0);
+    let generation_seen = match (
+        deployment.and_then(|d| d.metadata.generation),
+        status.observed_generation,
+    ) {
+        (Some(generation), Some(observed)) => observed >= generation,
+        // No generation recorded (not set by every API implementation): trust the status.
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let failed = status.conditions.iter().flatten().find_map(|c| {
+        let deadline = c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded");
+        let replica_failure = c.type_ == "ReplicaFailure" && c.status == "True";
+        (deadline || replica_failure).then(|| {
+            (
+                c.reason
+                    .clone()
+                    .unwrap_or_else(|| "DeploymentFailed".into()),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+    });
+    DeploymentState {
+        desired,
+        ready,
+        updated,
+        current,
+        rolled_out: deployment.is_some()
+            && generation_seen
+            && updated >= desired
+            && current == updated,
+        failed,
+    }
+}
+
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value { "True" } else { "False" }
+}
+
+/// The status for these facts; `previous` supplies what a reconcile that decided nothing
+/// about migrations (paused) keeps, and the transition times of unchanged conditions.
+pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
+    let generation = stoa.metadata.generation;
+    let previous = stoa.status.clone().unwrap_or_default();
+    let deployment = deployment_state(stoa, facts.deployment);
+    let activity = facts.plan.map(|p| &p.activity);
+    let last_message = previous
+        .migration
+        .as_ref()
+        .and_then(|m| m.message.clone())
+        .unwrap_or_default();
+
+    let mut conditions = Vec::with_capacity(5);
+    let available = facts.deployment.is_some()
+        && (deployment.ready >= deployment.desired.max(1) || deployment.desired == 0);
+    conditions.push(condition(
+        "Ready",
+        yes_no(available),
+        if available {
+            "Available"
+        } else if facts.deployment.is_none() && matches!(activity, Some(Activity::Running { .. })) {
+            "Migrating"
+        } else {
+            "Unavailable"
+        },
+        format!("{}/{} replicas ready", deployment.ready, deployment.desired),
+        generation,
+    ));
+
+    let (progressing, reason, message) = match activity {
+        _ if facts.paused => (
+            "False",
+            "Paused",
+            "spec.paused is true: changes are not applied".to_owned(),
+        ),
+        Some(Activity::Running {
+            step: resources::Step::Expand,
+            job,
+            ..
+        }) => (
+            "True",
+            "Migrating",
+            format!(
+                "Job {job} is migrating the database for image {}; the Deployment stays on {}",
+                stoa.spec.image,
+                facts
+                    .plan
+                    .and_then(|p| p.deploy_image.as_deref())
+                    .unwrap_or("nothing yet")
+            ),
+        ),
+        Some(Activity::Running {
+            step: resources::Step::Contract,
+            job,
+            ..
+        }) => (
+            "True",
+            "Contracting",
+            format!("rollout complete; Job {job} applies the release's contract migrations"),
+        ),
+        Some(Activity::Blocked { message, .. }) => ("False", "RollbackBlocked", message.clone()),
+        Some(Activity::Failed { message, .. }) => ("False", "MigrationFailed", message.clone()),
+        _ => match &deployment.failed {
+            Some((reason, message)) if reason == "ProgressDeadlineExceeded" => {
+                ("False", "ProgressDeadlineExceeded", message.clone())
+            }
+            _ if facts.deployment.is_some() && !deployment.rolled_out => (
+                "True",
+                "RollingOut",
+                format!(
+                    "{}/{} replicas updated",
+                    deployment.updated, deployment.desired
+                ),
+            ),
+            _ => (
+                "False",
+                "Complete",
+                format!(
+                    "{}/{} replicas updated",
+                    deployment.updated, deployment.desired
+                ),
+            ),
+        },
+    };
+    conditions.push(condition(
+        "Progressing",
+        progressing,
+        reason,
+        message,
+        generation,
+    ));
+
+    let degraded = if let Some(failure) = &facts.failure {
+        Some((failure.reason.to_owned(), failure.message.clone()))
+    } else {
+        match activity {
+            Some(Activity::Failed { message, .. }) => {
+                Some(("MigrationFailed".into(), message.clone()))
+            }
+            Some(Activity::Running { job, attempt, .. }) if *attempt > 1 => Some((
+                "MigrationFailed".into(),
+                format!("retrying: Job {job} is attempt {attempt}; last failure: {last_message}"),
+            )),
+            _ => deployment.failed.clone(),
+        }
+    };
+    conditions.push(match degraded {
+        Some((reason, message)) => condition("Degraded", "True", &reason, message, generation),
+        None => condition(
+            "Degraded",
+            "False",
+            "AsExpected",
+            "no failures observed".into(),
+            generation,
+        ),
+    });
+
+    conditions.push(match activity {
+        Some(Activity::Blocked { message, .. }) => condition(
+            "RollbackBlocked",
+            "True",
+            "NewerContractApplied",
+            message.clone(),
+            generation,
+        ),
+        _ => condition(
+            "RollbackBlocked",
+            "False",
+            "NotBlocked",
+            "no rollback is waiting for approval".into(),
+            generation,
+        ),
+    });
+    conditions.push(condition(
+        "Paused",
+        yes_no(facts.paused),
+        if facts.paused {
+            "SpecPaused"
+        } else {
+            "NotPaused"
+        },
+        if facts.paused {
+            "spec.paused is true: the operator reports status but changes nothing".into()
+        } else {
+            "changes are applied".into()
+        },
+        generation,
+    ));
+
+    let mut next = StoaStatus {
+        observed_generation: generation,
+        conditions,
+        current_image: facts
+            .deployment
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone()),
+        approved_image: facts.plan.map_or(previous.approved_image.clone(), |p| {
+            p.approved_image.clone()
+        }),
+        contracted_image: facts.plan.map_or(previous.contracted_image.clone(), |p| {
+            p.contracted_image.clone()
+        }),
+        schema_version: facts
+            .plan
+            .map_or(previous.schema_version, |p| p.schema_version),
+        migration: migration_status(stoa, facts.plan, previous.migration.clone()),
+        replicas: deployment.current,
+        ready_replicas: deployment.ready,
+        updated_replicas: deployment.updated,
+        selector: Some(resources::selector_string(stoa)),
+        keys: facts.keys.clone(),
+    };
+    carry_transition_times(&previous, &mut next);
+    next
+}
+
+fn migration_status(
+    stoa: &Stoa,
+    plan: Option<&Plan>,
+    previous: Option<MigrationStatus>,
+) -> Option<MigrationStatus> {
+    let Some(plan) = plan else { return previous };
+    let image = stoa.spec.image.clone();
+    let (step, job, state, message) = match &plan.activity {
+        Activity::Idle | Activity::Disabled => return previous,
+        Activity::Running { step, job, attempt } => {
+            let message = (*attempt > 1)
+                .then(|| previous.as_ref().and_then(|p| p.message.clone()))
+                .flatten();
+            (*step, job, "Running", message)
+        }
+        Activity::Succeeded { step, job } => (*step, job, "Succeeded", None),
+        Activity::Failed {
+            step, job, message, ..
+        } => (*step, job, "Failed", Some(message.clone())),
+        Activity::Blocked {
+            step, job, message, ..
+        } => (*step, job, "Blocked", Some(message.clone())),
+    };
+    Some(MigrationStatus {
+        job: job.clone(),
+        image,
+        phase: step.as_str().to_owned(),
+        state: state.to_owned(),
+        attempts: plan.attempts,
+        message,
+    })
+}
+
+/// Keeps `lastTransitionTime` of conditions whose status did not change.
+fn carry_transition_times(previous: &StoaStatus, next: &mut StoaStatus) {
+    for condition in &mut next.conditions {
+        if let Some(old) = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition.type_)
+            && old.status == condition.status
+        {
+            condition.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+}
+
+/// An Event to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+fn failing(m: &MigrationStatus) -> bool {
+    m.state == "Failed" || (m.state == "Running" && m.attempts > 1)
+}
+
+/// The migration Events between two statuses: one per Job started, one Warning when a
+/// step starts failing (not one per retry), one when it is blocked, one on success.
+pub fn migration_notices(
+    previous: Option<&MigrationStatus>,
+    next: Option<&MigrationStatus>,
+) -> Vec<Notice> {
+    let Some(next) = next else { return Vec::new() };
+    if previous == Some(next) {
+        return Vec::new();
+    }
+    let same_step = previous.is_some_and(|p| p.image == next.image && p.phase == next.phase);
+    let same_job = previous.is_some_and(|p| p.job == next.job);
+    let mut notices = Vec::new();
+    let word = if next.phase == "Contract" {
+        "contract migrations"
+    } else {
+        "migrations"
+    };
+    match next.state.as_str() {
+        "Running" if !same_job && next.attempts == 1 => notices.push(Notice {
+            type_: EventType::Normal,
+            reason: if next.phase == "Contract" {
+                "ContractStarted"
+            } else {
+                "MigrationStarted"
+            },
+            note: format!("Job {} runs the {word} of image {}", next.job, next.image),
+        }),
+        "Failed" if !(same_step && previous.is_some_and(failing)) => notices.push(Notice {
+            type_: EventType::Warning,
+            reason: "MigrationFailed",
+            note: format!(
+                "{}; retrying with backoff, logs: kubectl logs job/{}",
+                next.message.clone().unwrap_or_default(),
+                next.job
+            ),
+        }),
+        "Blocked" if !(same_job && previous.is_some_and(|p| p.state == "Blocked")) => {
+            notices.push(Notice {
+                type_: EventType::Warning,
+                reason: "RollbackBlocked",
+                note: next.message.clone().unwrap_or_default(),
+            })
+        }
+        "Succeeded" if !(same_job && previous.is_some_and(|p| p.state == "Succeeded")) => notices
+            .push(Notice {
+                type_: EventType::Normal,
+                reason: if next.phase == "Contract" {
+                    "ContractSucceeded"
+                } else {
+                    "MigrationSucceeded"
+                },
+                note: if next.phase == "Contract" {
+                    format!(
+                        "Job {} applied the contract migrations of image {}",
+                        next.job, next.image
+                    )
+                } else {
+                    format!(
+                        "Job {} migrated the database; rolling out image {}",
+                        next.job, next.image
+                    )
+                },
+            }),
+        _ => {}
+    }
+    notices
+}
+
+/// Whether `status` says `type_` is True.
+pub fn condition_true(status: &StoaStatus, type_: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
