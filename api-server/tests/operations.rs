@@ -42,6 +42,46 @@ async fn readiness_is_false_until_the_schema_is_migrated(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn readiness_tolerates_newer_migrations_but_not_a_half_applied_one(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    // A newer release's expand step (unknown to this binary): still ready.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29990101000000, 'add pronouns', true, '\\x00', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let ahead = app.get("/readyz", None).await;
+    assert_eq!(ahead.status, StatusCode::OK, "{}", ahead.text);
+    assert_eq!(ahead.body["checks"]["schema"]["status"], "ahead");
+    let detail = ahead.body["checks"]["schema"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("database at 29990101000000") && detail.contains("this binary needs"),
+        "{detail}"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("stoa_schema_version 29990101000000"),
+        "{metrics}"
+    );
+    let required = stoa_api::schema::required_version();
+    assert!(
+        metrics.contains(&format!("stoa_schema_required_version {required}")),
+        "{metrics}"
+    );
+
+    // A migration that failed half-way: nothing serves reliably on that schema.
+    sqlx::query("UPDATE _sqlx_migrations SET success = false WHERE version = 29990101000000")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dirty = app.get("/readyz", None).await;
+    assert_eq!(dirty.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(dirty.body["checks"]["schema"]["status"], "dirty");
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn readiness_is_false_when_the_database_is_unreachable(pool: PgPool) {
     let _ = pool;
     let unreachable = sqlx::postgres::PgPoolOptions::new()
