@@ -33,8 +33,9 @@ validate:
 bench: services
 	scripts/bench.sh
 
-## Regenerate the CRD YAML (crds/, the Helm chart and the kustomize base) from the Rust types.
+## Regenerate the CRD YAML (crds/, the kustomize base, and the Helm chart's CRD template)
+## from the Rust types.
 crds:
 	$(CARGO) run -q -p stoa-operator -- crd > crds/stoa.dev_stoas.yaml
-	cp crds/stoa.dev_stoas.yaml helm/stoa-operator/crds/stoa.dev_stoas.yaml
 	cp crds/stoa.dev_stoas.yaml manifests/operator/crds/stoa.dev_stoas.yaml
+	$(CARGO) run -q -p stoa-operator -- crd --helm > helm/stoa-operator/templates/crd.yaml

@@ -38,7 +38,11 @@ enum Command {
     /// Run the controller (the default).
     Run(RunArgs),
     /// Print the Stoa CustomResourceDefinition as YAML.
-    Crd,
+    Crd {
+        /// Print the Helm chart's template (upgradable, kept on uninstall) instead.
+        #[arg(long)]
+        helm: bool,
+    },
 }
 
 #[derive(Parser, Clone)]
@@ -68,8 +72,13 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Crd) = cli.command {
-        return match stoa_operator::crd_yaml() {
+    if let Some(Command::Crd { helm }) = cli.command {
+        let yaml = if helm {
+            stoa_operator::crd_helm_template()
+        } else {
+            stoa_operator::crd_yaml()
+        };
+        return match yaml {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
