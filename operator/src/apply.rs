@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::controller::{Error, FIELD_MANAGER, Result};
+use crate::error::{Error, FIELD_MANAGER, Result};
 
 /// The annotation holding the digest of the last applied object.
 pub const APPLIED_ANNOTATION: &str = "stoa.dev/applied";

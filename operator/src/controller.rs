@@ -23,56 +23,11 @@ use serde_json::json;
 use crate::apply::{self, ensure, remove};
 use crate::crd::{AutoscalingMode, KeyStatus, MigrationMode, Stoa, StoaStatus};
 use crate::metrics::Metrics;
-use crate::resources::{self, BuildError, Names};
+use crate::resources::{self, Names};
 use crate::rollout::{self, Observed, Plan};
 use crate::status::{self, Facts, Failure, Notice};
 
-pub const FIELD_MANAGER: &str = "stoa-operator";
-/// The field manager that holds `spec.replicas` while it passes to an autoscaler.
-pub const HANDOVER_MANAGER: &str = "stoa-operator-handover";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Build(#[from] BuildError),
-    #[error("cannot serialize an object: {0}")]
-    Serialize(serde_json::Error),
-    #[error("the Stoa has no namespace or uid")]
-    NoIdentity,
-    #[error(
-        "{kind} {name} already exists and is not owned by this Stoa; the operator does not take \
-         over objects it did not create: rename or delete it"
-    )]
-    NotOwned { kind: &'static str, name: String },
-}
-
-impl Error {
-    /// A bounded label for metrics.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube(kube::Error::Api(_)) => "api_error",
-            Error::Kube(_) => "client_error",
-            Error::Build(_) | Error::Serialize(_) => "invalid_spec",
-            Error::NoIdentity => "no_identity",
-            Error::NotOwned { .. } => "name_conflict",
-        }
-    }
-
-    /// The `Degraded` reason this error is reported under.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Kube(kube::Error::Api(e)) if e.code == 403 => "Forbidden",
-            Error::Kube(_) => "KubernetesApiError",
-            Error::Build(_) | Error::Serialize(_) => "InvalidSpec",
-            Error::NoIdentity => "InvalidSpec",
-            Error::NotOwned { .. } => "NameConflict",
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub use crate::error::{Error, FIELD_MANAGER, HANDOVER_MANAGER, Result};
 
 /// Shared by every reconcile.
 pub struct Context {

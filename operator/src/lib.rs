@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod controller;
 pub mod crd;
+pub mod error;
 pub mod metrics;
 pub mod rbac;
 pub mod resources;
