@@ -65,7 +65,7 @@ impl App {
     pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<App> {
         let (keyset, keyset_bytes) = load_keys(&config)?;
         let ring = KeyRing::from_file(&keyset).context("invalid signing key set")?;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(crate::schema::required_version()));
         publish_key_metrics(&metrics, &ring);
         let tokens = TokenService::new(
             ring,

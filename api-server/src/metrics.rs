@@ -86,7 +86,9 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `required_schema_version`: the newest expand migration the binary embeds (passed in,
+    /// so metrics stay below the schema module).
+    pub fn new(required_schema_version: i64) -> Self {
         let mut registry = Registry::with_prefix("stoa");
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -193,13 +195,13 @@ impl Metrics {
             "Newest expand migration this binary embeds: the schema version it needs to be ready",
             required_version.clone(),
         );
-        required_version.set(crate::schema::required_version());
+        required_version.set(required_schema_version);
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Build information", build_info.clone());
         build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
-                schema_version: crate::schema::required_version().to_string(),
+                schema_version: required_schema_version.to_string(),
             })
             .set(1);
         Metrics {
@@ -230,8 +232,3 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
