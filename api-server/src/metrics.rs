@@ -231,4 +231,3 @@ impl Metrics {
         Ok(out)
     }
 }
-

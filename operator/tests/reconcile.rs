@@ -7,7 +7,7 @@ mod fixtures;
 use std::sync::Arc;
 
 use fixtures::cluster::{self, Call, Log};
-use fixtures::{container, stoa, with_spec};
+use fixtures::{container, job_container, stoa, with_spec};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
@@ -253,10 +253,7 @@ async fn a_new_stoa_migrates_before_any_pod_runs() {
         "{}",
         job.name_any()
     );
-    let args = job.spec.unwrap().template.spec.unwrap().containers[0]
-        .args
-        .clone()
-        .unwrap();
+    let args = job_container(&job).args.clone().unwrap();
     assert_eq!(&args[..3], ["migrate", "--phase", "expand"]);
     assert_eq!(condition(&after, "Progressing").reason, "Migrating");
     assert_eq!(condition(&after, "Progressing").status, "True");
@@ -348,19 +345,7 @@ async fn a_new_image_reaches_the_pods_only_after_its_migration_and_scaling_conti
         "the Deployment waits"
     );
     let job = job_for(&client, V2, "expand").await;
-    assert_eq!(
-        job.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .image
-            .as_deref(),
-        Some(V2)
-    );
+    assert_eq!(job_container(&job).image.as_deref(), Some(V2));
     assert_eq!(condition(&after, "Progressing").reason, "Migrating");
     assert!(condition(&after, "Progressing").message.contains(V1));
 
@@ -551,18 +536,7 @@ async fn a_rollback_past_a_contraction_is_blocked_until_approved() {
     reconcile_stored(&client, "api").await;
     let approved = job_for(&client, V1, "expand").await;
     assert_ne!(approved.name_any(), attempt.name_any());
-    let args = approved
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .args
-        .clone()
-        .unwrap();
+    let args = job_container(&approved).args.clone().unwrap();
     assert!(
         args.contains(&"--allow-newer-contract".to_owned()),
         "{args:?}"
@@ -611,10 +585,7 @@ async fn contract_steps_run_only_once_no_pod_of_the_old_revision_remains() {
     let after = reconcile_stored(&client, "api").await;
     assert_eq!(contract_jobs(jobs(&client).await), 1);
     let job = job_for(&client, V2, "contract").await;
-    let args = job.spec.unwrap().template.spec.unwrap().containers[0]
-        .args
-        .clone()
-        .unwrap();
+    let args = job_container(&job).args.clone().unwrap();
     assert_eq!(&args[..3], ["migrate", "--phase", "all"]);
     assert_eq!(condition(&after, "Progressing").reason, "Contracting");
     succeed(&client, V2, "contract", 4).await;

@@ -5,15 +5,15 @@
 //! report are then read the way the operator reads a finished Job, and the operator's
 //! decision is checked; a real stoa-api server checks readiness on the same database.
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
 use k8s_openapi::api::batch::v1::Job;
 use serde_json::json;
 use sqlx::PgPool;
-use stoa_api::app::App;
-use stoa_api::config::{Config, Env};
 use stoa_contract::migration::{EXIT_NEWER_CONTRACT, MigrationReport, Outcome};
 use stoa_operator::crd::Stoa;
 use stoa_operator::resources::{self, JobRequest, Step};
@@ -196,23 +196,7 @@ async fn readiness(pool: PgPool) -> serde_json::Value {
     stoa_contract::keys::generate_keyset()
         .write_dir(keys.path())
         .unwrap();
-    let env: HashMap<&str, String> = HashMap::from([
-        ("STOA_LISTEN_ADDR", "127.0.0.1:0".into()),
-        ("STOA_ADMIN_ADDR", "127.0.0.1:0".into()),
-        (
-            "STOA_DATABASE_URL",
-            "postgres://unused@127.0.0.1/unused".into(),
-        ),
-        ("STOA_JWT_KEYS_DIR", keys.path().to_str().unwrap().into()),
-        ("STOA_LOG", "warn".into()),
-    ]);
-    let config = Config::from_env(&Env::new(move |k| env.get(k).cloned()), false).unwrap();
-    let app = App::build(config, Some(pool)).await.unwrap();
-    let base = format!("http://{}", app.local_addr().unwrap());
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
+    let (base, _stop) = common::serve(pool, keys.path()).await;
     let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
     let status = response.status().as_u16();
     let mut body: serde_json::Value = response.json().await.unwrap();

@@ -4,12 +4,13 @@
 //! Secret it creates is mounted (kubelet-style) into a real stoa-api server that then
 //! signs and verifies tokens and publishes the keys.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::json;
 use sqlx::PgPool;
-use stoa_api::app::App;
 use stoa_api::config::{Config, Env};
 use stoa_operator::crd::Stoa;
 use stoa_operator::resources;
@@ -87,25 +88,7 @@ async fn stoa_api_serves_with_the_key_secret_the_operator_creates(pool: PgPool) 
     let keys = tempfile::tempdir().unwrap();
     mount_secret(keys.path(), secret.data.as_ref().unwrap());
 
-    let env: HashMap<&str, String> = HashMap::from([
-        ("STOA_LISTEN_ADDR", "127.0.0.1:0".into()),
-        ("STOA_ADMIN_ADDR", "127.0.0.1:0".into()),
-        (
-            "STOA_DATABASE_URL",
-            "postgres://unused@127.0.0.1/unused".into(),
-        ),
-        ("STOA_JWT_KEYS_DIR", keys.path().to_str().unwrap().into()),
-        ("STOA_ARGON2_MEMORY_KIB", "1024".into()),
-        ("STOA_ARGON2_ITERATIONS", "1".into()),
-        ("STOA_LOG", "warn".into()),
-    ]);
-    let config = Config::from_env(&Env::new(move |k| env.get(k).cloned()), false).unwrap();
-    let app = App::build(config, Some(pool)).await.unwrap();
-    let base = format!("http://{}", app.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
+    let (base, stop) = common::serve(pool, keys.path()).await;
 
     let client = reqwest::Client::new();
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();

@@ -1,0 +1,34 @@
+//! Shared by the cross-component tests: a real stoa-api server on port 0.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sqlx::PgPool;
+use stoa_api::app::App;
+use stoa_api::config::{Config, Env};
+
+/// A running stoa-api on `pool`, with its key set read from `keys_dir`. Returns its base
+/// URL and a sender that stops it (dropping the sender stops it too).
+pub async fn serve(pool: PgPool, keys_dir: &Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let env: HashMap<&str, String> = HashMap::from([
+        ("STOA_LISTEN_ADDR", "127.0.0.1:0".into()),
+        ("STOA_ADMIN_ADDR", "127.0.0.1:0".into()),
+        // The pool is handed over directly; the URL only has to be valid.
+        (
+            "STOA_DATABASE_URL",
+            "postgres://unused@127.0.0.1/unused".into(),
+        ),
+        ("STOA_JWT_KEYS_DIR", keys_dir.to_str().unwrap().into()),
+        ("STOA_ARGON2_MEMORY_KIB", "1024".into()),
+        ("STOA_ARGON2_ITERATIONS", "1".into()),
+        ("STOA_LOG", "warn".into()),
+    ]);
+    let config = Config::from_env(&Env::new(move |k| env.get(k).cloned()), false).unwrap();
+    let app = App::build(config, Some(pool)).await.unwrap();
+    let base = format!("http://{}", app.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    (base, stop)
+}
