@@ -8,7 +8,8 @@
 //!    (`stoa-api migrate --phase expand`) runs with that image first; when it succeeds the
 //!    image becomes `status.approvedImage` and the Deployment moves to it.
 //! 2. Once no pod of an older revision remains, a contract Job (`--phase all`) applies the
-//!    release's contract steps; `status.contractedImage` records it.
+//!    release's contract steps; `status.contractedImage` records it. When the expand
+//!    Job's report lists no pending contract step, there is no contract Job.
 //! 3. A failed Job keeps the Deployment where it was; it is retried with capped
 //!    exponential backoff under a new name (the failed Job is kept for its logs).
 //! 4. An image older than the schema's last contraction exits with
@@ -263,9 +264,15 @@ pub fn plan(stoa: &Stoa, observed: &Observed) -> Plan {
     let done = step(stoa, observed, Step::Expand, &desired, allow, &mut plan);
     if let Some(report) = done {
         plan.approved_image = Some(desired.clone());
-        plan.deploy_image = Some(desired);
-        if let Some(version) = report.and_then(|r| r.schema_version) {
-            plan.schema_version = Some(version);
+        plan.deploy_image = Some(desired.clone());
+        if let Some(report) = report {
+            plan.schema_version = report.schema_version.or(plan.schema_version);
+            // The new binary embeds every migration ever shipped: when it reports no
+            // pending contract step, there is nothing for a contract Job to do. Without a
+            // report (no termination message), the contract Job runs to find out.
+            if report.pending_contract.is_empty() {
+                plan.contracted_image = Some(desired);
+            }
         }
     }
     plan

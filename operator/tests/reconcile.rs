@@ -114,7 +114,8 @@ fn report(outcome: Outcome, schema: i64, unknown_contract: Vec<i64>) -> Migratio
         applied: vec![],
         unknown_contract,
         unknown_expand: vec![],
-        pending_contract: vec![],
+        // A release with a contract step, so the contract Job is part of the flow.
+        pending_contract: vec![schema + 1],
         message: match outcome {
             Outcome::Applied => format!("schema at {schema}"),
             _ => "the database holds contract migration(s) this binary does not know".into(),
@@ -593,6 +594,29 @@ async fn contract_steps_run_only_once_no_pod_of_the_old_revision_remains() {
     let status = after.status.as_ref().unwrap();
     assert_eq!(status.contracted_image.as_deref(), Some(V2));
     assert_eq!(status.schema_version, Some(4));
+}
+
+#[tokio::test]
+async fn a_release_without_contract_steps_needs_no_contract_job() {
+    let (client, _log) = converged().await;
+    update_spec(&client, "api", |s| s.spec.image = V2.into()).await;
+    reconcile_stored(&client, "api").await;
+    let job = job_for(&client, V2, "expand").await;
+    let mut applied = report(Outcome::Applied, 3, vec![]);
+    applied.pending_contract.clear();
+    finish_job(&client, &job, ("Complete", "Completed"), &applied, 0).await;
+    let after = reconcile_stored(&client, "api").await;
+    roll_out(&client).await;
+    reconcile_stored(&client, "api").await;
+    let status = after.status.as_ref().unwrap();
+    assert_eq!(status.contracted_image.as_deref(), Some(V2));
+    assert!(
+        jobs(&client)
+            .await
+            .iter()
+            .all(|j| j.labels()[resources::MIGRATION_STEP_LABEL] == "expand"
+                || j.annotations()[resources::IMAGE_ANNOTATION] == V1)
+    );
 }
 
 #[tokio::test]
