@@ -971,3 +971,34 @@ async fn every_request_is_granted_by_the_declared_rbac_rules() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_service_monitor_follows_the_spec_where_its_crd_exists() {
+    let (client, _log) = cluster::with_monitoring(&stoa("api")).await;
+    let monitoring = Arc::new(
+        Context::new(client.clone(), Arc::new(Metrics::new())).with_service_monitors(true),
+    );
+    let stoas: Api<Stoa> = Api::namespaced(client.clone(), "shop");
+    reconcile(
+        Arc::new(stoas.get("api").await.unwrap()),
+        monitoring.clone(),
+    )
+    .await
+    .unwrap();
+    let monitors: Api<cluster::ServiceMonitor> = Api::namespaced(client.clone(), "shop");
+    let monitor = monitors.get("api").await.unwrap();
+    assert_eq!(monitor.spec.rest["endpoints"][0]["port"], "metrics");
+    assert!(monitor.owner_references().iter().any(|o| o.kind == "Stoa"));
+
+    update_spec(&client, "api", |s| {
+        s.spec.monitoring.service_monitor = false
+    })
+    .await;
+    reconcile(Arc::new(stoas.get("api").await.unwrap()), monitoring)
+        .await
+        .unwrap();
+    assert!(
+        monitors.get_opt("api").await.unwrap().is_none(),
+        "removed when turned off"
+    );
+}
