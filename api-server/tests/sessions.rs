@@ -162,7 +162,7 @@ async fn password_change_revokes_every_other_session(pool: PgPool) {
         .put(
             "/api/user",
             Some(&laptop),
-            json!({"user": {"password": "a-new-password"}}),
+            json!({"user": {"password": "a-new-password", "currentPassword": "password-jake"}}),
         )
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text);

@@ -209,7 +209,8 @@ async fn update_user_changes_fields_and_clears_with_null(pool: PgPool) {
         .put(
             "/api/user",
             Some(&token),
-            json!({"user": {"bio": "I like to skateboard", "image": "https://i.stack.imgur.com/xHWG8.jpg", "email": "new@example.com"}}),
+            json!({"user": {"bio": "I like to skateboard", "image": "https://i.stack.imgur.com/xHWG8.jpg",
+                "email": "new@example.com", "currentPassword": "password-jake"}}),
         )
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text);
@@ -230,10 +231,10 @@ async fn update_user_changes_fields_and_clears_with_null(pool: PgPool) {
         .put(
             "/api/user",
             Some(&token),
-            json!({"user": {"password": "brand-new-pass"}}),
+            json!({"user": {"password": "brand-new-pass", "currentPassword": "password-jake"}}),
         )
         .await;
-    assert_eq!(pw.status, StatusCode::OK);
+    assert_eq!(pw.status, StatusCode::OK, "{}", pw.text);
     let login = app
         .post(
             "/api/users/login",
@@ -250,6 +251,55 @@ async fn update_user_changes_fields_and_clears_with_null(pool: PgPool) {
         )
         .await;
     assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn changing_the_password_or_email_needs_the_current_password(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // A stolen access token alone cannot take over the account.
+    let stolen = app.register("jake").await;
+    for change in [
+        json!({"password": "attacker-password"}),
+        json!({"email": "attacker@example.com"}),
+        json!({"email": "attacker@example.com", "currentPassword": ""}),
+    ] {
+        let res = app
+            .put("/api/user", Some(&stolen), json!({"user": change}))
+            .await;
+        assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.text);
+        assert_eq!(
+            errors(&res, "currentPassword"),
+            ["is required to change the password or the email"]
+        );
+    }
+    let wrong = app
+        .put(
+            "/api/user",
+            Some(&stolen),
+            json!({"user": {"password": "attacker-password", "currentPassword": "guess-guess"}}),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(errors(&wrong, "currentPassword"), ["is incorrect"]);
+    // Nothing changed: the owner still signs in with the old credentials.
+    let login = app
+        .post(
+            "/api/users/login",
+            None,
+            json!({"user": {"email": "jake@example.com", "password": "password-jake"}}),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK);
+
+    // RealWorld clients resend the unchanged email with every settings update.
+    let settings = app
+        .put(
+            "/api/user",
+            Some(&stolen),
+            json!({"user": {"email": "JAKE@example.com", "bio": "hi", "username": "jake"}}),
+        )
+        .await;
+    assert_eq!(settings.status, StatusCode::OK, "{}", settings.text);
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]

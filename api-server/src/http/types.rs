@@ -134,10 +134,14 @@ pub struct LoginRequest {
 
 /// Fields to change; `bio` and `image` may be set to null to clear them.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct UpdateUser {
     pub email: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Required to change the password or the email (a stolen access token alone must not
+    /// take over the account).
+    pub current_password: Option<String>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub bio: Option<Option<String>>,

@@ -225,10 +225,46 @@ async fn current_user(
 }
 
 /// Update the current user.
+/// Changing the password or the email needs the current password (OWASP ASVS 6.2.3): an
+/// access token alone, if stolen, must not take over the account. RealWorld clients send
+/// the unchanged email with every settings update, so an email equal to the current one
+/// needs nothing. Wrong guesses count against the account's login throttle.
+async fn confirm_current_password(
+    state: &AppState,
+    auth: &AuthUser,
+    new_email: Option<&str>,
+    current_password: Option<String>,
+) -> ApiResult<()> {
+    let (email, hash): (String, String) =
+        sqlx::query_as("SELECT email, password_hash FROM users WHERE id = $1")
+            .bind(auth.id)
+            .fetch_optional(&**state.db())
+            .await?
+            .ok_or(ApiError::Unauthorized("belongs to no user"))?;
+    let changes_credentials = new_email.is_none_or(|new| !new.eq_ignore_ascii_case(&email));
+    if !changes_credentials {
+        return Ok(());
+    }
+    let Some(current) = current_password.filter(|p| !p.is_empty()) else {
+        return Err(ApiError::field(
+            "currentPassword",
+            "is required to change the password or the email",
+        ));
+    };
+    limit_login_attempts(state, &email).await?;
+    if current.len() > validate::PASSWORD_MAX
+        || !state.passwords.verify(current, Some(hash)).await?
+    {
+        security_event(state, "current_password_rejected");
+        return Err(ApiError::field("currentPassword", "is incorrect"));
+    }
+    Ok(())
+}
+
 #[utoipa::path(put, path = "/api/user", tag = "users",
     security(("token" = [])),
     request_body = UpdateUserRequest,
-    responses((status = 200, body = UserResponse), (status = 401), (status = 422)))]
+    responses((status = 200, body = UserResponse), (status = 401), (status = 422, description = "invalid fields, taken username or email, or a missing or wrong currentPassword"), (status = 429)))]
 async fn update_user(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -274,6 +310,9 @@ async fn update_user(
         )
         .finish()?;
 
+    if user.password.is_some() || email.is_some() {
+        confirm_current_password(&state, &auth, email, user.current_password).await?;
+    }
     let password_hash = match user.password {
         Some(password) => Some(state.passwords.hash(password).await?),
         None => None,
