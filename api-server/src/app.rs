@@ -92,13 +92,16 @@ impl App {
         };
         if let Some(kv) = &kv {
             let database = database.clone();
-            let access_ttl = config.auth.access_token_ttl;
+            let window = crate::auth::revocation::MirrorWindow {
+                access_ttl: config.auth.access_token_ttl,
+                leeway: config.auth.leeway,
+            };
             kv.set_resync(Box::new(move |conn| {
                 let database = database.clone();
                 Box::pin(async move {
                     let pool = database.pool().clone();
                     let restored =
-                        crate::auth::revocation::resync(&pool, conn.clone(), access_ttl).await?;
+                        crate::auth::revocation::resync(&pool, conn.clone(), window).await?;
                     crate::cache::flush(conn).await?;
                     tracing::info!(
                         revocations = restored,

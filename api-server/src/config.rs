@@ -81,6 +81,9 @@ pub struct DatabaseConfig {
     pub drain_grace: Duration,
 }
 
+/// The largest clock skew tolerated in token validation.
+pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// Directory holding `keyset.json` (see `keys.rs`); `None` only in `--dev`.
@@ -422,6 +425,15 @@ impl Config {
                 .number("STOA_ARGON2_PARALLELISM", argon2::Params::DEFAULT_P_COST)?,
             hash_concurrency: env.number("STOA_HASH_CONCURRENCY", cpus)?.max(1),
         };
+        // Tokens verify until `exp` + leeway: a long leeway quietly extends every token
+        // (and every revocation the mirror must keep).
+        if auth.leeway > MAX_JWT_LEEWAY {
+            return Err(ConfigError::Invalid {
+                name: "STOA_JWT_LEEWAY",
+                value: humantime::format_duration(auth.leeway).to_string(),
+                reason: "must be at most 5m (it extends every token's lifetime)".into(),
+            });
+        }
         if auth.access_token_ttl < Duration::from_secs(10) {
             return Err(ConfigError::Invalid {
                 name: "STOA_ACCESS_TOKEN_TTL",
@@ -653,6 +665,13 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_jwt_leeway_is_bounded() {
+        let err = Config::from_env(&env(&[("STOA_JWT_LEEWAY", "10m")]), true).unwrap_err();
+        assert!(err.to_string().contains("STOA_JWT_LEEWAY"), "{err}");
+        assert!(Config::from_env(&env(&[("STOA_JWT_LEEWAY", "5m")]), true).is_ok());
     }
 
     #[test]

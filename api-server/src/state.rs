@@ -60,7 +60,13 @@ impl AppState {
             kv,
         } = parts;
         AppState(Arc::new(Inner {
-            revocations: Revocations::new(kv.clone(), config.auth.access_token_ttl),
+            revocations: Revocations::new(
+                kv.clone(),
+                crate::auth::revocation::MirrorWindow {
+                    access_ttl: config.auth.access_token_ttl,
+                    leeway: config.auth.leeway,
+                },
+            ),
             limiter: RateLimiter::new(kv.clone()),
             cache: Cache::new(kv.clone(), config.cache_ttl, metrics.clone()),
             config,

@@ -266,3 +266,49 @@ async fn revoked_tokens_stay_rejected_with_redis_up_down_and_restarted_empty(poo
             .contains(r#"stoa_dependency_up{dependency="redis"} 1"#)
     );
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn mirrored_revocations_outlive_the_tokens_they_deny_including_the_leeway(pool: PgPool) {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("STOA_REDIS_URL", &redis.url()),
+            ("STOA_ACCESS_TOKEN_TTL", "10s"),
+            ("STOA_JWT_LEEWAY", "2m"),
+        ],
+    )
+    .await;
+    eventually("redis up", || async {
+        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up"
+    })
+    .await;
+    app.register("jake").await;
+    let (token, _) = login(&app, "jake").await;
+    assert_eq!(
+        app.post("/api/auth/logout", Some(&token), json!({}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    // The token verifies until exp (10 s) + leeway (120 s): so must its revocation keys.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("stoa:revoked:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.len() >= 2, "the jti and the family: {keys:?}");
+    for key in keys {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            ttl > 120,
+            "{key} expires in {ttl} s, before its token stops verifying"
+        );
+    }
+}

@@ -2,7 +2,9 @@
 //! reuse detection, password change).
 //!
 //! PostgreSQL is authoritative (`revoked_tokens`, `refresh_tokens.revoked_at`); Redis
-//! mirrors it with TTLs equal to the remaining token lifetime. Checks ask Redis first and
+//! mirrors it with TTLs that outlast every token they deny: a token is accepted until
+//! `exp` + `STOA_JWT_LEEWAY`, so a mirror key lives that long too (an expired key would be
+//! read as "not revoked" while the token still verifies). Checks ask Redis first and
 //! fall back to PostgreSQL whenever Redis is not trusted (not configured, down, or not yet
 //! resynced after an outage).
 
@@ -25,16 +27,36 @@ fn family_key(family: Uuid) -> String {
     format!("stoa:revoked:fam:{family}")
 }
 
+/// How long the mirror must keep revocations: tokens verify until `exp` plus the leeway.
+#[derive(Clone, Copy, Debug)]
+pub struct MirrorWindow {
+    pub access_ttl: Duration,
+    pub leeway: Duration,
+}
+
+impl MirrorWindow {
+    /// A revoked family stays denied while any access token of it can still verify: one
+    /// issued just before the revocation lives `access_ttl`, plus the leeway.
+    fn family_ttl(self) -> u64 {
+        (self.access_ttl + self.leeway).as_secs().max(1)
+    }
+
+    /// A revoked `jti` stays denied until its token's `exp` plus the leeway.
+    fn jti_ttl(self, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<u64> {
+        let remaining = (expires_at - now).num_seconds() + self.leeway.as_secs() as i64;
+        u64::try_from(remaining).ok().filter(|ttl| *ttl > 0)
+    }
+}
+
 #[derive(Clone)]
 pub struct Revocations {
     kv: Option<Arc<Kv>>,
-    /// A revoked family must stay denied as long as any of its access tokens can live.
-    access_ttl: Duration,
+    window: MirrorWindow,
 }
 
 impl Revocations {
-    pub fn new(kv: Option<Arc<Kv>>, access_ttl: Duration) -> Self {
-        Revocations { kv, access_ttl }
+    pub fn new(kv: Option<Arc<Kv>>, window: MirrorWindow) -> Self {
+        Revocations { kv, window }
     }
 
     pub async fn is_revoked(
@@ -67,15 +89,15 @@ impl Revocations {
     /// one, checks use PostgreSQL until the resync on recovery restores it.
     pub async fn mirror(&self, jti: Option<(Uuid, DateTime<Utc>)>, families: &[Uuid]) {
         let Some(kv) = &self.kv else { return };
-        let family_ttl = self.access_ttl.as_secs().max(1);
+        let window = self.window;
+        let family_ttl = window.family_ttl();
         let families = families.to_vec();
         kv.run(|mut conn| async move {
             let mut pipe = redis::pipe();
-            if let Some((jti, expires_at)) = jti {
-                let ttl = (expires_at - Utc::now()).num_seconds();
-                if ttl > 0 {
-                    pipe.set_ex(jti_key(jti), 1, ttl as u64).ignore();
-                }
+            if let Some((jti, expires_at)) = jti
+                && let Some(ttl) = window.jti_ttl(expires_at, Utc::now())
+            {
+                pipe.set_ex(jti_key(jti), 1, ttl).ignore();
             }
             for family in families {
                 pipe.set_ex(family_key(family), 1, family_ttl).ignore();
@@ -91,24 +113,27 @@ impl Revocations {
 pub async fn resync(
     db: &PgPool,
     mut conn: ConnectionManager,
-    access_ttl: Duration,
+    window: MirrorWindow,
 ) -> anyhow::Result<usize> {
-    let jtis: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT jti, ceil(extract(epoch FROM expires_at - now()))::bigint FROM revoked_tokens WHERE expires_at > now()",
+    let jtis: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > now() - make_interval(secs => $1)",
     )
+    .bind(window.leeway.as_secs_f64())
     .fetch_all(db)
     .await?;
     let families: Vec<Uuid> = sqlx::query_scalar(
         "SELECT DISTINCT family_id FROM refresh_tokens WHERE revoked_at > now() - make_interval(secs => $1)",
     )
-    .bind(access_ttl.as_secs_f64())
+    .bind((window.access_ttl + window.leeway).as_secs_f64())
     .fetch_all(db)
     .await?;
-    let family_ttl = access_ttl.as_secs().max(1);
+    let family_ttl = window.family_ttl();
+    let now = Utc::now();
     for chunk in jtis.chunks(500) {
         let mut pipe = redis::pipe();
-        for (jti, ttl) in chunk {
-            pipe.set_ex(jti_key(*jti), 1, (*ttl).max(1) as u64).ignore();
+        for (jti, expires_at) in chunk {
+            let ttl = window.jti_ttl(*expires_at, now).unwrap_or(1);
+            pipe.set_ex(jti_key(*jti), 1, ttl).ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
     }
