@@ -491,3 +491,46 @@ async fn tags_list_distinct_tags_most_used_first(pool: PgPool) {
         json!({"tags": ["rust", "web"]})
     );
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn slugs_never_shadow_routes_and_stay_stable_across_edits(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let token = app.register("jake").await;
+    let new = |title: &str| json!({"article": {"title": title, "description": "d", "body": "b"}});
+    // "Feed" would be /api/articles/feed, which is the feed.
+    let feed = app.post("/api/articles", Some(&token), new("Feed")).await;
+    assert_eq!(feed.status, StatusCode::CREATED, "{}", feed.text);
+    let slug = feed.body["article"]["slug"].as_str().unwrap().to_owned();
+    assert_ne!(slug, "feed");
+    let read = app.get(&format!("/api/articles/{slug}"), None).await;
+    assert_eq!(read.body["article"]["title"], "Feed");
+
+    // A second "Dragons" gets a suffixed slug, which edits that keep the title keep.
+    app.post("/api/articles", Some(&token), new("Dragons"))
+        .await;
+    let second = app
+        .post("/api/articles", Some(&token), new("Dragons"))
+        .await;
+    let suffixed = second.body["article"]["slug"].as_str().unwrap().to_owned();
+    assert_ne!(suffixed, "dragons");
+    for body in ["edited once", "edited twice"] {
+        let edited = app
+            .put(
+                &format!("/api/articles/{suffixed}"),
+                Some(&token),
+                json!({"article": {"title": "Dragons", "body": body}}),
+            )
+            .await;
+        assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+        assert_eq!(edited.body["article"]["slug"], suffixed.as_str());
+    }
+    // Renaming the feed article to "Feed" again also keeps it off the route word.
+    let renamed = app
+        .put(
+            &format!("/api/articles/{slug}"),
+            Some(&token),
+            json!({"article": {"title": "Feed"}}),
+        )
+        .await;
+    assert_eq!(renamed.body["article"]["slug"], slug.as_str());
+}

@@ -18,7 +18,7 @@ use crate::auth::{AuthUser, MaybeAuthUser};
 use crate::cache::{Change, Key, Prefetched};
 use crate::error::{ApiError, ApiResult, Validator};
 use crate::http::extract::{ApiJson, ApiQuery, Pagination};
-use crate::http::slug::{slugify, with_suffix};
+use crate::http::slug::{belongs_to, first_choice, slugify, with_suffix};
 use crate::http::types::{
     Article, ArticleResponse, ArticlesResponse, NewArticleRequest, UpdateArticleRequest,
 };
@@ -392,7 +392,7 @@ async fn create_article(
     let tags = tags.unwrap_or_default();
 
     let base = slugify(title);
-    let mut slug = base.clone();
+    let mut slug = first_choice(&base);
     for _ in 0..SLUG_ATTEMPTS {
         let created: Option<Article> = sqlx::query_as(CREATE_ARTICLE)
             .bind(auth.id)
@@ -505,9 +505,10 @@ async fn update_article(
     v.finish()?;
     let tags = tags.unwrap_or_default();
 
-    // The slug only changes when the title gives a different one; it stays stable otherwise.
-    let base = title.map(slugify).filter(|new| *new != slug);
-    let mut new_slug = base.clone();
+    // The slug only changes when the title gives a different one; it stays stable otherwise
+    // (a slug with a collision suffix still belongs to its title).
+    let base = title.map(slugify).filter(|new| !belongs_to(&slug, new));
+    let mut new_slug = base.as_deref().map(first_choice);
     for _ in 0..SLUG_ATTEMPTS {
         let result = sqlx::query(UPDATE_ARTICLE)
             .bind(auth.id)

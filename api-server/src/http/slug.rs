@@ -28,12 +28,42 @@ pub fn slugify(title: &str) -> String {
     slug
 }
 
+/// Words that routes under `/api/articles/` already use: an article with this slug could
+/// never be read, edited or deleted (`GET /api/articles/feed` is the feed).
+const RESERVED: &[&str] = &["feed"];
+
+/// The slug to try first for `base`: itself, or with a suffix if a route uses the word.
+pub fn first_choice(base: &str) -> String {
+    if RESERVED.contains(&base) {
+        with_suffix(base)
+    } else {
+        base.to_owned()
+    }
+}
+
+/// Whether `slug` was made from `base` (itself, or with a collision suffix), so an edit
+/// that keeps the title keeps the slug.
+pub fn belongs_to(slug: &str, base: &str) -> bool {
+    slug == base
+        || slug
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|suffix| {
+                suffix.len() == SUFFIX_LEN
+                    && suffix
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            })
+}
+
+const SUFFIX_LEN: usize = 6;
+
 /// `base` plus a random suffix, used when `base` is taken.
 pub fn with_suffix(base: &str) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
-    let suffix: String = (0..6)
+    let suffix: String = (0..SUFFIX_LEN)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect();
     format!("{base}-{suffix}")
@@ -56,5 +86,9 @@ mod tests {
         assert_eq!(slugify(&"a".repeat(500)).chars().count(), MAX_CHARS);
         let s = with_suffix("x");
         assert!(s.starts_with("x-") && s.len() == 8);
+        assert!(belongs_to(&s, "x") && belongs_to("x", "x"));
+        assert!(!belongs_to("x-y", "x") && !belongs_to("xy", "x"));
+        assert_ne!(first_choice("feed"), "feed");
+        assert_eq!(first_choice("feeds"), "feeds");
     }
 }
