@@ -87,7 +87,10 @@ async fn comments_can_be_added_listed_and_deleted_by_their_author(pool: PgPool) 
     let slug = app.article(&jake, "Discuss", &[]).await;
     let path = format!("/api/articles/{slug}/comments");
 
-    assert_eq!(app.get(&path, None).await.body, json!({"comments": []}));
+    assert_eq!(
+        app.get(&path, None).await.body,
+        json!({"comments": [], "commentsCount": 0})
+    );
     let first = app
         .post(&path, Some(&jane), json!({"comment": {"body": "First!"}}))
         .await;
@@ -182,6 +185,61 @@ async fn comments_validate_and_need_an_existing_article(pool: PgPool) {
     let id = c.body["comment"]["id"].as_i64().unwrap();
     assert_eq!(
         app.delete(&format!("/api/articles/{slug}/comments/{id}"), Some(&jake))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn comments_come_in_pages(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let jake = app.register("jake").await;
+    let slug = app.article(&jake, "Popular", &[]).await;
+    let path = format!("/api/articles/{slug}/comments");
+    for i in 0..25 {
+        let res = app
+            .post(
+                &path,
+                Some(&jake),
+                json!({"comment": {"body": format!("comment {i}")}}),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    }
+    // Default page: the 20 newest, and the total.
+    let first = app.get(&path, None).await;
+    assert_eq!(first.body["comments"].as_array().unwrap().len(), 20);
+    assert_eq!(first.body["comments"][0]["body"], "comment 24");
+    assert_eq!(first.body["commentsCount"], 25);
+    let rest = app.get(&format!("{path}?limit=20&offset=20"), None).await;
+    let bodies: Vec<&str> = rest.body["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "comment 4",
+            "comment 3",
+            "comment 2",
+            "comment 1",
+            "comment 0"
+        ]
+    );
+    // Past the end: an empty page, not a 404; the limit is capped; bad values are 422.
+    let past = app.get(&format!("{path}?offset=100"), None).await;
+    assert_eq!(past.status, StatusCode::OK);
+    assert_eq!(past.body["comments"], json!([]));
+    assert_eq!(past.body["commentsCount"], 25);
+    let capped = app.get(&format!("{path}?limit=1000"), None).await;
+    assert_eq!(capped.body["comments"].as_array().unwrap().len(), 25);
+    let bad = app.get(&format!("{path}?offset=-1"), None).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        app.get("/api/articles/missing/comments?offset=100", None)
             .await
             .status,
         StatusCode::NOT_FOUND

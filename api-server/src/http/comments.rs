@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
 use crate::error::{ApiError, ApiResult, Validator};
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, ApiQuery, Pagination};
 use crate::http::types::{Comment, CommentResponse, CommentsResponse, NewCommentRequest};
 use crate::http::validate;
 use crate::state::AppState;
@@ -21,39 +21,53 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(delete_comment))
 }
 
-/// Comments on an article, newest first.
+/// Comments on an article, newest first, one page at a time (default 20, at most 100), so
+/// a popular article cannot produce an unbounded response.
 #[utoipa::path(get, path = "/api/articles/{slug}/comments", tag = "comments",
-    params(("slug" = String, Path)),
-    responses((status = 200, body = CommentsResponse), (status = 404)))]
+    params(("slug" = String, Path), Pagination),
+    responses((status = 200, body = CommentsResponse), (status = 404), (status = 422)))]
 async fn list_comments(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
     Path(slug): Path<String>,
+    ApiQuery(page): ApiQuery<Pagination>,
 ) -> ApiResult<axum::Json<CommentsResponse>> {
-    // The LEFT JOIN tells "no such article" (no row) from "no comments" (one row of NULLs).
+    let (limit, offset) = page.resolve()?;
+    // One row even when the article is missing (`found` false) or the page is empty (the
+    // comment columns NULL), so one round trip answers all three cases.
     let rows: Vec<PgRow> = sqlx::query(
-        "SELECT c.id, c.created_at, c.updated_at, c.body, u.username, u.bio, u.image,
-                EXISTS (SELECT 1 FROM follows fo WHERE fo.followed_id = c.author_id AND fo.follower_id = $2::uuid) AS following
-         FROM articles a
-         LEFT JOIN comments c ON c.article_id = a.id
-         LEFT JOIN users u ON u.id = c.author_id
-         WHERE a.slug = $1
-         ORDER BY c.created_at DESC, c.id DESC",
+        "SELECT a.id IS NOT NULL AS found, t.total, p.*
+         FROM (SELECT 1) one
+         LEFT JOIN articles a ON a.slug = $1
+         LEFT JOIN LATERAL (SELECT count(*) AS total FROM comments WHERE article_id = a.id) t ON true
+         LEFT JOIN LATERAL (
+             SELECT c.id, c.created_at, c.updated_at, c.body, u.username, u.bio, u.image,
+                    EXISTS (SELECT 1 FROM follows fo WHERE fo.followed_id = c.author_id AND fo.follower_id = $2::uuid) AS following
+             FROM comments c JOIN users u ON u.id = c.author_id
+             WHERE c.article_id = a.id
+             ORDER BY c.created_at DESC, c.id DESC
+             LIMIT $3 OFFSET $4) p ON true",
     )
     .bind(&slug)
     .bind(viewer.id())
+    .bind(limit)
+    .bind(offset)
     .fetch_all(&**state.db())
     .await?;
-    if rows.is_empty() {
+    let Some(first) = rows.first().filter(|r| r.get::<bool, _>("found")) else {
         return Err(ApiError::NotFound("article"));
-    }
+    };
+    let comments_count = first.try_get::<Option<i64>, _>("total")?.unwrap_or(0);
     let mut comments = Vec::with_capacity(rows.len());
     for row in &rows {
         if row.try_get::<Option<i64>, _>("id")?.is_some() {
             comments.push(Comment::from_row(row)?);
         }
     }
-    Ok(axum::Json(CommentsResponse { comments }))
+    Ok(axum::Json(CommentsResponse {
+        comments,
+        comments_count,
+    }))
 }
 
 /// Comment on an article.

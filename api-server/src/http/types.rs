@@ -79,8 +79,12 @@ pub struct CommentResponse {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct CommentsResponse {
+    /// One page, newest first (`limit`/`offset` as for articles).
     pub comments: Vec<Comment>,
+    /// All comments on the article.
+    pub comments_count: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
