@@ -200,10 +200,11 @@ impl App {
     }
 }
 
-/// The admin port: Prometheus metrics (kept off the public port).
+/// The admin port: Prometheus metrics and readiness in detail (kept off the public port).
 fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/readyz", get(crate::http::health::readyz_detail))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }

@@ -14,7 +14,7 @@ async fn with_redis(pool: PgPool, extra: &[(&str, &str)]) -> (RedisServer, TestA
     env.extend_from_slice(extra);
     let app = TestApp::spawn_with(pool, &env).await;
     eventually("redis up", || async {
-        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up"
+        app.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "up"
     })
     .await;
     (redis, app)
@@ -217,7 +217,7 @@ async fn rate_limits_apply(app: &TestApp) {
     assert_eq!(limited.headers["ratelimit-remaining"], "0");
     assert!(limited.body["errors"]["request"].is_array());
     // Probes are never limited.
-    assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
+    assert_eq!(app.admin_get("/readyz").await.status, StatusCode::OK);
     assert!(
         app.metrics()
             .await

@@ -16,7 +16,7 @@ async fn health_and_readiness_report_each_dependency(pool: PgPool) {
         (health.status, health.text.as_str()),
         (StatusCode::OK, "ok")
     );
-    let ready = app.get("/readyz", None).await;
+    let ready = app.admin_get("/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
     assert_eq!(ready.body["status"], "ready");
     for check in ["database", "schema", "signingKeys", "lifecycle"] {
@@ -28,16 +28,27 @@ async fn health_and_readiness_report_each_dependency(pool: PgPool) {
     }
 }
 
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn public_readiness_is_a_bare_verdict_and_the_detail_is_on_the_admin_port(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let public = app.get("/readyz", None).await;
+    assert_eq!(public.status, StatusCode::OK);
+    assert_eq!(public.body, json!({"status": "ready"}));
+    let detail = app.admin_get("/readyz").await;
+    assert_eq!(detail.status, StatusCode::OK);
+    assert_eq!(detail.body["checks"]["schema"]["ok"], true);
+}
+
 #[sqlx::test(migrations = false)]
 async fn readiness_is_false_until_the_schema_is_migrated(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
-    let behind = app.get("/readyz", None).await;
+    let behind = app.admin_get("/readyz").await;
     assert_eq!(behind.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(behind.body["checks"]["schema"]["status"], "behind");
     assert_eq!(behind.body["checks"]["database"]["ok"], true);
 
     stoa_api::db::MIGRATOR.run(&pool).await.unwrap();
-    let ready = app.get("/readyz", None).await;
+    let ready = app.admin_get("/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
 }
 
@@ -52,7 +63,7 @@ async fn readiness_tolerates_newer_migrations_but_not_a_half_applied_one(pool: P
     .execute(&pool)
     .await
     .unwrap();
-    let ahead = app.get("/readyz", None).await;
+    let ahead = app.admin_get("/readyz").await;
     assert_eq!(ahead.status, StatusCode::OK, "{}", ahead.text);
     assert_eq!(ahead.body["checks"]["schema"]["status"], "ahead");
     let detail = ahead.body["checks"]["schema"]["detail"].as_str().unwrap();
@@ -76,7 +87,7 @@ async fn readiness_tolerates_newer_migrations_but_not_a_half_applied_one(pool: P
         .execute(&pool)
         .await
         .unwrap();
-    let dirty = app.get("/readyz", None).await;
+    let dirty = app.admin_get("/readyz").await;
     assert_eq!(dirty.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(dirty.body["checks"]["schema"]["status"], "dirty");
 }
@@ -89,7 +100,7 @@ async fn readiness_is_false_when_the_database_is_unreachable(pool: PgPool) {
         .connect_lazy("postgres://postgres@127.0.0.1:1/none")
         .unwrap();
     let app = TestApp::spawn(unreachable).await;
-    let res = app.get("/readyz", None).await;
+    let res = app.admin_get("/readyz").await;
     assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.body["checks"]["database"]["status"], "down");
     assert!(
@@ -285,11 +296,11 @@ async fn cors_allows_only_configured_origins(pool: PgPool) {
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn shutdown_reports_not_ready_first_then_drains(pool: PgPool) {
     let mut app = TestApp::spawn_with(pool, &[("STOA_SHUTDOWN_DELAY", "700ms")]).await;
-    assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
+    assert_eq!(app.admin_get("/readyz").await.status, StatusCode::OK);
     app.signal_shutdown();
     tokio::time::sleep(Duration::from_millis(150)).await;
     // Still serving, but telling the load balancer to go away.
-    let draining = app.get("/readyz", None).await;
+    let draining = app.admin_get("/readyz").await;
     assert_eq!(draining.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(draining.body["checks"]["lifecycle"]["status"], "draining");
     assert_eq!(app.get("/api/tags", None).await.status, StatusCode::OK);
@@ -322,5 +333,5 @@ async fn migrations_are_reversible(pool: PgPool) {
     );
     migrator.run(&pool).await.unwrap();
     let app = TestApp::spawn(pool).await;
-    assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
+    assert_eq!(app.admin_get("/readyz").await.status, StatusCode::OK);
 }

@@ -244,7 +244,7 @@ async fn a_bad_key_set_update_is_ignored_and_counted(pool: PgPool) {
         !app.register("jane").await.is_empty(),
         "new tokens are still signed"
     );
-    assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
+    assert_eq!(app.admin_get("/readyz").await.status, StatusCode::OK);
 }
 
 /// A login role with its own password, allowed to use the test database's tables.
@@ -395,7 +395,7 @@ async fn redis_killed_mid_load_then_restarted_fails_no_request(pool: PgPool) {
         .await,
     );
     eventually("redis up", || async {
-        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up"
+        app.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "up"
     })
     .await;
     let token = app.register("jake").await;
@@ -426,14 +426,14 @@ async fn redis_killed_mid_load_then_restarted_fails_no_request(pool: PgPool) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     redis.stop();
     eventually("degraded", || async {
-        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "degraded"
+        app.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "degraded"
     })
     .await;
-    assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
+    assert_eq!(app.admin_get("/readyz").await.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(600)).await;
     redis.restart().await;
     eventually("recovered", || async {
-        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up"
+        app.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "up"
     })
     .await;
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -195,7 +195,7 @@ async fn revoked_tokens_stay_rejected_with_redis_up_down_and_restarted_empty(poo
     )
     .await;
     eventually("redis up", || async {
-        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up"
+        app.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "up"
     })
     .await;
     app.register("jake").await;
@@ -226,7 +226,7 @@ async fn revoked_tokens_stay_rejected_with_redis_up_down_and_restarted_empty(poo
         app.get("/api/user", Some(&valid)).await.status,
         StatusCode::OK
     );
-    let ready = app.get("/readyz", None).await;
+    let ready = app.admin_get("/readyz").await;
     assert_eq!(
         ready.status,
         StatusCode::OK,
@@ -245,7 +245,7 @@ async fn revoked_tokens_stay_rejected_with_redis_up_down_and_restarted_empty(poo
     // ...and Redis comes back empty: the resync restores both revocations before Redis is trusted.
     redis.restart().await;
     eventually("redis up again", || async {
-        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up"
+        app.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "up"
     })
     .await;
     assert_eq!(
@@ -280,7 +280,7 @@ async fn mirrored_revocations_outlive_the_tokens_they_deny_including_the_leeway(
     )
     .await;
     eventually("redis up", || async {
-        app.get("/readyz", None).await.body["checks"]["redis"]["status"] == "up"
+        app.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "up"
     })
     .await;
     app.register("jake").await;

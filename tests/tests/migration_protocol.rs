@@ -196,8 +196,11 @@ async fn readiness(pool: PgPool) -> serde_json::Value {
     stoa_contract::keys::generate_keyset()
         .write_dir(keys.path())
         .unwrap();
-    let (base, _stop) = common::serve(pool, keys.path()).await;
-    let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    let served = common::serve(pool, keys.path()).await;
+    // The detail (schema versions) is on the admin port.
+    let response = reqwest::get(format!("{}/readyz", served.admin))
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     let mut body: serde_json::Value = response.json().await.unwrap();
     body["httpStatus"] = json!(status);

@@ -88,7 +88,7 @@ async fn stoa_api_serves_with_the_key_secret_the_operator_creates(pool: PgPool) 
     let keys = tempfile::tempdir().unwrap();
     mount_secret(keys.path(), secret.data.as_ref().unwrap());
 
-    let (base, stop) = common::serve(pool, keys.path()).await;
+    let common::Served { base, stop, .. } = common::serve(pool, keys.path()).await;
 
     let client = reqwest::Client::new();
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();

@@ -86,9 +86,36 @@ const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Readiness: the database answers, it has every expand migration this binary embeds
 /// (newer migrations are tolerated: rollbacks and mid-rollout scale-ups keep serving), a
 /// signing key is loaded, and the process is not shutting down.
+///
+/// The public port answers only the verdict; which dependency failed, the schema versions,
+/// the Redis state and the key count are for operators: the admin port's `/readyz`.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+    responses((status = 200, body = ReadinessVerdict), (status = 503, body = ReadinessVerdict)))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (status, readiness) = readiness(&state).await;
+    (
+        status,
+        axum::Json(ReadinessVerdict {
+            status: readiness.status,
+        }),
+    )
+}
+
+/// The public readiness answer.
+#[derive(Serialize, ToSchema)]
+pub struct ReadinessVerdict {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+}
+
+/// Readiness with every check's detail (served on the admin port).
+pub async fn readyz_detail(State(state): State<AppState>) -> impl IntoResponse {
+    let (status, readiness) = readiness(&state).await;
+    (status, axum::Json(readiness))
+}
+
+/// Runs every readiness check.
+pub async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
     let started = Instant::now();
     let pool = state.db().clone();
     let (database, schema) =
@@ -165,7 +192,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(body))
+    (status, body)
 }
 
 /// The schema check: the version found, the version this binary needs, and what else the

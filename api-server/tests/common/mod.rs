@@ -157,6 +157,26 @@ impl TestApp {
         res.body["article"]["slug"].as_str().unwrap().to_owned()
     }
 
+    /// A GET on the admin port (metrics, readiness detail).
+    pub async fn admin_get(&self, path: &str) -> Response {
+        let res = self
+            .client
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Response {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(format!("http://{}/metrics", self.admin))

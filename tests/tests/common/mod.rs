@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test crate uses part of it
 //! Shared by the cross-component tests: a real stoa-api server on port 0.
 
 use std::collections::HashMap;
@@ -7,9 +8,16 @@ use sqlx::PgPool;
 use stoa_api::app::App;
 use stoa_api::config::{Config, Env};
 
-/// A running stoa-api on `pool`, with its key set read from `keys_dir`. Returns its base
-/// URL and a sender that stops it (dropping the sender stops it too).
-pub async fn serve(pool: PgPool, keys_dir: &Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+/// A running stoa-api: its public and admin base URLs, and a sender that stops it
+/// (dropping the sender stops it too).
+pub struct Served {
+    pub base: String,
+    pub admin: String,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A running stoa-api on `pool`, with its key set read from `keys_dir`.
+pub async fn serve(pool: PgPool, keys_dir: &Path) -> Served {
     let env: HashMap<&str, String> = HashMap::from([
         ("STOA_LISTEN_ADDR", "127.0.0.1:0".into()),
         ("STOA_ADMIN_ADDR", "127.0.0.1:0".into()),
@@ -26,9 +34,10 @@ pub async fn serve(pool: PgPool, keys_dir: &Path) -> (String, tokio::sync::onesh
     let config = Config::from_env(&Env::new(move |k| env.get(k).cloned()), false).unwrap();
     let app = App::build(config, Some(pool)).await.unwrap();
     let base = format!("http://{}", app.local_addr().unwrap());
+    let admin = format!("http://{}", app.admin_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run(async move {
         let _ = stopped.await;
     }));
-    (base, stop)
+    Served { base, admin, stop }
 }
