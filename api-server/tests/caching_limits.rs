@@ -290,3 +290,55 @@ async fn credential_endpoints_have_a_stricter_budget(pool: PgPool) {
     // Ordinary reads are not on that budget.
     assert_eq!(app.get("/api/articles", None).await.status, StatusCode::OK);
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn token_responses_are_never_stored_and_caller_dependent_ones_vary(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let registered = app
+        .post(
+            "/api/users",
+            None,
+            json!({"user": {"username": "jake", "email": "jake@example.com", "password": "password-jake"}}),
+        )
+        .await;
+    let login = app
+        .post(
+            "/api/users/login",
+            None,
+            json!({"user": {"email": "jake@example.com", "password": "password-jake"}}),
+        )
+        .await;
+    let token = login.body["user"]["token"].as_str().unwrap().to_owned();
+    let refresh_token = login.body["user"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me = app.get("/api/user", Some(&token)).await;
+    let refreshed = app
+        .post(
+            "/api/auth/refresh",
+            None,
+            json!({"refreshToken": refresh_token}),
+        )
+        .await;
+    for (name, res) in [
+        ("register", &registered),
+        ("login", &login),
+        ("current user", &me),
+        ("refresh", &refreshed),
+    ] {
+        assert!(res.status.is_success(), "{name}: {}", res.text);
+        assert_eq!(res.headers["cache-control"], "no-store", "{name}");
+    }
+    let list = app.get("/api/articles", Some(&token)).await;
+    assert!(list.headers.contains_key("etag"));
+    assert!(
+        list.headers.get_all("vary").iter().any(|v| v
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("authorization")),
+        "{:?}",
+        list.headers
+    );
+}

@@ -170,7 +170,8 @@ pub async fn limit_per_ip(
     response
 }
 
-/// `ETag` on successful GETs and `304 Not Modified` when `If-None-Match` matches.
+/// `ETag` on successful GETs and `304 Not Modified` when `If-None-Match` matches, with
+/// `Vary: Authorization` (the same URL answers differently per caller).
 pub async fn etag(request: Request, next: Next) -> Response {
     use axum::http::{HeaderValue, Method, StatusCode, header};
     if request.method() != Method::GET {
@@ -202,6 +203,10 @@ pub async fn etag(request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&tag) {
         parts.headers.insert(header::ETAG, value);
     }
+    // The body (and so the tag) may depend on who asks: following, favorited, the user.
+    parts
+        .headers
+        .append(header::VARY, HeaderValue::from_static("authorization"));
     if matches {
         parts.status = StatusCode::NOT_MODIFIED;
         parts.headers.remove(header::CONTENT_LENGTH);

@@ -37,9 +37,16 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// All API routes with their OpenAPI description (no middleware, no state).
 pub fn api_routes() -> OpenApiRouter<AppState> {
+    // Responses that carry tokens must never be stored by a browser or a shared cache.
+    let no_store = || {
+        SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        )
+    };
     OpenApiRouter::with_openapi(openapi::base())
-        .merge(users::router())
-        .merge(auth::router())
+        .merge(users::router().layer(no_store()))
+        .merge(auth::router().layer(no_store()))
         .merge(profiles::router())
         .merge(articles::router())
         .merge(comments::router())
