@@ -249,25 +249,43 @@ pub fn refuse(
 }
 
 /// The client address: the peer, or with `trusted_hops` proxies in front, the address the
-/// outermost trusted proxy saw (counted from the right of `X-Forwarded-For`, which a client
-/// cannot forge past a proxy that appends).
-pub fn client_ip(
+/// outermost trusted proxy saw, counted from the right of `X-Forwarded-For` (a client
+/// cannot forge past a proxy that appends). Several header lines are one list, in order
+/// (RFC 9110, 5.3), so a client cannot hide its address by sending a line of its own.
+pub fn client_ip<'a>(
     peer: std::net::IpAddr,
-    forwarded_for: Option<&str>,
+    forwarded_for: impl IntoIterator<Item = &'a str>,
     trusted_hops: usize,
 ) -> std::net::IpAddr {
     if trusted_hops == 0 {
         return peer;
     }
-    forwarded_for
-        .and_then(|header| {
-            let hops: Vec<&str> = header.split(',').map(str::trim).collect();
-            hops.len()
-                .checked_sub(trusted_hops)
-                .and_then(|i| hops.get(i))
-                .and_then(|ip| ip.parse().ok())
-        })
+    let hops: Vec<&str> = forwarded_for
+        .into_iter()
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .collect();
+    hops.len()
+        .checked_sub(trusted_hops)
+        .and_then(|i| hops.get(i))
+        .and_then(|ip| ip.parse().ok())
         .unwrap_or(peer)
+}
+
+/// The rate-limit key of an address. An IPv6 client usually owns a whole /64 (one
+/// customer's prefix) and can pick any address in it, so IPv6 is keyed by its /64;
+/// IPv4-mapped IPv6 addresses count as the IPv4 address.
+pub fn bucket_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 #[cfg(test)]
@@ -314,16 +332,36 @@ mod tests {
     #[test]
     fn client_ip_trusts_only_the_configured_hops() {
         let peer: std::net::IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(peer, Some("1.2.3.4"), 0), peer);
+        assert_eq!(client_ip(peer, ["1.2.3.4"], 0), peer);
         assert_eq!(
-            client_ip(peer, Some("6.6.6.6, 1.2.3.4"), 1).to_string(),
+            client_ip(peer, ["6.6.6.6, 1.2.3.4"], 1).to_string(),
             "1.2.3.4"
         );
         assert_eq!(
-            client_ip(peer, Some("6.6.6.6, 1.2.3.4, 10.0.0.9"), 2).to_string(),
+            client_ip(peer, ["6.6.6.6, 1.2.3.4, 10.0.0.9"], 2).to_string(),
             "1.2.3.4"
         );
-        assert_eq!(client_ip(peer, None, 1), peer);
+        assert_eq!(client_ip(peer, [], 1), peer);
+        // A client's own header line comes first; the proxy's appended line is what counts.
+        assert_eq!(
+            client_ip(peer, ["6.6.6.6", "1.2.3.4"], 1).to_string(),
+            "1.2.3.4"
+        );
+        assert_eq!(
+            client_ip(peer, ["6.6.6.6, 7.7.7.7", "1.2.3.4, 10.0.0.9"], 2).to_string(),
+            "1.2.3.4"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(bucket_key(a), bucket_key(b));
+        assert_ne!(bucket_key(a), bucket_key(other));
+        assert_eq!(bucket_key("::ffff:1.2.3.4".parse().unwrap()), "1.2.3.4");
+        assert_eq!(bucket_key("1.2.3.4".parse().unwrap()), "1.2.3.4");
     }
 
     #[tokio::test]

@@ -342,3 +342,44 @@ async fn token_responses_are_never_stored_and_caller_dependent_ones_vary(pool: P
         list.headers
     );
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_client_cannot_escape_its_rate_limit_with_its_own_forwarded_for_line(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("STOA_TRUSTED_PROXY_HOPS", "1"),
+            ("STOA_RATE_LIMIT_PER_IP", "2/1m"),
+        ],
+    )
+    .await;
+    let send = |forged: &'static str, proxy_saw: &'static str| {
+        app.client
+            .get(app.url("/api/tags"))
+            // The client's own line first, then the line the trusted proxy appended.
+            .header("x-forwarded-for", forged)
+            .header("x-forwarded-for", proxy_saw)
+            .send()
+    };
+    for forged in ["1.1.1.1", "2.2.2.2"] {
+        assert_eq!(
+            send(forged, "203.0.113.7").await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    let third = send("3.3.3.3", "203.0.113.7").await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another address in the same IPv6 /64 is the same client.
+    for (i, addr) in ["2001:db8:7:7::1", "2001:db8:7:7::2", "2001:db8:7:7:ffff::3"]
+        .into_iter()
+        .enumerate()
+    {
+        let res = send("9.9.9.9", addr).await.unwrap();
+        let expected = if i < 2 {
+            StatusCode::OK
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(res.status(), expected, "{addr}");
+    }
+}

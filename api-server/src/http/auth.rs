@@ -31,7 +31,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The strict per-IP budget shared by login, register and refresh.
 pub async fn limit_credentials(state: &AppState, ip: ClientIp) -> ApiResult<()> {
     state
-        .enforce_rate_limit("auth", &ip.0.to_string(), state.config.rate_limits.auth)
+        .enforce_rate_limit(
+            "auth",
+            &crate::ratelimit::bucket_key(ip.0),
+            state.config.rate_limits.auth,
+        )
         .await
 }
 

@@ -133,8 +133,9 @@ pub async fn limit_per_ip(
         .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
     let forwarded = request
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
     let ip = crate::ratelimit::client_ip(peer, forwarded, limits.trusted_proxy_hops);
     request.extensions_mut().insert(ClientIp(ip));
 
@@ -153,7 +154,12 @@ pub async fn limit_per_ip(
     .map(|key| key.redis_key());
     let (decision, fetched) = state
         .limiter
-        .check_and_fetch("ip", &ip.to_string(), limits.per_ip, prefetch.clone())
+        .check_and_fetch(
+            "ip",
+            &crate::ratelimit::bucket_key(ip),
+            limits.per_ip,
+            prefetch.clone(),
+        )
         .await;
     if !decision.allowed {
         return crate::ratelimit::refuse(&state.metrics, "ip", limits.per_ip, decision)
