@@ -4,6 +4,7 @@ mod common;
 
 use std::process::Command;
 
+use common::TestApp;
 use sqlx::PgPool;
 
 fn stoa_api() -> Command {
@@ -158,4 +159,58 @@ async fn migrate_applies_the_schema_once_even_when_run_concurrently(pool: PgPool
         stderr.contains("cannot connect to the database"),
         "{stderr}"
     );
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_expand_phase_leaves_contract_steps_for_after_the_rollout(pool: PgPool) {
+    let url = url_of(&pool);
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let run = |phase: &str| {
+        stoa_api()
+            .args(["migrate", "--phase", phase, "--report-file"])
+            .arg(report.path())
+            .env("STOA_DATABASE_URL", &url)
+            .env("STOA_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let contract_steps: Vec<i64> = stoa_api::db::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .filter(|m| stoa_contract::migration::is_contract(&m.description))
+        .map(|m| m.version)
+        .collect();
+    assert!(
+        !contract_steps.is_empty(),
+        "this release has a contract step"
+    );
+
+    let expand = run("expand");
+    assert!(
+        expand.status.success(),
+        "{}",
+        String::from_utf8_lossy(&expand.stderr)
+    );
+    let parsed: stoa_contract::migration::MigrationReport =
+        serde_json::from_str(&std::fs::read_to_string(report.path()).unwrap()).unwrap();
+    assert_eq!(parsed.pending_contract, contract_steps);
+    assert!(parsed.applied.iter().all(|v| !contract_steps.contains(v)));
+
+    // The release serves before its contract steps run.
+    let app = TestApp::spawn(pool.clone()).await;
+    let ready = app.admin_get("/readyz").await;
+    assert_eq!(ready.status, reqwest::StatusCode::OK, "{}", ready.text);
+    let detail = ready.body["checks"]["schema"]["detail"].as_str().unwrap();
+    assert!(detail.contains("contract step(s) pending"), "{detail}");
+
+    let all = run("all");
+    assert!(
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    let parsed: stoa_contract::migration::MigrationReport =
+        serde_json::from_str(&std::fs::read_to_string(report.path()).unwrap()).unwrap();
+    assert_eq!(parsed.applied, contract_steps);
+    assert!(parsed.pending_contract.is_empty());
 }

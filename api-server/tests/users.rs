@@ -334,3 +334,27 @@ async fn update_user_rejects_empty_invalid_and_taken_values(pool: PgPool) {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn usernames_are_unique_ignoring_case(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.register("jake").await;
+    let res = app
+        .post(
+            "/api/users",
+            None,
+            json!({"user": {"username": "Jake", "email": "other@example.com", "password": "password1"}}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.text);
+    assert_eq!(errors(&res, "username"), ["has already been taken"]);
+    let jane = app.register("jane").await;
+    let rename = app
+        .put(
+            "/api/user",
+            Some(&jane),
+            json!({"user": {"username": "JAKE"}}),
+        )
+        .await;
+    assert_eq!(errors(&rename, "username"), ["has already been taken"]);
+}

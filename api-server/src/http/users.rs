@@ -124,6 +124,7 @@ async fn register(
     .fetch_one(&**state.db())
     .await
     .on_constraint("users_username_key", taken("username"))
+    .on_constraint("users_username_lower_key", taken("username"))
     .on_constraint("users_email_key", taken("email"))?;
     tracing::info!(user_id = %row.id, "user registered");
     let response = session_response(
@@ -368,6 +369,7 @@ async fn update_user(
     .fetch_optional(&**state.db())
     .await
     .on_constraint("users_username_key", taken("username"))
+    .on_constraint("users_username_lower_key", taken("username"))
     .on_constraint("users_email_key", taken("email"))?
     .ok_or(ApiError::Unauthorized("belongs to no user"))?;
 
