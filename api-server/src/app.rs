@@ -161,6 +161,14 @@ impl App {
         let delay = state.config.http.shutdown_delay;
         let drain_timeout = state.config.http.shutdown_timeout;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        crate::auth::retention::spawn_purger(
+            state.database.clone(),
+            crate::auth::revocation::MirrorWindow {
+                access_ttl: state.config.auth.access_token_ttl,
+                leeway: state.config.auth.leeway,
+            },
+            state.config.auth.purge_interval,
+        );
 
         let signal_state = state.clone();
         tokio::spawn(async move {

@@ -92,6 +92,14 @@ pub struct AuthConfig {
     pub audience: String,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// A session (refresh-token family) ends this long after sign-in, however often it is
+    /// refreshed.
+    pub session_max_lifetime: Duration,
+    /// How long after a refresh the previous refresh token still yields the same successor
+    /// (two tabs refreshing at once), instead of counting as reuse.
+    pub refresh_reuse_grace: Duration,
+    /// How often expired refresh tokens and revocations are deleted.
+    pub purge_interval: Duration,
     /// Allowed clock skew when validating `exp`/`iat`.
     pub leeway: Duration,
     pub argon2_memory_kib: u32,
@@ -416,6 +424,13 @@ impl Config {
                 .duration("STOA_ACCESS_TOKEN_TTL", Duration::from_secs(15 * 60))?,
             refresh_token_ttl: env
                 .duration("STOA_REFRESH_TOKEN_TTL", Duration::from_secs(7 * 24 * 3600))?,
+            session_max_lifetime: env.duration(
+                "STOA_SESSION_MAX_LIFETIME",
+                Duration::from_secs(30 * 24 * 3600),
+            )?,
+            refresh_reuse_grace: env
+                .duration("STOA_REFRESH_REUSE_GRACE", Duration::from_secs(10))?,
+            purge_interval: env.duration("STOA_PURGE_INTERVAL", Duration::from_secs(3600))?,
             leeway: env.duration("STOA_JWT_LEEWAY", Duration::from_secs(30))?,
             argon2_memory_kib: env
                 .number("STOA_ARGON2_MEMORY_KIB", argon2::Params::DEFAULT_M_COST)?,
@@ -427,6 +442,27 @@ impl Config {
         };
         // Tokens verify until `exp` + leeway: a long leeway quietly extends every token
         // (and every revocation the mirror must keep).
+        if auth.refresh_reuse_grace > Duration::from_secs(60) {
+            return Err(ConfigError::Invalid {
+                name: "STOA_REFRESH_REUSE_GRACE",
+                value: humantime::format_duration(auth.refresh_reuse_grace).to_string(),
+                reason: "must be at most 1m (a replayed token is honoured that long)".into(),
+            });
+        }
+        if auth.session_max_lifetime < auth.access_token_ttl {
+            return Err(ConfigError::Invalid {
+                name: "STOA_SESSION_MAX_LIFETIME",
+                value: humantime::format_duration(auth.session_max_lifetime).to_string(),
+                reason: "must be at least STOA_ACCESS_TOKEN_TTL".into(),
+            });
+        }
+        if auth.purge_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                name: "STOA_PURGE_INTERVAL",
+                value: humantime::format_duration(auth.purge_interval).to_string(),
+                reason: "must be at least 1s".into(),
+            });
+        }
         if auth.leeway > MAX_JWT_LEEWAY {
             return Err(ConfigError::Invalid {
                 name: "STOA_JWT_LEEWAY",
@@ -578,6 +614,12 @@ impl Config {
         out.insert("STOA_JWT_LEEWAY", d(self.auth.leeway));
         out.insert("STOA_ACCESS_TOKEN_TTL", d(self.auth.access_token_ttl));
         out.insert("STOA_REFRESH_TOKEN_TTL", d(self.auth.refresh_token_ttl));
+        out.insert(
+            "STOA_SESSION_MAX_LIFETIME",
+            d(self.auth.session_max_lifetime),
+        );
+        out.insert("STOA_REFRESH_REUSE_GRACE", d(self.auth.refresh_reuse_grace));
+        out.insert("STOA_PURGE_INTERVAL", d(self.auth.purge_interval));
         out.insert(
             "STOA_ARGON2_MEMORY_KIB",
             self.auth.argon2_memory_kib.to_string(),

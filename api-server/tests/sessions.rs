@@ -28,7 +28,8 @@ async fn refresh(app: &TestApp, token: &str) -> common::Response {
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn refresh_rotates_and_a_reused_token_revokes_the_whole_family(pool: PgPool) {
-    let app = TestApp::spawn(pool.clone()).await;
+    // No grace: any second use of a spent token is reuse.
+    let app = TestApp::spawn_with(pool.clone(), &[("STOA_REFRESH_REUSE_GRACE", "0s")]).await;
     app.register("jake").await;
     let (access, first) = login(&app, "jake").await;
 
@@ -86,6 +87,64 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_whole_family(pool: PgPoo
         StatusCode::OK
     );
     assert_eq!(refresh(&app, &other_refresh).await.status, StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn two_tabs_refreshing_at_once_share_one_successor_instead_of_logging_out(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.register("jake").await;
+    let (_, first) = login(&app, "jake").await;
+    let (tab_a, tab_b) = tokio::join!(refresh(&app, &first), refresh(&app, &first));
+    assert_eq!(tab_a.status, StatusCode::OK, "{}", tab_a.text);
+    assert_eq!(tab_b.status, StatusCode::OK, "{}", tab_b.text);
+    let successor = tab_a.body["user"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(tab_b.body["user"]["refreshToken"], successor.as_str());
+    let access = tab_b.body["user"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.get("/api/user", Some(&access)).await.status,
+        StatusCode::OK
+    );
+
+    // Once the successor has been used, the old token is a replay: the family is revoked.
+    let next = refresh(&app, &successor).await;
+    assert_eq!(next.status, StatusCode::OK);
+    let replay = refresh(&app, &first).await;
+    assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
+    let newest = next.body["user"]["refreshToken"].as_str().unwrap();
+    assert_eq!(refresh(&app, newest).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_session_ends_at_its_absolute_lifetime_however_often_it_is_refreshed(pool: PgPool) {
+    let app = TestApp::spawn_with(pool.clone(), &[("STOA_SESSION_MAX_LIFETIME", "1h")]).await;
+    app.register("jake").await;
+    let (_, first) = login(&app, "jake").await;
+    let rotated = refresh(&app, &first).await;
+    let second = rotated.body["user"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // No refresh token of the session outlives the session (7-day tokens, 1-hour session).
+    let beyond: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM refresh_tokens
+         WHERE expires_at > session_expires_at OR expires_at > now() + interval '1 hour 1 minute'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(beyond, 0);
+    // At the session's end, refreshing stops working.
+    sqlx::query("UPDATE refresh_tokens SET session_expires_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        refresh(&app, &second).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
@@ -311,4 +370,52 @@ async fn mirrored_revocations_outlive_the_tokens_they_deny_including_the_leeway(
             "{key} expires in {ttl} s, before its token stops verifying"
         );
     }
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn expired_sessions_and_revocations_are_purged_by_one_replica_at_a_time(pool: PgPool) {
+    use stoa_api::auth::retention::purge_expired;
+    use stoa_api::auth::revocation::MirrorWindow;
+    let app = TestApp::spawn(pool.clone()).await;
+    app.register("jake").await;
+    let (access, _) = login(&app, "jake").await;
+    assert_eq!(
+        app.post("/api/auth/logout", Some(&access), json!({}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    // Age one session and the revocation far past any token's life; keep the rest.
+    sqlx::query(
+        "UPDATE refresh_tokens SET expires_at = now() - interval '2 days'
+         WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE revoked_at IS NOT NULL LIMIT 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE revoked_tokens SET expires_at = now() - interval '2 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let window = MirrorWindow {
+        access_ttl: std::time::Duration::from_secs(900),
+        leeway: std::time::Duration::from_secs(30),
+    };
+    // While another replica holds the round's lock, this one skips it.
+    let mut other = pool.begin().await.unwrap();
+    let _: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(0x73746f6170757267_i64)
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(purge_expired(&pool, window).await.unwrap(), None);
+    other.rollback().await.unwrap();
+
+    let purged = purge_expired(&pool, window).await.unwrap().unwrap();
+    assert_eq!((purged.refresh_tokens, purged.revocations), (1, 1));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "the register session is still live");
 }

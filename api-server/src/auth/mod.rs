@@ -4,6 +4,7 @@
 pub mod extract;
 pub mod password;
 pub mod refresh;
+pub mod retention;
 pub mod revocation;
 pub mod tokens;
 

@@ -23,6 +23,21 @@ pub fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// The token that replaces `presented` on refresh: HMAC-SHA256 of it under a secret
+/// derived from the signing key set. Deterministic, so when two tabs present the same token
+/// at once, the one that loses the race can be given the very successor the winner got
+/// (within the reuse grace) instead of logging the user out; unpredictable without the key
+/// set, so a stolen spent token does not reveal its successor.
+pub fn successor(secret: &[u8; 32], presented: &str) -> NewRefreshToken {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(presented.as_bytes());
+    let token = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    let hash = hash(&token);
+    NewRefreshToken { token, hash }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -32,5 +47,14 @@ mod tests {
         assert_ne!(a.token, b.token);
         assert_eq!(a.token.len(), 43);
         assert_eq!(super::hash(&a.token), a.hash);
+    }
+
+    #[test]
+    fn successors_are_deterministic_per_secret() {
+        let presented = super::generate().token;
+        let one = super::successor(&[1; 32], &presented);
+        assert_eq!(one.token, super::successor(&[1; 32], &presented).token);
+        assert_ne!(one.token, super::successor(&[2; 32], &presented).token);
+        assert_eq!(one.token.len(), 43);
     }
 }

@@ -10,6 +10,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use sha2::{Digest, Sha256};
+
 use crate::keys::{KeySetError, KeySetFile, KeyState, public_x};
 
 /// The claims of an access token.
@@ -38,6 +40,9 @@ pub struct KeyRing {
     /// `/.well-known/jwks.json`, rendered once per key set.
     jwks_json: Arc<str>,
     kids: Vec<(String, KeyState)>,
+    /// Per loaded key, the secret that derives refresh-token successors (active key first;
+    /// see `auth::refresh::successor`).
+    successor_secrets: Vec<[u8; 32]>,
 }
 
 #[derive(Serialize)]
@@ -85,7 +90,20 @@ impl KeyRing {
         // `parse` guarantees exactly one active key.
         let (signer_kid, signer) = signer.ok_or(KeySetError::ActiveCount(0))?;
         let jwks_json = serde_json::json!({ "keys": jwks }).to_string().into();
+        let mut successor_secrets: Vec<(bool, [u8; 32])> = parsed
+            .iter()
+            .map(|key| {
+                let secret = Sha256::new()
+                    .chain_update(b"stoa/refresh-successor/v1")
+                    .chain_update(key.signing_key.to_bytes())
+                    .finalize()
+                    .into();
+                (key.state != KeyState::Active, secret)
+            })
+            .collect();
+        successor_secrets.sort_by_key(|(not_active, _)| *not_active);
         Ok(KeyRing {
+            successor_secrets: successor_secrets.into_iter().map(|(_, s)| s).collect(),
             signer_kid,
             signer,
             verifiers,
@@ -100,6 +118,12 @@ impl KeyRing {
 
     pub fn jwks_json(&self) -> Arc<str> {
         self.jwks_json.clone()
+    }
+
+    /// Secrets for refresh-token successors, the active key's first. Every replica loads
+    /// the same key set, so every replica derives the same successor.
+    pub fn successor_secrets(&self) -> &[[u8; 32]] {
+        &self.successor_secrets
     }
 }
 

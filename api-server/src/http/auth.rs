@@ -88,17 +88,24 @@ async fn refresh_session(
         return Err(ApiError::Unauthorized("refresh token is invalid"));
     }
     let presented = refresh::hash(&body.refresh_token);
-    let next = refresh::generate();
+    let ring = state.tokens.ring();
+    let Some(active_secret) = ring.successor_secrets().first() else {
+        return Err(ApiError::Unavailable("no signing key loaded"));
+    };
+    let next = refresh::successor(active_secret, &body.refresh_token);
     let expires_at = Utc::now() + state.config.auth.refresh_token_ttl;
     // Spend and replace in one statement: two concurrent uses of one token cannot both win.
+    // The successor never outlives the session's absolute end.
     let rotated: Option<Rotated> = sqlx::query_as(
         "WITH spent AS (
-             UPDATE refresh_tokens SET spent_at = now()
+             UPDATE refresh_tokens SET spent_at = now(), successor_hash = $2
              WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > now()
-             RETURNING family_id, user_id),
+               AND (session_expires_at IS NULL OR session_expires_at > now())
+             RETURNING family_id, user_id, session_expires_at),
           next AS (
-             INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at)
-             SELECT $2, family_id, user_id, $3 FROM spent
+             INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
+             SELECT $2, family_id, user_id, LEAST($3, COALESCE(session_expires_at, $3)), session_expires_at
+             FROM spent
              RETURNING family_id, user_id)
          SELECT u.id, u.email, u.username, u.bio, u.image, next.family_id
          FROM next JOIN users u ON u.id = next.user_id",
@@ -117,36 +124,73 @@ async fn refresh_session(
         )?));
     }
 
-    // Not spendable: if it was already spent, someone is replaying it. Revoke the family.
-    let reused: Option<(Uuid, Uuid)> = sqlx::query_as(
+    // Not spendable. Spent moments ago and its successor still unused: a second tab lost
+    // the race, and gets the same successor. Spent earlier (or its successor already
+    // used): someone is replaying it, so the whole family is revoked, in this statement.
+    #[derive(sqlx::FromRow)]
+    struct Replayed {
+        family_id: Uuid,
+        user_id: Uuid,
+        grace_successor: Option<Vec<u8>>,
+        #[sqlx(flatten)]
+        user: UserRow,
+    }
+    let replayed: Option<Replayed> = sqlx::query_as(
         "WITH presented AS (
-             SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1 AND spent_at IS NOT NULL),
+             SELECT family_id, user_id, spent_at, revoked_at, successor_hash
+             FROM refresh_tokens WHERE token_hash = $1 AND spent_at IS NOT NULL),
+          grace AS (
+             SELECT p.successor_hash FROM presented p
+             JOIN refresh_tokens s ON s.token_hash = p.successor_hash
+             WHERE p.revoked_at IS NULL AND p.spent_at > now() - make_interval(secs => $2)
+               AND s.spent_at IS NULL AND s.revoked_at IS NULL AND s.expires_at > now()),
           revoked AS (
              UPDATE refresh_tokens SET revoked_at = now()
-             WHERE family_id IN (SELECT family_id FROM presented) AND revoked_at IS NULL)
-         SELECT family_id, user_id FROM presented",
+             WHERE family_id IN (SELECT family_id FROM presented)
+               AND NOT EXISTS (SELECT 1 FROM grace) AND revoked_at IS NULL)
+         SELECT p.family_id, p.user_id, (SELECT successor_hash FROM grace) AS grace_successor,
+                u.id, u.email, u.username, u.bio, u.image
+         FROM presented p JOIN users u ON u.id = p.user_id",
     )
     .bind(&presented)
+    .bind(state.config.auth.refresh_reuse_grace.as_secs_f64())
     .fetch_optional(&**state.db())
     .await?;
-    if let Some((family, user)) = reused {
-        tracing::warn!(
-            target: "stoa::security",
-            event = "refresh_token_reuse",
-            user_id = %user,
-            family_id = %family,
-            client_ip = %ip.0,
-            "spent refresh token presented again: family revoked"
-        );
-        security_event(&state, "refresh_token_reuse");
-        state.revocations.mirror(None, &[family]).await;
+    let Some(replayed) = replayed else {
+        security_event(&state, "refresh_token_invalid");
         return Err(ApiError::Unauthorized(
-            "refresh token was already used; the session is revoked",
+            "refresh token is invalid or expired",
         ));
+    };
+    if let Some(successor_hash) = &replayed.grace_successor {
+        // The successor was derived under one of the loaded keys (the active one then).
+        let same = ring
+            .successor_secrets()
+            .iter()
+            .map(|secret| refresh::successor(secret, &body.refresh_token))
+            .find(|candidate| &candidate.hash == successor_hash);
+        return match same {
+            Some(successor) => Ok(axum::Json(session_response(
+                &state,
+                replayed.user,
+                Some(replayed.family_id),
+                Some(successor.token),
+            )?)),
+            None => Err(ApiError::Unauthorized("refresh token was already used")),
+        };
     }
-    security_event(&state, "refresh_token_invalid");
+    tracing::warn!(
+        target: "stoa::security",
+        event = "refresh_token_reuse",
+        user_id = %replayed.user_id,
+        family_id = %replayed.family_id,
+        client_ip = %ip.0,
+        "spent refresh token presented again: family revoked"
+    );
+    security_event(&state, "refresh_token_reuse");
+    state.revocations.mirror(None, &[replayed.family_id]).await;
     Err(ApiError::Unauthorized(
-        "refresh token is invalid or expired",
+        "refresh token was already used; the session is revoked",
     ))
 }
 

@@ -58,18 +58,24 @@ pub fn session_response(
     })
 }
 
-/// A new session: a refresh-token family, its first token and its expiry.
+/// A new session: a refresh-token family, its first token, that token's expiry and the
+/// session's absolute end (`STOA_SESSION_MAX_LIFETIME`).
 struct NewSession {
     family: Uuid,
     refresh: crate::auth::refresh::NewRefreshToken,
     expires_at: chrono::DateTime<chrono::Utc>,
+    session_expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 fn new_session(state: &AppState) -> NewSession {
+    let now = chrono::Utc::now();
+    let auth = &state.config.auth;
+    let session_expires_at = now + auth.session_max_lifetime;
     NewSession {
         family: Uuid::new_v4(),
         refresh: crate::auth::refresh::generate(),
-        expires_at: chrono::Utc::now() + state.config.auth.refresh_token_ttl,
+        expires_at: (now + auth.refresh_token_ttl).min(session_expires_at),
+        session_expires_at,
     }
 }
 
@@ -111,8 +117,8 @@ async fn register(
              INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)
              RETURNING id, email, username, bio, image),
           session AS (
-             INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at)
-             SELECT $4, $5, id, $6 FROM u)
+             INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
+             SELECT $4, $5, id, $6, $7 FROM u)
          SELECT * FROM u",
     )
     .bind(username)
@@ -121,6 +127,7 @@ async fn register(
     .bind(&session.refresh.hash)
     .bind(session.family)
     .bind(session.expires_at)
+    .bind(session.session_expires_at)
     .fetch_one(&**state.db())
     .await
     .on_constraint("users_username_key", taken("username"))
@@ -187,11 +194,12 @@ async fn login(
         }
     };
     let session = new_session(&state);
-    sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)")
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(&session.refresh.hash)
         .bind(session.family)
         .bind(row.id)
         .bind(session.expires_at)
+        .bind(session.session_expires_at)
         .execute(&**state.db())
         .await?;
     Ok(axum::Json(session_response(
@@ -351,8 +359,8 @@ async fn update_user(
              WHERE user_id IN (SELECT id FROM u) AND $4::text IS NOT NULL AND revoked_at IS NULL
              RETURNING family_id),
           session AS (
-             INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at)
-             SELECT $9, $10, id, $11 FROM u WHERE $4::text IS NOT NULL)
+             INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
+             SELECT $9, $10, id, $11, $12 FROM u WHERE $4::text IS NOT NULL)
          SELECT u.*, ARRAY(SELECT DISTINCT family_id FROM revoked) AS revoked_families FROM u",
     )
     .bind(auth.id)
@@ -366,6 +374,7 @@ async fn update_user(
     .bind(session.as_ref().map(|s| s.refresh.hash.clone()))
     .bind(session.as_ref().map(|s| s.family))
     .bind(session.as_ref().map(|s| s.expires_at))
+    .bind(session.as_ref().map(|s| s.session_expires_at))
     .fetch_optional(&**state.db())
     .await
     .on_constraint("users_username_key", taken("username"))
