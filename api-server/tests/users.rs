@@ -358,3 +358,50 @@ async fn usernames_are_unique_ignoring_case(pool: PgPool) {
         .await;
     assert_eq!(errors(&rename, "username"), ["has already been taken"]);
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn hashes_made_with_older_parameters_are_upgraded_at_login(pool: PgPool) {
+    use argon2::PasswordHasher;
+    let app = TestApp::spawn(pool.clone()).await;
+    app.register("jake").await;
+    // A hash from a release with other argon2 parameters (the test server uses m=1024, t=1).
+    let old = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(2048, 2, 1, None).unwrap(),
+    )
+    .hash_password(b"password-jake")
+    .unwrap()
+    .to_string();
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE username = 'jake'")
+        .bind(&old)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let login = app
+        .post(
+            "/api/users/login",
+            None,
+            json!({"user": {"email": "jake@example.com", "password": "password-jake"}}),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK);
+    common::eventually("the hash is upgraded", || async {
+        let stored: String =
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE username = 'jake'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        stored.contains("m=1024,t=1")
+    })
+    .await;
+    // And the password still works.
+    let again = app
+        .post(
+            "/api/users/login",
+            None,
+            json!({"user": {"email": "jake@example.com", "password": "password-jake"}}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+}

@@ -79,6 +79,23 @@ impl PasswordHashing {
         .await?
     }
 
+    /// Whether `stored` was made with other parameters than the configured ones. Such
+    /// hashes cost a different time to verify than the dummy hash that stands in for
+    /// unknown accounts, which would tell them apart; they are replaced at the next login.
+    pub fn needs_rehash(&self, stored: &str) -> bool {
+        let Ok(hash) = argon2::PasswordHash::new(stored) else {
+            return true;
+        };
+        if hash.algorithm != argon2::ARGON2ID_IDENT {
+            return true;
+        }
+        Params::try_from(&hash).map_or(true, |p| {
+            p.m_cost() != self.params.m_cost()
+                || p.t_cost() != self.params.t_cost()
+                || p.p_cost() != self.params.p_cost()
+        })
+    }
+
     /// Verifies against `hash`, or against a dummy hash when there is no account, so both
     /// paths take the same time. Returns true only for a real match.
     pub async fn verify(&self, password: String, hash: Option<String>) -> anyhow::Result<bool> {

@@ -185,6 +185,10 @@ async fn login(
         Some(c) => (Some(c.user), Some(c.password_hash)),
         None => (None, None),
     };
+    let stale = hash
+        .as_deref()
+        .is_some_and(|h| state.passwords.needs_rehash(h))
+        .then(|| (hash.clone(), user.password.clone()));
     let matched = state.passwords.verify(user.password, hash).await?;
     let row = match row {
         Some(row) if matched => row,
@@ -193,6 +197,9 @@ async fn login(
             return Err(ApiError::InvalidCredentials);
         }
     };
+    if let Some((Some(old_hash), password)) = stale {
+        upgrade_hash(&state, row.id, old_hash, password);
+    }
     let session = new_session(&state);
     sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(&session.refresh.hash)
@@ -234,6 +241,29 @@ async fn current_user(
 }
 
 /// Update the current user.
+/// Replaces a hash made with older parameters, after a successful login, in the
+/// background (the login does not wait for a second hash). Only if the stored hash is
+/// still the one verified: a password change meanwhile wins.
+fn upgrade_hash(state: &AppState, user_id: Uuid, old_hash: String, password: String) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let result = async {
+            let new_hash = state.passwords.hash(password).await?;
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3")
+                .bind(new_hash)
+                .bind(user_id)
+                .bind(old_hash)
+                .execute(&**state.db())
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(user_id = %user_id, error = %e, "could not upgrade a password hash; retried at the next login");
+        }
+    });
+}
+
 /// Changing the password or the email needs the current password (OWASP ASVS 6.2.3): an
 /// access token alone, if stolen, must not take over the account. RealWorld clients send
 /// the unchanged email with every settings update, so an email equal to the current one
