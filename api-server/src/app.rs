@@ -96,6 +96,19 @@ impl App {
                 access_ttl: config.auth.access_token_ttl,
                 leeway: config.auth.leeway,
             };
+            let since = Arc::new(std::sync::Mutex::new(chrono::Utc::now()));
+            let catch_up_db = database.clone();
+            kv.set_catch_up(Box::new(move |conn| {
+                let database = catch_up_db.clone();
+                let since = since.clone();
+                Box::pin(async move {
+                    let pool = database.pool().clone();
+                    let from = *since.lock().unwrap_or_else(|p| p.into_inner());
+                    let next = crate::auth::revocation::catch_up(&pool, conn, window, from).await?;
+                    *since.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                    Ok(())
+                })
+            }));
             kv.set_resync(Box::new(move |conn| {
                 let database = database.clone();
                 Box::pin(async move {

@@ -22,14 +22,29 @@ use crate::metrics::{DependencyLabels, Metrics};
 pub type ResyncHook =
     Box<dyn Fn(ConnectionManager) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
+/// Runs on every probe while Redis is trusted: copies what changed in PostgreSQL since
+/// the last round into Redis, so a write another replica could not mirror (it could not
+/// reach Redis) reaches Redis within one probe interval.
+pub type CatchUpHook =
+    Box<dyn Fn(ConnectionManager) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
 /// Present in Redis once a resync has run against this Redis instance; a Redis that lost
-/// its data (restart without persistence) lacks it, which triggers a resync.
-const SYNCED_MARKER: &str = "stoa:synced";
+/// its data (restart without persistence, `FLUSHALL`) lacks it. Readers of mirrored state
+/// fetch it in the same round trip and distrust Redis at once when it is gone.
+pub const SYNCED_MARKER: &str = "stoa:synced";
+
+/// The only eviction policy under which mirrored revocations cannot vanish before their
+/// TTL: `volatile-*` policies evict exactly the keys with a TTL (revocations) and keep the
+/// marker; `allkeys-*` may evict either.
+const SAFE_EVICTION_POLICY: &str = "noeviction";
 
 pub struct Kv {
     manager: ConnectionManager,
     resync: std::sync::OnceLock<ResyncHook>,
+    catch_up: std::sync::OnceLock<CatchUpHook>,
     up: AtomicBool,
+    /// Logged once: `CONFIG GET` is not allowed on this Redis.
+    policy_unknown_warned: AtomicBool,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -55,7 +70,9 @@ impl Kv {
         let kv = Arc::new(Kv {
             manager,
             resync: std::sync::OnceLock::new(),
+            catch_up: std::sync::OnceLock::new(),
             up: AtomicBool::new(false),
+            policy_unknown_warned: AtomicBool::new(false),
             timeout,
             metrics,
         });
@@ -72,6 +89,17 @@ impl Kv {
     /// Installs the resync hook (once, before traffic).
     pub fn set_resync(&self, hook: ResyncHook) {
         let _ = self.resync.set(hook);
+    }
+
+    /// Installs the catch-up hook (once, before traffic).
+    pub fn set_catch_up(&self, hook: CatchUpHook) {
+        let _ = self.catch_up.set(hook);
+    }
+
+    /// A reader found Redis without the marker: stop trusting it until the probe has
+    /// resynced it.
+    pub fn distrust(&self, reason: &str) {
+        self.set_up(false, reason);
     }
 
     pub fn is_up(&self) -> bool {
@@ -120,15 +148,27 @@ impl Kv {
         }
     }
 
-    /// Whether Redis answers and holds our state; resyncs first when it does not.
+    /// Whether Redis answers, cannot silently evict mirrored state, and holds our state;
+    /// resyncs first when it does not (untrusted meanwhile, so nothing reads an empty
+    /// mirror as "not revoked").
     async fn check(&self) -> Result<(), String> {
         let mut conn = self.manager.clone();
         let marker = tokio::time::timeout(self.timeout, conn.exists::<_, bool>(SYNCED_MARKER))
             .await
             .map_err(|_| "timeout".to_owned())?
             .map_err(|e| e.category().to_owned())?;
+        self.check_eviction_policy(&mut conn).await?;
         if marker && self.is_up() {
+            if let Some(hook) = self.catch_up.get() {
+                tokio::time::timeout(Duration::from_secs(5), hook(self.manager.clone()))
+                    .await
+                    .map_err(|_| "catch-up timed out".to_owned())?
+                    .map_err(|e| format!("catch-up failed: {e:#}"))?;
+            }
             return Ok(());
+        }
+        if !marker {
+            self.set_up(false, "redis lost its data; resyncing before trusting it");
         }
         if let Some(hook) = self.resync.get() {
             tokio::time::timeout(Duration::from_secs(30), hook(self.manager.clone()))
@@ -141,6 +181,35 @@ impl Kv {
             .await
             .map_err(|e| e.category().to_owned())?;
         Ok(())
+    }
+
+    /// Refuses to trust a Redis whose eviction policy could drop revocations while keeping
+    /// the marker. A Redis that does not allow `CONFIG GET` (some managed services) is
+    /// trusted with a warning: the README says to configure `noeviction` there.
+    async fn check_eviction_policy(&self, conn: &mut ConnectionManager) -> Result<(), String> {
+        let answer = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async::<Vec<String>>(conn),
+        )
+        .await
+        .map_err(|_| "timeout".to_owned())?;
+        match answer {
+            Ok(pair) => match pair.get(1) {
+                Some(policy) if policy != SAFE_EVICTION_POLICY => Err(format!(
+                    "maxmemory-policy is {policy}: Redis could evict revocations; set noeviction"
+                )),
+                _ => Ok(()),
+            },
+            Err(e) => {
+                if !self.policy_unknown_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e.category(), "cannot read Redis maxmemory-policy; it must be noeviction");
+                }
+                Ok(())
+            }
+        }
     }
 }
 

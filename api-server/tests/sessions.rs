@@ -419,3 +419,113 @@ async fn expired_sessions_and_revocations_are_purged_by_one_replica_at_a_time(po
         .unwrap();
     assert_eq!(left, 1, "the register session is still live");
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_redis_that_lost_its_data_is_never_read_as_not_revoked(pool: PgPool) {
+    let redis = RedisServer::start().await;
+    let app = TestApp::spawn_with(pool, &[("STOA_REDIS_URL", &redis.url())]).await;
+    eventually("redis up", || async {
+        app.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "up"
+    })
+    .await;
+    app.register("jake").await;
+    let (revoked, _) = login(&app, "jake").await;
+    app.post("/api/auth/logout", Some(&revoked), json!({}))
+        .await;
+    // Redis loses everything (FLUSHALL, or a restart without persistence) while trusted.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    // Not one request in the window before the probe resyncs may accept the token.
+    for _ in 0..40 {
+        assert_eq!(
+            app.get("/api/user", Some(&revoked)).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    eventually("trusted again after the resync", || async {
+        app.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "up"
+    })
+    .await;
+    assert_eq!(
+        app.get("/api/user", Some(&revoked)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_redis_that_may_evict_revocations_is_not_trusted(pool: PgPool) {
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "volatile-lru"]).await;
+    let app = TestApp::spawn_with(pool, &[("STOA_REDIS_URL", &redis.url())]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let ready = app.admin_get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK, "Redis is optional");
+    assert_eq!(ready.body["checks"]["redis"]["status"], "degraded");
+    // Revocation still holds, through PostgreSQL.
+    app.register("jake").await;
+    let (token, _) = login(&app, "jake").await;
+    app.post("/api/auth/logout", Some(&token), json!({})).await;
+    assert_eq!(
+        app.get("/api/user", Some(&token)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_revocation_made_by_a_replica_cut_off_from_redis_reaches_the_others(pool: PgPool) {
+    let redis = RedisServer::start().await;
+    // Replica A cannot reach Redis (a closed port); replica B can. Same database.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("redis://127.0.0.1:{}", dead.local_addr().unwrap().port());
+    drop(dead);
+    // Replicas share the key set, as pods mounting one Secret do.
+    let keys = tempfile::tempdir().unwrap();
+    stoa_api::keys::generate_keyset()
+        .write_dir(keys.path())
+        .unwrap();
+    let keys_dir = keys.path().to_str().unwrap();
+    let a = TestApp::spawn_with(
+        pool.clone(),
+        &[
+            ("STOA_REDIS_URL", &dead_url),
+            ("STOA_JWT_KEYS_DIR", keys_dir),
+        ],
+    )
+    .await;
+    let b = TestApp::spawn_with(
+        pool,
+        &[
+            ("STOA_REDIS_URL", &redis.url()),
+            ("STOA_JWT_KEYS_DIR", keys_dir),
+        ],
+    )
+    .await;
+    eventually("B trusts redis", || async {
+        b.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "up"
+    })
+    .await;
+    b.register("jake").await;
+    let (token, _) = login(&b, "jake").await;
+    assert_eq!(
+        b.get("/api/user", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    // Logged out through A: only PostgreSQL hears of it.
+    assert_eq!(
+        a.post("/api/auth/logout", Some(&token), json!({}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    // B, still trusting Redis, learns it within a probe interval.
+    eventually("B rejects the revoked token", || async {
+        b.get("/api/user", Some(&token)).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert_eq!(
+        b.admin_get("/readyz").await.body["checks"]["redis"]["status"],
+        "up",
+        "answered from Redis, not by falling back"
+    );
+}

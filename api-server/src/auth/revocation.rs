@@ -66,13 +66,19 @@ impl Revocations {
         family: Option<Uuid>,
     ) -> Result<bool, sqlx::Error> {
         if let Some(kv) = &self.kv {
-            let mut keys = vec![jti_key(jti)];
+            // The marker comes in the same round trip: a Redis that lost its data since the
+            // last probe is noticed here, not up to a probe interval later.
+            let mut keys = vec![crate::kv::SYNCED_MARKER.to_owned(), jti_key(jti)];
             keys.extend(family.map(family_key));
             let found = kv
-                .run(|mut conn| async move { conn.exists::<_, u32>(keys).await })
+                .run(|mut conn| async move { conn.mget::<_, Vec<Option<u8>>>(keys).await })
                 .await;
-            if let Some(found) = found {
-                return Ok(found > 0);
+            match found {
+                Some(values) if values.first().is_some_and(Option::is_some) => {
+                    return Ok(values[1..].iter().any(Option::is_some));
+                }
+                Some(_) => kv.distrust("redis lost its data; resyncing before trusting it"),
+                None => {}
             }
         }
         sqlx::query_scalar(
@@ -106,6 +112,46 @@ impl Revocations {
         })
         .await;
     }
+}
+
+/// Copies the revocations made since `since` (minus a margin for clock skew between the
+/// database and this process and for slow transactions) into Redis; returns the next
+/// `since`. Run by every replica on every probe, so a revocation that its own replica could
+/// not mirror reaches Redis within a probe interval through any replica that can.
+pub async fn catch_up(
+    db: &PgPool,
+    mut conn: ConnectionManager,
+    window: MirrorWindow,
+    since: DateTime<Utc>,
+) -> anyhow::Result<DateTime<Utc>> {
+    let (now, jtis, families): (DateTime<Utc>, Vec<Uuid>, Vec<Uuid>) = sqlx::query_as(
+        "SELECT now(),
+                ARRAY(SELECT jti FROM revoked_tokens WHERE revoked_at > $1 - interval '5 seconds'),
+                ARRAY(SELECT DISTINCT family_id FROM refresh_tokens WHERE revoked_at > $1 - interval '5 seconds')",
+    )
+    .bind(since)
+    .fetch_one(db)
+    .await?;
+    if jtis.is_empty() && families.is_empty() {
+        return Ok(now);
+    }
+    let expiries: Vec<(Uuid, DateTime<Utc>)> =
+        sqlx::query_as("SELECT jti, expires_at FROM revoked_tokens WHERE jti = ANY($1)")
+            .bind(&jtis)
+            .fetch_all(db)
+            .await?;
+    let mut pipe = redis::pipe();
+    for (jti, expires_at) in expiries {
+        if let Some(ttl) = window.jti_ttl(expires_at, now) {
+            pipe.set_ex(jti_key(jti), 1, ttl).ignore();
+        }
+    }
+    for family in families {
+        pipe.set_ex(family_key(family), 1, window.family_ttl())
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await?;
+    Ok(now)
 }
 
 /// Copies every revocation that can still matter from PostgreSQL into Redis (run before

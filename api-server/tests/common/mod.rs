@@ -211,16 +211,26 @@ pub fn errors(res: &Response, field: &str) -> Vec<String> {
 pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(&[]).await
+    }
+
+    /// With extra `redis-server` arguments (e.g. a maxmemory policy).
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+        };
         server.restart().await;
         server
     }
@@ -242,6 +252,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
