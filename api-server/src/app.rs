@@ -19,7 +19,7 @@ use crate::config::DatabaseUrlSource;
 use crate::db::Db;
 use crate::keys::{KeySetFile, generate_keyset};
 use crate::kv::Kv;
-use crate::metrics::{KeyLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::state::{AppState, Parts};
 
 pub struct App {
@@ -45,20 +45,6 @@ fn load_keys(config: &Config) -> anyhow::Result<(KeySetFile, Option<Vec<u8>>)> {
     }
 }
 
-pub fn publish_key_metrics(metrics: &Metrics, ring: &KeyRing) {
-    metrics.signing_keys.clear();
-    for (kid, state) in ring.kids() {
-        metrics
-            .signing_keys
-            .get_or_create(&KeyLabels {
-                kid: kid.clone(),
-                state: state.as_str(),
-            })
-            .set(1);
-    }
-    metrics.keyset_generation.inc();
-}
-
 impl App {
     /// Builds everything that can fail at start-up, so `serve` either runs or exits with a
     /// clear error. `pool` overrides the configured database (tests pass their own).
@@ -66,7 +52,7 @@ impl App {
         let (keyset, keyset_bytes) = load_keys(&config)?;
         let ring = KeyRing::from_file(&keyset).context("invalid signing key set")?;
         let metrics = Arc::new(Metrics::new(crate::schema::required_version()));
-        publish_key_metrics(&metrics, &ring);
+        metrics.publish_keys(ring.kids());
         let tokens = TokenService::new(
             ring,
             config.auth.issuer.clone(),

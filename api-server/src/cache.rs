@@ -12,11 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use prometheus_client::encoding::EncodeLabelSet;
 use redis::{AsyncCommands, Script};
 
 use crate::kv::Kv;
-use crate::metrics::Metrics;
+use crate::metrics::{CacheLabels, Metrics};
 
 const LISTS: &str = "stoa:c:lists";
 const ARTICLES: &str = "stoa:c:articles";
@@ -33,12 +32,6 @@ for _, set in ipairs(KEYS) do
 end
 return 0
 ";
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CacheLabels {
-    pub kind: &'static str,
-    pub outcome: &'static str,
-}
 
 /// What a write changed.
 #[derive(Debug, Clone)]
@@ -95,12 +88,7 @@ pub fn key_for_request(path: &str, query: Option<&str>) -> Option<Key> {
         "/api/tags" => Some(Key::Tags),
         "/api/articles" => {
             let p: ListParams = serde_urlencoded::from_str(query.unwrap_or("")).ok()?;
-            let (limit, offset) = crate::http::extract::Pagination {
-                limit: p.limit,
-                offset: p.offset,
-            }
-            .resolve()
-            .ok()?;
+            let (limit, offset) = crate::paging::resolve(p.limit, p.offset).ok()?;
             list_key(
                 limit,
                 offset,

@@ -10,8 +10,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::ratelimit::Quota;
-
 /// A value that must never appear in logs, errors or `check-config` output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -672,6 +670,39 @@ pub fn redact_url(url: &str) -> String {
         format!("{scheme}://{host}")
     } else {
         format!("{scheme}://{host}/{path}")
+    }
+}
+
+/// A limit: `burst` requests at once, refilling at `burst` per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub burst: u32,
+    pub period: Duration,
+}
+
+impl Quota {
+    /// Parses `N/period`, e.g. `600/1m`, `10/15m`.
+    pub fn parse(s: &str) -> Result<Quota, String> {
+        let (n, period) = s.split_once('/').ok_or("expected N/period, e.g. 600/1m")?;
+        let burst: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{n:?} is not a number"))?;
+        let period = humantime::parse_duration(period.trim()).map_err(|e| e.to_string())?;
+        if burst == 0 || period.is_zero() {
+            return Err("both N and the period must be positive".into());
+        }
+        Ok(Quota { burst, period })
+    }
+
+    /// Milliseconds between two requests at the sustained rate.
+    pub fn interval_ms(self) -> u64 {
+        (self.period.as_millis() as u64 / u64::from(self.burst)).max(1)
+    }
+
+    /// `RateLimit-Policy` value, e.g. `600;w=60`.
+    pub fn policy(self) -> String {
+        format!("{};w={}", self.burst, self.period.as_secs().max(1))
     }
 }
 

@@ -6,12 +6,14 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::metrics::{BucketLabels, Metrics};
+use crate::ratelimit::{Decision, Quota};
 
 /// Field name → messages, serialized in a stable order.
 pub type FieldErrors = BTreeMap<Cow<'static, str>, Vec<Cow<'static, str>>>;
@@ -33,10 +35,7 @@ pub enum ApiError {
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("rate limited")]
-    RateLimited {
-        retry_after: Duration,
-        headers: crate::ratelimit::Headers,
-    },
+    RateLimited { quota: Quota, decision: Decision },
     #[error("service unavailable: {0}")]
     Unavailable(&'static str),
     #[error("database error")]
@@ -46,6 +45,41 @@ pub enum ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The 429 for a denied rate-limit decision (counted by bucket).
+pub fn rate_limited(
+    metrics: &Metrics,
+    bucket: &'static str,
+    quota: Quota,
+    decision: Decision,
+) -> ApiError {
+    metrics
+        .rate_limited
+        .get_or_create(&BucketLabels { bucket })
+        .inc();
+    ApiError::RateLimited { quota, decision }
+}
+
+/// The `RateLimit-*` response headers of one decision (IETF draft "RateLimit header
+/// fields"), on allowed and refused responses alike.
+pub fn apply_rate_limit_headers(
+    headers: &mut axum::http::HeaderMap,
+    quota: Quota,
+    decision: Decision,
+) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    set("ratelimit-limit", decision.limit.to_string());
+    set("ratelimit-remaining", decision.remaining.to_string());
+    set(
+        "ratelimit-reset",
+        decision.reset.as_millis().div_ceil(1000).to_string(),
+    );
+    set("ratelimit-policy", quota.policy());
+}
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -121,16 +155,13 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Token realm=\"stoa\", Bearer realm=\"stoa\""),
                 );
             }
-            ApiError::RateLimited {
-                retry_after,
-                headers,
-            } => {
+            ApiError::RateLimited { quota, decision } => {
                 // Round up: retrying after the advertised time must succeed.
-                let secs = retry_after.as_millis().div_ceil(1000).max(1);
+                let secs = decision.retry_after.as_millis().div_ceil(1000).max(1);
                 if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
-                headers.apply(response.headers_mut());
+                apply_rate_limit_headers(response.headers_mut(), *quota, *decision);
             }
             ApiError::Unavailable(_) => {
                 response

@@ -37,6 +37,12 @@ pub struct DependencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event: &'static str,
 }
@@ -54,7 +60,7 @@ pub struct Metrics {
     pub keyset_generation: Gauge<u64, AtomicU64>,
     pub dependency_up: Family<DependencyLabels, Gauge>,
     pub security_events: Family<EventLabels, Counter>,
-    pub cache_requests: Family<crate::cache::CacheLabels, Counter>,
+    pub cache_requests: Family<CacheLabels, Counter>,
     pub rate_limited: Family<BucketLabels, Counter>,
     pub db_credentials: Family<CredentialLabels, Gauge>,
     pub db_credential_reloads: Family<OutcomeLabels, Counter>,
@@ -159,7 +165,7 @@ impl Metrics {
             "Security-relevant events, by kind",
             security_events.clone(),
         );
-        let cache_requests = Family::<crate::cache::CacheLabels, Counter>::default();
+        let cache_requests = Family::<CacheLabels, Counter>::default();
         registry.register(
             "cache_requests",
             "Cache lookups by kind and outcome (hit, miss, unavailable)",
@@ -223,6 +229,20 @@ impl Metrics {
             db_credential_reloads,
             schema_version,
         }
+    }
+
+    /// Replaces the loaded-keys gauge with this key set and counts the load.
+    pub fn publish_keys(&self, kids: &[(String, stoa_contract::keys::KeyState)]) {
+        self.signing_keys.clear();
+        for (kid, state) in kids {
+            self.signing_keys
+                .get_or_create(&KeyLabels {
+                    kid: kid.clone(),
+                    state: state.as_str(),
+                })
+                .set(1);
+        }
+        self.keyset_generation.inc();
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {

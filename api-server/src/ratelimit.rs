@@ -12,37 +12,7 @@ use redis::Script;
 
 use crate::kv::Kv;
 
-/// A limit: `burst` requests at once, refilling at `burst` per `period`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    pub burst: u32,
-    pub period: Duration,
-}
-
-impl Quota {
-    /// Parses `N/period`, e.g. `600/1m`, `10/15m`.
-    pub fn parse(s: &str) -> Result<Quota, String> {
-        let (n, period) = s.split_once('/').ok_or("expected N/period, e.g. 600/1m")?;
-        let burst: u32 = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("{n:?} is not a number"))?;
-        let period = humantime::parse_duration(period.trim()).map_err(|e| e.to_string())?;
-        if burst == 0 || period.is_zero() {
-            return Err("both N and the period must be positive".into());
-        }
-        Ok(Quota { burst, period })
-    }
-
-    fn interval_ms(self) -> u64 {
-        (self.period.as_millis() as u64 / u64::from(self.burst)).max(1)
-    }
-
-    /// `RateLimit-Policy` value, e.g. `600;w=60`.
-    pub fn policy(self) -> String {
-        format!("{};w={}", self.burst, self.period.as_secs().max(1))
-    }
-}
+pub use crate::config::Quota;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -195,56 +165,6 @@ impl RateLimiter {
             }
         }
         (self.local.check(&full_key, quota), None)
-    }
-}
-
-/// The `RateLimit-*` response headers of one decision (IETF draft "RateLimit header fields").
-#[derive(Debug, Clone)]
-pub struct Headers {
-    limit: u32,
-    remaining: u32,
-    reset_secs: u64,
-    policy: String,
-}
-
-impl Headers {
-    pub fn new(quota: Quota, decision: Decision) -> Self {
-        Headers {
-            limit: decision.limit,
-            remaining: decision.remaining,
-            reset_secs: decision.reset.as_millis().div_ceil(1000) as u64,
-            policy: quota.policy(),
-        }
-    }
-
-    pub fn apply(&self, headers: &mut axum::http::HeaderMap) {
-        use axum::http::HeaderValue;
-        let mut set = |name: &'static str, value: String| {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(name, value);
-            }
-        };
-        set("ratelimit-limit", self.limit.to_string());
-        set("ratelimit-remaining", self.remaining.to_string());
-        set("ratelimit-reset", self.reset_secs.to_string());
-        set("ratelimit-policy", self.policy.clone());
-    }
-}
-
-/// The 429 for a denied decision (counted by bucket).
-pub fn refuse(
-    metrics: &crate::metrics::Metrics,
-    bucket: &'static str,
-    quota: Quota,
-    decision: Decision,
-) -> crate::error::ApiError {
-    metrics
-        .rate_limited
-        .get_or_create(&crate::metrics::BucketLabels { bucket })
-        .inc();
-    crate::error::ApiError::RateLimited {
-        retry_after: decision.retry_after,
-        headers: Headers::new(quota, decision),
     }
 }
 

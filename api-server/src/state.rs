@@ -101,7 +101,7 @@ impl Inner {
         if decision.allowed {
             Ok(())
         } else {
-            Err(crate::ratelimit::refuse(
+            Err(crate::error::rate_limited(
                 &self.metrics,
                 bucket,
                 quota,

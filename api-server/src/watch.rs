@@ -44,7 +44,7 @@ pub fn spawn_keyset_watcher(state: AppState, dir: PathBuf, loaded: Vec<u8>) {
                         .iter()
                         .map(|(kid, s)| format!("{kid}:{}", s.as_str()))
                         .collect();
-                    crate::app::publish_key_metrics(&state.metrics, &ring);
+                    state.metrics.publish_keys(ring.kids());
                     state.tokens.replace_ring(ring);
                     tracing::info!(keys = ?kids, "signing key set reloaded");
                 }

@@ -1,12 +1,10 @@
-//! Token refresh and logout (Stoa extensions), plus the stricter budgets of the
-//! credential-handling endpoints.
+//! Token refresh and logout (Stoa extensions).
 
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -17,44 +15,14 @@ use crate::auth::refresh;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
+use crate::http::sessions::{UserRow, limit_credentials, security_event, session_response};
 use crate::http::types::UserResponse;
-use crate::http::users::{UserRow, session_response};
-use crate::metrics::EventLabels;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(refresh_session))
         .routes(routes!(logout))
-}
-
-/// The strict per-IP budget shared by login, register and refresh.
-pub async fn limit_credentials(state: &AppState, ip: ClientIp) -> ApiResult<()> {
-    state
-        .enforce_rate_limit(
-            "auth",
-            &crate::ratelimit::bucket_key(ip.0),
-            state.config.rate_limits.auth,
-        )
-        .await
-}
-
-/// Login attempts per account, keyed by a hash of the normalised email whether or not
-/// the account exists, so the answer reveals nothing about existence.
-pub async fn limit_login_attempts(state: &AppState, email: &str) -> ApiResult<()> {
-    let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
-    let key: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    state
-        .enforce_rate_limit("login", &key, state.config.rate_limits.login_per_account)
-        .await
-}
-
-pub fn security_event(state: &AppState, event: &'static str) {
-    state
-        .metrics
-        .security_events
-        .get_or_create(&EventLabels { event })
-        .inc();
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

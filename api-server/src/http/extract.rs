@@ -66,8 +66,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-pub const DEFAULT_LIMIT: i64 = 20;
-pub const MAX_LIMIT: i64 = 100;
+pub use crate::paging::{DEFAULT_LIMIT, MAX_LIMIT};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -81,14 +80,9 @@ pub struct Pagination {
 impl Pagination {
     /// Validated `(limit, offset)`: `limit` is clamped to 1..=100, a negative offset is a 422.
     pub fn resolve(&self) -> Result<(i64, i64), ApiError> {
-        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
-        let offset = self.offset.unwrap_or(0);
-        if limit < 1 {
-            return Err(ApiError::field("limit", "must be at least 1"));
-        }
-        if offset < 0 {
-            return Err(ApiError::field("offset", "must not be negative"));
-        }
-        Ok((limit.min(MAX_LIMIT), offset))
+        crate::paging::resolve(self.limit, self.offset).map_err(|e| match e {
+            crate::paging::PageError::Limit => ApiError::field("limit", "must be at least 1"),
+            crate::paging::PageError::Offset => ApiError::field("offset", "must not be negative"),
+        })
     }
 }

@@ -162,7 +162,7 @@ pub async fn limit_per_ip(
         )
         .await;
     if !decision.allowed {
-        return crate::ratelimit::refuse(&state.metrics, "ip", limits.per_ip, decision)
+        return crate::error::rate_limited(&state.metrics, "ip", limits.per_ip, decision)
             .into_response();
     }
     if let (Some(redis_key), Some(body)) = (prefetch, fetched) {
@@ -172,7 +172,7 @@ pub async fn limit_per_ip(
         });
     }
     let mut response = next.run(request).await;
-    crate::ratelimit::Headers::new(limits.per_ip, decision).apply(response.headers_mut());
+    crate::error::apply_rate_limit_headers(response.headers_mut(), limits.per_ip, decision);
     response
 }
 

@@ -9,6 +9,7 @@ pub mod health;
 pub mod middleware;
 pub mod openapi;
 pub mod profiles;
+pub mod sessions;
 pub mod slug;
 pub mod tags;
 pub mod types;

@@ -10,10 +10,12 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::cache::Change;
 use crate::error::{ApiError, ApiResult, ResultExt, Validator};
-use crate::http::auth::{limit_credentials, limit_login_attempts, security_event};
 use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
-use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, User, UserResponse};
+use crate::http::sessions::{
+    UserRow, limit_credentials, limit_login_attempts, new_session, security_event, session_response,
+};
+use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, UserResponse};
 use crate::http::validate;
 use crate::state::AppState;
 
@@ -24,59 +26,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(current_user, update_user))
 }
 
-#[derive(sqlx::FromRow)]
-pub struct UserRow {
-    pub id: Uuid,
-    pub email: String,
-    pub username: String,
-    pub bio: Option<String>,
-    pub image: Option<String>,
-}
-
 fn taken(field: &'static str) -> impl FnOnce() -> ApiError {
     move || ApiError::field(field, "has already been taken")
-}
-
-/// The user with a fresh access token in session `family`, and the session's new
-/// refresh token when one was just issued.
-pub fn session_response(
-    state: &AppState,
-    row: UserRow,
-    family: Option<Uuid>,
-    refresh_token: Option<String>,
-) -> ApiResult<UserResponse> {
-    let issued = state.tokens.issue(row.id, family)?;
-    Ok(UserResponse {
-        user: User {
-            email: row.email,
-            token: issued.token,
-            username: row.username,
-            bio: row.bio,
-            image: row.image,
-            refresh_token,
-        },
-    })
-}
-
-/// A new session: a refresh-token family, its first token, that token's expiry and the
-/// session's absolute end (`STOA_SESSION_MAX_LIFETIME`).
-struct NewSession {
-    family: Uuid,
-    refresh: crate::auth::refresh::NewRefreshToken,
-    expires_at: chrono::DateTime<chrono::Utc>,
-    session_expires_at: chrono::DateTime<chrono::Utc>,
-}
-
-fn new_session(state: &AppState) -> NewSession {
-    let now = chrono::Utc::now();
-    let auth = &state.config.auth;
-    let session_expires_at = now + auth.session_max_lifetime;
-    NewSession {
-        family: Uuid::new_v4(),
-        refresh: crate::auth::refresh::generate(),
-        expires_at: (now + auth.refresh_token_ttl).min(session_expires_at),
-        session_expires_at,
-    }
 }
 
 /// Register a new user.

@@ -1,0 +1,92 @@
+//! Sessions as the credential endpoints share them: the user row they answer with, a new
+//! session (refresh-token family), the response that carries the tokens, and the stricter
+//! budgets and security counters of register, login, refresh and credential changes.
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::ApiResult;
+use crate::http::middleware::ClientIp;
+use crate::http::types::{User, UserResponse};
+use crate::metrics::EventLabels;
+use crate::state::AppState;
+
+#[derive(sqlx::FromRow)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub username: String,
+    pub bio: Option<String>,
+    pub image: Option<String>,
+}
+
+/// The user with a fresh access token in session `family`, and the session's new
+/// refresh token when one was just issued.
+pub fn session_response(
+    state: &AppState,
+    row: UserRow,
+    family: Option<Uuid>,
+    refresh_token: Option<String>,
+) -> ApiResult<UserResponse> {
+    let issued = state.tokens.issue(row.id, family)?;
+    Ok(UserResponse {
+        user: User {
+            email: row.email,
+            token: issued.token,
+            username: row.username,
+            bio: row.bio,
+            image: row.image,
+            refresh_token,
+        },
+    })
+}
+
+/// A new session: a refresh-token family, its first token, that token's expiry and the
+/// session's absolute end (`STOA_SESSION_MAX_LIFETIME`).
+pub struct NewSession {
+    pub family: Uuid,
+    pub refresh: crate::auth::refresh::NewRefreshToken,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub session_expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub fn new_session(state: &AppState) -> NewSession {
+    let now = chrono::Utc::now();
+    let auth = &state.config.auth;
+    let session_expires_at = now + auth.session_max_lifetime;
+    NewSession {
+        family: Uuid::new_v4(),
+        refresh: crate::auth::refresh::generate(),
+        expires_at: (now + auth.refresh_token_ttl).min(session_expires_at),
+        session_expires_at,
+    }
+}
+
+/// The strict per-IP budget shared by login, register and refresh.
+pub async fn limit_credentials(state: &AppState, ip: ClientIp) -> ApiResult<()> {
+    state
+        .enforce_rate_limit(
+            "auth",
+            &crate::ratelimit::bucket_key(ip.0),
+            state.config.rate_limits.auth,
+        )
+        .await
+}
+
+/// Login attempts per account, keyed by a hash of the normalised email whether or not
+/// the account exists, so the answer reveals nothing about existence.
+pub async fn limit_login_attempts(state: &AppState, email: &str) -> ApiResult<()> {
+    let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
+    let key: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    state
+        .enforce_rate_limit("login", &key, state.config.rate_limits.login_per_account)
+        .await
+}
+
+pub fn security_event(state: &AppState, event: &'static str) {
+    state
+        .metrics
+        .security_events
+        .get_or_create(&EventLabels { event })
+        .inc();
+}
