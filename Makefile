@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export DATABASE_URL
 
-.PHONY: run test lint fmt services bench crds validate
+.PHONY: run test lint fmt services bench crds validate fuzz
 
 services:
 	@scripts/ensure-services.sh
@@ -28,6 +28,10 @@ fmt:
 validate:
 	python3 -m pip install -q --disable-pip-version-check kubernetes-validate helm-python-sdk jsonschema pyyaml
 	python3 scripts/validate-manifests.py
+
+## Contract fuzzing: schemathesis against the served OpenAPI document (after `make test`).
+fuzz: services
+	scripts/contract-fuzz.sh
 
 ## Load harness against a release build on a scratch database (see README, "Benchmarks").
 bench: services

@@ -366,7 +366,9 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 9090)),
                 socket_addr,
             )?,
-            body_limit_bytes: env.number("STOA_BODY_LIMIT_BYTES", 256 * 1024usize)?,
+            // Room for the largest valid article (131072 characters of up to 4 bytes each,
+            // plus the other fields), so a request the API document allows always fits.
+            body_limit_bytes: env.number("STOA_BODY_LIMIT_BYTES", 1024 * 1024usize)?,
             request_timeout: env.duration("STOA_REQUEST_TIMEOUT", Duration::from_secs(30))?,
             shutdown_delay: env.duration(
                 "STOA_SHUTDOWN_DELAY",

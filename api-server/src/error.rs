@@ -28,6 +28,14 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// 403 with a field error: the caller may not do this without proving something
+    /// (`currentPassword`).
+    #[error("forbidden")]
+    ForbiddenField(FieldErrors),
+    /// 409 with a field error: the request is valid but conflicts with stored state (a
+    /// username or email already taken).
+    #[error("conflict")]
+    Conflict(FieldErrors),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("validation failed")]
@@ -87,6 +95,20 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// A 403 with a single field error.
+    pub fn forbidden_field(field: &'static str, message: &'static str) -> Self {
+        let mut errors = FieldErrors::new();
+        errors.insert(Cow::Borrowed(field), vec![Cow::Borrowed(message)]);
+        ApiError::ForbiddenField(errors)
+    }
+
+    /// A 409 with a single field error.
+    pub fn conflict(field: &'static str, message: &'static str) -> Self {
+        let mut errors = FieldErrors::new();
+        errors.insert(Cow::Borrowed(field), vec![Cow::Borrowed(message)]);
+        ApiError::Conflict(errors)
+    }
+
     /// A 422 with a single field error.
     pub fn field(field: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         let mut errors = FieldErrors::new();
@@ -97,13 +119,15 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::ForbiddenField(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(e) if is_pool_exhausted(e) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(e) if is_unstorable_text(e) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,14 +143,25 @@ impl ApiError {
             ApiError::InvalidCredentials => one("email or password", "is invalid"),
             ApiError::Forbidden(what) => one(what, "is not yours to change"),
             ApiError::NotFound(what) => one(what, "not found"),
-            ApiError::Validation(errors) => errors.clone(),
+            ApiError::Validation(errors)
+            | ApiError::ForbiddenField(errors)
+            | ApiError::Conflict(errors) => errors.clone(),
             ApiError::PayloadTooLarge => one("body", "is too large"),
             ApiError::RateLimited { .. } => one("request", "rate limit exceeded, retry later"),
             ApiError::Unavailable(what) => one(what, "is temporarily unavailable"),
             ApiError::Database(e) if is_pool_exhausted(e) => one("server", "is busy, retry later"),
+            ApiError::Database(e) if is_unstorable_text(e) => {
+                one("request", "must not contain NUL characters")
+            }
             ApiError::Database(_) | ApiError::Internal(_) => one("server", "internal error"),
         }
     }
+}
+
+/// Text PostgreSQL cannot store (a NUL character): the client's input, not a server fault.
+/// Inputs are checked first; this is the net under every path that binds client text.
+fn is_unstorable_text(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("22021" | "22P05")))
 }
 
 fn is_pool_exhausted(e: &sqlx::Error) -> bool {
@@ -137,6 +172,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
+            ApiError::Database(e) if is_unstorable_text(e) => {}
             ApiError::Database(e) => tracing::error!(error = %e, "database error"),
             ApiError::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
             _ => {}

@@ -335,3 +335,79 @@ async fn migrations_are_reversible(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     assert_eq!(app.admin_get("/readyz").await.status, StatusCode::OK);
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn nul_characters_are_refused_not_a_server_error(pool: PgPool) {
+    // Found by the contract fuzzer: PostgreSQL text cannot hold NUL, which was a 500.
+    let app = TestApp::spawn(pool).await;
+    let token = app.register("jake").await;
+    let body = app
+        .post(
+            "/api/articles",
+            Some(&token),
+            json!({"article": {"title": "t", "description": "d", "body": "a\u{0}b"}}),
+        )
+        .await;
+    assert_eq!(
+        body.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        body.text
+    );
+    for path in [
+        "/api/articles/a%00b",
+        "/api/articles?tag=a%00b",
+        "/api/profiles/a%00b",
+    ] {
+        let res = app.get(path, None).await;
+        assert_eq!(
+            res.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {}",
+            res.text
+        );
+        assert!(res.body["errors"]["request"].is_array(), "{}", res.text);
+    }
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn the_openapi_document_carries_the_rules_the_handlers_enforce(pool: PgPool) {
+    use stoa_api::http::validate;
+    let app = TestApp::spawn(pool).await;
+    let doc = app.get("/api/openapi.json", None).await.body;
+    let schemas = &doc["components"]["schemas"];
+    let new_user = &schemas["NewUser"]["properties"];
+    assert_eq!(new_user["username"]["maxLength"], validate::USERNAME_MAX);
+    assert_eq!(new_user["username"]["pattern"], validate::USERNAME_PATTERN);
+    assert_eq!(new_user["email"]["pattern"], validate::EMAIL_PATTERN);
+    assert_eq!(new_user["password"]["minLength"], validate::PASSWORD_MIN);
+    let article = &schemas["NewArticle"]["properties"];
+    assert_eq!(article["title"]["maxLength"], validate::TITLE_MAX);
+    assert_eq!(article["body"]["pattern"], validate::NOT_BLANK_PATTERN);
+    assert_eq!(article["tagList"]["maxItems"], validate::TAGS_MAX);
+    assert_eq!(schemas["UpdateArticle"]["minProperties"], 1);
+    // Statuses every operation can answer are documented.
+    let refresh = &doc["paths"]["/api/auth/refresh"]["post"]["responses"];
+    for status in ["401", "413", "422", "429"] {
+        assert!(refresh.get(status).is_some(), "refresh lacks {status}");
+    }
+    let limit = doc["paths"]["/api/articles"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()
+        .clone();
+    assert_eq!(limit["schema"]["minimum"], 1);
+    // And what the document says is valid, the server accepts.
+    let token = app.register("jake").await;
+    let longest = "é".repeat(validate::TITLE_MAX);
+    let created = app
+        .post(
+            "/api/articles",
+            Some(&token),
+            json!({"article": {"title": longest, "description": "d", "body": "b"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+}

@@ -75,7 +75,7 @@ async fn following_needs_auth_an_existing_user_and_not_yourself(pool: PgPool) {
     let me = app
         .post("/api/profiles/jake/follow", Some(&jake), json!({}))
         .await;
-    assert_eq!(me.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(me.status, StatusCode::FORBIDDEN);
     assert!(!errors(&me, "username").is_empty());
 }
 

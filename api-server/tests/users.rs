@@ -93,13 +93,13 @@ async fn usernames_and_emails_are_unique_and_emails_ignore_case(pool: PgPool) {
     let dup_name = app
         .post("/api/users", None, json!({"user": {"username": "jake", "email": "other@example.com", "password": "password1"}}))
         .await;
-    assert_eq!(dup_name.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(dup_name.status, StatusCode::CONFLICT);
     assert_eq!(errors(&dup_name, "username"), ["has already been taken"]);
 
     let dup_email = app
         .post("/api/users", None, json!({"user": {"username": "other", "email": "JAKE@Example.com", "password": "password1"}}))
         .await;
-    assert_eq!(dup_email.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(dup_email.status, StatusCode::CONFLICT);
     assert_eq!(errors(&dup_email, "email"), ["has already been taken"]);
 }
 
@@ -120,7 +120,7 @@ async fn concurrent_duplicate_registrations_create_exactly_one_user(pool: PgPool
         .count();
     let rejected = results
         .iter()
-        .filter(|r| r.status == StatusCode::UNPROCESSABLE_ENTITY)
+        .filter(|r| r.status == StatusCode::CONFLICT)
         .count();
     assert_eq!((created, rejected), (1, 11));
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
@@ -266,7 +266,7 @@ async fn changing_the_password_or_email_needs_the_current_password(pool: PgPool)
         let res = app
             .put("/api/user", Some(&stolen), json!({"user": change}))
             .await;
-        assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.text);
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "{}", res.text);
         assert_eq!(
             errors(&res, "currentPassword"),
             ["is required to change the password or the email"]
@@ -279,7 +279,7 @@ async fn changing_the_password_or_email_needs_the_current_password(pool: PgPool)
             json!({"user": {"password": "attacker-password", "currentPassword": "guess-guess"}}),
         )
         .await;
-    assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
     assert_eq!(errors(&wrong, "currentPassword"), ["is incorrect"]);
     // Nothing changed: the owner still signs in with the old credentials.
     let login = app
@@ -346,7 +346,7 @@ async fn usernames_are_unique_ignoring_case(pool: PgPool) {
             json!({"user": {"username": "Jake", "email": "other@example.com", "password": "password1"}}),
         )
         .await;
-    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.text);
+    assert_eq!(res.status, StatusCode::CONFLICT, "{}", res.text);
     assert_eq!(errors(&res, "username"), ["has already been taken"]);
     let jane = app.register("jane").await;
     let rename = app
@@ -404,4 +404,39 @@ async fn hashes_made_with_older_parameters_are_upgraded_at_login(pool: PgPool) {
         )
         .await;
     assert_eq!(again.status, StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn update_fields_are_either_absent_or_valued(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let token = app.register("jake").await;
+    // `null` is not "absent" for these fields: the document says string, the server agrees.
+    let null = app
+        .put(
+            "/api/user",
+            Some(&token),
+            json!({"user": {"username": null}}),
+        )
+        .await;
+    assert_eq!(
+        null.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        null.text
+    );
+    // Only the current password: a valid request that changes nothing.
+    let noop = app
+        .put(
+            "/api/user",
+            Some(&token),
+            json!({"user": {"currentPassword": "password-jake"}}),
+        )
+        .await;
+    assert_eq!(noop.status, StatusCode::OK, "{}", noop.text);
+    assert_eq!(noop.body["user"]["username"], "jake");
+    // Following yourself is well formed but not allowed.
+    let own = app
+        .post("/api/profiles/jake/follow", Some(&token), json!({}))
+        .await;
+    assert_eq!(own.status, StatusCode::FORBIDDEN, "{}", own.text);
 }

@@ -57,7 +57,11 @@ struct ListQuery {
     author: Option<String>,
     /// Only articles favorited by this username.
     favorited: Option<String>,
+    /// Page size: default 20, at most 100.
+    #[param(minimum = 1)]
     limit: Option<i64>,
+    /// Items to skip: default 0.
+    #[param(minimum = 0)]
     offset: Option<i64>,
 }
 
@@ -365,9 +369,9 @@ async fn create_article(
     let mut v = Validator::default();
     v.check(!title.is_empty(), "title", "can't be blank")
         .check(
-            title.len() <= validate::TITLE_MAX,
+            validate::within(title, validate::TITLE_MAX),
             "title",
-            "is too long (at most 256 bytes)",
+            "is too long (at most 256 characters)",
         )
         .check(
             !article.description.trim().is_empty(),
@@ -375,15 +379,15 @@ async fn create_article(
             "can't be blank",
         )
         .check(
-            article.description.len() <= validate::DESCRIPTION_MAX,
+            validate::within(&article.description, validate::DESCRIPTION_MAX),
             "description",
-            "is too long (at most 1024 bytes)",
+            "is too long (at most 1024 characters)",
         )
         .check(!article.body.trim().is_empty(), "body", "can't be blank")
         .check(
-            article.body.len() <= validate::BODY_MAX,
+            validate::within(&article.body, validate::BODY_MAX),
             "body",
-            "is too long (at most 128 KiB)",
+            "is too long (at most 131072 characters)",
         );
     if let Err(message) = &tags {
         v.check(false, "tagList", message);
@@ -472,9 +476,9 @@ async fn update_article(
         "can't be blank",
     )
     .check(
-        title.is_none_or(|t| t.len() <= validate::TITLE_MAX),
+        title.is_none_or(|t| validate::within(t, validate::TITLE_MAX)),
         "title",
-        "is too long (at most 256 bytes)",
+        "is too long (at most 256 characters)",
     )
     .check(
         description.is_none_or(|d| !d.is_empty()),
@@ -482,9 +486,9 @@ async fn update_article(
         "can't be blank",
     )
     .check(
-        description.is_none_or(|d| d.len() <= validate::DESCRIPTION_MAX),
+        description.is_none_or(|d| validate::within(d, validate::DESCRIPTION_MAX)),
         "description",
-        "is too long (at most 1024 bytes)",
+        "is too long (at most 1024 characters)",
     )
     .check(
         article.body.as_deref().is_none_or(|b| !b.trim().is_empty()),
@@ -495,9 +499,9 @@ async fn update_article(
         article
             .body
             .as_deref()
-            .is_none_or(|b| b.len() <= validate::BODY_MAX),
+            .is_none_or(|b| validate::within(b, validate::BODY_MAX)),
         "body",
-        "is too long (at most 128 KiB)",
+        "is too long (at most 131072 characters)",
     );
     if let Err(message) = &tags {
         v.check(false, "tagList", message);

@@ -85,9 +85,9 @@ async fn add_comment(
     Validator::default()
         .check(!comment.body.trim().is_empty(), "body", "can't be blank")
         .check(
-            comment.body.len() <= validate::COMMENT_MAX,
+            validate::within(&comment.body, validate::COMMENT_MAX),
             "body",
-            "is too long (at most 16 KiB)",
+            "is too long (at most 16384 characters)",
         )
         .finish()?;
     let comment: Comment = sqlx::query_as(

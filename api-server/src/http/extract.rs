@@ -72,8 +72,10 @@ pub use crate::paging::{DEFAULT_LIMIT, MAX_LIMIT};
 #[into_params(parameter_in = Query)]
 pub struct Pagination {
     /// Page size: default 20, at most 100.
+    #[param(minimum = 1)]
     pub limit: Option<i64>,
     /// Items to skip: default 0.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 

@@ -176,6 +176,17 @@ pub async fn limit_per_ip(
     response
 }
 
+/// Refuses a NUL character anywhere in the path or query (percent-encoded as `%00`):
+/// PostgreSQL text cannot hold it, so no slug, username or filter can contain one.
+pub async fn refuse_nul(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    let encoded_nul = |s: &str| s.as_bytes().windows(3).any(|w| w == b"%00");
+    if encoded_nul(uri.path()) || uri.query().is_some_and(encoded_nul) {
+        return ApiError::field("request", "must not contain NUL characters").into_response();
+    }
+    next.run(request).await
+}
+
 /// `ETag` on successful GETs and `304 Not Modified` when `If-None-Match` matches, with
 /// `Vary: Authorization` (the same URL answers differently per caller).
 pub async fn etag(request: Request, next: Next) -> Response {

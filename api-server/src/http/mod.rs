@@ -57,12 +57,15 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, as served at `/api/openapi.json`.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api_routes().into_openapi()
+    let mut document = api_routes().into_openapi();
+    openapi::finish(&mut document);
+    document
 }
 
 /// The public router: API, docs and middleware.
 pub fn router(state: AppState) -> Router {
-    let (api, openapi) = api_routes().split_for_parts();
+    let (api, mut openapi) = api_routes().split_for_parts();
+    openapi::finish(&mut openapi);
     let config = &state.config.http;
 
     let docs: Router = SwaggerUi::new("/api/docs")
@@ -94,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(axum::middleware::from_fn(middleware::etag))
+        .layer(axum::middleware::from_fn(middleware::refuse_nul))
         .layer(request_limits)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

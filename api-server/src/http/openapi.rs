@@ -41,6 +41,178 @@ impl Modify for TokenAuth {
     }
 }
 
+/// What a string property accepts.
+struct Rule {
+    min: Option<usize>,
+    max: usize,
+    pattern: Option<&'static str>,
+}
+
+const fn rule(min: Option<usize>, max: usize, pattern: Option<&'static str>) -> Rule {
+    Rule { min, max, pattern }
+}
+
+/// The request schemas' constraints, from the same constants and patterns the handlers
+/// validate with (`http::validate`), so the document says what the server enforces.
+fn input_rules() -> Vec<(&'static str, &'static str, Rule)> {
+    use crate::http::validate::*;
+    let username = rule(Some(1), USERNAME_MAX, Some(USERNAME_PATTERN));
+    let email = || rule(Some(3), EMAIL_MAX, Some(EMAIL_PATTERN));
+    let new_password = || rule(Some(PASSWORD_MIN), PASSWORD_MAX, None);
+    let not_blank = |max| rule(Some(1), max, Some(NOT_BLANK_PATTERN));
+    vec![
+        ("NewUser", "username", username),
+        ("NewUser", "email", email()),
+        ("NewUser", "password", new_password()),
+        ("LoginUser", "email", not_blank(EMAIL_MAX)),
+        ("LoginUser", "password", rule(Some(1), PASSWORD_MAX, None)),
+        (
+            "UpdateUser",
+            "username",
+            rule(Some(1), USERNAME_MAX, Some(USERNAME_PATTERN)),
+        ),
+        ("UpdateUser", "email", email()),
+        ("UpdateUser", "password", new_password()),
+        (
+            "UpdateUser",
+            "currentPassword",
+            rule(None, PASSWORD_MAX, None),
+        ),
+        (
+            "UpdateUser",
+            "bio",
+            rule(None, BIO_MAX, Some(NO_NUL_PATTERN)),
+        ),
+        (
+            "UpdateUser",
+            "image",
+            rule(None, IMAGE_MAX, Some(IMAGE_PATTERN)),
+        ),
+        ("NewArticle", "title", not_blank(TITLE_MAX)),
+        ("NewArticle", "description", not_blank(DESCRIPTION_MAX)),
+        ("NewArticle", "body", not_blank(BODY_MAX)),
+        ("UpdateArticle", "title", not_blank(TITLE_MAX)),
+        ("UpdateArticle", "description", not_blank(DESCRIPTION_MAX)),
+        ("UpdateArticle", "body", not_blank(BODY_MAX)),
+        ("NewComment", "body", not_blank(COMMENT_MAX)),
+    ]
+}
+
+struct InputRules;
+
+impl Modify for InputRules {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{ArrayItems, Schema, SchemaType, Type};
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for (schema, property, rule) in input_rules() {
+            let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) else {
+                continue;
+            };
+            if let Some(RefOr::T(Schema::Object(field))) = object.properties.get_mut(property) {
+                // `null` means "absent" for these fields (only `bio` and `image` clear).
+                if !matches!(property, "bio" | "image") {
+                    field.schema_type = SchemaType::Type(Type::String);
+                }
+                field.min_length = rule.min;
+                field.max_length = Some(rule.max);
+                field.pattern = rule.pattern.map(str::to_owned);
+            }
+        }
+        // Updates must change something; tag lists are bounded and tags have no controls.
+        for schema in ["UpdateUser", "UpdateArticle"] {
+            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) {
+                object.min_properties = Some(1);
+            }
+        }
+        for schema in ["NewArticle", "UpdateArticle"] {
+            let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) else {
+                continue;
+            };
+            if let Some(RefOr::T(Schema::Array(tags))) = object.properties.get_mut("tagList") {
+                tags.schema_type = SchemaType::Type(Type::Array);
+                tags.max_items = Some(crate::http::validate::TAGS_MAX);
+                if let ArrayItems::RefOrSchema(item) = &mut tags.items
+                    && let RefOr::T(Schema::Object(tag)) = item.as_mut()
+                {
+                    tag.max_length = Some(crate::http::validate::TAG_MAX);
+                    tag.pattern = Some(crate::http::validate::TAG_PATTERN.to_owned());
+                }
+            }
+        }
+    }
+}
+
+/// Statuses any API operation can answer besides its own: 401 for a bad token (even where
+/// signing in is optional), 413 for a body over the limit, 422 for a malformed body or
+/// query, 429 for the rate limits. And every path or query string parameter is text
+/// without NUL (the server refuses NUL there before any handler runs).
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{Schema, SchemaType, Type};
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/api/") || path == "/api/openapi.json" {
+                continue;
+            }
+            let operations = [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for operation in operations.into_iter().flatten() {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    let RefOr::T(parameter) = parameter else {
+                        continue;
+                    };
+                    if let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut()
+                        && matches!(&schema.schema_type, SchemaType::Type(Type::String))
+                    {
+                        schema.pattern = Some(crate::http::validate::NO_NUL_PATTERN.to_owned());
+                    }
+                }
+                if operation.request_body.is_some() {
+                    operation
+                        .responses
+                        .responses
+                        .entry("413".to_owned())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description("body over `STOA_BODY_LIMIT_BYTES`")
+                                .build()
+                                .into()
+                        });
+                }
+                let responses = &mut operation.responses.responses;
+                let common = [
+                    ("401", "missing, malformed, expired or revoked token"),
+                    ("422", "invalid body, path or query (`{\"errors\": {...}}`)"),
+                    ("429", "rate limited (`Retry-After`, `RateLimit-*` headers)"),
+                ];
+                for (status, description) in common {
+                    responses.entry(status.to_owned()).or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .description(description)
+                            .build()
+                            .into()
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Completes the document once every route's paths and schemas are in it.
+pub fn finish(openapi: &mut utoipa::openapi::OpenApi) {
+    InputRules.modify(openapi);
+    CommonResponses.modify(openapi);
+}
+
 pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }

@@ -50,7 +50,7 @@ struct Target {
     security(("token" = [])),
     params(("username" = String, Path)),
     responses((status = 200, body = ProfileResponse), (status = 401), (status = 404),
-        (status = 422, description = "following yourself")))]
+        (status = 403, description = "following yourself")))]
 async fn follow(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -71,7 +71,11 @@ async fn follow(
     .await?
     .ok_or(ApiError::NotFound("profile"))?;
     if target.id == auth.id {
-        return Err(ApiError::field("username", "you cannot follow yourself"));
+        // Well formed, but not allowed: a 403, like any action on what is not the caller's.
+        return Err(ApiError::forbidden_field(
+            "username",
+            "you cannot follow yourself",
+        ));
     }
     Ok(axum::Json(ProfileResponse {
         profile: target.profile,

@@ -140,11 +140,15 @@ pub struct LoginRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateUser {
+    #[serde(default, deserialize_with = "not_null")]
     pub email: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub username: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub password: Option<String>,
     /// Required to change the password or the email (a stolen access token alone must not
     /// take over the account).
+    #[serde(default, deserialize_with = "not_null")]
     pub current_password: Option<String>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
@@ -177,10 +181,14 @@ pub struct NewArticleRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateArticle {
+    #[serde(default, deserialize_with = "not_null")]
     pub title: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     pub body: Option<String>,
     /// Replaces the tags when present.
+    #[serde(default, deserialize_with = "not_null")]
     pub tag_list: Option<Vec<String>>,
 }
 
@@ -197,6 +205,14 @@ pub struct NewComment {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewCommentRequest {
     pub comment: NewComment,
+}
+
+/// An optional field that, when sent, must have a value: `null` is refused (422) rather
+/// than read as "absent", so the document and the server agree on what a field may hold.
+fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).

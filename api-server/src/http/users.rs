@@ -27,7 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 fn taken(field: &'static str) -> impl FnOnce() -> ApiError {
-    move || ApiError::field(field, "has already been taken")
+    move || ApiError::conflict(field, "has already been taken")
 }
 
 /// Register a new user.
@@ -35,7 +35,8 @@ fn taken(field: &'static str) -> impl FnOnce() -> ApiError {
     request_body = NewUserRequest,
     responses(
         (status = 201, body = UserResponse),
-        (status = 422, description = "invalid fields, or username/email already taken"),
+        (status = 409, description = "username or email already taken"),
+        (status = 422, description = "invalid fields"),
     ))]
 async fn register(
     State(state): State<AppState>,
@@ -112,7 +113,7 @@ async fn login(
         .check(!user.email.trim().is_empty(), "email", "can't be blank")
         .check(!user.password.is_empty(), "password", "can't be blank")
         .check(
-            user.password.len() <= validate::PASSWORD_MAX,
+            validate::within(&user.password, validate::PASSWORD_MAX),
             "password",
             "is too long",
         )
@@ -236,17 +237,17 @@ async fn confirm_current_password(
         return Ok(());
     }
     let Some(current) = current_password.filter(|p| !p.is_empty()) else {
-        return Err(ApiError::field(
+        return Err(ApiError::forbidden_field(
             "currentPassword",
             "is required to change the password or the email",
         ));
     };
     limit_login_attempts(state, &email).await?;
-    if current.len() > validate::PASSWORD_MAX
+    if !validate::within(&current, validate::PASSWORD_MAX)
         || !state.passwords.verify(current, Some(hash)).await?
     {
         security_event(state, "current_password_rejected");
-        return Err(ApiError::field("currentPassword", "is incorrect"));
+        return Err(ApiError::forbidden_field("currentPassword", "is incorrect"));
     }
     Ok(())
 }
@@ -254,7 +255,7 @@ async fn confirm_current_password(
 #[utoipa::path(put, path = "/api/user", tag = "users",
     security(("token" = [])),
     request_body = UpdateUserRequest,
-    responses((status = 200, body = UserResponse), (status = 401), (status = 422, description = "invalid fields, taken username or email, or a missing or wrong currentPassword"), (status = 429)))]
+    responses((status = 200, body = UserResponse), (status = 401), (status = 403, description = "currentPassword missing or wrong"), (status = 409, description = "username or email already taken"), (status = 422, description = "invalid fields"), (status = 429)))]
 async fn update_user(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -266,7 +267,9 @@ async fn update_user(
         && email.is_none()
         && user.password.is_none()
         && user.bio.is_none()
-        && user.image.is_none();
+        && user.image.is_none()
+        // Only the current password: a valid request that changes nothing.
+        && user.current_password.is_none();
     Validator::default()
         .check(!nothing, "user", "must change at least one field")
         .check(
@@ -285,11 +288,12 @@ async fn update_user(
             validate::PASSWORD_RULE,
         )
         .check(
-            user.bio
-                .as_ref()
-                .is_none_or(|b| b.as_ref().is_none_or(|b| b.len() <= validate::BIO_MAX)),
+            user.bio.as_ref().is_none_or(|b| {
+                b.as_ref()
+                    .is_none_or(|b| validate::within(b, validate::BIO_MAX))
+            }),
             "bio",
-            "is too long (at most 4096 bytes)",
+            "is too long (at most 4096 characters)",
         )
         .check(
             user.image

@@ -4,7 +4,7 @@
 pub const USERNAME_RULE: &str = "must be 1-64 characters without whitespace or '/'";
 pub const EMAIL_RULE: &str = "is invalid";
 pub const PASSWORD_RULE: &str = "must be 8-256 characters";
-pub const IMAGE_RULE: &str = "must be an http(s) URL of at most 2048 bytes";
+pub const IMAGE_RULE: &str = "must be an http(s) URL of at most 2048 characters";
 pub const PASSWORD_MAX: usize = 256;
 pub const BIO_MAX: usize = 4096;
 pub const TITLE_MAX: usize = 256;
@@ -13,10 +13,37 @@ pub const BODY_MAX: usize = 128 * 1024;
 pub const COMMENT_MAX: usize = 16 * 1024;
 pub const TAG_MAX: usize = 64;
 pub const TAGS_MAX: usize = 20;
+pub const USERNAME_MAX: usize = 64;
+pub const EMAIL_MAX: usize = 254;
+pub const IMAGE_MAX: usize = 2048;
+pub const PASSWORD_MIN: usize = 8;
+
+// The same rules as ECMA-262 patterns, for the OpenAPI document (`http::openapi` puts them
+// on the request schemas). Each accepts a subset of what the checks below accept, so a
+// request that satisfies the document is never refused for its shape.
+/// Contains something other than whitespace ("can't be blank"), and no NUL (which
+/// PostgreSQL cannot store).
+pub const NOT_BLANK_PATTERN: &str = r"^[^\u0000]*[^\s\u0000][^\u0000]*$";
+/// Any text without NUL.
+pub const NO_NUL_PATTERN: &str = r"^[^\u0000]*$";
+
+/// Whether `value` can be stored: PostgreSQL text holds every character but NUL.
+pub fn storable(value: &str) -> bool {
+    !value.contains('\0')
+}
+pub const USERNAME_PATTERN: &str = r"^[^\s/\u0000-\u001f\u007f-\u009f]{1,64}$";
+pub const EMAIL_PATTERN: &str = r"^[^\s@\u0000-\u001f\u007f-\u009f]+@[^\s@.\u0000-\u001f\u007f-\u009f]([^\s@\u0000-\u001f\u007f-\u009f]*\.)+[^\s@.\u0000-\u001f\u007f-\u009f]+$";
+pub const IMAGE_PATTERN: &str = r"^( *|https?://.*)$";
+pub const TAG_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*$";
+
+/// Length limits count characters, as JSON Schema's `maxLength` does.
+pub fn within(value: &str, max_chars: usize) -> bool {
+    value.len() <= max_chars || value.chars().count() <= max_chars
+}
 
 pub fn username(value: &str) -> bool {
     let chars = value.chars().count();
-    (1..=64).contains(&chars)
+    (1..=USERNAME_MAX).contains(&chars)
         && !value
             .chars()
             .any(|c| c.is_whitespace() || c == '/' || c.is_control())
@@ -26,7 +53,7 @@ pub fn email(value: &str) -> bool {
     let Some((local, domain)) = value.rsplit_once('@') else {
         return false;
     };
-    value.len() <= 254
+    within(value, EMAIL_MAX)
         && !local.is_empty()
         && domain.contains('.')
         && !domain.starts_with('.')
@@ -35,13 +62,13 @@ pub fn email(value: &str) -> bool {
 }
 
 pub fn password(value: &str) -> bool {
-    let chars = value.chars().count();
-    (8..=PASSWORD_MAX).contains(&chars) && value.len() <= 4 * PASSWORD_MAX
+    (PASSWORD_MIN..=PASSWORD_MAX).contains(&value.chars().count())
 }
 
 pub fn image_url(value: &str) -> bool {
     value.trim().is_empty()
-        || (value.len() <= 2048 && (value.starts_with("https://") || value.starts_with("http://")))
+        || (within(value, IMAGE_MAX)
+            && (value.starts_with("https://") || value.starts_with("http://")))
 }
 
 /// Trims tags, drops empty ones and duplicates, and sorts them (the RealWorld conformance
