@@ -22,8 +22,9 @@ pub const PASSWORD_MIN: usize = 8;
 // on the request schemas). Each accepts a subset of what the checks below accept, so a
 // request that satisfies the document is never refused for its shape.
 /// Contains something other than whitespace ("can't be blank"), and no NUL (which
-/// PostgreSQL cannot store).
-pub const NOT_BLANK_PATTERN: &str = r"^[^\u0000]*[^\s\u0000][^\u0000]*$";
+/// PostgreSQL cannot store). Rust's whitespace (what `trim` removes) is ECMA's `\s` plus
+/// U+0085, so that one is excluded too.
+pub const NOT_BLANK_PATTERN: &str = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$";
 /// Any text without NUL.
 pub const NO_NUL_PATTERN: &str = r"^[^\u0000]*$";
 

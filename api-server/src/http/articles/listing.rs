@@ -1,0 +1,273 @@
+//! Article lists and the feed: one prepared statement per combination of filters, so
+//! PostgreSQL plans each with the right indexes; always one round trip, with the page, its
+//! authors, tags, counts, the caller's flags and the total.
+
+use std::sync::LazyLock;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::response::Response;
+use serde::Deserialize;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, Row};
+use uuid::Uuid;
+
+use crate::auth::{AuthUser, MaybeAuthUser};
+use crate::cache::Prefetched;
+use crate::error::ApiResult;
+use crate::http::extract::{ApiQuery, Pagination};
+use crate::http::types::{Article, ArticlesResponse};
+use crate::http::{json_bytes, to_json_bytes};
+use crate::state::AppState;
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Only articles with this tag.
+    tag: Option<String>,
+    /// Only articles by this username.
+    author: Option<String>,
+    /// Only articles favorited by this username.
+    favorited: Option<String>,
+    /// Page size: default 20, at most 100.
+    #[param(minimum = 1)]
+    limit: Option<i64>,
+    /// Items to skip: default 0.
+    #[param(minimum = 0)]
+    offset: Option<i64>,
+}
+
+/// Which filters a list query uses and whether the caller is anonymous; each combination
+/// has its own prepared statement, so PostgreSQL plans it with the right indexes and an
+/// anonymous list does not evaluate the caller's favorited/following flags at all.
+#[derive(Clone, Copy)]
+struct ListShape {
+    tag: bool,
+    author: bool,
+    favorited: bool,
+    feed: bool,
+    anonymous: bool,
+}
+
+/// Numbers query parameters in the order they are bound.
+struct Params(usize);
+
+impl Params {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("${}", self.0)
+    }
+}
+
+impl ListShape {
+    const VARIANTS: usize = 32;
+
+    fn from_index(i: usize) -> Self {
+        ListShape {
+            tag: i & 1 != 0,
+            author: i & 2 != 0,
+            favorited: i & 4 != 0,
+            feed: i & 8 != 0,
+            anonymous: i & 16 != 0,
+        }
+    }
+
+    fn index(self) -> usize {
+        usize::from(self.tag)
+            | usize::from(self.author) << 1
+            | usize::from(self.favorited) << 2
+            | usize::from(self.feed) << 3
+            | usize::from(self.anonymous) << 4
+    }
+
+    /// The WHERE clause over `a` (articles); filter values take the next parameters.
+    fn filter(self, params: &mut Params, viewer: Option<&str>) -> String {
+        let mut conditions = Vec::new();
+        if self.tag {
+            conditions.push(format!("a.tag_list @> ARRAY[{}::text]", params.next()));
+        }
+        if self.author {
+            conditions.push(format!(
+                "a.author_id = (SELECT id FROM users WHERE username = {})",
+                params.next()
+            ));
+        }
+        if self.favorited {
+            conditions.push(format!(
+                "a.id IN (SELECT fv.article_id FROM favorites fv JOIN users fu ON fu.id = fv.user_id WHERE fu.username = {})",
+                params.next()
+            ));
+        }
+        if let (true, Some(viewer)) = (self.feed, viewer) {
+            conditions.push(format!("a.author_id IN (SELECT followed_id FROM follows WHERE follower_id = {viewer}::uuid)"));
+        }
+        if conditions.is_empty() {
+            "true".to_owned()
+        } else {
+            conditions.join(" AND ")
+        }
+    }
+
+    /// The total of matches: a maintained counter when unfiltered.
+    fn total(self, filter: &str) -> String {
+        if filter == "true" {
+            "(SELECT article_count FROM article_stats)".to_owned()
+        } else {
+            format!("(SELECT count(*) FROM articles a WHERE {filter})")
+        }
+    }
+
+    /// The page with its total on every row. Parameters: limit, offset, then the viewer
+    /// (unless anonymous), then the filter values.
+    ///
+    /// A later page (`offset > 0`) may lie past the end, where no row would carry the
+    /// total; its query joins the page to the total, so it still answers one row (with a
+    /// NULL article) and every list stays one round trip. First pages use the cheaper form.
+    fn page_sql(self, later_page: bool) -> String {
+        let mut params = Params(2);
+        let viewer = (!self.anonymous).then(|| params.next());
+        let filter = self.filter(&mut params, viewer.as_deref());
+        let flags = match &viewer {
+            None => "false AS favorited, false AS following".to_owned(),
+            Some(v) => format!(
+                "EXISTS (SELECT 1 FROM favorites f WHERE f.article_id = a.id AND f.user_id = {v}::uuid) AS favorited,
+                 EXISTS (SELECT 1 FROM follows fo WHERE fo.followed_id = a.author_id AND fo.follower_id = {v}::uuid) AS following"
+            ),
+        };
+        let columns = format!(
+            "a.id, a.slug, a.title, a.description, NULL::text AS body, a.tag_list, a.created_at, a.updated_at,
+             a.favorites_count, u.username, u.bio, u.image, {flags}"
+        );
+        let page = format!(
+            "SELECT {columns}
+             FROM articles a JOIN users u ON u.id = a.author_id
+             WHERE {filter}
+             ORDER BY a.created_at DESC, a.id DESC
+             LIMIT $1 OFFSET $2"
+        );
+        let total = self.total(&filter);
+        if later_page {
+            format!(
+                "SELECT t.total, p.* FROM (SELECT {total} AS total) t
+                 LEFT JOIN LATERAL ({page}) p ON true
+                 ORDER BY p.created_at DESC, p.id DESC"
+            )
+        } else {
+            page.replacen("SELECT ", &format!("SELECT {total} AS total, "), 1)
+        }
+    }
+}
+
+/// `[first page, later page]` statements for every shape.
+static LIST_SQL: LazyLock<Vec<[String; 2]>> = LazyLock::new(|| {
+    (0..ListShape::VARIANTS)
+        .map(|i| {
+            let shape = ListShape::from_index(i);
+            [shape.page_sql(false), shape.page_sql(true)]
+        })
+        .collect()
+});
+
+/// Always one round trip: the page, its authors, tags, counts, the caller's flags and the
+/// total of matches.
+/// `limit` and `offset` are the callers' validated `Pagination`.
+async fn fetch_list(
+    state: &AppState,
+    viewer: Option<Uuid>,
+    query: ListQuery,
+    (limit, offset): (i64, i64),
+    feed: bool,
+) -> ApiResult<ArticlesResponse> {
+    let shape = ListShape {
+        tag: query.tag.is_some(),
+        author: query.author.is_some(),
+        favorited: query.favorited.is_some(),
+        feed,
+        anonymous: viewer.is_none(),
+    };
+    let sql: &'static str = LIST_SQL[shape.index()][usize::from(offset > 0)].as_str();
+    let mut page = sqlx::query(sql).bind(limit).bind(offset);
+    if let Some(viewer) = viewer {
+        page = page.bind(viewer);
+    }
+    for value in [query.tag, query.author, query.favorited]
+        .into_iter()
+        .flatten()
+    {
+        page = page.bind(value);
+    }
+    let rows: Vec<PgRow> = page.fetch_all(&**state.db()).await?;
+    let articles_count = match rows.first() {
+        Some(row) => row.try_get("total")?,
+        // Only a first page can come back without rows: nothing matches.
+        None => 0,
+    };
+    // A later page past the end is one row with a NULL article.
+    let mut articles = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<&str>, _>("slug")?.is_some() {
+            articles.push(Article::from_row(row)?);
+        }
+    }
+    Ok(ArticlesResponse {
+        articles,
+        articles_count,
+    })
+}
+
+/// List articles, newest first, optionally filtered by tag, author and favoriter.
+#[utoipa::path(get, path = "/api/articles", tag = "articles",
+    params(ListQuery),
+    responses((status = 200, body = ArticlesResponse), (status = 422)))]
+pub(super) async fn list_articles(
+    State(state): State<AppState>,
+    viewer: MaybeAuthUser,
+    prefetched: Option<Extension<Prefetched>>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<Response> {
+    let (limit, offset) = Pagination {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .resolve()?;
+    let cache_key = (viewer.0.is_none() && state.cache.enabled())
+        .then(|| {
+            crate::cache::list_key(
+                limit,
+                offset,
+                query.tag.as_deref(),
+                query.author.as_deref(),
+                query.favorited.as_deref(),
+            )
+        })
+        .flatten();
+    if let Some(key) = &cache_key
+        && let Some(body) = state
+            .cache
+            .lookup(key, prefetched.as_ref().map(|p| &p.0))
+            .await
+    {
+        return Ok(json_bytes(body));
+    }
+    let list = fetch_list(&state, viewer.id(), query, (limit, offset), false).await?;
+    let body = to_json_bytes(&list)?;
+    if let Some(key) = &cache_key {
+        state.cache.put(key, &body).await;
+    }
+    Ok(json_bytes(body))
+}
+
+/// Articles by the users the caller follows, newest first.
+#[utoipa::path(get, path = "/api/articles/feed", tag = "articles",
+    security(("token" = [])),
+    params(Pagination),
+    responses((status = 200, body = ArticlesResponse), (status = 401)))]
+pub(super) async fn feed(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiQuery(page): ApiQuery<Pagination>,
+) -> ApiResult<axum::Json<ArticlesResponse>> {
+    let page = page.resolve()?;
+    let list = fetch_list(&state, Some(auth.id), ListQuery::default(), page, true).await?;
+    Ok(axum::Json(list))
+}
