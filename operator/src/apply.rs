@@ -111,6 +111,39 @@ where
         .await?)
 }
 
+/// Reads the object `desired` names, then [`ensure`]s it.
+pub async fn ensure_current<K>(
+    api: &Api<K>,
+    desired: K,
+    owner_uid: &str,
+    kind: &'static str,
+) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let existing = api.get_opt(&desired.name_any()).await?;
+    ensure(api, existing, desired, owner_uid, kind).await
+}
+
+/// An optional object: [`ensure_current`] when the spec wants it, otherwise [`remove`] the
+/// owned object called `name`.
+pub async fn reconcile_optional<K>(
+    api: &Api<K>,
+    name: &str,
+    desired: Option<K>,
+    owner_uid: &str,
+    kind: &'static str,
+) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    match desired {
+        Some(object) => drop(ensure_current(api, object, owner_uid, kind).await?),
+        None => drop(remove(api, api.get_opt(name).await?, owner_uid).await?),
+    }
+    Ok(())
+}
+
 /// Deletes an object the spec no longer wants, only if this Stoa owns it, with the UID as
 /// a precondition (so a same-named object created meanwhile is never deleted). Returns
 /// whether something was deleted.

@@ -13,6 +13,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -20,7 +22,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::apply::{self, ensure, remove};
+use crate::apply::{self, ensure, ensure_current};
 use crate::crd::{AutoscalingMode, KeyStatus, MigrationMode, Stoa, StoaStatus};
 use crate::metrics::Metrics;
 use crate::resources::{self, Names};
@@ -146,6 +148,25 @@ impl Target {
     {
         Api::namespaced(client.clone(), &self.namespace)
     }
+
+    /// An optional object named like the Stoa: applied, or removed when `None`.
+    async fn reconcile_optional<K>(
+        &self,
+        client: &Client,
+        desired: Option<K>,
+        kind: &'static str,
+    ) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = self.api(client);
+        apply::reconcile_optional(&api, &self.names.base, desired, &self.uid, kind).await
+    }
 }
 
 async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
@@ -169,29 +190,22 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             keys: keys.as_ref().map(key_status).unwrap_or_default(),
             paused: true,
             plan: None,
-            failure: None,
         };
         write_status(ctx, stoa, &target, status::status(stoa, &facts)).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
 
     let keys = ensure_key_secret(ctx, stoa, &target).await?;
-    let service_accounts: Api<ServiceAccount> = target.api(client);
-    let existing = service_accounts.get_opt(&target.names.base).await?;
-    ensure(
-        &service_accounts,
-        existing,
+    ensure_current(
+        &target.api::<ServiceAccount>(client),
         resources::service_account(stoa)?,
         &target.uid,
         "ServiceAccount",
     )
     .await?;
     let config = resources::config_map(stoa)?;
-    let config_maps: Api<ConfigMap> = target.api(client);
-    let existing = config_maps.get_opt(&target.names.config).await?;
-    ensure(
-        &config_maps,
-        existing,
+    ensure_current(
+        &target.api::<ConfigMap>(client),
         config.clone(),
         &target.uid,
         "ConfigMap",
@@ -211,41 +225,36 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         None => deployment,
     };
 
-    let services: Api<Service> = target.api(client);
-    let existing = services.get_opt(&target.names.base).await?;
-    ensure(
-        &services,
-        existing,
+    ensure_current(
+        &target.api::<Service>(client),
         resources::service(stoa)?,
         &target.uid,
         "Service",
     )
     .await?;
-    reconcile_optional(
-        &target,
-        client,
-        resources::pod_disruption_budget(stoa)?,
-        "PodDisruptionBudget",
-    )
-    .await?;
-    reconcile_optional(&target, client, resources::ingress(stoa)?, "Ingress").await?;
-    reconcile_optional(
-        &target,
-        client,
-        resources::network_policy(stoa)?,
-        "NetworkPolicy",
-    )
-    .await?;
+    target
+        .reconcile_optional::<PodDisruptionBudget>(
+            client,
+            resources::pod_disruption_budget(stoa)?,
+            "PodDisruptionBudget",
+        )
+        .await?;
+    target
+        .reconcile_optional::<Ingress>(client, resources::ingress(stoa)?, "Ingress")
+        .await?;
+    target
+        .reconcile_optional::<NetworkPolicy>(
+            client,
+            resources::network_policy(stoa)?,
+            "NetworkPolicy",
+        )
+        .await?;
     if stoa.spec.autoscaling.mode == AutoscalingMode::Disabled {
         // The Deployment carries spec.replicas again (applied above) before the autoscaler
         // goes, so the count never falls back to a default in between.
-        reconcile_optional::<HorizontalPodAutoscaler>(
-            &target,
-            client,
-            None,
-            "HorizontalPodAutoscaler",
-        )
-        .await?;
+        target
+            .reconcile_optional::<HorizontalPodAutoscaler>(client, None, "HorizontalPodAutoscaler")
+            .await?;
     }
     if ctx.service_monitors {
         reconcile_service_monitor(ctx, stoa, &target).await?;
@@ -256,7 +265,6 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         keys: key_status(&keys),
         paused: false,
         plan: Some(&plan),
-        failure: None,
     };
     let next = status::status(stoa, &facts);
     for notice in status::migration_notices(
@@ -294,7 +302,7 @@ async fn plan_rollout(
     let approved_image = previous
         .approved_image
         .clone()
-        .or_else(|| deployment.and_then(deployment_image));
+        .or_else(|| deployment.and_then(status::deployment_image));
     let mut observed = Observed {
         approved_image,
         contracted_image: previous.contracted_image.clone(),
@@ -359,19 +367,6 @@ async fn plan_rollout(
     Ok(rollout::plan(stoa, &observed))
 }
 
-fn deployment_image(deployment: &Deployment) -> Option<String> {
-    deployment
-        .spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .first()?
-        .image
-        .clone()
-}
-
 /// The last termination message of a migration pod's container.
 fn termination_message(pod: &Pod) -> Option<String> {
     pod.status
@@ -400,7 +395,7 @@ async fn rollout_complete(
     let Some(deployment) = deployment else {
         return Ok(false);
     };
-    if deployment_image(deployment).as_deref() != Some(image)
+    if status::deployment_image(deployment).as_deref() != Some(image)
         || !status::deployment_state(stoa, Some(deployment)).rolled_out
     {
         return Ok(false);
@@ -455,7 +450,9 @@ async fn apply_deployment(
     if scaled {
         if let Some(hpa) = resources::horizontal_pod_autoscaler(stoa)? {
             // The autoscaler exists before the operator lets go of the replica count.
-            reconcile_optional(target, &ctx.client, Some(hpa), "HorizontalPodAutoscaler").await?;
+            target
+                .reconcile_optional(&ctx.client, Some(hpa), "HorizontalPodAutoscaler")
+                .await?;
         }
         let handed_over = existing
             .as_ref()
@@ -494,9 +491,9 @@ async fn apply_deployment(
             }
         }
     }
-    let before = existing.as_ref().and_then(deployment_image);
+    let before = existing.as_ref().and_then(status::deployment_image);
     let applied = ensure(&api, existing, desired, &target.uid, "Deployment").await?;
-    let after = deployment_image(&applied);
+    let after = status::deployment_image(&applied);
     match before {
         None => {
             let note = format!(
@@ -522,44 +519,20 @@ async fn apply_deployment(
     Ok(applied)
 }
 
-/// Applies an optional object, or removes it (only if owned) when the spec dropped it.
-async fn reconcile_optional<K>(
-    target: &Target,
-    client: &Client,
-    desired: Option<K>,
-    kind: &'static str,
-) -> Result<()>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = target.api(client);
-    let existing = api.get_opt(&target.names.base).await?;
-    match desired {
-        Some(object) => drop(ensure(&api, existing, object, &target.uid, kind).await?),
-        None => drop(remove(&api, existing, &target.uid).await?),
-    }
-    Ok(())
-}
-
 async fn reconcile_service_monitor(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<()> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
         &target.namespace,
         &resources::service_monitor_resource(),
     );
-    let existing = api.get_opt(&target.names.base).await?;
-    match resources::service_monitor(stoa)? {
-        Some(monitor) => {
-            drop(ensure(&api, existing, monitor, &target.uid, "ServiceMonitor").await?)
-        }
-        None => drop(remove(&api, existing, &target.uid).await?),
-    }
-    Ok(())
+    apply::reconcile_optional(
+        &api,
+        &target.names.base,
+        resources::service_monitor(stoa)?,
+        &target.uid,
+        "ServiceMonitor",
+    )
+    .await
 }
 
 /// Makes sure the signing-key Secret exists. A Secret deleted by hand is recreated with a
@@ -687,19 +660,7 @@ async fn report_failure(stoa: &Stoa, ctx: &Context, error: &Error) {
     )
     .await;
     let Ok(target) = Target::of(stoa) else { return };
-    let mut next = stoa.status.clone().unwrap_or_default();
-    next.conditions.retain(|c| c.type_ != "Degraded");
-    next.conditions
-        .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-            type_: "Degraded".into(),
-            status: "True".into(),
-            reason: failure.reason.into(),
-            message: failure.message,
-            observed_generation: stoa.metadata.generation,
-            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
-            ),
-        });
+    let next = status::with_failure(stoa, &failure);
     if let Err(e) = write_status(ctx, stoa, &target, next).await {
         tracing::warn!(stoa = %key(stoa), error = %e, "could not report the failure in status");
     }

@@ -23,7 +23,37 @@ pub struct Facts<'a> {
     pub paused: bool,
     /// The migration protocol's decision (`None` while paused: nothing was decided).
     pub plan: Option<&'a Plan>,
-    pub failure: Option<Failure>,
+}
+
+/// The image of the Deployment's (first and only) container.
+pub fn deployment_image(deployment: &Deployment) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .image
+        .clone()
+}
+
+/// The stored status with `Degraded` reporting `failure`, everything else as last
+/// reported (a failed reconcile observed nothing new).
+pub fn with_failure(stoa: &Stoa, failure: &Failure) -> StoaStatus {
+    let previous = stoa.status.clone().unwrap_or_default();
+    let mut next = previous.clone();
+    next.conditions.retain(|c| c.type_ != "Degraded");
+    next.conditions.push(condition(
+        "Degraded",
+        "True",
+        failure.reason,
+        failure.message.clone(),
+        stoa.metadata.generation,
+    ));
+    carry_transition_times(&previous, &mut next);
+    next
 }
 
 /// What the Deployment says about its rollout.
@@ -199,19 +229,13 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
         generation,
     ));
 
-    let degraded = if let Some(failure) = &facts.failure {
-        Some((failure.reason.to_owned(), failure.message.clone()))
-    } else {
-        match activity {
-            Some(Activity::Failed { message, .. }) => {
-                Some(("MigrationFailed".into(), message.clone()))
-            }
-            Some(Activity::Running { job, attempt, .. }) if *attempt > 1 => Some((
-                "MigrationFailed".into(),
-                format!("retrying: Job {job} is attempt {attempt}; last failure: {last_message}"),
-            )),
-            _ => deployment.failed.clone(),
-        }
+    let degraded = match activity {
+        Some(Activity::Failed { message, .. }) => Some(("MigrationFailed".into(), message.clone())),
+        Some(Activity::Running { job, attempt, .. }) if *attempt > 1 => Some((
+            "MigrationFailed".into(),
+            format!("retrying: Job {job} is attempt {attempt}; last failure: {last_message}"),
+        )),
+        _ => deployment.failed.clone(),
     };
     conditions.push(match degraded {
         Some((reason, message)) => condition("Degraded", "True", &reason, message, generation),
@@ -259,12 +283,7 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
     let mut next = StoaStatus {
         observed_generation: generation,
         conditions,
-        current_image: facts
-            .deployment
-            .and_then(|d| d.spec.as_ref())
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|s| s.containers.first())
-            .and_then(|c| c.image.clone()),
+        current_image: facts.deployment.and_then(deployment_image),
         approved_image: facts.plan.map_or(previous.approved_image.clone(), |p| {
             p.approved_image.clone()
         }),
