@@ -78,10 +78,7 @@ impl App {
         };
         if let Some(kv) = &kv {
             let database = database.clone();
-            let window = crate::auth::revocation::MirrorWindow {
-                access_ttl: config.auth.access_token_ttl,
-                leeway: config.auth.leeway,
-            };
+            let window = crate::auth::revocation::MirrorWindow::of(&config.auth);
             let since = Arc::new(std::sync::Mutex::new(chrono::Utc::now()));
             let catch_up_db = database.clone();
             kv.set_catch_up(Box::new(move |conn| {
@@ -162,10 +159,7 @@ impl App {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         crate::auth::retention::spawn_purger(
             state.database.clone(),
-            crate::auth::revocation::MirrorWindow {
-                access_ttl: state.config.auth.access_token_ttl,
-                leeway: state.config.auth.leeway,
-            },
+            crate::auth::revocation::MirrorWindow::of(&state.config.auth),
             state.config.auth.purge_interval,
         );
 

@@ -94,26 +94,25 @@ struct ErrorBody<'a> {
     errors: &'a FieldErrors,
 }
 
+/// `{field: [message]}`.
+fn one_error(field: &'static str, message: impl Into<Cow<'static, str>>) -> FieldErrors {
+    FieldErrors::from([(Cow::Borrowed(field), vec![message.into()])])
+}
+
 impl ApiError {
     /// A 403 with a single field error.
     pub fn forbidden_field(field: &'static str, message: &'static str) -> Self {
-        let mut errors = FieldErrors::new();
-        errors.insert(Cow::Borrowed(field), vec![Cow::Borrowed(message)]);
-        ApiError::ForbiddenField(errors)
+        ApiError::ForbiddenField(one_error(field, message))
     }
 
     /// A 409 with a single field error.
     pub fn conflict(field: &'static str, message: &'static str) -> Self {
-        let mut errors = FieldErrors::new();
-        errors.insert(Cow::Borrowed(field), vec![Cow::Borrowed(message)]);
-        ApiError::Conflict(errors)
+        ApiError::Conflict(one_error(field, message))
     }
 
     /// A 422 with a single field error.
     pub fn field(field: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        let mut errors = FieldErrors::new();
-        errors.insert(Cow::Borrowed(field), vec![message.into()]);
-        ApiError::Validation(errors)
+        ApiError::Validation(one_error(field, message))
     }
 
     pub fn status(&self) -> StatusCode {
@@ -133,11 +132,7 @@ impl ApiError {
     }
 
     fn body(&self) -> FieldErrors {
-        let one = |field: &'static str, message: &'static str| {
-            let mut errors = FieldErrors::new();
-            errors.insert(Cow::Borrowed(field), vec![Cow::Borrowed(message)]);
-            errors
-        };
+        let one = |field: &'static str, message: &'static str| one_error(field, message);
         match self {
             ApiError::Unauthorized(reason) => one("token", reason),
             ApiError::InvalidCredentials => one("email or password", "is invalid"),

@@ -62,10 +62,7 @@ impl AppState {
         AppState(Arc::new(Inner {
             revocations: Revocations::new(
                 kv.clone(),
-                crate::auth::revocation::MirrorWindow {
-                    access_ttl: config.auth.access_token_ttl,
-                    leeway: config.auth.leeway,
-                },
+                crate::auth::revocation::MirrorWindow::of(&config.auth),
             ),
             limiter: RateLimiter::new(kv.clone()),
             cache: Cache::new(kv.clone(), config.cache_ttl, metrics.clone()),

@@ -37,7 +37,7 @@ pub async fn purge_expired(
     let refresh_tokens = sqlx::query(
         "DELETE FROM refresh_tokens WHERE expires_at < now() - make_interval(secs => $1)",
     )
-    .bind((window.access_ttl + window.leeway).as_secs_f64())
+    .bind(window.family_window().as_secs_f64())
     .execute(&mut *tx)
     .await?
     .rows_affected();

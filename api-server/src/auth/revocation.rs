@@ -35,10 +35,21 @@ pub struct MirrorWindow {
 }
 
 impl MirrorWindow {
+    pub fn of(auth: &crate::config::AuthConfig) -> MirrorWindow {
+        MirrorWindow {
+            access_ttl: auth.access_token_ttl,
+            leeway: auth.leeway,
+        }
+    }
+
     /// A revoked family stays denied while any access token of it can still verify: one
     /// issued just before the revocation lives `access_ttl`, plus the leeway.
+    pub fn family_window(self) -> Duration {
+        self.access_ttl + self.leeway
+    }
+
     fn family_ttl(self) -> u64 {
-        (self.access_ttl + self.leeway).as_secs().max(1)
+        self.family_window().as_secs().max(1)
     }
 
     /// A revoked `jti` stays denied until its token's `exp` plus the leeway.
@@ -170,7 +181,7 @@ pub async fn resync(
     let families: Vec<Uuid> = sqlx::query_scalar(
         "SELECT DISTINCT family_id FROM refresh_tokens WHERE revoked_at > now() - make_interval(secs => $1)",
     )
-    .bind((window.access_ttl + window.leeway).as_secs_f64())
+    .bind(window.family_window().as_secs_f64())
     .fetch_all(db)
     .await?;
     let family_ttl = window.family_ttl();
