@@ -1,5 +1,9 @@
 //! Slugs: lowercase words joined by `-`, Unicode letters kept (`Привет мир` → `привет-мир`).
 
+use std::future::Future;
+
+use crate::error::ApiResult;
+
 const MAX_CHARS: usize = 96;
 
 pub fn slugify(title: &str) -> String {
@@ -33,7 +37,7 @@ pub fn slugify(title: &str) -> String {
 const RESERVED: &[&str] = &["feed"];
 
 /// The slug to try first for `base`: itself, or with a suffix if a route uses the word.
-pub fn first_choice(base: &str) -> String {
+fn first_choice(base: &str) -> String {
     if RESERVED.contains(&base) {
         with_suffix(base)
     } else {
@@ -58,8 +62,36 @@ pub fn belongs_to(slug: &str, base: &str) -> bool {
 
 const SUFFIX_LEN: usize = 6;
 
+/// How many times a slug collision is retried with a fresh random suffix.
+const ATTEMPTS: usize = 4;
+
+/// Runs `write` with a slug for `base` until one is free: first choice, then fresh
+/// suffixes. `write` answers `Ok(None)` when its slug was taken. Without a base (the slug
+/// is not changing) `write` runs once with `None` and cannot collide.
+pub async fn claim<T, Fut>(
+    base: Option<&str>,
+    mut write: impl FnMut(Option<String>) -> Fut,
+) -> ApiResult<T>
+where
+    Fut: Future<Output = ApiResult<Option<T>>>,
+{
+    let Some(base) = base else {
+        return write(None)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("slug collision without a new slug").into());
+    };
+    let mut slug = first_choice(base);
+    for _ in 0..ATTEMPTS {
+        if let Some(done) = write(Some(slug)).await? {
+            return Ok(done);
+        }
+        slug = with_suffix(base);
+    }
+    Err(anyhow::anyhow!("could not find a free slug for {base:?}").into())
+}
+
 /// `base` plus a random suffix, used when `base` is taken.
-pub fn with_suffix(base: &str) -> String {
+fn with_suffix(base: &str) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();

@@ -14,7 +14,7 @@ use crate::auth::{AuthUser, MaybeAuthUser};
 use crate::cache::{Change, Key, Prefetched};
 use crate::error::{ApiError, ApiResult, Validator};
 use crate::http::extract::ApiJson;
-use crate::http::slug::{belongs_to, first_choice, slugify, with_suffix};
+use crate::http::slug::{self, belongs_to, slugify};
 use crate::http::types::{Article, ArticleResponse, NewArticleRequest, UpdateArticleRequest};
 use crate::http::{json_bytes, to_json_bytes, validate};
 use crate::state::AppState;
@@ -96,9 +96,6 @@ const CREATE_ARTICLE: &str = concat!(
      FROM a JOIN users u ON u.id = a.author_id"
 );
 
-/// How many times a slug collision is retried with a fresh random suffix.
-const SLUG_ATTEMPTS: usize = 4;
-
 /// Create an article. The slug comes from the title and is made unique.
 #[utoipa::path(post, path = "/api/articles", tag = "articles",
     security(("token" = [])),
@@ -124,37 +121,37 @@ async fn create_article(
     v.finish()?;
     let tags = tags.unwrap_or_default();
 
-    let base = slugify(title);
-    let mut slug = first_choice(&base);
-    for _ in 0..SLUG_ATTEMPTS {
-        let created: Option<Article> = sqlx::query_as(CREATE_ARTICLE)
-            .bind(auth.id)
-            .bind(&slug)
-            .bind(title)
-            .bind(article.description.trim())
-            .bind(&article.body)
-            .bind(&tags)
-            .fetch_optional(&**state.db())
-            .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                    ApiError::Unauthorized("belongs to no user")
-                }
-                _ => e.into(),
-            })?;
-        if let Some(article) = created {
-            state
-                .cache
-                .invalidate(Change::Articles {
-                    slugs: &[],
-                    tags: !article.tag_list.is_empty(),
+    let db = state.db();
+    let article = slug::claim(Some(&slugify(title)), |slug| {
+        let (db, tags, description, body) =
+            (&**db, &tags, article.description.trim(), &article.body);
+        async move {
+            sqlx::query_as::<_, Article>(CREATE_ARTICLE)
+                .bind(auth.id)
+                .bind(slug)
+                .bind(title)
+                .bind(description)
+                .bind(body)
+                .bind(tags)
+                .fetch_optional(db)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                        ApiError::Unauthorized("belongs to no user")
+                    }
+                    _ => e.into(),
                 })
-                .await;
-            return Ok((StatusCode::CREATED, axum::Json(ArticleResponse { article })));
         }
-        slug = with_suffix(&base);
-    }
-    Err(anyhow::anyhow!("could not find a free slug for {base:?}").into())
+    })
+    .await?;
+    state
+        .cache
+        .invalidate(Change::Articles {
+            slugs: &[],
+            tags: !article.tag_list.is_empty(),
+        })
+        .await;
+    Ok((StatusCode::CREATED, axum::Json(ArticleResponse { article })))
 }
 
 const UPDATE_ARTICLE: &str = concat!(
@@ -248,41 +245,43 @@ async fn update_article(
     // The slug only changes when the title gives a different one; it stays stable otherwise
     // (a slug with a collision suffix still belongs to its title).
     let base = title.map(slugify).filter(|new| !belongs_to(&slug, new));
-    let mut new_slug = base.as_deref().map(first_choice);
-    for _ in 0..SLUG_ATTEMPTS {
-        let result = sqlx::query(UPDATE_ARTICLE)
-            .bind(auth.id)
-            .bind(&slug)
-            .bind(title)
-            .bind(description)
-            .bind(article.body.as_deref())
-            .bind(tags.as_ref())
-            .bind(new_slug.as_deref())
-            .fetch_optional(&**state.db())
-            .await;
-        let row = match result {
-            Err(sqlx::Error::Database(db)) if db.constraint() == Some("articles_slug_key") => {
-                new_slug = base.as_deref().map(with_suffix);
-                continue;
+    let db = state.db();
+    let row = slug::claim(base.as_deref(), |new_slug| {
+        let (db, slug, tags, body) = (&**db, &slug, &tags, article.body.as_deref());
+        async move {
+            let result = sqlx::query(UPDATE_ARTICLE)
+                .bind(auth.id)
+                .bind(slug)
+                .bind(title)
+                .bind(description)
+                .bind(body)
+                .bind(tags.as_ref())
+                .bind(new_slug)
+                .fetch_optional(db)
+                .await;
+            match result {
+                Err(sqlx::Error::Database(db)) if db.constraint() == Some("articles_slug_key") => {
+                    Ok(None)
+                }
+                other => Ok(Some(other?.ok_or(ApiError::NotFound("article"))?)),
             }
-            other => other?.ok_or(ApiError::NotFound("article"))?,
-        };
-        let owner: Uuid = row.try_get("owner_id")?;
-        if owner != auth.id {
-            return Err(ApiError::Forbidden("article"));
         }
-        let article = Article::from_row(&row)?;
-        let slugs = [slug.as_str(), article.slug.as_str()];
-        state
-            .cache
-            .invalidate(Change::Articles {
-                slugs: &slugs,
-                tags: tags.is_some(),
-            })
-            .await;
-        return Ok(axum::Json(ArticleResponse { article }));
+    })
+    .await?;
+    let owner: Uuid = row.try_get("owner_id")?;
+    if owner != auth.id {
+        return Err(ApiError::Forbidden("article"));
     }
-    Err(anyhow::anyhow!("could not find a free slug while updating {slug:?}").into())
+    let article = Article::from_row(&row)?;
+    let slugs = [slug.as_str(), article.slug.as_str()];
+    state
+        .cache
+        .invalidate(Change::Articles {
+            slugs: &slugs,
+            tags: tags.is_some(),
+        })
+        .await;
+    Ok(axum::Json(ArticleResponse { article }))
 }
 
 /// Delete an article (author only); its comments and favorites go with it.

@@ -1,0 +1,649 @@
+//! Configuration: read from `STOA_*` environment variables once at start-up, validated,
+//! and then passed around as plain typed values.
+//!
+//! Every secret can also be given as a file (`STOA_<NAME>_FILE`), which is how the operator
+//! mounts them. Secrets are wrapped in [`Secret`] so they never print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod settings;
+
+pub use settings::read_secret_file;
+use settings::{Origins, Reader, Setting};
+
+/// A value that must never appear in logs, errors or `check-config` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{name} is required{hint}")]
+    Missing {
+        name: &'static str,
+        hint: &'static str,
+    },
+    #[error("{name}={value:?} is invalid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{name} and {name}_FILE are both set; set only one")]
+    Ambiguous { name: &'static str },
+    #[error("cannot read {name}_FILE ({path}): {reason}")]
+    UnreadableFile {
+        name: &'static str,
+        path: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Where the database URL comes from: a literal value, or a file that may change at run
+/// time (credential rotation swaps the mounted Secret).
+#[derive(Debug, Clone)]
+pub enum DatabaseUrlSource {
+    Value(Secret),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub url_source: DatabaseUrlSource,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: Duration,
+    pub statement_timeout: Duration,
+    /// After a credential swap, how long the old pool keeps serving requests that already
+    /// hold it before it is closed.
+    pub drain_grace: Duration,
+}
+
+/// The largest clock skew tolerated in token validation.
+pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Directory holding `keyset.json` (see `keys.rs`); `None` only in `--dev`.
+    pub keys_dir: Option<PathBuf>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    /// A session (refresh-token family) ends this long after sign-in, however often it is
+    /// refreshed.
+    pub session_max_lifetime: Duration,
+    /// How long after a refresh the previous refresh token still yields the same successor
+    /// (two tabs refreshing at once), instead of counting as reuse.
+    pub refresh_reuse_grace: Duration,
+    /// How often expired refresh tokens and revocations are deleted.
+    pub purge_interval: Duration,
+    /// Allowed clock skew when validating `exp`/`iat`.
+    pub leeway: Duration,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// How many password hashes may run at once (each holds `argon2_memory_kib`).
+    pub hash_concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub body_limit_bytes: usize,
+    pub request_timeout: Duration,
+    /// After SIGTERM, how long `/readyz` reports false before the listener stops accepting.
+    pub shutdown_delay: Duration,
+    /// Upper bound on draining in-flight requests after the delay.
+    pub shutdown_timeout: Duration,
+    /// Origins allowed to call the API from a browser; empty means no CORS headers.
+    pub cors_allowed_origins: Vec<String>,
+    pub max_concurrent_requests: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Every request, per client IP.
+    pub per_ip: Quota,
+    /// Every authenticated request, per user.
+    pub per_user: Quota,
+    /// Login, register and refresh, per client IP.
+    pub auth: Quota,
+    /// Login attempts per account (keyed by a hash of the email, existing or not).
+    pub login_per_account: Quota,
+    /// How many reverse proxies in front of the server append to `X-Forwarded-For`;
+    /// 0 means use the peer address.
+    pub trusted_proxy_hops: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dev: bool,
+    pub database: DatabaseConfig,
+    pub redis_url: Option<Secret>,
+    /// Per-operation Redis deadline; past it, Redis counts as down.
+    pub redis_timeout: Duration,
+    /// Lifetime of cached anonymous reads; 0 disables the cache.
+    pub cache_ttl: Duration,
+    pub rate_limits: RateLimitConfig,
+    /// How often mounted files (key set, database URL) are checked for changes.
+    pub reload_interval: Duration,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    /// Every setting as resolved, secrets redacted (what `check-config` prints).
+    effective: BTreeMap<&'static str, String>,
+}
+
+pub const DEV_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/stoa_dev";
+
+/// Reads variables through `lookup` so tests can supply their own environment.
+pub struct Env<F: Fn(&str) -> Option<String>> {
+    lookup: F,
+}
+
+impl Env<fn(&str) -> Option<String>> {
+    pub fn process() -> Self {
+        Env {
+            lookup: |name| std::env::var(name).ok(),
+        }
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    pub fn new(lookup: F) -> Self {
+        Env { lookup }
+    }
+}
+
+fn invalid(name: &'static str, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    pub fn from_process_env(dev: bool) -> Result<Config, ConfigError> {
+        Config::from_env(&Env::process(), dev)
+    }
+
+    /// The configuration for `migrate`, which needs the database but no signing keys.
+    pub fn from_process_env_for_migrate() -> Result<Config, ConfigError> {
+        Config::build(&Env::process(), false, false)
+    }
+
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        dev: bool,
+    ) -> Result<Config, ConfigError> {
+        Config::build(env, dev, true)
+    }
+
+    /// Every setting is one `read` here: its variable, default and bounds. Checks that
+    /// relate two settings follow the reads they need.
+    fn build<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        dev: bool,
+        require_keys: bool,
+    ) -> Result<Config, ConfigError> {
+        let mut s = Reader::new(&env.lookup);
+        let secs = Duration::from_secs;
+        s.show("mode", if dev { "dev" } else { "production" });
+
+        let (url, url_file) = match s.secret_url(
+            "STOA_DATABASE_URL",
+            &["postgres", "postgresql"],
+            "",
+        )? {
+            Some(found) => found,
+            None if dev => {
+                let url = Secret::new(DEV_DATABASE_URL);
+                s.show_secret_url("STOA_DATABASE_URL", Some((&url, None)), "");
+                (url, None)
+            }
+            None => {
+                return Err(ConfigError::Missing {
+                    name: "STOA_DATABASE_URL",
+                    hint: " (or STOA_DATABASE_URL_FILE), e.g. postgres://user:pass@host:5432/stoa",
+                });
+            }
+        };
+        // Small pools win on small machines: more backends than cores only adds context
+        // switches (measured: 4 connections beat 16 by ~10% on 2 cores).
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let max_connections =
+            s.read(Setting::new("STOA_DB_MAX_CONNECTIONS", (2 * cpus as u32).max(4)).at_least(1))?;
+        let min_connections = s.read(Setting::new("STOA_DB_MIN_CONNECTIONS", 1u32))?;
+        if min_connections > max_connections {
+            return Err(invalid(
+                "STOA_DB_MIN_CONNECTIONS",
+                min_connections,
+                format!("must be ≤ STOA_DB_MAX_CONNECTIONS ({max_connections})"),
+            ));
+        }
+        let database = DatabaseConfig {
+            url_source: match url_file {
+                Some(path) => DatabaseUrlSource::File(path),
+                None => DatabaseUrlSource::Value(url.clone()),
+            },
+            url,
+            max_connections,
+            min_connections,
+            acquire_timeout: s.read(Setting::new("STOA_DB_ACQUIRE_TIMEOUT", secs(5)))?,
+            statement_timeout: s.read(Setting::new("STOA_DB_STATEMENT_TIMEOUT", secs(10)))?,
+            drain_grace: s.read(Setting::new("STOA_DB_DRAIN_GRACE", secs(5)))?,
+        };
+
+        let redis_url = s
+            .secret_url(
+                "STOA_REDIS_URL",
+                &["redis", "rediss"],
+                "(not set: in-process fallbacks)",
+            )?
+            .map(|(secret, _)| secret);
+
+        let quota =
+            |s: &mut Reader<'_, F>, name, default: Quota| s.read(Setting::new(name, default));
+        let rate_limits = RateLimitConfig {
+            enabled: s.read(Setting::new("STOA_RATE_LIMIT_ENABLED", true))?,
+            per_ip: quota(&mut s, "STOA_RATE_LIMIT_PER_IP", Quota::per(1200, secs(60)))?,
+            per_user: quota(
+                &mut s,
+                "STOA_RATE_LIMIT_PER_USER",
+                Quota::per(1200, secs(60)),
+            )?,
+            auth: quota(&mut s, "STOA_RATE_LIMIT_AUTH", Quota::per(20, secs(60)))?,
+            login_per_account: quota(
+                &mut s,
+                "STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT",
+                Quota::per(10, secs(15 * 60)),
+            )?,
+            trusted_proxy_hops: s.read(Setting::new("STOA_TRUSTED_PROXY_HOPS", 0usize))?,
+        };
+
+        let http = HttpConfig {
+            listen_addr: s.read(Setting::new(
+                "STOA_LISTEN_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ))?,
+            admin_addr: s.read(Setting::new(
+                "STOA_ADMIN_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9090)),
+            ))?,
+            // Room for the largest valid article (131072 characters of up to 4 bytes each,
+            // plus the other fields), so a request the API document allows always fits.
+            body_limit_bytes: s
+                .read(Setting::new("STOA_BODY_LIMIT_BYTES", 1024 * 1024usize).at_least(1024))?,
+            request_timeout: s.read(Setting::new("STOA_REQUEST_TIMEOUT", secs(30)))?,
+            shutdown_delay: s.read(Setting::new(
+                "STOA_SHUTDOWN_DELAY",
+                if dev { Duration::ZERO } else { secs(5) },
+            ))?,
+            shutdown_timeout: s.read(Setting::new("STOA_SHUTDOWN_TIMEOUT", secs(20)))?,
+            cors_allowed_origins: s
+                .read(Setting::new(
+                    "STOA_CORS_ALLOWED_ORIGINS",
+                    Origins::default(),
+                ))?
+                .0,
+            max_concurrent_requests: s
+                .read(Setting::new("STOA_MAX_CONCURRENT_REQUESTS", 4096usize).at_least(1))?,
+        };
+
+        let keys_dir = s.optional::<PathBuf>("STOA_JWT_KEYS_DIR", "(dev: generated at start)")?;
+        if keys_dir.is_none() && !dev && require_keys {
+            return Err(ConfigError::Missing {
+                name: "STOA_JWT_KEYS_DIR",
+                hint: " (a directory with keyset.json; create one with `stoa-api keys generate --dir DIR`)",
+            });
+        }
+        let access_token_ttl =
+            s.read(Setting::new("STOA_ACCESS_TOKEN_TTL", secs(15 * 60)).at_least(secs(10)))?;
+        let auth = AuthConfig {
+            keys_dir,
+            issuer: s.read(Setting::new("STOA_JWT_ISSUER", "stoa".to_owned()))?,
+            audience: s.read(Setting::new("STOA_JWT_AUDIENCE", "stoa-api".to_owned()))?,
+            access_token_ttl,
+            refresh_token_ttl: s.read(Setting::new("STOA_REFRESH_TOKEN_TTL", secs(7 * 86400)))?,
+            session_max_lifetime: s.read(
+                Setting::new("STOA_SESSION_MAX_LIFETIME", secs(30 * 86400))
+                    .at_least(access_token_ttl),
+            )?,
+            refresh_reuse_grace: s.read(
+                Setting::new("STOA_REFRESH_REUSE_GRACE", secs(10))
+                    .at_most(secs(60), "a replayed token is honoured that long"),
+            )?,
+            purge_interval: s
+                .read(Setting::new("STOA_PURGE_INTERVAL", secs(3600)).at_least(secs(1)))?,
+            // Tokens verify until `exp` + leeway: a long leeway quietly extends every token
+            // (and every revocation the mirror must keep).
+            leeway: s.read(
+                Setting::new("STOA_JWT_LEEWAY", secs(30))
+                    .at_most(MAX_JWT_LEEWAY, "it extends every token's lifetime"),
+            )?,
+            argon2_memory_kib: s.read(Setting::new(
+                "STOA_ARGON2_MEMORY_KIB",
+                argon2::Params::DEFAULT_M_COST,
+            ))?,
+            argon2_iterations: s.read(Setting::new(
+                "STOA_ARGON2_ITERATIONS",
+                argon2::Params::DEFAULT_T_COST,
+            ))?,
+            argon2_parallelism: s.read(Setting::new(
+                "STOA_ARGON2_PARALLELISM",
+                argon2::Params::DEFAULT_P_COST,
+            ))?,
+            hash_concurrency: s.read(Setting::new("STOA_HASH_CONCURRENCY", cpus).at_least(1))?,
+        };
+        if let Err(e) = argon2::Params::new(
+            auth.argon2_memory_kib,
+            auth.argon2_iterations,
+            auth.argon2_parallelism,
+            None,
+        ) {
+            let params = format!(
+                "m={} t={} p={}",
+                auth.argon2_memory_kib, auth.argon2_iterations, auth.argon2_parallelism
+            );
+            return Err(invalid("STOA_ARGON2_MEMORY_KIB", params, e.to_string()));
+        }
+
+        let log_format = s.read(Setting::new(
+            "STOA_LOG_FORMAT",
+            if dev {
+                LogFormat::Pretty
+            } else {
+                LogFormat::Json
+            },
+        ))?;
+        // `RUST_LOG` is the ecosystem's name for the same thing; `STOA_LOG` wins.
+        let log_filter = s.read(Setting::new(
+            "STOA_LOG",
+            (env.lookup)("RUST_LOG")
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "info,sqlx=warn".into()),
+        ))?;
+
+        Ok(Config {
+            dev,
+            database,
+            redis_url,
+            redis_timeout: s.read(Setting::new(
+                "STOA_REDIS_TIMEOUT",
+                Duration::from_millis(250),
+            ))?,
+            cache_ttl: s.read(Setting::new("STOA_CACHE_TTL", secs(30)))?,
+            rate_limits,
+            reload_interval: s.read(
+                Setting::new("STOA_RELOAD_INTERVAL", secs(1)).at_least(Duration::from_millis(10)),
+            )?,
+            http,
+            auth,
+            log_format,
+            log_filter,
+            effective: s.into_shown(),
+        })
+    }
+
+    /// The effective configuration as printable key/value pairs, secrets redacted: every
+    /// setting that was read, as it was resolved.
+    pub fn redacted(&self) -> &BTreeMap<&'static str, String> {
+        &self.effective
+    }
+}
+
+/// `scheme://user:secret@host/db` → `scheme://user:<redacted>@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<redacted>".into();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let host = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{user}:<redacted>@{host}")
+            } else {
+                format!("{user}@{host}")
+            }
+        }
+        None => authority.to_owned(),
+    };
+    // Query strings may carry passwords too (`?password=`); drop them.
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}/{path}")
+    }
+}
+
+/// A limit: `burst` requests at once, refilling at `burst` per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub burst: u32,
+    pub period: Duration,
+}
+
+impl Quota {
+    pub const fn per(burst: u32, period: Duration) -> Quota {
+        Quota { burst, period }
+    }
+
+    /// Parses `N/period`, e.g. `600/1m`, `10/15m`.
+    pub fn parse(s: &str) -> Result<Quota, String> {
+        let (n, period) = s.split_once('/').ok_or("expected N/period, e.g. 600/1m")?;
+        let burst: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{n:?} is not a number"))?;
+        let period = humantime::parse_duration(period.trim()).map_err(|e| e.to_string())?;
+        if burst == 0 || period.is_zero() {
+            return Err("both N and the period must be positive".into());
+        }
+        Ok(Quota { burst, period })
+    }
+
+    /// Milliseconds between two requests at the sustained rate.
+    pub fn interval_ms(self) -> u64 {
+        (self.period.as_millis() as u64 / u64::from(self.burst)).max(1)
+    }
+
+    /// `RateLimit-Policy` value, e.g. `600;w=60`.
+    pub fn policy(self) -> String {
+        format!("{};w={}", self.burst, self.period.as_secs().max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::new(move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn production_requires_database_and_keys() {
+        let err = Config::from_env(&env(&[]), false).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                name: "STOA_DATABASE_URL",
+                ..
+            }
+        ));
+        let err = Config::from_env(&env(&[("STOA_DATABASE_URL", "postgres://x@h/db")]), false)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                name: "STOA_JWT_KEYS_DIR",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_jwt_leeway_is_bounded() {
+        let err = Config::from_env(&env(&[("STOA_JWT_LEEWAY", "10m")]), true).unwrap_err();
+        assert!(err.to_string().contains("STOA_JWT_LEEWAY"), "{err}");
+        assert!(Config::from_env(&env(&[("STOA_JWT_LEEWAY", "5m")]), true).is_ok());
+    }
+
+    #[test]
+    fn dev_mode_has_working_defaults() {
+        let config = Config::from_env(&env(&[]), true).unwrap();
+        assert_eq!(config.database.url.expose(), DEV_DATABASE_URL);
+        assert_eq!(config.http.listen_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.auth.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(config.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable_and_never_echo_secrets() {
+        let err = Config::from_env(
+            &env(&[("STOA_DATABASE_URL", "mysql://u:hunter2@h/db")]),
+            true,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("STOA_DATABASE_URL"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+
+        let err = Config::from_env(&env(&[("STOA_ACCESS_TOKEN_TTL", "soon")]), true).unwrap_err();
+        assert!(err.to_string().contains("STOA_ACCESS_TOKEN_TTL"));
+    }
+
+    #[test]
+    fn secrets_can_come_from_files_but_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("url");
+        std::fs::write(&path, "postgres://a:b@h/db\n").unwrap();
+        let p = path.to_str().unwrap();
+        let config = Config::from_env(&env(&[("STOA_DATABASE_URL_FILE", p)]), true).unwrap();
+        assert_eq!(config.database.url.expose(), "postgres://a:b@h/db");
+        assert!(matches!(
+            config.database.url_source,
+            DatabaseUrlSource::File(_)
+        ));
+
+        let err = Config::from_env(
+            &env(&[
+                ("STOA_DATABASE_URL_FILE", p),
+                ("STOA_DATABASE_URL", "postgres://h/db"),
+            ]),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Ambiguous {
+                name: "STOA_DATABASE_URL"
+            }
+        );
+    }
+
+    #[test]
+    fn cors_origins_are_validated() {
+        let config = Config::from_env(
+            &env(&[(
+                "STOA_CORS_ALLOWED_ORIGINS",
+                "https://app.example.com/, http://localhost:3000",
+            )]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            config.http.cors_allowed_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        assert!(
+            Config::from_env(&env(&[("STOA_CORS_ALLOWED_ORIGINS", "example.com")]), true).is_err()
+        );
+    }
+
+    #[test]
+    fn every_setting_is_documented_in_the_readme() {
+        let readme = include_str!("../../../README.md");
+        let config = Config::from_env(&env(&[]), true).unwrap();
+        let undocumented: Vec<_> = config
+            .redacted()
+            .keys()
+            .filter(|name| name.starts_with("STOA_") && !readme.contains(&format!("`{name}`")))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "missing from README: {undocumented:?}"
+        );
+        assert!(config.redacted().len() > 35, "{:?}", config.redacted());
+    }
+
+    #[test]
+    fn bounds_are_checked_where_the_setting_is_read() {
+        for (name, value) in [
+            ("STOA_BODY_LIMIT_BYTES", "100"),
+            ("STOA_ACCESS_TOKEN_TTL", "5s"),
+            ("STOA_REFRESH_REUSE_GRACE", "2m"),
+            ("STOA_DB_MAX_CONNECTIONS", "0"),
+            ("STOA_SESSION_MAX_LIFETIME", "1m"),
+        ] {
+            let err = Config::from_env(&env(&[(name, value)]), true).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
+                "{name}={value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn redaction_hides_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db?password=x"),
+            "postgres://u:<redacted>@h:5432/db"
+        );
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        let config = Config::from_env(
+            &env(&[("STOA_DATABASE_URL", "postgres://u:s3cret@h/db")]),
+            true,
+        )
+        .unwrap();
+        let printed = format!("{:?} {:?}", config, config.redacted());
+        assert!(!printed.contains("s3cret"), "{printed}");
+    }
+}
