@@ -10,6 +10,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use sqlx::PgPool;
+use stoa_contract::pod::STATE_PATH;
 use tokio::net::TcpListener;
 
 use crate::auth::password::PasswordHashing;
@@ -66,7 +67,7 @@ impl App {
             None => crate::db::pool(&config.database.url, &config.database)
                 .context("invalid database URL")?,
         };
-        let database = Arc::new(Db::new(pool));
+        let database = Arc::new(Db::new(pool, &config.database.url));
         let kv = match &config.redis_url {
             Some(url) => Some(Kv::start(url, config.redis_timeout, metrics.clone())?),
             None => {
@@ -124,7 +125,7 @@ impl App {
             metrics,
             kv,
         });
-        crate::watch::publish_credentials(&state, &initial_url);
+        crate::watch::publish_credentials(&state);
         if let (Some(dir), Some(loaded)) = (keys_dir, keyset_bytes) {
             crate::watch::spawn_keyset_watcher(state.clone(), dir, loaded);
         }
@@ -206,6 +207,7 @@ fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/readyz", get(crate::http::health::readyz_detail))
+        .route(STATE_PATH, get(crate::http::health::pod_state))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }

@@ -6,6 +6,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
+use stoa_contract::pod::{LoadedCredential, credential_fingerprint};
+
 use crate::config::{DatabaseConfig, Secret};
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -65,15 +67,18 @@ pub async fn create_database_if_missing(url: &Secret) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pool in use, swappable at run time (credential rotation) without a restart.
+/// The pool in use, swappable at run time (credential rotation) without a restart, with
+/// the credential it logs in with (reported to the operator, never the password).
 pub struct Db {
     pool: arc_swap::ArcSwap<PgPool>,
+    credential: arc_swap::ArcSwap<LoadedCredential>,
 }
 
 impl Db {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, url: &Secret) -> Self {
         Db {
             pool: arc_swap::ArcSwap::from_pointee(pool),
+            credential: arc_swap::ArcSwap::from_pointee(credential_of(url)),
         }
     }
 
@@ -82,8 +87,28 @@ impl Db {
         self.pool.load()
     }
 
-    /// Installs a new pool and returns the previous one (for the caller to drain).
-    pub fn replace(&self, pool: PgPool) -> std::sync::Arc<PgPool> {
-        self.pool.swap(std::sync::Arc::new(pool))
+    /// Installs a new pool for `url` and returns the previous one (for the caller to drain).
+    pub fn replace(&self, pool: PgPool, url: &Secret) -> std::sync::Arc<PgPool> {
+        let old = self.pool.swap(std::sync::Arc::new(pool));
+        self.credential
+            .store(std::sync::Arc::new(credential_of(url)));
+        old
+    }
+
+    /// The credential of the pool in use.
+    pub fn credential(&self) -> std::sync::Arc<LoadedCredential> {
+        self.credential.load_full()
+    }
+}
+
+/// The role a URL logs in as, and its fingerprint (see `stoa_contract::pod`).
+fn credential_of(url: &Secret) -> LoadedCredential {
+    LoadedCredential {
+        user: url
+            .expose()
+            .parse::<PgConnectOptions>()
+            .map(|o| o.get_username().to_owned())
+            .unwrap_or_default(),
+        fingerprint: credential_fingerprint(url.expose()),
     }
 }

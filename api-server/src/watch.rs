@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use sqlx::postgres::PgConnectOptions;
 
 use crate::auth::tokens::KeyRing;
 use crate::config::{Secret, read_secret_file};
@@ -57,20 +56,14 @@ pub fn spawn_keyset_watcher(state: AppState, dir: PathBuf, loaded: Vec<u8>) {
     });
 }
 
-fn role_name(url: &Secret) -> String {
-    url.expose()
-        .parse::<PgConnectOptions>()
-        .map(|o| o.get_username().to_owned())
-        .unwrap_or_default()
-}
-
-pub fn publish_credentials(state: &AppState, url: &Secret) {
+/// Names the role of the pool in use in `stoa_db_credentials`.
+pub fn publish_credentials(state: &AppState) {
     state.metrics.db_credentials.clear();
     state
         .metrics
         .db_credentials
         .get_or_create(&CredentialLabels {
-            user: role_name(url),
+            user: state.database.credential().user.clone(),
         })
         .set(1);
 }
@@ -99,15 +92,15 @@ pub fn spawn_credentials_watcher(state: AppState, path: PathBuf, initial: Secret
             }
             match connect_checked(&state, &candidate).await {
                 Ok(pool) => {
-                    let old = state.database.replace(pool);
-                    publish_credentials(&state, &candidate);
+                    let old = state.database.replace(pool, &candidate);
+                    publish_credentials(&state);
                     state
                         .metrics
                         .db_credential_reloads
                         .get_or_create(&OutcomeLabels { outcome: "swapped" })
                         .inc();
                     tracing::info!(
-                        role = role_name(&candidate),
+                        role = state.database.credential().user,
                         "database credentials changed: new pool in use, draining the old one"
                     );
                     let grace = state.config.database.drain_grace;
@@ -129,7 +122,6 @@ pub fn spawn_credentials_watcher(state: AppState, path: PathBuf, initial: Secret
                         .inc();
                     tracing::error!(
                         error = crate::http::describe_db_error(&error),
-                        role = role_name(&candidate),
                         "new database credentials do not work yet; still using the previous ones"
                     );
                     rejected = Some((candidate, Instant::now()));

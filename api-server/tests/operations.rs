@@ -39,6 +39,37 @@ async fn public_readiness_is_a_bare_verdict_and_the_detail_is_on_the_admin_port(
     assert_eq!(detail.body["checks"]["schema"]["ok"], true);
 }
 
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn the_admin_port_reports_what_the_pod_has_loaded_for_the_operator(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.admin_get("/readyz").await;
+    let state = app.admin_get(stoa_contract::pod::STATE_PATH).await;
+    assert_eq!(state.status, StatusCode::OK, "{}", state.text);
+    let reported: stoa_contract::pod::PodState = serde_json::from_value(state.body).unwrap();
+    let jwks = app.get("/.well-known/jwks.json", None).await;
+    assert_eq!(reported.keys.len(), 1);
+    assert_eq!(
+        reported.keys[0].kid,
+        jwks.body["keys"][0]["kid"].as_str().unwrap()
+    );
+    assert_eq!(
+        reported.keys[0].state,
+        stoa_contract::keys::KeyState::Active
+    );
+    assert_eq!(reported.database.user, "postgres");
+    assert_eq!(
+        reported.database.fingerprint,
+        stoa_contract::pod::credential_fingerprint(stoa_api::config::DEV_DATABASE_URL)
+    );
+    assert!(reported.schema_version.is_some_and(|v| v >= 20261125000002));
+    assert_eq!(reported.in_flight, 0);
+    // Not on the public port.
+    assert_eq!(
+        app.get(stoa_contract::pod::STATE_PATH, None).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn readiness_is_false_until_the_schema_is_migrated(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;

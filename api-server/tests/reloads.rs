@@ -333,6 +333,14 @@ async fn database_credential_swap_under_load_fails_no_request(pool: PgPool) {
         app.metrics().await.contains(&label)
     })
     .await;
+    // What the operator reads to confirm the swap: the role and the URL's fingerprint.
+    let reported = app.admin_get(stoa_contract::pod::STATE_PATH).await;
+    assert_eq!(reported.body["database"]["user"], role_b.as_str());
+    assert_eq!(
+        reported.body["database"]["fingerprint"],
+        stoa_contract::pod::credential_fingerprint(&url(&role_b, "secret-b"))
+    );
+    assert!(!reported.text.contains("secret-b"), "{}", reported.text);
     // Once the old pool has drained, role a holds no connection and can lose its login.
     eventually("role a drained", || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")

@@ -7,8 +7,10 @@
 //! - [`paths`]: where the operator mounts Secrets in the pod.
 //! - [`migration`]: the `stoa-api migrate` command line, exit codes and report, and how a
 //!   migration is marked as a contract step.
+//! - [`pod`]: what a running pod reports about itself (loaded keys, credential, load).
 
 pub mod env;
 pub mod keys;
 pub mod migration;
 pub mod paths;
+pub mod pod;

@@ -10,6 +10,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use stoa_contract::pod::{LoadedKey, PodState};
+
 use crate::keys::KeyState;
 use crate::metrics::DependencyLabels;
 use crate::schema::{SchemaState, SchemaStatus};
@@ -112,6 +114,26 @@ pub struct ReadinessVerdict {
 pub async fn readyz_detail(State(state): State<AppState>) -> impl IntoResponse {
     let (status, readiness) = readiness(&state).await;
     (status, axum::Json(readiness))
+}
+
+/// What this pod has loaded, for the operator (admin port only): it confirms each step of
+/// a key or credential rotation against every pod before taking the next.
+pub async fn pod_state(State(state): State<AppState>) -> axum::Json<PodState> {
+    let ring = state.tokens.ring();
+    let schema_version = state.metrics.schema_version.get();
+    axum::Json(PodState {
+        keys: ring
+            .kids()
+            .iter()
+            .map(|(kid, key_state)| LoadedKey {
+                kid: kid.clone(),
+                state: *key_state,
+            })
+            .collect(),
+        database: (*state.database.credential()).clone(),
+        schema_version: (schema_version > 0).then_some(schema_version),
+        in_flight: u64::try_from(state.metrics.http_in_flight.get()).unwrap_or(0),
+    })
 }
 
 /// Runs every readiness check.
