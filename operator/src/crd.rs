@@ -50,6 +50,11 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.schemaVersion"
     ),
     printcolumn(
+        name = "Key Age",
+        type_ = "date",
+        json_path = ".status.keyRotation.activeSince"
+    ),
+    printcolumn(
         name = "Replicas",
         type_ = "integer",
         json_path = ".status.readyReplicas"
@@ -266,19 +271,31 @@ fn default_refresh_ttl() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRotationSpec {
-    /// How often the signing key should rotate, e.g. `720h` (30 days). Reserved: this
-    /// release creates the key set once and does not rotate it yet.
+    /// How long the active signing key signs before a new one replaces it, e.g. `720h`
+    /// (30 days). Must exceed `accessTokenTtl` plus 5m. Annotate the Stoa with
+    /// `stoa.dev/rotate-keys=<any new value>` to rotate now.
     #[serde(default = "default_rotation")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub every: String,
+    /// How long a new key may wait for every ready pod to load it before the rotation is
+    /// reported as stalled (`Degraded`, reason `RotationStalled`). It is never promoted
+    /// before every pod has it.
+    #[serde(default = "default_confirm_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub confirm_timeout: String,
 }
 
 impl Default for KeyRotationSpec {
     fn default() -> Self {
         KeyRotationSpec {
             every: default_rotation(),
+            confirm_timeout: default_confirm_timeout(),
         }
     }
+}
+
+fn default_confirm_timeout() -> String {
+    "5m".into()
 }
 
 fn default_rotation() -> String {
@@ -469,6 +486,31 @@ pub struct StoaStatus {
     /// Signing keys in the key Secret, by kid and state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyStatus>,
+    /// Where the signing-key rotation stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation: Option<KeyRotationStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotationStatus {
+    /// `Idle` (the active key signs until `nextStepAt`), `Confirming` (a new key waits for
+    /// every ready pod to load it), `Stalled` (past `confirmTimeout`; see `waitingFor`) or
+    /// `Retiring` (the previous key verifies until `nextStepAt`).
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_kid: Option<String>,
+    /// Since when the active key signs (its age is the `Key Age` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_since: Option<String>,
+    /// The next scheduled rotation (`Idle`) or removal of the retiring key (`Retiring`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step_at: Option<String>,
+    /// Ready pods that have not loaded the new key yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -494,4 +536,7 @@ pub struct KeyStatus {
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// When the key entered its state (`active`, `retiring`: the last promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }

@@ -15,6 +15,8 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error("cannot serialize an object: {0}")]
     Serialize(serde_json::Error),
+    #[error("{0}")]
+    InvalidSpec(String),
     #[error("the Stoa has no namespace or uid")]
     NoIdentity,
     #[error(
@@ -30,7 +32,7 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(_)) => "api_error",
             Error::Kube(_) => "client_error",
-            Error::Build(_) | Error::Serialize(_) => "invalid_spec",
+            Error::Build(_) | Error::Serialize(_) | Error::InvalidSpec(_) => "invalid_spec",
             Error::NoIdentity => "no_identity",
             Error::NotOwned { .. } => "name_conflict",
         }
@@ -41,7 +43,7 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(e)) if e.code == 403 => "Forbidden",
             Error::Kube(_) => "KubernetesApiError",
-            Error::Build(_) | Error::Serialize(_) => "InvalidSpec",
+            Error::Build(_) | Error::Serialize(_) | Error::InvalidSpec(_) => "InvalidSpec",
             Error::NoIdentity => "InvalidSpec",
             Error::NotOwned { .. } => "NameConflict",
         }

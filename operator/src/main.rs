@@ -62,7 +62,8 @@ struct RunArgs {
         default_value = "stoa-operator"
     )]
     lease_name: String,
-    /// Namespace of the Lease (defaults to the pod's namespace).
+    /// The operator's namespace (from the downward API): where its Lease lives, and which
+    /// namespace the Stoa NetworkPolicies let reach the pods' admin port.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// `json` or `pretty`.
@@ -184,7 +185,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let managed =
         || watcher::Config::default().labels("app.kubernetes.io/managed-by=stoa-operator");
     let context = Arc::new(
-        Context::new(client.clone(), metrics.clone()).with_service_monitors(service_monitors),
+        Context::new(client.clone(), metrics.clone())
+            .with_service_monitors(service_monitors)
+            .with_operator_namespace(&args.lease_namespace),
     );
     tracing::info!(namespace = ?args.namespace, service_monitors, "starting controller");
     // Every type the reconciler writes is watched, so drift is corrected at once.

@@ -584,7 +584,12 @@ pub fn ingress(stoa: &Stoa) -> Result<Option<Ingress>> {
     }))
 }
 
-pub fn network_policy(stoa: &Stoa) -> Result<Option<NetworkPolicy>> {
+/// `operator_namespace`: where the operator runs; it reads each pod's admin port to confirm
+/// rotations, so that namespace may always reach it.
+pub fn network_policy(
+    stoa: &Stoa,
+    operator_namespace: Option<&str>,
+) -> Result<Option<NetworkPolicy>> {
     let policy = &stoa.spec.network_policy;
     if !policy.enabled {
         return Ok(None);
@@ -599,11 +604,22 @@ pub fn network_policy(stoa: &Stoa) -> Result<Option<NetworkPolicy>> {
     } else {
         json!({"ports": [{"port": API_PORT, "protocol": "TCP"}], "from": from_namespaces(&policy.allowed_namespaces)})
     };
-    let metrics_from = if policy.metrics_namespaces.is_empty() {
+    // Same-namespace pods (or the listed namespaces) scrape; the operator confirms.
+    let mut metrics_from = if policy.metrics_namespaces.is_empty() {
         json!([{"podSelector": {}}])
     } else {
         from_namespaces(&policy.metrics_namespaces)
     };
+    if let (Some(namespace), Some(peers)) = (operator_namespace, metrics_from.as_array_mut())
+        && !policy.metrics_namespaces.iter().any(|n| n == namespace)
+    {
+        peers.extend(
+            from_namespaces(&[namespace.to_owned()])
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
     Ok(Some(NetworkPolicy {
         metadata: meta(stoa, &Names::of(stoa).base)?,
         spec: Some(typed(

@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::EventType;
 
-use crate::crd::{KeyStatus, MigrationStatus, Stoa, StoaStatus};
+use crate::crd::{KeyRotationStatus, KeyStatus, MigrationStatus, Stoa, StoaStatus};
 use crate::resources;
 use crate::rollout::{Activity, Plan};
 
@@ -23,6 +23,14 @@ pub struct Facts<'a> {
     pub paused: bool,
     /// The migration protocol's decision (`None` while paused: nothing was decided).
     pub plan: Option<&'a Plan>,
+    /// The key rotation's state (`None` while paused: the last one reported stays).
+    pub key_rotation: Option<KeyRotationFacts>,
+}
+
+pub struct KeyRotationFacts {
+    pub status: KeyRotationStatus,
+    /// Why the rotation is stalled, if it is.
+    pub stalled: Option<String>,
 }
 
 /// The image of the Deployment's (first and only) container.
@@ -235,7 +243,10 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
             "MigrationFailed".into(),
             format!("retrying: Job {job} is attempt {attempt}; last failure: {last_message}"),
         )),
-        _ => deployment.failed.clone(),
+        _ => match facts.key_rotation.as_ref().and_then(|r| r.stalled.clone()) {
+            Some(message) => Some(("RotationStalled".into(), message)),
+            None => deployment.failed.clone(),
+        },
     };
     conditions.push(match degraded {
         Some((reason, message)) => condition("Degraded", "True", &reason, message, generation),
@@ -299,6 +310,10 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
         updated_replicas: deployment.updated,
         selector: Some(resources::selector_string(stoa)),
         keys: facts.keys.clone(),
+        key_rotation: match &facts.key_rotation {
+            Some(rotation) => Some(rotation.status.clone()),
+            None => previous.key_rotation.clone(),
+        },
     };
     carry_transition_times(&previous, &mut next);
     next

@@ -37,7 +37,10 @@ fn every_object_is_labelled_and_owned_by_the_stoa() {
             .unwrap()
             .metadata,
         resources::ingress(&s).unwrap().unwrap().metadata,
-        resources::network_policy(&s).unwrap().unwrap().metadata,
+        resources::network_policy(&s, Some("stoa-system"))
+            .unwrap()
+            .unwrap()
+            .metadata,
         resources::horizontal_pod_autoscaler(&s)
             .unwrap()
             .unwrap()
@@ -275,7 +278,11 @@ fn with_an_autoscaler_the_deployment_does_not_claim_replicas() {
 fn optional_objects_follow_the_spec() {
     let s = stoa("api");
     assert!(resources::ingress(&s).unwrap().is_none());
-    assert!(resources::network_policy(&s).unwrap().is_none());
+    assert!(
+        resources::network_policy(&s, Some("stoa-system"))
+            .unwrap()
+            .is_none()
+    );
     assert!(resources::horizontal_pod_autoscaler(&s).unwrap().is_none());
     assert!(resources::pod_disruption_budget(&s).unwrap().is_some());
     let off = with_spec(s, |spec| spec.pod_disruption_budget.enabled = false);
@@ -337,7 +344,7 @@ fn render(s: &stoa_operator::crd::Stoa) -> String {
             .map(|o| serde_json::to_value(o).unwrap()),
     );
     docs.extend(
-        resources::network_policy(s)
+        resources::network_policy(s, Some("stoa-system"))
             .unwrap()
             .map(|o| serde_json::to_value(o).unwrap()),
     );

@@ -19,3 +19,8 @@ pub const TRUSTED_PROXY_HOPS: &str = "STOA_TRUSTED_PROXY_HOPS";
 
 /// The suffix of the file form of a secret variable.
 pub const FILE_SUFFIX: &str = "_FILE";
+
+/// The largest clock leeway stoa-api accepts for token validation (`STOA_JWT_LEEWAY`):
+/// a token verifies until `exp` plus at most this, so a retiring key must outlive the
+/// access-token lifetime by this much.
+pub const MAX_JWT_LEEWAY: std::time::Duration = std::time::Duration::from_secs(300);

@@ -84,8 +84,9 @@ pub struct DatabaseConfig {
     pub drain_grace: Duration,
 }
 
-/// The largest clock skew tolerated in token validation.
-pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(300);
+/// The largest clock skew tolerated in token validation (the operator keeps retiring keys
+/// this long past the access-token lifetime).
+pub use stoa_contract::env::MAX_JWT_LEEWAY;
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {

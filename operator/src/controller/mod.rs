@@ -23,13 +23,23 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::apply::{self, ensure, ensure_current};
-use crate::crd::{AutoscalingMode, KeyStatus, MigrationMode, Stoa, StoaStatus};
+use crate::crd::{AutoscalingMode, MigrationMode, Stoa, StoaStatus};
 use crate::metrics::Metrics;
+use crate::observe::{HttpProbe, PodProbe};
 use crate::resources::{self, Names};
 use crate::rollout::{self, Observed, Plan};
-use crate::status::{self, Facts, Failure, Notice};
+use crate::status::{self, Facts, Failure, KeyRotationFacts, Notice};
 
 pub use crate::error::{Error, FIELD_MANAGER, HANDOVER_MANAGER, Result};
+
+mod keys;
+
+use keys::{ensure_key_secret, key_status};
+
+/// A pod that has not answered within this is not confirmed.
+const POD_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pods asked at once (per Stoa).
+const POD_READ_CONCURRENCY: usize = 16;
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -38,6 +48,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Whether the Prometheus Operator's ServiceMonitor CRD exists (checked at start-up).
     pub service_monitors: bool,
+    /// Reads what each ready pod has loaded (rotation confirmation).
+    pub probe: Arc<dyn PodProbe>,
+    /// The operator's own namespace: the NetworkPolicy lets it reach the pods' admin port.
+    pub operator_namespace: Option<String>,
     /// Consecutive failures per object, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -53,12 +67,24 @@ impl Context {
             client,
             metrics,
             service_monitors: false,
+            probe: Arc::new(HttpProbe::new(POD_READ_TIMEOUT, POD_READ_CONCURRENCY)),
+            operator_namespace: None,
             failures: Mutex::default(),
         }
     }
 
     pub fn with_service_monitors(mut self, supported: bool) -> Self {
         self.service_monitors = supported;
+        self
+    }
+
+    pub fn with_probe(mut self, probe: Arc<dyn PodProbe>) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    pub fn with_operator_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.operator_namespace = Some(namespace.into());
         self
     }
 
@@ -190,12 +216,14 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             keys: keys.as_ref().map(key_status).unwrap_or_default(),
             paused: true,
             plan: None,
+            key_rotation: None,
         };
         write_status(ctx, stoa, &target, status::status(stoa, &facts)).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
 
     let keys = ensure_key_secret(ctx, stoa, &target).await?;
+    let rotation = keys::rotate_keys(ctx, stoa, &target, keys).await?;
     ensure_current(
         &target.api::<ServiceAccount>(client),
         resources::service_account(stoa)?,
@@ -245,7 +273,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
     target
         .reconcile_optional::<NetworkPolicy>(
             client,
-            resources::network_policy(stoa)?,
+            resources::network_policy(stoa, ctx.operator_namespace.as_deref())?,
             "NetworkPolicy",
         )
         .await?;
@@ -262,9 +290,13 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
 
     let facts = Facts {
         deployment: deployment.as_ref(),
-        keys: key_status(&keys),
+        keys: key_status(&rotation.secret),
         paused: false,
         plan: Some(&plan),
+        key_rotation: Some(KeyRotationFacts {
+            status: rotation.status.clone(),
+            stalled: rotation.stalled.clone(),
+        }),
     };
     let next = status::status(stoa, &facts);
     for notice in status::migration_notices(
@@ -285,7 +317,9 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         Duration::from_secs(60)
     };
     Ok(Action::requeue(
-        plan.requeue.map_or(fallback, |r| r.min(fallback)),
+        plan.requeue
+            .map_or(fallback, |r| r.min(fallback))
+            .min(rotation.requeue),
     ))
 }
 
@@ -533,75 +567,6 @@ async fn reconcile_service_monitor(ctx: &Context, stoa: &Stoa, target: &Target) 
         "ServiceMonitor",
     )
     .await
-}
-
-/// Makes sure the signing-key Secret exists. A Secret deleted by hand is recreated with a
-/// new key set, and a Warning says what that means for issued tokens.
-async fn ensure_key_secret(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<Secret> {
-    let api: Api<Secret> = target.api(&ctx.client);
-    let name = &target.names.keys;
-    if let Some(existing) = api.get_opt(name).await? {
-        if !apply::owned_by(&existing, &target.uid) {
-            return Err(Error::NotOwned {
-                kind: "Secret",
-                name: name.clone(),
-            });
-        }
-        return Ok(existing);
-    }
-    let secret = resources::key_secret(stoa, &stoa_contract::keys::generate_keyset())?;
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match api.create(&params, &secret).await {
-        Ok(created) => {
-            let existed_before = stoa.status.as_ref().is_some_and(|s| !s.keys.is_empty());
-            let notice = if existed_before {
-                notice(
-                    EventType::Warning,
-                    "KeySetRecreated",
-                    format!(
-                        "Secret {name} was deleted; created a new signing key set. Access tokens \
-                         issued before are now invalid: clients must sign in or refresh again"
-                    ),
-                )
-            } else {
-                notice(
-                    EventType::Normal,
-                    "KeySetCreated",
-                    format!("created signing key set in Secret {name}"),
-                )
-            };
-            event(ctx, stoa, notice).await;
-            Ok(created)
-        }
-        // Another reconcile won the race: use its Secret.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(name).await?),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn key_status(secret: &Secret) -> Vec<KeyStatus> {
-    let Some(bytes) = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(stoa_contract::keys::KEYSET_FILE))
-    else {
-        return Vec::new();
-    };
-    serde_json::from_slice::<stoa_contract::keys::KeySetFile>(&bytes.0)
-        .map(|file| {
-            file.keys
-                .into_iter()
-                .map(|k| KeyStatus {
-                    kid: k.kid,
-                    state: k.state.as_str().to_owned(),
-                    created_at: k.created_at,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Writes `status` with server-side apply on the status subresource (so a field the

@@ -1,0 +1,406 @@
+//! Signing keys: the key Secret's lifecycle and the rotation protocol
+//! ([`key_rotation`](crate::key_rotation)) applied to it — observe the pods while a new
+//! key is being confirmed, decide, write the key set, report.
+
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::events::EventType;
+use stoa_contract::keys::{KEYSET_FILE, KeySetFile, KeyState};
+
+use super::{Context, Target, event, notice};
+use crate::apply;
+use crate::crd::{KeyRotationStatus, KeyStatus, Stoa};
+use crate::error::{Error, FIELD_MANAGER, Result};
+use crate::key_rotation::{
+    self, HANDLED_REQUEST_ANNOTATION, KeySet, PROMOTED_AT_ANNOTATION, PodKeys, ROTATE_ANNOTATION,
+    Step, Timing,
+};
+use crate::observe::{self, PodReading};
+use crate::resources;
+
+/// How often a rotation that waits for pods looks again (the kubelet refreshes mounted
+/// Secrets on its sync period, about a minute by default).
+const CONFIRM_POLL: Duration = Duration::from_secs(5);
+
+/// What a rotation pass leaves for the rest of the reconcile.
+pub(super) struct Rotation {
+    pub secret: Secret,
+    pub status: KeyRotationStatus,
+    /// `(reason, message)` for `Degraded` while the rotation is stalled.
+    pub stalled: Option<String>,
+    pub requeue: Duration,
+}
+
+/// Makes sure the signing-key Secret exists. A Secret deleted by hand is recreated with a
+/// new key set, and a Warning says what that means for issued tokens.
+pub(super) async fn ensure_key_secret(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+) -> Result<Secret> {
+    let api: Api<Secret> = target.api(&ctx.client);
+    let name = &target.names.keys;
+    if let Some(existing) = api.get_opt(name).await? {
+        if !apply::owned_by(&existing, &target.uid) {
+            return Err(Error::NotOwned {
+                kind: "Secret",
+                name: name.clone(),
+            });
+        }
+        return Ok(existing);
+    }
+    let mut keyset = stoa_contract::keys::generate_keyset();
+    let now = Timestamp::now();
+    for key in &mut keyset.keys {
+        key.created_at.get_or_insert_with(|| now.to_string());
+    }
+    let mut secret = resources::key_secret(stoa, &keyset)?;
+    secret
+        .annotations_mut()
+        .insert(PROMOTED_AT_ANNOTATION.into(), now.to_string());
+    // A request present at creation is satisfied by the fresh key set.
+    if let Some(request) = stoa.annotations().get(ROTATE_ANNOTATION) {
+        secret
+            .annotations_mut()
+            .insert(HANDLED_REQUEST_ANNOTATION.into(), request.clone());
+    }
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &secret).await {
+        Ok(created) => {
+            let existed_before = stoa.status.as_ref().is_some_and(|s| !s.keys.is_empty());
+            let notice = if existed_before {
+                notice(
+                    EventType::Warning,
+                    "KeySetRecreated",
+                    format!(
+                        "Secret {name} was deleted; created a new signing key set. Access tokens \
+                         issued before are now invalid: clients must sign in or refresh again"
+                    ),
+                )
+            } else {
+                notice(
+                    EventType::Normal,
+                    "KeySetCreated",
+                    format!("created signing key set in Secret {name}"),
+                )
+            };
+            event(ctx, stoa, notice).await;
+            Ok(created)
+        }
+        // Another reconcile won the race: use its Secret.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(name).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn key_set_file(secret: &Secret) -> Option<KeySetFile> {
+    let bytes = secret.data.as_ref()?.get(KEYSET_FILE)?;
+    serde_json::from_slice(&bytes.0).ok()
+}
+
+fn promoted_at(secret: &Secret) -> Option<Timestamp> {
+    secret
+        .annotations()
+        .get(PROMOTED_AT_ANNOTATION)
+        .and_then(|t| t.parse().ok())
+}
+
+/// The keys in the Secret, with their states and times, for the status.
+pub(super) fn key_status(secret: &Secret) -> Vec<KeyStatus> {
+    let Some(file) = key_set_file(secret) else {
+        return Vec::new();
+    };
+    let promoted = promoted_at(secret).map(|t| t.to_string());
+    file.keys
+        .into_iter()
+        .map(|k| KeyStatus {
+            since: match k.state {
+                KeyState::Next => k.created_at.clone(),
+                KeyState::Active => promoted.clone().or_else(|| k.created_at.clone()),
+                KeyState::Retiring => promoted.clone(),
+            },
+            kid: k.kid,
+            state: k.state.as_str().to_owned(),
+            created_at: k.created_at,
+        })
+        .collect()
+}
+
+/// One step of the rotation protocol for this Stoa.
+pub(super) async fn rotate_keys(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+    secret: Secret,
+) -> Result<Rotation> {
+    let timing = Timing::of(stoa).map_err(Error::InvalidSpec)?;
+    let file = key_set_file(&secret).ok_or_else(|| {
+        Error::InvalidSpec(format!(
+            "Secret {} holds no valid {KEYSET_FILE}; delete it to have a new key set created",
+            target.names.keys
+        ))
+    })?;
+    let annotations = secret.annotations().clone();
+    let set = KeySet {
+        keys: &file.keys,
+        promoted_at: promoted_at(&secret),
+        handled: annotations
+            .get(HANDLED_REQUEST_ANNOTATION)
+            .map(String::as_str),
+    };
+    let request = stoa
+        .annotations()
+        .get(ROTATE_ANNOTATION)
+        .map(String::as_str);
+    let pods = if set.confirming() {
+        observe_pods(ctx, stoa, target).await?
+    } else {
+        Vec::new()
+    };
+    let now = Timestamp::now();
+    let step = key_rotation::decide(&timing, &set, request, &pods, now);
+    let previous = stoa.status.as_ref().and_then(|s| s.key_rotation.as_ref());
+
+    let mut secret = secret;
+    if step.writes() {
+        let keys = key_rotation::apply(&step, &file.keys, now);
+        let mut changes = Vec::new();
+        if let Step::Add {
+            request: Some(request),
+            ..
+        } = &step
+        {
+            changes.push((HANDLED_REQUEST_ANNOTATION, request.clone()));
+        }
+        if matches!(step, Step::Promote { .. }) {
+            changes.push((PROMOTED_AT_ANNOTATION, now.to_string()));
+        }
+        match write_key_set(ctx, target, &secret, keys, &changes).await? {
+            Some(written) => {
+                secret = written;
+                record_step(ctx, stoa, &step, &file, &timing, now, pods.len()).await;
+            }
+            // Someone else changed the Secret since it was read: decide again on fresh data.
+            None => {
+                return Ok(Rotation {
+                    status: previous.cloned().unwrap_or_default(),
+                    secret,
+                    stalled: None,
+                    requeue: Duration::from_secs(1),
+                });
+            }
+        }
+    }
+
+    let after = key_set_file(&secret).unwrap_or(file);
+    let after_set = KeySet {
+        keys: &after.keys,
+        promoted_at: promoted_at(&secret),
+        handled: None,
+    };
+    let status = rotation_status(&step, &after_set, &timing);
+    let stalled = match &step {
+        Step::Confirming {
+            kid,
+            waiting_for,
+            stalled: true,
+            ..
+        } => {
+            let message = format!(
+                "signing key {kid} is not loaded by {} after {}: it will not sign until every \
+                 ready pod has it (check that the key Secret is mounted and the pods' \
+                 stoa_keyset_reload_errors)",
+                waiting_for.join(", "),
+                humantime::format_duration(timing.confirm_timeout)
+            );
+            if previous.is_none_or(|p| p.phase != "Stalled") {
+                ctx.metrics.observe_rotation("keys", "stalled");
+                event(
+                    ctx,
+                    stoa,
+                    notice(EventType::Warning, "RotationStalled", message.clone()),
+                )
+                .await;
+            }
+            Some(message)
+        }
+        _ => None,
+    };
+    let requeue = match &step {
+        _ if step.writes() => Duration::from_secs(1),
+        Step::Confirming { .. } => CONFIRM_POLL,
+        Step::Holding { until } | Step::Idle { due: until } => until_then(now, *until),
+        _ => CONFIRM_POLL,
+    };
+    Ok(Rotation {
+        secret,
+        status,
+        stalled,
+        requeue,
+    })
+}
+
+/// The ready pods of this Stoa and what each has loaded.
+async fn observe_pods(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<Vec<PodKeys>> {
+    let pods = target
+        .api::<Pod>(&ctx.client)
+        .list(&ListParams::default().labels(&resources::selector_string(stoa)))
+        .await?;
+    let targets = observe::ready_targets(&pods.items);
+    let readings = ctx.probe.read(&targets).await;
+    Ok(readings
+        .into_iter()
+        .map(|PodReading { pod, state }| PodKeys {
+            pod,
+            loaded: state.map(|s| s.keys.into_iter().map(|k| k.kid).collect()),
+        })
+        .collect())
+}
+
+/// Replaces the key set, conditioned on the Secret's `resourceVersion` as read: if anyone
+/// changed it since, the API server answers 409 Conflict and nothing is written
+/// (Kubernetes API conventions, "Concurrency Control and Consistency"). `None` on conflict.
+async fn write_key_set(
+    ctx: &Context,
+    target: &Target,
+    read: &Secret,
+    keys: Vec<stoa_contract::keys::KeyEntry>,
+    annotations: &[(&str, String)],
+) -> Result<Option<Secret>> {
+    let json = serde_json::to_vec_pretty(&KeySetFile { keys }).map_err(Error::Serialize)?;
+    let mut secret = read.clone();
+    secret
+        .data
+        .get_or_insert_default()
+        .insert(KEYSET_FILE.to_owned(), ByteString(json));
+    for (name, value) in annotations {
+        secret
+            .annotations_mut()
+            .insert((*name).to_owned(), value.clone());
+    }
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    let api: Api<Secret> = target.api(&ctx.client);
+    match api.replace(&target.names.keys, &params, &secret).await {
+        Ok(written) => Ok(Some(written)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn record_step(
+    ctx: &Context,
+    stoa: &Stoa,
+    step: &Step,
+    before: &KeySetFile,
+    timing: &Timing,
+    now: Timestamp,
+    pods: usize,
+) {
+    let active = before
+        .keys
+        .iter()
+        .find(|k| k.state == KeyState::Active)
+        .map_or("", |k| k.kid.as_str());
+    let (reason, note) = match step {
+        Step::Add { request, .. } => {
+            ctx.metrics.observe_rotation("keys", "started");
+            let why = match request {
+                Some(value) => format!("requested by {ROTATE_ANNOTATION}={value}"),
+                None => "scheduled".to_owned(),
+            };
+            (
+                "KeyRotationStarted",
+                format!(
+                    "added a new signing key as next ({why}); it signs once every ready pod has \
+                     loaded it"
+                ),
+            )
+        }
+        Step::Promote { kid, waited } => {
+            ctx.metrics.observe_rotation("keys", "promoted");
+            ctx.metrics.observe_confirmation("keys", *waited);
+            let until = now
+                .checked_add(timing.retire_after)
+                .map_or_else(|_| "later".to_owned(), |t| t.to_string());
+            (
+                "KeyPromoted",
+                format!(
+                    "signing key {kid} signs now ({pods} ready pods loaded it in {}); {active} \
+                     verifies until {until}",
+                    humantime::format_duration(Duration::from_secs(waited.as_secs()))
+                ),
+            )
+        }
+        Step::Retire { kids } => {
+            ctx.metrics.observe_rotation("keys", "retired");
+            (
+                "KeyRetired",
+                format!(
+                    "removed signing key {}: no unexpired token carries it",
+                    kids.join(", ")
+                ),
+            )
+        }
+        _ => return,
+    };
+    event(ctx, stoa, notice(EventType::Normal, reason, note)).await;
+}
+
+/// The status for the step just taken, over the key set after it.
+fn rotation_status(step: &Step, set: &KeySet<'_>, timing: &Timing) -> KeyRotationStatus {
+    let active_kid = set
+        .keys
+        .iter()
+        .find(|k| k.state == KeyState::Active)
+        .map(|k| k.kid.clone());
+    let active_since = set.active_since();
+    let at = |d: Duration| active_since.and_then(|t| t.checked_add(d).ok());
+    let (phase, next_step_at, waiting_for, message) = match step {
+        Step::Idle { due } => ("Idle", Some(*due), Vec::new(), None),
+        Step::Retire { .. } => ("Idle", at(timing.every), Vec::new(), None),
+        Step::Add { .. } => (
+            "Confirming",
+            None,
+            Vec::new(),
+            Some("added a new key; waiting for every ready pod to load it".to_owned()),
+        ),
+        Step::Confirming {
+            kid,
+            waiting_for,
+            stalled,
+            ..
+        } => (
+            if *stalled { "Stalled" } else { "Confirming" },
+            None,
+            waiting_for.clone(),
+            Some(format!("waiting for pods to load key {kid}")),
+        ),
+        Step::Promote { .. } => ("Retiring", at(timing.retire_after), Vec::new(), None),
+        Step::Holding { until } => ("Retiring", Some(*until), Vec::new(), None),
+    };
+    KeyRotationStatus {
+        phase: phase.to_owned(),
+        active_kid,
+        active_since: active_since.map(|t| t.to_string()),
+        next_step_at: next_step_at.map(|t| t.to_string()),
+        waiting_for,
+        message,
+    }
+}
+
+fn until_then(now: Timestamp, then: Timestamp) -> Duration {
+    Duration::try_from(then.duration_since(now))
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_secs(1))
+}
