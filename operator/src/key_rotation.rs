@@ -95,7 +95,7 @@ impl KeySet<'_> {
         self.promoted_at.or_else(|| {
             self.with_state(KeyState::Active)
                 .next()
-                .and_then(|k| created_at(k))
+                .and_then(created_at)
         })
     }
 
@@ -175,7 +175,7 @@ pub fn decide(
             .filter(|p| {
                 !p.loaded
                     .as_ref()
-                    .is_some_and(|kids| kids.iter().any(|k| *k == next.kid))
+                    .is_some_and(|kids| kids.contains(&next.kid))
             })
             .map(|p| p.pod.clone())
             .collect();

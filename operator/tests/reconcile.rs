@@ -6,7 +6,7 @@ mod fixtures;
 
 use std::sync::Arc;
 
-use fixtures::cluster::{self, Call, Log};
+use fixtures::cluster::{self, Call, Log, calls_since, events_since};
 use fixtures::{container, job_container, stoa, with_spec};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::batch::v1::Job;
@@ -220,25 +220,6 @@ async fn converged() -> (Client, Log) {
 
 fn mark(log: &Log) -> usize {
     log.lock().unwrap().len()
-}
-
-fn calls_since(log: &Log, from: usize) -> Vec<Call> {
-    log.lock().unwrap()[from..].to_vec()
-}
-
-/// Events recorded since `from`, as (type, reason).
-fn events_since(log: &Log, from: usize) -> Vec<(String, String)> {
-    calls_since(log, from)
-        .into_iter()
-        .filter(|c| c.method == "POST" && c.path.contains("/events"))
-        .filter_map(|c| {
-            let body = c.body?;
-            Some((
-                body["type"].as_str()?.to_owned(),
-                body["reason"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -1,0 +1,394 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! Protocol 2 through the real reconciler against an in-memory API: what is written to the
+//! key Secret at each step, how (conditioned on its resourceVersion), what the status and
+//! the Events say, and that no key signs before every ready pod reports it loaded. Pods
+//! answer through a scripted probe; `tests/tests/key_rotation_protocol.rs` runs the same
+//! protocol against real stoa-api processes.
+mod fixtures;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fixtures::cluster::{self, Log, calls_since, events_since};
+use fixtures::{from_yaml, stoa};
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use stoa_contract::keys::{KEYSET_FILE, KeySetFile, KeyState};
+use stoa_contract::pod::{LoadedCredential, LoadedKey, PodState};
+use stoa_operator::controller::{Context, reconcile};
+use stoa_operator::crd::Stoa;
+use stoa_operator::key_rotation::{PROMOTED_AT_ANNOTATION, ROTATE_ANNOTATION};
+use stoa_operator::metrics::Metrics;
+use stoa_operator::observe::{PodProbe, PodReading, PodTarget};
+
+/// Pods answer with the kids listed for them; a pod without an entry does not answer.
+#[derive(Default)]
+struct ScriptedPods {
+    loaded: Mutex<HashMap<String, Vec<String>>>,
+    /// Runs once, the next time pods are read (to change the cluster in between).
+    on_read: Mutex<Option<BoxFuture<'static, ()>>>,
+}
+
+impl ScriptedPods {
+    fn set(&self, pod: &str, kids: &[&str]) {
+        self.loaded.lock().unwrap().insert(
+            pod.to_owned(),
+            kids.iter().map(|k| (*k).to_owned()).collect(),
+        );
+    }
+}
+
+impl PodProbe for ScriptedPods {
+    fn read<'a>(&'a self, pods: &'a [PodTarget]) -> BoxFuture<'a, Vec<PodReading>> {
+        Box::pin(async move {
+            let hook = self.on_read.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook.await;
+            }
+            let loaded = self.loaded.lock().unwrap();
+            pods.iter()
+                .map(|target| PodReading {
+                    pod: target.name.clone(),
+                    state: loaded.get(&target.name).map(|kids| PodState {
+                        keys: kids
+                            .iter()
+                            .map(|kid| LoadedKey {
+                                kid: kid.clone(),
+                                state: KeyState::Next,
+                            })
+                            .collect(),
+                        database: LoadedCredential {
+                            user: "stoa".into(),
+                            fingerprint: "0".repeat(16),
+                        },
+                        schema_version: None,
+                        in_flight: 0,
+                    }),
+                })
+                .collect()
+        })
+    }
+}
+
+struct Cluster {
+    client: Client,
+    log: Log,
+    pods: Arc<ScriptedPods>,
+    context: Arc<Context>,
+}
+
+impl Cluster {
+    async fn new(stoa: &Stoa) -> Cluster {
+        let (client, log) = cluster::with(stoa).await;
+        let pods = Arc::new(ScriptedPods::default());
+        let context = Arc::new(
+            Context::new(client.clone(), Arc::new(Metrics::new())).with_probe(pods.clone()),
+        );
+        Cluster {
+            client,
+            log,
+            pods,
+            context,
+        }
+    }
+
+    async fn reconcile(&self) -> Stoa {
+        let api: Api<Stoa> = Api::namespaced(self.client.clone(), "shop");
+        let current = api.get("api").await.unwrap();
+        reconcile(Arc::new(current), self.context.clone())
+            .await
+            .unwrap();
+        api.get("api").await.unwrap()
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), "shop")
+    }
+
+    /// `(kid, state)` of each key in the key Secret.
+    async fn keys(&self) -> Vec<(String, KeyState)> {
+        let secret = self.secrets().get("api-jwt-keys").await.unwrap();
+        let file: KeySetFile =
+            serde_json::from_slice(&secret.data.unwrap()[KEYSET_FILE].0).unwrap();
+        file.keys.into_iter().map(|k| (k.kid, k.state)).collect()
+    }
+
+    async fn annotate(&self, key: &str, value: &str) {
+        let api: Api<Stoa> = Api::namespaced(self.client.clone(), "shop");
+        let mut current = api.get("api").await.unwrap();
+        current.annotations_mut().insert(key.into(), value.into());
+        api.replace("api", &PostParams::default(), &current)
+            .await
+            .unwrap();
+    }
+
+    /// A ready pod of the Deployment with this IP.
+    async fn ready_pod(&self, name: &str, ip: &str) {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "shop", "labels": {
+                "app.kubernetes.io/name": "stoa",
+                "app.kubernetes.io/instance": "api",
+                "app.kubernetes.io/component": "api"
+            }},
+            "spec": {"containers": [{"name": "api", "image": "x"}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        Api::<Pod>::namespaced(self.client.clone(), "shop")
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+    }
+}
+
+fn rotation(s: &Stoa) -> &stoa_operator::crd::KeyRotationStatus {
+    s.status.as_ref().unwrap().key_rotation.as_ref().unwrap()
+}
+
+fn degraded_reason(s: &Stoa) -> String {
+    s.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| c.reason.clone())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_requested_rotation_is_confirmed_by_every_pod_then_promoted_then_retired() {
+    let cluster = Cluster::new(&stoa("api")).await;
+    let first = cluster.reconcile().await;
+    let original = cluster.keys().await;
+    assert_eq!(original.len(), 1);
+    let old = original[0].0.clone();
+    assert_eq!(rotation(&first).phase, "Idle");
+    assert_eq!(rotation(&first).active_kid.as_deref(), Some(old.as_str()));
+    assert!(rotation(&first).next_step_at.is_some());
+    cluster.ready_pod("api-1", "10.0.0.1").await;
+    cluster.ready_pod("api-2", "10.0.0.2").await;
+
+    // 1. The request adds a key as `next`, written only if the Secret is as it was read.
+    cluster
+        .annotate(ROTATE_ANNOTATION, "2026-11-25T10:00")
+        .await;
+    let from = cluster.log.lock().unwrap().len();
+    let added = cluster.reconcile().await;
+    let keys = cluster.keys().await;
+    assert_eq!(keys.len(), 2);
+    let new = keys[1].0.clone();
+    assert_eq!(keys[1].1, KeyState::Next);
+    let write = calls_since(&cluster.log, from)
+        .into_iter()
+        .find(|c| c.method == "PUT" && c.path.ends_with("/secrets/api-jwt-keys"))
+        .unwrap();
+    assert!(
+        write.body.unwrap()["metadata"]["resourceVersion"].is_string(),
+        "the key set is replaced conditionally"
+    );
+    assert!(
+        events_since(&cluster.log, from).contains(&("Normal".into(), "KeyRotationStarted".into()))
+    );
+    assert_eq!(rotation(&added).phase, "Confirming");
+
+    // 2. One pod has not loaded it: nothing is promoted, and the status names the pod.
+    cluster.pods.set("api-1", &[&old, &new]);
+    cluster.pods.set("api-2", &[&old]);
+    for _ in 0..2 {
+        let waiting = cluster.reconcile().await;
+        assert_eq!(rotation(&waiting).phase, "Confirming");
+        assert_eq!(rotation(&waiting).waiting_for, ["api-2"]);
+        assert_eq!(degraded_reason(&waiting), "AsExpected");
+        assert_eq!(cluster.keys().await[1].1, KeyState::Next);
+    }
+
+    // 3. Every ready pod has it: it signs, the old key verifies until it retires.
+    cluster.pods.set("api-2", &[&old, &new]);
+    let from = cluster.log.lock().unwrap().len();
+    let promoted = cluster.reconcile().await;
+    assert_eq!(
+        cluster.keys().await,
+        [
+            (old.clone(), KeyState::Retiring),
+            (new.clone(), KeyState::Active)
+        ]
+    );
+    assert!(events_since(&cluster.log, from).contains(&("Normal".into(), "KeyPromoted".into())));
+    assert_eq!(rotation(&promoted).phase, "Retiring");
+    assert_eq!(
+        rotation(&promoted).active_kid.as_deref(),
+        Some(new.as_str())
+    );
+    let statuses = &promoted.status.as_ref().unwrap().keys;
+    assert!(statuses.iter().all(|k| k.since.is_some()), "{statuses:?}");
+
+    // The same request does not rotate twice, and the retiring key stays while tokens it
+    // signed may still be valid.
+    let from = cluster.log.lock().unwrap().len();
+    cluster.reconcile().await;
+    assert!(
+        !calls_since(&cluster.log, from)
+            .iter()
+            .any(|c| c.path.contains("/secrets/") && c.is_write()),
+        "nothing to write while the retiring key waits"
+    );
+
+    // 4. Once the access-token lifetime plus leeway has passed since the promotion (here:
+    // the recorded promotion moved an hour back), the retiring key goes.
+    let mut secret = cluster.secrets().get("api-jwt-keys").await.unwrap();
+    let an_hour_ago = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(1))
+        .unwrap();
+    secret
+        .annotations_mut()
+        .insert(PROMOTED_AT_ANNOTATION.into(), an_hour_ago.to_string());
+    cluster
+        .secrets()
+        .replace("api-jwt-keys", &PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let from = cluster.log.lock().unwrap().len();
+    let retired = cluster.reconcile().await;
+    assert_eq!(cluster.keys().await, [(new.clone(), KeyState::Active)]);
+    assert!(events_since(&cluster.log, from).contains(&("Normal".into(), "KeyRetired".into())));
+    assert_eq!(rotation(&retired).phase, "Idle");
+}
+
+#[tokio::test]
+async fn a_pod_that_never_loads_the_new_key_stalls_the_rotation_and_nothing_signs_with_it() {
+    let stoa = from_yaml(
+        "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {name: api, namespace: shop, uid: 11111111-2222-3333-4444-555555555555, generation: 1}
+spec:
+  image: ghcr.io/stoa-dev/stoa-api:0.1.0
+  database: {urlSecretRef: {name: api-db}}
+  auth: {keyRotation: {confirmTimeout: 0s}}
+",
+    );
+    let cluster = Cluster::new(&stoa).await;
+    cluster.reconcile().await;
+    let old = cluster.keys().await[0].0.clone();
+    cluster.ready_pod("api-1", "10.0.0.1").await;
+    cluster.ready_pod("api-2", "10.0.0.2").await;
+    cluster.annotate(ROTATE_ANNOTATION, "now").await;
+    cluster.reconcile().await;
+    let new = cluster.keys().await[1].0.clone();
+    cluster.pods.set("api-1", &[&old, &new]);
+    // api-2 does not answer at all.
+
+    let from = cluster.log.lock().unwrap().len();
+    for _ in 0..3 {
+        let stalled = cluster.reconcile().await;
+        assert_eq!(rotation(&stalled).phase, "Stalled");
+        assert_eq!(rotation(&stalled).waiting_for, ["api-2"]);
+        assert_eq!(degraded_reason(&stalled), "RotationStalled");
+        let message = &stalled
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap()
+            .message;
+        assert!(
+            message.contains("api-2") && message.contains(&new),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        cluster.keys().await,
+        [
+            (old.clone(), KeyState::Active),
+            (new.clone(), KeyState::Next)
+        ],
+        "never promoted"
+    );
+    let warnings: Vec<_> = events_since(&cluster.log, from)
+        .into_iter()
+        .filter(|(type_, reason)| type_ == "Warning" && reason == "RotationStalled")
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one Warning per stall, not per reconcile"
+    );
+
+    // When the pod catches up, the rotation resumes and the condition clears.
+    cluster.pods.set("api-2", &[&old, &new]);
+    let resumed = cluster.reconcile().await;
+    assert_eq!(cluster.keys().await[1], (new, KeyState::Active));
+    assert_eq!(degraded_reason(&resumed), "AsExpected");
+}
+
+#[tokio::test]
+async fn a_key_set_changed_by_someone_else_meanwhile_is_not_overwritten() {
+    let cluster = Cluster::new(&stoa("api")).await;
+    cluster.reconcile().await;
+    let old = cluster.keys().await[0].0.clone();
+    cluster.ready_pod("api-1", "10.0.0.1").await;
+    cluster.annotate(ROTATE_ANNOTATION, "now").await;
+    cluster.reconcile().await;
+    let new = cluster.keys().await[1].0.clone();
+    cluster.pods.set("api-1", &[&old, &new]);
+
+    // While the pods are read, someone else (a second operator replica, a human) writes
+    // the Secret: the promotion decided on the older copy must not land.
+    let secrets = cluster.secrets();
+    *cluster.pods.on_read.lock().unwrap() = Some(Box::pin(async move {
+        let mut secret = secrets.get("api-jwt-keys").await.unwrap();
+        secret
+            .labels_mut()
+            .insert("example.com/touched".into(), "yes".into());
+        secrets
+            .replace("api-jwt-keys", &PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }));
+    cluster.reconcile().await;
+    let secret = cluster.secrets().get("api-jwt-keys").await.unwrap();
+    assert_eq!(
+        secret
+            .labels()
+            .get("example.com/touched")
+            .map(String::as_str),
+        Some("yes"),
+        "the other writer's change survives"
+    );
+    assert_eq!(
+        cluster.keys().await[1].1,
+        KeyState::Next,
+        "not promoted on stale data"
+    );
+
+    // The next pass decides on fresh data and promotes.
+    cluster.reconcile().await;
+    assert_eq!(cluster.keys().await[1], (new, KeyState::Active));
+}
+
+#[tokio::test]
+async fn a_rotation_interval_shorter_than_a_token_lifetime_is_refused() {
+    let stoa = from_yaml(
+        "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {name: api, namespace: shop, uid: 11111111-2222-3333-4444-555555555555, generation: 1}
+spec:
+  image: ghcr.io/stoa-dev/stoa-api:0.1.0
+  database: {urlSecretRef: {name: api-db}}
+  auth: {accessTokenTtl: 1h, keyRotation: {every: 30m}}
+",
+    );
+    let cluster = Cluster::new(&stoa).await;
+    let api: Api<Stoa> = Api::namespaced(cluster.client.clone(), "shop");
+    let current = api.get("api").await.unwrap();
+    let err = reconcile(Arc::new(current), cluster.context.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("keyRotation.every"), "{err}");
+    let reported = api.get("api").await.unwrap();
+    assert_eq!(degraded_reason(&reported), "InvalidSpec");
+}
