@@ -7,8 +7,9 @@
 
 mod common;
 
+use common::{stoa_api_binary, url_of};
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -22,34 +23,6 @@ use stoa_operator::rollout::{self, Activity, Observed};
 const NEWER: i64 = 29_990_101_000_000;
 const NEWER_IMAGE: &str = "ghcr.io/stoa-dev/stoa-api:9.0.0";
 const OLD_IMAGE: &str = "ghcr.io/stoa-dev/stoa-api:0.1.0";
-
-/// The stoa-api binary of this workspace (built by `cargo test --workspace`, which the
-/// README's test command runs).
-fn stoa_api_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("stoa-api");
-    assert!(
-        binary.exists(),
-        "{} is missing: run the suite with `cargo test --workspace` (make test)",
-        binary.display()
-    );
-    binary
-}
-
-fn url_of(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap()
-    )
-}
 
 /// What a newer release's migrator leaves in `_sqlx_migrations`.
 async fn newer_release_applied(pool: &PgPool, description: &str) {

@@ -5,6 +5,7 @@
 //! signs and verifies tokens and publishes the keys.
 
 mod common;
+mod harness;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,17 +30,6 @@ spec:
 ",
     )
     .unwrap()
-}
-
-/// Writes Secret data the way the kubelet mounts it: files behind a `..data` symlink.
-fn mount_secret(dir: &Path, data: &std::collections::BTreeMap<String, k8s_openapi::ByteString>) {
-    let generation = dir.join("..2026_11_24_00_00_00.000000001");
-    std::fs::create_dir_all(&generation).unwrap();
-    for (name, bytes) in data {
-        std::fs::write(generation.join(name), &bytes.0).unwrap();
-        std::os::unix::fs::symlink(Path::new("..data").join(name), dir.join(name)).unwrap();
-    }
-    std::os::unix::fs::symlink(generation.file_name().unwrap(), dir.join("..data")).unwrap();
 }
 
 #[test]
@@ -86,7 +76,7 @@ fn the_operators_config_map_is_a_valid_stoa_api_configuration() {
 async fn stoa_api_serves_with_the_key_secret_the_operator_creates(pool: PgPool) {
     let secret = resources::key_secret(&stoa(), &stoa_contract::keys::generate_keyset()).unwrap();
     let keys = tempfile::tempdir().unwrap();
-    mount_secret(keys.path(), secret.data.as_ref().unwrap());
+    harness::kubelet::project(keys.path(), secret.data.as_ref().unwrap(), None);
 
     let common::Served { base, stop, .. } = common::serve(pool, keys.path()).await;
 

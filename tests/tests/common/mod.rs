@@ -2,7 +2,7 @@
 //! Shared by the cross-component tests: a real stoa-api server on port 0.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sqlx::PgPool;
 use stoa_api::app::App;
@@ -40,4 +40,33 @@ pub async fn serve(pool: PgPool, keys_dir: &Path) -> Served {
         let _ = stopped.await;
     }));
     Served { base, admin, stop }
+}
+
+/// The stoa-api binary of this workspace (built by `cargo test --workspace`, which the
+/// README's test command runs).
+pub fn stoa_api_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("stoa-api");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (make test)",
+        binary.display()
+    );
+    binary
+}
+
+/// A URL for the database behind `pool` (trust authentication: no password).
+pub fn url_of(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap()
+    )
 }

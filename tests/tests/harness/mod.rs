@@ -1,0 +1,215 @@
+#![allow(dead_code)] // each test crate uses part of it
+//! A process-level stand-in for the parts of a Kubernetes cluster the operator relies on,
+//! so the lifecycle protocols run end to end on a machine without containers:
+//!
+//! - the API server: an in-memory one (kube-fake-client), driven by the real reconciler;
+//! - the Job controller and kubelet: each migration Job's container command runs as a
+//!   real `stoa-api` process, and its exit code and termination message become the Job's
+//!   status and its pod's `containerStatuses` ([`kubelet`]);
+//! - the Deployment controller: pods follow the Deployment's template and replicas,
+//!   rolled one at a time (surge one, then retire one), each a real `stoa-api serve`
+//!   process on its own loopback address (its pod IP);
+//! - the kubelet's volume manager: Secrets are projected into each pod's directory in the
+//!   kubelet's layout (timestamped directory, atomic `..data` symlink swap), after a
+//!   per-pod propagation delay ([`kubelet::Projection`]);
+//! - kube-proxy: [`load::Endpoints`] holds the ready pods a client may reach.
+//!
+//! The operator itself reads each pod's admin port over HTTP with its real probe.
+
+pub mod kubelet;
+pub mod load;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use stoa_operator::controller::{Context, reconcile};
+use stoa_operator::crd::Stoa;
+use stoa_operator::metrics::Metrics;
+
+pub const NAMESPACE: &str = "shop";
+
+pub struct Cluster {
+    pub client: Client,
+    pub context: Arc<Context>,
+    pub metrics: Arc<Metrics>,
+    pub endpoints: load::Endpoints,
+    name: String,
+    root: tempfile::TempDir,
+    pods: Vec<kubelet::PodProcess>,
+    started: u8,
+}
+
+impl Cluster {
+    /// A cluster holding `stoa` and `secrets` (its database URL Secret, ...).
+    pub async fn start(stoa: &Stoa, secrets: Vec<Secret>) -> Cluster {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = kube_fake_client::ClientBuilder::new()
+            .with_resource::<Stoa>()
+            .with_status_subresource::<Stoa>()
+            .with_status_subresource::<Deployment>()
+            .with_status_subresource::<Job>()
+            .with_object(stoa.clone());
+        for secret in secrets {
+            builder = builder.with_object(secret);
+        }
+        let client = builder.build().await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let context = Arc::new(
+            Context::new(client.clone(), metrics.clone()).with_operator_namespace("stoa-system"),
+        );
+        Cluster {
+            client,
+            context,
+            metrics,
+            endpoints: load::Endpoints::default(),
+            name: stoa.name_any(),
+            root: tempfile::tempdir().unwrap(),
+            pods: Vec::new(),
+            started: 0,
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub async fn stoa(&self) -> Stoa {
+        self.api::<Stoa>().get(&self.name).await.unwrap()
+    }
+
+    /// One reconcile of the stored Stoa, as after a watch event.
+    pub async fn reconcile(&self) -> Stoa {
+        let current = self.stoa().await;
+        reconcile(Arc::new(current), self.context.clone())
+            .await
+            .unwrap();
+        self.stoa().await
+    }
+
+    /// Lets the cluster act on what the operator wrote: runs new Jobs to completion and
+    /// moves the pods to the Deployment's template and replica count.
+    pub async fn sync(&mut self) {
+        let jobs = self
+            .api::<Job>()
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        for job in jobs.items {
+            if job
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_none()
+            {
+                kubelet::run_job(&self.client, self.root.path(), &job).await;
+            }
+        }
+        let Some(deployment) = self.api::<Deployment>().get_opt(&self.name).await.unwrap() else {
+            return;
+        };
+        self.roll(&deployment).await;
+    }
+
+    /// Reconciles and syncs until `done` holds for the Stoa (or panics after `timeout`).
+    pub async fn settle(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Stoa) -> bool,
+    ) -> Stoa {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stoa = self.reconcile().await;
+            if done(&stoa) {
+                return stoa;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not reached; status {:#?}",
+                stoa.status
+            );
+            self.sync().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The Deployment controller: one new pod at a time (maxSurge 1, maxUnavailable 0, as
+    /// the operator's Deployment asks), then one old pod leaves; finally the status.
+    async fn roll(&mut self, deployment: &Deployment) {
+        let spec = deployment.spec.clone().unwrap();
+        let template = spec.template;
+        let hash = kubelet::template_hash(&template);
+        let desired = usize::try_from(spec.replicas.unwrap_or(1)).unwrap();
+        loop {
+            let current = self.pods.iter().filter(|p| p.template_hash == hash).count();
+            let old = self.pods.iter().position(|p| p.template_hash != hash);
+            if current < desired {
+                self.started += 1;
+                let pod = kubelet::PodProcess::start(
+                    &self.client,
+                    self.root.path(),
+                    &format!("{}-{}", self.name, self.started),
+                    self.started,
+                    &template,
+                    &hash,
+                )
+                .await;
+                self.endpoints.add(&pod.base_url());
+                self.pods.push(pod);
+            } else if let Some(index) = old {
+                let pod = self.pods.remove(index);
+                self.endpoints.remove(&pod.base_url());
+                pod.stop(&self.client).await;
+            } else if current > desired {
+                let pod = self.pods.pop().unwrap();
+                self.endpoints.remove(&pod.base_url());
+                pod.stop(&self.client).await;
+            } else {
+                break;
+            }
+        }
+        let count = i32::try_from(self.pods.len()).unwrap();
+        let mut status = deployment.clone();
+        status.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            observed_generation: deployment.metadata.generation.or(Some(1)),
+            replicas: Some(count),
+            ready_replicas: Some(count),
+            updated_replicas: Some(count),
+            available_replicas: Some(count),
+            ..Default::default()
+        });
+        self.api::<Deployment>()
+            .replace_status(&self.name, &PostParams::default(), &status)
+            .await
+            .unwrap();
+    }
+
+    pub fn pods(&self) -> &[kubelet::PodProcess] {
+        &self.pods
+    }
+
+    /// Stops `pod`'s kubelet from projecting Secret changes (as if its node lost touch).
+    pub fn freeze_projection(&self, pod: &str, frozen: bool) {
+        for p in &self.pods {
+            if p.name == pod {
+                p.projection.freeze(frozen);
+            }
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for pod in self.pods.drain(..) {
+            self.endpoints.remove(&pod.base_url());
+            pod.stop(&self.client).await;
+        }
+    }
+}

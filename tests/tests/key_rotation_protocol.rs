@@ -1,0 +1,303 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! Protocol 2 end to end: the real reconciler rotates the signing keys of real stoa-api
+//! pods (processes on their own loopback addresses, their key Secret projected by a
+//! stand-in kubelet with propagation delays) while clients keep signing in and calling
+//! every pod. No request may fail, and a pod that never sees the new key must stall the
+//! rotation rather than break tokens. See `harness` for what plays the cluster.
+
+mod common;
+mod harness;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use harness::Cluster;
+use harness::load::Load;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use sqlx::PgPool;
+use stoa_contract::keys::KeyState;
+use stoa_operator::crd::Stoa;
+use stoa_operator::key_rotation::{PROMOTED_AT_ANNOTATION, ROTATE_ANNOTATION};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn stoa(replicas: i32, confirm_timeout: &str) -> Stoa {
+    serde_yaml::from_str(&format!(
+        "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {{name: api, namespace: {ns}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
+spec:
+  image: ghcr.io/stoa-dev/stoa-api:0.1.0
+  replicas: {replicas}
+  database: {{urlSecretRef: {{name: api-db}}}}
+  auth: {{keyRotation: {{confirmTimeout: {confirm_timeout}}}}}
+  env:
+    # One machine plays every client: per-address limits would throttle the load itself.
+    - {{name: STOA_RATE_LIMIT_ENABLED, value: 'false'}}
+    - {{name: STOA_ARGON2_MEMORY_KIB, value: '1024'}}
+    - {{name: STOA_ARGON2_ITERATIONS, value: '1'}}
+    - {{name: STOA_SHUTDOWN_DELAY, value: 1s}}
+    - {{name: STOA_RELOAD_INTERVAL, value: 100ms}}
+    - {{name: STOA_LOG, value: warn}}
+",
+        ns = harness::NAMESPACE
+    ))
+    .unwrap()
+}
+
+fn database_secret(url: &str) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("api-db".into()),
+            namespace: Some(harness::NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "url".to_owned(),
+            ByteString(url.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+async fn running(pool: &PgPool, replicas: i32, confirm_timeout: &str) -> Cluster {
+    let mut cluster = Cluster::start(
+        &stoa(replicas, confirm_timeout),
+        vec![database_secret(&common::url_of(pool))],
+    )
+    .await;
+    cluster
+        .settle("installed and ready", SETTLE, |s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.ready_replicas == replicas
+                    && st
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .await;
+    cluster
+}
+
+fn phase(s: &Stoa) -> String {
+    s.status
+        .as_ref()
+        .and_then(|st| st.key_rotation.as_ref())
+        .map(|r| r.phase.clone())
+        .unwrap_or_default()
+}
+
+fn kids(s: &Stoa) -> Vec<(String, String)> {
+    s.status
+        .as_ref()
+        .unwrap()
+        .keys
+        .iter()
+        .map(|k| (k.kid.clone(), k.state.clone()))
+        .collect()
+}
+
+async fn request_rotation(cluster: &Cluster, value: &str) {
+    let api: Api<Stoa> = cluster.api();
+    let mut current = api.get("api").await.unwrap();
+    current
+        .annotations_mut()
+        .insert(ROTATE_ANNOTATION.into(), value.into());
+    api.replace("api", &PostParams::default(), &current)
+        .await
+        .unwrap();
+}
+
+/// Moves the recorded promotion back, as the passing of the access-token lifetime would.
+async fn age_promotion(cluster: &Cluster) {
+    let secrets: Api<Secret> = cluster.api();
+    let mut secret = secrets.get("api-jwt-keys").await.unwrap();
+    let past = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(1))
+        .unwrap();
+    secret
+        .annotations_mut()
+        .insert(PROMOTED_AT_ANNOTATION.into(), past.to_string());
+    secrets
+        .replace("api-jwt-keys", &PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_full_key_rotation_under_load_fails_no_request(pool: PgPool) {
+    let mut cluster = running(&pool, 3, "5m").await;
+    let before = cluster.reconcile().await;
+    let old = kids(&before)[0].0.clone();
+    let load = Load::start(cluster.endpoints.clone(), 4, Duration::from_millis(300)).await;
+    // A token signed before the rotation (by the user the first worker registered).
+    let http = reqwest::Client::new();
+    let login =
+        serde_json::json!({"user": {"email": "load0@example.com", "password": "load-password-1"}});
+    let signed_before: serde_json::Value = http
+        .post(format!("{}/api/users/login", cluster.pods()[0].base_url()))
+        .json(&login)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token_before = signed_before["user"]["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    request_rotation(&cluster, "2026-11-25T10:00:00Z").await;
+    let confirming = cluster
+        .settle("next key added", SETTLE, |s| phase(s) == "Confirming")
+        .await;
+    let new = kids(&confirming)
+        .into_iter()
+        .find(|(_, state)| state == "next")
+        .unwrap()
+        .0;
+    // Nothing signs with the new key before every pod has it.
+    for pod in cluster.pods() {
+        let state = pod.state().await;
+        assert!(
+            state
+                .keys
+                .iter()
+                .any(|k| k.kid == old && k.state == KeyState::Active),
+            "{}: {state:?}",
+            pod.name
+        );
+    }
+    let promoted = cluster
+        .settle("promoted after every pod loaded it", SETTLE, |s| {
+            phase(s) == "Retiring"
+        })
+        .await;
+    assert!(kids(&promoted).contains(&(new.clone(), "active".into())));
+    assert!(kids(&promoted).contains(&(old.clone(), "retiring".into())));
+
+    // Every pod follows the promotion; clients then hold only tokens of the new key.
+    for pod in cluster.pods() {
+        let mut followed = false;
+        for _ in 0..100 {
+            let state = pod.state().await;
+            if state
+                .keys
+                .iter()
+                .any(|k| k.kid == new && k.state == KeyState::Active)
+            {
+                followed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(followed, "{} never signed with {new}", pod.name);
+    }
+    // Tokens signed before the rotation keep working on every pod until they expire.
+    for pod in cluster.pods() {
+        let me = http
+            .get(format!("{}/api/user", pod.base_url()))
+            .header("Authorization", format!("Token {token_before}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(me.status(), 200, "{}", pod.name);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    age_promotion(&cluster).await;
+    let retired = cluster
+        .settle("retiring key removed", SETTLE, |s| phase(s) == "Idle")
+        .await;
+    assert_eq!(kids(&retired), [(new.clone(), "active".to_owned())]);
+    // Let every pod load the smaller key set while the load runs.
+    for pod in cluster.pods() {
+        for _ in 0..100 {
+            if pod.state().await.keys.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(pod.state().await.keys.len(), 1, "{}", pod.name);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let tally = load.finish().await;
+    eprintln!("key rotation under load: {tally:?}");
+    assert!(tally.requests > 200, "{tally:?}");
+    assert_eq!(tally.failures, 0, "{tally:?}");
+    let steps = cluster.metrics.encode().unwrap();
+    for step in ["started", "promoted", "retired"] {
+        assert!(
+            steps.contains(&format!(
+                "stoa_operator_rotation_steps_total{{protocol=\"keys\",step=\"{step}\"}} 1"
+            )),
+            "{steps}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_pod_that_never_sees_the_new_key_stalls_the_rotation_and_no_request_fails(pool: PgPool) {
+    let mut cluster = running(&pool, 2, "2s").await;
+    let behind = cluster.pods()[1].name.clone();
+    cluster.freeze_projection(&behind, true);
+    let load = Load::start(cluster.endpoints.clone(), 2, Duration::from_millis(300)).await;
+
+    request_rotation(&cluster, "now").await;
+    let stalled = cluster
+        .settle("stalled on the frozen pod", SETTLE, |s| {
+            phase(s) == "Stalled"
+        })
+        .await;
+    let rotation = stalled
+        .status
+        .as_ref()
+        .unwrap()
+        .key_rotation
+        .clone()
+        .unwrap();
+    assert_eq!(rotation.waiting_for, std::slice::from_ref(&behind));
+    let degraded = stalled
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "RotationStalled")
+    );
+    assert!(degraded.message.contains(&behind), "{}", degraded.message);
+    // A few more passes: still not promoted.
+    for _ in 0..5 {
+        let s = cluster.reconcile().await;
+        assert!(
+            kids(&s).iter().any(|(_, state)| state == "next"),
+            "{:?}",
+            kids(&s)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The node catches up: the rotation completes by itself.
+    cluster.freeze_projection(&behind, false);
+    cluster
+        .settle("promoted once the pod loaded the key", SETTLE, |s| {
+            phase(s) == "Retiring"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tally = load.finish().await;
+    eprintln!("stalled rotation under load: {tally:?}");
+    assert!(tally.requests > 50, "{tally:?}");
+    assert_eq!(tally.failures, 0, "{tally:?}");
+    cluster.shutdown().await;
+}
