@@ -35,13 +35,14 @@ pub const RULES: &[Rule] = &[
         resources: &["services", "configmaps", "serviceaccounts"],
         verbs: &["get", "list", "watch", "create", "patch"],
     },
-    // The signing-key Secret: created once, watched by label so a deletion is noticed.
+    // The signing-key Secret: created once, watched by label so a deletion is noticed, and
+    // replaced (conditioned on its resourceVersion) at each key-rotation step.
     // Kubernetes RBAC cannot restrict list/watch to a label, so this grants reading the
     // Secrets of the watched namespaces; run with `--namespace` to narrow it.
     Rule {
         group: "",
         resources: &["secrets"],
-        verbs: &["get", "list", "watch", "create"],
+        verbs: &["get", "list", "watch", "create", "update"],
     },
     // Pods: rollout completeness (no pod of an older revision left) and migration reports
     // (a Job pod's termination message). Listed on demand, never watched.

@@ -255,6 +255,22 @@ async fn a_requested_rotation_is_confirmed_by_every_pod_then_promoted_then_retir
     assert_eq!(cluster.keys().await, [(new.clone(), KeyState::Active)]);
     assert!(events_since(&cluster.log, from).contains(&("Normal".into(), "KeyRetired".into())));
     assert_eq!(rotation(&retired).phase, "Idle");
+
+    // Every request the operator made through the rotation is one its Role grants (the
+    // test's own reads and writes of the Stoa, Secret and Pods aside).
+    for call in calls_since(&cluster.log, 0) {
+        let own = call.query.contains("fieldManager=stoa-operator")
+            || (call.method == "GET" && !call.path.contains("/stoas/"))
+            || call.path.contains("/events");
+        if !own || call.path.ends_with("/pods") && call.method == "POST" {
+            continue;
+        }
+        let (group, resource, verb) = call.rbac();
+        assert!(
+            stoa_operator::rbac::allows(&group, &resource, &verb),
+            "{verb} {group}/{resource} is not granted: {call:?}"
+        );
+    }
 }
 
 #[tokio::test]
