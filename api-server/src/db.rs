@@ -20,7 +20,7 @@ pub fn connect_options(
     let options: PgConnectOptions = url.expose().parse()?;
     let timeout_ms = config.statement_timeout.as_millis().to_string();
     Ok(options
-        .application_name("stoa-api")
+        .application_name(&config.application_name)
         .options([("statement_timeout", timeout_ms.as_str())])
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500)))
 }

@@ -4,6 +4,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod credentials;
 pub mod db;
 pub mod error;
 pub mod http;

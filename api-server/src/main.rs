@@ -3,13 +3,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use stoa_api::app::{App, shutdown_signal};
 use stoa_api::config::Config;
+use stoa_api::credentials::{self, CredentialError};
 use stoa_api::schema::{self, MigrationError};
 use stoa_api::{db, keys, telemetry};
+use stoa_contract::credentials::{CredentialReport, EXIT_SESSIONS_REMAIN};
 use stoa_contract::migration::{self, MigrationReport, Phase};
 
 /// mimalloc returns freed memory to the OS promptly; with glibc's allocator the large
@@ -59,6 +62,41 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Database credential rotation steps, run by the operator as Jobs with the admin
+    /// credential (STOA_DATABASE_URL / _FILE). Exit 4: sessions of the role remain.
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+        /// Also write a one-line JSON report here (a Job's termination-message path).
+        #[arg(long, global = true)]
+        report_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Create the group and login roles if missing, grant the group the application's
+    /// privileges, and set ROLE's password (read from a file, never an argument).
+    Publish {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        password_file: PathBuf,
+    },
+    /// Wait until no session of ROLE remains, then remove its password.
+    Expire {
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value_t = 60)]
+        wait_seconds: u64,
+    },
+    /// Drop the login roles and the group.
+    Drop {
+        #[arg(long)]
+        group: String,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -109,8 +147,14 @@ fn main() -> ExitCode {
                 e.downcast_ref::<MigrationError>(),
                 Some(MigrationError::NewerContract { .. })
             );
+            let busy = matches!(
+                e.downcast_ref::<CredentialError>(),
+                Some(CredentialError::SessionsRemain { .. })
+            );
             if refused {
                 ExitCode::from(migration::EXIT_NEWER_CONTRACT as u8)
+            } else if busy {
+                ExitCode::from(EXIT_SESSIONS_REMAIN as u8)
             } else {
                 ExitCode::FAILURE
             }
@@ -157,7 +201,73 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", stoa_api::http::openapi_document().to_pretty_json()?);
             Ok(())
         }
+        Command::Credentials {
+            command,
+            report_file,
+        } => credentials(command, report_file).await,
     }
+}
+
+async fn credentials(
+    command: CredentialsCommand,
+    report_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let config = Config::from_process_env_for_migrate()?;
+    telemetry::init(config.log_format, &config.log_filter);
+    let result = async {
+        let mut conn = tokio::time::timeout(
+            config.database.acquire_timeout,
+            sqlx::ConnectOptions::connect(&db::migration_connect_options(&config.database.url)?),
+        )
+        .await
+        .context("timed out connecting to the database")?
+        .context("cannot connect to the database")?;
+        let done = match command {
+            CredentialsCommand::Publish {
+                group,
+                role,
+                password_file,
+            } => {
+                let password = std::fs::read_to_string(&password_file)
+                    .with_context(|| format!("cannot read {}", password_file.display()))?;
+                credentials::publish(&mut conn, &group, &role, password.trim()).await?;
+                format!("{role} (in {group}) has the new password")
+            }
+            CredentialsCommand::Expire { role, wait_seconds } => {
+                credentials::expire(&mut conn, &role, Duration::from_secs(wait_seconds)).await?;
+                format!("{role} has no session left and no password")
+            }
+            CredentialsCommand::Drop { group } => {
+                credentials::drop_roles(&mut conn, &group).await?;
+                format!("dropped {group} and its login roles")
+            }
+        };
+        anyhow::Ok(done)
+    }
+    .await;
+    let report = match &result {
+        Ok(message) => CredentialReport {
+            ok: true,
+            message: message.clone(),
+            remaining: Vec::new(),
+        },
+        Err(e) => CredentialReport {
+            ok: false,
+            message: format!("{e:#}"),
+            remaining: match e.downcast_ref() {
+                Some(CredentialError::SessionsRemain { remaining, .. }) => remaining.clone(),
+                _ => Vec::new(),
+            },
+        },
+    };
+    if let Some(path) = report_file {
+        let line = serde_json::to_string(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, line) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the report");
+        }
+    }
+    println!("{}", report.message);
+    result.map(|_| ())
 }
 
 async fn serve(dev: bool) -> anyhow::Result<()> {

@@ -214,3 +214,117 @@ async fn the_expand_phase_leaves_contract_steps_for_after_the_rollout(pool: PgPo
     assert_eq!(parsed.applied, contract_steps);
     assert!(parsed.pending_contract.is_empty());
 }
+
+/// Runs `stoa-api credentials ...` with `admin_url`; returns (exit code, report).
+fn credentials(
+    admin_url: &str,
+    args: &[&str],
+) -> (i32, stoa_contract::credentials::CredentialReport) {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let out = stoa_api()
+        .arg("credentials")
+        .args(args)
+        .arg("--report-file")
+        .arg(report.path())
+        .env("STOA_DATABASE_URL", admin_url)
+        .env("STOA_LOG", "warn")
+        .output()
+        .unwrap();
+    let line = std::fs::read_to_string(report.path()).unwrap();
+    (
+        out.status.code().unwrap(),
+        serde_json::from_str(&line).unwrap(),
+    )
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn credential_steps_create_grant_expire_and_drop_the_roles(pool: PgPool) {
+    let admin = url_of(&pool);
+    let group = format!("stoa_t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let [role_a, _role_b] = stoa_contract::credentials::login_roles(&group);
+    let password = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        password.path(),
+        stoa_contract::credentials::generate_password(),
+    )
+    .unwrap();
+    let password_path = password.path().to_str().unwrap();
+
+    // Publish: roles exist, the login role is in the group, and it can use the tables.
+    for _ in 0..2 {
+        let (code, report) = credentials(
+            &admin,
+            &[
+                "publish",
+                "--group",
+                &group,
+                "--role",
+                &role_a,
+                "--password-file",
+                password_path,
+            ],
+        );
+        assert_eq!(code, 0, "{report:?}");
+        assert!(report.ok, "idempotent: {report:?}");
+    }
+    let options = pool.connect_options().as_ref().clone();
+    let as_a = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            options
+                .clone()
+                .username(&role_a)
+                .application_name("api-7d9f"),
+        )
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO users (username, email, password_hash) VALUES ('rot', 'rot@example.com', 'x')",
+    )
+    .execute(&as_a)
+    .await
+    .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&as_a)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    // Expire waits for the role's sessions and names the pods that hold them.
+    let (code, report) = credentials(
+        &admin,
+        &["expire", "--role", &role_a, "--wait-seconds", "1"],
+    );
+    assert_eq!(code, stoa_contract::credentials::EXIT_SESSIONS_REMAIN);
+    assert_eq!(report.remaining, ["api-7d9f"]);
+    as_a.close().await;
+    let (code, report) = credentials(
+        &admin,
+        &["expire", "--role", &role_a, "--wait-seconds", "5"],
+    );
+    assert_eq!(code, 0, "{report:?}");
+    let has_password: bool =
+        sqlx::query_scalar("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = $1")
+            .bind(&role_a)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!has_password);
+
+    // Names that could inject SQL never reach the database.
+    let (code, report) = credentials(&admin, &["drop", "--group", "x\"; DROP TABLE users; --"]);
+    assert_eq!(code, 1);
+    assert!(
+        report.message.contains("not a valid role name"),
+        "{report:?}"
+    );
+
+    let (code, report) = credentials(&admin, &["drop", "--group", &group]);
+    assert_eq!(code, 0, "{report:?}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname LIKE $1")
+        .bind(format!("{group}%"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

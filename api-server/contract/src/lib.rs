@@ -3,12 +3,14 @@
 //! operator never links the API server (sqlx, redis, argon2).
 //!
 //! - [`keys`]: the signing key-set file (`keyset.json`), its validation and generation.
+//! - [`credentials`]: database credential rotation: the roles and `stoa-api credentials`.
 //! - [`env`]: the configuration variables the operator sets in stoa-api's ConfigMap.
 //! - [`paths`]: where the operator mounts Secrets in the pod.
 //! - [`migration`]: the `stoa-api migrate` command line, exit codes and report, and how a
 //!   migration is marked as a contract step.
 //! - [`pod`]: what a running pod reports about itself (loaded keys, credential, load).
 
+pub mod credentials;
 pub mod env;
 pub mod keys;
 pub mod migration;

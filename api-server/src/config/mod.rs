@@ -82,6 +82,9 @@ pub struct DatabaseConfig {
     /// After a credential swap, how long the old pool keeps serving requests that already
     /// hold it before it is closed.
     pub drain_grace: Duration,
+    /// How sessions name themselves in `pg_stat_activity` (the operator sets the pod name,
+    /// so a credential rotation can tell which pods still hold the old role).
+    pub application_name: String,
 }
 
 /// The largest clock skew tolerated in token validation (the operator keeps retiring keys
@@ -263,6 +266,10 @@ impl Config {
             acquire_timeout: s.read(Setting::new("STOA_DB_ACQUIRE_TIMEOUT", secs(5)))?,
             statement_timeout: s.read(Setting::new("STOA_DB_STATEMENT_TIMEOUT", secs(10)))?,
             drain_grace: s.read(Setting::new("STOA_DB_DRAIN_GRACE", secs(5)))?,
+            application_name: s.read(Setting::new(
+                "STOA_DB_APPLICATION_NAME",
+                "stoa-api".to_owned(),
+            ))?,
         };
 
         let redis_url = s
