@@ -8,12 +8,10 @@
 mod common;
 mod harness;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use harness::Cluster;
 use harness::load::Load;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
@@ -21,67 +19,6 @@ use sqlx::PgPool;
 use stoa_contract::keys::KeyState;
 use stoa_operator::crd::Stoa;
 use stoa_operator::key_rotation::{PROMOTED_AT_ANNOTATION, ROTATE_ANNOTATION};
-
-const SETTLE: Duration = Duration::from_secs(60);
-
-fn stoa(replicas: i32, confirm_timeout: &str) -> Stoa {
-    serde_yaml::from_str(&format!(
-        "apiVersion: stoa.dev/v1alpha1
-kind: Stoa
-metadata: {{name: api, namespace: {ns}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
-spec:
-  image: ghcr.io/stoa-dev/stoa-api:0.1.0
-  replicas: {replicas}
-  database: {{urlSecretRef: {{name: api-db}}}}
-  auth: {{keyRotation: {{confirmTimeout: {confirm_timeout}}}}}
-  env:
-    # One machine plays every client: per-address limits would throttle the load itself.
-    - {{name: STOA_RATE_LIMIT_ENABLED, value: 'false'}}
-    - {{name: STOA_ARGON2_MEMORY_KIB, value: '1024'}}
-    - {{name: STOA_ARGON2_ITERATIONS, value: '1'}}
-    - {{name: STOA_SHUTDOWN_DELAY, value: 1s}}
-    - {{name: STOA_RELOAD_INTERVAL, value: 100ms}}
-    - {{name: STOA_LOG, value: warn}}
-",
-        ns = harness::NAMESPACE
-    ))
-    .unwrap()
-}
-
-fn database_secret(url: &str) -> Secret {
-    Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("api-db".into()),
-            namespace: Some(harness::NAMESPACE.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "url".to_owned(),
-            ByteString(url.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
-    }
-}
-
-async fn running(pool: &PgPool, replicas: i32, confirm_timeout: &str) -> Cluster {
-    let mut cluster = Cluster::start(
-        &stoa(replicas, confirm_timeout),
-        vec![database_secret(&common::url_of(pool))],
-    )
-    .await;
-    cluster
-        .settle("installed and ready", SETTLE, |s| {
-            s.status.as_ref().is_some_and(|st| {
-                st.ready_replicas == replicas
-                    && st
-                        .conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        })
-        .await;
-    cluster
-}
 
 fn phase(s: &Stoa) -> String {
     s.status
@@ -130,7 +67,7 @@ async fn age_promotion(cluster: &Cluster) {
 
 #[sqlx::test(migrations = false)]
 async fn a_full_key_rotation_under_load_fails_no_request(pool: PgPool) {
-    let mut cluster = running(&pool, 3, "5m").await;
+    let mut cluster = harness::running(&pool, 3, "5m").await;
     let before = cluster.reconcile().await;
     let old = kids(&before)[0].0.clone();
     let load = Load::start(cluster.endpoints.clone(), 4, Duration::from_millis(300)).await;
@@ -152,7 +89,9 @@ async fn a_full_key_rotation_under_load_fails_no_request(pool: PgPool) {
 
     request_rotation(&cluster, "2026-11-25T10:00:00Z").await;
     let confirming = cluster
-        .settle("next key added", SETTLE, |s| phase(s) == "Confirming")
+        .settle("next key added", harness::SETTLE, |s| {
+            phase(s) == "Confirming"
+        })
         .await;
     let new = kids(&confirming)
         .into_iter()
@@ -172,7 +111,7 @@ async fn a_full_key_rotation_under_load_fails_no_request(pool: PgPool) {
         );
     }
     let promoted = cluster
-        .settle("promoted after every pod loaded it", SETTLE, |s| {
+        .settle("promoted after every pod loaded it", harness::SETTLE, |s| {
             phase(s) == "Retiring"
         })
         .await;
@@ -210,7 +149,9 @@ async fn a_full_key_rotation_under_load_fails_no_request(pool: PgPool) {
 
     age_promotion(&cluster).await;
     let retired = cluster
-        .settle("retiring key removed", SETTLE, |s| phase(s) == "Idle")
+        .settle("retiring key removed", harness::SETTLE, |s| {
+            phase(s) == "Idle"
+        })
         .await;
     assert_eq!(kids(&retired), [(new.clone(), "active".to_owned())]);
     // Let every pod load the smaller key set while the load runs.
@@ -243,14 +184,14 @@ async fn a_full_key_rotation_under_load_fails_no_request(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_pod_that_never_sees_the_new_key_stalls_the_rotation_and_no_request_fails(pool: PgPool) {
-    let mut cluster = running(&pool, 2, "2s").await;
+    let mut cluster = harness::running(&pool, 2, "2s").await;
     let behind = cluster.pods()[1].name.clone();
     cluster.freeze_projection(&behind, true);
     let load = Load::start(cluster.endpoints.clone(), 2, Duration::from_millis(300)).await;
 
     request_rotation(&cluster, "now").await;
     let stalled = cluster
-        .settle("stalled on the frozen pod", SETTLE, |s| {
+        .settle("stalled on the frozen pod", harness::SETTLE, |s| {
             phase(s) == "Stalled"
         })
         .await;
@@ -290,9 +231,11 @@ async fn a_pod_that_never_sees_the_new_key_stalls_the_rotation_and_no_request_fa
     // The node catches up: the rotation completes by itself.
     cluster.freeze_projection(&behind, false);
     cluster
-        .settle("promoted once the pod loaded the key", SETTLE, |s| {
-            phase(s) == "Retiring"
-        })
+        .settle(
+            "promoted once the pod loaded the key",
+            harness::SETTLE,
+            |s| phase(s) == "Retiring",
+        )
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let tally = load.finish().await;

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -119,7 +122,35 @@ impl Cluster {
         self.roll(&deployment).await;
     }
 
-    /// Reconciles and syncs until `done` holds for the Stoa (or panics after `timeout`).
+    /// Whether the cluster has acted on everything the operator wrote: no Job left to
+    /// run, and the pods are the Deployment's template in its replica count.
+    async fn converged(&self) -> bool {
+        let jobs = self
+            .api::<Job>()
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        if jobs.items.iter().any(|j| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_none()
+        }) {
+            return false;
+        }
+        match self.api::<Deployment>().get_opt(&self.name).await.unwrap() {
+            None => true,
+            Some(deployment) => {
+                let spec = deployment.spec.unwrap();
+                let hash = kubelet::template_hash(&spec.template);
+                self.pods.len() == usize::try_from(spec.replicas.unwrap_or(1)).unwrap()
+                    && self.pods.iter().all(|p| p.template_hash == hash)
+            }
+        }
+    }
+
+    /// Reconciles and syncs until `done` holds for the Stoa and the cluster has converged
+    /// (or panics after `timeout`).
     pub async fn settle(
         &mut self,
         what: &str,
@@ -129,7 +160,7 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             let stoa = self.reconcile().await;
-            if done(&stoa) {
+            if done(&stoa) && self.converged().await {
                 return stoa;
             }
             assert!(
@@ -212,4 +243,66 @@ impl Cluster {
             pod.stop(&self.client).await;
         }
     }
+}
+
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+pub fn stoa(replicas: i32, confirm_timeout: &str) -> Stoa {
+    serde_yaml::from_str(&format!(
+        "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {{name: api, namespace: {ns}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
+spec:
+  image: ghcr.io/stoa-dev/stoa-api:0.1.0
+  replicas: {replicas}
+  database: {{urlSecretRef: {{name: api-db}}}}
+  auth: {{keyRotation: {{confirmTimeout: {confirm_timeout}}}}}
+  env:
+    # One machine plays every client: per-address limits would throttle the load itself.
+    - {{name: STOA_RATE_LIMIT_ENABLED, value: 'false'}}
+    - {{name: STOA_ARGON2_MEMORY_KIB, value: '1024'}}
+    - {{name: STOA_ARGON2_ITERATIONS, value: '1'}}
+    - {{name: STOA_SHUTDOWN_DELAY, value: 1s}}
+    - {{name: STOA_RELOAD_INTERVAL, value: 100ms}}
+    - {{name: STOA_LOG, value: warn}}
+",
+        ns = NAMESPACE
+    ))
+    .unwrap()
+}
+
+pub fn database_secret(url: &str) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("api-db".into()),
+            namespace: Some(NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "url".to_owned(),
+            ByteString(url.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// A Stoa installed and ready: migrated by its Job, `replicas` pods serving.
+pub async fn running(pool: &sqlx::PgPool, replicas: i32, confirm_timeout: &str) -> Cluster {
+    let mut cluster = Cluster::start(
+        &stoa(replicas, confirm_timeout),
+        vec![database_secret(&crate::common::url_of(pool))],
+    )
+    .await;
+    cluster
+        .settle("installed and ready", SETTLE, |s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.ready_replicas == replicas
+                    && st
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .await;
+    cluster
 }
