@@ -107,8 +107,9 @@ async fn sessions(conn: &mut PgConnection, login: &str) -> Result<Vec<String>, C
     .await?)
 }
 
-/// Waits until no session of `login` remains, then removes its password (it can no
-/// longer sign in; nothing that was connected is cut off).
+/// Waits until no session of `login` remains, then removes its password and its right to
+/// log in (nothing connected is cut off; `publish` gives both back at the next rotation).
+/// `NOLOGIN` holds even where `pg_hba.conf` trusts the network, which a password does not.
 pub async fn expire(
     conn: &mut PgConnection,
     login: &str,
@@ -130,7 +131,11 @@ pub async fn expire(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    run(conn, format!("ALTER ROLE {login_q} WITH PASSWORD NULL;")).await
+    run(
+        conn,
+        format!("ALTER ROLE {login_q} WITH NOLOGIN PASSWORD NULL;"),
+    )
+    .await
 }
 
 /// Drops both login roles and the group, with the privileges granted to them.

@@ -303,13 +303,21 @@ async fn credential_steps_create_grant_expire_and_drop_the_roles(pool: PgPool) {
         &["expire", "--role", &role_a, "--wait-seconds", "5"],
     );
     assert_eq!(code, 0, "{report:?}");
-    let has_password: bool =
-        sqlx::query_scalar("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = $1")
-            .bind(&role_a)
-            .fetch_one(&pool)
+    let (has_password, can_login): (bool, bool) = sqlx::query_as(
+        "SELECT rolpassword IS NOT NULL, rolcanlogin FROM pg_authid WHERE rolname = $1",
+    )
+    .bind(&role_a)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!has_password && !can_login);
+    assert!(
+        sqlx::postgres::PgPoolOptions::new()
+            .connect_with(options.clone().username(&role_a))
             .await
-            .unwrap();
-    assert!(!has_password);
+            .is_err(),
+        "an expired role cannot sign in, even where the network is trusted"
+    );
 
     // Names that could inject SQL never reach the database.
     let (code, report) = credentials(&admin, &["drop", "--group", "x\"; DROP TABLE users; --"]);

@@ -130,6 +130,7 @@ impl Default for StoaSpec {
                 },
                 admin_secret_ref: None,
                 max_connections: default_pool(),
+                credential_rotation: CredentialRotationSpec::default(),
             },
             redis: None,
             auth: AuthSpec::default(),
@@ -182,6 +183,39 @@ pub struct DatabaseSpec {
     #[serde(default = "default_pool")]
     #[schemars(range(min = 1, max = 500))]
     pub max_connections: i32,
+    /// Rotation of the application's database credential. It needs `adminSecretRef`
+    /// (the operator's Jobs create and alter roles with it); without one it is off and
+    /// `status.credentialRotation` says so.
+    #[serde(default)]
+    pub credential_rotation: CredentialRotationSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialRotationSpec {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How long one login role's password lives before the other role takes over, e.g.
+    /// `720h`. Annotate the Stoa with `stoa.dev/rotate-credentials=<any new value>` to
+    /// rotate now.
+    #[serde(default = "default_rotation")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub every: String,
+    /// How long a new credential may wait for every ready pod to switch to it before the
+    /// rotation is reported as stalled. The old password is never expired before.
+    #[serde(default = "default_confirm_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub confirm_timeout: String,
+}
+
+impl Default for CredentialRotationSpec {
+    fn default() -> Self {
+        CredentialRotationSpec {
+            enabled: true,
+            every: default_rotation(),
+            confirm_timeout: default_confirm_timeout(),
+        }
+    }
 }
 
 fn default_pool() -> i32 {
@@ -489,6 +523,32 @@ pub struct StoaStatus {
     /// Where the signing-key rotation stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_rotation: Option<KeyRotationStatus>,
+    /// Where the database credential rotation stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_rotation: Option<CredentialRotationStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialRotationStatus {
+    /// `Disabled` (no `adminSecretRef`, or `enabled: false`), `Idle`, `Publishing` (a Job
+    /// sets the idle role's new password), `Confirming` (waiting for every ready pod to use
+    /// it), `Stalled` (past `confirmTimeout`), `Expiring` (a Job removes the previous
+    /// role's password once none of its sessions remain) or `Failed` (retried).
+    pub phase: String,
+    /// The login role in the published connection Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<String>,
+    /// The next scheduled rotation (`Idle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step_at: Option<String>,
+    /// Ready pods that do not use the published credential yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod controller;
 pub mod crd;
+pub mod credential_rotation;
 pub mod error;
 pub mod key_rotation;
 pub mod metrics;

@@ -15,10 +15,11 @@ pub struct Rule {
 /// The namespaced rules (a ClusterRole when watching every namespace). Leader election's
 /// Lease and the discovery of the ServiceMonitor CRD have their own narrow rules.
 pub const RULES: &[Rule] = &[
+    // Patch: the finalizer that drops the database roles on deletion.
     Rule {
         group: "stoa.dev",
         resources: &["stoas"],
-        verbs: &["get", "list", "watch"],
+        verbs: &["get", "list", "watch", "patch"],
     },
     Rule {
         group: "stoa.dev",
@@ -28,7 +29,8 @@ pub const RULES: &[Rule] = &[
     Rule {
         group: "apps",
         resources: &["deployments"],
-        verbs: &["get", "list", "watch", "create", "patch"],
+        // Delete: before dropping the database roles on deletion, no pod may use them.
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
     },
     Rule {
         group: "",

@@ -137,43 +137,23 @@ pub fn observe_job(
         .and_then(|a| a.parse().ok())
         .unwrap_or(1);
     let report = termination_message.and_then(MigrationReport::parse);
-    let conditions = job
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let finished = |type_: &str| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == "True")
-    };
-    let state = if finished("Complete").is_some() {
-        JobState::Succeeded { report }
-    } else if let Some(failed) = finished("Failed") {
-        let finished_ago = failed
-            .last_transition_time
-            .as_ref()
-            .and_then(|t| now.since(t.0).ok())
-            .and_then(|span| span.total(k8s_openapi::jiff::Unit::Second).ok())
-            .map_or(Duration::ZERO, |secs| {
-                Duration::from_secs_f64(secs.max(0.0))
-            });
-        let message = report
-            .as_ref()
-            .map(|r| r.message.clone())
-            .filter(|m| !m.is_empty())
-            .or_else(|| failed.message.clone())
-            .unwrap_or_else(|| "the Job failed".into());
-        JobState::Failed {
-            // The pod failure policy's only FailJob rule is the migrator's refusal code.
-            refused: failed.reason.as_deref() == Some("PodFailurePolicy"),
+    let state = match job_finish(job, now) {
+        Finish::Running => JobState::Running,
+        Finish::Complete => JobState::Succeeded { report },
+        Finish::Failed {
             message,
             finished_ago,
+        } => JobState::Failed {
+            // The pod failure policy's only FailJob rule is the migrator's refusal code.
+            refused: failed_by_policy(job),
+            message: report
+                .as_ref()
+                .map(|r| r.message.clone())
+                .filter(|m| !m.is_empty())
+                .unwrap_or(message),
+            finished_ago,
             report,
-        }
-    } else {
-        JobState::Running
+        },
     };
     Some(ObservedJob {
         name: job.name_any(),
@@ -181,6 +161,60 @@ pub fn observe_job(
         attempt,
         state,
     })
+}
+
+/// How a Job stands, from its conditions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    Running,
+    Complete,
+    Failed {
+        /// The condition's message, or a generic one.
+        message: String,
+        /// Since the Job failed (for a retry backoff).
+        finished_ago: Duration,
+    },
+}
+
+fn finished_condition<'a>(
+    job: &'a Job,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn failed_by_policy(job: &Job) -> bool {
+    finished_condition(job, "Failed")
+        .is_some_and(|c| c.reason.as_deref() == Some("PodFailurePolicy"))
+}
+
+pub fn job_finish(job: &Job, now: Timestamp) -> Finish {
+    if finished_condition(job, "Complete").is_some() {
+        return Finish::Complete;
+    }
+    let Some(failed) = finished_condition(job, "Failed") else {
+        return Finish::Running;
+    };
+    let finished_ago = failed
+        .last_transition_time
+        .as_ref()
+        .and_then(|t| now.since(t.0).ok())
+        .and_then(|span| span.total(k8s_openapi::jiff::Unit::Second).ok())
+        .map_or(Duration::ZERO, |secs| {
+            Duration::from_secs_f64(secs.max(0.0))
+        });
+    Finish::Failed {
+        message: failed
+            .message
+            .clone()
+            .unwrap_or_else(|| "the Job failed".into()),
+        finished_ago,
+    }
 }
 
 /// Capped exponential backoff after `attempt` failed attempts.

@@ -5,7 +5,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::EventType;
 
-use crate::crd::{KeyRotationStatus, KeyStatus, MigrationStatus, Stoa, StoaStatus};
+use crate::crd::{
+    CredentialRotationStatus, KeyRotationStatus, KeyStatus, MigrationStatus, Stoa, StoaStatus,
+};
 use crate::resources;
 use crate::rollout::{Activity, Plan};
 
@@ -25,6 +27,14 @@ pub struct Facts<'a> {
     pub plan: Option<&'a Plan>,
     /// The key rotation's state (`None` while paused: the last one reported stays).
     pub key_rotation: Option<KeyRotationFacts>,
+    /// The credential rotation's state (`None` while paused).
+    pub credential_rotation: Option<CredentialRotationFacts>,
+}
+
+pub struct CredentialRotationFacts {
+    pub status: CredentialRotationStatus,
+    /// `(reason, message)` for `Degraded` (stalled, or a failing step).
+    pub degraded: Option<(&'static str, String)>,
 }
 
 pub struct KeyRotationFacts {
@@ -245,7 +255,14 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
         )),
         _ => match facts.key_rotation.as_ref().and_then(|r| r.stalled.clone()) {
             Some(message) => Some(("RotationStalled".into(), message)),
-            None => deployment.failed.clone(),
+            None => match facts
+                .credential_rotation
+                .as_ref()
+                .and_then(|r| r.degraded.clone())
+            {
+                Some((reason, message)) => Some((reason.to_owned(), message)),
+                None => deployment.failed.clone(),
+            },
         },
     };
     conditions.push(match degraded {
@@ -313,6 +330,10 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
         key_rotation: match &facts.key_rotation {
             Some(rotation) => Some(rotation.status.clone()),
             None => previous.key_rotation.clone(),
+        },
+        credential_rotation: match &facts.credential_rotation {
+            Some(rotation) => Some(rotation.status.clone()),
+            None => previous.credential_rotation.clone(),
         },
     };
     carry_transition_times(&previous, &mut next);

@@ -248,15 +248,24 @@ pub(super) async fn rotate_keys(
     })
 }
 
-/// The ready pods of this Stoa and what each has loaded.
-async fn observe_pods(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<Vec<PodKeys>> {
+/// What each ready pod of this Stoa reports (rotations confirm against it).
+pub(super) async fn read_ready_pods(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+) -> Result<Vec<PodReading>> {
     let pods = target
         .api::<Pod>(&ctx.client)
         .list(&ListParams::default().labels(&resources::selector_string(stoa)))
         .await?;
     let targets = observe::ready_targets(&pods.items);
-    let readings = ctx.probe.read(&targets).await;
-    Ok(readings
+    Ok(ctx.probe.read(&targets).await)
+}
+
+/// The ready pods of this Stoa and the keys each has loaded.
+async fn observe_pods(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<Vec<PodKeys>> {
+    Ok(read_ready_pods(ctx, stoa, target)
+        .await?
         .into_iter()
         .map(|PodReading { pod, state }| PodKeys {
             pod,

@@ -32,6 +32,7 @@ use crate::status::{self, Facts, Failure, KeyRotationFacts, Notice};
 
 pub use crate::error::{Error, FIELD_MANAGER, HANDOVER_MANAGER, Result};
 
+mod credentials;
 mod keys;
 
 use keys::{ensure_key_secret, key_status};
@@ -198,10 +199,14 @@ impl Target {
 async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
     // Garbage collection removes what the Stoa owns (owner references); applying anything
     // now would only race it.
-    if stoa.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let target = Target::of(stoa)?;
+    if stoa.metadata.deletion_timestamp.is_some() {
+        // Only the database roles live outside Kubernetes: drop them, then let go.
+        return Ok(match credentials::finalize(ctx, stoa, &target).await? {
+            Some(requeue) => Action::requeue(requeue),
+            None => Action::await_change(),
+        });
+    }
     let client = &ctx.client;
     let deployments: Api<Deployment> = target.api(client);
     let deployment = deployments.get_opt(&target.names.base).await?;
@@ -217,6 +222,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             paused: true,
             plan: None,
             key_rotation: None,
+            credential_rotation: None,
         };
         write_status(ctx, stoa, &target, status::status(stoa, &facts)).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
@@ -224,6 +230,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
 
     let keys = ensure_key_secret(ctx, stoa, &target).await?;
     let rotation = keys::rotate_keys(ctx, stoa, &target, keys).await?;
+    let credential_pass = credentials::rotate_credentials(ctx, stoa, &target).await?;
     ensure_current(
         &target.api::<ServiceAccount>(client),
         resources::service_account(stoa)?,
@@ -297,6 +304,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             status: rotation.status.clone(),
             stalled: rotation.stalled.clone(),
         }),
+        credential_rotation: Some(credential_pass.facts),
     };
     let next = status::status(stoa, &facts);
     for notice in status::migration_notices(
@@ -319,7 +327,8 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(
         plan.requeue
             .map_or(fallback, |r| r.min(fallback))
-            .min(rotation.requeue),
+            .min(rotation.requeue)
+            .min(credential_pass.requeue),
     ))
 }
 
@@ -378,7 +387,7 @@ async fn plan_rollout(
         for pod in pods.items {
             if let (Some(job), Some(message)) = (
                 pod.labels().get(resources::MIGRATION_JOB_LABEL).cloned(),
-                termination_message(&pod),
+                termination_message(&pod, "migrate"),
             ) {
                 reports.insert(job, message);
             }
@@ -401,14 +410,14 @@ async fn plan_rollout(
     Ok(rollout::plan(stoa, &observed))
 }
 
-/// The last termination message of a migration pod's container.
-fn termination_message(pod: &Pod) -> Option<String> {
+/// The last termination message of a Job pod's container.
+fn termination_message(pod: &Pod, container: &str) -> Option<String> {
     pod.status
         .as_ref()?
         .container_statuses
         .as_ref()?
         .iter()
-        .find(|c| c.name == "migrate")?
+        .find(|c| c.name == container)?
         .state
         .as_ref()?
         .terminated

@@ -188,7 +188,12 @@ impl Drop for Projection {
 
 /// The container's environment as the kubelet would set it (`envFrom` ConfigMaps, then
 /// `env` values), with mounted paths moved under the pod's directory.
-async fn environment(client: &Client, container: &Container, root: &Path) -> Vec<(String, String)> {
+async fn environment(
+    client: &Client,
+    container: &Container,
+    root: &Path,
+    pod_name: &str,
+) -> Vec<(String, String)> {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
     let mut env = Vec::new();
     for source in container.env_from.iter().flatten() {
@@ -198,7 +203,18 @@ async fn environment(client: &Client, container: &Container, root: &Path) -> Vec
         }
     }
     for var in container.env.iter().flatten() {
-        env.push((var.name.clone(), var.value.clone().unwrap_or_default()));
+        // The downward API, as far as the operator uses it: the pod's name.
+        let from_field = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        let value = match from_field {
+            Some("metadata.name") => pod_name.to_owned(),
+            Some(other) => panic!("the harness does not provide fieldRef {other}"),
+            None => var.value.clone().unwrap_or_default(),
+        };
+        env.push((var.name.clone(), value));
     }
     env.into_iter()
         .map(|(name, value)| {
@@ -246,7 +262,7 @@ impl PodProcess {
         let mounts = secret_mounts(template, &container, &root);
         mount_all(client, &mounts).await;
         let (api_port, admin_port) = (free_port(&ip), free_port(&ip));
-        let mut env = environment(client, &container, &root).await;
+        let mut env = environment(client, &container, &root, name).await;
         env.push(("STOA_LISTEN_ADDR".into(), format!("{ip}:{api_port}")));
         env.push(("STOA_ADMIN_ADDR".into(), format!("{ip}:{admin_port}")));
         let child = tokio::process::Command::new(stoa_api_binary())
@@ -355,7 +371,7 @@ pub async fn run_job(client: &Client, cluster_root: &Path, job: &Job) {
     let container = template.spec.as_ref().unwrap().containers[0].clone();
     let mounts = secret_mounts(&template, &container, &root);
     mount_all(client, &mounts).await;
-    let env = environment(client, &container, &root).await;
+    let env = environment(client, &container, &root, &name).await;
     std::fs::create_dir_all(root.join("dev")).unwrap();
     let args: Vec<String> = container
         .args
@@ -363,7 +379,7 @@ pub async fn run_job(client: &Client, cluster_root: &Path, job: &Job) {
         .unwrap_or_default()
         .into_iter()
         .map(|a| {
-            if a.starts_with("/dev/") {
+            if a.starts_with("/dev/") || a.starts_with("/var/run/") {
                 in_root(&root, &a).display().to_string()
             } else {
                 a

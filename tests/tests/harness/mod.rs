@@ -117,6 +117,11 @@ impl Cluster {
             }
         }
         let Some(deployment) = self.api::<Deployment>().get_opt(&self.name).await.unwrap() else {
+            // Deleted: its pods go.
+            for pod in self.pods.drain(..) {
+                self.endpoints.remove(&pod.base_url());
+                pod.stop(&self.client).await;
+            }
             return;
         };
         self.roll(&deployment).await;
@@ -237,6 +242,38 @@ impl Cluster {
         }
     }
 
+    /// Deletes the Stoa the way the API server does with finalizers: while any remain,
+    /// the object stays and is presented with `metadata.deletionTimestamp` set; once the
+    /// operator has removed them, it goes (with what it owns). kube-fake-client deletes at
+    /// once, ignoring finalizers, so the harness plays this part of the API server.
+    pub async fn delete_stoa(&mut self) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let mut stoa = self.stoa().await;
+            if stoa.finalizers().is_empty() {
+                self.api::<Stoa>()
+                    .delete(&self.name, &kube::api::DeleteParams::default())
+                    .await
+                    .unwrap();
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never finalized: {:?}",
+                stoa.status
+            );
+            stoa.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ));
+            reconcile(Arc::new(stoa), self.context.clone())
+                .await
+                .unwrap();
+            self.sync().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         for pod in self.pods.drain(..) {
             self.endpoints.remove(&pod.base_url());
@@ -271,10 +308,11 @@ spec:
     .unwrap()
 }
 
-pub fn database_secret(url: &str) -> Secret {
+/// A Secret holding a database URL under `url`, as a platform team provides it.
+pub fn database_secret(name: &str, url: &str) -> Secret {
     Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some("api-db".into()),
+            name: Some(name.into()),
             namespace: Some(NAMESPACE.into()),
             ..Default::default()
         },
@@ -288,11 +326,17 @@ pub fn database_secret(url: &str) -> Secret {
 
 /// A Stoa installed and ready: migrated by its Job, `replicas` pods serving.
 pub async fn running(pool: &sqlx::PgPool, replicas: i32, confirm_timeout: &str) -> Cluster {
-    let mut cluster = Cluster::start(
+    install(
         &stoa(replicas, confirm_timeout),
-        vec![database_secret(&crate::common::url_of(pool))],
+        vec![database_secret("api-db", &crate::common::url_of(pool))],
     )
-    .await;
+    .await
+}
+
+/// `stoa` installed with `secrets` and settled until all its replicas are ready.
+pub async fn install(stoa: &Stoa, secrets: Vec<Secret>) -> Cluster {
+    let replicas = stoa.spec.replicas;
+    let mut cluster = Cluster::start(stoa, secrets).await;
     cluster
         .settle("installed and ready", SETTLE, |s| {
             s.status.as_ref().is_some_and(|st| {

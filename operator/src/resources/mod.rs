@@ -22,6 +22,10 @@ use stoa_contract::paths::{MIGRATION_DATABASE_MOUNT, TERMINATION_LOG, URL_FILE};
 
 use crate::crd::{AutoscalingMode, Stoa};
 
+mod credentials;
+
+pub use credentials::*;
+
 pub const API_PORT: i32 = 8080;
 pub const METRICS_PORT: i32 = 9090;
 pub use stoa_contract::paths::{DATABASE_MOUNT, KEYS_MOUNT, REDIS_MOUNT};
@@ -58,6 +62,8 @@ pub struct Names {
     pub base: String,
     pub config: String,
     pub keys: String,
+    /// The connection Secret of the credential rotation.
+    pub credentials: String,
 }
 
 impl Names {
@@ -66,6 +72,7 @@ impl Names {
         Names {
             config: format!("{base}-config"),
             keys: format!("{base}-jwt-keys"),
+            credentials: format!("{base}-db-credentials"),
             base,
         }
     }
@@ -227,11 +234,28 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap, image: &str) -> Result<Deploy
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash(stoa, config));
 
     let resources = default_resources(stoa);
+    // With credential rotation the pods mount the operator's connection Secret.
+    let database_secret = if crate::credential_rotation::enabled(stoa) {
+        (
+            names.credentials.clone(),
+            crate::credential_rotation::URL_KEY.to_owned(),
+        )
+    } else {
+        (
+            spec.database.url_secret_ref.name.clone(),
+            spec.database.url_secret_ref.key.clone(),
+        )
+    };
+    // Sessions carry the pod's name, so a credential rotation can tell which pods still
+    // hold the old role; user settings come after and win.
+    let mut container_env = vec![json!({"name": env::DB_APPLICATION_NAME,
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})];
+    container_env.extend(spec.env.iter().map(|e| json!(e)));
     let mut volumes = vec![
         json!({"name": "keys", "secret": {"secretName": names.keys, "defaultMode": 0o440}}),
         json!({"name": "database", "secret": {
-            "secretName": spec.database.url_secret_ref.name,
-            "items": [{"key": spec.database.url_secret_ref.key, "path": "url"}],
+            "secretName": database_secret.0,
+            "items": [{"key": database_secret.1, "path": "url"}],
             "defaultMode": 0o440}}),
         json!({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
     ];
@@ -282,7 +306,7 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap, image: &str) -> Result<Deploy
                         {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}
                     ],
                     "envFrom": [{"configMapRef": {"name": names.config}}],
-                    "env": spec.env,
+                    "env": container_env,
                     "resources": resources,
                     "volumeMounts": mounts,
                     "securityContext": container_security,
@@ -426,7 +450,6 @@ pub fn migration_selector(stoa: &Stoa) -> String {
 ///   day after they finish; the Stoa's status keeps the outcome.
 pub fn migration_job(stoa: &Stoa, request: &JobRequest) -> Result<Job> {
     let spec = &stoa.spec;
-    let names = Names::of(stoa);
     let credential = spec
         .database
         .admin_secret_ref
@@ -448,20 +471,63 @@ pub fn migration_job(stoa: &Stoa, request: &JobRequest) -> Result<Job> {
         (IMAGE_ANNOTATION.to_owned(), request.image.clone()),
         (ATTEMPT_ANNOTATION.to_owned(), request.attempt.to_string()),
     ]));
+    let failure_policy = json!({"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "migrate", "operator": "In",
+            "values": [EXIT_NEWER_CONTRACT]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    ]});
+    one_shot_job(
+        stoa,
+        metadata,
+        OneShot {
+            pod_labels,
+            container: "migrate",
+            image: &request.image,
+            args: command.args(),
+            deadline_seconds: spec.migrations.deadline_seconds,
+            failure_policy: Some(failure_policy),
+            volumes: vec![json!({"name": "database", "secret": {
+                "secretName": credential.name,
+                "items": [{"key": credential.key, "path": URL_FILE}],
+                "defaultMode": 0o440}})],
+            mounts: vec![
+                json!({"name": "database", "mountPath": MIGRATION_DATABASE_MOUNT, "readOnly": true}),
+            ],
+            env: vec![
+                json!({"name": env::DATABASE_URL_FILE, "value": format!("{MIGRATION_DATABASE_MOUNT}/{URL_FILE}")}),
+                json!({"name": env::LOG_FORMAT, "value": "json"}),
+            ],
+        },
+    )
+}
+
+/// What differs between the operator's one-shot Jobs (migrations, credential steps).
+struct OneShot<'a> {
+    pod_labels: BTreeMap<String, String>,
+    container: &'static str,
+    image: &'a str,
+    args: Vec<String>,
+    deadline_seconds: i64,
+    failure_policy: Option<Value>,
+    volumes: Vec<Value>,
+    mounts: Vec<Value>,
+    env: Vec<Value>,
+}
+
+/// A Job that runs one stoa-api command to completion, with the pod settings of the Stoa,
+/// its report as the termination message, kept a day for its logs.
+fn one_shot_job(stoa: &Stoa, metadata: ObjectMeta, job: OneShot<'_>) -> Result<Job> {
+    let spec = &stoa.spec;
     let mut job_spec = json!({
         "backoffLimit": 2,
-        "activeDeadlineSeconds": spec.migrations.deadline_seconds,
+        "activeDeadlineSeconds": job.deadline_seconds,
         "ttlSecondsAfterFinished": 86400,
-        "podFailurePolicy": {"rules": [
-            {"action": "FailJob", "onExitCodes": {"containerName": "migrate", "operator": "In",
-                "values": [EXIT_NEWER_CONTRACT]}},
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-        ]},
+        "podFailurePolicy": job.failure_policy,
         "template": {
-            "metadata": {"labels": pod_labels},
+            "metadata": {"labels": job.pod_labels},
             "spec": {
                 "restartPolicy": "Never",
-                "serviceAccountName": names.base,
+                "serviceAccountName": Names::of(stoa).base,
                 "automountServiceAccountToken": false,
                 "enableServiceLinks": false,
                 "securityContext": pod_security(),
@@ -470,21 +536,15 @@ pub fn migration_job(stoa: &Stoa, request: &JobRequest) -> Result<Job> {
                 "affinity": spec.pod.affinity,
                 "imagePullSecrets": spec.pod.image_pull_secrets,
                 "priorityClassName": spec.pod.priority_class_name,
-                "volumes": [{"name": "database", "secret": {
-                    "secretName": credential.name,
-                    "items": [{"key": credential.key, "path": URL_FILE}],
-                    "defaultMode": 0o440}}],
+                "volumes": job.volumes,
                 "containers": [{
-                    "name": "migrate",
-                    "image": request.image,
+                    "name": job.container,
+                    "image": job.image,
                     "imagePullPolicy": spec.image_pull_policy,
-                    "args": command.args(),
-                    "env": [
-                        {"name": env::DATABASE_URL_FILE, "value": format!("{MIGRATION_DATABASE_MOUNT}/{URL_FILE}")},
-                        {"name": env::LOG_FORMAT, "value": "json"}
-                    ],
+                    "args": job.args,
+                    "env": job.env,
                     "resources": default_resources(stoa),
-                    "volumeMounts": [{"name": "database", "mountPath": MIGRATION_DATABASE_MOUNT, "readOnly": true}],
+                    "volumeMounts": job.mounts,
                     "securityContext": container_security(),
                     "terminationMessagePath": TERMINATION_LOG,
                     "terminationMessagePolicy": "FallbackToLogsOnError"

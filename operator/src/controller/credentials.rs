@@ -1,0 +1,674 @@
+//! Database credentials: the connection Secret, the credential Jobs, and the rotation
+//! protocol ([`credential_rotation`](crate::credential_rotation)) applied to them. The
+//! operator never connects to the database: every database step is a `stoa-api
+//! credentials` Job with the application's own image and the admin credential.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
+use serde_json::json;
+use stoa_contract::credentials::{CredentialCommand, CredentialReport, generate_password};
+use stoa_contract::pod::credential_fingerprint;
+
+use super::{Context, Target, event, notice};
+use crate::apply;
+use crate::crd::{CredentialRotationStatus, Stoa};
+use crate::credential_rotation::{
+    self, Connection, FINALIZER, GENERATION_ANNOTATION, HANDLED_REQUEST_ANNOTATION, JobKind,
+    JobState, PASSWORD_KEY, PENDING_ANNOTATION, PREVIOUS_ANNOTATION, PUBLISHED_AT_ANNOTATION,
+    PodCredential, ROLE_ANNOTATION, ROTATE_ANNOTATION, Step, StepJob, Timing, URL_KEY,
+};
+use crate::error::{Error, FIELD_MANAGER, Result};
+use crate::resources::{
+    self, CREDENTIAL_GENERATION_LABEL, CREDENTIAL_JOB_LABEL, CREDENTIAL_STEP_LABEL,
+    CredentialJobRequest, PASSWORD_MOUNT,
+};
+use crate::status::CredentialRotationFacts;
+
+/// How long an expire Job waits for the previous role's sessions to end.
+const EXPIRE_WAIT_SECONDS: u64 = 60;
+const POLL: Duration = Duration::from_secs(2);
+const CONFIRM_POLL: Duration = Duration::from_secs(5);
+
+pub(super) struct CredentialPass {
+    pub facts: CredentialRotationFacts,
+    pub requeue: Duration,
+}
+
+/// The image credential Jobs run: the one the pods run (it has the same subcommands).
+fn job_image(stoa: &Stoa) -> String {
+    stoa.status
+        .as_ref()
+        .and_then(|s| s.approved_image.clone())
+        .unwrap_or_else(|| stoa.spec.image.clone())
+}
+
+fn disabled(message: &str) -> CredentialPass {
+    CredentialPass {
+        facts: CredentialRotationFacts {
+            status: CredentialRotationStatus {
+                phase: "Disabled".into(),
+                message: Some(message.to_owned()),
+                ..CredentialRotationStatus::default()
+            },
+            degraded: None,
+        },
+        requeue: Duration::from_secs(3600),
+    }
+}
+
+/// One step of the credential rotation for this Stoa.
+pub(super) async fn rotate_credentials(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+) -> Result<CredentialPass> {
+    if stoa.spec.database.admin_secret_ref.is_none() {
+        return Ok(disabled(
+            "credential rotation needs spec.database.adminSecretRef (a role that may create \
+             roles); the pods use urlSecretRef as given",
+        ));
+    }
+    if !stoa.spec.database.credential_rotation.enabled {
+        return Ok(disabled(
+            "spec.database.credentialRotation.enabled is false",
+        ));
+    }
+    let timing = Timing::of(stoa).map_err(Error::InvalidSpec)?;
+    ensure_finalizer(ctx, stoa, target).await?;
+    let secret = ensure_connection_secret(ctx, stoa, target).await?;
+    let connection = connection_of(&secret);
+    let group = credential_rotation::group_role(&target.namespace, &stoa.name_any());
+    let (publish, expire) = observe_jobs(ctx, stoa, target, connection.generation).await?;
+    let pods = if connection.previous.is_some() && connection.pending.is_none() {
+        super::keys::read_ready_pods(ctx, stoa, target)
+            .await?
+            .into_iter()
+            .map(|reading| PodCredential {
+                pod: reading.pod,
+                fingerprint: reading.state.map(|s| s.database.fingerprint),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let request = stoa
+        .annotations()
+        .get(ROTATE_ANNOTATION)
+        .map(String::as_str);
+    let now = Timestamp::now();
+    let observed = credential_rotation::Observed {
+        connection: &connection,
+        publish: publish.as_ref(),
+        expire: expire.as_ref(),
+        pods: &pods,
+        request,
+    };
+    let step = credential_rotation::decide(&timing, &group, &observed, now);
+    let previous = stoa
+        .status
+        .as_ref()
+        .and_then(|s| s.credential_rotation.as_ref());
+    let mut connection = connection;
+    let requeue = match &step {
+        Step::Begin { role, request } => {
+            let mut changes = annotations_with(&[
+                (PENDING_ANNOTATION, Some(role.clone())),
+                (
+                    GENERATION_ANNOTATION,
+                    Some((connection.generation + 1).to_string()),
+                ),
+            ]);
+            if let Some(request) = request {
+                changes.insert(HANDLED_REQUEST_ANNOTATION.into(), Some(request.clone()));
+            }
+            let data = BTreeMap::from([(PASSWORD_KEY, Some(generate_password()))]);
+            if write(ctx, target, &secret, &data, &changes).await? {
+                ctx.metrics.observe_rotation("credentials", "started");
+                let why = request.as_ref().map_or_else(
+                    || "scheduled".to_owned(),
+                    |v| format!("requested by {ROTATE_ANNOTATION}={v}"),
+                );
+                let note = format!("rotating the database credential to role {role} ({why})");
+                event(
+                    ctx,
+                    stoa,
+                    notice(EventType::Normal, "CredentialRotationStarted", note),
+                )
+                .await;
+                connection.pending = Some(role.clone());
+            }
+            Duration::from_secs(1)
+        }
+        Step::Run {
+            kind,
+            role,
+            attempt,
+        } => {
+            let command = match kind {
+                JobKind::Publish => CredentialCommand::Publish {
+                    group: group.clone(),
+                    role: role.clone(),
+                    password_file: format!("{PASSWORD_MOUNT}/{PASSWORD_KEY}"),
+                },
+                JobKind::Expire => CredentialCommand::Expire {
+                    role: role.clone(),
+                    wait_seconds: EXPIRE_WAIT_SECONDS,
+                },
+            };
+            let request = CredentialJobRequest {
+                generation: connection.generation,
+                kind: *kind,
+                attempt: *attempt,
+                command,
+                image: job_image(stoa),
+            };
+            create_job(ctx, target, resources::credential_job(stoa, &request)?).await?;
+            POLL
+        }
+        Step::Publish { role } => {
+            let password = secret_value(&secret, PASSWORD_KEY).unwrap_or_default();
+            let current = secret_value(&secret, URL_KEY).unwrap_or_default();
+            let url = credential_rotation::with_credentials(&current, role, &password).ok_or_else(
+                || {
+                    Error::InvalidSpec(format!(
+                        "Secret {} holds no valid database URL to derive the new one from",
+                        target.names.credentials
+                    ))
+                },
+            )?;
+            let changes = annotations_with(&[
+                (ROLE_ANNOTATION, Some(role.clone())),
+                (PREVIOUS_ANNOTATION, connection.role.clone()),
+                (PENDING_ANNOTATION, None),
+                (PUBLISHED_AT_ANNOTATION, Some(now.to_string())),
+            ]);
+            let data = BTreeMap::from([(URL_KEY, Some(url.clone())), (PASSWORD_KEY, None)]);
+            if write(ctx, target, &secret, &data, &changes).await? {
+                ctx.metrics.observe_rotation("credentials", "published");
+                let note = format!(
+                    "published role {role}'s credential; pods switch as the kubelet refreshes \
+                     the mounted Secret{}",
+                    connection
+                        .role
+                        .as_ref()
+                        .map(|old| format!(", then {old}'s password expires"))
+                        .unwrap_or_default()
+                );
+                event(
+                    ctx,
+                    stoa,
+                    notice(EventType::Normal, "CredentialPublished", note),
+                )
+                .await;
+                connection.previous = connection.role.take();
+                connection.role = Some(role.clone());
+                connection.pending = None;
+                connection.published_at = Some(now);
+            }
+            Duration::from_secs(1)
+        }
+        Step::Expired { role } => {
+            let changes = annotations_with(&[(PREVIOUS_ANNOTATION, None)]);
+            if write(ctx, target, &secret, &BTreeMap::new(), &changes).await? {
+                ctx.metrics.observe_rotation("credentials", "expired");
+                if let Some(at) = connection.published_at {
+                    let waited = Duration::try_from(now.duration_since(at)).unwrap_or_default();
+                    ctx.metrics.observe_confirmation("credentials", waited);
+                }
+                let note = format!(
+                    "role {role}'s password expired after every pod switched and its last \
+                     session ended: rotation complete"
+                );
+                event(
+                    ctx,
+                    stoa,
+                    notice(EventType::Normal, "CredentialRotated", note),
+                )
+                .await;
+                connection.previous = None;
+            }
+            Duration::from_secs(1)
+        }
+        Step::Waiting { .. } => POLL,
+        Step::Confirming { .. } => CONFIRM_POLL,
+        Step::Failed { retry_in, .. } => (*retry_in).max(Duration::from_secs(1)),
+        Step::Idle { due } => Duration::try_from(due.duration_since(now))
+            .unwrap_or_default()
+            .max(Duration::from_secs(1)),
+    };
+
+    let (status, degraded) = report(&step, &connection, &timing);
+    let newly = previous.is_none_or(|p| p.phase != status.phase);
+    if let (true, Some((reason, message))) = (newly, &degraded) {
+        if *reason == "CredentialRotationStalled" {
+            ctx.metrics.observe_rotation("credentials", "stalled");
+        }
+        event(
+            ctx,
+            stoa,
+            notice(EventType::Warning, reason, message.clone()),
+        )
+        .await;
+    }
+    Ok(CredentialPass {
+        facts: CredentialRotationFacts { status, degraded },
+        requeue,
+    })
+}
+
+/// Status and `Degraded` for a step (after it was applied).
+fn report(
+    step: &Step,
+    connection: &Connection,
+    timing: &Timing,
+) -> (CredentialRotationStatus, Option<(&'static str, String)>) {
+    let mut status = CredentialRotationStatus {
+        role: connection.role.clone(),
+        published_at: connection.published_at.map(|t| t.to_string()),
+        ..CredentialRotationStatus::default()
+    };
+    let mut degraded = None;
+    status.phase = match step {
+        Step::Idle { due } => {
+            status.next_step_at = Some(due.to_string());
+            "Idle"
+        }
+        Step::Expired { .. } => {
+            status.next_step_at = connection
+                .published_at
+                .and_then(|t| t.checked_add(timing.every).ok())
+                .map(|t| t.to_string());
+            "Idle"
+        }
+        Step::Begin { .. }
+        | Step::Run {
+            kind: JobKind::Publish,
+            ..
+        }
+        | Step::Waiting {
+            kind: JobKind::Publish,
+            ..
+        } => "Publishing",
+        Step::Publish { .. } => "Confirming",
+        Step::Confirming {
+            waiting_for,
+            stalled,
+        } => {
+            status.waiting_for.clone_from(waiting_for);
+            if *stalled {
+                let message = format!(
+                    "pods {} still use the previous database credential after {}; its \
+                     password stays until they switch",
+                    waiting_for.join(", "),
+                    humantime::format_duration(timing.confirm_timeout)
+                );
+                status.message = Some(message.clone());
+                degraded = Some(("CredentialRotationStalled", message));
+                "Stalled"
+            } else {
+                "Confirming"
+            }
+        }
+        Step::Run {
+            kind: JobKind::Expire,
+            ..
+        }
+        | Step::Waiting {
+            kind: JobKind::Expire,
+            ..
+        } => "Expiring",
+        Step::Failed {
+            kind,
+            role,
+            message,
+            remaining,
+            retry_in,
+        } => {
+            let held_by = if remaining.is_empty() {
+                String::new()
+            } else {
+                format!(" (sessions held by {})", remaining.join(", "))
+            };
+            let text = format!(
+                "{} of role {role} failed: {message}{held_by}; retrying in {}",
+                kind.as_str(),
+                humantime::format_duration(Duration::from_secs(retry_in.as_secs()))
+            );
+            status.message = Some(text.clone());
+            degraded = Some(("CredentialRotationFailed", text));
+            "Failed"
+        }
+    }
+    .to_owned();
+    (status, degraded)
+}
+
+/// Adds the finalizer that drops the roles on deletion, before any role exists.
+async fn ensure_finalizer(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<()> {
+    if stoa.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let mut finalizers = stoa.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    set_finalizers(ctx, stoa, target, finalizers).await
+}
+
+/// A merge patch of the whole list, conditioned on the resourceVersion read (a list is
+/// replaced by a merge patch, so a concurrent change must not be lost).
+async fn set_finalizers(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+    finalizers: Vec<String>,
+) -> Result<()> {
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": stoa.resource_version(),
+    }});
+    target
+        .api::<Stoa>(&ctx.client)
+        .patch(
+            &stoa.name_any(),
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The connection Secret; created from the user's URL Secret the first time.
+async fn ensure_connection_secret(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<Secret> {
+    let api: Api<Secret> = target.api(&ctx.client);
+    let name = &target.names.credentials;
+    if let Some(existing) = api.get_opt(name).await? {
+        if !apply::owned_by(&existing, &target.uid) {
+            return Err(Error::NotOwned {
+                kind: "Secret",
+                name: name.clone(),
+            });
+        }
+        return Ok(existing);
+    }
+    let source = &stoa.spec.database.url_secret_ref;
+    let url = api
+        .get_opt(&source.name)
+        .await?
+        .and_then(|s| s.data?.remove(&source.key))
+        .ok_or_else(|| {
+            Error::InvalidSpec(format!(
+                "Secret {} has no key {:?} (spec.database.urlSecretRef)",
+                source.name, source.key
+            ))
+        })?;
+    let secret = resources::connection_secret(stoa, url.0)?;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &secret).await {
+        Ok(created) => Ok(created),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(name).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+fn connection_of(secret: &Secret) -> Connection {
+    let annotations = secret.annotations();
+    let get = |key: &str| annotations.get(key).cloned();
+    Connection {
+        role: get(ROLE_ANNOTATION),
+        pending: get(PENDING_ANNOTATION),
+        previous: get(PREVIOUS_ANNOTATION),
+        published_at: get(PUBLISHED_AT_ANNOTATION).and_then(|t| t.parse().ok()),
+        generation: get(GENERATION_ANNOTATION)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0),
+        handled: get(HANDLED_REQUEST_ANNOTATION),
+        fingerprint: secret_value(secret, URL_KEY).map(|u| credential_fingerprint(&u)),
+    }
+}
+
+fn annotations_with(pairs: &[(&str, Option<String>)]) -> BTreeMap<String, Option<String>> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+/// Replaces the connection Secret with these data keys and annotations set (`None`
+/// removes), conditioned on the resourceVersion read; `false` on a conflict (the next
+/// pass decides again on fresh data).
+async fn write(
+    ctx: &Context,
+    target: &Target,
+    read: &Secret,
+    data: &BTreeMap<&str, Option<String>>,
+    annotations: &BTreeMap<String, Option<String>>,
+) -> Result<bool> {
+    let mut secret = read.clone();
+    let stored = secret.data.get_or_insert_default();
+    for (key, value) in data {
+        match value {
+            Some(v) => {
+                stored.insert((*key).to_owned(), ByteString(v.clone().into_bytes()));
+            }
+            None => {
+                stored.remove(*key);
+            }
+        }
+    }
+    let stored = secret.annotations_mut();
+    for (key, value) in annotations {
+        match value {
+            Some(v) => {
+                stored.insert(key.clone(), v.clone());
+            }
+            None => {
+                stored.remove(key);
+            }
+        }
+    }
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match target
+        .api::<Secret>(&ctx.client)
+        .replace(&target.names.credentials, &params, &secret)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn create_job(ctx: &Context, target: &Target, job: Job) -> Result<()> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match target.api::<Job>(&ctx.client).create(&params, &job).await {
+        Ok(_) => Ok(()),
+        // Created by an earlier pass: the next observation picks it up.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The newest attempt of each step in this generation, with the failed ones' reports.
+async fn observe_jobs(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+    generation: u32,
+) -> Result<(Option<StepJob>, Option<StepJob>)> {
+    let selector = format!(
+        "{},{CREDENTIAL_GENERATION_LABEL}={generation}",
+        resources::credential_selector(stoa)
+    );
+    let jobs = target
+        .api::<Job>(&ctx.client)
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let now = Timestamp::now();
+    let mut newest: BTreeMap<String, (i32, &Job)> = BTreeMap::new();
+    for job in &jobs.items {
+        let Some(step) = job.labels().get(CREDENTIAL_STEP_LABEL) else {
+            continue;
+        };
+        let attempt = job
+            .annotations()
+            .get(resources::ATTEMPT_ANNOTATION)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
+        if newest.get(step).is_none_or(|(a, _)| attempt > *a) {
+            newest.insert(step.clone(), (attempt, job));
+        }
+    }
+    let mut result = (None, None);
+    for (step, (attempt, job)) in newest {
+        let state = match crate::rollout::job_finish(job, now) {
+            crate::rollout::Finish::Running => JobState::Running,
+            crate::rollout::Finish::Complete => JobState::Succeeded,
+            crate::rollout::Finish::Failed {
+                message,
+                finished_ago,
+            } => {
+                let report = job_report(ctx, target, &job.name_any()).await?;
+                JobState::Failed {
+                    message: report
+                        .as_ref()
+                        .map(|r| r.message.clone())
+                        .filter(|m| !m.is_empty())
+                        .unwrap_or(message),
+                    finished_ago,
+                    remaining: report.map(|r| r.remaining).unwrap_or_default(),
+                }
+            }
+        };
+        let observed = Some(StepJob { attempt, state });
+        match step.as_str() {
+            "publish" => result.0 = observed,
+            "expire" => result.1 = observed,
+            _ => {}
+        }
+    }
+    Ok(result)
+}
+
+/// The report a credential Job's pod left as its termination message.
+async fn job_report(ctx: &Context, target: &Target, job: &str) -> Result<Option<CredentialReport>> {
+    let pods = target
+        .api::<Pod>(&ctx.client)
+        .list(&ListParams::default().labels(&format!("{CREDENTIAL_JOB_LABEL}={job}")))
+        .await?;
+    Ok(pods.items.iter().rev().find_map(|pod| {
+        let message = super::termination_message(pod, "credentials")?;
+        serde_json::from_str(&message).ok()
+    }))
+}
+
+/// On deletion: drop the roles with a Job, then let the Stoa go. `Some(requeue)` while
+/// that is still under way.
+pub(super) async fn finalize(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+) -> Result<Option<Duration>> {
+    if !stoa.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(None);
+    }
+    // No pod may still use a role when it goes. Garbage collection would remove the
+    // Deployment only after the finalizers are gone (background deletion: Kubernetes docs,
+    // "Garbage Collection"), so the operator removes it first and waits for its pods.
+    let deployments = target.api::<Deployment>(&ctx.client);
+    let deployment = deployments.get_opt(&target.names.base).await?;
+    apply::remove(&deployments, deployment, &target.uid).await?;
+    let pods = target
+        .api::<Pod>(&ctx.client)
+        .list(&ListParams::default().labels(&resources::selector_string(stoa)))
+        .await?;
+    if !pods.items.is_empty() {
+        return Ok(Some(POLL));
+    }
+    let group = credential_rotation::group_role(&target.namespace, &stoa.name_any());
+    let jobs = target
+        .api::<Job>(&ctx.client)
+        .list(&ListParams::default().labels(&format!(
+            "{},{CREDENTIAL_STEP_LABEL}=drop",
+            resources::credential_selector(stoa)
+        )))
+        .await?;
+    let now = Timestamp::now();
+    let newest = jobs.items.iter().max_by_key(|j| {
+        j.annotations()
+            .get(resources::ATTEMPT_ANNOTATION)
+            .and_then(|a| a.parse::<i32>().ok())
+            .unwrap_or(1)
+    });
+    let attempt = newest
+        .and_then(|j| j.annotations().get(resources::ATTEMPT_ANNOTATION))
+        .and_then(|a| a.parse::<i32>().ok())
+        .unwrap_or(0);
+    let next_attempt = match newest.map(|j| crate::rollout::job_finish(j, now)) {
+        None => Some(1),
+        Some(crate::rollout::Finish::Running) => None,
+        Some(crate::rollout::Finish::Complete) => {
+            let rest = stoa
+                .finalizers()
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect();
+            set_finalizers(ctx, stoa, target, rest).await?;
+            let note = format!("dropped database roles {group}_a, {group}_b and {group}");
+            event(
+                ctx,
+                stoa,
+                notice(EventType::Normal, "DatabaseRolesDropped", note),
+            )
+            .await;
+            return Ok(None);
+        }
+        Some(crate::rollout::Finish::Failed {
+            message,
+            finished_ago,
+        }) => {
+            let wait = crate::rollout::backoff(attempt);
+            if finished_ago < wait {
+                let note = format!("dropping the database roles failed: {message}; retrying");
+                event(
+                    ctx,
+                    stoa,
+                    notice(EventType::Warning, "DatabaseRolesNotDropped", note),
+                )
+                .await;
+                return Ok(Some(wait.saturating_sub(finished_ago)));
+            }
+            Some(attempt + 1)
+        }
+    };
+    if let Some(attempt) = next_attempt {
+        let job = resources::drop_roles_job(stoa, &group, &job_image(stoa), attempt)?;
+        create_job(ctx, target, job).await?;
+    }
+    Ok(Some(POLL))
+}
