@@ -1,0 +1,273 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! Protocol 3 through the real reconciler against an in-memory API: what it writes, with
+//! which credential its Jobs run, and what it reports. `tests/tests/credential_rotation_
+//! protocol.rs` runs the same protocol with real stoa-api processes and PostgreSQL.
+mod fixtures;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fixtures::cluster::{self, Log, calls_since, events_since};
+use fixtures::{from_yaml, stoa};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use stoa_operator::controller::{Context, reconcile};
+use stoa_operator::crd::Stoa;
+use stoa_operator::credential_rotation::FINALIZER;
+use stoa_operator::metrics::Metrics;
+
+const USER_URL: &str = "postgres://app:given@db.internal:5432/stoa?sslmode=require";
+
+fn rotating() -> Stoa {
+    from_yaml(
+        "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {name: api, namespace: shop, uid: 11111111-2222-3333-4444-555555555555, generation: 1}
+spec:
+  image: ghcr.io/stoa-dev/stoa-api:0.1.0
+  database:
+    urlSecretRef: {name: api-db}
+    adminSecretRef: {name: api-db-admin, key: url}
+",
+    )
+}
+
+async fn with_url_secret(stoa: &Stoa) -> (Client, Log) {
+    let (client, log) = cluster::with(stoa).await;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("api-db".into()),
+            namespace: Some("shop".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "url".to_owned(),
+            ByteString(USER_URL.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    (client, log)
+}
+
+async fn pass(client: &Client, stoa: Option<Stoa>) -> Stoa {
+    let api: Api<Stoa> = Api::namespaced(client.clone(), "shop");
+    let current = match stoa {
+        Some(s) => s,
+        None => api.get("api").await.unwrap(),
+    };
+    let context = Arc::new(Context::new(client.clone(), Arc::new(Metrics::new())));
+    reconcile(Arc::new(current), context).await.unwrap();
+    api.get("api").await.unwrap()
+}
+
+async fn connection(client: &Client) -> Secret {
+    Api::<Secret>::namespaced(client.clone(), "shop")
+        .get("api-db-credentials")
+        .await
+        .unwrap()
+}
+
+fn url(secret: &Secret) -> String {
+    String::from_utf8(secret.data.as_ref().unwrap()["url"].0.clone()).unwrap()
+}
+
+async fn credential_jobs(client: &Client) -> Vec<Job> {
+    Api::<Job>::namespaced(client.clone(), "shop")
+        .list(&ListParams::default().labels("app.kubernetes.io/component=credentials"))
+        .await
+        .unwrap()
+        .items
+}
+
+async fn complete(client: &Client, job: &str) {
+    Api::<Job>::namespaced(client.clone(), "shop")
+        .patch_status(
+            job,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"conditions": [{
+                "type": "Complete", "status": "True",
+                "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string()}]}})),
+        )
+        .await
+        .unwrap();
+}
+
+fn phase(s: &Stoa) -> String {
+    s.status
+        .as_ref()
+        .unwrap()
+        .credential_rotation
+        .as_ref()
+        .unwrap()
+        .phase
+        .clone()
+}
+
+#[tokio::test]
+async fn without_an_admin_secret_rotation_is_off_and_the_status_says_so() {
+    let (client, _log) = cluster::with(&stoa("api")).await;
+    let s = pass(&client, None).await;
+    let rotation = s.status.unwrap().credential_rotation.unwrap();
+    assert_eq!(rotation.phase, "Disabled");
+    assert!(rotation.message.unwrap().contains("adminSecretRef"));
+    assert!(
+        s.metadata.finalizers.is_none(),
+        "nothing outside Kubernetes to clean up"
+    );
+}
+
+#[tokio::test]
+async fn the_first_rotation_publishes_a_managed_role_set_by_a_job_with_the_admin_credential() {
+    let (client, log) = with_url_secret(&rotating()).await;
+    let first = pass(&client, None).await;
+    assert!(first.finalizers().iter().any(|f| f == FINALIZER));
+    // The connection Secret starts from the user's URL; the rotation begins at once.
+    let secret = connection(&client).await;
+    assert_eq!(url(&secret), USER_URL);
+    assert_eq!(
+        secret
+            .annotations()
+            .get("stoa.dev/credential-pending")
+            .map(String::as_str),
+        Some("stoa_shop_api_a")
+    );
+    let password = String::from_utf8(secret.data.as_ref().unwrap()["password"].0.clone()).unwrap();
+    assert!(stoa_contract::credentials::valid_password(&password));
+    assert_eq!(phase(&first), "Publishing");
+
+    let publishing = pass(&client, None).await;
+    assert_eq!(phase(&publishing), "Publishing");
+    let jobs = credential_jobs(&client).await;
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(job.name_any(), "api-cred-1-publish");
+    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.args.as_ref().unwrap()[..7],
+        [
+            "credentials",
+            "publish",
+            "--group",
+            "stoa_shop_api",
+            "--role",
+            "stoa_shop_api_a",
+            "--password-file"
+        ]
+    );
+    let mounted: Vec<(String, String)> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| {
+            let s = v.secret.as_ref().unwrap();
+            (
+                s.secret_name.clone().unwrap(),
+                s.items.as_ref().unwrap()[0].key.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mounted,
+        [
+            ("api-db-admin".to_owned(), "url".to_owned()),
+            ("api-db-credentials".to_owned(), "password".to_owned())
+        ],
+        "the admin credential and the new password, nothing else"
+    );
+
+    // The Job succeeded: the URL names the new role, with the user's host and options.
+    complete(&client, "api-cred-1-publish").await;
+    let from = cluster_mark(&log);
+    let published = pass(&client, None).await;
+    let secret = connection(&client).await;
+    assert_eq!(
+        url(&secret),
+        format!("postgres://stoa_shop_api_a:{password}@db.internal:5432/stoa?sslmode=require")
+    );
+    assert!(!secret.data.as_ref().unwrap().contains_key("password"));
+    assert!(events_since(&log, from).contains(&("Normal".into(), "CredentialPublished".into())));
+    assert_eq!(
+        published
+            .status
+            .as_ref()
+            .unwrap()
+            .credential_rotation
+            .as_ref()
+            .unwrap()
+            .role
+            .as_deref(),
+        Some("stoa_shop_api_a")
+    );
+    // The user's own role is not the operator's: nothing expires it.
+    let settled = pass(&client, None).await;
+    assert_eq!(phase(&settled), "Idle");
+    assert_eq!(credential_jobs(&client).await.len(), 1);
+
+    for call in calls_since(&log, 0) {
+        let own = call.query.contains("fieldManager=stoa-operator")
+            || (call.method == "GET" && !call.path.contains("/stoas/"))
+            || call.path.contains("/events");
+        if !own || call.path.ends_with("/pods") && call.method == "POST" {
+            continue;
+        }
+        let (group, resource, verb) = call.rbac();
+        assert!(
+            stoa_operator::rbac::allows(&group, &resource, &verb),
+            "{verb} {group}/{resource} is not granted: {call:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deletion_drops_the_roles_with_a_job_that_outlives_the_stoa_then_lets_go() {
+    let (client, _log) = with_url_secret(&rotating()).await;
+    pass(&client, None).await;
+    let mut deleting = Api::<Stoa>::namespaced(client.clone(), "shop")
+        .get("api")
+        .await
+        .unwrap();
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    pass(&client, Some(deleting.clone())).await;
+    let job = Api::<Job>::namespaced(client.clone(), "shop")
+        .get("api-cred-drop")
+        .await
+        .unwrap();
+    assert!(
+        job.metadata.owner_references.is_none(),
+        "garbage collection must not take it"
+    );
+    assert_eq!(
+        job.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .as_ref()
+            .unwrap()[..4],
+        ["credentials", "drop", "--group", "stoa_shop_api"]
+    );
+    let still = pass(&client, Some(deleting.clone())).await;
+    assert!(
+        still.finalizers().iter().any(|f| f == FINALIZER),
+        "kept while the Job runs"
+    );
+    complete(&client, "api-cred-drop").await;
+    let mut deleting = still;
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let released = pass(&client, Some(deleting)).await;
+    assert!(!released.finalizers().iter().any(|f| f == FINALIZER));
+}
+
+fn cluster_mark(log: &Log) -> usize {
+    log.lock().unwrap().len()
+}
