@@ -30,6 +30,7 @@ spec:
   database:
     urlSecretRef: {{name: api-db}}
     adminSecretRef: {{name: api-db-admin}}
+  redis: {{urlSecretRef: {{name: api-redis}}}}
   env:
     - {{name: STOA_RATE_LIMIT_ENABLED, value: 'false'}}
     - {{name: STOA_ARGON2_MEMORY_KIB, value: '1024'}}

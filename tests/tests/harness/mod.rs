@@ -38,6 +38,8 @@ pub const NAMESPACE: &str = "shop";
 
 pub struct Cluster {
     pub client: Client,
+    /// The Stoa's Redis (its URL is the Secret `<name>-redis`).
+    redis: RedisProcess,
     pub context: Arc<Context>,
     pub metrics: Arc<Metrics>,
     pub endpoints: load::Endpoints,
@@ -48,9 +50,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A cluster holding `stoa` and `secrets` (its database URL Secret, ...).
+    /// A cluster holding `stoa` and `secrets` (its database URL Secret, ...), with a Redis
+    /// of its own whose URL is in the Secret `<name>-redis`.
     pub async fn start(stoa: &Stoa, secrets: Vec<Secret>) -> Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let redis = RedisProcess::start().await;
+        let mut secrets = secrets;
+        secrets.push(database_secret(
+            &format!("{}-redis", stoa.name_any()),
+            &redis.url(),
+        ));
         let mut builder = kube_fake_client::ClientBuilder::new()
             .with_resource::<Stoa>()
             .with_status_subresource::<Stoa>()
@@ -67,6 +76,7 @@ impl Cluster {
         );
         Cluster {
             client,
+            redis,
             context,
             metrics,
             endpoints: load::Endpoints::default(),
@@ -282,6 +292,46 @@ impl Cluster {
     }
 }
 
+/// A redis-server of the test's own, on a free port, without persistence.
+pub struct RedisProcess {
+    port: u16,
+    _child: tokio::process::Child,
+}
+
+impl RedisProcess {
+    async fn start() -> RedisProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return RedisProcess {
+                    port,
+                    _child: child,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
 pub const SETTLE: Duration = Duration::from_secs(60);
 
 pub fn stoa(replicas: i32, confirm_timeout: &str) -> Stoa {
@@ -293,6 +343,7 @@ spec:
   image: ghcr.io/stoa-dev/stoa-api:0.1.0
   replicas: {replicas}
   database: {{urlSecretRef: {{name: api-db}}}}
+  redis: {{urlSecretRef: {{name: api-redis}}}}
   auth: {{keyRotation: {{confirmTimeout: {confirm_timeout}}}}}
   env:
     # One machine plays every client: per-address limits would throttle the load itself.
@@ -348,5 +399,19 @@ pub async fn install(stoa: &Stoa, secrets: Vec<Secret>) -> Cluster {
             })
         })
         .await;
+    // Real Redis behind every pod (cache, shared limits, revocation mirror).
+    for pod in cluster.pods() {
+        let detail: serde_json::Value = reqwest::get(format!("{}/readyz", pod.admin_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            detail["checks"]["redis"]["status"], "up",
+            "{}: {detail}",
+            pod.name
+        );
+    }
     cluster
 }
