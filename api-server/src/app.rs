@@ -126,6 +126,7 @@ impl App {
             kv,
         });
         crate::watch::publish_credentials(&state);
+        crate::limits::spawn_reader(state.clone());
         if let (Some(dir), Some(loaded)) = (keys_dir, keyset_bytes) {
             crate::watch::spawn_keyset_watcher(state.clone(), dir, loaded);
         }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub use stoa_contract::keys;
 pub mod kv;
+pub mod limits;
 pub mod metrics;
 pub mod paging;
 pub mod ratelimit;

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<HttpLabels, Histogram>,
     pub http_in_flight: Gauge,
+    /// Seconds spent serving requests (its rate is the average concurrency).
+    pub http_busy: Counter<f64, AtomicU64>,
     pub db_pool_size: Gauge,
     pub db_pool_idle: Gauge,
     pub db_pool_max: Gauge,
@@ -116,6 +118,13 @@ impl Metrics {
             "http_requests_in_flight",
             "HTTP requests being served now",
             http_in_flight.clone(),
+        );
+        let http_busy = Counter::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "http_busy",
+            "Time spent serving requests; its rate is the average number in flight",
+            prometheus_client::registry::Unit::Seconds,
+            http_busy.clone(),
         );
         let db_pool_size = Gauge::default();
         registry.register(
@@ -215,6 +224,7 @@ impl Metrics {
             http_requests,
             http_duration,
             http_in_flight,
+            http_busy,
             db_pool_size,
             db_pool_idle,
             db_pool_max,

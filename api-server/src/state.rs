@@ -30,6 +30,8 @@ pub struct Inner {
     pub revocations: Revocations,
     pub limiter: RateLimiter,
     pub cache: Cache,
+    /// PostgreSQL's and Redis's connection limits, once read (`crate::limits`).
+    pub server_limits: arc_swap::ArcSwapOption<stoa_contract::pod::ServerLimits>,
     shutting_down: AtomicBool,
 }
 
@@ -72,6 +74,7 @@ impl AppState {
             passwords,
             metrics,
             kv,
+            server_limits: arc_swap::ArcSwapOption::empty(),
             shutting_down: AtomicBool::new(false),
         }))
     }

@@ -41,7 +41,7 @@ async fn public_readiness_is_a_bare_verdict_and_the_detail_is_on_the_admin_port(
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn the_admin_port_reports_what_the_pod_has_loaded_for_the_operator(pool: PgPool) {
-    let app = TestApp::spawn(pool).await;
+    let app = TestApp::spawn(pool.clone()).await;
     app.admin_get("/readyz").await;
     let state = app.admin_get(stoa_contract::pod::STATE_PATH).await;
     assert_eq!(state.status, StatusCode::OK, "{}", state.text);
@@ -63,6 +63,30 @@ async fn the_admin_port_reports_what_the_pod_has_loaded_for_the_operator(pool: P
     );
     assert!(reported.schema_version.is_some_and(|v| v >= 20261125000002));
     assert_eq!(reported.in_flight, 0);
+    // Time spent serving (the autoscaler's concurrency) grows with requests.
+    let later: stoa_contract::pod::PodState =
+        serde_json::from_value(app.admin_get(stoa_contract::pod::STATE_PATH).await.body).unwrap();
+    assert!(
+        later.busy_seconds > reported.busy_seconds,
+        "the JWKS request was served in between"
+    );
+    // The servers' connection limits (the autoscaler's capacity bound).
+    let mut limits = None;
+    for _ in 0..50 {
+        let state = app.admin_get(stoa_contract::pod::STATE_PATH).await;
+        if let Some(found) = state.body.get("limits").filter(|l| !l.is_null()) {
+            limits = Some(found.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let limits: stoa_contract::pod::ServerLimits = serde_json::from_value(limits.unwrap()).unwrap();
+    let max: String = sqlx::query_scalar("SHOW max_connections")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(limits.postgres_max_connections.to_string(), max);
+    assert!(limits.postgres_reserved_connections >= 1);
     // Not on the public port.
     assert_eq!(
         app.get(stoa_contract::pod::STATE_PATH, None).await.status,

@@ -355,8 +355,11 @@ pub enum AutoscalingMode {
     /// `spec.replicas` is the replica count.
     #[default]
     Disabled,
-    /// A HorizontalPodAutoscaler on CPU.
+    /// A HorizontalPodAutoscaler on CPU (needs metrics-server).
     Hpa,
+    /// The operator scales on requests in flight read from each pod, bounded by what
+    /// PostgreSQL and Redis can take; needs nothing else in the cluster.
+    Concurrency,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -374,6 +377,18 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_cpu")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: i32,
+    /// `Hpa`: how long a lower recommendation must hold before the HPA scales down.
+    #[serde(default = "default_stabilization")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: i32,
+    /// `Concurrency`: how the replica count follows requests in flight.
+    #[serde(default)]
+    pub concurrency: ConcurrencySpec,
+    /// `Concurrency`: PostgreSQL connections kept free for migrations and admin
+    /// sessions; the rest, divided by `database.maxConnections`, bounds the replicas.
+    #[serde(default = "default_reserved_connections")]
+    #[schemars(range(min = 0))]
+    pub reserved_connections: i32,
 }
 
 impl Default for AutoscalingSpec {
@@ -383,8 +398,64 @@ impl Default for AutoscalingSpec {
             min_replicas: default_min(),
             max_replicas: default_max(),
             target_cpu_utilization: default_cpu(),
+            scale_down_stabilization_seconds: default_stabilization(),
+            concurrency: ConcurrencySpec::default(),
+            reserved_connections: default_reserved_connections(),
         }
     }
+}
+
+fn default_stabilization() -> i32 {
+    300
+}
+fn default_reserved_connections() -> i32 {
+    10
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConcurrencySpec {
+    /// Requests in flight per pod to aim at (averaged over time).
+    #[serde(default = "default_target_in_flight")]
+    #[schemars(range(min = 1))]
+    pub target: i32,
+    /// The window whose mean decides, e.g. `60s`; the panic window is a tenth of it.
+    #[serde(default = "default_stable_window")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub stable_window: String,
+    /// Panic (scale up on the short window, no scale-down) when it asks for this percent
+    /// of the ready pods or more.
+    #[serde(default = "default_panic_threshold")]
+    #[schemars(range(min = 110, max = 1000))]
+    pub panic_threshold_percent: i32,
+    /// Scale down to no less than the current count divided by this, per decision.
+    #[serde(default = "default_scale_down_rate")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_scale_down_rate: i32,
+}
+
+impl Default for ConcurrencySpec {
+    fn default() -> Self {
+        ConcurrencySpec {
+            target: default_target_in_flight(),
+            stable_window: default_stable_window(),
+            panic_threshold_percent: default_panic_threshold(),
+            max_scale_down_rate: default_scale_down_rate(),
+        }
+    }
+}
+
+fn default_target_in_flight() -> i32 {
+    10
+}
+fn default_stable_window() -> String {
+    "60s".into()
+}
+fn default_panic_threshold() -> i32 {
+    200
+}
+fn default_scale_down_rate() -> i32 {
+    2
 }
 
 fn default_min() -> i32 {
@@ -526,6 +597,29 @@ pub struct StoaStatus {
     /// Where the database credential rotation stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_rotation: Option<CredentialRotationStatus>,
+    /// The Concurrency autoscaler's last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    pub desired_replicas: i32,
+    /// What the load asks for before the bounds.
+    pub wanted_replicas: i32,
+    /// The least of `maxReplicas` and what PostgreSQL and Redis can take.
+    pub effective_max_replicas: i32,
+    /// `maxReplicas`, `postgres` or `redis`.
+    pub limited_by: String,
+    /// Requests in flight across the ready pods (stable-window mean), e.g. `12.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_in_flight: Option<String>,
+    /// `Stable`, `Panic`, `NoMetrics` or `Frozen`.
+    pub reason: String,
+    /// Why scaling holds still (a migration or a rotation in progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_by: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]

@@ -1,6 +1,7 @@
 //! `stoa-operator`: reconciles `Stoa` resources into running stoa-api services.
 
 pub mod apply;
+pub mod autoscale;
 pub mod controller;
 pub mod crd;
 pub mod credential_rotation;

@@ -24,7 +24,7 @@ pub struct PodTarget {
 }
 
 /// What one pod answered; `None` when it did not (in time, or validly).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PodReading {
     pub pod: String,
     pub state: Option<PodState>,

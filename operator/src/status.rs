@@ -6,7 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::EventType;
 
 use crate::crd::{
-    CredentialRotationStatus, KeyRotationStatus, KeyStatus, MigrationStatus, Stoa, StoaStatus,
+    AutoscalingStatus, CredentialRotationStatus, KeyRotationStatus, KeyStatus, MigrationStatus,
+    Stoa, StoaStatus,
 };
 use crate::resources;
 use crate::rollout::{Activity, Plan};
@@ -29,6 +30,8 @@ pub struct Facts<'a> {
     pub key_rotation: Option<KeyRotationFacts>,
     /// The credential rotation's state (`None` while paused).
     pub credential_rotation: Option<CredentialRotationFacts>,
+    /// The Concurrency autoscaler's decision (`None` in other modes).
+    pub autoscaling: Option<AutoscalingStatus>,
 }
 
 pub struct CredentialRotationFacts {
@@ -335,6 +338,7 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
             Some(rotation) => Some(rotation.status.clone()),
             None => previous.credential_rotation.clone(),
         },
+        autoscaling: facts.autoscaling.clone(),
     };
     carry_transition_times(&previous, &mut next);
     next

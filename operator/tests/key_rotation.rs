@@ -6,71 +6,19 @@
 //! protocol against real stoa-api processes.
 mod fixtures;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use fixtures::cluster::{self, Log, calls_since, events_since};
+use fixtures::pods::ScriptedPods;
 use fixtures::{from_yaml, stoa};
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use stoa_contract::keys::{KEYSET_FILE, KeySetFile, KeyState};
-use stoa_contract::pod::{LoadedCredential, LoadedKey, PodState};
 use stoa_operator::controller::{Context, reconcile};
 use stoa_operator::crd::Stoa;
 use stoa_operator::key_rotation::{PROMOTED_AT_ANNOTATION, ROTATE_ANNOTATION};
 use stoa_operator::metrics::Metrics;
-use stoa_operator::observe::{PodProbe, PodReading, PodTarget};
-
-/// Pods answer with the kids listed for them; a pod without an entry does not answer.
-#[derive(Default)]
-struct ScriptedPods {
-    loaded: Mutex<HashMap<String, Vec<String>>>,
-    /// Runs once, the next time pods are read (to change the cluster in between).
-    on_read: Mutex<Option<BoxFuture<'static, ()>>>,
-}
-
-impl ScriptedPods {
-    fn set(&self, pod: &str, kids: &[&str]) {
-        self.loaded.lock().unwrap().insert(
-            pod.to_owned(),
-            kids.iter().map(|k| (*k).to_owned()).collect(),
-        );
-    }
-}
-
-impl PodProbe for ScriptedPods {
-    fn read<'a>(&'a self, pods: &'a [PodTarget]) -> BoxFuture<'a, Vec<PodReading>> {
-        Box::pin(async move {
-            let hook = self.on_read.lock().unwrap().take();
-            if let Some(hook) = hook {
-                hook.await;
-            }
-            let loaded = self.loaded.lock().unwrap();
-            pods.iter()
-                .map(|target| PodReading {
-                    pod: target.name.clone(),
-                    state: loaded.get(&target.name).map(|kids| PodState {
-                        keys: kids
-                            .iter()
-                            .map(|kid| LoadedKey {
-                                kid: kid.clone(),
-                                state: KeyState::Next,
-                            })
-                            .collect(),
-                        database: LoadedCredential {
-                            user: "stoa".into(),
-                            fingerprint: "0".repeat(16),
-                        },
-                        schema_version: None,
-                        in_flight: 0,
-                    }),
-                })
-                .collect()
-        })
-    }
-}
 
 struct Cluster {
     client: Client,

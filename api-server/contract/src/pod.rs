@@ -12,7 +12,7 @@ use crate::keys::KeyState;
 
 pub const STATE_PATH: &str = "/state";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodState {
     /// Every key of the key set the pod has loaded (signing and verifying).
@@ -24,6 +24,28 @@ pub struct PodState {
     pub schema_version: Option<i64>,
     /// Requests being served right now.
     pub in_flight: u64,
+    /// Total time spent serving requests since start, in seconds: its rate between two
+    /// reads is the pod's average concurrency (what the autoscaler scales on).
+    #[serde(default)]
+    pub busy_seconds: f64,
+    /// What the servers behind the pod allow (the autoscaler's capacity bound); absent
+    /// until first read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ServerLimits>,
+}
+
+/// Server-side connection limits, as the pod reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerLimits {
+    /// PostgreSQL `max_connections`.
+    pub postgres_max_connections: u32,
+    /// Connections only superusers (and `pg_use_reserved_connections`) may use:
+    /// `superuser_reserved_connections` + `reserved_connections`.
+    pub postgres_reserved_connections: u32,
+    /// Redis `maxclients`, when Redis is configured and lets the pod read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_max_clients: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +97,12 @@ mod tests {
             },
             schema_version: Some(20261125000002),
             in_flight: 3,
+            busy_seconds: 1.5,
+            limits: Some(ServerLimits {
+                postgres_max_connections: 100,
+                postgres_reserved_connections: 3,
+                redis_max_clients: None,
+            }),
         };
         let json = serde_json::to_string(&state).unwrap();
         assert!(json.contains("\"inFlight\":3") && json.contains("\"state\":\"next\""));

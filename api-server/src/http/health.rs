@@ -133,6 +133,8 @@ pub async fn pod_state(State(state): State<AppState>) -> axum::Json<PodState> {
         database: (*state.database.credential()).clone(),
         schema_version: (schema_version > 0).then_some(schema_version),
         in_flight: u64::try_from(state.metrics.http_in_flight.get()).unwrap_or(0),
+        busy_seconds: state.metrics.http_busy.get(),
+        limits: state.server_limits.load_full().map(|l| *l),
     })
 }
 

@@ -74,6 +74,7 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
 
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
+    state.metrics.http_busy.inc_by(elapsed.as_secs_f64());
     let labels = HttpLabels {
         method,
         route,

@@ -34,6 +34,7 @@ pub use crate::error::{Error, FIELD_MANAGER, HANDOVER_MANAGER, Result};
 
 mod credentials;
 mod keys;
+mod scaling;
 
 use keys::{ensure_key_secret, key_status};
 
@@ -53,6 +54,8 @@ pub struct Context {
     pub probe: Arc<dyn PodProbe>,
     /// The operator's own namespace: the NetworkPolicy lets it reach the pods' admin port.
     pub operator_namespace: Option<String>,
+    /// The Concurrency autoscaler's samples, per Stoa.
+    scalers: Mutex<HashMap<String, scaling::ScalerMemory>>,
     /// Consecutive failures per object, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -70,6 +73,7 @@ impl Context {
             service_monitors: false,
             probe: Arc::new(HttpProbe::new(POD_READ_TIMEOUT, POD_READ_CONCURRENCY)),
             operator_namespace: None,
+            scalers: Mutex::default(),
             failures: Mutex::default(),
         }
     }
@@ -87,6 +91,13 @@ impl Context {
     pub fn with_operator_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.operator_namespace = Some(namespace.into());
         self
+    }
+
+    fn scalers(&self) -> std::sync::MutexGuard<'_, HashMap<String, scaling::ScalerMemory>> {
+        match self.scalers.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -223,6 +234,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             plan: None,
             key_rotation: None,
             credential_rotation: None,
+            autoscaling: stoa.status.as_ref().and_then(|s| s.autoscaling.clone()),
         };
         write_status(ctx, stoa, &target, status::status(stoa, &facts)).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
@@ -251,9 +263,15 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
     if let Some(request) = &plan.create {
         create_job(ctx, stoa, &target, request).await?;
     }
+    let frozen_by = freeze_reason(
+        &plan,
+        &rotation.status.phase,
+        &credential_pass.facts.status.phase,
+    );
+    let scale_pass = scaling::scale(ctx, stoa, &target, deployment.as_ref(), frozen_by).await?;
     let deployment = match &plan.deploy_image {
         Some(image) => {
-            let desired = resources::deployment(stoa, &config, image)?;
+            let desired = resources::scaled_deployment(stoa, &config, image, scale_pass.replicas)?;
             Some(apply_deployment(ctx, stoa, &target, deployment, desired).await?)
         }
         // First install: nothing runs until the first migration succeeded.
@@ -284,7 +302,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             "NetworkPolicy",
         )
         .await?;
-    if stoa.spec.autoscaling.mode == AutoscalingMode::Disabled {
+    if stoa.spec.autoscaling.mode != AutoscalingMode::Hpa {
         // The Deployment carries spec.replicas again (applied above) before the autoscaler
         // goes, so the count never falls back to a default in between.
         target
@@ -305,6 +323,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             stalled: rotation.stalled.clone(),
         }),
         credential_rotation: Some(credential_pass.facts),
+        autoscaling: scale_pass.status,
     };
     let next = status::status(stoa, &facts);
     for notice in status::migration_notices(
@@ -328,8 +347,27 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         plan.requeue
             .map_or(fallback, |r| r.min(fallback))
             .min(rotation.requeue)
-            .min(credential_pass.requeue),
+            .min(credential_pass.requeue)
+            .min(scale_pass.requeue),
     ))
+}
+
+/// Scaling holds still while the schema or a credential changes: a new pod would start
+/// in the middle of it, and a leaving one could take the last session of a role.
+fn freeze_reason(plan: &Plan, key_phase: &str, credential_phase: &str) -> Option<String> {
+    if matches!(plan.activity, rollout::Activity::Running { .. }) {
+        return Some("migration".into());
+    }
+    if matches!(key_phase, "Confirming" | "Stalled") {
+        return Some("signing-key rotation".into());
+    }
+    if matches!(
+        credential_phase,
+        "Publishing" | "Confirming" | "Stalled" | "Expiring"
+    ) {
+        return Some("credential rotation".into());
+    }
+    None
 }
 
 /// Observes the migration Jobs (and, when a contract step may be due, the pods) and
@@ -489,7 +527,7 @@ async fn apply_deployment(
     desired: Deployment,
 ) -> Result<Deployment> {
     let api: Api<Deployment> = target.api(&ctx.client);
-    let scaled = stoa.spec.autoscaling.mode != AutoscalingMode::Disabled;
+    let scaled = stoa.spec.autoscaling.mode == AutoscalingMode::Hpa;
     if scaled {
         if let Some(hpa) = resources::horizontal_pod_autoscaler(stoa)? {
             // The autoscaler exists before the operator lets go of the replica count.

@@ -220,9 +220,45 @@ pub fn config_hash(stoa: &Stoa, config: &ConfigMap) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Who sets the Deployment's replica count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicas {
+    /// The operator applies this count (`spec.replicas`, or its Concurrency autoscaler's).
+    Operator(i32),
+    /// An HPA owns the field; the applied object leaves it out.
+    Autoscaler,
+}
+
+impl Replicas {
+    /// The count the spec asks for; in Concurrency mode the last decision, else the
+    /// autoscaler's minimum.
+    pub fn of(stoa: &Stoa) -> Replicas {
+        match stoa.spec.autoscaling.mode {
+            AutoscalingMode::Disabled => Replicas::Operator(stoa.spec.replicas),
+            AutoscalingMode::Hpa => Replicas::Autoscaler,
+            AutoscalingMode::Concurrency => Replicas::Operator(
+                stoa.status
+                    .as_ref()
+                    .and_then(|s| s.autoscaling.as_ref())
+                    .map_or(stoa.spec.autoscaling.min_replicas, |a| a.desired_replicas),
+            ),
+        }
+    }
+}
+
 /// The API Deployment, running `image` (the image the migration protocol approved, which
 /// is `spec.image` once its migrations succeeded: see `crate::rollout`).
 pub fn deployment(stoa: &Stoa, config: &ConfigMap, image: &str) -> Result<Deployment> {
+    scaled_deployment(stoa, config, image, Replicas::of(stoa))
+}
+
+/// [`deployment`] with the replica count decided by the caller.
+pub fn scaled_deployment(
+    stoa: &Stoa,
+    config: &ConfigMap,
+    image: &str,
+    replicas: Replicas,
+) -> Result<Deployment> {
     let spec = &stoa.spec;
     let names = Names::of(stoa);
     let selector = selector_labels(stoa);
@@ -319,13 +355,14 @@ pub fn deployment(stoa: &Stoa, config: &ConfigMap, image: &str) -> Result<Deploy
             }
         }
     });
-    // With an autoscaler, the replica count is not ours: leaving it out of the applied
-    // object means server-side apply never fights the scaler over it.
-    let replicas_owner = if spec.autoscaling.mode == AutoscalingMode::Disabled {
-        deployment_spec["replicas"] = json!(spec.replicas);
-        REPLICAS_OWNER_OPERATOR
-    } else {
-        REPLICAS_OWNER_AUTOSCALER
+    // With an HPA, the replica count is not ours: leaving it out of the applied object
+    // means server-side apply never fights the scaler over it.
+    let replicas_owner = match replicas {
+        Replicas::Operator(count) => {
+            deployment_spec["replicas"] = json!(count);
+            REPLICAS_OWNER_OPERATOR
+        }
+        Replicas::Autoscaler => REPLICAS_OWNER_AUTOSCALER,
     };
     strip_nulls(&mut deployment_spec);
     let mut metadata = meta(stoa, &names.base)?;
@@ -709,7 +746,7 @@ pub fn horizontal_pod_autoscaler(stoa: &Stoa) -> Result<Option<HorizontalPodAuto
                 "metrics": [{"type": "Resource", "resource": {"name": "cpu",
                     "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu_utilization}}}],
                 "behavior": {
-                    "scaleDown": {"stabilizationWindowSeconds": 300,
+                    "scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds,
                         "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}]},
                     "scaleUp": {"stabilizationWindowSeconds": 0,
                         "policies": [{"type": "Percent", "value": 100, "periodSeconds": 30},

@@ -1,0 +1,431 @@
+//! Protocol 4, `autoscaling.mode: Concurrency`: the replica count from requests in flight,
+//! bounded by what PostgreSQL and Redis can take.
+//!
+//! Each pod reports the total time it has spent serving requests (`busySeconds`); between
+//! two reads its rate is the pod's average concurrency (as Knative's queue-proxy measures
+//! it, rather than an instantaneous in-flight count that short requests would miss). The
+//! controller keeps the recent samples per Stoa and calls [`decide`], a pure function:
+//!
+//! - **stable window** (default 60 s): the mean total concurrency over the window, divided
+//!   by the per-pod target, is the replica count wanted;
+//! - **panic window** (a tenth of it): when the short-window demand is at least
+//!   `panicThreshold` times the ready pods, scale up on it at once and do not scale down
+//!   until the stable window has passed without panic (Knative's KPA);
+//! - scale-down is rate limited (at most halve per decision by default); a window without
+//!   any report holds the count (missing metrics never scale down);
+//! - the result is clamped to `[minReplicas, effective maximum]`, where the effective
+//!   maximum is the least of `maxReplicas`, what PostgreSQL's `max_connections` allows at
+//!   this pool size after the reserve, and what Redis's `maxclients` allows.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use stoa_contract::pod::ServerLimits;
+
+use crate::crd::Stoa;
+
+/// Redis connections one stoa-api pod holds (its multiplexed connection, and one more
+/// while it reconnects).
+pub const REDIS_CONNECTIONS_PER_POD: u32 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Policy {
+    /// Requests in flight per pod the count aims at.
+    pub target: f64,
+    pub stable_window: Duration,
+    pub panic_window: Duration,
+    /// Panic when the short-window demand is this many times the ready pods.
+    pub panic_threshold: f64,
+    /// Scale down to no less than `current / max_scale_down_rate` per decision.
+    pub max_scale_down_rate: f64,
+    pub min: i32,
+    pub max: i32,
+    /// PostgreSQL connections left for migrations and admin sessions.
+    pub reserved_connections: u32,
+    /// Connections per pod (`spec.database.maxConnections`).
+    pub pool_size: u32,
+}
+
+impl Policy {
+    pub fn of(stoa: &Stoa) -> Result<Policy, String> {
+        let scaling = &stoa.spec.autoscaling;
+        let concurrency = &scaling.concurrency;
+        let stable_window = humantime::parse_duration(&concurrency.stable_window)
+            .map_err(|e| format!("autoscaling.concurrency.stableWindow: {e}"))?;
+        if concurrency.target < 1 {
+            return Err("autoscaling.concurrency.target must be at least 1".into());
+        }
+        Ok(Policy {
+            target: f64::from(concurrency.target),
+            stable_window,
+            panic_window: (stable_window / 10).max(Duration::from_secs(1)),
+            panic_threshold: f64::from(concurrency.panic_threshold_percent) / 100.0,
+            max_scale_down_rate: f64::from(concurrency.max_scale_down_rate.max(1)),
+            min: scaling.min_replicas,
+            max: scaling.max_replicas,
+            reserved_connections: u32::try_from(scaling.reserved_connections).unwrap_or(0),
+            pool_size: u32::try_from(stoa.spec.database.max_connections)
+                .unwrap_or(1)
+                .max(1),
+        })
+    }
+}
+
+/// One read of the Stoa's ready pods.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    pub at: Timestamp,
+    pub ready: u32,
+    /// Pods whose concurrency since their previous read is known.
+    pub reporting: u32,
+    /// Their summed average concurrency since their previous read.
+    pub concurrency: f64,
+}
+
+impl Sample {
+    /// Total concurrency across the ready pods, the silent ones assumed average.
+    fn total(&self) -> Option<f64> {
+        (self.reporting > 0)
+            .then(|| self.concurrency / f64::from(self.reporting) * f64::from(self.ready.max(1)))
+    }
+}
+
+/// Carried from one decision to the next.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PanicState {
+    pub since: Option<Timestamp>,
+    /// The most pods panic mode has asked for (never scaled below while panicking).
+    pub peak: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    Spec,
+    Postgres,
+    Redis,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Spec => "maxReplicas",
+            Limit::Postgres => "postgres",
+            Limit::Redis => "redis",
+        }
+    }
+}
+
+/// The most pods the backing stores can serve, and which limit sets it.
+pub fn effective_max(policy: &Policy, limits: &[ServerLimits]) -> (i32, Limit) {
+    let mut bound = (policy.max, Limit::Spec);
+    // The strictest limit any pod reports (they share the servers).
+    for limit in limits {
+        let usable = limit
+            .postgres_max_connections
+            .saturating_sub(limit.postgres_reserved_connections)
+            .saturating_sub(policy.reserved_connections);
+        let pods = i32::try_from(usable / policy.pool_size)
+            .unwrap_or(i32::MAX)
+            .max(1);
+        if pods < bound.0 {
+            bound = (pods, Limit::Postgres);
+        }
+        if let Some(clients) = limit.redis_max_clients {
+            let pods = i32::try_from(clients / REDIS_CONNECTIONS_PER_POD)
+                .unwrap_or(i32::MAX)
+                .max(1);
+            if pods < bound.0 {
+                bound = (pods, Limit::Redis);
+            }
+        }
+    }
+    bound
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub desired: i32,
+    /// What the load asks for before the bounds.
+    pub wanted: i32,
+    pub effective_max: i32,
+    pub limited_by: Limit,
+    /// `wanted` exceeds `effective_max` because of a backing store.
+    pub bound_bites: bool,
+    pub panic: PanicState,
+    pub observed: Option<f64>,
+    pub reason: &'static str,
+}
+
+fn mean_total(samples: &[Sample], since: Timestamp) -> Option<f64> {
+    let totals: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.at >= since)
+        .filter_map(Sample::total)
+        .collect();
+    (!totals.is_empty()).then(|| totals.iter().sum::<f64>() / totals.len() as f64)
+}
+
+fn pods_for(concurrency: f64, target: f64) -> i32 {
+    let pods = (concurrency / target).ceil();
+    if pods >= f64::from(i32::MAX) {
+        i32::MAX
+    } else {
+        pods as i32
+    }
+}
+
+/// The replica count for these samples (oldest first), given the current count.
+pub fn decide(
+    policy: &Policy,
+    samples: &[Sample],
+    current: i32,
+    limits: &[ServerLimits],
+    panic: PanicState,
+    now: Timestamp,
+) -> Decision {
+    let (effective_max, limited_by) = effective_max(policy, limits);
+    let clamp = |n: i32| n.max(policy.min).min(effective_max).max(1);
+    let since = |d: Duration| now.checked_sub(d).unwrap_or(Timestamp::MIN);
+    let ready = samples.last().map_or(0, |s| s.ready).max(1);
+    let Some(stable) = mean_total(samples, since(policy.stable_window)) else {
+        // No pod reported in the whole window: hold (never scale on missing data).
+        return Decision {
+            desired: clamp(current),
+            wanted: current,
+            effective_max,
+            limited_by,
+            bound_bites: false,
+            panic,
+            observed: None,
+            reason: "NoMetrics",
+        };
+    };
+    let quick = mean_total(samples, since(policy.panic_window)).unwrap_or(stable);
+    let stable_pods = pods_for(stable, policy.target);
+    let panic_pods = pods_for(quick, policy.target);
+
+    let bursting = f64::from(panic_pods) / f64::from(ready) >= policy.panic_threshold;
+    let mut panic = panic;
+    match panic.since {
+        None if bursting => {
+            panic = PanicState {
+                since: Some(now),
+                peak: panic_pods,
+            };
+        }
+        Some(started)
+            if !bursting
+                && now
+                    >= started
+                        .checked_add(policy.stable_window)
+                        .unwrap_or(Timestamp::MAX) =>
+        {
+            panic = PanicState::default();
+        }
+        Some(_) if bursting => {
+            panic.since = Some(now);
+            panic.peak = panic.peak.max(panic_pods);
+        }
+        _ => {}
+    }
+    let (wanted, reason) = if panic.since.is_some() {
+        (panic_pods.max(panic.peak).max(current), "Panic")
+    } else {
+        (stable_pods, "Stable")
+    };
+    // Scale down gradually: at most by the rate per decision.
+    let floor = (f64::from(current) / policy.max_scale_down_rate).ceil() as i32;
+    let rate_limited = wanted.max(floor);
+    Decision {
+        desired: clamp(rate_limited),
+        wanted,
+        effective_max,
+        limited_by,
+        bound_bites: wanted > effective_max && limited_by != Limit::Spec,
+        panic,
+        observed: Some(stable),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn t(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            target: 10.0,
+            stable_window: 60 * S,
+            panic_window: 6 * S,
+            panic_threshold: 2.0,
+            max_scale_down_rate: 2.0,
+            min: 2,
+            max: 20,
+            reserved_connections: 10,
+            pool_size: 8,
+        }
+    }
+
+    /// One sample per 2 s from `from` to `to` (seconds) at total concurrency `c`.
+    fn load(from: i64, to: i64, ready: u32, c: f64) -> Vec<Sample> {
+        (from..to)
+            .step_by(2)
+            .map(|s| Sample {
+                at: t(s),
+                ready,
+                reporting: ready,
+                concurrency: c,
+            })
+            .collect()
+    }
+
+    fn run(samples: &[Sample], current: i32, now: i64) -> Decision {
+        decide(
+            &policy(),
+            samples,
+            current,
+            &[],
+            PanicState::default(),
+            t(now),
+        )
+    }
+
+    #[test]
+    fn steady_load_keeps_the_count_that_serves_it() {
+        // 40 in flight at 10 per pod: 4 pods, whatever the count was.
+        let samples = load(0, 60, 4, 40.0);
+        assert_eq!(run(&samples, 4, 60).desired, 4);
+        assert_eq!(run(&samples, 4, 60).reason, "Stable");
+    }
+
+    #[test]
+    fn a_burst_panics_and_scales_up_at_once() {
+        let mut samples = load(0, 54, 2, 20.0);
+        samples.extend(load(54, 60, 2, 120.0));
+        let d = run(&samples, 2, 60);
+        assert_eq!(d.reason, "Panic");
+        assert_eq!(d.desired, 12, "the short window decides: 120 / 10");
+        assert!(d.panic.since.is_some());
+    }
+
+    #[test]
+    fn panic_holds_the_peak_until_a_calm_stable_window_has_passed() {
+        let peak = PanicState {
+            since: Some(t(60)),
+            peak: 12,
+        };
+        let calm = load(60, 100, 12, 20.0);
+        let held = decide(&policy(), &calm, 12, &[], peak, t(100));
+        assert_eq!((held.desired, held.reason), (12, "Panic"));
+        let calm = load(60, 121, 12, 20.0);
+        let released = decide(&policy(), &calm, 12, &[], peak, t(121));
+        assert_eq!(released.reason, "Stable");
+        assert_eq!(released.desired, 6, "down by at most half per decision");
+    }
+
+    #[test]
+    fn a_drop_scales_down_gradually_to_the_minimum() {
+        let samples = load(0, 60, 10, 0.0);
+        let mut current = 10;
+        let mut steps = vec![];
+        while current > 2 {
+            current = run(&samples, current, 60).desired;
+            steps.push(current);
+        }
+        assert_eq!(steps, [5, 3, 2]);
+    }
+
+    #[test]
+    fn flapping_load_around_the_target_does_not_flap_the_count() {
+        // Alternating 35 and 45 in flight: the window mean (40) decides.
+        let samples: Vec<Sample> = (0..30)
+            .map(|i| Sample {
+                at: t(i * 2),
+                ready: 4,
+                reporting: 4,
+                concurrency: if i % 2 == 0 { 35.0 } else { 45.0 },
+            })
+            .collect();
+        for now in [58, 59, 60] {
+            assert_eq!(run(&samples, 4, now).desired, 4);
+        }
+    }
+
+    #[test]
+    fn pods_that_do_not_answer_count_as_average_and_missing_metrics_hold() {
+        // 2 of 4 pods report 10 each: 40 in total is assumed.
+        let partial: Vec<Sample> = load(0, 60, 4, 20.0)
+            .into_iter()
+            .map(|s| Sample { reporting: 2, ..s })
+            .collect();
+        assert_eq!(run(&partial, 4, 60).desired, 4);
+        // Nobody reported in the window: hold 7, do not fall to the minimum.
+        let silent: Vec<Sample> = load(0, 60, 7, 0.0)
+            .into_iter()
+            .map(|s| Sample { reporting: 0, ..s })
+            .collect();
+        let d = run(&silent, 7, 60);
+        assert_eq!((d.desired, d.reason), (7, "NoMetrics"));
+        assert_eq!(run(&[], 7, 60).desired, 7);
+    }
+
+    #[test]
+    fn the_backing_stores_bound_the_count_and_say_which() {
+        let samples = load(0, 60, 4, 400.0);
+        let postgres = ServerLimits {
+            postgres_max_connections: 100,
+            postgres_reserved_connections: 3,
+            redis_max_clients: Some(10_000),
+        };
+        // (100 - 3 - 10) / 8 = 10 pods.
+        let d = decide(
+            &policy(),
+            &samples,
+            4,
+            &[postgres],
+            PanicState::default(),
+            t(60),
+        );
+        assert_eq!(
+            (d.desired, d.effective_max, d.limited_by),
+            (10, 10, Limit::Postgres)
+        );
+        assert!(d.bound_bites);
+        let redis = ServerLimits {
+            redis_max_clients: Some(12),
+            ..postgres
+        };
+        let d = decide(
+            &policy(),
+            &samples,
+            4,
+            &[redis],
+            PanicState::default(),
+            t(60),
+        );
+        assert_eq!((d.desired, d.limited_by), (6, Limit::Redis));
+        // Below the bound, nothing bites.
+        let light = load(0, 60, 4, 40.0);
+        let d = decide(
+            &policy(),
+            &light,
+            4,
+            &[postgres],
+            PanicState::default(),
+            t(60),
+        );
+        assert!(!d.bound_bites);
+        // maxReplicas is not a backing store.
+        let d = run(&load(0, 60, 4, 4000.0), 4, 60);
+        assert_eq!(
+            (d.desired, d.limited_by, d.bound_bites),
+            (20, Limit::Spec, false)
+        );
+    }
+}
