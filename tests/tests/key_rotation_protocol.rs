@@ -74,7 +74,7 @@ async fn a_full_key_rotation_under_load_fails_no_request(pool: PgPool) {
     // A token signed before the rotation (by the user the first worker registered).
     let http = reqwest::Client::new();
     let login =
-        serde_json::json!({"user": {"email": "load0@example.com", "password": "load-password-1"}});
+        serde_json::json!({"user": {"email": load.email(0), "password": "load-password-1"}});
     let signed_before: serde_json::Value = http
         .post(format!("{}/api/users/login", cluster.pods()[0].base_url()))
         .json(&login)

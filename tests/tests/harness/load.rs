@@ -35,6 +35,8 @@ pub struct Tally {
 }
 
 pub struct Load {
+    /// Names this load's users apart from any other load's on the same database.
+    prefix: String,
     stop: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
@@ -52,12 +54,14 @@ impl Load {
         let failed = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let mut handles = Vec::new();
+        let prefix = format!("load{:08x}", rand::random::<u32>());
         for worker in 0..workers {
             let http = reqwest::Client::new();
             let base = endpoints.pick(worker as u64).expect("a ready pod");
+            let email = format!("{prefix}-{worker}@example.com");
             let user = json!({"user": {
-                "username": format!("load{worker}"),
-                "email": format!("load{worker}@example.com"),
+                "username": format!("{prefix}-{worker}"),
+                "email": email,
                 "password": "load-password-1"
             }});
             let res = http
@@ -86,7 +90,7 @@ impl Load {
                     };
                     let outcome = if signed_in.elapsed() >= relogin {
                         let login = json!({"user": {
-                            "email": format!("load{worker}@example.com"),
+                            "email": email,
                             "password": "load-password-1"
                         }});
                         let res = http
@@ -140,12 +144,18 @@ impl Load {
             }));
         }
         Load {
+            prefix,
             stop,
             requests,
             failures,
             failed,
             workers: handles,
         }
+    }
+
+    /// The email `worker` signed up with (password `load-password-1`).
+    pub fn email(&self, worker: usize) -> String {
+        format!("{}-{worker}@example.com", self.prefix)
     }
 
     pub fn requests(&self) -> u64 {

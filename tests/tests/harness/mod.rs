@@ -137,6 +137,14 @@ impl Cluster {
         self.roll(&deployment).await;
     }
 
+    /// One beat of the cluster: a reconcile, then the cluster acts on it.
+    pub async fn step(&mut self) -> Stoa {
+        let stoa = self.reconcile().await;
+        self.sync().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stoa
+    }
+
     /// Whether the cluster has acted on everything the operator wrote: no Job left to
     /// run, and the pods are the Deployment's template in its replica count.
     async fn converged(&self) -> bool {
@@ -386,7 +394,10 @@ pub async fn running(pool: &sqlx::PgPool, replicas: i32, confirm_timeout: &str) 
 
 /// `stoa` installed with `secrets` and settled until all its replicas are ready.
 pub async fn install(stoa: &Stoa, secrets: Vec<Secret>) -> Cluster {
-    let replicas = stoa.spec.replicas;
+    let replicas = match stoa_operator::resources::Replicas::of(stoa) {
+        stoa_operator::resources::Replicas::Operator(n) => n,
+        stoa_operator::resources::Replicas::Autoscaler => stoa.spec.autoscaling.min_replicas,
+    };
     let mut cluster = Cluster::start(stoa, secrets).await;
     cluster
         .settle("installed and ready", SETTLE, |s| {
