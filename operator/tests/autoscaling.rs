@@ -188,3 +188,33 @@ async fn scaling_holds_still_while_a_migration_runs() {
     assert_eq!(status.frozen_by.as_deref(), Some("migration"));
     assert_eq!(status.desired_replicas, 2, "the load alone would ask for 6");
 }
+
+#[tokio::test]
+async fn scaling_holds_still_while_a_new_signing_key_is_confirmed() {
+    let scaled_stoa = Scaled::new(&scaled("Disabled")).await;
+    scaled_stoa.reconcile().await;
+    scaled_stoa.ready_pods(2).await;
+    // A rotation starts; the pods have not loaded the new key (they report none).
+    let api: Api<Stoa> = Api::namespaced(scaled_stoa.client.clone(), "shop");
+    let mut stoa = api.get("api").await.unwrap();
+    stoa.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("stoa.dev/rotate-keys".into(), "now".into());
+    api.replace("api", &PostParams::default(), &stoa)
+        .await
+        .unwrap();
+    *scaled_stoa.pods.concurrency.lock().unwrap() = 30.0;
+    let rotating = scaled_stoa.two_samples().await;
+    let status = autoscaling(&rotating);
+    assert_eq!(
+        status.frozen_by.as_deref(),
+        Some("signing-key rotation"),
+        "{status:?}"
+    );
+    assert_eq!(
+        scaled_stoa.replicas().await,
+        2,
+        "the load alone would ask for 6"
+    );
+}
