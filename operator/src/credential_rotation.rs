@@ -29,7 +29,8 @@ use k8s_openapi::jiff::Timestamp;
 use stoa_contract::credentials::login_roles;
 
 use crate::crd::Stoa;
-use crate::rollout::backoff;
+use crate::jobs::backoff;
+pub use crate::resources::{JobKind, PASSWORD_KEY, URL_KEY, rotation_enabled as enabled};
 
 /// On the Stoa: changing its value asks for a rotation now.
 pub const ROTATE_ANNOTATION: &str = "stoa.dev/rotate-credentials";
@@ -43,16 +44,8 @@ pub const PUBLISHED_AT_ANNOTATION: &str = "stoa.dev/credential-published-at";
 /// Counts rotations; names the Jobs of each.
 pub const GENERATION_ANNOTATION: &str = "stoa.dev/credential-generation";
 pub const HANDLED_REQUEST_ANNOTATION: &str = "stoa.dev/rotate-credentials-handled";
-/// Keys of the connection Secret.
-pub const URL_KEY: &str = "url";
-pub const PASSWORD_KEY: &str = "password";
 /// On the Stoa while the operator has database roles to drop on deletion.
 pub const FINALIZER: &str = "stoa.dev/database-roles";
-
-/// Whether this Stoa's credential rotates (it needs the admin credential).
-pub fn enabled(stoa: &Stoa) -> bool {
-    stoa.spec.database.admin_secret_ref.is_some() && stoa.spec.database.credential_rotation.enabled
-}
 
 /// The group role of a Stoa: `stoa_<namespace>_<name>` made a valid role name, shortened
 /// with a digest when long (roles are per PostgreSQL server, so the namespace is in it).
@@ -110,21 +103,6 @@ pub struct Connection {
     pub handled: Option<String>,
     /// Fingerprint of the published URL (`stoa_contract::pod::credential_fingerprint`).
     pub fingerprint: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobKind {
-    Publish,
-    Expire,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Publish => "publish",
-            JobKind::Expire => "expire",
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod crd;
 pub mod credential_rotation;
 pub mod error;
+pub mod jobs;
 pub mod key_rotation;
 pub mod metrics;
 pub mod observe;

@@ -30,9 +30,8 @@ use crate::crd::{MigrationMode, Stoa};
 use crate::resources::{ATTEMPT_ANNOTATION, MIGRATION_KEY_LABEL};
 pub use crate::resources::{JobRequest, Step};
 
-/// First retry after a failed attempt; doubles per attempt up to [`MAX_BACKOFF`].
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(30);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+pub use crate::jobs::{FIRST_BACKOFF, MAX_BACKOFF, backoff};
+use crate::jobs::{Finish, failed_by_policy, job_finish};
 
 /// How a migration Job ended, if it did.
 #[derive(Clone, Debug, PartialEq)]
@@ -161,68 +160,6 @@ pub fn observe_job(
         attempt,
         state,
     })
-}
-
-/// How a Job stands, from its conditions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Finish {
-    Running,
-    Complete,
-    Failed {
-        /// The condition's message, or a generic one.
-        message: String,
-        /// Since the Job failed (for a retry backoff).
-        finished_ago: Duration,
-    },
-}
-
-fn finished_condition<'a>(
-    job: &'a Job,
-    type_: &str,
-) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
-    job.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")
-}
-
-fn failed_by_policy(job: &Job) -> bool {
-    finished_condition(job, "Failed")
-        .is_some_and(|c| c.reason.as_deref() == Some("PodFailurePolicy"))
-}
-
-pub fn job_finish(job: &Job, now: Timestamp) -> Finish {
-    if finished_condition(job, "Complete").is_some() {
-        return Finish::Complete;
-    }
-    let Some(failed) = finished_condition(job, "Failed") else {
-        return Finish::Running;
-    };
-    let finished_ago = failed
-        .last_transition_time
-        .as_ref()
-        .and_then(|t| now.since(t.0).ok())
-        .and_then(|span| span.total(k8s_openapi::jiff::Unit::Second).ok())
-        .map_or(Duration::ZERO, |secs| {
-            Duration::from_secs_f64(secs.max(0.0))
-        });
-    Finish::Failed {
-        message: failed
-            .message
-            .clone()
-            .unwrap_or_else(|| "the Job failed".into()),
-        finished_ago,
-    }
-}
-
-/// Capped exponential backoff after `attempt` failed attempts.
-pub fn backoff(attempt: i32) -> Duration {
-    let doublings = u32::try_from(attempt.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-    FIRST_BACKOFF
-        .saturating_mul(1u32 << doublings)
-        .min(MAX_BACKOFF)
 }
 
 /// Eight hex digits of SHA-256 over the image (and the approval, which changes what runs).

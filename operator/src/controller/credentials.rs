@@ -545,10 +545,10 @@ async fn observe_jobs(
     }
     let mut result = (None, None);
     for (step, (attempt, job)) in newest {
-        let state = match crate::rollout::job_finish(job, now) {
-            crate::rollout::Finish::Running => JobState::Running,
-            crate::rollout::Finish::Complete => JobState::Succeeded,
-            crate::rollout::Finish::Failed {
+        let state = match crate::jobs::job_finish(job, now) {
+            crate::jobs::Finish::Running => JobState::Running,
+            crate::jobs::Finish::Complete => JobState::Succeeded,
+            crate::jobs::Finish::Failed {
                 message,
                 finished_ago,
             } => {
@@ -628,10 +628,10 @@ pub(super) async fn finalize(
         .and_then(|j| j.annotations().get(resources::ATTEMPT_ANNOTATION))
         .and_then(|a| a.parse::<i32>().ok())
         .unwrap_or(0);
-    let next_attempt = match newest.map(|j| crate::rollout::job_finish(j, now)) {
+    let next_attempt = match newest.map(|j| crate::jobs::job_finish(j, now)) {
         None => Some(1),
-        Some(crate::rollout::Finish::Running) => None,
-        Some(crate::rollout::Finish::Complete) => {
+        Some(crate::jobs::Finish::Running) => None,
+        Some(crate::jobs::Finish::Complete) => {
             let rest = stoa
                 .finalizers()
                 .iter()
@@ -648,11 +648,11 @@ pub(super) async fn finalize(
             .await;
             return Ok(None);
         }
-        Some(crate::rollout::Finish::Failed {
+        Some(crate::jobs::Finish::Failed {
             message,
             finished_ago,
         }) => {
-            let wait = crate::rollout::backoff(attempt);
+            let wait = crate::jobs::backoff(attempt);
             if finished_ago < wait {
                 let note = format!("dropping the database roles failed: {message}; retrying");
                 event(

@@ -18,7 +18,31 @@ use super::{
     labels, meta, one_shot_job,
 };
 use crate::crd::Stoa;
-use crate::credential_rotation::{JobKind, PASSWORD_KEY, URL_KEY};
+
+/// Keys of the connection Secret.
+pub const URL_KEY: &str = "url";
+pub const PASSWORD_KEY: &str = "password";
+
+/// Whether this Stoa's credential rotates (it needs the admin credential).
+pub fn rotation_enabled(stoa: &Stoa) -> bool {
+    stoa.spec.database.admin_secret_ref.is_some() && stoa.spec.database.credential_rotation.enabled
+}
+
+/// The two kinds of per-rotation credential Job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    Publish,
+    Expire,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Publish => "publish",
+            JobKind::Expire => "expire",
+        }
+    }
+}
 
 pub const CREDENTIAL_GENERATION_LABEL: &str = "stoa.dev/credential-generation";
 pub const CREDENTIAL_STEP_LABEL: &str = "stoa.dev/credential-step";

@@ -271,11 +271,8 @@ pub fn scaled_deployment(
 
     let resources = default_resources(stoa);
     // With credential rotation the pods mount the operator's connection Secret.
-    let database_secret = if crate::credential_rotation::enabled(stoa) {
-        (
-            names.credentials.clone(),
-            crate::credential_rotation::URL_KEY.to_owned(),
-        )
+    let database_secret = if rotation_enabled(stoa) {
+        (names.credentials.clone(), URL_KEY.to_owned())
     } else {
         (
             spec.database.url_secret_ref.name.clone(),
