@@ -165,8 +165,12 @@ fn mean_total(samples: &[Sample], since: Timestamp) -> Option<f64> {
     (!totals.is_empty()).then(|| totals.iter().sum::<f64>() / totals.len() as f64)
 }
 
+/// Demand this close above a whole number of pods does not start another one (the
+/// measurement itself is that noisy: two clocks, two reads).
+const SLACK: f64 = 0.02;
+
 fn pods_for(concurrency: f64, target: f64) -> i32 {
-    let pods = (concurrency / target).ceil();
+    let pods = (concurrency / target - SLACK).ceil().max(0.0);
     if pods >= f64::from(i32::MAX) {
         i32::MAX
     } else {
@@ -294,6 +298,13 @@ mod tests {
             PanicState::default(),
             t(now),
         )
+    }
+
+    #[test]
+    fn measurement_noise_at_a_whole_number_of_pods_adds_none() {
+        assert_eq!(pods_for(60.001, 10.0), 6);
+        assert_eq!(pods_for(60.5, 10.0), 7);
+        assert_eq!(pods_for(0.0, 10.0), 0);
     }
 
     #[test]
