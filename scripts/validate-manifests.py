@@ -9,6 +9,8 @@
 - example Stoa resources           -> the CRD's own openAPIV3Schema (jsonschema), plus the
                                       structural rules the API server would apply
 - operator/tests/golden/*.yaml     -> what the reconciler applies, validated like the rest
+- `stoa-operator render` of the example Stoas (first install, and after approval with each
+  autoscaling mode)                -> validated like the rest
 
 Custom resources of other projects (ServiceMonitor) are checked for apiVersion/kind only.
 Needs: pip install kubernetes-validate helm-python-sdk jsonschema; kubectl on PATH.
@@ -156,6 +158,37 @@ def check_operator_output() -> None:
         print(f"  {path.relative_to(ROOT)}: {n} object(s)")
 
 
+def operator_command() -> list[str]:
+    binary = ROOT / "target" / "debug" / "stoa-operator"
+    if binary.exists():
+        return [str(binary)]
+    return ["cargo", "run", "-q", "-p", "stoa-operator", "--"]
+
+
+def check_render() -> None:
+    """`stoa-operator render` prints what would be applied: it must be valid too."""
+    print("stoa-operator render")
+    example = ROOT / "manifests" / "example" / "stoa.yaml"
+    stoa = yaml.safe_load(example.read_text())
+    variants = {"first install": stoa}
+    for mode in ("Disabled", "Hpa", "Concurrency"):
+        approved = copy.deepcopy(stoa)
+        approved["spec"].setdefault("autoscaling", {})["mode"] = mode
+        approved["spec"]["networkPolicy"] = {"enabled": True}
+        approved["status"] = {"approvedImage": stoa["spec"]["image"], "contractedImage": stoa["spec"]["image"]}
+        variants[f"running, autoscaling {mode}"] = approved
+    for label, doc in variants.items():
+        result = subprocess.run(
+            [*operator_command(), "render", "-f", "-", "--namespace", "demo", "--service-monitors"],
+            input=yaml.safe_dump(doc), capture_output=True, text=True, check=False, cwd=ROOT,
+        )
+        if result.returncode != 0:
+            fail(f"stoa-operator render ({label}): {result.stderr.strip()}")
+            continue
+        n = validate_documents(result.stdout, f"render ({label})")
+        print(f"  {label}: {n} object(s)")
+
+
 def check_stoa_schema_rejects_bad_specs() -> None:
     print("Stoa schema")
     good = {"apiVersion": "stoa.dev/v1alpha1", "kind": "Stoa", "metadata": {"name": "x"},
@@ -183,6 +216,7 @@ def main() -> int:
     check_helm()
     check_kustomize()
     check_operator_output()
+    check_render()
     check_stoa_schema_rejects_bad_specs()
     if failures:
         print(f"\n{len(failures)} problem(s) in {checked} object(s)")

@@ -11,6 +11,7 @@ pub mod key_rotation;
 pub mod metrics;
 pub mod observe;
 pub mod rbac;
+pub mod render;
 pub mod resources;
 pub mod rollout;
 pub mod startup;

@@ -1,6 +1,7 @@
 //! The `stoa-operator` command: `run` (default) starts the controller; `crd` prints the CRD.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -43,6 +44,28 @@ enum Command {
         #[arg(long)]
         helm: bool,
     },
+    /// Print, without a cluster, the objects the reconciler would apply for the Stoa(s) in
+    /// a file (the same builders), to review or diff a change before applying it.
+    Render {
+        /// A YAML file with one or more Stoas (`-` for standard input); a `status` (as
+        /// `kubectl get stoa -o yaml` prints it) supplies what was approved so far.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// A directory of YAML files with the objects that exist now (e.g. `kubectl get
+        /// deploy,svc,cm,... -o yaml`): each rendered object is marked new, changed or
+        /// unchanged, as the reconciler would judge it.
+        #[arg(long)]
+        existing: Option<PathBuf>,
+        /// Namespace for Stoas whose metadata has none.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The operator's namespace (its NetworkPolicy rule).
+        #[arg(long, default_value = "stoa-system")]
+        operator_namespace: String,
+        /// The cluster has the Prometheus Operator's ServiceMonitor type.
+        #[arg(long)]
+        service_monitors: bool,
+    },
 }
 
 #[derive(Parser, Clone)]
@@ -71,6 +94,43 @@ struct RunArgs {
     log_format: String,
 }
 
+/// Reads the Stoa file (and the existing objects) for `render`.
+fn render(
+    file: &Path,
+    existing: Option<&Path>,
+    namespace: &str,
+    options: &stoa_operator::render::Options,
+) -> Result<String, String> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let input = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}"))?
+    } else {
+        read(file)?
+    };
+    let existing = match existing {
+        None => None,
+        Some(dir) => {
+            let entries = std::fs::read_dir(dir)
+                .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            let mut objects = Vec::new();
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let yaml = matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                );
+                if yaml {
+                    objects.extend(stoa_operator::render::documents(&read(&path)?)?);
+                }
+            }
+            Some(objects)
+        }
+    };
+    stoa_operator::render::render_documents(&input, existing.as_deref(), namespace, options)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Crd { helm }) = cli.command {
@@ -80,6 +140,29 @@ fn main() -> ExitCode {
             stoa_operator::crd_yaml()
         };
         return match yaml {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::Render {
+        file,
+        existing,
+        namespace,
+        operator_namespace,
+        service_monitors,
+    }) = cli.command
+    {
+        let options = stoa_operator::render::Options {
+            service_monitors,
+            operator_namespace: Some(operator_namespace),
+        };
+        return match render(&file, existing.as_deref(), &namespace, &options) {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
