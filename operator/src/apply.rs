@@ -7,7 +7,7 @@
 //! object changed (fields may have been dropped, which only a fresh apply removes: the
 //! server-side-apply docs, "Field management"); a drifted field means someone edited it.
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -21,6 +21,45 @@ pub const APPLIED_ANNOTATION: &str = "stoa.dev/applied";
 
 pub fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
+}
+
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    }
+}
+
+/// Creates an object the operator makes once and never re-applies (a Job, a Secret with
+/// generated content). `None` when it already exists: an earlier pass, or another
+/// replica, created it (409 AlreadyExists).
+pub async fn create_once<K>(api: &Api<K>, object: &K) -> Result<Option<K>>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    match api.create(&post_params(), object).await {
+        Ok(created) => Ok(Some(created)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Replaces `object` conditioned on the `resourceVersion` it carries (the one read): if
+/// anyone changed it since, the API server answers 409 Conflict and nothing is written
+/// (Kubernetes API conventions, "Concurrency Control and Consistency"). `None` on a
+/// conflict: the caller decides again on fresh data.
+pub async fn replace_unless_changed<K>(api: &Api<K>, object: &K) -> Result<Option<K>>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    match api
+        .replace(&object.name_any(), &post_params(), object)
+        .await
+    {
+        Ok(written) => Ok(Some(written)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether `meta` names `owner_uid` among its owner references.

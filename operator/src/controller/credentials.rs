@@ -12,7 +12,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use serde_json::json;
 use stoa_contract::credentials::{CredentialCommand, CredentialReport, generate_password};
@@ -171,7 +171,7 @@ pub(super) async fn rotate_credentials(
                 command,
                 image: job_image(stoa),
             };
-            create_job(ctx, target, resources::credential_job(stoa, &request)?).await?;
+            super::create_job(ctx, target, &resources::credential_job(stoa, &request)?).await?;
             POLL
         }
         Step::Publish { role } => {
@@ -413,14 +413,9 @@ async fn ensure_connection_secret(ctx: &Context, stoa: &Stoa, target: &Target) -
             ))
         })?;
     let secret = resources::connection_secret(stoa, url.0)?;
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match api.create(&params, &secret).await {
-        Ok(created) => Ok(created),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(name).await?),
-        Err(e) => Err(e.into()),
+    match apply::create_once(&api, &secret).await? {
+        Some(created) => Ok(created),
+        None => Ok(api.get(name).await?),
     }
 }
 
@@ -465,51 +460,29 @@ async fn write(
     let mut secret = read.clone();
     let stored = secret.data.get_or_insert_default();
     for (key, value) in data {
-        match value {
-            Some(v) => {
-                stored.insert((*key).to_owned(), ByteString(v.clone().into_bytes()));
-            }
-            None => {
-                stored.remove(*key);
-            }
-        }
+        set_or_remove(
+            stored,
+            key,
+            value.as_ref().map(|v| ByteString(v.clone().into_bytes())),
+        );
     }
     let stored = secret.annotations_mut();
     for (key, value) in annotations {
-        match value {
-            Some(v) => {
-                stored.insert(key.clone(), v.clone());
-            }
-            None => {
-                stored.remove(key);
-            }
-        }
+        set_or_remove(stored, key, value.clone());
     }
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match target
-        .api::<Secret>(&ctx.client)
-        .replace(&target.names.credentials, &params, &secret)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    let written =
+        apply::replace_unless_changed(&target.api::<Secret>(&ctx.client), &secret).await?;
+    Ok(written.is_some())
 }
 
-async fn create_job(ctx: &Context, target: &Target, job: Job) -> Result<()> {
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match target.api::<Job>(&ctx.client).create(&params, &job).await {
-        Ok(_) => Ok(()),
-        // Created by an earlier pass: the next observation picks it up.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
+fn set_or_remove<V>(map: &mut BTreeMap<String, V>, key: &str, value: Option<V>) {
+    match value {
+        Some(v) => {
+            map.insert(key.to_owned(), v);
+        }
+        None => {
+            map.remove(key);
+        }
     }
 }
 
@@ -668,7 +641,7 @@ pub(super) async fn finalize(
     };
     if let Some(attempt) = next_attempt {
         let job = resources::drop_roles_job(stoa, &group, &job_image(stoa), attempt)?;
-        create_job(ctx, target, job).await?;
+        super::create_job(ctx, target, &job).await?;
     }
     Ok(Some(POLL))
 }

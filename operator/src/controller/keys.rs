@@ -8,14 +8,14 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 use stoa_contract::keys::{KEYSET_FILE, KeySetFile, KeyState};
 
 use super::{Context, Target, event, notice};
 use crate::apply;
 use crate::crd::{KeyRotationStatus, KeyStatus, Stoa};
-use crate::error::{Error, FIELD_MANAGER, Result};
+use crate::error::{Error, Result};
 use crate::key_rotation::{
     self, HANDLED_REQUEST_ANNOTATION, KeySet, PROMOTED_AT_ANNOTATION, PodKeys, ROTATE_ANNOTATION,
     Step, Timing,
@@ -69,12 +69,8 @@ pub(super) async fn ensure_key_secret(
             .annotations_mut()
             .insert(HANDLED_REQUEST_ANNOTATION.into(), request.clone());
     }
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match api.create(&params, &secret).await {
-        Ok(created) => {
+    match apply::create_once(&api, &secret).await? {
+        Some(created) => {
             let existed_before = stoa.status.as_ref().is_some_and(|s| !s.keys.is_empty());
             let notice = if existed_before {
                 notice(
@@ -96,8 +92,7 @@ pub(super) async fn ensure_key_secret(
             Ok(created)
         }
         // Another reconcile won the race: use its Secret.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(name).await?),
-        Err(e) => Err(e.into()),
+        None => Ok(api.get(name).await?),
     }
 }
 
@@ -274,9 +269,8 @@ async fn observe_pods(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<Vec
         .collect())
 }
 
-/// Replaces the key set, conditioned on the Secret's `resourceVersion` as read: if anyone
-/// changed it since, the API server answers 409 Conflict and nothing is written
-/// (Kubernetes API conventions, "Concurrency Control and Consistency"). `None` on conflict.
+/// Replaces the key set, conditioned on the Secret's `resourceVersion` as read
+/// ([`apply::replace_unless_changed`]). `None` on conflict.
 async fn write_key_set(
     ctx: &Context,
     target: &Target,
@@ -295,16 +289,7 @@ async fn write_key_set(
             .annotations_mut()
             .insert((*name).to_owned(), value.clone());
     }
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    let api: Api<Secret> = target.api(&ctx.client);
-    match api.replace(&target.names.keys, &params, &secret).await {
-        Ok(written) => Ok(Some(written)),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    apply::replace_unless_changed(&target.api::<Secret>(&ctx.client), &secret).await
 }
 
 async fn record_step(

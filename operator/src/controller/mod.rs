@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -261,7 +261,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
 
     let plan = plan_rollout(ctx, stoa, &target, deployment.as_ref()).await?;
     if let Some(request) = &plan.create {
-        create_job(ctx, stoa, &target, request).await?;
+        create_job(ctx, &target, &resources::migration_job(stoa, request)?).await?;
     }
     let frozen_by = freeze_reason(
         &plan,
@@ -494,24 +494,11 @@ async fn rollout_complete(
     }))
 }
 
-async fn create_job(
-    ctx: &Context,
-    stoa: &Stoa,
-    target: &Target,
-    request: &resources::JobRequest,
-) -> Result<()> {
-    let job = resources::migration_job(stoa, request)?;
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match target.api::<Job>(&ctx.client).create(&params, &job).await {
-        Ok(_) => Ok(()),
-        // Created by an earlier pass whose status write did not land: the next
-        // observation picks it up.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+/// Creates a migration or credential Job. One that exists was created by an earlier pass
+/// whose status write did not land: the next observation picks it up.
+async fn create_job(ctx: &Context, target: &Target, job: &Job) -> Result<()> {
+    apply::create_once(&target.api::<Job>(&ctx.client), job).await?;
+    Ok(())
 }
 
 /// Applies the Deployment. With an autoscaler, `spec.replicas` is handed over first: the
