@@ -6,21 +6,16 @@
 //! `tests/tests/autoscaling_protocol.rs` scales real stoa-api processes.
 mod fixtures;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use fixtures::cluster::{self, Log, events_since};
+use fixtures::cluster::events_since;
 use fixtures::from_yaml;
-use fixtures::pods::ScriptedPods;
+use fixtures::scripted::Cluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use stoa_contract::pod::ServerLimits;
-use stoa_operator::controller::{Context, reconcile};
 use stoa_operator::crd::{AutoscalingStatus, Stoa};
-use stoa_operator::metrics::Metrics;
 
 fn scaled(migrations: &str) -> Stoa {
     from_yaml(&format!(
@@ -41,75 +36,31 @@ spec:
     ))
 }
 
-struct Scaled {
-    client: Client,
-    log: Log,
-    pods: Arc<ScriptedPods>,
-    context: Arc<Context>,
+async fn replicas(cluster: &Cluster) -> i32 {
+    Api::<Deployment>::namespaced(cluster.client.clone(), "shop")
+        .get("api")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .replicas
+        .unwrap()
 }
 
-impl Scaled {
-    async fn new(stoa: &Stoa) -> Scaled {
-        let (client, log) = cluster::with(stoa).await;
-        let pods = Arc::new(ScriptedPods::default());
-        let context = Arc::new(
-            Context::new(client.clone(), Arc::new(Metrics::new())).with_probe(pods.clone()),
-        );
-        Scaled {
-            client,
-            log,
-            pods,
-            context,
-        }
+/// `n` ready pods that answer the probe.
+async fn ready_pods(cluster: &Cluster, n: usize) {
+    for i in 0..n {
+        let name = format!("api-{i}");
+        cluster.ready_pod(&name, &format!("10.0.0.{i}")).await;
+        cluster.pods.set(&name, &[]);
     }
+}
 
-    async fn reconcile(&self) -> Stoa {
-        let api: Api<Stoa> = Api::namespaced(self.client.clone(), "shop");
-        let current = api.get("api").await.unwrap();
-        reconcile(Arc::new(current), self.context.clone())
-            .await
-            .unwrap();
-        api.get("api").await.unwrap()
-    }
-
-    async fn replicas(&self) -> i32 {
-        Api::<Deployment>::namespaced(self.client.clone(), "shop")
-            .get("api")
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .replicas
-            .unwrap()
-    }
-
-    async fn ready_pods(&self, n: usize) {
-        for i in 0..n {
-            let name = format!("api-{i}");
-            let pod: Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name, "namespace": "shop", "labels": {
-                    "app.kubernetes.io/name": "stoa",
-                    "app.kubernetes.io/instance": "api",
-                    "app.kubernetes.io/component": "api"
-                }},
-                "spec": {"containers": [{"name": "api", "image": "x"}]},
-                "status": {"podIP": format!("10.0.0.{i}"), "conditions": [{"type": "Ready", "status": "True"}]}
-            }))
-            .unwrap();
-            Api::<Pod>::namespaced(self.client.clone(), "shop")
-                .create(&PostParams::default(), &pod)
-                .await
-                .unwrap();
-            self.pods.set(&name, &[]);
-        }
-    }
-
-    /// Two reads of the pods a little apart: the second has a concurrency to report.
-    async fn two_samples(&self) -> Stoa {
-        self.reconcile().await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        self.reconcile().await
-    }
+/// Two reads of the pods a little apart: the second has a concurrency to report.
+async fn two_samples(cluster: &Cluster) -> Stoa {
+    cluster.reconcile().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.reconcile().await
 }
 
 fn autoscaling(s: &Stoa) -> AutoscalingStatus {
@@ -118,20 +69,20 @@ fn autoscaling(s: &Stoa) -> AutoscalingStatus {
 
 #[tokio::test]
 async fn the_replica_count_follows_requests_in_flight_and_no_hpa_is_made() {
-    let scaled_stoa = Scaled::new(&scaled("Disabled")).await;
+    let scaled_stoa = Cluster::new(&scaled("Disabled")).await;
     let first = scaled_stoa.reconcile().await;
-    assert_eq!(scaled_stoa.replicas().await, 2, "starts at minReplicas");
+    assert_eq!(replicas(&scaled_stoa).await, 2, "starts at minReplicas");
     assert_eq!(autoscaling(&first).reason, "NoMetrics");
-    scaled_stoa.ready_pods(2).await;
+    ready_pods(&scaled_stoa, 2).await;
 
     // 30 in flight on each of 2 pods at 10 per pod: 6 pods, at once (a burst panics).
     *scaled_stoa.pods.concurrency.lock().unwrap() = 30.0;
-    let from = scaled_stoa.log.lock().unwrap().len();
-    let busy = scaled_stoa.two_samples().await;
+    let from = scaled_stoa.mark();
+    let busy = two_samples(&scaled_stoa).await;
     let status = autoscaling(&busy);
     assert_eq!(status.desired_replicas, 6, "{status:?}");
     assert_eq!(status.reason, "Panic");
-    assert_eq!(scaled_stoa.replicas().await, 6);
+    assert_eq!(replicas(&scaled_stoa).await, 6);
     assert!(events_since(&scaled_stoa.log, from).contains(&("Normal".into(), "Scaled".into())));
     assert!(
         Api::<HorizontalPodAutoscaler>::namespaced(scaled_stoa.client.clone(), "shop")
@@ -144,9 +95,9 @@ async fn the_replica_count_follows_requests_in_flight_and_no_hpa_is_made() {
 
 #[tokio::test]
 async fn postgres_bounds_the_count_and_a_warning_says_so_once() {
-    let scaled_stoa = Scaled::new(&scaled("Disabled")).await;
+    let scaled_stoa = Cluster::new(&scaled("Disabled")).await;
     scaled_stoa.reconcile().await;
-    scaled_stoa.ready_pods(2).await;
+    ready_pods(&scaled_stoa, 2).await;
     *scaled_stoa.pods.concurrency.lock().unwrap() = 100.0;
     // (40 - 3 reserved by the server - 10 kept for migrations) / 8 per pod = 3 pods.
     *scaled_stoa.pods.limits.lock().unwrap() = Some(ServerLimits {
@@ -154,8 +105,8 @@ async fn postgres_bounds_the_count_and_a_warning_says_so_once() {
         postgres_reserved_connections: 3,
         redis_max_clients: None,
     });
-    let from = scaled_stoa.log.lock().unwrap().len();
-    let bounded = scaled_stoa.two_samples().await;
+    let from = scaled_stoa.mark();
+    let bounded = two_samples(&scaled_stoa).await;
     let status = autoscaling(&bounded);
     assert_eq!(
         (
@@ -166,7 +117,7 @@ async fn postgres_bounds_the_count_and_a_warning_says_so_once() {
         (3, 3, "postgres")
     );
     assert!(status.wanted_replicas > 3, "{status:?}");
-    assert_eq!(scaled_stoa.replicas().await, 3);
+    assert_eq!(replicas(&scaled_stoa).await, 3);
     scaled_stoa.reconcile().await;
     let warnings = events_since(&scaled_stoa.log, from)
         .into_iter()
@@ -177,12 +128,12 @@ async fn postgres_bounds_the_count_and_a_warning_says_so_once() {
 
 #[tokio::test]
 async fn scaling_holds_still_while_a_migration_runs() {
-    let scaled_stoa = Scaled::new(&scaled("Auto")).await;
+    let scaled_stoa = Cluster::new(&scaled("Auto")).await;
     scaled_stoa.reconcile().await;
     // The first migration Job runs: no Deployment yet, and the decision is frozen.
-    scaled_stoa.ready_pods(2).await;
+    ready_pods(&scaled_stoa, 2).await;
     *scaled_stoa.pods.concurrency.lock().unwrap() = 30.0;
-    let migrating = scaled_stoa.two_samples().await;
+    let migrating = two_samples(&scaled_stoa).await;
     let status = autoscaling(&migrating);
     assert_eq!(status.reason, "Frozen");
     assert_eq!(status.frozen_by.as_deref(), Some("migration"));
@@ -191,21 +142,13 @@ async fn scaling_holds_still_while_a_migration_runs() {
 
 #[tokio::test]
 async fn scaling_holds_still_while_a_new_signing_key_is_confirmed() {
-    let scaled_stoa = Scaled::new(&scaled("Disabled")).await;
+    let scaled_stoa = Cluster::new(&scaled("Disabled")).await;
     scaled_stoa.reconcile().await;
-    scaled_stoa.ready_pods(2).await;
+    ready_pods(&scaled_stoa, 2).await;
     // A rotation starts; the pods have not loaded the new key (they report none).
-    let api: Api<Stoa> = Api::namespaced(scaled_stoa.client.clone(), "shop");
-    let mut stoa = api.get("api").await.unwrap();
-    stoa.metadata
-        .annotations
-        .get_or_insert_default()
-        .insert("stoa.dev/rotate-keys".into(), "now".into());
-    api.replace("api", &PostParams::default(), &stoa)
-        .await
-        .unwrap();
+    scaled_stoa.annotate("stoa.dev/rotate-keys", "now").await;
     *scaled_stoa.pods.concurrency.lock().unwrap() = 30.0;
-    let rotating = scaled_stoa.two_samples().await;
+    let rotating = two_samples(&scaled_stoa).await;
     let status = autoscaling(&rotating);
     assert_eq!(
         status.frozen_by.as_deref(),
@@ -213,7 +156,7 @@ async fn scaling_holds_still_while_a_new_signing_key_is_confirmed() {
         "{status:?}"
     );
     assert_eq!(
-        scaled_stoa.replicas().await,
+        replicas(&scaled_stoa).await,
         2,
         "the load alone would ask for 6"
     );

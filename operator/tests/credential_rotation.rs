@@ -7,7 +7,8 @@ mod fixtures;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fixtures::cluster::{self, Log, calls_since, events_since};
+use fixtures::cluster::{self, Log, events_since};
+use fixtures::scripted::assert_operator_requests_granted;
 use fixtures::{from_yaml, stoa};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
@@ -186,7 +187,7 @@ async fn the_first_rotation_publishes_a_managed_role_set_by_a_job_with_the_admin
 
     // The Job succeeded: the URL names the new role, with the user's host and options.
     complete(&client, "api-cred-1-publish").await;
-    let from = cluster_mark(&log);
+    let from = log.lock().unwrap().len();
     let published = pass(&client, None).await;
     let secret = connection(&client).await;
     assert_eq!(
@@ -212,19 +213,7 @@ async fn the_first_rotation_publishes_a_managed_role_set_by_a_job_with_the_admin
     assert_eq!(phase(&settled), "Idle");
     assert_eq!(credential_jobs(&client).await.len(), 1);
 
-    for call in calls_since(&log, 0) {
-        let own = call.query.contains("fieldManager=stoa-operator")
-            || (call.method == "GET" && !call.path.contains("/stoas/"))
-            || call.path.contains("/events");
-        if !own || call.path.ends_with("/pods") && call.method == "POST" {
-            continue;
-        }
-        let (group, resource, verb) = call.rbac();
-        assert!(
-            stoa_operator::rbac::allows(&group, &resource, &verb),
-            "{verb} {group}/{resource} is not granted: {call:?}"
-        );
-    }
+    assert_operator_requests_granted(&log);
 }
 
 #[tokio::test]
@@ -266,8 +255,4 @@ async fn deletion_drops_the_roles_with_a_job_that_outlives_the_stoa_then_lets_go
     );
     let released = pass(&client, Some(deleting)).await;
     assert!(!released.finalizers().iter().any(|f| f == FINALIZER));
-}
-
-fn cluster_mark(log: &Log) -> usize {
-    log.lock().unwrap().len()
 }

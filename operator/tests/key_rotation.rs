@@ -8,87 +8,26 @@ mod fixtures;
 
 use std::sync::Arc;
 
-use fixtures::cluster::{self, Log, calls_since, events_since};
-use fixtures::pods::ScriptedPods;
+use fixtures::cluster::{calls_since, events_since};
+use fixtures::scripted::{Cluster, assert_operator_requests_granted};
 use fixtures::{from_yaml, stoa};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use kube::{Client, ResourceExt};
 use stoa_contract::keys::{KEYSET_FILE, KeySetFile, KeyState};
-use stoa_operator::controller::{Context, reconcile};
+use stoa_operator::controller::reconcile;
 use stoa_operator::crd::Stoa;
 use stoa_operator::key_rotation::{PROMOTED_AT_ANNOTATION, ROTATE_ANNOTATION};
-use stoa_operator::metrics::Metrics;
 
-struct Cluster {
-    client: Client,
-    log: Log,
-    pods: Arc<ScriptedPods>,
-    context: Arc<Context>,
+fn secrets(cluster: &Cluster) -> Api<Secret> {
+    Api::namespaced(cluster.client.clone(), "shop")
 }
 
-impl Cluster {
-    async fn new(stoa: &Stoa) -> Cluster {
-        let (client, log) = cluster::with(stoa).await;
-        let pods = Arc::new(ScriptedPods::default());
-        let context = Arc::new(
-            Context::new(client.clone(), Arc::new(Metrics::new())).with_probe(pods.clone()),
-        );
-        Cluster {
-            client,
-            log,
-            pods,
-            context,
-        }
-    }
-
-    async fn reconcile(&self) -> Stoa {
-        let api: Api<Stoa> = Api::namespaced(self.client.clone(), "shop");
-        let current = api.get("api").await.unwrap();
-        reconcile(Arc::new(current), self.context.clone())
-            .await
-            .unwrap();
-        api.get("api").await.unwrap()
-    }
-
-    fn secrets(&self) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), "shop")
-    }
-
-    /// `(kid, state)` of each key in the key Secret.
-    async fn keys(&self) -> Vec<(String, KeyState)> {
-        let secret = self.secrets().get("api-jwt-keys").await.unwrap();
-        let file: KeySetFile =
-            serde_json::from_slice(&secret.data.unwrap()[KEYSET_FILE].0).unwrap();
-        file.keys.into_iter().map(|k| (k.kid, k.state)).collect()
-    }
-
-    async fn annotate(&self, key: &str, value: &str) {
-        let api: Api<Stoa> = Api::namespaced(self.client.clone(), "shop");
-        let mut current = api.get("api").await.unwrap();
-        current.annotations_mut().insert(key.into(), value.into());
-        api.replace("api", &PostParams::default(), &current)
-            .await
-            .unwrap();
-    }
-
-    /// A ready pod of the Deployment with this IP.
-    async fn ready_pod(&self, name: &str, ip: &str) {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "shop", "labels": {
-                "app.kubernetes.io/name": "stoa",
-                "app.kubernetes.io/instance": "api",
-                "app.kubernetes.io/component": "api"
-            }},
-            "spec": {"containers": [{"name": "api", "image": "x"}]},
-            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
-        }))
-        .unwrap();
-        Api::<Pod>::namespaced(self.client.clone(), "shop")
-            .create(&PostParams::default(), &pod)
-            .await
-            .unwrap();
-    }
+/// `(kid, state)` of each key in the key Secret.
+async fn key_states(cluster: &Cluster) -> Vec<(String, KeyState)> {
+    let secret = secrets(cluster).get("api-jwt-keys").await.unwrap();
+    let file: KeySetFile = serde_json::from_slice(&secret.data.unwrap()[KEYSET_FILE].0).unwrap();
+    file.keys.into_iter().map(|k| (k.kid, k.state)).collect()
 }
 
 fn rotation(s: &Stoa) -> &stoa_operator::crd::KeyRotationStatus {
@@ -110,7 +49,7 @@ fn degraded_reason(s: &Stoa) -> String {
 async fn a_requested_rotation_is_confirmed_by_every_pod_then_promoted_then_retired() {
     let cluster = Cluster::new(&stoa("api")).await;
     let first = cluster.reconcile().await;
-    let original = cluster.keys().await;
+    let original = key_states(&cluster).await;
     assert_eq!(original.len(), 1);
     let old = original[0].0.clone();
     assert_eq!(rotation(&first).phase, "Idle");
@@ -123,9 +62,9 @@ async fn a_requested_rotation_is_confirmed_by_every_pod_then_promoted_then_retir
     cluster
         .annotate(ROTATE_ANNOTATION, "2026-11-25T10:00")
         .await;
-    let from = cluster.log.lock().unwrap().len();
+    let from = cluster.mark();
     let added = cluster.reconcile().await;
-    let keys = cluster.keys().await;
+    let keys = key_states(&cluster).await;
     assert_eq!(keys.len(), 2);
     let new = keys[1].0.clone();
     assert_eq!(keys[1].1, KeyState::Next);
@@ -150,15 +89,15 @@ async fn a_requested_rotation_is_confirmed_by_every_pod_then_promoted_then_retir
         assert_eq!(rotation(&waiting).phase, "Confirming");
         assert_eq!(rotation(&waiting).waiting_for, ["api-2"]);
         assert_eq!(degraded_reason(&waiting), "AsExpected");
-        assert_eq!(cluster.keys().await[1].1, KeyState::Next);
+        assert_eq!(key_states(&cluster).await[1].1, KeyState::Next);
     }
 
     // 3. Every ready pod has it: it signs, the old key verifies until it retires.
     cluster.pods.set("api-2", &[&old, &new]);
-    let from = cluster.log.lock().unwrap().len();
+    let from = cluster.mark();
     let promoted = cluster.reconcile().await;
     assert_eq!(
-        cluster.keys().await,
+        key_states(&cluster).await,
         [
             (old.clone(), KeyState::Retiring),
             (new.clone(), KeyState::Active)
@@ -175,7 +114,7 @@ async fn a_requested_rotation_is_confirmed_by_every_pod_then_promoted_then_retir
 
     // The same request does not rotate twice, and the retiring key stays while tokens it
     // signed may still be valid.
-    let from = cluster.log.lock().unwrap().len();
+    let from = cluster.mark();
     cluster.reconcile().await;
     assert!(
         !calls_since(&cluster.log, from)
@@ -186,39 +125,27 @@ async fn a_requested_rotation_is_confirmed_by_every_pod_then_promoted_then_retir
 
     // 4. Once the access-token lifetime plus leeway has passed since the promotion (here:
     // the recorded promotion moved an hour back), the retiring key goes.
-    let mut secret = cluster.secrets().get("api-jwt-keys").await.unwrap();
+    let mut secret = secrets(&cluster).get("api-jwt-keys").await.unwrap();
     let an_hour_ago = k8s_openapi::jiff::Timestamp::now()
         .checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(1))
         .unwrap();
     secret
         .annotations_mut()
         .insert(PROMOTED_AT_ANNOTATION.into(), an_hour_ago.to_string());
-    cluster
-        .secrets()
+    secrets(&cluster)
         .replace("api-jwt-keys", &PostParams::default(), &secret)
         .await
         .unwrap();
-    let from = cluster.log.lock().unwrap().len();
+    let from = cluster.mark();
     let retired = cluster.reconcile().await;
-    assert_eq!(cluster.keys().await, [(new.clone(), KeyState::Active)]);
+    assert_eq!(
+        key_states(&cluster).await,
+        [(new.clone(), KeyState::Active)]
+    );
     assert!(events_since(&cluster.log, from).contains(&("Normal".into(), "KeyRetired".into())));
     assert_eq!(rotation(&retired).phase, "Idle");
 
-    // Every request the operator made through the rotation is one its Role grants (the
-    // test's own reads and writes of the Stoa, Secret and Pods aside).
-    for call in calls_since(&cluster.log, 0) {
-        let own = call.query.contains("fieldManager=stoa-operator")
-            || (call.method == "GET" && !call.path.contains("/stoas/"))
-            || call.path.contains("/events");
-        if !own || call.path.ends_with("/pods") && call.method == "POST" {
-            continue;
-        }
-        let (group, resource, verb) = call.rbac();
-        assert!(
-            stoa_operator::rbac::allows(&group, &resource, &verb),
-            "{verb} {group}/{resource} is not granted: {call:?}"
-        );
-    }
+    assert_operator_requests_granted(&cluster.log);
 }
 
 #[tokio::test]
@@ -235,16 +162,16 @@ spec:
     );
     let cluster = Cluster::new(&stoa).await;
     cluster.reconcile().await;
-    let old = cluster.keys().await[0].0.clone();
+    let old = key_states(&cluster).await[0].0.clone();
     cluster.ready_pod("api-1", "10.0.0.1").await;
     cluster.ready_pod("api-2", "10.0.0.2").await;
     cluster.annotate(ROTATE_ANNOTATION, "now").await;
     cluster.reconcile().await;
-    let new = cluster.keys().await[1].0.clone();
+    let new = key_states(&cluster).await[1].0.clone();
     cluster.pods.set("api-1", &[&old, &new]);
     // api-2 does not answer at all.
 
-    let from = cluster.log.lock().unwrap().len();
+    let from = cluster.mark();
     for _ in 0..3 {
         let stalled = cluster.reconcile().await;
         assert_eq!(rotation(&stalled).phase, "Stalled");
@@ -265,7 +192,7 @@ spec:
         );
     }
     assert_eq!(
-        cluster.keys().await,
+        key_states(&cluster).await,
         [
             (old.clone(), KeyState::Active),
             (new.clone(), KeyState::Next)
@@ -285,7 +212,7 @@ spec:
     // When the pod catches up, the rotation resumes and the condition clears.
     cluster.pods.set("api-2", &[&old, &new]);
     let resumed = cluster.reconcile().await;
-    assert_eq!(cluster.keys().await[1], (new, KeyState::Active));
+    assert_eq!(key_states(&cluster).await[1], (new, KeyState::Active));
     assert_eq!(degraded_reason(&resumed), "AsExpected");
 }
 
@@ -293,28 +220,28 @@ spec:
 async fn a_key_set_changed_by_someone_else_meanwhile_is_not_overwritten() {
     let cluster = Cluster::new(&stoa("api")).await;
     cluster.reconcile().await;
-    let old = cluster.keys().await[0].0.clone();
+    let old = key_states(&cluster).await[0].0.clone();
     cluster.ready_pod("api-1", "10.0.0.1").await;
     cluster.annotate(ROTATE_ANNOTATION, "now").await;
     cluster.reconcile().await;
-    let new = cluster.keys().await[1].0.clone();
+    let new = key_states(&cluster).await[1].0.clone();
     cluster.pods.set("api-1", &[&old, &new]);
 
     // While the pods are read, someone else (a second operator replica, a human) writes
     // the Secret: the promotion decided on the older copy must not land.
-    let secrets = cluster.secrets();
+    let writer = secrets(&cluster);
     *cluster.pods.on_read.lock().unwrap() = Some(Box::pin(async move {
-        let mut secret = secrets.get("api-jwt-keys").await.unwrap();
+        let mut secret = writer.get("api-jwt-keys").await.unwrap();
         secret
             .labels_mut()
             .insert("example.com/touched".into(), "yes".into());
-        secrets
+        writer
             .replace("api-jwt-keys", &PostParams::default(), &secret)
             .await
             .unwrap();
     }));
     cluster.reconcile().await;
-    let secret = cluster.secrets().get("api-jwt-keys").await.unwrap();
+    let secret = secrets(&cluster).get("api-jwt-keys").await.unwrap();
     assert_eq!(
         secret
             .labels()
@@ -324,14 +251,14 @@ async fn a_key_set_changed_by_someone_else_meanwhile_is_not_overwritten() {
         "the other writer's change survives"
     );
     assert_eq!(
-        cluster.keys().await[1].1,
+        key_states(&cluster).await[1].1,
         KeyState::Next,
         "not promoted on stale data"
     );
 
     // The next pass decides on fresh data and promotes.
     cluster.reconcile().await;
-    assert_eq!(cluster.keys().await[1], (new, KeyState::Active));
+    assert_eq!(key_states(&cluster).await[1], (new, KeyState::Active));
 }
 
 #[tokio::test]
