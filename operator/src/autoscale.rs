@@ -22,7 +22,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use stoa_contract::pod::ServerLimits;
 
-use crate::crd::Stoa;
+use crate::crd::{self, Stoa};
 
 /// Redis connections one stoa-api pod holds (its multiplexed connection, and one more
 /// while it reconnects).
@@ -50,8 +50,10 @@ impl Policy {
     pub fn of(stoa: &Stoa) -> Result<Policy, String> {
         let scaling = &stoa.spec.autoscaling;
         let concurrency = &scaling.concurrency;
-        let stable_window = humantime::parse_duration(&concurrency.stable_window)
-            .map_err(|e| format!("autoscaling.concurrency.stableWindow: {e}"))?;
+        let stable_window = crd::duration(
+            "autoscaling.concurrency.stableWindow",
+            &concurrency.stable_window,
+        )?;
         if concurrency.target < 1 {
             return Err("autoscaling.concurrency.target must be at least 1".into());
         }

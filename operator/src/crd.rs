@@ -694,3 +694,9 @@ pub struct KeyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
 }
+
+/// A duration field of the spec (the `^([0-9]+(ms|s|m|h|d))+$` strings), parsed; the
+/// error names the field and its value.
+pub fn duration(field: &str, value: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("{field}={value:?}: {e}"))
+}

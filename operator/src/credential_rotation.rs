@@ -28,7 +28,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use stoa_contract::credentials::login_roles;
 
-use crate::crd::Stoa;
+use crate::crd::{self, Stoa};
 use crate::jobs::backoff;
 pub use crate::resources::{JobKind, PASSWORD_KEY, URL_KEY, rotation_enabled as enabled};
 
@@ -79,12 +79,9 @@ pub struct Timing {
 impl Timing {
     pub fn of(stoa: &Stoa) -> Result<Timing, String> {
         let spec = &stoa.spec.database.credential_rotation;
-        let parse = |field: &str, value: &str| {
-            humantime::parse_duration(value).map_err(|e| format!("{field}={value:?}: {e}"))
-        };
         Ok(Timing {
-            every: parse("database.credentialRotation.every", &spec.every)?,
-            confirm_timeout: parse(
+            every: crd::duration("database.credentialRotation.every", &spec.every)?,
+            confirm_timeout: crd::duration(
                 "database.credentialRotation.confirmTimeout",
                 &spec.confirm_timeout,
             )?,

@@ -28,7 +28,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use stoa_contract::keys::{KeyEntry, KeyState};
 
-use crate::crd::Stoa;
+use crate::crd::{self, Stoa};
 
 /// On the Stoa: changing its value asks for a rotation now.
 pub const ROTATE_ANNOTATION: &str = "stoa.dev/rotate-keys";
@@ -49,12 +49,9 @@ pub struct Timing {
 
 impl Timing {
     pub fn of(stoa: &Stoa) -> Result<Timing, String> {
-        let parse = |field: &str, value: &str| {
-            humantime::parse_duration(value).map_err(|e| format!("{field}={value:?}: {e}"))
-        };
-        let every = parse("auth.keyRotation.every", &stoa.spec.auth.key_rotation.every)?;
-        let access = parse("auth.accessTokenTtl", &stoa.spec.auth.access_token_ttl)?;
-        let confirm_timeout = parse(
+        let every = crd::duration("auth.keyRotation.every", &stoa.spec.auth.key_rotation.every)?;
+        let access = crd::duration("auth.accessTokenTtl", &stoa.spec.auth.access_token_ttl)?;
+        let confirm_timeout = crd::duration(
             "auth.keyRotation.confirmTimeout",
             &stoa.spec.auth.key_rotation.confirm_timeout,
         )?;
