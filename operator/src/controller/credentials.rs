@@ -18,7 +18,7 @@ use serde_json::json;
 use stoa_contract::credentials::{CredentialCommand, CredentialReport, generate_password};
 use stoa_contract::pod::credential_fingerprint;
 
-use super::{Context, Target, event, notice};
+use super::{Context, ReadyPods, Target, event, notice};
 use crate::apply;
 use crate::crd::{CredentialRotationStatus, Stoa};
 use crate::credential_rotation::{
@@ -70,6 +70,7 @@ pub(super) async fn rotate_credentials(
     ctx: &Context,
     stoa: &Stoa,
     target: &Target,
+    ready: &ReadyPods<'_>,
 ) -> Result<CredentialPass> {
     if stoa.spec.database.admin_secret_ref.is_none() {
         return Ok(disabled(
@@ -89,12 +90,16 @@ pub(super) async fn rotate_credentials(
     let group = credential_rotation::group_role(&target.namespace, &stoa.name_any());
     let (publish, expire) = observe_jobs(ctx, stoa, target, connection.generation).await?;
     let pods = if connection.previous.is_some() && connection.pending.is_none() {
-        super::keys::read_ready_pods(ctx, stoa, target)
+        ready
+            .get()
             .await?
-            .into_iter()
+            .iter()
             .map(|reading| PodCredential {
-                pod: reading.pod,
-                fingerprint: reading.state.map(|s| s.database.fingerprint),
+                pod: reading.pod.clone(),
+                fingerprint: reading
+                    .state
+                    .as_ref()
+                    .map(|s| s.database.fingerprint.clone()),
             })
             .collect()
     } else {

@@ -5,14 +5,14 @@
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::events::EventType;
 use stoa_contract::keys::{KEYSET_FILE, KeySetFile, KeyState};
 
-use super::{Context, Target, event, notice};
+use super::{Context, ReadyPods, Target, event, notice};
 use crate::apply;
 use crate::crd::{KeyRotationStatus, KeyStatus, Stoa};
 use crate::error::{Error, Result};
@@ -20,7 +20,7 @@ use crate::key_rotation::{
     self, HANDLED_REQUEST_ANNOTATION, KeySet, PROMOTED_AT_ANNOTATION, PodKeys, ROTATE_ANNOTATION,
     Step, Timing,
 };
-use crate::observe::{self, PodReading};
+use crate::observe::PodReading;
 use crate::resources;
 
 /// How often a rotation that waits for pods looks again (the kubelet refreshes mounted
@@ -135,6 +135,7 @@ pub(super) async fn rotate_keys(
     stoa: &Stoa,
     target: &Target,
     secret: Secret,
+    pods: &ReadyPods<'_>,
 ) -> Result<Rotation> {
     let timing = Timing::of(stoa).map_err(Error::InvalidSpec)?;
     let file = key_set_file(&secret).ok_or_else(|| {
@@ -156,7 +157,7 @@ pub(super) async fn rotate_keys(
         .get(ROTATE_ANNOTATION)
         .map(String::as_str);
     let pods = if set.confirming() {
-        observe_pods(ctx, stoa, target).await?
+        observe_pods(pods).await?
     } else {
         Vec::new()
     };
@@ -243,28 +244,17 @@ pub(super) async fn rotate_keys(
     })
 }
 
-/// What each ready pod of this Stoa reports (rotations confirm against it).
-pub(super) async fn read_ready_pods(
-    ctx: &Context,
-    stoa: &Stoa,
-    target: &Target,
-) -> Result<Vec<PodReading>> {
-    let pods = target
-        .api::<Pod>(&ctx.client)
-        .list(&ListParams::default().labels(&resources::selector_string(stoa)))
-        .await?;
-    let targets = observe::ready_targets(&pods.items);
-    Ok(ctx.probe.read(&targets).await)
-}
-
 /// The ready pods of this Stoa and the keys each has loaded.
-async fn observe_pods(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<Vec<PodKeys>> {
-    Ok(read_ready_pods(ctx, stoa, target)
+async fn observe_pods(pods: &ReadyPods<'_>) -> Result<Vec<PodKeys>> {
+    Ok(pods
+        .get()
         .await?
-        .into_iter()
+        .iter()
         .map(|PodReading { pod, state }| PodKeys {
-            pod,
-            loaded: state.map(|s| s.keys.into_iter().map(|k| k.kid).collect()),
+            pod: pod.clone(),
+            loaded: state
+                .as_ref()
+                .map(|s| s.keys.iter().map(|k| k.kid.clone()).collect()),
         })
         .collect())
 }

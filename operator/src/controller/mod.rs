@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::apply::{self, ensure, ensure_current};
 use crate::crd::{AutoscalingMode, MigrationMode, Stoa, StoaStatus};
 use crate::metrics::Metrics;
-use crate::observe::{HttpProbe, PodProbe};
+use crate::observe::{HttpProbe, PodProbe, PodReading};
 use crate::resources::{self, Names};
 use crate::rollout::{self, Observed, Plan};
 use crate::status::{self, Facts, Failure, KeyRotationFacts, Notice};
@@ -241,8 +241,9 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
     }
 
     let keys = ensure_key_secret(ctx, stoa, &target).await?;
-    let rotation = keys::rotate_keys(ctx, stoa, &target, keys).await?;
-    let credential_pass = credentials::rotate_credentials(ctx, stoa, &target).await?;
+    let ready = ReadyPods::new(ctx, stoa, &target);
+    let rotation = keys::rotate_keys(ctx, stoa, &target, keys, &ready).await?;
+    let credential_pass = credentials::rotate_credentials(ctx, stoa, &target, &ready).await?;
     ensure_current(
         &target.api::<ServiceAccount>(client),
         resources::service_account(stoa)?,
@@ -268,7 +269,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         &rotation.status.phase,
         &credential_pass.facts.status.phase,
     );
-    let scale_pass = scaling::scale(ctx, stoa, &target, deployment.as_ref(), frozen_by).await?;
+    let scale_pass = scaling::scale(ctx, stoa, deployment.as_ref(), frozen_by, &ready).await?;
     let deployment = match &plan.deploy_image {
         Some(image) => {
             let desired = resources::scaled_deployment(stoa, &config, image, scale_pass.replicas)?;
@@ -350,6 +351,42 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             .min(credential_pass.requeue)
             .min(scale_pass.requeue),
     ))
+}
+
+/// What the Stoa's ready pods report, read at most once per reconcile: the key rotation,
+/// the credential rotation and the autoscaler each look at it when they need it.
+struct ReadyPods<'a> {
+    ctx: &'a Context,
+    stoa: &'a Stoa,
+    target: &'a Target,
+    readings: tokio::sync::OnceCell<Vec<PodReading>>,
+}
+
+impl<'a> ReadyPods<'a> {
+    fn new(ctx: &'a Context, stoa: &'a Stoa, target: &'a Target) -> Self {
+        ReadyPods {
+            ctx,
+            stoa,
+            target,
+            readings: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn get(&self) -> Result<&[PodReading]> {
+        let readings = self
+            .readings
+            .get_or_try_init(|| async {
+                let pods = self
+                    .target
+                    .api::<Pod>(&self.ctx.client)
+                    .list(&ListParams::default().labels(&resources::selector_string(self.stoa)))
+                    .await?;
+                let targets = crate::observe::ready_targets(&pods.items);
+                Ok::<_, Error>(self.ctx.probe.read(&targets).await)
+            })
+            .await?;
+        Ok(readings)
+    }
 }
 
 /// Scaling holds still while the schema or a credential changes: a new pod would start

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 
-use super::{Context, Target, event, key, notice};
+use super::{Context, ReadyPods, event, key, notice};
 use crate::autoscale::{self, Limit, PanicState, Policy, Sample};
 use crate::crd::{AutoscalingMode, AutoscalingStatus, Stoa};
 use crate::error::{Error, Result};
@@ -40,9 +40,9 @@ pub(super) struct ScalePass {
 pub(super) async fn scale(
     ctx: &Context,
     stoa: &Stoa,
-    target: &Target,
     deployment: Option<&Deployment>,
     frozen_by: Option<String>,
+    ready: &ReadyPods<'_>,
 ) -> Result<ScalePass> {
     if stoa.spec.autoscaling.mode != AutoscalingMode::Concurrency {
         ctx.scalers().remove(&key(stoa));
@@ -53,7 +53,7 @@ pub(super) async fn scale(
         });
     }
     let policy = Policy::of(stoa).map_err(Error::InvalidSpec)?;
-    let readings = super::keys::read_ready_pods(ctx, stoa, target).await?;
+    let readings = ready.get().await?;
     let now = Timestamp::now();
     let current = deployment
         .and_then(|d| d.spec.as_ref())
@@ -72,7 +72,7 @@ pub(super) async fn scale(
         let memory = scalers.entry(key(stoa)).or_default();
         let mut reporting = 0;
         let mut concurrency = 0.0;
-        for reading in &readings {
+        for reading in readings {
             let Some(state) = &reading.state else {
                 continue;
             };
