@@ -199,6 +199,11 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ApiError::Database(e) if is_pool_exhausted(e) => {
+                response
+                    .extensions_mut()
+                    .insert(crate::metrics::Refusal::DatabaseBusy);
+            }
             _ => {}
         }
         response

@@ -64,11 +64,58 @@ pub struct Metrics {
     pub security_events: Family<EventLabels, Counter>,
     pub cache_requests: Family<CacheLabels, Counter>,
     pub rate_limited: Family<BucketLabels, Counter>,
+    pub refused: Family<RefusalLabels, Counter>,
     pub db_credentials: Family<CredentialLabels, Gauge>,
     pub db_credential_reloads: Family<OutcomeLabels, Counter>,
     /// The newest migration applied to the database, as the last readiness check saw it.
     pub schema_version: Gauge,
 }
+
+/// Why a request was answered 503 before a handler could finish it. Set as a response
+/// extension where the refusal is made, counted by the observing middleware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The concurrency limit was reached (load shedding).
+    Overloaded,
+    /// The request ran past `STOA_REQUEST_TIMEOUT`.
+    TimedOut,
+    /// No database connection became free within `STOA_DB_ACQUIRE_TIMEOUT`.
+    DatabaseBusy,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 3] = [
+        Refusal::Overloaded,
+        Refusal::TimedOut,
+        Refusal::DatabaseBusy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Overloaded => "overloaded",
+            Refusal::TimedOut => "timeout",
+            Refusal::DatabaseBusy => "database_busy",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: &'static str,
+}
+
+/// Label values known in advance. Their series are created at zero on start-up, so a
+/// dashboard shows 0 rather than "no data" and `rate()` sees the first increment.
+pub const RATE_LIMIT_BUCKETS: [&str; 4] = ["ip", "user", "auth", "login"];
+pub const SECURITY_EVENTS: [&str; 4] = [
+    "login_failed",
+    "current_password_rejected",
+    "refresh_token_invalid",
+    "refresh_token_reuse",
+];
+pub const CACHE_KINDS: [&str; 3] = ["article", "list", "tags"];
+pub const CACHE_OUTCOMES: [&str; 3] = ["hit", "miss", "unavailable"];
+pub const CREDENTIAL_RELOAD_OUTCOMES: [&str; 2] = ["swapped", "rejected"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BucketLabels {
@@ -186,6 +233,12 @@ impl Metrics {
             "Requests refused with 429, by bucket",
             rate_limited.clone(),
         );
+        let refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refused_requests",
+            "Requests answered 503 by reason: overloaded (load shed), timeout, database_busy",
+            refused.clone(),
+        );
         let db_credentials = Family::<CredentialLabels, Gauge>::default();
         registry.register(
             "db_credentials_info",
@@ -219,7 +272,7 @@ impl Metrics {
                 schema_version: required_schema_version.to_string(),
             })
             .set(1);
-        Metrics {
+        let metrics = Metrics {
             registry,
             http_requests,
             http_duration,
@@ -235,9 +288,44 @@ impl Metrics {
             security_events,
             cache_requests,
             rate_limited,
+            refused,
             db_credentials,
             db_credential_reloads,
             schema_version,
+        };
+        metrics.create_known_series();
+        metrics
+    }
+
+    fn create_known_series(&self) {
+        for bucket in RATE_LIMIT_BUCKETS {
+            self.rate_limited
+                .get_or_create(&BucketLabels { bucket })
+                .inc_by(0);
+        }
+        for event in SECURITY_EVENTS {
+            self.security_events
+                .get_or_create(&EventLabels { event })
+                .inc_by(0);
+        }
+        for kind in CACHE_KINDS {
+            for outcome in CACHE_OUTCOMES {
+                self.cache_requests
+                    .get_or_create(&CacheLabels { kind, outcome })
+                    .inc_by(0);
+            }
+        }
+        for outcome in CREDENTIAL_RELOAD_OUTCOMES {
+            self.db_credential_reloads
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
+        }
+        for refusal in Refusal::ALL {
+            self.refused
+                .get_or_create(&RefusalLabels {
+                    reason: refusal.as_str(),
+                })
+                .inc_by(0);
         }
     }
 

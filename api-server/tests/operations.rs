@@ -466,3 +466,45 @@ async fn the_openapi_document_carries_the_rules_the_handlers_enforce(pool: PgPoo
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
 }
+
+/// Series an SRE's dashboard and alerts read exist from the start (at zero), and a
+/// request refused under load is counted by why it was refused.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn refused_requests_are_counted_by_reason_and_known_series_start_at_zero(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &[("STOA_MAX_CONCURRENT_REQUESTS", "1")]).await;
+    let fresh = app.metrics().await;
+    for series in [
+        r#"stoa_refused_requests_total{reason="overloaded"} 0"#,
+        r#"stoa_refused_requests_total{reason="timeout"} 0"#,
+        r#"stoa_refused_requests_total{reason="database_busy"} 0"#,
+        r#"stoa_rate_limited_requests_total{bucket="login"} 0"#,
+        r#"stoa_security_events_total{event="refresh_token_reuse"} 0"#,
+        r#"stoa_cache_requests_total{kind="list",outcome="hit"} 0"#,
+        r#"stoa_db_credential_reloads_total{outcome="rejected"} 0"#,
+    ] {
+        assert!(fresh.contains(series), "missing {series} in\n{fresh}");
+    }
+
+    // One request at a time: registrations hash a password (tens of milliseconds), so
+    // most of a concurrent burst finds the server busy and is shed.
+    let burst = (0..12).map(|i| {
+        app.post(
+            "/api/users",
+            None,
+            json!({"user": {"username": format!("shed{i}"), "email": format!("shed{i}@example.com"), "password": "correct horse battery"}}),
+        )
+    });
+    let answers = futures::future::join_all(burst).await;
+    let shed = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert!(shed > 0, "expected some of the burst to be shed");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            r#"stoa_refused_requests_total{{reason="overloaded"}} {shed}"#
+        )),
+        "{shed} shed requests, metrics:\n{metrics}"
+    );
+}

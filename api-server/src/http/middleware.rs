@@ -13,7 +13,7 @@ use tower::BoxError;
 
 use crate::error::ApiError;
 use crate::http::REQUEST_ID;
-use crate::metrics::HttpLabels;
+use crate::metrics::{HttpLabels, Refusal, RefusalLabels};
 use crate::state::AppState;
 
 /// Route templates are few and fixed; interning them keeps label lookups allocation-free.
@@ -74,6 +74,15 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
 
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
+    if let Some(refusal) = response.extensions().get::<Refusal>() {
+        state
+            .metrics
+            .refused
+            .get_or_create(&RefusalLabels {
+                reason: refusal.as_str(),
+            })
+            .inc();
+    }
     state.metrics.http_busy.inc_by(elapsed.as_secs_f64());
     let labels = HttpLabels {
         method,
@@ -98,13 +107,16 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
 
 /// Maps the load-shed and timeout layers' errors to API errors.
 pub async fn handle_overload(error: BoxError) -> Response {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        ApiError::Unavailable("request (timed out)").into_response()
+    let (refusal, what) = if error.is::<tower::timeout::error::Elapsed>() {
+        (Refusal::TimedOut, "request (timed out)")
     } else if error.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::Unavailable("server (overloaded)").into_response()
+        (Refusal::Overloaded, "server (overloaded)")
     } else {
-        ApiError::Internal(anyhow::anyhow!("middleware error: {error}")).into_response()
-    }
+        return ApiError::Internal(anyhow::anyhow!("middleware error: {error}")).into_response();
+    };
+    let mut response = ApiError::Unavailable(what).into_response();
+    response.extensions_mut().insert(refusal);
+    response
 }
 
 /// A panic becomes a 500 in the API's format; the panic message is logged, not returned.

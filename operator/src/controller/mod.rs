@@ -212,6 +212,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
     // now would only race it.
     let target = Target::of(stoa)?;
     if stoa.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.forget(&target.namespace, &stoa.name_any());
         // Only the database roles live outside Kubernetes: drop them, then let go.
         return Ok(match credentials::finalize(ctx, stoa, &target).await? {
             Some(requeue) => Action::requeue(requeue),
@@ -648,6 +649,8 @@ async fn write_status(
     target: &Target,
     status: StoaStatus,
 ) -> Result<()> {
+    ctx.metrics
+        .observe_status(&target.namespace, &stoa.name_any(), &status);
     if stoa.status.as_ref() == Some(&status) {
         return Ok(());
     }
