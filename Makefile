@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export DATABASE_URL
 
-.PHONY: run test lint fmt services bench crds validate fuzz
+.PHONY: run test lint fmt services bench crds validate fuzz monitoring
 
 services:
 	@scripts/ensure-services.sh
@@ -14,6 +14,7 @@ run: services
 
 ## Run the whole test suite (unit, integration over HTTP with real PostgreSQL and Redis).
 test: services
+	@scripts/ensure-services.sh --with-test-tools
 	$(CARGO) test --workspace
 
 lint:
@@ -28,6 +29,13 @@ fmt:
 validate:
 	python3 -m pip install -q --disable-pip-version-check kubernetes-validate helm-python-sdk jsonschema pyyaml
 	python3 scripts/validate-manifests.py
+	python3 scripts/monitoring.py --check
+
+## Regenerate the dashboard JSON and the plain monitoring manifests (manifests/monitoring)
+## from scripts/monitoring.py and the Helm chart's files/rules.yaml.
+monitoring:
+	python3 -m pip install -q --disable-pip-version-check helm-python-sdk pyyaml
+	python3 scripts/monitoring.py
 
 ## Contract fuzzing: schemathesis against the served OpenAPI document (after `make test`).
 fuzz: services

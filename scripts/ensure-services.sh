@@ -4,6 +4,7 @@
 #   their own instances; `make run` uses one on 127.0.0.1:6379 if present).
 # Starts what is installed but stopped, installs what is missing when it can (Debian,
 # as root), and otherwise stops with a message that says what to do.
+# --with-test-tools: also Prometheus/promtool and Chromium (used by `make test`).
 set -euo pipefail
 
 PGHOST=${PGHOST:-127.0.0.1}
@@ -70,5 +71,22 @@ ensure_redis() {
   fi
 }
 
+# Test tools from Debian: Prometheus and promtool (the SRE assets' tests) and Chromium (the
+# docs page test). Without them those tests say SKIP, unless STOA_REQUIRE_TOOLS=1 (CI).
+ensure_tools() {
+  local missing=()
+  command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  [ ${#missing[@]} -eq 0 ] && return
+  if can_install; then
+    apt_install --no-install-recommends "${missing[@]}"
+    # The package's own Prometheus service is not wanted (and would hold port 9090).
+    pkill -x prometheus 2>/dev/null || true
+  else
+    say "WARNING: ${missing[*]} not installed (Debian packages); the monitoring and docs page tests will be skipped."
+  fi
+}
+
 ensure_postgres
 ensure_redis
+if [ "${1:-}" = --with-test-tools ]; then ensure_tools; fi

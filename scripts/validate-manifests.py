@@ -12,7 +12,8 @@
 - `stoa-operator render` of the example Stoas (first install, and after approval with each
   autoscaling mode)                -> validated like the rest
 
-Custom resources of other projects (ServiceMonitor) are checked for apiVersion/kind only.
+A PrometheusRule's spec goes through `promtool check rules`; other projects' custom resources
+(ServiceMonitor) are checked for apiVersion/kind only.
 Needs: pip install kubernetes-validate helm-python-sdk jsonschema; kubectl on PATH.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.32.0"
 CRD_PATH = ROOT / "crds" / "stoa.dev_stoas.yaml"
 FOREIGN_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+PROMETHEUS_RULE = ("monitoring.coreos.com/v1", "PrometheusRule")
 
 failures: list[str] = []
 checked = 0
@@ -70,6 +73,9 @@ def validate_object(obj: dict, origin: str) -> None:
     if (api_version, kind) == ("stoa.dev/v1alpha1", "Stoa"):
         validate_stoa(obj, origin)
         return
+    if (api_version, kind) == PROMETHEUS_RULE:
+        check_prometheus_rule(obj, origin)
+        return
     if (api_version, kind) in FOREIGN_KINDS:
         if not name:
             fail(f"{origin}: {kind} without a name")
@@ -80,6 +86,16 @@ def validate_object(obj: dict, origin: str) -> None:
         fail(f"{origin}: {kind} {name}: {error.message} at {list(error.path)}")
     except kubernetes_validate.SchemaNotFoundError:
         fail(f"{origin}: no schema for {api_version} {kind}")
+
+
+def check_prometheus_rule(obj: dict, origin: str) -> None:
+    """A PrometheusRule's spec is a Prometheus rule file: promtool checks it."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as rules:
+        yaml.safe_dump(obj.get("spec", {}), rules)
+        rules.flush()
+        result = subprocess.run(["promtool", "check", "rules", rules.name], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        fail(f"{origin}: PrometheusRule {obj['metadata'].get('name')}: {result.stdout.strip()} {result.stderr.strip()}")
 
 
 def validate_documents(text: str, origin: str) -> int:
@@ -107,7 +123,10 @@ def check_helm() -> None:
             "watchNamespace": "apps",
             "replicaCount": 1,
             "leaderElection": {"enabled": False},
-            "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s"}},
+            "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s"},
+                        "prometheusRule": {"create": "always", "labels": {"release": "prom"}},
+                        "slo": {"availability": 0.995, "latency": {"objective": 0.95, "threshold": "0.5"}},
+                        "dashboard": {"namespace": "monitoring"}},
             "nodeSelector": {"kubernetes.io/os": "linux"},
             "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
         },

@@ -28,6 +28,15 @@ pub enum Error {
 
 impl Error {
     /// A bounded label for metrics.
+    /// Every value [`Error::metric_label`] returns (their series start at zero).
+    pub const METRIC_LABELS: [&'static str; 5] = [
+        "api_error",
+        "client_error",
+        "invalid_spec",
+        "no_identity",
+        "name_conflict",
+    ];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(kube::Error::Api(_)) => "api_error",

@@ -183,6 +183,13 @@ impl Metrics {
                     .inc_by(0);
             }
         }
+        for error in crate::error::Error::METRIC_LABELS {
+            errors.get_or_create(&ErrorLabels { error }).inc_by(0);
+        }
+        for protocol in ["keys", "credentials"] {
+            // An empty histogram: its series exist before the first rotation completes.
+            drop(rotation_confirm.get_or_create(&ProtocolLabels { protocol }));
+        }
         Metrics {
             registry,
             status,

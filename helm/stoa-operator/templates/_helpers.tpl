@@ -22,3 +22,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "stoa-operator.roleKind" -}}
 {{- if .Values.watchNamespace -}}Role{{- else -}}ClusterRole{{- end -}}
 {{- end -}}
+
+{{/* files/rules.yaml with the SLOs and the runbook address of the values filled in. */}}
+{{- define "stoa-operator.rules" -}}
+{{- $slo := .Values.metrics.slo -}}
+{{- .Files.Get "files/rules.yaml"
+    | replace "__AVAILABILITY_OBJECTIVE__" (toString $slo.availability)
+    | replace "__LATENCY_OBJECTIVE__" (toString $slo.latency.objective)
+    | replace "__LATENCY_THRESHOLD__" $slo.latency.threshold
+    | replace "__RUNBOOK_URL__" .Values.metrics.prometheusRule.runbookBaseUrl -}}
+{{- end -}}
