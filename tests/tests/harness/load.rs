@@ -19,7 +19,8 @@ impl Endpoints {
         self.0.write().unwrap().retain(|u| u != url);
     }
 
-    fn pick(&self, n: u64) -> Option<String> {
+    /// The `n`th ready pod's URL, round robin.
+    pub fn pick(&self, n: u64) -> Option<String> {
         let all = self.0.read().unwrap();
         (!all.is_empty()).then(|| all[usize::try_from(n).unwrap() % all.len()].clone())
     }
