@@ -71,12 +71,22 @@ ensure_redis() {
   fi
 }
 
-# Test tools from Debian: Prometheus and promtool (the SRE assets' tests) and Chromium (the
-# docs page test). Without them those tests say SKIP, unless STOA_REQUIRE_TOOLS=1 (CI).
+# Test tools: Prometheus and promtool (the SRE assets' tests) and Chromium (the docs page
+# test) from Debian, playwright-core from npm. Without them those tests say SKIP, unless STOA_REQUIRE_TOOLS=1 (CI).
 ensure_tools() {
   local missing=()
   command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  local browser
+  browser="$(cd "$(dirname "$0")/../tests/browser" && pwd)"
+  if [ ! -d "$browser/node_modules/playwright-core" ]; then
+    if command -v npm >/dev/null 2>&1; then
+      say "installing playwright-core for the docs page test (npm ci in tests/browser)"
+      npm ci --prefix "$browser" --no-audit --no-fund --loglevel=error >/dev/null
+    else
+      say "WARNING: npm is not installed; the docs page test will be skipped."
+    fi
+  fi
   [ ${#missing[@]} -eq 0 ] && return
   if can_install; then
     apt_install --no-install-recommends "${missing[@]}"
