@@ -114,6 +114,34 @@ fn promtool_checks_the_rules_and_every_alert_is_tested_firing_and_not_firing() {
     }
 }
 
+#[test]
+fn every_alert_links_to_its_runbook_section() {
+    let guide = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    let file = yaml(&rules_file());
+    let mut alerts = 0;
+    for group in file["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let Some(alert) = rule["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_default();
+            // GitHub's anchor for a heading `### StoaX` is `#stoax`.
+            assert!(
+                url.ends_with(&format!("docs/operations.md#{}", alert.to_lowercase())),
+                "{alert}: runbook_url {url:?}"
+            );
+            assert!(
+                guide.contains(&format!("\n### {alert}\n")),
+                "docs/operations.md has no section for {alert}"
+            );
+        }
+    }
+    assert!(alerts >= 12, "{alerts} alerts");
+}
+
 /// The dashboard's queries: (panel title, expression).
 fn dashboard_queries() -> Vec<(String, String)> {
     let dashboard: Value = serde_json::from_str(
