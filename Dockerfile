@@ -1,26 +1,75 @@
-# syntax=docker/dockerfile:1
-# Images for both programs (not built on the development machines, which have no
-# container runtime):
+# syntax=docker/dockerfile:1.7
+# Images for both programs: `make images` (see the Makefile for the tags, labels and the
+# reproducible-build settings it passes). By hand:
 #   docker build --target stoa-api -t stoa-api:dev .
 #   docker build --target stoa-operator -t stoa-operator:dev .
-FROM rust:1.95-bookworm AS build
+# Base images are arguments so a release can pin them by digest
+# (--build-arg RUST_IMAGE=rust:1.95-bookworm@sha256:…).
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
+# Reproducible output: no paths of this machine in the binaries, no incremental state,
+# timestamps from the commit (SOURCE_DATE_EPOCH, passed by `make images`).
+ARG SOURCE_DATE_EPOCH=0
+ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} \
+    CARGO_INCREMENTAL=0 \
+    RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo"
+
+# 1. Dependencies only: this layer is rebuilt when a manifest or Cargo.lock changes, not
+#    when the code does. Each workspace crate gets an empty stand-in for its sources.
+COPY Cargo.toml Cargo.lock ./
+COPY api-server/Cargo.toml api-server/Cargo.toml
+COPY api-server/contract/Cargo.toml api-server/contract/Cargo.toml
+COPY operator/Cargo.toml operator/Cargo.toml
+COPY tests/Cargo.toml tests/Cargo.toml
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    for crate in api-server api-server/contract operator tests; do \
+      mkdir -p "$crate/src/bin" && touch "$crate/src/lib.rs" \
+      && echo 'fn main() {}' > "$crate/src/main.rs"; \
+    done \
+    && echo 'fn main() {}' > tests/src/bin/stoa-load.rs \
+    && cargo build --release --locked -p stoa-api -p stoa-operator \
+    && rm -rf api-server/src api-server/contract/src operator/src tests/src \
+    && cargo clean --release -p stoa-api -p stoa-operator -p stoa-contract
+
+# 2. The code.
 COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked -p stoa-api -p stoa-operator \
     && mkdir -p /out \
     && cp target/release/stoa-api target/release/stoa-operator /out/
 
 # Distroless, non-root (uid 65532, as the operator's pod security context expects).
-FROM gcr.io/distroless/cc-debian12:nonroot AS stoa-api
+FROM ${RUNTIME_IMAGE} AS stoa-api
+ARG VERSION=dev
+ARG REVISION=unknown
+ARG CREATED=1970-01-01T00:00:00Z
+LABEL org.opencontainers.image.title="stoa-api" \
+      org.opencontainers.image.description="The Stoa REST API (RealWorld) over PostgreSQL and Redis" \
+      org.opencontainers.image.source="https://github.com/stoa-dev/stoa" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
 COPY --from=build /out/stoa-api /usr/local/bin/stoa-api
 USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/stoa-api"]
 CMD ["serve"]
 
-FROM gcr.io/distroless/cc-debian12:nonroot AS stoa-operator
+FROM ${RUNTIME_IMAGE} AS stoa-operator
+ARG VERSION=dev
+ARG REVISION=unknown
+ARG CREATED=1970-01-01T00:00:00Z
+LABEL org.opencontainers.image.title="stoa-operator" \
+      org.opencontainers.image.description="The Kubernetes operator for Stoa resources" \
+      org.opencontainers.image.source="https://github.com/stoa-dev/stoa" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
 COPY --from=build /out/stoa-operator /usr/local/bin/stoa-operator
 USER 65532:65532
 EXPOSE 8080
