@@ -400,7 +400,7 @@ async fn every_dashboard_query_and_alert_reads_series_a_real_prometheus_scraped(
             Ok(result) if result.is_empty() => {
                 problems.push(format!("panel {panel:?}: no series for {expr}"));
             }
-            Ok(_) => {}
+            Ok(result) => eprintln!("panel {panel:?}: {} series", result.len()),
             Err(e) => problems.push(format!("panel {panel:?}: {e} in {expr}")),
         }
     }
@@ -410,6 +410,9 @@ async fn every_dashboard_query_and_alert_reads_series_a_real_prometheus_scraped(
         // Recording rules run in Prometheus itself: their results must exist.
         if !is_alert && prometheus.query(name).await.unwrap_or_default().is_empty() {
             problems.push(format!("recording rule {name}: no series"));
+        }
+        if *is_alert {
+            eprintln!("alert {name} reads {:?}", metric_names(expr));
         }
     }
     for metric in &named {
