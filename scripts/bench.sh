@@ -4,7 +4,9 @@
 #   scripts/bench.sh [stoa-load args...]      e.g. scripts/bench.sh --connections 64 --duration 10s
 #
 # Uses a scratch database `stoa_bench` (dropped and re-created), a generated key set, and
-# production defaults except where noted below. Set BENCH_REDIS_URL to benchmark with Redis.
+# production defaults except where noted below. Set BENCH_REDIS_URL to benchmark with Redis,
+# STOA_API_BIN to benchmark another build of the server (e.g. the previous release, for a
+# before/after in the same hour). stoa-load starts stoa-bare (the bare-handler limit) itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,10 +17,11 @@ ADMIN_PORT=${BENCH_ADMIN_PORT:-19090}
 WORK=$(mktemp -d)
 trap 'kill ${SERVER_PID:-0} 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-cargo build --release -q -p stoa-api -p stoa-tests --bin stoa-api --bin stoa-load
+cargo build --release -q -p stoa-api -p stoa-tests --bin stoa-api --bin stoa-load --bin stoa-bare
+SERVER=${STOA_API_BIN:-./target/release/stoa-api}
 
 psql "$PG/postgres" -q -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-./target/release/stoa-api keys generate --dir "$WORK/keys" >/dev/null
+"$SERVER" keys generate --dir "$WORK/keys" >/dev/null
 
 export STOA_DATABASE_URL="$PG/$DB"
 export STOA_JWT_KEYS_DIR="$WORK/keys"
@@ -33,8 +36,8 @@ export STOA_RATE_LIMIT_AUTH=${STOA_RATE_LIMIT_AUTH:-1000000000/1m}
 export STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT=${STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT:-1000000000/1m}
 [ -n "${BENCH_REDIS_URL:-}" ] && export STOA_REDIS_URL="$BENCH_REDIS_URL"
 
-./target/release/stoa-api migrate >/dev/null
-./target/release/stoa-api serve >"$WORK/server.log" 2>&1 &
+"$SERVER" migrate >/dev/null
+"$SERVER" serve >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
 

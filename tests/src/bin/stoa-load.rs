@@ -1,7 +1,9 @@
 //! `stoa-load`: seeds realistic data through the API, then drives the main read and write
 //! endpoints with a fixed number of keep-alive connections and reports throughput and
-//! latency percentiles per scenario, plus each scenario's throughput as a ratio of
-//! `/healthz` measured in the same run.
+//! latency percentiles per scenario, plus each scenario's throughput as a share of two
+//! limits measured in the same run: `bare` (the `stoa-bare` binary: one axum route, no
+//! middleware, answering the bytes stoa-api answered for `/api/tags`) and `/healthz` (a
+//! stoa-api handler with no I/O behind the whole middleware stack).
 //!
 //! With `--database-url` it also reports database transactions per request (from
 //! `pg_stat_database.xact_commit`): every statement Stoa sends is its own transaction, so
@@ -54,6 +56,9 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// The `stoa-bare` binary (default: next to this one). `--bare none` skips the limit.
+    #[arg(long)]
+    bare: Option<std::path::PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -68,6 +73,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "bare",
+        "GET /api/tags on stoa-bare: one axum route, no middleware, the same bytes (the limit)",
+    ),
     ("healthz", "GET /healthz: the no-I/O baseline"),
     ("articles_list", "GET /api/articles (20 items, anonymous)"),
     (
@@ -81,6 +90,7 @@ const SCENARIOS: &[(&str, &str)] = &[
         "GET /api/articles/feed as a user following 5 authors",
     ),
     ("tags", "GET /api/tags"),
+    ("user_get", "GET /api/user as a user"),
     ("profile", "GET /api/profiles/:username as a user"),
     ("comment_create", "POST /api/articles/:slug/comments"),
     (
@@ -262,7 +272,8 @@ fn request_for<'a>(
         ),
         "article_get" => (Method::GET, format!("/api/articles/{slug}"), None, None),
         "feed" => (Method::GET, "/api/articles/feed".into(), token, None),
-        "tags" => (Method::GET, "/api/tags".into(), None, None),
+        "tags" | "bare" => (Method::GET, "/api/tags".into(), None, None),
+        "user_get" => (Method::GET, "/api/user".into(), token, None),
         "profile" => (Method::GET, format!("/api/profiles/{user}"), token, None),
         "comment_create" => (
             Method::POST,
@@ -377,6 +388,52 @@ async fn run_scenario(
     total
 }
 
+/// The bare-handler limit, running in its own process.
+struct Bare {
+    url: String,
+    _process: tokio::process::Child,
+    _body: tempfile::NamedTempFile,
+}
+
+/// Starts `stoa-bare` with the bytes stoa-api answers for `/api/tags` now (after seeding).
+async fn start_bare(
+    client: &Client,
+    base: &str,
+    binary: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Bare>> {
+    use tokio::io::AsyncBufReadExt;
+    let binary = match binary {
+        Some(path) if path.as_os_str() == "none" => return Ok(None),
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe()?.with_file_name("stoa-bare"),
+    };
+    let tags = client
+        .get(format!("{base}/api/tags"))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let mut body = tempfile::NamedTempFile::new()?;
+    std::io::Write::write_all(&mut body, &tags)?;
+    let mut child = tokio::process::Command::new(&binary)
+        .arg("--body-file")
+        .arg(body.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} (or pass --bare none)", binary.display()))?;
+    let stdout = child.stdout.take().context("stoa-bare stdout")?;
+    let mut first = String::new();
+    tokio::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .await?;
+    Ok(Some(Bare {
+        url: format!("http://{}", first.trim()),
+        _process: child,
+        _body: body,
+    }))
+}
+
 async fn transactions(pool: &Option<sqlx::PgPool>) -> Option<i64> {
     let pool = pool.as_ref()?;
     sqlx::query_scalar("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
@@ -397,13 +454,13 @@ async fn main() -> anyhow::Result<()> {
     let selected: Vec<&'static str> = if args.scenarios.is_empty() {
         SCENARIOS.iter().map(|(n, _)| *n).collect()
     } else {
-        let mut names = vec!["healthz"];
+        let mut names = vec!["bare", "healthz"];
         for s in &args.scenarios {
             let found = SCENARIOS
                 .iter()
                 .find(|(n, _)| n == s)
                 .with_context(|| format!("unknown scenario {s:?}; see --list"))?;
-            if found.0 != "healthz" {
+            if !names.contains(&found.0) {
                 names.push(found.0);
             }
         }
@@ -430,9 +487,10 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let seed = Arc::new(seed(&client, &base, args.users.max(6), args.articles.max(1)).await?);
+    let bare = start_bare(&client, &base, args.bare.as_deref()).await?;
 
     println!(
-        "{:20} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "{:20} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8}",
         "scenario",
         "req/s",
         "p50 ms",
@@ -440,16 +498,22 @@ async fn main() -> anyhow::Result<()> {
         "p99 ms",
         "max ms",
         "errors",
+        "vs bare",
         "vs healthz",
         "tx/req"
     );
-    let mut baseline = None;
+    let (mut baseline, mut limit) = (None, None);
     let mut results = Vec::new();
     for name in selected {
+        let target = match (name, &bare) {
+            ("bare", Some(bare)) => bare.url.as_str(),
+            ("bare", None) => continue,
+            _ => base.as_str(),
+        };
         let tx_before = transactions(&pool).await;
         let stats = run_scenario(
             &client,
-            &base,
+            target,
             name,
             seed.clone(),
             args.connections,
@@ -459,10 +523,13 @@ async fn main() -> anyhow::Result<()> {
         let tx_after = transactions(&pool).await;
         let requests = stats.ok + stats.errors;
         let rps = requests as f64 / args.duration.as_secs_f64();
-        if name == "healthz" {
-            baseline = Some(rps);
+        match name {
+            "bare" => limit = Some(rps),
+            "healthz" => baseline = Some(rps),
+            _ => {}
         }
         let ratio = baseline.map(|b| rps / b * 100.0).unwrap_or(100.0);
+        let share_of_bare = limit.map(|b| rps / b * 100.0);
         // Transactions counted over warm-up and measurement; divide by everything sent.
         let tx_per_req = match (tx_before, tx_after) {
             (Some(before), Some(after)) if requests > 0 => {
@@ -475,7 +542,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let ms = |q: f64| stats.histogram.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "{:20} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8.1}% {:>8}",
+            "{:20} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9} {:>9.1}% {:>8}",
             name,
             rps,
             ms(0.5),
@@ -483,12 +550,14 @@ async fn main() -> anyhow::Result<()> {
             ms(0.99),
             stats.histogram.max() as f64 / 1000.0,
             stats.errors,
+            share_of_bare.map_or_else(|| "-".into(), |s| format!("{s:.1}%")),
             ratio,
             tx_per_req.map_or_else(|| "-".into(), |t| format!("{t:.2}")),
         );
         results.push(json!({
             "scenario": name, "requests_per_second": rps, "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99),
             "max_ms": stats.histogram.max() as f64 / 1000.0, "errors": stats.errors, "ratio_to_healthz": ratio / 100.0,
+            "ratio_to_bare": share_of_bare.map(|s| s / 100.0),
             "db_transactions_per_request": tx_per_req,
         }));
     }
