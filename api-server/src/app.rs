@@ -227,6 +227,11 @@ async fn metrics(
         .metrics
         .db_pool_max
         .set(i64::from(pool.options().get_max_connections()));
+    let dropped = crate::telemetry::dropped_lines();
+    let counted = state.metrics.log_lines_dropped.get();
+    if dropped > counted {
+        state.metrics.log_lines_dropped.inc_by(dropped - counted);
+    }
     match state.metrics.encode() {
         Ok(body) => (
             [(

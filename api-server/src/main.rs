@@ -213,7 +213,11 @@ async fn credentials(
     report_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let config = Config::from_process_env_for_migrate()?;
-    telemetry::init(config.log_format, &config.log_filter);
+    let _logging = telemetry::init(
+        config.log_format,
+        &config.log_filter,
+        config.log_queue_lines,
+    );
     let result = async {
         let mut conn = tokio::time::timeout(
             config.database.acquire_timeout,
@@ -272,7 +276,11 @@ async fn credentials(
 
 async fn serve(dev: bool) -> anyhow::Result<()> {
     let config = Config::from_process_env(dev)?;
-    telemetry::init(config.log_format, &config.log_filter);
+    let _logging = telemetry::init(
+        config.log_format,
+        &config.log_filter,
+        config.log_queue_lines,
+    );
     if dev {
         tracing::warn!("running in --dev mode: not for production");
         tokio::time::timeout(
@@ -305,7 +313,11 @@ async fn migrate(
     report_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let config = Config::from_process_env_for_migrate()?;
-    telemetry::init(config.log_format, &config.log_filter);
+    let _logging = telemetry::init(
+        config.log_format,
+        &config.log_filter,
+        config.log_queue_lines,
+    );
     let mut report = MigrationReport {
         outcome: migration::Outcome::Failed,
         phase,

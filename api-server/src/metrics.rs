@@ -65,6 +65,8 @@ pub struct Metrics {
     pub cache_requests: Family<CacheLabels, Counter>,
     pub rate_limited: Family<BucketLabels, Counter>,
     pub refused: Family<RefusalLabels, Counter>,
+    /// Log lines dropped because the writer's queue was full (brought up to date on scrape).
+    pub log_lines_dropped: Counter,
     pub db_credentials: Family<CredentialLabels, Gauge>,
     pub db_credential_reloads: Family<OutcomeLabels, Counter>,
     /// The newest migration applied to the database, as the last readiness check saw it.
@@ -239,6 +241,12 @@ impl Metrics {
             "Requests answered 503 by reason: overloaded (load shed), timeout, database_busy",
             refused.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer's queue was full (STOA_LOG_QUEUE_LINES)",
+            log_lines_dropped.clone(),
+        );
         let db_credentials = Family::<CredentialLabels, Gauge>::default();
         registry.register(
             "db_credentials_info",
@@ -289,6 +297,7 @@ impl Metrics {
             cache_requests,
             rate_limited,
             refused,
+            log_lines_dropped,
             db_credentials,
             db_credential_reloads,
             schema_version,

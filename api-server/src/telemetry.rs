@@ -1,14 +1,42 @@
 //! Logging: JSON lines in production, human-readable in `--dev`.
+//!
+//! Lines go through a bounded in-memory queue to a writer thread, so a slow stdout (a
+//! busy log collector) never blocks a request. When the queue is full, lines are dropped
+//! rather than waited for, and counted (`stoa_log_lines_dropped_total`).
 
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-pub fn init(format: LogFormat, filter: &str) {
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Keeps the writer thread; dropping it flushes what is queued (at the end of `main`).
+#[must_use = "dropping the guard stops the log writer"]
+pub struct Logging {
+    _writer: WorkerGuard,
+}
+
+/// Lines dropped because the queue was full, since start.
+pub fn dropped_lines() -> u64 {
+    DROPPED
+        .get()
+        .map_or(0, |c| u64::try_from(c.dropped_lines()).unwrap_or(u64::MAX))
+}
+
+pub fn init(format: LogFormat, filter: &str, queue_lines: usize) -> Logging {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(queue_lines)
+        .thread_name("stoa-log")
+        .finish(std::io::stdout());
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(writer);
     // `try_init`: tests may initialise more than once.
     let _ = match format {
         LogFormat::Json => builder
@@ -18,4 +46,5 @@ pub fn init(format: LogFormat, filter: &str) {
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
+    Logging { _writer: guard }
 }

@@ -336,3 +336,72 @@ async fn credential_steps_create_grant_expire_and_drop_the_roles(pool: PgPool) {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+/// The served process writes one JSON access line per request, or one in
+/// `STOA_ACCESS_LOG_EVERY`, and flushes its log queue when it stops.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn access_logs_are_json_lines_sampled_one_in_n(pool: PgPool) {
+    use tokio::io::AsyncBufReadExt;
+    let keys = tempfile::tempdir().unwrap();
+    stoa_contract::keys::generate_keyset()
+        .write_dir(keys.path())
+        .unwrap();
+    let mut child = tokio::process::Command::from(stoa_api())
+        .arg("serve")
+        .env("STOA_DATABASE_URL", url_of(&pool))
+        .env("STOA_JWT_KEYS_DIR", keys.path())
+        .env("STOA_LISTEN_ADDR", "127.0.0.1:0")
+        .env("STOA_ADMIN_ADDR", "127.0.0.1:0")
+        .env("STOA_SHUTDOWN_DELAY", "0s")
+        .env("STOA_ACCESS_LOG_EVERY", "4")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let api = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the server started");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["message"] == "starting" {
+            break event["api"].as_str().unwrap().to_owned();
+        }
+    };
+    let http = reqwest::Client::new();
+    for n in 0..8 {
+        let res = http
+            .get(format!("http://{api}/api/articles?n={n}"))
+            .header("x-request-id", format!("req-{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    // SIGTERM: graceful shutdown, then the log queue is flushed.
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut access = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["target"] == "stoa::access" {
+            access.push(event);
+        }
+    }
+    assert!(child.wait().await.unwrap().success());
+    let ids: Vec<&str> = access
+        .iter()
+        .map(|e| e["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["req-0", "req-4"], "{access:?}");
+    assert_eq!(access[0]["path"], "/api/articles");
+    assert_eq!(access[0]["status"], 200);
+}

@@ -129,6 +129,8 @@ pub struct HttpConfig {
     /// Origins allowed to call the API from a browser; empty means no CORS headers.
     pub cors_allowed_origins: Vec<String>,
     pub max_concurrent_requests: usize,
+    /// Access-log one in this many requests answered below 500 (every 5xx is logged).
+    pub access_log_every: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +165,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log_format: LogFormat,
     pub log_filter: String,
+    /// Log lines queued for the writer thread before new ones are dropped (and counted).
+    pub log_queue_lines: usize,
     /// Every setting as resolved, secrets redacted (what `check-config` prints).
     effective: BTreeMap<&'static str, String>,
 }
@@ -326,6 +330,7 @@ impl Config {
                 .0,
             max_concurrent_requests: s
                 .read(Setting::new("STOA_MAX_CONCURRENT_REQUESTS", 4096usize).at_least(1))?,
+            access_log_every: s.read(Setting::new("STOA_ACCESS_LOG_EVERY", 1u64).at_least(1))?,
         };
 
         let keys_dir = s.optional::<PathBuf>("STOA_JWT_KEYS_DIR", "(dev: generated at start)")?;
@@ -419,6 +424,11 @@ impl Config {
             auth,
             log_format,
             log_filter,
+            log_queue_lines: s.read(
+                Setting::new("STOA_LOG_QUEUE_LINES", 16_384usize)
+                    .at_least(16)
+                    .at_most(1_048_576, "memory: each queued line is a few hundred bytes"),
+            )?,
             effective: s.into_shown(),
         })
     }

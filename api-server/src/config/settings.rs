@@ -37,7 +37,7 @@ macro_rules! numbers {
         }
     )*};
 }
-numbers!(u32, usize);
+numbers!(u32, u64, usize);
 
 impl Value for bool {
     fn parse(raw: &str) -> Result<Self, String> {

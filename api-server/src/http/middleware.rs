@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Instant;
 
@@ -50,7 +51,11 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// Counts, times and logs every request, with its request id.
+/// Requests seen, for access-log sampling.
+static SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Counts and times every request, and logs it with its request id: every one by default,
+/// one in `STOA_ACCESS_LOG_EVERY` under high traffic, every 5xx always.
 pub async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
@@ -60,13 +65,9 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let path = request.uri().path().to_owned();
+    // Reference-counted clones of what the request arrived with: no copying.
+    let request_id = request.headers().get(REQUEST_ID).cloned();
+    let uri = request.uri().clone();
 
     state.metrics.http_in_flight.inc();
     let response = next.run(request).await;
@@ -74,6 +75,7 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
 
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
+    state.metrics.http_busy.inc_by(elapsed.as_secs_f64());
     if let Some(refusal) = response.extensions().get::<Refusal>() {
         state
             .metrics
@@ -83,7 +85,6 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
             })
             .inc();
     }
-    state.metrics.http_busy.inc_by(elapsed.as_secs_f64());
     let labels = HttpLabels {
         method,
         route,
@@ -96,11 +97,20 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
         .get_or_create(&labels)
         .observe(elapsed.as_secs_f64());
 
-    let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    if status >= 500 {
-        tracing::error!(target: "stoa::access", request_id, method, path, status, latency_ms, "request failed");
-    } else {
-        tracing::info!(target: "stoa::access", request_id, method, path, status, latency_ms, "request");
+    let every = state.config.http.access_log_every;
+    let sampled = every == 1 || SEEN.fetch_add(1, Ordering::Relaxed).is_multiple_of(every);
+    if status >= 500 || sampled {
+        let request_id = request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let path = uri.path();
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        if status >= 500 {
+            tracing::error!(target: "stoa::access", request_id, method, path, status, latency_ms, "request failed");
+        } else {
+            tracing::info!(target: "stoa::access", request_id, method, path, status, latency_ms, "request");
+        }
     }
     response
 }
