@@ -60,6 +60,7 @@ impl App {
             config.auth.audience.clone(),
             config.auth.access_token_ttl,
             config.auth.leeway,
+            config.auth.token_cache_entries,
         );
         let passwords = PasswordHashing::new(&config.auth)?;
         let pool = match pool {

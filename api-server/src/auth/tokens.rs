@@ -151,6 +151,11 @@ pub struct TokenService {
     audience: String,
     ttl: Duration,
     validation: Validation,
+    /// Tokens whose signature and claims were verified, by SHA-256 of the token: a client
+    /// sends the same token for its whole lifetime, and an Ed25519 verification costs tens
+    /// of microseconds. Entries are checked for expiry on every hit and all dropped when
+    /// the key set changes. Revocation is checked per request, separately.
+    verified: quick_cache::sync::Cache<[u8; 32], Claims>,
 }
 
 impl TokenService {
@@ -160,6 +165,7 @@ impl TokenService {
         audience: String,
         ttl: Duration,
         leeway: Duration,
+        cache_entries: usize,
     ) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&issuer]);
@@ -173,6 +179,7 @@ impl TokenService {
             audience,
             ttl,
             validation,
+            verified: quick_cache::sync::Cache::new(cache_entries.max(1)),
         }
     }
 
@@ -182,6 +189,8 @@ impl TokenService {
 
     pub fn replace_ring(&self, ring: KeyRing) {
         self.ring.store(Arc::new(ring));
+        // A removed key must stop its tokens at once.
+        self.verified.clear();
     }
 
     pub fn ttl(&self) -> Duration {
@@ -208,6 +217,21 @@ impl TokenService {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.verified.get(&digest) {
+            // Same rule as the library's: expired once `exp` is behind now by the leeway.
+            let leeway = i64::try_from(self.validation.leeway).unwrap_or(i64::MAX);
+            if claims.exp.saturating_add(leeway) < chrono::Utc::now().timestamp() {
+                return Err(TokenError::Expired);
+            }
+            return Ok(claims);
+        }
+        let claims = self.verify_signature(token)?;
+        self.verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
@@ -236,6 +260,7 @@ mod tests {
             "stoa-api".into(),
             ttl,
             Duration::from_secs(0),
+            16,
         )
     }
 
@@ -280,6 +305,30 @@ mod tests {
             jsonwebtoken::decode_header(&new).unwrap().kid.unwrap(),
             file.keys[1].kid
         );
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_but_still_expires_and_dies_with_its_key() {
+        let file = generate_keyset();
+        let tokens = service(&file, Duration::from_secs(1));
+        let issued = tokens.issue(Uuid::new_v4(), None).unwrap();
+        assert_eq!(tokens.verify(&issued.token).unwrap(), issued.claims);
+        // The second use is answered from the cache, with the same claims.
+        assert_eq!(tokens.verified.len(), 1);
+        assert_eq!(tokens.verify(&issued.token).unwrap(), issued.claims);
+        assert_eq!(tokens.verified.len(), 1);
+
+        // A key set without the token's key: refused at once, cache or not.
+        let still_valid = tokens.issue(Uuid::new_v4(), None).unwrap().token;
+        assert!(tokens.verify(&still_valid).is_ok());
+        tokens.replace_ring(KeyRing::from_file(&generate_keyset()).unwrap());
+        assert_eq!(tokens.verify(&still_valid), Err(TokenError::UnknownKey));
+
+        // A remembered token expires like any other (leeway 0 here).
+        tokens.replace_ring(KeyRing::from_file(&file).unwrap());
+        assert!(tokens.verify(&issued.token).is_ok());
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(tokens.verify(&issued.token), Err(TokenError::Expired));
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub struct AuthConfig {
     pub purge_interval: Duration,
     /// Allowed clock skew when validating `exp`/`iat`.
     pub leeway: Duration,
+    /// Verified access tokens remembered (by digest) so a token is verified once, not on
+    /// every request.
+    pub token_cache_entries: usize,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
@@ -363,6 +366,11 @@ impl Config {
             leeway: s.read(
                 Setting::new("STOA_JWT_LEEWAY", secs(30))
                     .at_most(MAX_JWT_LEEWAY, "it extends every token's lifetime"),
+            )?,
+            token_cache_entries: s.read(
+                Setting::new("STOA_TOKEN_CACHE_ENTRIES", 65_536usize)
+                    .at_least(1)
+                    .at_most(16_777_216, "memory: about 200 bytes per entry"),
             )?,
             argon2_memory_kib: s.read(Setting::new(
                 "STOA_ARGON2_MEMORY_KIB",
