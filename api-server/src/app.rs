@@ -126,6 +126,17 @@ impl App {
             metrics,
             kv,
         });
+        if let (Some(kv), Some((local, window))) = (&state.kv, state.revocations.feed()) {
+            let database = state.database.clone();
+            crate::auth::denylist::spawn(
+                local,
+                kv.client(),
+                move || database.pool().as_ref().clone(),
+                window,
+                kv.timeout(),
+                state.metrics.clone(),
+            );
+        }
         crate::watch::publish_credentials(&state);
         crate::limits::spawn_reader(state.clone());
         if let (Some(dir), Some(loaded)) = (keys_dir, keyset_bytes) {

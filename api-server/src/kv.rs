@@ -39,6 +39,8 @@ pub const SYNCED_MARKER: &str = "stoa:synced";
 const SAFE_EVICTION_POLICY: &str = "noeviction";
 
 pub struct Kv {
+    /// For connections of their own (the revocation feed's subscription).
+    client: redis::Client,
     manager: ConnectionManager,
     resync: std::sync::OnceLock<ResyncHook>,
     catch_up: std::sync::OnceLock<CatchUpHook>,
@@ -65,9 +67,10 @@ impl Kv {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| anyhow::anyhow!("cannot set up Redis: {:?}", e.kind()))?;
         let kv = Arc::new(Kv {
+            client,
             manager,
             resync: std::sync::OnceLock::new(),
             catch_up: std::sync::OnceLock::new(),
@@ -100,6 +103,14 @@ impl Kv {
     /// resynced it.
     pub fn distrust(&self, reason: &str) {
         self.set_up(false, reason);
+    }
+
+    pub fn client(&self) -> redis::Client {
+        self.client.clone()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn is_up(&self) -> bool {

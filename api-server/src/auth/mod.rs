@@ -1,6 +1,7 @@
 //! Authentication: password hashing, access tokens, and the extractors that give handlers
 //! the caller's identity.
 
+pub mod denylist;
 pub mod extract;
 pub mod password;
 pub mod refresh;

@@ -6,7 +6,9 @@
 //! `exp` + `STOA_JWT_LEEWAY`, so a mirror key lives that long too (an expired key would be
 //! read as "not revoked" while the token still verifies). Checks ask Redis first and
 //! fall back to PostgreSQL whenever Redis is not trusted (not configured, down, or not yet
-//! resynced after an outage).
+//! resynced after an outage). In the common case neither is asked: each replica keeps a
+//! local copy fed by Redis pub/sub ([`crate::auth::denylist`]), and every revocation is
+//! published after it is mirrored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::auth::denylist::{self, Denied, LocalDenylist};
 use crate::kv::Kv;
 
 fn jti_key(jti: Uuid) -> String {
@@ -52,6 +55,15 @@ impl MirrorWindow {
         self.family_window().as_secs().max(1)
     }
 
+    /// Until when (unix seconds) a revoked `jti` or a family revoked `now` denies tokens.
+    pub(crate) fn jti_until(self, expires_at: DateTime<Utc>) -> i64 {
+        expires_at.timestamp() + i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX / 4)
+    }
+
+    pub(crate) fn family_until(self, revoked_at: DateTime<Utc>) -> i64 {
+        revoked_at.timestamp() + i64::try_from(self.family_ttl()).unwrap_or(i64::MAX / 4)
+    }
+
     /// A revoked `jti` stays denied until its token's `exp` plus the leeway.
     fn jti_ttl(self, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<u64> {
         let remaining = (expires_at - now).num_seconds() + self.leeway.as_secs() as i64;
@@ -63,11 +75,19 @@ impl MirrorWindow {
 pub struct Revocations {
     kv: Option<Arc<Kv>>,
     window: MirrorWindow,
+    /// With Redis: this replica's copy of the denylist (live once its feed runs).
+    local: Option<Arc<LocalDenylist>>,
 }
 
 impl Revocations {
     pub fn new(kv: Option<Arc<Kv>>, window: MirrorWindow) -> Self {
-        Revocations { kv, window }
+        let local = kv.as_ref().map(|_| Arc::new(LocalDenylist::default()));
+        Revocations { kv, window, local }
+    }
+
+    /// The local copy and what keeps it current, for the feed to be started with.
+    pub fn feed(&self) -> Option<(Arc<LocalDenylist>, MirrorWindow)> {
+        self.local.clone().map(|local| (local, self.window))
     }
 
     pub async fn is_revoked(
@@ -76,6 +96,13 @@ impl Revocations {
         jti: Uuid,
         family: Option<Uuid>,
     ) -> Result<bool, sqlx::Error> {
+        if let Some(answer) = self
+            .local
+            .as_ref()
+            .and_then(|l| l.check(jti, family, Utc::now().timestamp()))
+        {
+            return Ok(answer);
+        }
         if let Some(kv) = &self.kv {
             // The marker comes in the same round trip: a Redis that lost its data since the
             // last probe is noticed here, not up to a probe interval later.
@@ -102,22 +129,41 @@ impl Revocations {
         .await
     }
 
-    /// Mirrors revocations already committed to PostgreSQL. Best effort: if Redis misses
-    /// one, checks use PostgreSQL until the resync on recovery restores it.
+    /// Mirrors revocations already committed to PostgreSQL: into this replica's local
+    /// copy at once, into Redis, and to every other replica's copy (published). Best
+    /// effort: if Redis misses one, checks use PostgreSQL until the resync on recovery
+    /// restores it, and the catch-up of any replica that reaches Redis publishes it.
     pub async fn mirror(&self, jti: Option<(Uuid, DateTime<Utc>)>, families: &[Uuid]) {
         let Some(kv) = &self.kv else { return };
         let window = self.window;
+        let now = Utc::now();
+        let mut denied: Vec<(Denied, i64)> = families
+            .iter()
+            .map(|f| (Denied::Family(*f), window.family_until(now)))
+            .collect();
+        if let Some((jti, expires_at)) = jti {
+            denied.push((Denied::Token(jti), window.jti_until(expires_at)));
+        }
+        if let Some(local) = &self.local {
+            for (what, until) in &denied {
+                local.add(*what, *until);
+            }
+        }
         let family_ttl = window.family_ttl();
         let families = families.to_vec();
         kv.run(|mut conn| async move {
             let mut pipe = redis::pipe();
             if let Some((jti, expires_at)) = jti
-                && let Some(ttl) = window.jti_ttl(expires_at, Utc::now())
+                && let Some(ttl) = window.jti_ttl(expires_at, now)
             {
                 pipe.set_ex(jti_key(jti), 1, ttl).ignore();
             }
             for family in families {
                 pipe.set_ex(family_key(family), 1, family_ttl).ignore();
+            }
+            for (what, until) in denied {
+                pipe.publish(denylist::CHANNEL, denylist::message(what, until))
+                    .ignore();
             }
             pipe.query_async::<()>(&mut conn).await
         })
@@ -155,11 +201,15 @@ pub async fn catch_up(
     for (jti, expires_at) in expiries {
         if let Some(ttl) = window.jti_ttl(expires_at, now) {
             pipe.set_ex(jti_key(jti), 1, ttl).ignore();
+            let message = denylist::message(Denied::Token(jti), window.jti_until(expires_at));
+            pipe.publish(denylist::CHANNEL, message).ignore();
         }
     }
     for family in families {
         pipe.set_ex(family_key(family), 1, window.family_ttl())
             .ignore();
+        let message = denylist::message(Denied::Family(family), window.family_until(now));
+        pipe.publish(denylist::CHANNEL, message).ignore();
     }
     pipe.query_async::<()>(&mut conn).await?;
     Ok(now)

@@ -1,0 +1,282 @@
+//! A local copy of the denylist, so a signed-in request checks revocation without a
+//! network round trip.
+//!
+//! Kept current by Redis pub/sub: every revocation is published on [`CHANNEL`] after it is
+//! committed to PostgreSQL (by the replica that made it, or by the catch-up of any replica
+//! when the one that made it could not reach Redis). The feed subscribes first and then
+//! loads every revocation that can still matter from PostgreSQL, so nothing committed
+//! before the subscription is missed and everything after it arrives as a message. While
+//! the feed is not live (not configured, connecting, loading, or its connection failed a
+//! ping) [`LocalDenylist::check`] answers `None` and callers ask Redis and PostgreSQL as
+//! before.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::auth::revocation::MirrorWindow;
+use crate::metrics::{DependencyLabels, Metrics};
+
+pub const CHANNEL: &str = "stoa:revocations";
+
+/// How often the feed's connection is pinged; a ping unanswered within the Redis timeout
+/// takes the feed down (a silent connection must not look live).
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// What a revocation denies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// One access token, by `jti`.
+    Token(Uuid),
+    /// Every access token of a refresh-token family.
+    Family(Uuid),
+}
+
+/// One message: `j <uuid> <unix seconds>` or `f <uuid> <unix seconds>`, denied until then.
+pub fn message(denied: Denied, until: i64) -> String {
+    match denied {
+        Denied::Token(id) => format!("j {id} {until}"),
+        Denied::Family(id) => format!("f {id} {until}"),
+    }
+}
+
+fn parse(message: &str) -> Option<(Denied, i64)> {
+    let mut parts = message.split(' ');
+    let kind = parts.next()?;
+    let id: Uuid = parts.next()?.parse().ok()?;
+    let until: i64 = parts.next()?.parse().ok()?;
+    let denied = match kind {
+        "j" => Denied::Token(id),
+        "f" => Denied::Family(id),
+        _ => return None,
+    };
+    Some((denied, until))
+}
+
+#[derive(Default)]
+struct Entries {
+    tokens: HashMap<Uuid, i64>,
+    families: HashMap<Uuid, i64>,
+}
+
+impl Entries {
+    fn add(&mut self, denied: Denied, until: i64) {
+        let (map, id) = match denied {
+            Denied::Token(id) => (&mut self.tokens, id),
+            Denied::Family(id) => (&mut self.families, id),
+        };
+        let entry = map.entry(id).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+}
+
+#[derive(Default)]
+pub struct LocalDenylist {
+    entries: RwLock<Entries>,
+    live: AtomicBool,
+}
+
+impl LocalDenylist {
+    /// `Some(revoked)` while the feed is live; `None`: ask the shared stores.
+    pub fn check(&self, jti: Uuid, family: Option<Uuid>, now: i64) -> Option<bool> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let entries = self.entries.read().ok()?;
+        let denied = |map: &HashMap<Uuid, i64>, id: &Uuid| map.get(id).is_some_and(|u| *u >= now);
+        Some(denied(&entries.tokens, &jti) || family.is_some_and(|f| denied(&entries.families, &f)))
+    }
+
+    /// Records a revocation (this replica's own at once; others' as they arrive).
+    pub fn add(&self, denied: Denied, until: i64) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.add(denied, until);
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    fn set_live(&self, live: bool, metrics: &Metrics) {
+        self.live.store(live, Ordering::Release);
+        metrics
+            .dependency_up
+            .get_or_create(&DependencyLabels {
+                dependency: "revocation_feed",
+            })
+            .set(i64::from(live));
+    }
+
+    /// Replaces everything with a fresh load, keeping what arrived meanwhile.
+    fn replace(&self, loaded: Entries) {
+        if let Ok(mut entries) = self.entries.write() {
+            let arrived = std::mem::replace(&mut *entries, loaded);
+            for (id, until) in arrived.tokens {
+                entries.add(Denied::Token(id), until);
+            }
+            for (id, until) in arrived.families {
+                entries.add(Denied::Family(id), until);
+            }
+        }
+    }
+
+    fn prune(&self, now: i64) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.tokens.retain(|_, until| *until >= now);
+            entries.families.retain(|_, until| *until >= now);
+        }
+    }
+}
+
+/// Every revocation that can still deny a token, with the time it stops mattering.
+async fn load(db: &PgPool, window: MirrorWindow) -> sqlx::Result<Entries> {
+    let tokens: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT jti, expires_at FROM revoked_tokens
+          WHERE expires_at > now() - make_interval(secs => $1)",
+    )
+    .bind(window.leeway.as_secs_f64())
+    .fetch_all(db)
+    .await?;
+    let families: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT family_id, max(revoked_at) FROM refresh_tokens
+          WHERE revoked_at > now() - make_interval(secs => $1)
+          GROUP BY family_id",
+    )
+    .bind(window.family_window().as_secs_f64())
+    .fetch_all(db)
+    .await?;
+    let mut entries = Entries::default();
+    for (id, expires_at) in tokens {
+        entries.add(Denied::Token(id), window.jti_until(expires_at));
+    }
+    for (id, revoked_at) in families {
+        entries.add(Denied::Family(id), window.family_until(revoked_at));
+    }
+    Ok(entries)
+}
+
+/// Keeps `list` current for as long as the process runs: subscribe, load, follow; on any
+/// failure, not live until the next subscription and load have succeeded.
+pub fn spawn(
+    list: Arc<LocalDenylist>,
+    client: redis::Client,
+    pool: impl Fn() -> PgPool + Send + 'static,
+    window: MirrorWindow,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            let was_live = AtomicBool::new(false);
+            let result = follow(
+                &list,
+                &client,
+                &pool(),
+                window,
+                timeout,
+                &metrics,
+                &was_live,
+            )
+            .await;
+            list.set_live(false, &metrics);
+            if was_live.load(Ordering::Relaxed) {
+                warned = false;
+                backoff = Duration::from_millis(100);
+            }
+            // One warning per outage; retries are quiet (checks use Redis or PostgreSQL).
+            match result {
+                Err(e) if !warned => {
+                    tracing::warn!(error = %e, "revocation feed down: checking revocations in Redis or PostgreSQL until it is back");
+                    warned = true;
+                }
+                Err(e) => tracing::debug!(error = %e, "revocation feed still down"),
+                Ok(()) => tracing::warn!("revocation feed ended; reconnecting"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
+async fn follow(
+    list: &LocalDenylist,
+    client: &redis::Client,
+    db: &PgPool,
+    window: MirrorWindow,
+    timeout: Duration,
+    metrics: &Metrics,
+    was_live: &AtomicBool,
+) -> anyhow::Result<()> {
+    let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
+    let (mut sink, mut stream) = pubsub.split();
+    tokio::time::timeout(timeout, sink.subscribe(CHANNEL)).await??;
+    // Subscribed: from here every revocation arrives as a message; everything committed
+    // before is in PostgreSQL.
+    list.replace(load(db, window).await?);
+    list.set_live(true, metrics);
+    was_live.store(true, Ordering::Relaxed);
+    tracing::info!("revocation feed live: revocations are checked locally");
+    let mut ping = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            message = stream.next() => {
+                let Some(message) = message else { return Ok(()) };
+                match std::str::from_utf8(message.get_payload_bytes()).ok().and_then(parse) {
+                    Some((denied, until)) => list.add(denied, until),
+                    None => tracing::warn!("ignored a malformed revocation message"),
+                }
+            }
+            _ = ping.tick() => {
+                // Subscribed, Redis answers ["pong", ""]: any answer will do.
+                tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await??;
+                list.prune(chrono::Utc::now().timestamp());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let id = Uuid::new_v4();
+        for denied in [Denied::Token(id), Denied::Family(id)] {
+            assert_eq!(
+                parse(&message(denied, 1_800_000_000)),
+                Some((denied, 1_800_000_000))
+            );
+        }
+        assert_eq!(parse("x 1 2"), None);
+        assert_eq!(parse(&format!("j {id}")), None);
+        assert_eq!(parse("j not-a-uuid 5"), None);
+    }
+
+    #[test]
+    fn answers_only_while_live_and_until_the_entry_ends() {
+        let list = LocalDenylist::default();
+        let (jti, family) = (Uuid::new_v4(), Uuid::new_v4());
+        list.add(Denied::Family(family), 100);
+        assert_eq!(list.check(jti, Some(family), 50), None, "not live yet");
+        list.live.store(true, Ordering::Release);
+        assert_eq!(list.check(jti, Some(family), 50), Some(true));
+        assert_eq!(list.check(jti, None, 50), Some(false));
+        assert_eq!(list.check(jti, Some(family), 101), Some(false), "ended");
+        // A reload keeps what arrived while it ran.
+        list.add(Denied::Token(jti), 200);
+        list.replace(Entries::default());
+        assert_eq!(list.check(jti, None, 150), Some(true));
+        list.prune(201);
+        assert_eq!(list.check(jti, None, 150), Some(false));
+    }
+}
