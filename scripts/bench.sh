@@ -18,6 +18,13 @@ WORK=$(mktemp -d)
 trap 'kill ${SERVER_PID:-0} 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 cargo build --release -q -p stoa-api -p stoa-tests --bin stoa-api --bin stoa-load --bin stoa-bare
+# wrk sends the read scenarios (a C client costs the shared CPUs far less than the
+# harness's own); installed from Debian where possible, else the harness sends them.
+if ! command -v wrk >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 || true
+fi
+ENGINE=reqwest
+if command -v wrk >/dev/null 2>&1; then ENGINE=wrk; else echo "wrk not found: reads are sent by stoa-load itself"; fi
 SERVER=${STOA_API_BIN:-./target/release/stoa-api}
 
 psql "$PG/postgres" -q -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
@@ -44,7 +51,7 @@ for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && 
 IDLE_RSS_KB=$(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status)
 echo "server RSS at idle (before load): $((IDLE_RSS_KB / 1024)) MiB"
 
-./target/release/stoa-load --url "http://127.0.0.1:$PORT" --database-url "$PG/$DB" "$@"
+./target/release/stoa-load --url "http://127.0.0.1:$PORT" --database-url "$PG/$DB" --engine "$ENGINE" "$@"
 
 RSS_KB=$(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status)
 echo "server RSS after the run: $((RSS_KB / 1024)) MiB"

@@ -59,6 +59,17 @@ struct Args {
     /// The `stoa-bare` binary (default: next to this one). `--bare none` skips the limit.
     #[arg(long)]
     bare: Option<std::path::PathBuf>,
+    /// Who sends the requests of read scenarios: this program (`reqwest`), or `wrk` (C,
+    /// far cheaper per request, so the server rather than the client is measured; two
+    /// threads). Writes always use reqwest.
+    #[arg(long, value_enum, default_value_t = Engine::Reqwest)]
+    engine: Engine,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    Reqwest,
+    Wrk,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -434,6 +445,121 @@ async fn start_bare(
     }))
 }
 
+/// The paths and tokens a read scenario cycles through, for wrk; `None` for writes.
+fn wrk_requests(name: &str, seed: &Seed) -> Option<(Vec<String>, Vec<String>)> {
+    let anonymous = Vec::new();
+    let users = || seed.tokens.clone();
+    Some(match name {
+        "bare" | "tags" => (vec!["/api/tags".into()], anonymous),
+        "healthz" => (vec!["/healthz".into()], anonymous),
+        "articles_list" => (vec!["/api/articles".into()], anonymous),
+        "articles_list_auth" => (vec!["/api/articles?limit=20".into()], users()),
+        "articles_by_tag" => (
+            vec![format!("/api/articles?tag={}", seed.popular_tag)],
+            anonymous,
+        ),
+        "article_get" => (
+            seed.slugs
+                .iter()
+                .map(|s| format!("/api/articles/{s}"))
+                .collect(),
+            anonymous,
+        ),
+        "feed" => (vec!["/api/articles/feed".into()], users()),
+        "user_get" => (vec!["/api/user".into()], users()),
+        "profile" => (
+            seed.usernames
+                .iter()
+                .map(|u| format!("/api/profiles/{u}"))
+                .collect(),
+            users(),
+        ),
+        _ => return None,
+    })
+}
+
+/// A wrk script cycling through `paths` (and `tokens`, as `Authorization: Token`), which
+/// prints one machine-readable line at the end.
+fn wrk_script(paths: &[String], tokens: &[String]) -> String {
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        r#"local paths = {{{paths}}}
+local tokens = {{{tokens}}}
+local i = 0
+request = function()
+  i = i + 1
+  local headers = {{}}
+  if #tokens > 0 then headers["Authorization"] = "Token " .. tokens[(i % #tokens) + 1] end
+  return wrk.format("GET", paths[(i % #paths) + 1], headers)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK %d %d %d %d %d %d %d\n", summary.requests,
+    e.status + e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    summary.duration))
+end
+"#,
+        paths = list(paths),
+        tokens = list(tokens)
+    )
+}
+
+/// What one wrk run measured.
+struct WrkRun {
+    requests: u64,
+    errors: u64,
+    /// p50, p90, p99 and max, in microseconds.
+    latency: [u64; 4],
+    seconds: f64,
+}
+
+async fn wrk(
+    base: &str,
+    script: &std::path::Path,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<WrkRun> {
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}")])
+        // wrk takes whole seconds.
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .arg("-s")
+        .arg(script)
+        .arg(base)
+        .output()
+        .await
+        .context("running wrk (Debian package wrk)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("WRK "))
+        .with_context(|| {
+            format!(
+                "wrk printed no result: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let n: Vec<u64> = line
+        .split(' ')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("wrk's result line")?;
+    anyhow::ensure!(n.len() == 7, "wrk's result line: {line}");
+    Ok(WrkRun {
+        requests: n[0],
+        errors: n[1],
+        latency: [n[2], n[3], n[4], n[5]],
+        seconds: n[6] as f64 / 1e6,
+    })
+}
+
 async fn transactions(pool: &Option<sqlx::PgPool>) -> Option<i64> {
     let pool = pool.as_ref()?;
     sqlx::query_scalar("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
@@ -514,18 +640,51 @@ async fn main() -> anyhow::Result<()> {
             _ => base.as_str(),
         };
         let tx_before = transactions(&pool).await;
-        let stats = run_scenario(
-            &client,
-            target,
-            name,
-            seed.clone(),
-            args.connections,
-            args.duration,
-        )
-        .await;
+        let by_wrk = match (args.engine, wrk_requests(name, &seed)) {
+            (Engine::Wrk, Some((paths, tokens))) => {
+                let mut script = tempfile::NamedTempFile::new()?;
+                std::io::Write::write_all(&mut script, wrk_script(&paths, &tokens).as_bytes())?;
+                // Warm-up, then the measurement.
+                wrk(
+                    target,
+                    script.path(),
+                    args.connections,
+                    Duration::from_secs(1),
+                )
+                .await?;
+                Some(wrk(target, script.path(), args.connections, args.duration).await?)
+            }
+            _ => None,
+        };
+        // (requests, errors, req/s, [p50, p90, p99, max] in µs)
+        let (requests, errors, rps, latency) = match &by_wrk {
+            Some(run) => (
+                run.requests,
+                run.errors,
+                run.requests as f64 / run.seconds.max(0.001),
+                run.latency,
+            ),
+            None => {
+                let stats = run_scenario(
+                    &client,
+                    target,
+                    name,
+                    seed.clone(),
+                    args.connections,
+                    args.duration,
+                )
+                .await;
+                let q = |q: f64| stats.histogram.value_at_quantile(q);
+                let requests = stats.ok + stats.errors;
+                (
+                    requests,
+                    stats.errors,
+                    requests as f64 / args.duration.as_secs_f64(),
+                    [q(0.5), q(0.9), q(0.99), stats.histogram.max()],
+                )
+            }
+        };
         let tx_after = transactions(&pool).await;
-        let requests = stats.ok + stats.errors;
-        let rps = requests as f64 / args.duration.as_secs_f64();
         match name {
             "bare" => limit = Some(rps),
             "healthz" => baseline = Some(rps),
@@ -543,23 +702,23 @@ async fn main() -> anyhow::Result<()> {
             }
             _ => None,
         };
-        let ms = |q: f64| stats.histogram.value_at_quantile(q) as f64 / 1000.0;
+        let [p50, p90, p99, max] = latency.map(|us| us as f64 / 1000.0);
         println!(
             "{:20} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9} {:>9.1}% {:>8}",
             name,
             rps,
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            stats.histogram.max() as f64 / 1000.0,
-            stats.errors,
+            p50,
+            p90,
+            p99,
+            max,
+            errors,
             share_of_bare.map_or_else(|| "-".into(), |s| format!("{s:.1}%")),
             ratio,
             tx_per_req.map_or_else(|| "-".into(), |t| format!("{t:.2}")),
         );
         results.push(json!({
-            "scenario": name, "requests_per_second": rps, "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99),
-            "max_ms": stats.histogram.max() as f64 / 1000.0, "errors": stats.errors, "ratio_to_healthz": ratio / 100.0,
+            "scenario": name, "requests_per_second": rps, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
+            "max_ms": max, "errors": errors, "ratio_to_healthz": ratio / 100.0, "engine": if by_wrk.is_some() { "wrk" } else { "reqwest" },
             "ratio_to_bare": share_of_bare.map(|s| s / 100.0),
             "db_transactions_per_request": tx_per_req,
         }));
