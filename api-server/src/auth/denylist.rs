@@ -176,19 +176,12 @@ pub fn spawn(
         let mut backoff = Duration::from_millis(100);
         let mut warned = false;
         loop {
-            let was_live = AtomicBool::new(false);
-            let result = follow(
-                &list,
-                &client,
-                &pool(),
-                window,
-                timeout,
-                &metrics,
-                &was_live,
-            )
-            .await;
+            let result = follow(&list, &client, &pool(), window, timeout, &metrics).await;
+            // Only `follow` makes the list live: if it is, this was an outage after a
+            // working feed, not one more failed attempt.
+            let was_live = list.is_live();
             list.set_live(false, &metrics);
-            if was_live.load(Ordering::Relaxed) {
+            if was_live {
                 warned = false;
                 backoff = Duration::from_millis(100);
             }
@@ -214,7 +207,6 @@ async fn follow(
     window: MirrorWindow,
     timeout: Duration,
     metrics: &Metrics,
-    was_live: &AtomicBool,
 ) -> anyhow::Result<()> {
     let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
     let (mut sink, mut stream) = pubsub.split();
@@ -223,7 +215,6 @@ async fn follow(
     // before is in PostgreSQL.
     list.replace(load(db, window).await?);
     list.set_live(true, metrics);
-    was_live.store(true, Ordering::Relaxed);
     tracing::info!("revocation feed live: revocations are checked locally");
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {

@@ -55,11 +55,12 @@ impl MirrorWindow {
         self.family_window().as_secs().max(1)
     }
 
-    /// Until when (unix seconds) a revoked `jti` or a family revoked `now` denies tokens.
+    /// Until when (unix seconds) a revoked `jti` denies its token: `exp` plus the leeway.
     pub(crate) fn jti_until(self, expires_at: DateTime<Utc>) -> i64 {
         expires_at.timestamp() + i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX / 4)
     }
 
+    /// Until when (unix seconds) a family revoked at `revoked_at` denies its tokens.
     pub(crate) fn family_until(self, revoked_at: DateTime<Utc>) -> i64 {
         revoked_at.timestamp() + i64::try_from(self.family_ttl()).unwrap_or(i64::MAX / 4)
     }
@@ -149,26 +150,33 @@ impl Revocations {
                 local.add(*what, *until);
             }
         }
-        let family_ttl = window.family_ttl();
-        let families = families.to_vec();
         kv.run(|mut conn| async move {
             let mut pipe = redis::pipe();
-            if let Some((jti, expires_at)) = jti
-                && let Some(ttl) = window.jti_ttl(expires_at, now)
-            {
-                pipe.set_ex(jti_key(jti), 1, ttl).ignore();
-            }
-            for family in families {
-                pipe.set_ex(family_key(family), 1, family_ttl).ignore();
-            }
             for (what, until) in denied {
-                pipe.publish(denylist::CHANNEL, denylist::message(what, until))
-                    .ignore();
+                mirror_into(&mut pipe, what, until, now);
             }
             pipe.query_async::<()>(&mut conn).await
         })
         .await;
     }
+}
+
+/// A revocation's mirror key, kept until `until`, and its announcement to every replica's
+/// local copy; nothing once `until` has passed.
+fn mirror_into(pipe: &mut redis::Pipeline, denied: Denied, until: i64, now: DateTime<Utc>) {
+    let Some(ttl) = u64::try_from(until - now.timestamp())
+        .ok()
+        .filter(|ttl| *ttl > 0)
+    else {
+        return;
+    };
+    let key = match denied {
+        Denied::Token(jti) => jti_key(jti),
+        Denied::Family(family) => family_key(family),
+    };
+    pipe.set_ex(key, 1, ttl).ignore();
+    pipe.publish(denylist::CHANNEL, denylist::message(denied, until))
+        .ignore();
 }
 
 /// Copies the revocations made since `since` (minus a margin for clock skew between the
@@ -199,17 +207,20 @@ pub async fn catch_up(
             .await?;
     let mut pipe = redis::pipe();
     for (jti, expires_at) in expiries {
-        if let Some(ttl) = window.jti_ttl(expires_at, now) {
-            pipe.set_ex(jti_key(jti), 1, ttl).ignore();
-            let message = denylist::message(Denied::Token(jti), window.jti_until(expires_at));
-            pipe.publish(denylist::CHANNEL, message).ignore();
-        }
+        mirror_into(
+            &mut pipe,
+            Denied::Token(jti),
+            window.jti_until(expires_at),
+            now,
+        );
     }
     for family in families {
-        pipe.set_ex(family_key(family), 1, window.family_ttl())
-            .ignore();
-        let message = denylist::message(Denied::Family(family), window.family_until(now));
-        pipe.publish(denylist::CHANNEL, message).ignore();
+        mirror_into(
+            &mut pipe,
+            Denied::Family(family),
+            window.family_until(now),
+            now,
+        );
     }
     pipe.query_async::<()>(&mut conn).await?;
     Ok(now)
