@@ -213,11 +213,7 @@ async fn credentials(
     report_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let config = Config::from_process_env_for_migrate()?;
-    let _logging = telemetry::init(
-        config.log_format,
-        &config.log_filter,
-        config.log_queue_lines,
-    );
+    let _logging = telemetry::init(&config);
     let result = async {
         let mut conn = tokio::time::timeout(
             config.database.acquire_timeout,
@@ -276,11 +272,7 @@ async fn credentials(
 
 async fn serve(dev: bool) -> anyhow::Result<()> {
     let config = Config::from_process_env(dev)?;
-    let _logging = telemetry::init(
-        config.log_format,
-        &config.log_filter,
-        config.log_queue_lines,
-    );
+    let _logging = telemetry::init(&config);
     if dev {
         tracing::warn!("running in --dev mode: not for production");
         tokio::time::timeout(
@@ -313,11 +305,7 @@ async fn migrate(
     report_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let config = Config::from_process_env_for_migrate()?;
-    let _logging = telemetry::init(
-        config.log_format,
-        &config.log_filter,
-        config.log_queue_lines,
-    );
+    let _logging = telemetry::init(&config);
     let mut report = MigrationReport {
         outcome: migration::Outcome::Failed,
         phase,

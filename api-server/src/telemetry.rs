@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::config::{Config, LogFormat};
 
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
@@ -26,11 +26,12 @@ pub fn dropped_lines() -> u64 {
         .map_or(0, |c| u64::try_from(c.dropped_lines()).unwrap_or(u64::MAX))
 }
 
-pub fn init(format: LogFormat, filter: &str, queue_lines: usize) -> Logging {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logging as `config` says: format, filter, queue size.
+pub fn init(config: &Config) -> Logging {
+    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
-        .buffered_lines_limit(queue_lines)
+        .buffered_lines_limit(config.log_queue_lines)
         .thread_name("stoa-log")
         .finish(std::io::stdout());
     let _ = DROPPED.set(writer.error_counter());
@@ -38,7 +39,7 @@ pub fn init(format: LogFormat, filter: &str, queue_lines: usize) -> Logging {
         .with_env_filter(filter)
         .with_writer(writer);
     // `try_init`: tests may initialise more than once.
-    let _ = match format {
+    let _ = match config.log_format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -27,7 +27,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// A bounded label for metrics.
     /// Every value [`Error::metric_label`] returns (their series start at zero).
     pub const METRIC_LABELS: [&'static str; 5] = [
         "api_error",
@@ -37,6 +36,7 @@ impl Error {
         "name_conflict",
     ];
 
+    /// A bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(kube::Error::Api(_)) => "api_error",

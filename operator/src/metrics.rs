@@ -77,9 +77,9 @@ pub struct KeyLabels {
 #[derive(Default)]
 struct Published {
     conditions: Vec<ConditionLabels>,
+    /// Set while the Stoa has an autoscaler decision (its replica gauges exist too).
     limit: Option<LimitLabels>,
     keys: Vec<KeyLabels>,
-    autoscaled: bool,
 }
 
 /// Each Stoa's status as gauges: what dashboards and alerts read about the resources
@@ -335,7 +335,6 @@ impl StatusGauges {
                 .get_or_create(&limit)
                 .set(i64::from(scaling.effective_max_replicas));
             now.limit = Some(limit);
-            now.autoscaled = true;
         }
         for key in &status.keys {
             let Some(created) = key
@@ -388,7 +387,7 @@ impl StatusGauges {
         {
             self.max_replicas.remove(limit);
         }
-        if previous.autoscaled && !current.autoscaled {
+        if previous.limit.is_some() && current.limit.is_none() {
             self.desired_replicas.remove(stoa);
             self.wanted_replicas.remove(stoa);
         }
