@@ -14,6 +14,7 @@
 //!     --connections 64 --duration 10s --database-url postgres://postgres@127.0.0.1/stoa_bench
 //! ```
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -445,37 +446,22 @@ async fn start_bare(
     }))
 }
 
-/// The paths and tokens a read scenario cycles through, for wrk; `None` for writes.
+/// The distinct paths and tokens a read scenario sends, for wrk to cycle through: taken
+/// from [`request_for`], so both engines send the same requests. `None` for writes.
 fn wrk_requests(name: &str, seed: &Seed) -> Option<(Vec<String>, Vec<String>)> {
-    let anonymous = Vec::new();
-    let users = || seed.tokens.clone();
-    Some(match name {
-        "bare" | "tags" => (vec!["/api/tags".into()], anonymous),
-        "healthz" => (vec!["/healthz".into()], anonymous),
-        "articles_list" => (vec!["/api/articles".into()], anonymous),
-        "articles_list_auth" => (vec!["/api/articles?limit=20".into()], users()),
-        "articles_by_tag" => (
-            vec![format!("/api/articles?tag={}", seed.popular_tag)],
-            anonymous,
-        ),
-        "article_get" => (
-            seed.slugs
-                .iter()
-                .map(|s| format!("/api/articles/{s}"))
-                .collect(),
-            anonymous,
-        ),
-        "feed" => (vec!["/api/articles/feed".into()], users()),
-        "user_get" => (vec!["/api/user".into()], users()),
-        "profile" => (
-            seed.usernames
-                .iter()
-                .map(|u| format!("/api/profiles/{u}"))
-                .collect(),
-            users(),
-        ),
-        _ => return None,
-    })
+    let (mut paths, mut tokens) = (BTreeSet::new(), BTreeSet::new());
+    let spread = seed.slugs.len().max(seed.usernames.len()) as u64;
+    for worker in 0..seed.tokens.len() {
+        for i in 0..spread {
+            let (method, path, token, body) = request_for(name, seed, worker, i)?;
+            if method != Method::GET || body.is_some() {
+                return None;
+            }
+            paths.insert(path);
+            tokens.extend(token.map(str::to_owned));
+        }
+    }
+    Some((paths.into_iter().collect(), tokens.into_iter().collect()))
 }
 
 /// A wrk script cycling through `paths` (and `tokens`, as `Authorization: Token`), which
