@@ -13,34 +13,6 @@ use harness::load::Load;
 use sqlx::PgPool;
 use stoa_operator::crd::Stoa;
 
-fn stoa(pool_size: u32, reserved: i64) -> Stoa {
-    serde_yaml::from_str(&format!(
-        "apiVersion: stoa.dev/v1alpha1
-kind: Stoa
-metadata: {{name: api, namespace: {ns}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
-spec:
-  image: ghcr.io/stoa-dev/stoa-api:0.1.0
-  database: {{urlSecretRef: {{name: api-db}}, maxConnections: {pool_size}}}
-  redis: {{urlSecretRef: {{name: api-redis}}}}
-  autoscaling:
-    mode: Concurrency
-    minReplicas: 1
-    maxReplicas: 4
-    reservedConnections: {reserved}
-    # One in flight per pod, decided over 6 s (a short window keeps the test short).
-    concurrency: {{target: 1, stableWindow: 6s}}
-  env:
-    - {{name: STOA_RATE_LIMIT_ENABLED, value: 'false'}}
-    - {{name: STOA_ARGON2_MEMORY_KIB, value: '1024'}}
-    - {{name: STOA_ARGON2_ITERATIONS, value: '1'}}
-    - {{name: STOA_SHUTDOWN_DELAY, value: 1s}}
-    - {{name: STOA_LOG, value: warn}}
-",
-        ns = harness::NAMESPACE
-    ))
-    .unwrap()
-}
-
 /// Steps the cluster until `done` (or `timeout`), recording each change of the pod count.
 async fn run_until(
     cluster: &mut Cluster,
@@ -69,7 +41,7 @@ async fn run_until(
 
 async fn cluster(pool: &PgPool, pool_size: u32, reserved: i64) -> Cluster {
     harness::install(
-        &stoa(pool_size, reserved),
+        &harness::autoscaled_stoa(pool_size, reserved, 1, 4),
         vec![harness::database_secret("api-db", &common::url_of(pool))],
     )
     .await

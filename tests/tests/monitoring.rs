@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use harness::load::Load;
 use serde_json::Value;
 use sqlx::PgPool;
-use stoa_operator::crd::Stoa;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -279,33 +278,6 @@ impl Prometheus {
     }
 }
 
-fn stoa() -> Stoa {
-    serde_yaml::from_str(&format!(
-        "apiVersion: stoa.dev/v1alpha1
-kind: Stoa
-metadata: {{name: api, namespace: {ns}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
-spec:
-  image: ghcr.io/stoa-dev/stoa-api:0.1.0
-  database: {{urlSecretRef: {{name: api-db}}, maxConnections: 4}}
-  redis: {{urlSecretRef: {{name: api-redis}}}}
-  autoscaling:
-    mode: Concurrency
-    minReplicas: 2
-    maxReplicas: 2
-    concurrency: {{target: 1, stableWindow: 6s}}
-  env:
-    # Every client comes from 127.0.0.1: one IP's budget would refuse the load. The
-    # rate-limit series are read at zero (created at start-up).
-    - {{name: STOA_RATE_LIMIT_ENABLED, value: 'false'}}
-    - {{name: STOA_ARGON2_MEMORY_KIB, value: '1024'}}
-    - {{name: STOA_ARGON2_ITERATIONS, value: '1'}}
-    - {{name: STOA_LOG, value: warn}}
-",
-        ns = harness::NAMESPACE
-    ))
-    .unwrap()
-}
-
 /// Scrape configuration as a ServiceMonitor would produce it: job = the Stoa's Service,
 /// namespace and pod as target labels; the operator's per-Stoa labels honoured.
 fn scrape_config(pods: &[(String, String)], operator: &str) -> String {
@@ -336,7 +308,9 @@ async fn every_dashboard_query_and_alert_reads_series_a_real_prometheus_scraped(
         return;
     };
     let mut cluster = harness::install(
-        &stoa(),
+        // Pools of 4, the default reserve, two pods that stay two (the autoscaler's
+        // decisions are published without pods coming and going under the scraper).
+        &harness::autoscaled_stoa(4, 10, 2, 2),
         vec![harness::database_secret("api-db", &common::url_of(&pool))],
     )
     .await;

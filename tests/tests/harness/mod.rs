@@ -367,6 +367,38 @@ spec:
     .unwrap()
 }
 
+/// A Stoa scaled by the operator on requests in flight: one per pod, decided over 6 s (a
+/// short window keeps tests short), between `min` and `max` pods with pools of
+/// `pool_size` and `reserved` PostgreSQL connections kept back.
+pub fn autoscaled_stoa(pool_size: u32, reserved: i64, min: i32, max: i32) -> Stoa {
+    serde_yaml::from_str(&format!(
+        "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {{name: api, namespace: {ns}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
+spec:
+  image: ghcr.io/stoa-dev/stoa-api:0.1.0
+  database: {{urlSecretRef: {{name: api-db}}, maxConnections: {pool_size}}}
+  redis: {{urlSecretRef: {{name: api-redis}}}}
+  autoscaling:
+    mode: Concurrency
+    minReplicas: {min}
+    maxReplicas: {max}
+    reservedConnections: {reserved}
+    concurrency: {{target: 1, stableWindow: 6s}}
+  env:
+    # One machine plays every client: per-address limits would throttle the load itself
+    # (the rate-limit series still exist, at zero).
+    - {{name: STOA_RATE_LIMIT_ENABLED, value: 'false'}}
+    - {{name: STOA_ARGON2_MEMORY_KIB, value: '1024'}}
+    - {{name: STOA_ARGON2_ITERATIONS, value: '1'}}
+    - {{name: STOA_SHUTDOWN_DELAY, value: 1s}}
+    - {{name: STOA_LOG, value: warn}}
+",
+        ns = NAMESPACE
+    ))
+    .unwrap()
+}
+
 /// A Secret holding a database URL under `url`, as a platform team provides it.
 pub fn database_secret(name: &str, url: &str) -> Secret {
     Secret {
