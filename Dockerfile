@@ -41,37 +41,31 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && mkdir -p /out \
     && cp target/release/stoa-api target/release/stoa-operator /out/
 
-# Distroless, non-root (uid 65532, as the operator's pod security context expects).
-FROM ${RUNTIME_IMAGE} AS stoa-api
+# Distroless, non-root (uid 65532, as the operator's pod security context expects), with
+# the labels both images share.
+FROM ${RUNTIME_IMAGE} AS runtime
 ARG VERSION=dev
 ARG REVISION=unknown
 ARG CREATED=1970-01-01T00:00:00Z
-LABEL org.opencontainers.image.title="stoa-api" \
-      org.opencontainers.image.description="The Stoa REST API (RealWorld) over PostgreSQL and Redis" \
-      org.opencontainers.image.source="https://github.com/stoa-dev/stoa" \
+LABEL org.opencontainers.image.source="https://github.com/stoa-dev/stoa" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}"
-COPY --from=build /out/stoa-api /usr/local/bin/stoa-api
 USER 65532:65532
+
+FROM runtime AS stoa-api
+LABEL org.opencontainers.image.title="stoa-api" \
+      org.opencontainers.image.description="The Stoa REST API (RealWorld) over PostgreSQL and Redis"
+COPY --from=build /out/stoa-api /usr/local/bin/stoa-api
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/stoa-api"]
 CMD ["serve"]
 
-FROM ${RUNTIME_IMAGE} AS stoa-operator
-ARG VERSION=dev
-ARG REVISION=unknown
-ARG CREATED=1970-01-01T00:00:00Z
+FROM runtime AS stoa-operator
 LABEL org.opencontainers.image.title="stoa-operator" \
-      org.opencontainers.image.description="The Kubernetes operator for Stoa resources" \
-      org.opencontainers.image.source="https://github.com/stoa-dev/stoa" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.created="${CREATED}"
+      org.opencontainers.image.description="The Kubernetes operator for Stoa resources"
 COPY --from=build /out/stoa-operator /usr/local/bin/stoa-operator
-USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/stoa-operator"]
 CMD ["run"]
