@@ -2,7 +2,10 @@
 //!
 //! Lines go through a bounded in-memory queue to a writer thread, so a slow stdout (a
 //! busy log collector) never blocks a request. When the queue is full, lines are dropped
-//! rather than waited for, and counted (`stoa_log_lines_dropped_total`).
+//! rather than waited for, and counted (`stoa_log_lines_dropped_total`). The writer
+//! thread drains everything queued into one buffer and flushes it when the queue is empty,
+//! so a busy server makes one `write` per batch of lines, not one per line, and a quiet one
+//! still has every line out at once.
 
 use std::sync::OnceLock;
 
@@ -33,7 +36,7 @@ pub fn init(config: &Config) -> Logging {
         .lossy(true)
         .buffered_lines_limit(config.log_queue_lines)
         .thread_name("stoa-log")
-        .finish(std::io::stdout());
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,143 +1,13 @@
-//! Cross-cutting middleware: access log, metrics, overload and panic handling.
-
-use std::any::Any;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
-use std::time::Instant;
+//! Middleware that needs the application state or the response body: the per-IP rate
+//! limit and ETags. What every request goes through is in `front_door`.
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tower::BoxError;
 
 use crate::error::ApiError;
-use crate::http::REQUEST_ID;
-use crate::metrics::{HttpLabels, Refusal, RefusalLabels};
 use crate::state::AppState;
-
-/// Route templates are few and fixed; interning them keeps label lookups allocation-free.
-static ROUTES: LazyLock<RwLock<HashMap<String, Arc<str>>>> = LazyLock::new(Default::default);
-static UNMATCHED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unmatched"));
-
-fn intern(route: Option<&str>) -> Arc<str> {
-    let Some(route) = route else {
-        return UNMATCHED.clone();
-    };
-    if let Some(found) = ROUTES.read().ok().and_then(|r| r.get(route).cloned()) {
-        return found;
-    }
-    let mut routes = match ROUTES.write() {
-        Ok(routes) => routes,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    routes
-        .entry(route.to_owned())
-        .or_insert_with(|| Arc::from(route))
-        .clone()
-}
-
-fn method_label(method: &axum::http::Method) -> &'static str {
-    match method.as_str() {
-        "GET" => "GET",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        "PATCH" => "PATCH",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        _ => "OTHER",
-    }
-}
-
-/// Requests seen, for access-log sampling.
-static SEEN: AtomicU64 = AtomicU64::new(0);
-
-/// Counts and times every request, and logs it with its request id: every one by default,
-/// one in `STOA_ACCESS_LOG_EVERY` under high traffic, every 5xx always.
-pub async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(request.method());
-    let route = intern(
-        request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(MatchedPath::as_str),
-    );
-    // Reference-counted clones of what the request arrived with: no copying.
-    let request_id = request.headers().get(REQUEST_ID).cloned();
-    let uri = request.uri().clone();
-
-    state.metrics.http_in_flight.inc();
-    let response = next.run(request).await;
-    state.metrics.http_in_flight.dec();
-
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
-    state.metrics.http_busy.inc_by(elapsed.as_secs_f64());
-    if let Some(refusal) = response.extensions().get::<Refusal>() {
-        state
-            .metrics
-            .refused
-            .get_or_create(&RefusalLabels {
-                reason: refusal.as_str(),
-            })
-            .inc();
-    }
-    let labels = HttpLabels {
-        method,
-        route,
-        status,
-    };
-    state.metrics.http_requests.get_or_create(&labels).inc();
-    state
-        .metrics
-        .http_duration
-        .get_or_create(&labels)
-        .observe(elapsed.as_secs_f64());
-
-    let every = state.config.http.access_log_every;
-    let sampled = every == 1 || SEEN.fetch_add(1, Ordering::Relaxed).is_multiple_of(every);
-    if status >= 500 || sampled {
-        let request_id = request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let path = uri.path();
-        let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        if status >= 500 {
-            tracing::error!(target: "stoa::access", request_id, method, path, status, latency_ms, "request failed");
-        } else {
-            tracing::info!(target: "stoa::access", request_id, method, path, status, latency_ms, "request");
-        }
-    }
-    response
-}
-
-/// Maps the load-shed and timeout layers' errors to API errors.
-pub async fn handle_overload(error: BoxError) -> Response {
-    let (refusal, what) = if error.is::<tower::timeout::error::Elapsed>() {
-        (Refusal::TimedOut, "request (timed out)")
-    } else if error.is::<tower::load_shed::error::Overloaded>() {
-        (Refusal::Overloaded, "server (overloaded)")
-    } else {
-        return ApiError::Internal(anyhow::anyhow!("middleware error: {error}")).into_response();
-    };
-    let mut response = ApiError::Unavailable(what).into_response();
-    response.extensions_mut().insert(refusal);
-    response
-}
-
-/// A panic becomes a 500 in the API's format; the panic message is logged, not returned.
-pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
-}
 
 /// The caller's address as the rate limiter sees it (see `STOA_TRUSTED_PROXY_HOPS`).
 #[derive(Debug, Clone, Copy)]
@@ -197,17 +67,6 @@ pub async fn limit_per_ip(
     let mut response = next.run(request).await;
     crate::error::apply_rate_limit_headers(response.headers_mut(), limits.per_ip, decision);
     response
-}
-
-/// Refuses a NUL character anywhere in the path or query (percent-encoded as `%00`):
-/// PostgreSQL text cannot hold it, so no slug, username or filter can contain one.
-pub async fn refuse_nul(request: Request, next: Next) -> Response {
-    let uri = request.uri();
-    let encoded_nul = |s: &str| s.as_bytes().windows(3).any(|w| w == b"%00");
-    if encoded_nul(uri.path()) || uri.query().is_some_and(encoded_nul) {
-        return ApiError::field("request", "must not contain NUL characters").into_response();
-    }
-    next.run(request).await
 }
 
 /// `ETag` on successful GETs and `304 Not Modified` when `If-None-Match` matches, with

@@ -5,6 +5,7 @@ pub mod articles;
 pub mod auth;
 pub mod comments;
 pub mod extract;
+pub mod front_door;
 pub mod health;
 pub mod middleware;
 pub mod openapi;
@@ -19,14 +20,10 @@ pub mod validate;
 use std::time::Duration;
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::IntoResponse;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
@@ -78,12 +75,8 @@ pub fn router(state: AppState) -> Router {
         ),
     ));
 
-    let request_limits = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(middleware::handle_overload))
-        .load_shed()
-        .concurrency_limit(config.max_concurrent_requests)
-        .timeout(config.request_timeout);
-
+    // Layers run outside-in from the last one added: the front door sees every request
+    // first (and every answer last), then CORS, the per-IP limit and ETags.
     Router::new()
         .merge(api.with_state(state.clone()))
         .merge(docs)
@@ -97,44 +90,28 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(axum::middleware::from_fn(middleware::etag))
-        .layer(axum::middleware::from_fn(middleware::refuse_nul))
-        .layer(request_limits)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::limit_per_ip,
         ))
-        .layer(cors(&config.cors_allowed_origins))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
+        .layer(tower::util::option_layer(cors(&config.cors_allowed_origins)))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::observe,
+            front_door::FrontDoor::new(config, state.metrics.clone()),
+            front_door::front_door,
         ))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
-fn cors(origins: &[String]) -> CorsLayer {
+/// No layer at all without allowed origins: no cross-origin caller, nothing to answer.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
-        return CorsLayer::new();
+        return None;
     }
     let allow_origin = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
         AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
-    CorsLayer::new()
+    let layer = CorsLayer::new()
         .allow_origin(allow_origin)
         .allow_methods([
             Method::GET,
@@ -152,7 +129,8 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("ratelimit-remaining"),
             HeaderName::from_static("ratelimit-reset"),
         ])
-        .max_age(Duration::from_secs(600))
+        .max_age(Duration::from_secs(600));
+    Some(layer)
 }
 
 /// A JSON body that is already serialized (cached or about to be cached), answered exactly

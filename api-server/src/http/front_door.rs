@@ -1,0 +1,399 @@
+//! The front door: everything every request goes through, in one middleware.
+//!
+//! Request id, panic containment, load shedding, the request timeout, NUL refusal,
+//! hardening headers, metrics and the access log used to be a dozen tower layers. axum
+//! clones a route's whole layered service for every request and drops it afterwards, so
+//! each layer cost an allocation or two per request whether it had work to do or not (a
+//! `perf` profile of `/healthz` showed the clones, drops and moves of that stack as the
+//! largest user-space cost). Here they are plain code in one async function.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::Semaphore;
+
+use crate::config::HttpConfig;
+use crate::error::ApiError;
+use crate::http::REQUEST_ID;
+use crate::metrics::{HttpLabels, Metrics, Refusal, RefusalLabels};
+
+/// What the front door needs: the limits it enforces and where it reports.
+#[derive(Clone)]
+pub struct FrontDoor {
+    metrics: Arc<Metrics>,
+    /// At most `STOA_MAX_CONCURRENT_REQUESTS` requests inside at once; the rest are shed.
+    admission: Arc<Semaphore>,
+    timeout: Duration,
+    access_log_every: u64,
+}
+
+impl FrontDoor {
+    pub fn new(http: &HttpConfig, metrics: Arc<Metrics>) -> Self {
+        FrontDoor {
+            metrics,
+            admission: Arc::new(Semaphore::new(http.max_concurrent_requests)),
+            timeout: http.request_timeout,
+            access_log_every: http.access_log_every,
+        }
+    }
+}
+
+/// Serves one request through the front door (see the module comment).
+pub async fn front_door(
+    State(door): State<FrontDoor>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let request_id = request_id(request.headers_mut());
+    let method = request.method().clone();
+    let route = RouteMetrics::of(request.extensions().get::<MatchedPath>());
+    // Reference-counted: the path is logged from the same bytes the request arrived with.
+    let uri = request.uri().clone();
+
+    door.metrics.http_in_flight.inc();
+    let mut response = admit(&door, request, next).await;
+    door.metrics.http_in_flight.dec();
+
+    let headers = response.headers_mut();
+    headers.entry(REQUEST_ID).or_insert(request_id.clone());
+    for (name, value) in HARDENING_HEADERS {
+        headers
+            .entry(name)
+            .or_insert_with(|| HeaderValue::from_static(value));
+    }
+
+    let elapsed = started.elapsed();
+    observe(&door, &route, &method, &uri, &request_id, &response, elapsed);
+    response
+}
+
+/// Inside the door: refused early, shed when full, cut off at the timeout, a panic
+/// answered as a 500 (and so counted and logged like any other answer).
+async fn admit(door: &FrontDoor, request: Request, next: Next) -> Response {
+    if has_encoded_nul(request.uri()) {
+        // PostgreSQL text cannot hold NUL, so no slug, username or filter can contain one.
+        return ApiError::field("request", "must not contain NUL characters").into_response();
+    }
+    let Ok(_permit) = door.admission.try_acquire() else {
+        return refused(Refusal::Overloaded, "server (overloaded)");
+    };
+    let served = AssertUnwindSafe(next.run(request)).catch_unwind();
+    match tokio::time::timeout(door.timeout, served).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(panic)) => panic_response(panic),
+        Err(_) => refused(Refusal::TimedOut, "request (timed out)"),
+    }
+}
+
+/// The caller's `X-Request-Id`, or a new UUID set on the request for the handlers to see.
+fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(given) = headers.get(REQUEST_ID) {
+        return given.clone();
+    }
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    let value = HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("unknown"));
+    headers.insert(REQUEST_ID, value.clone());
+    value
+}
+
+const HARDENING_HEADERS: [(header::HeaderName, &str); 3] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::REFERRER_POLICY, "no-referrer"),
+];
+
+fn has_encoded_nul(uri: &Uri) -> bool {
+    let encoded_nul = |s: &str| s.as_bytes().windows(3).any(|w| w == b"%00");
+    encoded_nul(uri.path()) || uri.query().is_some_and(encoded_nul)
+}
+
+fn refused(refusal: Refusal, what: &'static str) -> Response {
+    let mut response = ApiError::Unavailable(what).into_response();
+    response.extensions_mut().insert(refusal);
+    response
+}
+
+/// The panic message is logged, never returned.
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+}
+
+/// One route's metric series, resolved once per (method, status) and then reused, so a
+/// request costs no label hashing beyond finding its route.
+struct RouteMetrics {
+    route: Arc<str>,
+    series: RwLock<Vec<Series>>,
+}
+
+struct Series {
+    method: Method,
+    status: u16,
+    requests: Counter,
+    duration: Histogram,
+}
+
+/// Route templates are few and fixed (and `unmatched` stands for every other path).
+static ROUTES: LazyLock<RwLock<HashMap<Arc<str>, Arc<RouteMetrics>>>> =
+    LazyLock::new(Default::default);
+
+impl RouteMetrics {
+    fn of(matched: Option<&MatchedPath>) -> Arc<RouteMetrics> {
+        let route = matched.map_or("unmatched", MatchedPath::as_str);
+        if let Some(found) = read(&ROUTES).get(route) {
+            return found.clone();
+        }
+        let mut routes = ROUTES.write().unwrap_or_else(|p| p.into_inner());
+        routes
+            .entry(Arc::from(route))
+            .or_insert_with(|| {
+                Arc::new(RouteMetrics {
+                    route: Arc::from(route),
+                    series: RwLock::default(),
+                })
+            })
+            .clone()
+    }
+
+    fn record(&self, metrics: &Metrics, method: &Method, status: u16, seconds: f64) {
+        let found = read(&self.series)
+            .iter()
+            .find(|s| s.status == status && s.method == method)
+            .map(|s| (s.requests.clone(), s.duration.clone()));
+        let (requests, duration) = found.unwrap_or_else(|| {
+            let labels = HttpLabels {
+                method: method_label(method),
+                route: self.route.clone(),
+                status,
+            };
+            let series = Series {
+                method: method.clone(),
+                status,
+                requests: metrics.http_requests.get_or_create(&labels).clone(),
+                duration: metrics.http_duration.get_or_create(&labels).clone(),
+            };
+            let handles = (series.requests.clone(), series.duration.clone());
+            self.series
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(series);
+            handles
+        });
+        requests.inc();
+        duration.observe(seconds);
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Requests seen, for access-log sampling.
+static SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Counts and times the request, and logs it with its request id: every one by default,
+/// one in `STOA_ACCESS_LOG_EVERY` under high traffic, every 5xx always.
+fn observe(
+    door: &FrontDoor,
+    route: &RouteMetrics,
+    method: &Method,
+    uri: &Uri,
+    request_id: &HeaderValue,
+    response: &Response,
+    elapsed: Duration,
+) {
+    let status = response.status().as_u16();
+    let seconds = elapsed.as_secs_f64();
+    let metrics = &door.metrics;
+    metrics.http_busy.inc_by(seconds);
+    if let Some(refusal) = response.extensions().get::<Refusal>() {
+        metrics
+            .refused
+            .get_or_create(&RefusalLabels {
+                reason: refusal.as_str(),
+            })
+            .inc();
+    }
+    route.record(metrics, method, status, seconds);
+
+    let every = door.access_log_every;
+    let sampled = every == 1 || SEEN.fetch_add(1, Ordering::Relaxed).is_multiple_of(every);
+    if status >= 500 || sampled {
+        let request_id = request_id.to_str().unwrap_or("");
+        let method = method_label(method);
+        let path = uri.path();
+        let latency_ms = seconds * 1000.0;
+        if status >= 500 {
+            tracing::error!(target: "stoa::access", request_id, method, path, status, latency_ms, "request failed");
+        } else {
+            tracing::info!(target: "stoa::access", request_id, method, path, status, latency_ms, "request");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn door(max_concurrent: usize, timeout: Duration) -> (FrontDoor, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(1));
+        let door = FrontDoor {
+            metrics: metrics.clone(),
+            admission: Arc::new(Semaphore::new(max_concurrent)),
+            timeout,
+            access_log_every: 1,
+        };
+        (door, metrics)
+    }
+
+    fn app(door: FrontDoor) -> Router {
+        Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .route(
+                "/panics",
+                get(|| async {
+                    if true {
+                        panic!("secret detail");
+                    }
+                    "never"
+                }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "late"
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(door, front_door))
+    }
+
+    async fn call(app: &Router, uri: &str) -> Response {
+        let request = Request::get(uri).body(Body::empty()).unwrap();
+        app.clone().oneshot(request).await.unwrap()
+    }
+
+    async fn text(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_without_its_message_and_is_counted() {
+        let (door, metrics) = door(8, Duration::from_secs(5));
+        let app = app(door);
+        let response = call(&app, "/panics").await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = text(response).await;
+        assert!(body.contains("errors"), "{body}");
+        assert!(!body.contains("secret detail"), "{body}");
+        let exposed = metrics.encode().unwrap();
+        assert!(
+            exposed.contains(
+                r#"stoa_http_requests_total{method="GET",route="/panics",status="500"} 1"#
+            ),
+            "{exposed}"
+        );
+        assert!(exposed.contains("stoa_http_requests_in_flight 0"), "{exposed}");
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_timeout_is_refused_with_503_and_counted() {
+        let (door, metrics) = door(8, Duration::from_millis(200));
+        let response = call(&app(door), "/slow").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let exposed = metrics.encode().unwrap();
+        assert!(
+            exposed.contains(r#"stoa_refused_requests_total{reason="timeout"} 1"#),
+            "{exposed}"
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_concurrency_limit_are_shed_not_queued() {
+        let (door, metrics) = door(1, Duration::from_secs(120));
+        let app = app(door);
+        let held = tokio::spawn({
+            let app = app.clone();
+            async move { call(&app, "/slow").await }
+        });
+        // Until the slow request holds the only permit.
+        while !metrics
+            .encode()
+            .unwrap()
+            .contains("stoa_http_requests_in_flight 1")
+        {
+            tokio::task::yield_now().await;
+        }
+        let shed = call(&app, "/ok").await;
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        held.abort();
+        let exposed = metrics.encode().unwrap();
+        assert!(
+            exposed.contains(r#"stoa_refused_requests_total{reason="overloaded"} 1"#),
+            "{exposed}"
+        );
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_kept_or_made_and_nul_is_refused() {
+        let (door, _) = door(8, Duration::from_secs(5));
+        let app = app(door);
+        let given = Request::get("/ok")
+            .header("x-request-id", "abc-123")
+            .body(Body::empty())
+            .unwrap();
+        let kept = app.clone().oneshot(given).await.unwrap();
+        assert_eq!(kept.headers()["x-request-id"], "abc-123");
+        let made = call(&app, "/ok").await;
+        let id = made.headers()["x-request-id"].to_str().unwrap();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+        assert_eq!(made.headers()["x-frame-options"], "DENY");
+        assert_eq!(made.headers()["referrer-policy"], "no-referrer");
+
+        let nul = call(&app, "/ok?x=%00").await;
+        assert_eq!(nul.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(text(nul).await.contains("NUL"));
+    }
+}
