@@ -250,15 +250,13 @@ fn observe(
     let every = door.access_log_every;
     let sampled = every == 1 || SEEN.fetch_add(1, Ordering::Relaxed).is_multiple_of(every);
     if status >= 500 || sampled {
-        let request_id = request_id.to_str().unwrap_or("");
-        let method = method_label(method);
-        let path = uri.path();
-        let latency_ms = seconds * 1000.0;
-        if status >= 500 {
-            tracing::error!(target: "stoa::access", request_id, method, path, status, latency_ms, "request failed");
-        } else {
-            tracing::info!(target: "stoa::access", request_id, method, path, status, latency_ms, "request");
-        }
+        crate::telemetry::access(&crate::telemetry::AccessEntry {
+            request_id: request_id.to_str().unwrap_or(""),
+            method: method_label(method),
+            path: uri.path(),
+            status,
+            latency_ms: seconds * 1000.0,
+        });
     }
 }
 
