@@ -76,7 +76,15 @@ pub async fn front_door(
     }
 
     let elapsed = started.elapsed();
-    observe(&door, &route, &method, &uri, &request_id, &response, elapsed);
+    observe(
+        &door,
+        &route,
+        &method,
+        &uri,
+        &request_id,
+        &response,
+        elapsed,
+    );
     response
 }
 
@@ -332,7 +340,10 @@ mod tests {
             ),
             "{exposed}"
         );
-        assert!(exposed.contains("stoa_http_requests_in_flight 0"), "{exposed}");
+        assert!(
+            exposed.contains("stoa_http_requests_in_flight 0"),
+            "{exposed}"
+        );
     }
 
     #[tokio::test]

@@ -13,12 +13,26 @@ use crate::state::AppState;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub std::net::IpAddr);
 
-/// The general per-IP budget. Health probes are exempt (kubelets must never be throttled).
-pub async fn limit_per_ip(
+/// The per-IP rate limit, then ETags: one layer, because axum clones a route's whole
+/// layered stack for every request and each layer costs its share of that.
+pub async fn limit_then_tag(
     State(state): State<AppState>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
+    limit_per_ip(&state, request, |request| etag(request, next)).await
+}
+
+/// The general per-IP budget, then `inner`. Health probes are exempt (kubelets must never
+/// be throttled).
+async fn limit_per_ip<Inner>(
+    state: &AppState,
+    mut request: Request,
+    inner: impl FnOnce(Request) -> Inner,
+) -> Response
+where
+    Inner: Future<Output = Response>,
+{
     let limits = &state.config.rate_limits;
     let peer = request
         .extensions()
@@ -34,7 +48,7 @@ pub async fn limit_per_ip(
 
     let path = request.uri().path();
     if !limits.enabled || path == "/healthz" || path == "/readyz" {
-        return next.run(request).await;
+        return inner(request).await;
     }
     // An anonymous read of a cached route: fetch the entry in the limiter's round trip.
     let prefetch = (state.cache.enabled()
@@ -64,14 +78,14 @@ pub async fn limit_per_ip(
             body: body.map(axum::body::Bytes::from),
         });
     }
-    let mut response = next.run(request).await;
+    let mut response = inner(request).await;
     crate::error::apply_rate_limit_headers(response.headers_mut(), limits.per_ip, decision);
     response
 }
 
 /// `ETag` on successful GETs and `304 Not Modified` when `If-None-Match` matches, with
 /// `Vary: Authorization` (the same URL answers differently per caller).
-pub async fn etag(request: Request, next: Next) -> Response {
+async fn etag(request: Request, next: Next) -> Response {
     use axum::http::{HeaderValue, Method, StatusCode, header};
     if request.method() != Method::GET {
         return next.run(request).await;

@@ -76,7 +76,7 @@ pub fn router(state: AppState) -> Router {
     ));
 
     // Layers run outside-in from the last one added: the front door sees every request
-    // first (and every answer last), then CORS, the per-IP limit and ETags.
+    // first (and every answer last), then CORS, then the per-IP limit and ETags.
     Router::new()
         .merge(api.with_state(state.clone()))
         .merge(docs)
@@ -89,12 +89,13 @@ pub fn router(state: AppState) -> Router {
                 .into_response()
         })
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        .layer(axum::middleware::from_fn(middleware::etag))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::limit_per_ip,
+            middleware::limit_then_tag,
         ))
-        .layer(tower::util::option_layer(cors(&config.cors_allowed_origins)))
+        .layer(tower::util::option_layer(cors(
+            &config.cors_allowed_origins,
+        )))
         .layer(axum::middleware::from_fn_with_state(
             front_door::FrontDoor::new(config, state.metrics.clone()),
             front_door::front_door,
