@@ -126,16 +126,26 @@ impl App {
             metrics,
             kv,
         });
-        if let (Some(kv), Some((local, window))) = (&state.kv, state.revocations.feed()) {
-            let database = state.database.clone();
-            crate::auth::denylist::spawn(
+        let (local, window) = state.revocations.feed();
+        match &state.kv {
+            Some(kv) => {
+                let database = state.database.clone();
+                crate::auth::denylist::spawn(
+                    local,
+                    kv.client(),
+                    move || database.pool().as_ref().clone(),
+                    window,
+                    kv.timeout(),
+                    state.metrics.clone(),
+                );
+            }
+            None => crate::auth::pg_feed::spawn(
                 local,
-                kv.client(),
-                move || database.pool().as_ref().clone(),
+                state.database.clone(),
                 window,
-                kv.timeout(),
+                state.config.database.acquire_timeout,
                 state.metrics.clone(),
-            );
+            ),
         }
         crate::watch::publish_credentials(&state);
         crate::limits::spawn_reader(state.clone());

@@ -613,3 +613,108 @@ async fn revocations_are_checked_locally_and_reach_other_replicas_at_once(pool: 
     );
     assert_eq!(mgets(&redis).await, before, "answered from the local copy");
 }
+
+/// Without Redis, each replica's copy of the denylist is fed by PostgreSQL notifications
+/// sent as revocations commit: a signed-in request asks the database nothing about
+/// revocation (proved by locking the revocation tables: a request that looked there would
+/// wait and time out), a logout on one replica is honoured by another within 250 ms, a
+/// revocation written by anything else (here plain SQL) reaches every replica, and after
+/// the listening connection is cut the feed reloads and is live again.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn without_redis_revocations_reach_every_replica_from_postgres_notifications(pool: PgPool) {
+    let keys = tempfile::tempdir().unwrap();
+    stoa_api::keys::generate_keyset()
+        .write_dir(keys.path())
+        .unwrap();
+    let keys_dir = keys.path().to_str().unwrap().to_owned();
+    let env = [
+        ("STOA_JWT_KEYS_DIR", keys_dir.as_str()),
+        ("STOA_REQUEST_TIMEOUT", "2s"),
+    ];
+    let a = TestApp::spawn_with(pool.clone(), &env).await;
+    let b = TestApp::spawn_with(pool.clone(), &env).await;
+    let live = r#"stoa_dependency_up{dependency="revocation_feed"} 1"#;
+    for app in [&a, &b] {
+        eventually("the revocation feed is live", || async {
+            app.metrics().await.contains(live)
+        })
+        .await;
+    }
+    a.register("jake").await;
+    let (token, _) = login(&a, "jake").await;
+
+    // With both revocation tables locked, requests still succeed: answered locally.
+    let answered_locally = |token: String| {
+        let pool = pool.clone();
+        let b = &b;
+        async move {
+            let mut lock = pool.begin().await.unwrap();
+            sqlx::query("LOCK TABLE revoked_tokens, refresh_tokens IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *lock)
+                .await
+                .unwrap();
+            for _ in 0..10 {
+                assert_eq!(
+                    b.get("/api/user", Some(&token)).await.status,
+                    StatusCode::OK,
+                    "the revocation check went to the locked tables"
+                );
+            }
+            lock.rollback().await.unwrap();
+        }
+    };
+    answered_locally(token.clone()).await;
+
+    // A logout through A: B refuses the token within the bound.
+    assert_eq!(
+        a.post("/api/auth/logout", Some(&token), json!({}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let logged_out = std::time::Instant::now();
+    while b.get("/api/user", Some(&token)).await.status != StatusCode::UNAUTHORIZED {
+        assert!(
+            logged_out.elapsed() < std::time::Duration::from_millis(250),
+            "B still accepted the token 250 ms after the logout"
+        );
+    }
+    eprintln!(
+        "B refused the revoked token {:?} after the logout",
+        logged_out.elapsed()
+    );
+
+    // A revocation by plain SQL (another release, an operator's script) reaches both.
+    let (second, _) = login(&a, "jake").await;
+    answered_locally(second.clone()).await;
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE revoked_at IS NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for app in [&a, &b] {
+        eventually("the SQL revocation is honoured", || async {
+            app.get("/api/user", Some(&second)).await.status == StatusCode::UNAUTHORIZED
+        })
+        .await;
+    }
+
+    // Cut every connection to the database, the listeners' included: each feed reloads
+    // and is live again, answering locally.
+    let (third, _) = login(&a, "jake").await;
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(cut.len() >= 2, "the two listeners were among the cut");
+    for app in [&a, &b] {
+        eventually("the revocation feed is live again", || async {
+            app.metrics().await.contains(live)
+                && app.get("/api/user", Some(&third)).await.status == StatusCode::OK
+        })
+        .await;
+    }
+    answered_locally(third).await;
+}

@@ -15,7 +15,8 @@
 //!   any report holds the count (missing metrics never scale down);
 //! - the result is clamped to `[minReplicas, effective maximum]`, where the effective
 //!   maximum is the least of `maxReplicas`, what PostgreSQL's `max_connections` allows at
-//!   this pool size after the reserve, and what Redis's `maxclients` allows.
+//!   this pool size (plus the revocation listener's connection without Redis) after the
+//!   reserve, and what Redis's `maxclients` allows.
 
 use std::time::Duration;
 
@@ -42,8 +43,9 @@ pub struct Policy {
     pub max: i32,
     /// PostgreSQL connections left for migrations and admin sessions.
     pub reserved_connections: u32,
-    /// Connections per pod (`spec.database.maxConnections`).
-    pub pool_size: u32,
+    /// PostgreSQL connections per pod: its pool (`spec.database.maxConnections`), plus,
+    /// without Redis, the one its revocation feed listens on (stoa-api's `auth::pg_feed`).
+    pub connections_per_pod: u32,
 }
 
 impl Policy {
@@ -66,9 +68,10 @@ impl Policy {
             min: scaling.min_replicas,
             max: scaling.max_replicas,
             reserved_connections: u32::try_from(scaling.reserved_connections).unwrap_or(0),
-            pool_size: u32::try_from(stoa.spec.database.max_connections)
+            connections_per_pod: u32::try_from(stoa.spec.database.max_connections)
                 .unwrap_or(1)
-                .max(1),
+                .max(1)
+                + u32::from(stoa.spec.redis.is_none()),
         })
     }
 }
@@ -126,7 +129,7 @@ pub fn effective_max(policy: &Policy, limits: &[ServerLimits]) -> (i32, Limit) {
             .postgres_max_connections
             .saturating_sub(limit.postgres_reserved_connections)
             .saturating_sub(policy.reserved_connections);
-        let pods = i32::try_from(usable / policy.pool_size)
+        let pods = i32::try_from(usable / policy.connections_per_pod)
             .unwrap_or(i32::MAX)
             .max(1);
         if pods < bound.0 {
@@ -274,7 +277,7 @@ mod tests {
             min: 2,
             max: 20,
             reserved_connections: 10,
-            pool_size: 8,
+            connections_per_pod: 8,
         }
     }
 
@@ -386,6 +389,35 @@ mod tests {
         let d = run(&silent, 7, 60);
         assert_eq!((d.desired, d.reason), (7, "NoMetrics"));
         assert_eq!(run(&[], 7, 60).desired, 7);
+    }
+
+    #[test]
+    fn without_redis_each_pod_counts_its_revocation_listener_connection() {
+        let stoa = |redis: &str| -> Stoa {
+            serde_yaml::from_str(&format!(
+                "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {{name: api}}
+spec:
+  image: stoa-api
+  database: {{urlSecretRef: {{name: db}}, maxConnections: 9}}
+  {redis}
+  autoscaling: {{mode: Concurrency, reservedConnections: 7}}"
+            ))
+            .unwrap()
+        };
+        let limits = ServerLimits {
+            postgres_max_connections: 100,
+            postgres_reserved_connections: 3,
+            redis_max_clients: None,
+        };
+        let with_redis = Policy::of(&stoa("redis: {urlSecretRef: {name: r}}")).unwrap();
+        assert_eq!(with_redis.connections_per_pod, 9);
+        // (100 - 3 - 7) / 9 = 10 pods; / 10 = 9 pods.
+        assert_eq!(effective_max(&with_redis, &[limits]).0, 10);
+        let without = Policy::of(&stoa("")).unwrap();
+        assert_eq!(without.connections_per_pod, 10);
+        assert_eq!(effective_max(&without, &[limits]).0, 9);
     }
 
     #[test]

@@ -385,7 +385,8 @@ pub struct AutoscalingSpec {
     #[serde(default)]
     pub concurrency: ConcurrencySpec,
     /// `Concurrency`: PostgreSQL connections kept free for migrations and admin
-    /// sessions; the rest, divided by `database.maxConnections`, bounds the replicas.
+    /// sessions; the rest, divided by `database.maxConnections` (plus one without Redis:
+    /// each pod then listens for revocations on a connection of its own), bounds the replicas.
     #[serde(default = "default_reserved_connections")]
     #[schemars(range(min = 0))]
     pub reserved_connections: i32,

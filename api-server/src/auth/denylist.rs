@@ -1,7 +1,8 @@
 //! A local copy of the denylist, so a signed-in request checks revocation without a
 //! network round trip.
 //!
-//! Kept current by Redis pub/sub: every revocation is published on [`CHANNEL`] after it is
+//! Kept current by a feed: Redis pub/sub when Redis is configured (here), PostgreSQL
+//! `LISTEN`/`NOTIFY` otherwise ([`crate::auth::pg_feed`]). With Redis, every revocation is published on [`CHANNEL`] after it is
 //! committed to PostgreSQL (by the replica that made it, or by the catch-up of any replica
 //! when the one that made it could not reach Redis). The feed subscribes first and then
 //! loads every revocation that can still matter from PostgreSQL, so nothing committed
@@ -46,7 +47,7 @@ pub fn message(denied: Denied, until: i64) -> String {
     }
 }
 
-fn parse(message: &str) -> Option<(Denied, i64)> {
+pub(crate) fn parse(message: &str) -> Option<(Denied, i64)> {
     let mut parts = message.split(' ');
     let kind = parts.next()?;
     let id: Uuid = parts.next()?.parse().ok()?;
@@ -60,7 +61,7 @@ fn parse(message: &str) -> Option<(Denied, i64)> {
 }
 
 #[derive(Default)]
-struct Entries {
+pub(crate) struct Entries {
     tokens: HashMap<Uuid, i64>,
     families: HashMap<Uuid, i64>,
 }
@@ -104,7 +105,7 @@ impl LocalDenylist {
         self.live.load(Ordering::Acquire)
     }
 
-    fn set_live(&self, live: bool, metrics: &Metrics) {
+    pub(crate) fn set_live(&self, live: bool, metrics: &Metrics) {
         self.live.store(live, Ordering::Release);
         metrics
             .dependency_up
@@ -115,7 +116,7 @@ impl LocalDenylist {
     }
 
     /// Replaces everything with a fresh load, keeping what arrived meanwhile.
-    fn replace(&self, loaded: Entries) {
+    pub(crate) fn replace(&self, loaded: Entries) {
         if let Ok(mut entries) = self.entries.write() {
             let arrived = std::mem::replace(&mut *entries, loaded);
             for (id, until) in arrived.tokens {
@@ -127,7 +128,7 @@ impl LocalDenylist {
         }
     }
 
-    fn prune(&self, now: i64) {
+    pub(crate) fn prune(&self, now: i64) {
         if let Ok(mut entries) = self.entries.write() {
             entries.tokens.retain(|_, until| *until >= now);
             entries.families.retain(|_, until| *until >= now);
@@ -136,7 +137,7 @@ impl LocalDenylist {
 }
 
 /// Every revocation that can still deny a token, with the time it stops mattering.
-async fn load(db: &PgPool, window: MirrorWindow) -> sqlx::Result<Entries> {
+pub(crate) async fn load(db: &PgPool, window: MirrorWindow) -> sqlx::Result<Entries> {
     let tokens: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
         "SELECT jti, expires_at FROM revoked_tokens
           WHERE expires_at > now() - make_interval(secs => $1)",
@@ -162,8 +163,7 @@ async fn load(db: &PgPool, window: MirrorWindow) -> sqlx::Result<Entries> {
     Ok(entries)
 }
 
-/// Keeps `list` current for as long as the process runs: subscribe, load, follow; on any
-/// failure, not live until the next subscription and load have succeeded.
+/// Keeps `list` current from Redis for as long as the process runs.
 pub fn spawn(
     list: Arc<LocalDenylist>,
     client: redis::Client,
@@ -172,11 +172,38 @@ pub fn spawn(
     timeout: Duration,
     metrics: Arc<Metrics>,
 ) {
+    keep_following(
+        list.clone(),
+        metrics.clone(),
+        || false,
+        move || {
+            let (list, client, metrics, db) =
+                (list.clone(), client.clone(), metrics.clone(), pool());
+            async move { follow(&list, &client, &db, window, timeout, &metrics).await }
+        },
+    );
+}
+
+/// Runs `follow` (subscribe, load, follow) again and again until `stopped`; after any
+/// failure the list is not live until the next subscription and load succeed.
+pub(crate) fn keep_following<Follow, Following>(
+    list: Arc<LocalDenylist>,
+    metrics: Arc<Metrics>,
+    stopped: impl Fn() -> bool + Send + 'static,
+    mut follow: Follow,
+) where
+    Follow: FnMut() -> Following + Send + 'static,
+    Following: Future<Output = anyhow::Result<()>> + Send,
+{
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut warned = false;
         loop {
-            let result = follow(&list, &client, &pool(), window, timeout, &metrics).await;
+            let result = follow().await;
+            if stopped() {
+                list.set_live(false, &metrics);
+                return;
+            }
             // Only `follow` makes the list live: if it is, this was an outage after a
             // working feed, not one more failed attempt.
             let was_live = list.is_live();
@@ -185,14 +212,14 @@ pub fn spawn(
                 warned = false;
                 backoff = Duration::from_millis(100);
             }
-            // One warning per outage; retries are quiet (checks use Redis or PostgreSQL).
+            // One warning per outage; retries are quiet (checks ask the shared stores).
             match result {
                 Err(e) if !warned => {
                     tracing::warn!(error = %e, "revocation feed down: checking revocations in Redis or PostgreSQL until it is back");
                     warned = true;
                 }
                 Err(e) => tracing::debug!(error = %e, "revocation feed still down"),
-                Ok(()) => tracing::warn!("revocation feed ended; reconnecting"),
+                Ok(()) => tracing::info!("revocation feed ended; reconnecting"),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));

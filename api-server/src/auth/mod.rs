@@ -4,6 +4,7 @@
 pub mod denylist;
 pub mod extract;
 pub mod password;
+pub mod pg_feed;
 pub mod refresh;
 pub mod retention;
 pub mod revocation;

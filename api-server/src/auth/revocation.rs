@@ -7,8 +7,9 @@
 //! read as "not revoked" while the token still verifies). Checks ask Redis first and
 //! fall back to PostgreSQL whenever Redis is not trusted (not configured, down, or not yet
 //! resynced after an outage). In the common case neither is asked: each replica keeps a
-//! local copy fed by Redis pub/sub ([`crate::auth::denylist`]), and every revocation is
-//! published after it is mirrored.
+//! local copy ([`crate::auth::denylist`]) fed by Redis pub/sub (every revocation is
+//! published after it is mirrored) or, without Redis, by PostgreSQL notifications sent as
+//! revocations commit ([`crate::auth::pg_feed`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,19 +77,22 @@ impl MirrorWindow {
 pub struct Revocations {
     kv: Option<Arc<Kv>>,
     window: MirrorWindow,
-    /// With Redis: this replica's copy of the denylist (live once its feed runs).
-    local: Option<Arc<LocalDenylist>>,
+    /// This replica's copy of the denylist (answers once its feed is live).
+    local: Arc<LocalDenylist>,
 }
 
 impl Revocations {
     pub fn new(kv: Option<Arc<Kv>>, window: MirrorWindow) -> Self {
-        let local = kv.as_ref().map(|_| Arc::new(LocalDenylist::default()));
-        Revocations { kv, window, local }
+        Revocations {
+            kv,
+            window,
+            local: Arc::default(),
+        }
     }
 
     /// The local copy and what keeps it current, for the feed to be started with.
-    pub fn feed(&self) -> Option<(Arc<LocalDenylist>, MirrorWindow)> {
-        self.local.clone().map(|local| (local, self.window))
+    pub fn feed(&self) -> (Arc<LocalDenylist>, MirrorWindow) {
+        (self.local.clone(), self.window)
     }
 
     pub async fn is_revoked(
@@ -97,11 +101,7 @@ impl Revocations {
         jti: Uuid,
         family: Option<Uuid>,
     ) -> Result<bool, sqlx::Error> {
-        if let Some(answer) = self
-            .local
-            .as_ref()
-            .and_then(|l| l.check(jti, family, Utc::now().timestamp()))
-        {
+        if let Some(answer) = self.local.check(jti, family, Utc::now().timestamp()) {
             return Ok(answer);
         }
         if let Some(kv) = &self.kv {
@@ -131,11 +131,12 @@ impl Revocations {
     }
 
     /// Mirrors revocations already committed to PostgreSQL: into this replica's local
-    /// copy at once, into Redis, and to every other replica's copy (published). Best
-    /// effort: if Redis misses one, checks use PostgreSQL until the resync on recovery
-    /// restores it, and the catch-up of any replica that reaches Redis publishes it.
+    /// copy at once (its own caller's next request must see it, before any feed brings
+    /// it back), into Redis, and to every other replica's copy (published). Best effort:
+    /// if Redis misses one, checks use PostgreSQL until the resync on recovery restores it,
+    /// and the catch-up of any replica that reaches Redis publishes it. Without Redis, the
+    /// other replicas hear of it from PostgreSQL when it commits.
     pub async fn mirror(&self, jti: Option<(Uuid, DateTime<Utc>)>, families: &[Uuid]) {
-        let Some(kv) = &self.kv else { return };
         let window = self.window;
         let now = Utc::now();
         let mut denied: Vec<(Denied, i64)> = families
@@ -145,11 +146,10 @@ impl Revocations {
         if let Some((jti, expires_at)) = jti {
             denied.push((Denied::Token(jti), window.jti_until(expires_at)));
         }
-        if let Some(local) = &self.local {
-            for (what, until) in &denied {
-                local.add(*what, *until);
-            }
+        for (what, until) in &denied {
+            self.local.add(*what, *until);
         }
+        let Some(kv) = &self.kv else { return };
         kv.run(|mut conn| async move {
             let mut pipe = redis::pipe();
             for (what, until) in denied {

@@ -138,7 +138,7 @@ pub(super) async fn scale(
             Limit::Postgres => format!(
                 "PostgreSQL's max_connections leaves room for {} pods of {} connections after \
                  the {} reserved",
-                decision.effective_max, policy.pool_size, policy.reserved_connections
+                decision.effective_max, policy.connections_per_pod, policy.reserved_connections
             ),
             Limit::Redis => format!(
                 "Redis's maxclients leaves room for {} pods",
