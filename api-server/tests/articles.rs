@@ -371,6 +371,20 @@ async fn feed_shows_followed_authors_only(pool: PgPool) {
         app.get("/api/articles/feed", None).await.status,
         StatusCode::UNAUTHORIZED
     );
+
+    // The count is the total over every followed author, whatever the page.
+    app.article(&jane, "Jane again", &[]).await;
+    app.article(&bob, "Bob again", &[]).await;
+    app.post("/api/profiles/bob/follow", Some(&jake), json!({}))
+        .await;
+    let page = app
+        .get("/api/articles/feed?limit=1&offset=1", Some(&jake))
+        .await;
+    assert_eq!(page.body["articlesCount"], 4, "{}", page.text);
+    assert_eq!(page.body["articles"].as_array().unwrap().len(), 1);
+    assert_eq!(page.body["articles"][0]["slug"], "jane-again");
+    let past_end = app.get("/api/articles/feed?offset=10", Some(&jake)).await;
+    assert_eq!(past_end.body, json!({"articles": [], "articlesCount": 4}));
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]

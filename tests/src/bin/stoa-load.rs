@@ -599,6 +599,14 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let seed = Arc::new(seed(&client, &base, args.users.max(6), args.articles.max(1)).await?);
+    if let Some(pool) = &pool {
+        // Statistics as a database that has been running a while has them (autovacuum
+        // would take a minute to gather them): plans are measured as production runs them.
+        sqlx::query("ANALYZE")
+            .execute(pool)
+            .await
+            .context("ANALYZE after seeding")?;
+    }
     let bare = start_bare(&client, &base, args.bare.as_deref()).await?;
     // Let PostgreSQL finish what seeding left it (WAL, autovacuum) before the first
     // measurement, which is the limit every other figure is divided by.
