@@ -17,8 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 
-use crate::auth::denylist::{self, Denied, LocalDenylist};
-use crate::auth::revocation::MirrorWindow;
+use crate::auth::denylist::{self, Denied, LocalDenylist, MirrorWindow};
 use crate::db::Db;
 use crate::metrics::Metrics;
 

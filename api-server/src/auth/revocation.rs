@@ -12,7 +12,6 @@
 //! revocations commit ([`crate::auth::pg_feed`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
@@ -20,6 +19,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+pub use crate::auth::denylist::MirrorWindow;
 use crate::auth::denylist::{self, Denied, LocalDenylist};
 use crate::kv::Kv;
 
@@ -29,48 +29,6 @@ fn jti_key(jti: Uuid) -> String {
 
 fn family_key(family: Uuid) -> String {
     format!("stoa:revoked:fam:{family}")
-}
-
-/// How long the mirror must keep revocations: tokens verify until `exp` plus the leeway.
-#[derive(Clone, Copy, Debug)]
-pub struct MirrorWindow {
-    pub access_ttl: Duration,
-    pub leeway: Duration,
-}
-
-impl MirrorWindow {
-    pub fn of(auth: &crate::config::AuthConfig) -> MirrorWindow {
-        MirrorWindow {
-            access_ttl: auth.access_token_ttl,
-            leeway: auth.leeway,
-        }
-    }
-
-    /// A revoked family stays denied while any access token of it can still verify: one
-    /// issued just before the revocation lives `access_ttl`, plus the leeway.
-    pub fn family_window(self) -> Duration {
-        self.access_ttl + self.leeway
-    }
-
-    fn family_ttl(self) -> u64 {
-        self.family_window().as_secs().max(1)
-    }
-
-    /// Until when (unix seconds) a revoked `jti` denies its token: `exp` plus the leeway.
-    pub(crate) fn jti_until(self, expires_at: DateTime<Utc>) -> i64 {
-        expires_at.timestamp() + i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX / 4)
-    }
-
-    /// Until when (unix seconds) a family revoked at `revoked_at` denies its tokens.
-    pub(crate) fn family_until(self, revoked_at: DateTime<Utc>) -> i64 {
-        revoked_at.timestamp() + i64::try_from(self.family_ttl()).unwrap_or(i64::MAX / 4)
-    }
-
-    /// A revoked `jti` stays denied until its token's `exp` plus the leeway.
-    fn jti_ttl(self, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<u64> {
-        let remaining = (expires_at - now).num_seconds() + self.leeway.as_secs() as i64;
-        u64::try_from(remaining).ok().filter(|ttl| *ttl > 0)
-    }
 }
 
 #[derive(Clone)]
