@@ -548,3 +548,49 @@ async fn slugs_never_shadow_routes_and_stay_stable_across_edits(pool: PgPool) {
         .await;
     assert_eq!(renamed.body["article"]["slug"], slug.as_str());
 }
+
+/// The tag list follows every way an article's tags change: created, edited, deleted, and
+/// written by plain SQL (the counts are kept by the database, not by the handlers).
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn tags_follow_every_change_to_articles(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let jake = app.register("jake").await;
+    let one = app.article(&jake, "One", &["rust", "web"]).await;
+    let two = app.article(&jake, "Two", &["web", "zig"]).await;
+    let tags = || async { app.get("/api/tags", None).await.body["tags"].clone() };
+    assert_eq!(tags().await, json!(["web", "rust", "zig"]));
+
+    let edited = app
+        .put(
+            &format!("/api/articles/{one}"),
+            Some(&jake),
+            json!({"article": {"tagList": ["zig", "go"]}}),
+        )
+        .await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    assert_eq!(tags().await, json!(["zig", "go", "web"]));
+
+    app.delete(&format!("/api/articles/{two}"), Some(&jake))
+        .await;
+    assert_eq!(tags().await, json!(["go", "zig"]));
+
+    sqlx::query("UPDATE articles SET tag_list = ARRAY['go', 'go', 'ada']")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tags().await, json!(["ada", "go"]));
+    let recount: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT t, count(*) FROM articles, LATERAL (SELECT DISTINCT t FROM unnest(tag_list) t) u
+          GROUP BY t ORDER BY t",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let kept: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tag, articles::bigint FROM tag_counts WHERE articles <> 0 ORDER BY tag",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, recount);
+}

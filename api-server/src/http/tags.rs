@@ -28,8 +28,9 @@ async fn list_tags(
     {
         return Ok(json_bytes(body));
     }
+    // Counts kept by a trigger on `articles` (migration `20261126000002_tag_counts`).
     let tags: Vec<String> = sqlx::query_scalar(
-        "SELECT tag FROM articles, unnest(tag_list) AS tag GROUP BY tag ORDER BY count(*) DESC, tag",
+        "SELECT tag FROM tag_counts WHERE articles > 0 ORDER BY articles DESC, tag",
     )
     .fetch_all(&**state.db())
     .await?;
