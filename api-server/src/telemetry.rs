@@ -54,6 +54,18 @@ struct Queued {
 }
 
 impl Batch {
+    /// Queues one line, or drops and counts it when the queue is full.
+    fn push(&self, line: &[u8]) {
+        let mut queued = self.lock();
+        if queued.lines >= self.max_lines {
+            drop(queued);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            queued.bytes.extend_from_slice(line);
+            queued.lines += 1;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
         self.queued.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -90,14 +102,7 @@ struct BatchWriter(Arc<Batch>);
 
 impl Write for BatchWriter {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut queued = self.0.lock();
-        if queued.lines >= self.0.max_lines {
-            drop(queued);
-            self.0.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            queued.bytes.extend_from_slice(line);
-            queued.lines += 1;
-        }
+        self.0.push(line);
         Ok(line.len())
     }
 
@@ -183,18 +188,7 @@ pub struct AccessEntry<'a> {
 pub fn access(entry: &AccessEntry<'_>) {
     let failed = entry.status >= 500;
     let Some(batch) = JSON_ACCESS_LINES.get() else {
-        let AccessEntry {
-            request_id,
-            method,
-            path,
-            status,
-            latency_ms,
-        } = *entry;
-        if failed {
-            tracing::error!(target: "stoa::access", request_id, method, path, status, latency_ms, "request failed");
-        } else {
-            tracing::info!(target: "stoa::access", request_id, method, path, status, latency_ms, "request");
-        }
+        access_event(entry);
         return;
     };
     let enabled = if failed {
@@ -211,9 +205,25 @@ pub fn access(entry: &AccessEntry<'_>) {
     LINE.with_borrow_mut(|line| {
         line.clear();
         if json_access_line(line, entry, std::time::SystemTime::now()).is_ok() {
-            let _ = BatchWriter(batch.clone()).write(line);
+            batch.push(line);
         }
     });
+}
+
+/// The access line as a `tracing` event, for every format but JSON.
+fn access_event(entry: &AccessEntry<'_>) {
+    let AccessEntry {
+        request_id,
+        method,
+        path,
+        status,
+        latency_ms,
+    } = *entry;
+    if status >= 500 {
+        tracing::error!(target: "stoa::access", request_id, method, path, status, latency_ms, "request failed");
+    } else {
+        tracing::info!(target: "stoa::access", request_id, method, path, status, latency_ms, "request");
+    }
 }
 
 fn json_access_line(
@@ -302,16 +312,7 @@ mod tests {
                 move || sink.clone()
             })
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            let AccessEntry {
-                request_id,
-                method,
-                path,
-                status,
-                latency_ms,
-            } = entry;
-            tracing::error!(target: "stoa::access", request_id, method, path, status, latency_ms, "request failed");
-        });
+        tracing::subscriber::with_default(subscriber, || access_event(&entry));
         let formatted = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let timestamp = &formatted[r#"{"timestamp":""#.len()..][..27];
         let now = humantime::parse_rfc3339(timestamp).unwrap();

@@ -545,34 +545,62 @@ async fn mgets(redis: &RedisServer) -> u64 {
         .map_or(0, |n| n.parse().unwrap())
 }
 
+/// A key set for two replicas of one test to share (removed with the directory).
+fn shared_keys() -> tempfile::TempDir {
+    let keys = tempfile::tempdir().unwrap();
+    stoa_api::keys::generate_keyset()
+        .write_dir(keys.path())
+        .unwrap();
+    keys
+}
+
+const FEED_LIVE: &str = r#"stoa_dependency_up{dependency="revocation_feed"} 1"#;
+
+async fn wait_for_live_feeds(apps: [&TestApp; 2]) {
+    for app in apps {
+        eventually("the revocation feed is live", || async {
+            app.metrics().await.contains(FEED_LIVE)
+        })
+        .await;
+    }
+}
+
+/// Logs `token` out through `a`; `b` must refuse it within 250 ms (how soon is printed).
+async fn logout_is_refused_by_the_other_replica(a: &TestApp, b: &TestApp, token: &str) {
+    assert_eq!(
+        a.post("/api/auth/logout", Some(token), json!({}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let logged_out = std::time::Instant::now();
+    while b.get("/api/user", Some(token)).await.status != StatusCode::UNAUTHORIZED {
+        assert!(
+            logged_out.elapsed() < std::time::Duration::from_millis(250),
+            "B still accepted the token 250 ms after the logout"
+        );
+    }
+    eprintln!(
+        "B refused the revoked token {:?} after the logout",
+        logged_out.elapsed()
+    );
+}
+
 /// Each replica checks revocations in its own copy of the denylist (no Redis round trip),
 /// and a logout on one replica is honoured by another within 250 ms (stated bound: one
 /// Redis publish; measured in the test output).
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn revocations_are_checked_locally_and_reach_other_replicas_at_once(pool: PgPool) {
     let redis = RedisServer::start().await;
-    let keys = tempfile::tempdir().unwrap();
-    stoa_api::keys::generate_keyset()
-        .write_dir(keys.path())
-        .unwrap();
+    let keys = shared_keys();
+    let (redis_url, keys_dir) = (redis.url(), keys.path().to_str().unwrap().to_owned());
     let env = [
-        ("STOA_REDIS_URL", redis.url()),
-        (
-            "STOA_JWT_KEYS_DIR",
-            keys.path().to_str().unwrap().to_owned(),
-        ),
+        ("STOA_REDIS_URL", redis_url.as_str()),
+        ("STOA_JWT_KEYS_DIR", keys_dir.as_str()),
     ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let a = TestApp::spawn_with(pool.clone(), &env).await;
     let b = TestApp::spawn_with(pool, &env).await;
-    for app in [&a, &b] {
-        eventually("the revocation feed is live", || async {
-            app.metrics()
-                .await
-                .contains(r#"stoa_dependency_up{dependency="revocation_feed"} 1"#)
-        })
-        .await;
-    }
+    wait_for_live_feeds([&a, &b]).await;
     a.register("jake").await;
     let (token, _) = login(&a, "jake").await;
 
@@ -591,26 +619,7 @@ async fn revocations_are_checked_locally_and_reach_other_replicas_at_once(pool: 
     );
 
     // A logout through A: B refuses the token within the bound.
-    assert_eq!(
-        a.post("/api/auth/logout", Some(&token), json!({}))
-            .await
-            .status,
-        StatusCode::NO_CONTENT
-    );
-    let logged_out = std::time::Instant::now();
-    loop {
-        if b.get("/api/user", Some(&token)).await.status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        assert!(
-            logged_out.elapsed() < std::time::Duration::from_millis(250),
-            "B still accepted the token 250 ms after the logout"
-        );
-    }
-    eprintln!(
-        "B refused the revoked token {:?} after the logout",
-        logged_out.elapsed()
-    );
+    logout_is_refused_by_the_other_replica(&a, &b, &token).await;
     assert_eq!(mgets(&redis).await, before, "answered from the local copy");
 }
 
@@ -622,10 +631,7 @@ async fn revocations_are_checked_locally_and_reach_other_replicas_at_once(pool: 
 /// the listening connection is cut the feed reloads and is live again.
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn without_redis_revocations_reach_every_replica_from_postgres_notifications(pool: PgPool) {
-    let keys = tempfile::tempdir().unwrap();
-    stoa_api::keys::generate_keyset()
-        .write_dir(keys.path())
-        .unwrap();
+    let keys = shared_keys();
     let keys_dir = keys.path().to_str().unwrap().to_owned();
     let env = [
         ("STOA_JWT_KEYS_DIR", keys_dir.as_str()),
@@ -633,13 +639,7 @@ async fn without_redis_revocations_reach_every_replica_from_postgres_notificatio
     ];
     let a = TestApp::spawn_with(pool.clone(), &env).await;
     let b = TestApp::spawn_with(pool.clone(), &env).await;
-    let live = r#"stoa_dependency_up{dependency="revocation_feed"} 1"#;
-    for app in [&a, &b] {
-        eventually("the revocation feed is live", || async {
-            app.metrics().await.contains(live)
-        })
-        .await;
-    }
+    wait_for_live_feeds([&a, &b]).await;
     a.register("jake").await;
     let (token, _) = login(&a, "jake").await;
 
@@ -666,23 +666,7 @@ async fn without_redis_revocations_reach_every_replica_from_postgres_notificatio
     answered_locally(token.clone()).await;
 
     // A logout through A: B refuses the token within the bound.
-    assert_eq!(
-        a.post("/api/auth/logout", Some(&token), json!({}))
-            .await
-            .status,
-        StatusCode::NO_CONTENT
-    );
-    let logged_out = std::time::Instant::now();
-    while b.get("/api/user", Some(&token)).await.status != StatusCode::UNAUTHORIZED {
-        assert!(
-            logged_out.elapsed() < std::time::Duration::from_millis(250),
-            "B still accepted the token 250 ms after the logout"
-        );
-    }
-    eprintln!(
-        "B refused the revoked token {:?} after the logout",
-        logged_out.elapsed()
-    );
+    logout_is_refused_by_the_other_replica(&a, &b, &token).await;
 
     // A revocation by plain SQL (another release, an operator's script) reaches both.
     let (second, _) = login(&a, "jake").await;
@@ -711,7 +695,7 @@ async fn without_redis_revocations_reach_every_replica_from_postgres_notificatio
     assert!(cut.len() >= 2, "the two listeners were among the cut");
     for app in [&a, &b] {
         eventually("the revocation feed is live again", || async {
-            app.metrics().await.contains(live)
+            app.metrics().await.contains(FEED_LIVE)
                 && app.get("/api/user", Some(&third)).await.status == StatusCode::OK
         })
         .await;

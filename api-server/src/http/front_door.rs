@@ -169,12 +169,13 @@ impl RouteMetrics {
         if let Some(found) = read(&ROUTES).get(route) {
             return found.clone();
         }
+        let route: Arc<str> = Arc::from(route);
         let mut routes = ROUTES.write().unwrap_or_else(|p| p.into_inner());
         routes
-            .entry(Arc::from(route))
+            .entry(route.clone())
             .or_insert_with(|| {
                 Arc::new(RouteMetrics {
-                    route: Arc::from(route),
+                    route,
                     series: RwLock::default(),
                 })
             })
