@@ -55,25 +55,54 @@ fn gcra(tat: Option<u64>, now: u64, quota: Quota) -> (Decision, Option<u64>) {
     (decision, Some(new_tat as u64))
 }
 
-// Same algorithm as `gcra`, on Redis' clock. Returns {allowed, remaining, reset_ms, retry_ms}.
+/// One budget a request draws from: the bucket's name (a metrics label), whose key in it
+/// (an address, a user id), and its quota.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    pub bucket: &'static str,
+    pub key: &'a str,
+    pub quota: Quota,
+}
+
+impl Charge<'_> {
+    fn storage_key(&self) -> String {
+        format!("stoa:rl:{}:{}", self.bucket, self.key)
+    }
+}
+
+// Same algorithm as `gcra`, on Redis' clock, over every bucket in KEYS[1..n] (quotas in
+// ARGV as n, then interval and burst per bucket): all are charged or, if any is empty,
+// none. Returns {{allowed, remaining, reset_ms, retry_ms} per bucket, cached entry}.
 const GCRA_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - interval * burst
-if allow_at > now then
-  return {0, 0, tat - now, allow_at - now, false}
+local n = tonumber(ARGV[1])
+local decisions = {}
+local new_tats = {}
+local allowed = true
+for i = 1, n do
+  local interval = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - interval * burst
+  if allow_at > now then
+    allowed = false
+    decisions[i] = {0, 0, tat - now, allow_at - now}
+  else
+    new_tats[i] = new_tat
+    decisions[i] = {1, math.min(math.floor((now - allow_at) / interval), burst), new_tat - now, 0}
+  end
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
-local remaining = math.min(math.floor((now - allow_at) / interval), burst)
--- Optionally read a cache entry in the same round trip (KEYS[2]).
+if not allowed then return {decisions, false} end
+for i = 1, n do
+  redis.call('SET', KEYS[i], new_tats[i], 'PX', new_tats[i] - now)
+end
+-- Optionally read a cache entry in the same round trip (KEYS[n + 1]).
 local cached = false
-if #KEYS > 1 then cached = redis.call('GET', KEYS[2]) end
-return {1, remaining, new_tat - now, 0, cached}
+if #KEYS > n then cached = redis.call('GET', KEYS[n + 1]) end
+return {decisions, cached}
 ";
 
 /// In-process buckets, used when Redis cannot be.
@@ -83,7 +112,8 @@ struct LocalBuckets {
 }
 
 impl LocalBuckets {
-    fn check(&self, key: &str, quota: Quota) -> Decision {
+    /// Same rule as the script: every bucket charged, or none.
+    fn take<const N: usize>(&self, charges: &[Charge<'_>; N]) -> [Decision; N] {
         let now = self.started.elapsed().as_millis() as u64;
         let mut tats = match self.tats.lock() {
             Ok(tats) => tats,
@@ -93,11 +123,17 @@ impl LocalBuckets {
         if tats.len() > 100_000 {
             tats.retain(|_, tat| *tat > now);
         }
-        let (decision, new_tat) = gcra(tats.get(key).copied(), now, quota);
-        if let Some(new_tat) = new_tat {
-            tats.insert(key.to_owned(), new_tat);
+        let keys = charges.map(|charge| charge.storage_key());
+        let outcomes: [(Decision, Option<u64>); N] =
+            std::array::from_fn(|i| gcra(tats.get(&keys[i]).copied(), now, charges[i].quota));
+        if outcomes.iter().all(|(decision, _)| decision.allowed) {
+            for (key, (_, new_tat)) in keys.into_iter().zip(&outcomes) {
+                if let Some(new_tat) = new_tat {
+                    tats.insert(key, *new_tat);
+                }
+            }
         }
-        decision
+        outcomes.map(|(decision, _)| decision)
     }
 }
 
@@ -121,50 +157,59 @@ impl RateLimiter {
     }
 
     /// Takes one request from bucket `bucket:key`.
-    pub async fn check(&self, bucket: &str, key: &str, quota: Quota) -> Decision {
-        self.check_and_fetch(bucket, key, quota, None).await.0
+    pub async fn check(&self, bucket: &'static str, key: &str, quota: Quota) -> Decision {
+        let ([decision], _) = self.take([Charge { bucket, key, quota }], None).await;
+        decision
     }
 
-    /// Takes one request from the bucket and, when allowed, also reads the Redis key
-    /// `fetch` in the same round trip. The second value is `None` when nothing was fetched
-    /// (no key given, request denied, or Redis unavailable).
-    pub async fn check_and_fetch(
+    /// Takes one request from every budget in one round trip, or from none when any is
+    /// spent (a request refused by one budget does not use up the others), and when
+    /// allowed also reads the Redis key `fetch`. The second value is `None` when nothing
+    /// was fetched (no key given, request refused, or Redis unavailable).
+    pub async fn take<const N: usize>(
         &self,
-        bucket: &str,
-        key: &str,
-        quota: Quota,
+        charges: [Charge<'_>; N],
         fetch: Option<String>,
-    ) -> (Decision, Option<Option<Vec<u8>>>) {
-        let full_key = format!("stoa:rl:{bucket}:{key}");
+    ) -> ([Decision; N], Option<Option<Vec<u8>>>) {
         if let Some(kv) = &self.kv {
             let script = self.script.clone();
-            let redis_key = full_key.clone();
             let fetching = fetch.is_some();
             let answer = kv
                 .run(|mut conn| async move {
-                    let mut invocation = script.key(redis_key);
+                    let mut invocation = script.prepare_invoke();
+                    invocation.arg(N);
+                    for charge in &charges {
+                        invocation
+                            .key(charge.storage_key())
+                            .arg(charge.quota.interval_ms())
+                            .arg(charge.quota.burst);
+                    }
                     if let Some(fetch) = fetch {
                         invocation.key(fetch);
                     }
                     invocation
-                        .arg(quota.interval_ms())
-                        .arg(quota.burst)
-                        .invoke_async::<(u8, u64, u64, u64, Option<Vec<u8>>)>(&mut conn)
+                        .invoke_async::<(Vec<(u8, u64, u64, u64)>, Option<Vec<u8>>)>(&mut conn)
                         .await
                 })
                 .await;
-            if let Some((allowed, remaining, reset_ms, retry_ms, cached)) = answer {
-                let decision = Decision {
-                    allowed: allowed == 1,
-                    limit: quota.burst,
-                    remaining: remaining.min(u64::from(u32::MAX)) as u32,
-                    reset: Duration::from_millis(reset_ms),
-                    retry_after: Duration::from_millis(retry_ms),
-                };
-                return (decision, (fetching && decision.allowed).then_some(cached));
+            if let Some((answers, cached)) = answer
+                && answers.len() == N
+            {
+                let decisions: [Decision; N] = std::array::from_fn(|i| {
+                    let (allowed, remaining, reset_ms, retry_ms) = answers[i];
+                    Decision {
+                        allowed: allowed == 1,
+                        limit: charges[i].quota.burst,
+                        remaining: remaining.min(u64::from(u32::MAX)) as u32,
+                        reset: Duration::from_millis(reset_ms),
+                        retry_after: Duration::from_millis(retry_ms),
+                    }
+                });
+                let allowed = decisions.iter().all(|d| d.allowed);
+                return (decisions, (fetching && allowed).then_some(cached));
             }
         }
-        (self.local.check(&full_key, quota), None)
+        (self.local.take(&charges), None)
     }
 }
 
@@ -247,6 +292,32 @@ mod tests {
         assert!(d.allowed);
         let (d, _) = gcra(next, 1000, quota);
         assert!(!d.allowed);
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_by_one_budget_spends_none() {
+        let limiter = RateLimiter::new(None);
+        let quota = |burst| Quota {
+            burst,
+            period: Duration::from_secs(600),
+        };
+        let ip = Charge {
+            bucket: "ip",
+            key: "10.0.0.1",
+            quota: quota(3),
+        };
+        let user = Charge {
+            bucket: "user",
+            key: "jake",
+            quota: quota(1),
+        };
+        let ([a, b], _) = limiter.take([ip, user], None).await;
+        assert!(a.allowed && b.allowed);
+        assert_eq!(a.remaining, 2);
+        let ([a, b], _) = limiter.take([ip, user], None).await;
+        assert!(a.allowed && !b.allowed);
+        // The address still has its two requests.
+        assert_eq!(limiter.check("ip", "10.0.0.1", quota(3)).await.remaining, 1);
     }
 
     #[test]

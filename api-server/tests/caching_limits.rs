@@ -225,6 +225,74 @@ async fn rate_limits_apply(app: &TestApp) {
     );
 }
 
+/// Per user: 3 requests each, whatever the address; a refused request spends no budget
+/// (neither the user's nor the address's); anonymous requests from the same address and
+/// other users are not affected; a token that does not verify is still a 401, never
+/// charged to anyone.
+async fn per_user_limits_apply(app: &TestApp) {
+    let jake = app.register("jake").await;
+    let jane = app.register("jane").await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.get("/api/user", Some(&jake)).await.status,
+            StatusCode::OK
+        );
+    }
+    for _ in 0..2 {
+        let limited = app.get("/api/user", Some(&jake)).await;
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers["ratelimit-limit"], "3");
+        assert!(limited.headers.contains_key("retry-after"));
+    }
+    // Routes that only may use the caller count the user too.
+    let limited = app.get("/api/articles", Some(&jake)).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    for _ in 0..3 {
+        assert_eq!(
+            app.get("/api/user", Some(&jane)).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(app.get("/api/articles", None).await.status, StatusCode::OK);
+    let forged = app.get("/api/user", Some("not-a-token")).await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+    // Per IP (20): 2 registrations, 6 allowed, 1 anonymous, 1 forged = 10 spent; the 3
+    // refused did not count.
+    let res = app.get("/api/tags", None).await;
+    assert_eq!(res.headers["ratelimit-remaining"], "9");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"stoa_rate_limited_requests_total{bucket="user"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn per_user_rate_limits_share_the_round_trip_in_redis(pool: PgPool) {
+    let (_redis, app) = with_redis(
+        pool,
+        &[
+            ("STOA_RATE_LIMIT_PER_IP", "20/10m"),
+            ("STOA_RATE_LIMIT_PER_USER", "3/10m"),
+        ],
+    )
+    .await;
+    per_user_limits_apply(&app).await;
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn per_user_rate_limits_hold_in_process_without_redis(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("STOA_RATE_LIMIT_PER_IP", "20/10m"),
+            ("STOA_RATE_LIMIT_PER_USER", "3/10m"),
+        ],
+    )
+    .await;
+    per_user_limits_apply(&app).await;
+}
+
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn rate_limits_answer_429_with_headers_in_redis(pool: PgPool) {
     let (_redis, app) = with_redis(pool, &[("STOA_RATE_LIMIT_PER_IP", "5/1m")]).await;

@@ -702,3 +702,34 @@ async fn without_redis_revocations_reach_every_replica_from_postgres_notificatio
     }
     answered_locally(third).await;
 }
+
+/// Only sign-in, refresh and a password change issue access tokens: reading or editing the
+/// profile answers with the caller's own token, so an access token cannot renew itself
+/// past its session's end or its refresh token's revocation.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn reading_or_editing_the_profile_never_renews_the_access_token(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.register("jake").await;
+    let (access, _) = login(&app, "jake").await;
+    let read = app.get("/api/user", Some(&access)).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body["user"]["token"], access.as_str());
+    assert_eq!(read.body["user"]["username"], "jake");
+    let edited = app
+        .put("/api/user", Some(&access), json!({"user": {"bio": "edited"}}))
+        .await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    assert_eq!(edited.body["user"]["token"], access.as_str());
+    assert_eq!(edited.body["user"]["bio"], "edited");
+    // The Bearer scheme answers with the same token too.
+    let bearer = app
+        .client
+        .get(app.url("/api/user"))
+        .header("Authorization", format!("Bearer  {access} "))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), StatusCode::OK);
+    let body: serde_json::Value = bearer.json().await.unwrap();
+    assert_eq!(body["user"]["token"], access.as_str());
+}

@@ -7,6 +7,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
 use uuid::Uuid;
 
 use crate::auth::tokens::{Claims, TokenError};
@@ -18,6 +19,17 @@ use crate::state::AppState;
 pub struct AuthUser {
     pub id: Uuid,
     pub claims: Claims,
+    /// The `Authorization` value the token came in (a reference-counted view of the
+    /// request's bytes, not a copy).
+    header: HeaderValue,
+}
+
+impl AuthUser {
+    /// The access token the caller presented (verified).
+    pub fn token(&self) -> &str {
+        // Already parsed once by the extractor, so it cannot fail here.
+        token_in(&self.header).unwrap_or_default()
+    }
 }
 
 /// A caller who may be anonymous.
@@ -30,10 +42,18 @@ impl MaybeAuthUser {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
-    let Some(value) = parts.headers.get(AUTHORIZATION) else {
-        return Ok(None);
-    };
+/// A request's token, verified by the rate-limit middleware, which has also charged its
+/// user's budget in the same round trip as the address's. The extractors take it from the
+/// request's extensions (only the server can put it there) instead of doing both again.
+#[derive(Debug, Clone)]
+pub struct Verified(pub Claims);
+
+/// The token in `Authorization`, if any.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers.get(AUTHORIZATION).map(token_in).transpose()
+}
+
+fn token_in(value: &HeaderValue) -> Result<&str, ApiError> {
     let value = value
         .to_str()
         .map_err(|_| ApiError::Unauthorized("is malformed"))?;
@@ -45,7 +65,7 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
         if token.is_empty() {
             return Err(ApiError::Unauthorized("is missing"));
         }
-        Ok(Some(token))
+        Ok(token)
     } else {
         Err(ApiError::Unauthorized(
             "must use the Token or Bearer scheme",
@@ -53,15 +73,18 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     }
 }
 
-/// Verifies the signature and claims, then the denylist, then the caller's rate budget.
-async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
-    let claims = state.tokens.verify(token).map_err(|e| {
-        ApiError::Unauthorized(match e {
-            TokenError::Expired => "has expired",
-            TokenError::UnknownKey => "was signed by an unknown key",
-            TokenError::Malformed | TokenError::Invalid => "is invalid",
-        })
-    })?;
+/// Verifies the signature and claims (unless the middleware did), then the denylist, then
+/// the caller's rate budget (unless the middleware charged it).
+async fn authenticate(
+    state: &AppState,
+    verified: Option<Verified>,
+    header: &HeaderValue,
+) -> Result<AuthUser, ApiError> {
+    let token = token_in(header)?;
+    let (claims, budget_charged) = match verified {
+        Some(Verified(claims)) => (claims, true),
+        None => (verify(state, token)?, false),
+    };
     let revoked = state
         .revocations
         .is_revoked(&state.db(), claims.jti, claims.fam)
@@ -69,16 +92,29 @@ async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiErro
     if revoked {
         return Err(ApiError::Unauthorized("has been revoked"));
     }
-    state
-        .enforce_rate_limit(
-            "user",
-            &claims.sub.to_string(),
-            state.config.rate_limits.per_user,
-        )
-        .await?;
+    if !budget_charged {
+        state
+            .enforce_rate_limit(
+                "user",
+                &claims.sub.to_string(),
+                state.config.rate_limits.per_user,
+            )
+            .await?;
+    }
     Ok(AuthUser {
         id: claims.sub,
         claims,
+        header: header.clone(),
+    })
+}
+
+fn verify(state: &AppState, token: &str) -> Result<Claims, ApiError> {
+    state.tokens.verify(token).map_err(|e| {
+        ApiError::Unauthorized(match e {
+            TokenError::Expired => "has expired",
+            TokenError::UnknownKey => "was signed by an unknown key",
+            TokenError::Malformed | TokenError::Invalid => "is invalid",
+        })
     })
 }
 
@@ -89,8 +125,12 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?.ok_or(ApiError::Unauthorized("is missing"))?;
-        authenticate(state, token).await
+        let verified = parts.extensions.remove::<Verified>();
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized("is missing"))?;
+        authenticate(state, verified, header).await
     }
 }
 
@@ -101,9 +141,10 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        match bearer(parts)? {
+        let verified = parts.extensions.remove::<Verified>();
+        match parts.headers.get(AUTHORIZATION) {
             None => Ok(MaybeAuthUser(None)),
-            Some(token) => authenticate(state, token)
+            Some(header) => authenticate(state, verified, header)
                 .await
                 .map(|user| MaybeAuthUser(Some(user))),
         }

@@ -6,7 +6,9 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::extract::Verified;
 use crate::error::ApiError;
+use crate::ratelimit::Charge;
 use crate::state::AppState;
 
 /// The caller's address as the rate limiter sees it (see `STOA_TRUSTED_PROXY_HOPS`).
@@ -59,15 +61,43 @@ where
     .then(|| crate::cache::key_for_request(path, request.uri().query()))
     .flatten()
     .map(|key| key.redis_key());
-    let (decision, fetched) = state
-        .limiter
-        .check_and_fetch(
-            "ip",
-            &crate::ratelimit::bucket_key(ip),
-            limits.per_ip,
-            prefetch.clone(),
-        )
-        .await;
+    let ip_key = crate::ratelimit::bucket_key(ip);
+    let ip_charge = Charge {
+        bucket: "ip",
+        key: &ip_key,
+        quota: limits.per_ip,
+    };
+    // A signed-in request: its user's budget is charged in the same round trip, and the
+    // verified claims are handed to the auth extractors. A token that does not verify is
+    // left to them (a route that needs it answers 401 there).
+    let verified = crate::auth::extract::bearer(request.headers())
+        .ok()
+        .flatten()
+        .and_then(|token| state.tokens.verify(token).ok());
+    let (decision, fetched) = match verified {
+        None => {
+            let ([decision], fetched) = state.limiter.take([ip_charge], prefetch.clone()).await;
+            (decision, fetched)
+        }
+        Some(claims) => {
+            let user_key = claims.sub.to_string();
+            let user_charge = Charge {
+                bucket: "user",
+                key: &user_key,
+                quota: limits.per_user,
+            };
+            let ([decision, user], fetched) = state
+                .limiter
+                .take([ip_charge, user_charge], prefetch.clone())
+                .await;
+            if decision.allowed && !user.allowed {
+                return crate::error::rate_limited(&state.metrics, "user", limits.per_user, user)
+                    .into_response();
+            }
+            request.extensions_mut().insert(Verified(claims));
+            (decision, fetched)
+        }
+    };
     if !decision.allowed {
         return crate::error::rate_limited(&state.metrics, "ip", limits.per_ip, decision)
             .into_response();

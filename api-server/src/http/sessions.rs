@@ -20,8 +20,8 @@ pub struct UserRow {
     pub image: Option<String>,
 }
 
-/// The user with a fresh access token in session `family`, and the session's new
-/// refresh token when one was just issued.
+/// The user with a new access token in session `family`, and the session's new refresh
+/// token when one was just issued: for sign-in, refresh and password change.
 pub fn session_response(
     state: &AppState,
     row: UserRow,
@@ -29,16 +29,23 @@ pub fn session_response(
     refresh_token: Option<String>,
 ) -> ApiResult<UserResponse> {
     let issued = state.tokens.issue(row.id, family)?;
-    Ok(UserResponse {
+    Ok(user_response(row, issued.token, refresh_token))
+}
+
+/// The user with `token`: a new one, or on reads and profile edits the caller's own. An
+/// access token is never renewed by itself (only a refresh renews it), or it could
+/// outlive its session (`STOA_SESSION_MAX_LIFETIME`) and its refresh token's revocation.
+pub fn user_response(row: UserRow, token: String, refresh_token: Option<String>) -> UserResponse {
+    UserResponse {
         user: User {
             email: row.email,
-            token: issued.token,
+            token,
             username: row.username,
             bio: row.bio,
             image: row.image,
             refresh_token,
         },
-    })
+    }
 }
 
 /// A new session: a refresh-token family, its first token, that token's expiry and the

@@ -13,7 +13,8 @@ use crate::error::{ApiError, ApiResult, ResultExt, Validator};
 use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
 use crate::http::sessions::{
-    UserRow, limit_credentials, limit_login_attempts, new_session, security_event, session_response,
+    UserRow, limit_credentials, limit_login_attempts, new_session, security_event,
+    session_response, user_response,
 };
 use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, UserResponse};
 use crate::http::validate;
@@ -169,7 +170,7 @@ async fn login(
     )?))
 }
 
-/// The current user, with a fresh token.
+/// The current user, with the token they presented.
 #[utoipa::path(get, path = "/api/user", tag = "users",
     security(("token" = [])),
     responses((status = 200, body = UserResponse), (status = 401)))]
@@ -184,12 +185,11 @@ async fn current_user(
             .await?
             // A valid token for a deleted account.
             .ok_or(ApiError::Unauthorized("belongs to no user"))?;
-    Ok(axum::Json(session_response(
-        &state,
+    Ok(axum::Json(user_response(
         row,
-        auth.claims.fam,
+        auth.token().to_owned(),
         None,
-    )?))
+    )))
 }
 
 /// Update the current user.
@@ -386,7 +386,7 @@ async fn update_user(
             Some(session.family),
             Some(session.refresh.token),
         )?,
-        None => session_response(&state, updated.user, auth.claims.fam, None)?,
+        None => user_response(updated.user, auth.token().to_owned(), None),
     };
     Ok(axum::Json(response))
 }
