@@ -138,6 +138,14 @@ impl App {
                     kv.timeout(),
                     state.metrics.clone(),
                 );
+                if let Some(near) = state.cache.near() {
+                    crate::cache::near::spawn(
+                        near.clone(),
+                        kv.client(),
+                        kv.timeout(),
+                        state.metrics.clone(),
+                    );
+                }
             }
             None => crate::auth::pg_feed::spawn(
                 local,

@@ -451,3 +451,136 @@ async fn a_client_cannot_escape_its_rate_limit_with_its_own_forwarded_for_line(p
         assert_eq!(res.status(), expected, "{addr}");
     }
 }
+
+/// Calls of one Redis command so far (`INFO commandstats`).
+async fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+async fn two_replicas(pool: PgPool, extra: &[(&str, &str)]) -> (RedisServer, TestApp, TestApp) {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    // A Redis call past its deadline falls back to in-process limits (per replica) and
+    // skips the cache: a loaded test machine must not make that happen here.
+    let mut env = vec![
+        ("STOA_REDIS_URL", url.as_str()),
+        ("STOA_REDIS_TIMEOUT", "10s"),
+    ];
+    env.extend_from_slice(extra);
+    let a = TestApp::spawn_with(pool.clone(), &env).await;
+    let b = TestApp::spawn_with(pool, &env).await;
+    for app in [&a, &b] {
+        eventually("redis up and cache feed live", || async {
+            app.admin_get("/readyz").await.body["checks"]["redis"]["status"] == "up"
+                && app
+                    .metrics()
+                    .await
+                    .contains(r#"stoa_dependency_up{dependency="cache_feed"} 1"#)
+        })
+        .await;
+    }
+    (redis, a, b)
+}
+
+/// Each replica answers hot cached reads from its own copy, without a Redis round trip
+/// (the per-IP budget leased ahead, the entry kept locally), and a write on any replica
+/// reaches every replica's copy within 250 ms.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn replicas_answer_hot_reads_from_their_own_copy_until_any_replica_writes(pool: PgPool) {
+    let (redis, a, b) = two_replicas(pool, &[]).await;
+    let jake = a.register("jake").await;
+    let slug = a.article(&jake, "Near", &[]).await;
+    let path = format!("/api/articles/{slug}");
+    for _ in 0..5 {
+        assert_eq!(b.get(&path, None).await.status, StatusCode::OK);
+    }
+    // Deleted in Redis behind the replicas' backs (not an invalidation): B still has it.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deleted: u64 = redis::cmd("DEL")
+        .arg(format!("stoa:c:article:{slug}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1, "the entry was cached in Redis");
+    let scripts = redis_calls(&redis, "evalsha").await;
+    for _ in 0..40 {
+        let res = b.get(&path, None).await;
+        assert_eq!(res.status, StatusCode::OK);
+        assert_eq!(res.body["article"]["title"], "Near");
+    }
+    let read: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(format!("stoa:c:article:{slug}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(read, None, "B went to the database and refilled Redis");
+    let decisions = redis_calls(&redis, "evalsha").await - scripts;
+    assert!(
+        decisions < 10,
+        "{decisions} rate-limit calls for 40 requests"
+    );
+
+    let started = std::time::Instant::now();
+    let edited = a
+        .put(
+            &path,
+            Some(&jake),
+            json!({"article": {"body": "edited on A"}}),
+        )
+        .await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    loop {
+        let res = b.get(&path, None).await;
+        if res.body["article"]["body"] == "edited on A" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(250),
+            "B still answers the old article after 250 ms"
+        );
+    }
+    // The writer itself never answers its own write's old state.
+    assert_eq!(
+        a.get(&path, None).await.body["article"]["body"],
+        "edited on A"
+    );
+}
+
+/// Leased cells are charged in Redis when leased: two replicas spending one budget
+/// together never let more than it through, and a busy client costs a few Redis calls,
+/// not one per request.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn replicas_leasing_one_budget_never_exceed_it(pool: PgPool) {
+    let (redis, a, b) = two_replicas(pool, &[("STOA_RATE_LIMIT_PER_IP", "320/10m")]).await;
+    let before = redis_calls(&redis, "evalsha").await;
+    let mut allowed = 0;
+    for _ in 0..50 {
+        let batch = (0..8).map(|i| {
+            let app = if i % 2 == 0 { &a } else { &b };
+            app.get("/api/tags", None)
+        });
+        for res in futures::future::join_all(batch).await {
+            match res.status {
+                StatusCode::OK => allowed += 1,
+                StatusCode::TOO_MANY_REQUESTS => {}
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    // Each replica leases at most 320 / 16 = 20 cells at once; unspent ones are lost.
+    assert!((280..=320).contains(&allowed), "{allowed} of 400 allowed");
+    let calls = redis_calls(&redis, "evalsha").await - before;
+    assert!(calls < 200, "{calls} Redis calls for 400 requests");
+}

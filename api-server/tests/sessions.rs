@@ -716,7 +716,11 @@ async fn reading_or_editing_the_profile_never_renews_the_access_token(pool: PgPo
     assert_eq!(read.body["user"]["token"], access.as_str());
     assert_eq!(read.body["user"]["username"], "jake");
     let edited = app
-        .put("/api/user", Some(&access), json!({"user": {"bio": "edited"}}))
+        .put(
+            "/api/user",
+            Some(&access),
+            json!({"user": {"bio": "edited"}}),
+        )
         .await;
     assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
     assert_eq!(edited.body["user"]["token"], access.as_str());

@@ -150,6 +150,9 @@ pub struct RateLimitConfig {
     /// How many reverse proxies in front of the server append to `X-Forwarded-For`;
     /// 0 means use the peer address.
     pub trusted_proxy_hops: usize,
+    /// The most cells of a shared (Redis) budget a replica leases at once; 1 sends every
+    /// decision to Redis.
+    pub lease_max: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +164,8 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// Lifetime of cached anonymous reads; 0 disables the cache.
     pub cache_ttl: Duration,
+    /// Capacity of each replica's own copy of hot cache entries; 0 disables it.
+    pub cache_local_bytes: u64,
     pub rate_limits: RateLimitConfig,
     /// How often mounted files (key set, database URL) are checked for changes.
     pub reload_interval: Duration,
@@ -304,6 +309,11 @@ impl Config {
                 Quota::per(10, secs(15 * 60)),
             )?,
             trusted_proxy_hops: s.read(Setting::new("STOA_TRUSTED_PROXY_HOPS", 0usize))?,
+            lease_max: s.read(
+                Setting::new("STOA_RATE_LIMIT_LEASE_MAX", 64u32)
+                    .at_least(1)
+                    .at_most(4096, "leased cells unspent when a lease ends are lost"),
+            )?,
         };
 
         let http = HttpConfig {
@@ -424,6 +434,10 @@ impl Config {
                 Duration::from_millis(250),
             ))?,
             cache_ttl: s.read(Setting::new("STOA_CACHE_TTL", secs(30)))?,
+            cache_local_bytes: s.read(
+                Setting::new("STOA_CACHE_LOCAL_BYTES", 8u64 << 20)
+                    .at_most(1 << 30, "memory: the copy lives in each replica"),
+            )?,
             rate_limits,
             reload_interval: s.read(
                 Setting::new("STOA_RELOAD_INTERVAL", secs(1)).at_least(Duration::from_millis(10)),

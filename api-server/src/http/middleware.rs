@@ -70,13 +70,19 @@ where
     // A signed-in request: its user's budget is charged in the same round trip, and the
     // verified claims are handed to the auth extractors. A token that does not verify is
     // left to them (a route that needs it answers 401 there).
+    // An entry in the replica's own copy needs no fetch at all.
+    let near_hit = prefetch
+        .as_deref()
+        .and_then(|key| state.cache.near_get(key));
+    let fetch = prefetch.clone().filter(|_| near_hit.is_none());
+    let generation = state.cache.near_generation();
     let verified = crate::auth::extract::bearer(request.headers())
         .ok()
         .flatten()
         .and_then(|token| state.tokens.verify(token).ok());
     let (decision, fetched) = match verified {
         None => {
-            let ([decision], fetched) = state.limiter.take([ip_charge], prefetch.clone()).await;
+            let ([decision], fetched) = state.limiter.take([ip_charge], fetch).await;
             (decision, fetched)
         }
         Some(claims) => {
@@ -86,10 +92,8 @@ where
                 key: &user_key,
                 quota: limits.per_user,
             };
-            let ([decision, user], fetched) = state
-                .limiter
-                .take([ip_charge, user_charge], prefetch.clone())
-                .await;
+            let ([decision, user], fetched) =
+                state.limiter.take([ip_charge, user_charge], fetch).await;
             if decision.allowed && !user.allowed {
                 return crate::error::rate_limited(&state.metrics, "user", limits.per_user, user)
                     .into_response();
@@ -102,11 +106,24 @@ where
         return crate::error::rate_limited(&state.metrics, "ip", limits.per_ip, decision)
             .into_response();
     }
-    if let (Some(redis_key), Some(body)) = (prefetch, fetched) {
-        request.extensions_mut().insert(crate::cache::Prefetched {
-            redis_key,
-            body: body.map(axum::body::Bytes::from),
-        });
+    if let Some(redis_key) = prefetch {
+        let body = match (near_hit, fetched) {
+            (Some(body), _) => Some(Some(body)),
+            (None, Some(body)) => {
+                let body = body.map(axum::body::Bytes::from);
+                if let Some(body) = &body {
+                    state.cache.near_fill(&redis_key, body, generation);
+                }
+                Some(body)
+            }
+            // Decided from leases: the handler looks the entry up itself.
+            (None, None) => None,
+        };
+        if let Some(body) = body {
+            request
+                .extensions_mut()
+                .insert(crate::cache::Prefetched { redis_key, body });
+        }
     }
     let mut response = inner(request).await;
     crate::error::apply_rate_limit_headers(response.headers_mut(), limits.per_ip, decision);

@@ -1,8 +1,12 @@
 //! Rate limiting with GCRA (the generic cell rate algorithm).
 //!
 //! In Redis, one Lua script call per decision (atomic, one round trip), shared by every
-//! replica. When Redis is not configured or not answering, the same algorithm runs in
-//! process, so limits keep holding (per replica) instead of failing open or closed.
+//! replica; a busy key's cells are leased a few at a time (`lease`), so most of its
+//! requests need no round trip. When Redis is not configured or not answering, the same
+//! algorithm runs in process, so limits keep holding (per replica) instead of failing
+//! open or closed.
+
+mod lease;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,18 @@ pub struct Decision {
     pub reset: Duration,
     /// When denied: until the next request would be allowed.
     pub retry_after: Duration,
+}
+
+impl Decision {
+    fn refused(quota: Quota) -> Self {
+        Decision {
+            allowed: false,
+            limit: quota.burst,
+            remaining: 0,
+            reset: Duration::ZERO,
+            retry_after: Duration::from_millis(quota.interval_ms()),
+        }
+    }
 }
 
 /// GCRA: `tat` is the theoretical arrival time of the next request.
@@ -70,9 +86,10 @@ impl Charge<'_> {
     }
 }
 
-// Same algorithm as `gcra`, on Redis' clock, over every bucket in KEYS[1..n] (quotas in
-// ARGV as n, then interval and burst per bucket): all are charged or, if any is empty,
-// none. Returns {{allowed, remaining, reset_ms, retry_ms} per bucket, cached entry}.
+// Same algorithm as `gcra`, on Redis' clock, over every bucket in KEYS[1..n] (ARGV: n,
+// then interval, burst and cells wanted per bucket): each bucket grants as many of the
+// cells wanted as fit, at least one, or the request is refused and no bucket is charged.
+// Returns {{allowed, remaining, reset_ms, retry_ms, granted} per bucket, cached entry}.
 const GCRA_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -81,18 +98,21 @@ local decisions = {}
 local new_tats = {}
 local allowed = true
 for i = 1, n do
-  local interval = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
+  local interval = tonumber(ARGV[3 * i - 1])
+  local burst = tonumber(ARGV[3 * i])
+  local want = tonumber(ARGV[3 * i + 1])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  local new_tat = tat + interval
-  local allow_at = new_tat - interval * burst
-  if allow_at > now then
+  local fit = math.floor((now - tat) / interval) + burst
+  local granted = math.min(want, fit)
+  if granted < 1 then
     allowed = false
-    decisions[i] = {0, 0, tat - now, allow_at - now}
+    decisions[i] = {0, 0, tat - now, tat + interval - interval * burst - now, 0}
   else
+    local new_tat = tat + interval * granted
     new_tats[i] = new_tat
-    decisions[i] = {1, math.min(math.floor((now - allow_at) / interval), burst), new_tat - now, 0}
+    local remaining = math.min(math.floor((now - (new_tat - interval * burst)) / interval), burst)
+    decisions[i] = {1, remaining, new_tat - now, 0, granted}
   end
 end
 if not allowed then return {decisions, false} end
@@ -142,12 +162,16 @@ pub struct RateLimiter {
     kv: Option<Arc<Kv>>,
     script: Arc<Script>,
     local: Arc<LocalBuckets>,
+    leases: Arc<lease::Leases>,
 }
 
 impl RateLimiter {
-    pub fn new(kv: Option<Arc<Kv>>) -> Self {
+    /// `lease_max`: the most cells of a shared budget a replica takes at once (1: every
+    /// request asks Redis).
+    pub fn new(kv: Option<Arc<Kv>>, lease_max: u32) -> Self {
         RateLimiter {
             kv,
+            leases: Arc::new(lease::Leases::new(lease_max)),
             script: Arc::new(Script::new(GCRA_LUA)),
             local: Arc::new(LocalBuckets {
                 started: Instant::now(),
@@ -162,54 +186,75 @@ impl RateLimiter {
         decision
     }
 
-    /// Takes one request from every budget in one round trip, or from none when any is
-    /// spent (a request refused by one budget does not use up the others), and when
-    /// allowed also reads the Redis key `fetch`. The second value is `None` when nothing
-    /// was fetched (no key given, request refused, or Redis unavailable).
+    /// Takes one request from every budget in one round trip (none when the replica's
+    /// leases cover them all), or from none when any is spent (a request refused by one
+    /// budget does not use up the others), and when allowed also reads the Redis key
+    /// `fetch` if it went to Redis. The second value is `None` when nothing was fetched
+    /// (no key given, request refused, answered from leases, or Redis unavailable).
     pub async fn take<const N: usize>(
         &self,
         charges: [Charge<'_>; N],
         fetch: Option<String>,
     ) -> ([Decision; N], Option<Option<Vec<u8>>>) {
-        if let Some(kv) = &self.kv {
-            let script = self.script.clone();
-            let fetching = fetch.is_some();
-            let answer = kv
-                .run(|mut conn| async move {
-                    let mut invocation = script.prepare_invoke();
-                    invocation.arg(N);
-                    for charge in &charges {
-                        invocation
-                            .key(charge.storage_key())
-                            .arg(charge.quota.interval_ms())
-                            .arg(charge.quota.burst);
-                    }
-                    if let Some(fetch) = fetch {
-                        invocation.key(fetch);
-                    }
+        let Some(kv) = &self.kv else {
+            return (self.local.take(&charges), None);
+        };
+        let keys = charges.map(|charge| charge.storage_key());
+        let quotas = charges.map(|charge| charge.quota);
+        if let Some(decisions) = self.leases.spend(&keys, quotas) {
+            return (decisions, None);
+        }
+        let wanted: [u32; N] = std::array::from_fn(|i| self.leases.want(&keys[i], quotas[i]));
+        let script = self.script.clone();
+        let fetching = fetch.is_some();
+        let sent_keys = keys.clone();
+        let answer = kv
+            .run(|mut conn| async move {
+                let mut invocation = script.prepare_invoke();
+                invocation.arg(N);
+                for ((key, quota), want) in sent_keys.into_iter().zip(quotas).zip(wanted) {
                     invocation
-                        .invoke_async::<(Vec<(u8, u64, u64, u64)>, Option<Vec<u8>>)>(&mut conn)
-                        .await
-                })
-                .await;
-            if let Some((answers, cached)) = answer
-                && answers.len() == N
-            {
-                let decisions: [Decision; N] = std::array::from_fn(|i| {
-                    let (allowed, remaining, reset_ms, retry_ms) = answers[i];
-                    Decision {
-                        allowed: allowed == 1,
-                        limit: charges[i].quota.burst,
-                        remaining: remaining.min(u64::from(u32::MAX)) as u32,
-                        reset: Duration::from_millis(reset_ms),
-                        retry_after: Duration::from_millis(retry_ms),
-                    }
-                });
-                let allowed = decisions.iter().all(|d| d.allowed);
-                return (decisions, (fetching && allowed).then_some(cached));
+                        .key(key)
+                        .arg(quota.interval_ms())
+                        .arg(quota.burst)
+                        .arg(want);
+                }
+                if let Some(fetch) = fetch {
+                    invocation.key(fetch);
+                }
+                invocation
+                    .invoke_async::<(Vec<(u8, u64, u64, u64, u32)>, Option<Vec<u8>>)>(&mut conn)
+                    .await
+            })
+            .await;
+        let Some((answers, cached)) = answer.filter(|(answers, _)| answers.len() == N) else {
+            return (self.local.take(&charges), None);
+        };
+        let decisions: [Decision; N] = std::array::from_fn(|i| {
+            let (allowed, remaining, reset_ms, retry_ms, granted) = answers[i];
+            Decision {
+                allowed: allowed == 1,
+                limit: quotas[i].burst,
+                // Cells leased ahead belong to this budget's client too.
+                remaining: (remaining + u64::from(granted.saturating_sub(1)))
+                    .min(u64::from(u32::MAX)) as u32,
+                reset: Duration::from_millis(reset_ms),
+                retry_after: Duration::from_millis(retry_ms),
+            }
+        });
+        let allowed = decisions.iter().all(|d| d.allowed);
+        if allowed {
+            for (i, key) in keys.into_iter().enumerate() {
+                let (_, remaining, reset_ms, _, granted) = answers[i];
+                let in_redis = Decision {
+                    remaining: remaining.min(u64::from(u32::MAX)) as u32,
+                    reset: Duration::from_millis(reset_ms),
+                    ..decisions[i]
+                };
+                self.leases.granted(key, wanted[i], granted, &in_redis);
             }
         }
-        (self.local.take(&charges), None)
+        (decisions, (fetching && allowed).then_some(cached))
     }
 }
 
@@ -296,7 +341,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_refused_by_one_budget_spends_none() {
-        let limiter = RateLimiter::new(None);
+        let limiter = RateLimiter::new(None, 64);
         let quota = |burst| Quota {
             burst,
             period: Duration::from_secs(600),
@@ -357,7 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn local_fallback_enforces_limits_per_key() {
-        let limiter = RateLimiter::new(None);
+        let limiter = RateLimiter::new(None, 64);
         let quota = Quota {
             burst: 2,
             period: Duration::from_secs(60),

@@ -7,6 +7,11 @@
 //! once). The TTL only bounds the rare race where a reader stores a value computed just
 //! before a concurrent write committed. Without Redis there is no cache: an in-process one
 //! could not be invalidated across replicas.
+//!
+//! In front of Redis, each replica keeps its own copy of the hottest entries (`near`),
+//! used only while it follows the invalidations every replica publishes.
+
+pub mod near;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +21,7 @@ use redis::{AsyncCommands, Script};
 
 use crate::kv::Kv;
 use crate::metrics::{CacheLabels, Metrics};
+use near::NearCache;
 
 const LISTS: &str = "stoa:c:lists";
 const ARTICLES: &str = "stoa:c:articles";
@@ -48,6 +54,7 @@ pub struct Cache {
     ttl: Duration,
     metrics: Arc<Metrics>,
     drop_tracked: Arc<Script>,
+    near: Option<Arc<NearCache>>,
 }
 
 pub enum Key {
@@ -136,12 +143,41 @@ impl Key {
 }
 
 impl Cache {
-    pub fn new(kv: Option<Arc<Kv>>, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+    /// `near_bytes`: the replica's own copy's capacity (0: none).
+    pub fn new(kv: Option<Arc<Kv>>, ttl: Duration, near_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        let kv = kv.filter(|_| !ttl.is_zero());
+        let near = kv
+            .as_ref()
+            .and_then(|_| NearCache::new(near_bytes, ttl))
+            .map(Arc::new);
         Cache {
-            kv: kv.filter(|_| !ttl.is_zero()),
+            kv,
             ttl,
             metrics,
             drop_tracked: Arc::new(Script::new(DROP_TRACKED_LUA)),
+            near,
+        }
+    }
+
+    /// The replica's own copy, to be kept current by `near::spawn`.
+    pub fn near(&self) -> Option<&Arc<NearCache>> {
+        self.near.as_ref()
+    }
+
+    /// The entry in the replica's own copy, without any round trip.
+    pub fn near_get(&self, redis_key: &str) -> Option<Bytes> {
+        self.near.as_ref()?.get(redis_key)
+    }
+
+    /// The generation a Redis read that may fill the replica's copy starts in.
+    pub fn near_generation(&self) -> u64 {
+        self.near.as_ref().map_or(0, |near| near.generation())
+    }
+
+    /// Keeps an entry read from Redis in the replica's copy (see `NearCache::fill`).
+    pub fn near_fill(&self, redis_key: &str, body: &Bytes, seen: u64) {
+        if let Some(near) = &self.near {
+            near.fill(redis_key, body.clone(), seen);
         }
     }
 
@@ -173,13 +209,21 @@ impl Cache {
     pub async fn get(&self, key: &Key) -> Option<Bytes> {
         let kv = self.kv.as_ref()?;
         let redis_key = key.redis_key();
+        if let Some(body) = self.near_get(&redis_key) {
+            self.count(key.kind(), "hit");
+            return Some(body);
+        }
+        let seen = self.near_generation();
+        let fetched_key = redis_key.clone();
         let found = kv
-            .run(|mut conn| async move { conn.get::<_, Option<Vec<u8>>>(redis_key).await })
+            .run(|mut conn| async move { conn.get::<_, Option<Vec<u8>>>(fetched_key).await })
             .await;
         match found {
             Some(Some(bytes)) => {
                 self.count(key.kind(), "hit");
-                Some(Bytes::from(bytes))
+                let body = Bytes::from(bytes);
+                self.near_fill(&redis_key, &body, seen);
+                Some(body)
             }
             Some(None) => {
                 self.count(key.kind(), "miss");
@@ -217,10 +261,10 @@ impl Cache {
         .await;
     }
 
-    /// Drops what `change` made stale.
+    /// Drops what `change` made stale, in Redis and in every replica's own copy.
     pub async fn invalidate(&self, change: Change<'_>) {
         let Some(kv) = &self.kv else { return };
-        let (sets, mut keys): (Vec<&str>, Vec<String>) = match change {
+        let (sets, keys, lists): (Vec<&str>, Vec<String>, &str) = match change {
             Change::Articles { slugs, tags } => {
                 let mut keys: Vec<String> = slugs
                     .iter()
@@ -229,25 +273,36 @@ impl Cache {
                 if tags {
                     keys.push(TAGS.to_owned());
                 }
-                (vec![LISTS], keys)
+                (vec![LISTS], keys, "stoa:c:list:*")
             }
-            Change::Everything => (vec![LISTS, ARTICLES], vec![TAGS.to_owned()]),
+            Change::Everything => (vec![LISTS, ARTICLES], vec![TAGS.to_owned()], "stoa:c:*"),
         };
+        let message = near::message(keys.iter().map(String::as_str).chain([lists]));
         let script = self.drop_tracked.clone();
+        let published = message.clone();
         let done = kv
             .run(|mut conn| async move {
                 if !keys.is_empty() {
-                    conn.del::<_, ()>(std::mem::take(&mut keys)).await?;
+                    conn.del::<_, ()>(keys).await?;
                 }
                 let mut invocation = script.prepare_invoke();
                 for set in sets {
                     invocation.key(set);
                 }
-                invocation.invoke_async::<()>(&mut conn).await
+                invocation.invoke_async::<()>(&mut conn).await?;
+                // After the deletions: a replica that refills from Redis on this message
+                // reads the new state.
+                conn.publish::<_, _, ()>(near::CHANNEL, published).await
             })
             .await;
+        // This replica's own copy at once (its subscription would drop it a moment
+        // later): the writer's next read must see its write.
+        if let Some(near) = &self.near {
+            near.invalidate(&message);
+        }
         if done.is_none() {
-            // Redis missed this invalidation; the resync on recovery flushes the cache.
+            // Redis missed this invalidation; the resync on recovery flushes the cache,
+            // and the replicas' copies are emptied when their subscriptions drop.
             tracing::warn!("cache invalidation skipped: redis unavailable");
         }
     }
