@@ -446,27 +446,48 @@ async fn start_bare(
     }))
 }
 
-/// The distinct paths and tokens a read scenario sends, for wrk to cycle through: taken
-/// from [`request_for`], so both engines send the same requests. `None` for writes.
-fn wrk_requests(name: &str, seed: &Seed) -> Option<(Vec<String>, Vec<String>)> {
+/// What wrk sends for a scenario: one method and body, and the distinct paths and tokens
+/// to cycle through.
+struct WrkRequests {
+    method: Method,
+    paths: Vec<String>,
+    tokens: Vec<String>,
+    body: Option<String>,
+}
+
+/// The requests of a scenario whose every request has the same method and body (reads,
+/// and comment_create), taken from [`request_for`] so both engines send the same
+/// requests. `None` for scenarios whose requests differ otherwise (a favorite's POST then
+/// DELETE, unique article titles): the harness sends those.
+fn wrk_requests(name: &str, seed: &Seed) -> Option<WrkRequests> {
     let (mut paths, mut tokens) = (BTreeSet::new(), BTreeSet::new());
+    let mut shape: Option<(Method, Option<String>)> = None;
     let spread = seed.slugs.len().max(seed.usernames.len()) as u64;
     for worker in 0..seed.tokens.len() {
         for i in 0..spread {
             let (method, path, token, body) = request_for(name, seed, worker, i)?;
-            if method != Method::GET || body.is_some() {
-                return None;
+            let this = (method, body.map(|b| b.to_string()));
+            match &shape {
+                None => shape = Some(this),
+                Some(first) if *first == this => {}
+                Some(_) => return None,
             }
             paths.insert(path);
             tokens.extend(token.map(str::to_owned));
         }
     }
-    Some((paths.into_iter().collect(), tokens.into_iter().collect()))
+    let (method, body) = shape?;
+    Some(WrkRequests {
+        method,
+        paths: paths.into_iter().collect(),
+        tokens: tokens.into_iter().collect(),
+        body,
+    })
 }
 
-/// A wrk script cycling through `paths` (and `tokens`, as `Authorization: Token`), which
+/// A wrk script cycling through the paths (and tokens, as `Authorization: Token`), which
 /// prints one machine-readable line at the end.
-fn wrk_script(paths: &[String], tokens: &[String]) -> String {
+fn wrk_script(requests: &WrkRequests) -> String {
     let list = |items: &[String]| {
         items
             .iter()
@@ -474,15 +495,21 @@ fn wrk_script(paths: &[String], tokens: &[String]) -> String {
             .collect::<Vec<_>>()
             .join(",")
     };
+    let body = requests
+        .body
+        .as_ref()
+        .map_or("nil".to_owned(), |b| format!("{b:?}"));
     format!(
         r#"local paths = {{{paths}}}
 local tokens = {{{tokens}}}
+local body = {body}
 local i = 0
 request = function()
   i = i + 1
   local headers = {{}}
   if #tokens > 0 then headers["Authorization"] = "Token " .. tokens[(i % #tokens) + 1] end
-  return wrk.format("GET", paths[(i % #paths) + 1], headers)
+  if body then headers["Content-Type"] = "application/json" end
+  return wrk.format("{method}", paths[(i % #paths) + 1], headers, body)
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -492,8 +519,9 @@ done = function(summary, latency, requests)
     summary.duration))
 end
 "#,
-        paths = list(paths),
-        tokens = list(tokens)
+        paths = list(&requests.paths),
+        tokens = list(&requests.tokens),
+        method = requests.method,
     )
 }
 
@@ -635,9 +663,9 @@ async fn main() -> anyhow::Result<()> {
         };
         let tx_before = transactions(&pool).await;
         let by_wrk = match (args.engine, wrk_requests(name, &seed)) {
-            (Engine::Wrk, Some((paths, tokens))) => {
+            (Engine::Wrk, Some(requests)) => {
                 let mut script = tempfile::NamedTempFile::new()?;
-                std::io::Write::write_all(&mut script, wrk_script(&paths, &tokens).as_bytes())?;
+                std::io::Write::write_all(&mut script, wrk_script(&requests).as_bytes())?;
                 // Warm-up, then the measurement.
                 wrk(
                     target,
