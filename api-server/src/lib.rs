@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod paging;
 pub mod ratelimit;
 pub mod schema;
+pub mod search;
 pub mod state;
 pub mod telemetry;
 pub mod watch;

@@ -62,6 +62,10 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Set the language of article search (a PostgreSQL text search configuration such
+    /// as `english`, `german` or `simple`) and recompute every article's search vector;
+    /// without LANGUAGE, print the current one.
+    SearchLanguage { language: Option<String> },
     /// Database credential rotation steps, run by the operator as Jobs with the admin
     /// credential (STOA_DATABASE_URL / _FILE). Exit 4: sessions of the role remain.
     Credentials {
@@ -195,6 +199,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.join(keys::KEYSET_FILE).display(),
                 set.keys[0].kid
             );
+            Ok(())
+        }
+        Command::SearchLanguage { language } => {
+            let config = Config::from_process_env_for_migrate()?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(db::migration_connect_options(&config.database.url)?)
+                .await
+                .context("cannot connect to the database")?;
+            match language {
+                None => println!("{}", stoa_api::search::language(&pool).await?),
+                Some(language) => {
+                    let rewritten = stoa_api::search::set_language(&pool, &language).await?;
+                    println!("search language {language}: {rewritten} articles re-indexed");
+                }
+            }
             Ok(())
         }
         Command::Openapi => {

@@ -214,6 +214,34 @@ pub struct MigrationRun {
     pub after: SchemaState,
 }
 
+/// sqlx's migration lock id for `database` (as `sqlx-postgres` computes it), so this
+/// migrator and sqlx's own (`sqlx migrate run`) serialise.
+fn lock_id(database: &str) -> i64 {
+    const CRC_IEEE: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32ad9e * i64::from(CRC_IEEE.checksum(database.as_bytes()))
+}
+
+/// Takes the migration lock, polling rather than waiting in `pg_advisory_lock`: a session
+/// waiting in a statement holds a snapshot, and `CREATE INDEX CONCURRENTLY` run by the
+/// lock's holder waits for every transaction with an older snapshot to end (PostgreSQL
+/// docs, CREATE INDEX, "Building Indexes Concurrently") — two migrators would deadlock.
+async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let id = lock_id(&database);
+    loop {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+        if locked {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Applies the pending migrations of `phase` under sqlx's advisory lock (the same lock its
 /// own migrator takes, so any two migrators serialise).
 pub async fn migrate(
@@ -222,7 +250,7 @@ pub async fn migrate(
     allow_newer_contract: bool,
 ) -> Result<MigrationRun, MigrationError> {
     let mut conn = pool.acquire().await?;
-    conn.lock().await?;
+    lock(&mut conn).await?;
     let result = migrate_locked(&mut conn, phase, allow_newer_contract).await;
     // Release the lock after a failure too (closing the session would, eventually).
     let unlocked = conn.unlock().await;

@@ -594,3 +594,171 @@ async fn tags_follow_every_change_to_articles(pool: PgPool) {
     .unwrap();
     assert_eq!(kept, recount);
 }
+
+async fn post_article(
+    app: &TestApp,
+    token: &str,
+    title: &str,
+    description: &str,
+    body: &str,
+    tags: &[&str],
+) -> String {
+    let res = app
+        .post(
+            "/api/articles",
+            Some(token),
+            json!({"article": {"title": title, "description": description, "body": body, "tagList": tags}}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text);
+    res.body["article"]["slug"].as_str().unwrap().to_owned()
+}
+
+fn titles(res: &common::Response) -> Vec<&str> {
+    res.body["articles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["title"].as_str().unwrap())
+        .collect()
+}
+
+/// `?q=` searches title, description and body with stemming, best matches first (a title
+/// match outranks a body match, whatever their age), combines with the other filters,
+/// counts only matches, follows edits, and refuses blank or oversized searches.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn articles_can_be_searched_by_relevance_and_combined_with_filters(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let jake = app.register("jake").await;
+    let jane = app.register("jane").await;
+    post_article(
+        &app,
+        &jake,
+        "Gardening",
+        "soil",
+        "Ownership of a garden explained",
+        &["life"],
+    )
+    .await;
+    post_article(
+        &app,
+        &jane,
+        "Ownership in Rust",
+        "borrowing",
+        "lifetimes",
+        &["rust"],
+    )
+    .await;
+    let unrelated = post_article(&app, &jake, "Cooking", "pasta", "boil water", &["life"]).await;
+    post_article(
+        &app,
+        &jane,
+        "Owners",
+        "who owns what",
+        "property",
+        &["rust"],
+    )
+    .await;
+
+    let found = app.get("/api/articles?q=ownership", None).await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.text);
+    // Newest is "Owners" ("owner" stems differently from "ownership"), then the body match.
+    assert_eq!(titles(&found), ["Ownership in Rust", "Gardening"]);
+    assert_eq!(found.body["articlesCount"], 2);
+    // Stemming: "explaining" finds "explained".
+    assert_eq!(
+        titles(&app.get("/api/articles?q=explaining", None).await),
+        ["Gardening"]
+    );
+    // Web search syntax, and every other filter.
+    assert_eq!(
+        titles(&app.get("/api/articles?q=ownership%20-rust", None).await),
+        ["Gardening"]
+    );
+    assert_eq!(
+        titles(&app.get("/api/articles?q=ownership&tag=life", None).await),
+        ["Gardening"]
+    );
+    assert_eq!(
+        titles(&app.get("/api/articles?q=ownership&author=jane", None).await),
+        ["Ownership in Rust"]
+    );
+    let later = app
+        .get("/api/articles?q=ownership&limit=1&offset=1", None)
+        .await;
+    assert_eq!(titles(&later), ["Gardening"]);
+    assert_eq!(later.body["articlesCount"], 2);
+    let past_end = app.get("/api/articles?q=ownership&offset=5", None).await;
+    assert_eq!(titles(&past_end), Vec::<&str>::new());
+    assert_eq!(past_end.body["articlesCount"], 2);
+    // Signed in, with the caller's flags.
+    let signed_in = app.get("/api/articles?q=ownership", Some(&jake)).await;
+    assert_eq!(titles(&signed_in), ["Ownership in Rust", "Gardening"]);
+    // Edits are searchable at once.
+    let edited = app
+        .put(
+            &format!("/api/articles/{unrelated}"),
+            Some(&jake),
+            json!({"article": {"body": "ownership of pots"}}),
+        )
+        .await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.text);
+    assert_eq!(
+        app.get("/api/articles?q=ownership", None).await.body["articlesCount"],
+        3
+    );
+    // Nothing matches: an empty page, not an error.
+    let none = app.get("/api/articles?q=zeppelin", None).await;
+    assert_eq!(none.status, StatusCode::OK);
+    assert_eq!(none.body["articlesCount"], 0);
+
+    for bad in ["%20%20", &"x".repeat(257)] {
+        let refused = app.get(&format!("/api/articles?q={bad}"), None).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert!(!errors(&refused, "q").is_empty());
+    }
+}
+
+/// The search language is a database setting (`stoa-api search-language`): changing it
+/// recomputes every vector, so stemming follows at once; an unknown language is refused
+/// and changes nothing.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn the_search_language_can_be_changed_and_every_article_follows(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let jake = app.register("jake").await;
+    post_article(&app, &jake, "Running", "fast", "runs daily", &[]).await;
+    assert_eq!(stoa_api::search::language(&pool).await.unwrap(), "english");
+    assert_eq!(
+        app.get("/api/articles?q=run", None).await.body["articlesCount"],
+        1
+    );
+
+    assert_eq!(
+        stoa_api::search::set_language(&pool, "simple")
+            .await
+            .unwrap(),
+        1
+    );
+    // `simple` does not stem: "run" is no longer "running" or "runs".
+    assert_eq!(
+        app.get("/api/articles?q=run", None).await.body["articlesCount"],
+        0
+    );
+    assert_eq!(
+        app.get("/api/articles?q=running", None).await.body["articlesCount"],
+        1
+    );
+    // New articles use it too.
+    post_article(&app, &jake, "Runner", "x", "y", &[]).await;
+    assert_eq!(
+        app.get("/api/articles?q=run", None).await.body["articlesCount"],
+        0
+    );
+
+    let refused = stoa_api::search::set_language(&pool, "klingon").await;
+    assert!(matches!(
+        refused,
+        Err(stoa_api::search::SearchError::UnknownLanguage(_))
+    ));
+    assert_eq!(stoa_api::search::language(&pool).await.unwrap(), "simple");
+}

@@ -405,3 +405,34 @@ async fn access_logs_are_json_lines_sampled_one_in_n(pool: PgPool) {
     assert_eq!(access[0]["path"], "/api/articles");
     assert_eq!(access[0]["status"], 200);
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn search_language_prints_sets_and_refuses_unknown_languages(pool: PgPool) {
+    let url = url_of(&pool);
+    let run = |args: &[&str]| {
+        stoa_api()
+            .arg("search-language")
+            .args(args)
+            .env("STOA_DATABASE_URL", &url)
+            .env("STOA_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let current = run(&[]);
+    assert!(current.status.success());
+    assert_eq!(String::from_utf8_lossy(&current.stdout).trim(), "english");
+    let set = run(&["german"]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(String::from_utf8_lossy(&set.stdout).contains("0 articles re-indexed"));
+    let unknown = run(&["klingon"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("unknown text search configuration \"klingon\"")
+    );
+    assert_eq!(String::from_utf8_lossy(&run(&[]).stdout).trim(), "german");
+}

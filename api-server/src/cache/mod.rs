@@ -88,6 +88,7 @@ pub fn key_for_request(path: &str, query: Option<&str>) -> Option<Key> {
         tag: Option<String>,
         author: Option<String>,
         favorited: Option<String>,
+        q: Option<String>,
         limit: Option<i64>,
         offset: Option<i64>,
     }
@@ -95,6 +96,10 @@ pub fn key_for_request(path: &str, query: Option<&str>) -> Option<Key> {
         "/api/tags" => Some(Key::Tags),
         "/api/articles" => {
             let p: ListParams = serde_urlencoded::from_str(query.unwrap_or("")).ok()?;
+            // Searches are not cached.
+            if p.q.is_some() {
+                return None;
+            }
             let (limit, offset) = crate::paging::resolve(p.limit, p.offset).ok()?;
             list_key(
                 limit,

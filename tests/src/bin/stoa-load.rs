@@ -96,6 +96,10 @@ const SCENARIOS: &[(&str, &str)] = &[
         "GET /api/articles?limit=20 as a user (favorited/following flags)",
     ),
     ("articles_by_tag", "GET /api/articles?tag=<popular tag>"),
+    (
+        "articles_search",
+        "GET /api/articles?q=<word in some titles> (full-text search, ranked)",
+    ),
     ("article_get", "GET /api/articles/:slug (anonymous)"),
     (
         "feed",
@@ -279,6 +283,12 @@ fn request_for<'a>(
         "articles_by_tag" => (
             Method::GET,
             format!("/api/articles?tag={}", seed.popular_tag),
+            None,
+            None,
+        ),
+        "articles_search" => (
+            Method::GET,
+            format!("/api/articles?q={}", TAGS[i as usize % TAGS.len()]),
             None,
             None,
         ),

@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
 use crate::cache::Prefetched;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, Validator};
 use crate::http::extract::{ApiQuery, Pagination};
 use crate::http::types::{Article, ArticlesResponse};
-use crate::http::{json_bytes, to_json_bytes};
+use crate::http::{json_bytes, to_json_bytes, validate};
 use crate::state::AppState;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -29,6 +29,10 @@ pub(super) struct ListQuery {
     author: Option<String>,
     /// Only articles favorited by this username.
     favorited: Option<String>,
+    /// Full-text search over title, description and body (web search syntax: `"a
+    /// phrase"`, `or`, `-word`), best matches first. Combines with the other filters.
+    #[param(max_length = 256)]
+    q: Option<String>,
     /// Page size: default 20, at most 100.
     #[param(minimum = 1)]
     limit: Option<i64>,
@@ -47,6 +51,7 @@ struct ListShape {
     favorited: bool,
     feed: bool,
     anonymous: bool,
+    search: bool,
 }
 
 /// Numbers query parameters in the order they are bound.
@@ -60,7 +65,7 @@ impl Params {
 }
 
 impl ListShape {
-    const VARIANTS: usize = 32;
+    const VARIANTS: usize = 64;
 
     fn from_index(i: usize) -> Self {
         ListShape {
@@ -69,6 +74,7 @@ impl ListShape {
             favorited: i & 4 != 0,
             feed: i & 8 != 0,
             anonymous: i & 16 != 0,
+            search: i & 32 != 0,
         }
     }
 
@@ -78,6 +84,7 @@ impl ListShape {
             | usize::from(self.favorited) << 2
             | usize::from(self.feed) << 3
             | usize::from(self.anonymous) << 4
+            | usize::from(self.search) << 5
     }
 
     /// The WHERE clause over `a` (articles); filter values take the next parameters.
@@ -100,6 +107,9 @@ impl ListShape {
         }
         if let (true, Some(viewer)) = (self.feed, viewer) {
             conditions.push(format!("a.author_id IN (SELECT followed_id FROM follows WHERE follower_id = {viewer}::uuid)"));
+        }
+        if self.search {
+            conditions.push(format!("a.search @@ {}", search_query(&params.next())));
         }
         if conditions.is_empty() {
             "true".to_owned()
@@ -143,15 +153,32 @@ impl ListShape {
                  EXISTS (SELECT 1 FROM follows fo WHERE fo.followed_id = a.author_id AND fo.follower_id = {v}::uuid) AS following"
             ),
         };
+        // A search ranks matches (its query is the last parameter); lists are newest first.
+        let (rank, order, outer_order) = if self.search {
+            (
+                format!(
+                    ", ts_rank(a.search, {}) AS rank",
+                    search_query(&format!("${}", params.0))
+                ),
+                "rank DESC, a.created_at DESC, a.id DESC",
+                "p.rank DESC, p.created_at DESC, p.id DESC",
+            )
+        } else {
+            (
+                String::new(),
+                "a.created_at DESC, a.id DESC",
+                "p.created_at DESC, p.id DESC",
+            )
+        };
         let columns = format!(
             "a.id, a.slug, a.title, a.description, NULL::text AS body, a.tag_list, a.created_at, a.updated_at,
-             a.favorites_count, u.username, u.bio, u.image, {flags}"
+             a.favorites_count, u.username, u.bio, u.image, {flags}{rank}"
         );
         let page = format!(
             "SELECT {columns}
              FROM articles a JOIN users u ON u.id = a.author_id
              WHERE {filter}
-             ORDER BY a.created_at DESC, a.id DESC
+             ORDER BY {order}
              LIMIT $1 OFFSET $2"
         );
         let total = self.total(&filter, viewer.as_deref());
@@ -159,12 +186,17 @@ impl ListShape {
             format!(
                 "SELECT t.total, p.* FROM (SELECT {total} AS total) t
                  LEFT JOIN LATERAL ({page}) p ON true
-                 ORDER BY p.created_at DESC, p.id DESC"
+                 ORDER BY {outer_order}"
             )
         } else {
             page.replacen("SELECT ", &format!("SELECT {total} AS total, "), 1)
         }
     }
+}
+
+/// The search query of parameter `param`, in the language the vectors are kept in.
+fn search_query(param: &str) -> String {
+    format!("websearch_to_tsquery((SELECT language FROM search_settings), {param})")
 }
 
 /// `[first page, later page]` statements for every shape.
@@ -193,13 +225,14 @@ async fn fetch_list(
         favorited: query.favorited.is_some(),
         feed,
         anonymous: viewer.is_none(),
+        search: query.q.is_some(),
     };
     let sql: &'static str = LIST_SQL[shape.index()][usize::from(offset > 0)].as_str();
     let mut page = sqlx::query(sql).bind(limit).bind(offset);
     if let Some(viewer) = viewer {
         page = page.bind(viewer);
     }
-    for value in [query.tag, query.author, query.favorited]
+    for value in [query.tag, query.author, query.favorited, query.q]
         .into_iter()
         .flatten()
     {
@@ -224,7 +257,11 @@ async fn fetch_list(
     })
 }
 
-/// List articles, newest first, optionally filtered by tag, author and favoriter.
+/// The longest search accepted, in characters.
+const SEARCH_MAX: usize = 256;
+
+/// List articles, newest first, optionally filtered by tag, author and favoriter, or
+/// searched (`q`, best matches first).
 #[utoipa::path(get, path = "/api/articles", tag = "articles",
     params(ListQuery),
     responses((status = 200, body = ArticlesResponse), (status = 422)))]
@@ -239,7 +276,18 @@ pub(super) async fn list_articles(
         offset: query.offset,
     }
     .resolve()?;
-    let cache_key = (viewer.0.is_none() && state.cache.enabled())
+    if let Some(q) = &query.q {
+        Validator::default()
+            .check(!q.trim().is_empty(), "q", "can't be blank")
+            .check(
+                validate::within(q, SEARCH_MAX),
+                "q",
+                "is too long (at most 256 characters)",
+            )
+            .finish()?;
+    }
+    // Searches are not cached: their variety would only evict the hot entries.
+    let cache_key = (viewer.0.is_none() && query.q.is_none() && state.cache.enabled())
         .then(|| {
             crate::cache::list_key(
                 limit,
