@@ -51,7 +51,8 @@ for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && 
 IDLE_RSS_KB=$(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status)
 echo "server RSS at idle (before load): $((IDLE_RSS_KB / 1024)) MiB"
 
-./target/release/stoa-load --url "http://127.0.0.1:$PORT" --database-url "$PG/$DB" --engine "$ENGINE" "$@"
+./target/release/stoa-load --url "http://127.0.0.1:$PORT" --database-url "$PG/$DB" \
+    --metrics-url "http://127.0.0.1:$ADMIN_PORT/metrics" --engine "$ENGINE" "$@"
 
 RSS_KB=$(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status)
 echo "server RSS after the run: $((RSS_KB / 1024)) MiB"

@@ -173,7 +173,17 @@ impl Modify for CommonResponses {
                     if let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut()
                         && matches!(&schema.schema_type, SchemaType::Type(Type::String))
                     {
-                        schema.pattern = Some(crate::http::validate::NO_NUL_PATTERN.to_owned());
+                        use crate::http::validate::{
+                            NO_NUL_PATTERN, NOT_BLANK_PATTERN, SEARCH_MAX,
+                        };
+                        // A search must not be blank (the handler's rule).
+                        if path == "/api/articles" && parameter.name == "q" {
+                            schema.min_length = Some(1);
+                            schema.max_length = Some(SEARCH_MAX);
+                            schema.pattern = Some(NOT_BLANK_PATTERN.to_owned());
+                        } else {
+                            schema.pattern = Some(NO_NUL_PATTERN.to_owned());
+                        }
                     }
                 }
                 if operation.request_body.is_some() {

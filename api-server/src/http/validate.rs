@@ -17,6 +17,8 @@ pub const USERNAME_MAX: usize = 64;
 pub const EMAIL_MAX: usize = 254;
 pub const IMAGE_MAX: usize = 2048;
 pub const PASSWORD_MIN: usize = 8;
+/// The longest search (`GET /api/articles?q=`).
+pub const SEARCH_MAX: usize = 256;
 
 // The same rules as ECMA-262 patterns, for the OpenAPI document (`http::openapi` puts them
 // on the request schemas). Each accepts a subset of what the checks below accept, so a

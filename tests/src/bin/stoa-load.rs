@@ -54,6 +54,9 @@ struct Args {
     /// Database of the server, to count database transactions per request.
     #[arg(long)]
     database_url: Option<String>,
+    /// The server's admin `/metrics`, to report each scenario's cache hit ratio.
+    #[arg(long)]
+    metrics_url: Option<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -101,6 +104,10 @@ const SCENARIOS: &[(&str, &str)] = &[
         "GET /api/articles?q=<word in some titles> (full-text search, ranked)",
     ),
     ("article_get", "GET /api/articles/:slug (anonymous)"),
+    (
+        "read_mix",
+        "anonymous browsing: list pages 1-5, a popular tag, articles by slug, tags",
+    ),
     (
         "feed",
         "GET /api/articles/feed as a user following 5 authors",
@@ -293,6 +300,15 @@ fn request_for<'a>(
             None,
         ),
         "article_get" => (Method::GET, format!("/api/articles/{slug}"), None, None),
+        "read_mix" => {
+            let path = match i % 4 {
+                0 => format!("/api/articles?offset={}", (i / 4 % 5) * 20),
+                1 => format!("/api/articles?tag={}", seed.popular_tag),
+                2 => format!("/api/articles/{slug}"),
+                _ => "/api/tags".into(),
+            };
+            (Method::GET, path, None, None)
+        }
         "feed" => (Method::GET, "/api/articles/feed".into(), token, None),
         "tags" | "bare" => (Method::GET, "/api/tags".into(), None, None),
         "user_get" => (Method::GET, "/api/user".into(), token, None),
@@ -535,6 +551,36 @@ end
     )
 }
 
+/// The server's cache lookups so far (`stoa_cache_requests_total`).
+#[derive(Clone, Copy)]
+struct CacheLookups {
+    hits: u64,
+    total: u64,
+}
+
+async fn cache_lookups(client: &Client, metrics_url: Option<&str>) -> Option<CacheLookups> {
+    let text = client
+        .get(metrics_url?)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let mut lookups = CacheLookups { hits: 0, total: 0 };
+    for line in text.lines() {
+        let Some(labels) = line.strip_prefix("stoa_cache_requests_total{") else {
+            continue;
+        };
+        let value: u64 = line.rsplit(' ').next()?.parse().ok()?;
+        lookups.total += value;
+        if labels.contains(r#"outcome="hit""#) {
+            lookups.hits += value;
+        }
+    }
+    Some(lookups)
+}
+
 /// What one wrk run measured.
 struct WrkRun {
     requests: u64,
@@ -651,7 +697,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     println!(
-        "{:20} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8}",
+        "{:20} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8} {:>9}",
         "scenario",
         "req/s",
         "p50 ms",
@@ -661,7 +707,8 @@ async fn main() -> anyhow::Result<()> {
         "errors",
         "vs bare",
         "vs healthz",
-        "tx/req"
+        "tx/req",
+        "cache hit"
     );
     let (mut baseline, mut limit) = (None, None);
     let mut results = Vec::new();
@@ -672,6 +719,7 @@ async fn main() -> anyhow::Result<()> {
             _ => base.as_str(),
         };
         let tx_before = transactions(&pool).await;
+        let cache_before = cache_lookups(&client, args.metrics_url.as_deref()).await;
         let by_wrk = match (args.engine, wrk_requests(name, &seed)) {
             (Engine::Wrk, Some(requests)) => {
                 let mut script = tempfile::NamedTempFile::new()?;
@@ -717,6 +765,17 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         let tx_after = transactions(&pool).await;
+        // Over warm-up and measurement alike: the share of the scenario's cache lookups
+        // that were hits (in Redis or a replica's own copy).
+        let cache_hit = match (
+            cache_before,
+            cache_lookups(&client, args.metrics_url.as_deref()).await,
+        ) {
+            (Some(before), Some(after)) if after.total > before.total => {
+                Some((after.hits - before.hits) as f64 / (after.total - before.total) as f64)
+            }
+            _ => None,
+        };
         match name {
             "bare" => limit = Some(rps),
             "healthz" => baseline = Some(rps),
@@ -736,7 +795,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let [p50, p90, p99, max] = latency.map(|us| us as f64 / 1000.0);
         println!(
-            "{:20} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9} {:>9.1}% {:>8}",
+            "{:20} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9} {:>9.1}% {:>8} {:>9}",
             name,
             rps,
             p50,
@@ -747,12 +806,14 @@ async fn main() -> anyhow::Result<()> {
             share_of_bare.map_or_else(|| "-".into(), |s| format!("{s:.1}%")),
             ratio,
             tx_per_req.map_or_else(|| "-".into(), |t| format!("{t:.2}")),
+            cache_hit.map_or_else(|| "-".into(), |h| format!("{:.1}%", h * 100.0)),
         );
         results.push(json!({
             "scenario": name, "requests_per_second": rps, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
             "max_ms": max, "errors": errors, "ratio_to_healthz": ratio / 100.0, "engine": if by_wrk.is_some() { "wrk" } else { "reqwest" },
             "ratio_to_bare": share_of_bare.map(|s| s / 100.0),
             "db_transactions_per_request": tx_per_req,
+            "cache_hit_ratio": cache_hit,
         }));
     }
     if let Some(path) = args.json {

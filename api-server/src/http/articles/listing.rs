@@ -29,9 +29,8 @@ pub(super) struct ListQuery {
     author: Option<String>,
     /// Only articles favorited by this username.
     favorited: Option<String>,
-    /// Full-text search over title, description and body (web search syntax: `"a
-    /// phrase"`, `or`, `-word`), best matches first. Combines with the other filters.
-    #[param(max_length = 256)]
+    /// Full-text search over title, description and body, best matches first, in web
+    /// search syntax (`"some phrase"`, `or`, `-word`). Combines with the other filters.
     q: Option<String>,
     /// Page size: default 20, at most 100.
     #[param(minimum = 1)]
@@ -257,9 +256,6 @@ async fn fetch_list(
     })
 }
 
-/// The longest search accepted, in characters.
-const SEARCH_MAX: usize = 256;
-
 /// List articles, newest first, optionally filtered by tag, author and favoriter, or
 /// searched (`q`, best matches first).
 #[utoipa::path(get, path = "/api/articles", tag = "articles",
@@ -280,7 +276,7 @@ pub(super) async fn list_articles(
         Validator::default()
             .check(!q.trim().is_empty(), "q", "can't be blank")
             .check(
-                validate::within(q, SEARCH_MAX),
+                validate::within(q, validate::SEARCH_MAX),
                 "q",
                 "is too long (at most 256 characters)",
             )
