@@ -20,29 +20,18 @@ use stoa_operator::crd::Stoa;
 use stoa_operator::credential_rotation::{ROTATE_ANNOTATION, group_role};
 
 fn stoa() -> Stoa {
-    serde_yaml::from_str(&format!(
-        "apiVersion: stoa.dev/v1alpha1
-kind: Stoa
-metadata: {{name: api, namespace: {ns}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
-spec:
-  image: ghcr.io/stoa-dev/stoa-api:0.1.0
-  replicas: 2
+    harness::test_stoa(
+        "  replicas: 2
   database:
-    urlSecretRef: {{name: api-db}}
-    adminSecretRef: {{name: api-db-admin}}
-  redis: {{urlSecretRef: {{name: api-redis}}}}
-  env:
-    - {{name: STOA_RATE_LIMIT_ENABLED, value: 'false'}}
-    - {{name: STOA_ARGON2_MEMORY_KIB, value: '1024'}}
-    - {{name: STOA_ARGON2_ITERATIONS, value: '1'}}
-    - {{name: STOA_SHUTDOWN_DELAY, value: 1s}}
-    - {{name: STOA_RELOAD_INTERVAL, value: 100ms}}
-    - {{name: STOA_DB_DRAIN_GRACE, value: 1s}}
-    - {{name: STOA_LOG, value: warn}}
+    urlSecretRef: {name: api-db}
+    adminSecretRef: {name: api-db-admin}
+  redis: {urlSecretRef: {name: api-redis}}
 ",
-        ns = harness::NAMESPACE
-    ))
-    .unwrap()
+        &[
+            ("STOA_RELOAD_INTERVAL", "100ms"),
+            ("STOA_DB_DRAIN_GRACE", "1s"),
+        ],
+    )
 }
 
 fn rotation(s: &Stoa) -> (String, Option<String>) {

@@ -342,42 +342,55 @@ impl RedisProcess {
 
 pub const SETTLE: Duration = Duration::from_secs(60);
 
-pub fn stoa(replicas: i32, confirm_timeout: &str) -> Stoa {
+/// A Stoa named `api` in the test namespace: `spec` (its lines after `image`, indented
+/// two spaces) and the settings every Stoa of these tests carries, then `extra_env`.
+pub fn test_stoa(spec: &str, extra_env: &[(&str, &str)]) -> Stoa {
+    // One machine plays every client: per-address limits would throttle the load itself
+    // (the rate-limit series still exist, at zero). Cheap hashing, quick shutdowns.
+    let base = [
+        ("STOA_RATE_LIMIT_ENABLED", "'false'"),
+        ("STOA_ARGON2_MEMORY_KIB", "'1024'"),
+        ("STOA_ARGON2_ITERATIONS", "'1'"),
+        ("STOA_SHUTDOWN_DELAY", "1s"),
+        ("STOA_LOG", "warn"),
+    ];
+    let env: String = base
+        .iter()
+        .chain(extra_env)
+        .map(|(name, value)| format!("    - {{name: {name}, value: {value}}}\n"))
+        .collect();
     serde_yaml::from_str(&format!(
         "apiVersion: stoa.dev/v1alpha1
 kind: Stoa
-metadata: {{name: api, namespace: {ns}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
+metadata: {{name: api, namespace: {NAMESPACE}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
 spec:
   image: ghcr.io/stoa-dev/stoa-api:0.1.0
-  replicas: {replicas}
+{spec}  env:
+{env}"
+    ))
+    .unwrap()
+}
+
+pub fn stoa(replicas: i32, confirm_timeout: &str) -> Stoa {
+    test_stoa(
+        &format!(
+            "  replicas: {replicas}
   database: {{urlSecretRef: {{name: api-db}}}}
   redis: {{urlSecretRef: {{name: api-redis}}}}
   auth: {{keyRotation: {{confirmTimeout: {confirm_timeout}}}}}
-  env:
-    # One machine plays every client: per-address limits would throttle the load itself.
-    - {{name: STOA_RATE_LIMIT_ENABLED, value: 'false'}}
-    - {{name: STOA_ARGON2_MEMORY_KIB, value: '1024'}}
-    - {{name: STOA_ARGON2_ITERATIONS, value: '1'}}
-    - {{name: STOA_SHUTDOWN_DELAY, value: 1s}}
-    - {{name: STOA_RELOAD_INTERVAL, value: 100ms}}
-    - {{name: STOA_LOG, value: warn}}
-",
-        ns = NAMESPACE
-    ))
-    .unwrap()
+"
+        ),
+        &[("STOA_RELOAD_INTERVAL", "100ms")],
+    )
 }
 
 /// A Stoa scaled by the operator on requests in flight: one per pod, decided over 6 s (a
 /// short window keeps tests short), between `min` and `max` pods with pools of
 /// `pool_size` and `reserved` PostgreSQL connections kept back.
 pub fn autoscaled_stoa(pool_size: u32, reserved: i64, min: i32, max: i32) -> Stoa {
-    serde_yaml::from_str(&format!(
-        "apiVersion: stoa.dev/v1alpha1
-kind: Stoa
-metadata: {{name: api, namespace: {ns}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
-spec:
-  image: ghcr.io/stoa-dev/stoa-api:0.1.0
-  database: {{urlSecretRef: {{name: api-db}}, maxConnections: {pool_size}}}
+    test_stoa(
+        &format!(
+            "  database: {{urlSecretRef: {{name: api-db}}, maxConnections: {pool_size}}}
   redis: {{urlSecretRef: {{name: api-redis}}}}
   autoscaling:
     mode: Concurrency
@@ -385,18 +398,10 @@ spec:
     maxReplicas: {max}
     reservedConnections: {reserved}
     concurrency: {{target: 1, stableWindow: 6s}}
-  env:
-    # One machine plays every client: per-address limits would throttle the load itself
-    # (the rate-limit series still exist, at zero).
-    - {{name: STOA_RATE_LIMIT_ENABLED, value: 'false'}}
-    - {{name: STOA_ARGON2_MEMORY_KIB, value: '1024'}}
-    - {{name: STOA_ARGON2_ITERATIONS, value: '1'}}
-    - {{name: STOA_SHUTDOWN_DELAY, value: 1s}}
-    - {{name: STOA_LOG, value: warn}}
-",
-        ns = NAMESPACE
-    ))
-    .unwrap()
+"
+        ),
+        &[],
+    )
 }
 
 /// A Secret holding a database URL under `url`, as a platform team provides it.
