@@ -25,8 +25,8 @@ pub async fn limit_then_tag(
     limit_per_ip(&state, request, |request| etag(request, next)).await
 }
 
-/// The general per-IP budget, then `inner`. Health probes are exempt (kubelets must never
-/// be throttled).
+/// The general per-IP budget (with a signed-in caller's per-user budget, in the same round
+/// trip), then `inner`. Health probes are exempt (kubelets must never be throttled).
 async fn limit_per_ip<Inner>(
     state: &AppState,
     mut request: Request,
@@ -67,15 +67,15 @@ where
         key: &ip_key,
         quota: limits.per_ip,
     };
-    // A signed-in request: its user's budget is charged in the same round trip, and the
-    // verified claims are handed to the auth extractors. A token that does not verify is
-    // left to them (a route that needs it answers 401 there).
     // An entry in the replica's own copy needs no fetch at all.
     let near_hit = prefetch
         .as_deref()
         .and_then(|key| state.cache.near_get(key));
     let fetch = prefetch.clone().filter(|_| near_hit.is_none());
     let generation = state.cache.near_generation();
+    // A signed-in request: its user's budget is charged in the same round trip, and the
+    // verified claims are handed to the auth extractors. A token that does not verify is
+    // left to them (a route that needs it answers 401 there).
     let verified = crate::auth::extract::bearer(request.headers())
         .ok()
         .flatten()
@@ -106,28 +106,38 @@ where
         return crate::error::rate_limited(&state.metrics, "ip", limits.per_ip, decision)
             .into_response();
     }
-    if let Some(redis_key) = prefetch {
-        let body = match (near_hit, fetched) {
-            (Some(body), _) => Some(Some(body)),
-            (None, Some(body)) => {
-                let body = body.map(axum::body::Bytes::from);
-                if let Some(body) = &body {
-                    state.cache.near_fill(&redis_key, body, generation);
-                }
-                Some(body)
-            }
-            // Decided from leases: the handler looks the entry up itself.
-            (None, None) => None,
-        };
-        if let Some(body) = body {
-            request
-                .extensions_mut()
-                .insert(crate::cache::Prefetched { redis_key, body });
-        }
+    if let Some(redis_key) = prefetch
+        && let Some(entry) = prefetched(state, redis_key, near_hit, fetched, generation)
+    {
+        request.extensions_mut().insert(entry);
     }
     let mut response = inner(request).await;
     crate::error::apply_rate_limit_headers(response.headers_mut(), limits.per_ip, decision);
     response
+}
+
+/// The cache entry of an anonymous read as the limiter's round trip left it: from the
+/// replica's own copy, or fetched from Redis in that round trip (and then kept in the
+/// copy), or `None` when the decision came from leases and the handler must look it up.
+fn prefetched(
+    state: &AppState,
+    redis_key: String,
+    near_hit: Option<axum::body::Bytes>,
+    fetched: Option<Option<Vec<u8>>>,
+    generation: u64,
+) -> Option<crate::cache::Prefetched> {
+    let body = match (near_hit, fetched) {
+        (Some(body), _) => Some(body),
+        (None, Some(body)) => {
+            let body = body.map(axum::body::Bytes::from);
+            if let Some(body) = &body {
+                state.cache.near_fill(&redis_key, body, generation);
+            }
+            body
+        }
+        (None, None) => return None,
+    };
+    Some(crate::cache::Prefetched { redis_key, body })
 }
 
 /// `ETag` on successful GETs and `304 Not Modified` when `If-None-Match` matches, with
