@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::metrics::{BucketLabels, Metrics};
+use crate::metrics::{Bucket, BucketLabels, Metrics};
 use crate::ratelimit::{Decision, Quota};
 
 /// Field name → messages, serialized in a stable order.
@@ -57,13 +57,15 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// The 429 for a denied rate-limit decision (counted by bucket).
 pub fn rate_limited(
     metrics: &Metrics,
-    bucket: &'static str,
+    bucket: Bucket,
     quota: Quota,
     decision: Decision,
 ) -> ApiError {
     metrics
         .rate_limited
-        .get_or_create(&BucketLabels { bucket })
+        .get_or_create(&BucketLabels {
+            bucket: bucket.as_str(),
+        })
         .inc();
     ApiError::RateLimited { quota, decision }
 }

@@ -106,15 +106,63 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+/// A rate-limit budget: the `bucket` label of `stoa_rate_limited_requests_total` and part
+/// of its counters' keys. An enum, so every value a call site can use has its series
+/// created at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// Every request, per client address.
+    Ip,
+    /// Every signed-in request, per user.
+    User,
+    /// Register, login and refresh, per client address.
+    Auth,
+    /// Login attempts, per account.
+    Login,
+}
+
+impl Bucket {
+    pub const ALL: [Bucket; 4] = [Bucket::Ip, Bucket::User, Bucket::Auth, Bucket::Login];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bucket::Ip => "ip",
+            Bucket::User => "user",
+            Bucket::Auth => "auth",
+            Bucket::Login => "login",
+        }
+    }
+}
+
+/// What `stoa_security_events_total` counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SecurityEvent {
+    LoginFailed,
+    CurrentPasswordRejected,
+    RefreshTokenInvalid,
+    RefreshTokenReuse,
+}
+
+impl SecurityEvent {
+    pub const ALL: [SecurityEvent; 4] = [
+        SecurityEvent::LoginFailed,
+        SecurityEvent::CurrentPasswordRejected,
+        SecurityEvent::RefreshTokenInvalid,
+        SecurityEvent::RefreshTokenReuse,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityEvent::LoginFailed => "login_failed",
+            SecurityEvent::CurrentPasswordRejected => "current_password_rejected",
+            SecurityEvent::RefreshTokenInvalid => "refresh_token_invalid",
+            SecurityEvent::RefreshTokenReuse => "refresh_token_reuse",
+        }
+    }
+}
+
 /// Label values known in advance. Their series are created at zero on start-up, so a
 /// dashboard shows 0 rather than "no data" and `rate()` sees the first increment.
-pub const RATE_LIMIT_BUCKETS: [&str; 4] = ["ip", "user", "auth", "login"];
-pub const SECURITY_EVENTS: [&str; 4] = [
-    "login_failed",
-    "current_password_rejected",
-    "refresh_token_invalid",
-    "refresh_token_reuse",
-];
 pub const CACHE_KINDS: [&str; 3] = ["article", "list", "tags"];
 pub const CACHE_OUTCOMES: [&str; 3] = ["hit", "miss", "unavailable"];
 pub const CREDENTIAL_RELOAD_OUTCOMES: [&str; 2] = ["swapped", "rejected"];
@@ -307,14 +355,18 @@ impl Metrics {
     }
 
     fn create_known_series(&self) {
-        for bucket in RATE_LIMIT_BUCKETS {
+        for bucket in Bucket::ALL {
             self.rate_limited
-                .get_or_create(&BucketLabels { bucket })
+                .get_or_create(&BucketLabels {
+                    bucket: bucket.as_str(),
+                })
                 .inc_by(0);
         }
-        for event in SECURITY_EVENTS {
+        for event in SecurityEvent::ALL {
             self.security_events
-                .get_or_create(&EventLabels { event })
+                .get_or_create(&EventLabels {
+                    event: event.as_str(),
+                })
                 .inc_by(0);
         }
         for kind in CACHE_KINDS {

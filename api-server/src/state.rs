@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::kv::Kv;
-use crate::metrics::Metrics;
+use crate::metrics::{Bucket, Metrics};
 use crate::ratelimit::{Quota, RateLimiter};
 
 #[derive(Clone)]
@@ -95,7 +95,7 @@ impl Inner {
     /// the 429 (counted by bucket).
     pub async fn enforce_rate_limit(
         &self,
-        bucket: &'static str,
+        bucket: Bucket,
         key: &str,
         quota: Quota,
     ) -> Result<(), ApiError> {

@@ -95,7 +95,7 @@ async fn authenticate(
     if !budget_charged {
         state
             .enforce_rate_limit(
-                "user",
+                crate::metrics::Bucket::User,
                 &claims.sub.to_string(),
                 state.config.rate_limits.per_user,
             )

@@ -17,6 +17,7 @@ use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
 use crate::http::sessions::{UserRow, limit_credentials, security_event, session_response};
 use crate::http::types::UserResponse;
+use crate::metrics::SecurityEvent;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -125,7 +126,7 @@ async fn refresh_session(
     .fetch_optional(&**state.db())
     .await?;
     let Some(replayed) = replayed else {
-        security_event(&state, "refresh_token_invalid");
+        security_event(&state, SecurityEvent::RefreshTokenInvalid);
         return Err(ApiError::Unauthorized(
             "refresh token is invalid or expired",
         ));
@@ -155,7 +156,7 @@ async fn refresh_session(
         client_ip = %ip.0,
         "spent refresh token presented again: family revoked"
     );
-    security_event(&state, "refresh_token_reuse");
+    security_event(&state, SecurityEvent::RefreshTokenReuse);
     state.revocations.mirror(None, &[replayed.family_id]).await;
     Err(ApiError::Unauthorized(
         "refresh token was already used; the session is revoked",

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::extract::Verified;
 use crate::error::ApiError;
-use crate::ratelimit::Charge;
+use crate::ratelimit::{Bucket, Charge};
 use crate::state::AppState;
 
 /// The caller's address as the rate limiter sees it (see `STOA_TRUSTED_PROXY_HOPS`).
@@ -63,7 +63,7 @@ where
     .map(|key| key.redis_key());
     let ip_key = crate::ratelimit::bucket_key(ip);
     let ip_charge = Charge {
-        bucket: "ip",
+        bucket: Bucket::Ip,
         key: &ip_key,
         quota: limits.per_ip,
     };
@@ -88,22 +88,27 @@ where
         Some(claims) => {
             let user_key = claims.sub.to_string();
             let user_charge = Charge {
-                bucket: "user",
+                bucket: Bucket::User,
                 key: &user_key,
                 quota: limits.per_user,
             };
             let ([decision, user], fetched) =
                 state.limiter.take([ip_charge, user_charge], fetch).await;
             if decision.allowed && !user.allowed {
-                return crate::error::rate_limited(&state.metrics, "user", limits.per_user, user)
-                    .into_response();
+                return crate::error::rate_limited(
+                    &state.metrics,
+                    Bucket::User,
+                    limits.per_user,
+                    user,
+                )
+                .into_response();
             }
             request.extensions_mut().insert(Verified(claims));
             (decision, fetched)
         }
     };
     if !decision.allowed {
-        return crate::error::rate_limited(&state.metrics, "ip", limits.per_ip, decision)
+        return crate::error::rate_limited(&state.metrics, Bucket::Ip, limits.per_ip, decision)
             .into_response();
     }
     if let Some(redis_key) = prefetch

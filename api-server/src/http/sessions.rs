@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::error::ApiResult;
 use crate::http::middleware::ClientIp;
 use crate::http::types::{User, UserResponse};
-use crate::metrics::EventLabels;
+use crate::metrics::{Bucket, EventLabels, SecurityEvent};
 use crate::state::AppState;
 
 #[derive(sqlx::FromRow)]
@@ -73,7 +73,7 @@ pub fn new_session(state: &AppState) -> NewSession {
 pub async fn limit_credentials(state: &AppState, ip: ClientIp) -> ApiResult<()> {
     state
         .enforce_rate_limit(
-            "auth",
+            Bucket::Auth,
             &crate::ratelimit::bucket_key(ip.0),
             state.config.rate_limits.auth,
         )
@@ -86,14 +86,20 @@ pub async fn limit_login_attempts(state: &AppState, email: &str) -> ApiResult<()
     let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
     let key: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     state
-        .enforce_rate_limit("login", &key, state.config.rate_limits.login_per_account)
+        .enforce_rate_limit(
+            Bucket::Login,
+            &key,
+            state.config.rate_limits.login_per_account,
+        )
         .await
 }
 
-pub fn security_event(state: &AppState, event: &'static str) {
+pub fn security_event(state: &AppState, event: SecurityEvent) {
     state
         .metrics
         .security_events
-        .get_or_create(&EventLabels { event })
+        .get_or_create(&EventLabels {
+            event: event.as_str(),
+        })
         .inc();
 }

@@ -18,6 +18,7 @@ use crate::http::sessions::{
 };
 use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, UserResponse};
 use crate::http::validate;
+use crate::metrics::SecurityEvent;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -146,7 +147,7 @@ async fn login(
     let row = match row {
         Some(row) if matched => row,
         _ => {
-            security_event(&state, "login_failed");
+            security_event(&state, SecurityEvent::LoginFailed);
             return Err(ApiError::InvalidCredentials);
         }
     };
@@ -246,7 +247,7 @@ async fn confirm_current_password(
     if !validate::within(&current, validate::PASSWORD_MAX)
         || !state.passwords.verify(current, Some(hash)).await?
     {
-        security_event(state, "current_password_rejected");
+        security_event(state, SecurityEvent::CurrentPasswordRejected);
         return Err(ApiError::forbidden_field("currentPassword", "is incorrect"));
     }
     Ok(())

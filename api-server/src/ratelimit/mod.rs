@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use redis::Script;
 
 use crate::kv::Kv;
+pub use crate::metrics::Bucket;
 
 pub use crate::config::Quota;
 
@@ -75,14 +76,14 @@ fn gcra(tat: Option<u64>, now: u64, quota: Quota) -> (Decision, Option<u64>) {
 /// (an address, a user id), and its quota.
 #[derive(Debug, Clone, Copy)]
 pub struct Charge<'a> {
-    pub bucket: &'static str,
+    pub bucket: Bucket,
     pub key: &'a str,
     pub quota: Quota,
 }
 
 impl Charge<'_> {
     fn storage_key(&self) -> String {
-        format!("stoa:rl:{}:{}", self.bucket, self.key)
+        format!("stoa:rl:{}:{}", self.bucket.as_str(), self.key)
     }
 }
 
@@ -181,7 +182,7 @@ impl RateLimiter {
     }
 
     /// Takes one request from bucket `bucket:key`.
-    pub async fn check(&self, bucket: &'static str, key: &str, quota: Quota) -> Decision {
+    pub async fn check(&self, bucket: Bucket, key: &str, quota: Quota) -> Decision {
         let ([decision], _) = self.take([Charge { bucket, key, quota }], None).await;
         decision
     }
@@ -347,12 +348,12 @@ mod tests {
             period: Duration::from_secs(600),
         };
         let ip = Charge {
-            bucket: "ip",
+            bucket: Bucket::Ip,
             key: "10.0.0.1",
             quota: quota(3),
         };
         let user = Charge {
-            bucket: "user",
+            bucket: Bucket::User,
             key: "jake",
             quota: quota(1),
         };
@@ -362,7 +363,13 @@ mod tests {
         let ([a, b], _) = limiter.take([ip, user], None).await;
         assert!(a.allowed && !b.allowed);
         // The address still has its two requests.
-        assert_eq!(limiter.check("ip", "10.0.0.1", quota(3)).await.remaining, 1);
+        assert_eq!(
+            limiter
+                .check(Bucket::Ip, "10.0.0.1", quota(3))
+                .await
+                .remaining,
+            1
+        );
     }
 
     #[test]
@@ -407,9 +414,9 @@ mod tests {
             burst: 2,
             period: Duration::from_secs(60),
         };
-        assert!(limiter.check("ip", "a", quota).await.allowed);
-        assert!(limiter.check("ip", "a", quota).await.allowed);
-        assert!(!limiter.check("ip", "a", quota).await.allowed);
-        assert!(limiter.check("ip", "b", quota).await.allowed);
+        assert!(limiter.check(Bucket::Ip, "a", quota).await.allowed);
+        assert!(limiter.check(Bucket::Ip, "a", quota).await.allowed);
+        assert!(!limiter.check(Bucket::Ip, "a", quota).await.allowed);
+        assert!(limiter.check(Bucket::Ip, "b", quota).await.allowed);
     }
 }
