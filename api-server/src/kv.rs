@@ -15,7 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisResult};
 
 use crate::config::Secret;
-use crate::metrics::{DependencyLabels, Metrics};
+use crate::metrics::Metrics;
 
 /// Runs when Redis (re)appears, before it is trusted again: restores what Redis mirrors
 /// and drops what may have gone stale while writes could not reach it.
@@ -79,12 +79,7 @@ impl Kv {
             timeout,
             metrics,
         });
-        kv.metrics
-            .dependency_up
-            .get_or_create(&DependencyLabels {
-                dependency: "redis",
-            })
-            .set(0);
+        kv.metrics.set_dependency_up("redis", false);
         tokio::spawn(probe(Arc::downgrade(&kv)));
         Ok(kv)
     }
@@ -119,12 +114,7 @@ impl Kv {
 
     fn set_up(&self, up: bool, reason: &str) {
         if self.up.swap(up, Ordering::Relaxed) != up {
-            self.metrics
-                .dependency_up
-                .get_or_create(&DependencyLabels {
-                    dependency: "redis",
-                })
-                .set(i64::from(up));
+            self.metrics.set_dependency_up("redis", up);
             if up {
                 tracing::info!("redis is reachable again; leaving degraded mode");
             } else {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod credentials;
 pub mod db;
 pub mod error;
+pub mod feed;
 pub mod http;
 pub use stoa_contract::keys;
 pub mod kv;

@@ -354,6 +354,13 @@ impl Metrics {
         metrics
     }
 
+    /// Whether `dependency` answered its last check (or, for a feed, is live).
+    pub fn set_dependency_up(&self, dependency: &'static str, up: bool) {
+        self.dependency_up
+            .get_or_create(&DependencyLabels { dependency })
+            .set(i64::from(up));
+    }
+
     fn create_known_series(&self) {
         for bucket in Bucket::ALL {
             self.rate_limited

@@ -21,7 +21,8 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::metrics::{DependencyLabels, Metrics};
+use crate::feed::Followed;
+use crate::metrics::Metrics;
 
 pub const CHANNEL: &str = "stoa:revocations";
 
@@ -146,16 +147,6 @@ impl LocalDenylist {
         self.live.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_live(&self, live: bool, metrics: &Metrics) {
-        self.live.store(live, Ordering::Release);
-        metrics
-            .dependency_up
-            .get_or_create(&DependencyLabels {
-                dependency: "revocation_feed",
-            })
-            .set(i64::from(live));
-    }
-
     /// Replaces everything with a fresh load, keeping what arrived meanwhile.
     pub(crate) fn replace(&self, loaded: Entries) {
         if let Ok(mut entries) = self.entries.write() {
@@ -204,6 +195,20 @@ pub(crate) async fn load(db: &PgPool, window: MirrorWindow) -> sqlx::Result<Entr
     Ok(entries)
 }
 
+impl Followed for LocalDenylist {
+    const NAME: &'static str = "revocation feed";
+    const WHILE_DOWN: &'static str = "checking revocations in Redis or PostgreSQL";
+
+    fn is_live(&self) -> bool {
+        LocalDenylist::is_live(self)
+    }
+
+    fn set_live(&self, live: bool, metrics: &Metrics) {
+        self.live.store(live, Ordering::Release);
+        metrics.set_dependency_up("revocation_feed", live);
+    }
+}
+
 /// Keeps `list` current from Redis for as long as the process runs.
 pub fn spawn(
     list: Arc<LocalDenylist>,
@@ -213,7 +218,7 @@ pub fn spawn(
     timeout: Duration,
     metrics: Arc<Metrics>,
 ) {
-    keep_following(
+    crate::feed::keep_following(
         list.clone(),
         metrics.clone(),
         || false,
@@ -223,49 +228,6 @@ pub fn spawn(
             async move { follow(&list, &client, &db, window, timeout, &metrics).await }
         },
     );
-}
-
-/// Runs `follow` (subscribe, load, follow) again and again until `stopped`; after any
-/// failure the list is not live until the next subscription and load succeed.
-pub(crate) fn keep_following<Follow, Following>(
-    list: Arc<LocalDenylist>,
-    metrics: Arc<Metrics>,
-    stopped: impl Fn() -> bool + Send + 'static,
-    mut follow: Follow,
-) where
-    Follow: FnMut() -> Following + Send + 'static,
-    Following: Future<Output = anyhow::Result<()>> + Send,
-{
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        let mut warned = false;
-        loop {
-            let result = follow().await;
-            if stopped() {
-                list.set_live(false, &metrics);
-                return;
-            }
-            // Only `follow` makes the list live: if it is, this was an outage after a
-            // working feed, not one more failed attempt.
-            let was_live = list.is_live();
-            list.set_live(false, &metrics);
-            if was_live {
-                warned = false;
-                backoff = Duration::from_millis(100);
-            }
-            // One warning per outage; retries are quiet (checks ask the shared stores).
-            match result {
-                Err(e) if !warned => {
-                    tracing::warn!(error = %e, "revocation feed down: checking revocations in Redis or PostgreSQL until it is back");
-                    warned = true;
-                }
-                Err(e) => tracing::debug!(error = %e, "revocation feed still down"),
-                Ok(()) => tracing::info!("revocation feed ended; reconnecting"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    });
 }
 
 async fn follow(

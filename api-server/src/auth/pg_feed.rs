@@ -19,6 +19,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use crate::auth::denylist::{self, Denied, LocalDenylist, MirrorWindow};
 use crate::db::Db;
+use crate::feed::Followed;
 use crate::metrics::Metrics;
 
 pub const CHANNEL: &str = "stoa_revocations";
@@ -40,7 +41,7 @@ pub fn spawn(
         let database = database.clone();
         move || database.pool().is_closed()
     };
-    denylist::keep_following(list.clone(), metrics.clone(), closed, move || {
+    crate::feed::keep_following(list.clone(), metrics.clone(), closed, move || {
         let (list, database, metrics) = (list.clone(), database.clone(), metrics.clone());
         async move { follow(&list, &database, window, timeout, &metrics).await }
     });

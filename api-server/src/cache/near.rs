@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use futures::StreamExt;
 
-use crate::metrics::{DependencyLabels, Metrics};
+use crate::feed::Followed;
+use crate::metrics::Metrics;
 
 /// The Redis channel invalidations are published on.
 pub const CHANNEL: &str = "stoa:cache:invalidations";
@@ -112,18 +113,22 @@ impl NearCache {
             }
         }
     }
+}
+
+impl Followed for NearCache {
+    const NAME: &'static str = "cache invalidation feed";
+    const WHILE_DOWN: &'static str = "cached reads go to Redis";
+
+    fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
 
     fn set_live(&self, live: bool, metrics: &Metrics) {
         // Either way the copy starts empty: messages may have been missed.
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.entries.clear();
         self.live.store(live, Ordering::Release);
-        metrics
-            .dependency_up
-            .get_or_create(&DependencyLabels {
-                dependency: "cache_feed",
-            })
-            .set(i64::from(live));
+        metrics.set_dependency_up("cache_feed", live);
     }
 }
 
@@ -135,20 +140,15 @@ pub fn spawn(
     timeout: Duration,
     metrics: Arc<Metrics>,
 ) {
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let result = follow(&near, &client, timeout, &metrics).await;
-            let was_live = near.live.load(Ordering::Acquire);
-            near.set_live(false, &metrics);
-            if was_live {
-                backoff = Duration::from_millis(100);
-                tracing::warn!(error = ?result.err(), "cache invalidation feed down: cached reads go to Redis until it is back");
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    });
+    crate::feed::keep_following(
+        near.clone(),
+        metrics.clone(),
+        || false,
+        move || {
+            let (near, client, metrics) = (near.clone(), client.clone(), metrics.clone());
+            async move { follow(&near, &client, timeout, &metrics).await }
+        },
+    );
 }
 
 /// How often a quiet subscription is checked (a dead connection must not look live).

@@ -13,7 +13,6 @@ use utoipa_axum::routes;
 use stoa_contract::pod::{LoadedKey, PodState};
 
 use crate::keys::KeyState;
-use crate::metrics::DependencyLabels;
 use crate::schema::{SchemaState, SchemaStatus};
 use crate::state::AppState;
 
@@ -162,13 +161,7 @@ pub async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
                 Check::failed("unknown", "database unreachable"),
             ),
         };
-    state
-        .metrics
-        .dependency_up
-        .get_or_create(&DependencyLabels {
-            dependency: "postgres",
-        })
-        .set(i64::from(database.ok));
+    state.metrics.set_dependency_up("postgres", database.ok);
 
     let ring = state.tokens.ring();
     let active = ring
