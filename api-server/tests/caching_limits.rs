@@ -267,29 +267,21 @@ async fn per_user_limits_apply(app: &TestApp) {
     );
 }
 
+/// The budgets `per_user_limits_apply` counts against.
+const PER_USER_LIMITS: [(&str, &str); 2] = [
+    ("STOA_RATE_LIMIT_PER_IP", "20/10m"),
+    ("STOA_RATE_LIMIT_PER_USER", "3/10m"),
+];
+
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn per_user_rate_limits_share_the_round_trip_in_redis(pool: PgPool) {
-    let (_redis, app) = with_redis(
-        pool,
-        &[
-            ("STOA_RATE_LIMIT_PER_IP", "20/10m"),
-            ("STOA_RATE_LIMIT_PER_USER", "3/10m"),
-        ],
-    )
-    .await;
+    let (_redis, app) = with_redis(pool, &PER_USER_LIMITS).await;
     per_user_limits_apply(&app).await;
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn per_user_rate_limits_hold_in_process_without_redis(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        &[
-            ("STOA_RATE_LIMIT_PER_IP", "20/10m"),
-            ("STOA_RATE_LIMIT_PER_USER", "3/10m"),
-        ],
-    )
-    .await;
+    let app = TestApp::spawn_with(pool, &PER_USER_LIMITS).await;
     per_user_limits_apply(&app).await;
 }
 
@@ -452,22 +444,6 @@ async fn a_client_cannot_escape_its_rate_limit_with_its_own_forwarded_for_line(p
     }
 }
 
-/// Calls of one Redis command so far (`INFO commandstats`).
-async fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 async fn two_replicas(pool: PgPool, extra: &[(&str, &str)]) -> (RedisServer, TestApp, TestApp) {
     let redis = RedisServer::start().await;
     let url = redis.url();
@@ -514,7 +490,7 @@ async fn replicas_answer_hot_reads_from_their_own_copy_until_any_replica_writes(
         .await
         .unwrap();
     assert_eq!(deleted, 1, "the entry was cached in Redis");
-    let scripts = redis_calls(&redis, "evalsha").await;
+    let scripts = redis.calls("evalsha").await;
     for _ in 0..40 {
         let res = b.get(&path, None).await;
         assert_eq!(res.status, StatusCode::OK);
@@ -526,7 +502,7 @@ async fn replicas_answer_hot_reads_from_their_own_copy_until_any_replica_writes(
         .await
         .unwrap();
     assert_eq!(read, None, "B went to the database and refilled Redis");
-    let decisions = redis_calls(&redis, "evalsha").await - scripts;
+    let decisions = redis.calls("evalsha").await - scripts;
     assert!(
         decisions < 10,
         "{decisions} rate-limit calls for 40 requests"
@@ -564,7 +540,7 @@ async fn replicas_answer_hot_reads_from_their_own_copy_until_any_replica_writes(
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn replicas_leasing_one_budget_never_exceed_it(pool: PgPool) {
     let (redis, a, b) = two_replicas(pool, &[("STOA_RATE_LIMIT_PER_IP", "320/10m")]).await;
-    let before = redis_calls(&redis, "evalsha").await;
+    let before = redis.calls("evalsha").await;
     let mut allowed = 0;
     for _ in 0..50 {
         let batch = (0..8).map(|i| {
@@ -581,6 +557,6 @@ async fn replicas_leasing_one_budget_never_exceed_it(pool: PgPool) {
     }
     // Each replica leases at most 320 / 16 = 20 cells at once; unspent ones are lost.
     assert!((280..=320).contains(&allowed), "{allowed} of 400 allowed");
-    let calls = redis_calls(&redis, "evalsha").await - before;
+    let calls = redis.calls("evalsha").await - before;
     assert!(calls < 200, "{calls} Redis calls for 400 requests");
 }

@@ -530,21 +530,6 @@ async fn a_revocation_made_by_a_replica_cut_off_from_redis_reaches_the_others(po
     );
 }
 
-/// The number of `MGET`s Redis has served (the shared revocation lookup).
-async fn mgets(redis: &RedisServer) -> u64 {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_mget:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 /// A key set for two replicas of one test to share (removed with the directory).
 fn shared_keys() -> tempfile::TempDir {
     let keys = tempfile::tempdir().unwrap();
@@ -605,7 +590,7 @@ async fn revocations_are_checked_locally_and_reach_other_replicas_at_once(pool: 
     let (token, _) = login(&a, "jake").await;
 
     // Signed-in requests ask Redis nothing about revocation.
-    let before = mgets(&redis).await;
+    let before = redis.calls("mget").await;
     for _ in 0..20 {
         assert_eq!(
             b.get("/api/user", Some(&token)).await.status,
@@ -613,14 +598,18 @@ async fn revocations_are_checked_locally_and_reach_other_replicas_at_once(pool: 
         );
     }
     assert_eq!(
-        mgets(&redis).await,
+        redis.calls("mget").await,
         before,
         "revocation was looked up in Redis"
     );
 
     // A logout through A: B refuses the token within the bound.
     logout_is_refused_by_the_other_replica(&a, &b, &token).await;
-    assert_eq!(mgets(&redis).await, before, "answered from the local copy");
+    assert_eq!(
+        redis.calls("mget").await,
+        before,
+        "answered from the local copy"
+    );
 }
 
 /// Without Redis, each replica's copy of the denylist is fed by PostgreSQL notifications

@@ -235,6 +235,23 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// How many times Redis has run `command` (`INFO commandstats`; commands a script
+    /// runs count too).
+    pub async fn calls(&self, command: &str) -> u64 {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     /// (Re)starts the server with empty data, as a restart without persistence would.
     pub async fn restart(&mut self) {
         let child = std::process::Command::new("redis-server")
