@@ -35,10 +35,14 @@ STOA_LOG=warn "$BIN" serve --dev >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
 
-# A signed-in caller, so the operations behind authentication are exercised too (logout
-# is left out: it would revoke the caller's token for the rest of the run; it has tests).
-TOKEN=$(curl -fs -X POST "http://127.0.0.1:$PORT/api/users" -H 'Content-Type: application/json' \
-  -d '{"user": {"username": "fuzzer", "email": "fuzzer@example.com", "password": "fuzzer-password"}}' \
+# A signed-in admin, so the operations behind authentication and the admin routes are
+# exercised too (logout is left out: it would revoke the caller's token for the rest of
+# the run; it has tests). The role reaches the token issued by the sign-in after the grant.
+curl -fs -o /dev/null -X POST "http://127.0.0.1:$PORT/api/users" -H 'Content-Type: application/json' \
+  -d '{"user": {"username": "fuzzer", "email": "fuzzer@example.com", "password": "fuzzer-password"}}'
+STOA_DATABASE_URL="$PG/stoa_fuzz" STOA_LOG=warn "$BIN" admin grant fuzzer >/dev/null
+TOKEN=$(curl -fs -X POST "http://127.0.0.1:$PORT/api/users/login" -H 'Content-Type: application/json' \
+  -d '{"user": {"email": "fuzzer@example.com", "password": "fuzzer-password"}}' \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["user"]["token"])')
 
 python3 -m schemathesis.cli --config-file tests/schemathesis.toml run "http://127.0.0.1:$PORT/api/openapi.json" \

@@ -165,6 +165,20 @@ fn is_pool_exhausted(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
 }
 
+impl From<crate::auth::accounts::AccountError> for ApiError {
+    fn from(e: crate::auth::accounts::AccountError) -> Self {
+        use crate::auth::accounts::AccountError;
+        match e {
+            AccountError::UnknownUser(_) => ApiError::NotFound("user"),
+            AccountError::OwnAccount => ApiError::forbidden_field(
+                "username",
+                "is your own account: another admin must disable or demote it",
+            ),
+            AccountError::Database(e) => ApiError::Database(e),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

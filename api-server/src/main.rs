@@ -66,6 +66,12 @@ enum Command {
     /// as `english`, `german` or `simple`) and recompute every article's search vector;
     /// without LANGUAGE, print the current one.
     SearchLanguage { language: Option<String> },
+    /// Account administration with the database credential, for the first admin and for
+    /// break-glass access: nothing in the API can make an admin.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Database credential rotation steps, run by the operator as Jobs with the admin
     /// credential (STOA_DATABASE_URL / _FILE). Exit 4: sessions of the role remain.
     Credentials {
@@ -101,6 +107,18 @@ enum CredentialsCommand {
         #[arg(long)]
         group: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Give USERNAME the admin role (in the token of their next sign-in or refresh).
+    Grant { username: String },
+    /// Withdraw USERNAME's admin role and end their sessions.
+    Revoke { username: String },
+    /// Disable USERNAME's account and end their sessions.
+    Disable { username: String },
+    /// Re-enable USERNAME's account.
+    Enable { username: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -203,11 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::SearchLanguage { language } => {
             let config = Config::from_process_env_for_migrate()?;
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(db::migration_connect_options(&config.database.url)?)
-                .await
-                .context("cannot connect to the database")?;
+            let pool = command_pool(&config).await?;
             match language {
                 None => println!("{}", stoa_api::search::language(&pool).await?),
                 Some(language) => {
@@ -217,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Admin { command } => admin(command).await,
         Command::Openapi => {
             println!("{}", stoa_api::http::openapi_document().to_pretty_json()?);
             Ok(())
@@ -226,6 +241,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             report_file,
         } => credentials(command, report_file).await,
     }
+}
+
+/// One connection for a command (migrate, admin, search-language), with the setting's
+/// connect deadline.
+async fn command_pool(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(config.database.acquire_timeout)
+        .connect_with(db::migration_connect_options(&config.database.url)?)
+        .await
+        .context("cannot connect to the database")
+}
+
+async fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    use stoa_api::auth::Role;
+    use stoa_api::auth::accounts::{self, Change};
+    let (username, change) = match command {
+        AdminCommand::Grant { username } => (username, Change::SetRole(Role::Admin)),
+        AdminCommand::Revoke { username } => (username, Change::SetRole(Role::User)),
+        AdminCommand::Disable { username } => (username, Change::Disable),
+        AdminCommand::Enable { username } => (username, Change::Enable),
+    };
+    let config = Config::from_process_env_for_migrate()?;
+    let _logging = telemetry::init(&config);
+    let pool = command_pool(&config).await?;
+    let changed = accounts::change(&pool, &username, change, None).await?;
+    let account = &changed.account;
+    let state = if account.disabled_at.is_some() {
+        "disabled"
+    } else {
+        "enabled"
+    };
+    let outcome = if changed.changed { "now" } else { "already" };
+    // Replicas hear of the ended sessions from PostgreSQL (without Redis) or from the
+    // revocation catch-up every replica runs on each dependency probe (with Redis).
+    println!(
+        "{username} is {outcome} {} ({state}); {} session(s) ended",
+        account.role,
+        changed.revoked_families.len()
+    );
+    tracing::info!(target: "stoa::security", event = "admin_action", action = ?change,
+        user_id = %account.id, sessions_revoked = changed.revoked_families.len(),
+        "account changed from the command line");
+    Ok(())
 }
 
 async fn credentials(
@@ -360,12 +419,7 @@ async fn run_migrations(
     allow_newer_contract: bool,
     report: &mut MigrationReport,
 ) -> anyhow::Result<()> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(config.database.acquire_timeout)
-        .connect_with(db::migration_connect_options(&config.database.url)?)
-        .await
-        .context("cannot connect to the database")?;
+    let pool = command_pool(config).await?;
     let run = schema::migrate(&pool, phase, allow_newer_contract).await?;
     let (unknown_contract, unknown_expand) = run.after.unknown();
     report.outcome = migration::Outcome::Applied;

@@ -141,14 +141,23 @@ pub enum SecurityEvent {
     CurrentPasswordRejected,
     RefreshTokenInvalid,
     RefreshTokenReuse,
+    /// The right password for a disabled account.
+    DisabledAccountLogin,
+    /// A signed-in caller without the admin role tried an admin route.
+    AdminDenied,
+    /// An admin disabled or re-enabled an account, or removed an article or a comment.
+    AdminAction,
 }
 
 impl SecurityEvent {
-    pub const ALL: [SecurityEvent; 4] = [
+    pub const ALL: [SecurityEvent; 7] = [
         SecurityEvent::LoginFailed,
         SecurityEvent::CurrentPasswordRejected,
         SecurityEvent::RefreshTokenInvalid,
         SecurityEvent::RefreshTokenReuse,
+        SecurityEvent::DisabledAccountLogin,
+        SecurityEvent::AdminDenied,
+        SecurityEvent::AdminAction,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -157,6 +166,9 @@ impl SecurityEvent {
             SecurityEvent::CurrentPasswordRejected => "current_password_rejected",
             SecurityEvent::RefreshTokenInvalid => "refresh_token_invalid",
             SecurityEvent::RefreshTokenReuse => "refresh_token_reuse",
+            SecurityEvent::DisabledAccountLogin => "disabled_account_login",
+            SecurityEvent::AdminDenied => "admin_denied",
+            SecurityEvent::AdminAction => "admin_action",
         }
     }
 }
@@ -359,6 +371,14 @@ impl Metrics {
         self.dependency_up
             .get_or_create(&DependencyLabels { dependency })
             .set(i64::from(up));
+    }
+
+    pub fn count_security_event(&self, event: SecurityEvent) {
+        self.security_events
+            .get_or_create(&EventLabels {
+                event: event.as_str(),
+            })
+            .inc();
     }
 
     fn create_known_series(&self) {

@@ -436,3 +436,69 @@ async fn search_language_prints_sets_and_refuses_unknown_languages(pool: PgPool)
     );
     assert_eq!(String::from_utf8_lossy(&run(&[]).stdout).trim(), "german");
 }
+
+/// The first admin comes from the command line (nothing in the API can make one): the
+/// role reaches the user's next token; withdrawing it ends their sessions at once.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn the_first_admin_is_made_on_the_command_line_and_never_through_the_api(pool: PgPool) {
+    use common::login;
+    use reqwest::StatusCode;
+    use serde_json::json;
+
+    let url = url_of(&pool);
+    let admin = |args: &[&str]| {
+        stoa_api()
+            .arg("admin")
+            .args(args)
+            .env("STOA_DATABASE_URL", &url)
+            .env("STOA_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let app = TestApp::spawn(pool.clone()).await;
+    let token = app.register("alice").await;
+    assert_eq!(
+        app.get("/api/admin/users", Some(&token)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // A client that asks for the role gets nothing (the field is not part of the API).
+    app.put(
+        "/api/user",
+        Some(&token),
+        json!({"user": {"bio": "hi", "role": "admin"}}),
+    )
+    .await;
+    let (token, _) = login(&app, "alice").await;
+    assert_eq!(
+        app.get("/api/admin/users", Some(&token)).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    let granted = admin(&["grant", "alice"]);
+    let stdout = String::from_utf8_lossy(&granted.stdout);
+    assert!(granted.status.success(), "{stdout}");
+    assert!(stdout.contains("alice is now admin"), "{stdout}");
+    // The token issued before the grant does not carry the role; the next one does.
+    assert_eq!(
+        app.get("/api/admin/users", Some(&token)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let (token, _) = login(&app, "alice").await;
+    let users = app.get("/api/admin/users", Some(&token)).await;
+    assert_eq!(users.status, StatusCode::OK, "{}", users.text);
+    assert_eq!(users.body["users"][0]["role"], "admin");
+    assert!(String::from_utf8_lossy(&admin(&["grant", "alice"]).stdout).contains("already admin"));
+
+    // Withdrawn: the admin's sessions end, their token is refused everywhere at once.
+    let revoked = admin(&["revoke", "alice"]);
+    assert!(revoked.status.success());
+    assert!(String::from_utf8_lossy(&revoked.stdout).contains("session(s) ended"));
+    common::eventually("the demoted admin's token is refused", || async {
+        app.get("/api/admin/users", Some(&token)).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+
+    let unknown = admin(&["grant", "nobody"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no user named \"nobody\""));
+}

@@ -2,24 +2,12 @@
 //! Refresh tokens, logout and revocation, with and without Redis.
 mod common;
 
-use common::{RedisServer, TestApp, eventually};
+use common::{
+    FEED_LIVE, RedisServer, Replicas, TestApp, eventually, login, shared_keys, wait_for_live_feeds,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
-
-async fn login(app: &TestApp, name: &str) -> (String, String) {
-    let res = app
-        .post("/api/users/login", None, json!({"user": {"email": format!("{name}@example.com"), "password": format!("password-{name}")}}))
-        .await;
-    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
-    (
-        res.body["user"]["token"].as_str().unwrap().to_owned(),
-        res.body["user"]["refreshToken"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    )
-}
 
 async fn refresh(app: &TestApp, token: &str) -> common::Response {
     app.post("/api/auth/refresh", None, json!({"refreshToken": token}))
@@ -531,25 +519,6 @@ async fn a_revocation_made_by_a_replica_cut_off_from_redis_reaches_the_others(po
 }
 
 /// A key set for two replicas of one test to share (removed with the directory).
-fn shared_keys() -> tempfile::TempDir {
-    let keys = tempfile::tempdir().unwrap();
-    stoa_api::keys::generate_keyset()
-        .write_dir(keys.path())
-        .unwrap();
-    keys
-}
-
-const FEED_LIVE: &str = r#"stoa_dependency_up{dependency="revocation_feed"} 1"#;
-
-async fn wait_for_live_feeds(apps: [&TestApp; 2]) {
-    for app in apps {
-        eventually("the revocation feed is live", || async {
-            app.metrics().await.contains(FEED_LIVE)
-        })
-        .await;
-    }
-}
-
 /// Logs `token` out through `a`; `b` must refuse it within 250 ms (how soon is printed).
 async fn logout_is_refused_by_the_other_replica(a: &TestApp, b: &TestApp, token: &str) {
     assert_eq!(
@@ -576,16 +545,12 @@ async fn logout_is_refused_by_the_other_replica(a: &TestApp, b: &TestApp, token:
 /// Redis publish; measured in the test output).
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn revocations_are_checked_locally_and_reach_other_replicas_at_once(pool: PgPool) {
-    let redis = RedisServer::start().await;
-    let keys = shared_keys();
-    let (redis_url, keys_dir) = (redis.url(), keys.path().to_str().unwrap().to_owned());
-    let env = [
-        ("STOA_REDIS_URL", redis_url.as_str()),
-        ("STOA_JWT_KEYS_DIR", keys_dir.as_str()),
-    ];
-    let a = TestApp::spawn_with(pool.clone(), &env).await;
-    let b = TestApp::spawn_with(pool, &env).await;
-    wait_for_live_feeds([&a, &b]).await;
+    let Replicas {
+        redis,
+        keys: _keys,
+        a,
+        b,
+    } = Replicas::start(pool).await;
     a.register("jake").await;
     let (token, _) = login(&a, "jake").await;
 

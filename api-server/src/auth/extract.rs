@@ -10,8 +10,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use uuid::Uuid;
 
+use crate::auth::Role;
 use crate::auth::tokens::{Claims, TokenError};
 use crate::error::ApiError;
+use crate::metrics::SecurityEvent;
 use crate::state::AppState;
 
 /// An authenticated caller.
@@ -31,6 +33,11 @@ impl AuthUser {
         token_in(&self.header).unwrap_or_default()
     }
 }
+
+/// A signed-in caller whose token carries the admin role; anyone else signed in gets a
+/// 403 (and a security event), an anonymous caller a 401.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
 
 /// A caller who may be anonymous.
 #[derive(Debug, Clone)]
@@ -131,6 +138,26 @@ impl FromRequestParts<AppState> for AuthUser {
             .get(AUTHORIZATION)
             .ok_or(ApiError::Unauthorized("is missing"))?;
         authenticate(state, verified, header).await
+    }
+}
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if user.claims.role != Role::Admin {
+            state
+                .metrics
+                .count_security_event(SecurityEvent::AdminDenied);
+            tracing::warn!(target: "stoa::security", event = "admin_denied", user_id = %user.id,
+                path = %parts.uri.path(), "admin route refused to a non-admin");
+            return Err(ApiError::forbidden_field("role", "must be admin"));
+        }
+        Ok(AdminUser(user))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Authentication: password hashing, access tokens, and the extractors that give handlers
 //! the caller's identity.
 
+pub mod accounts;
 pub mod denylist;
 pub mod extract;
 pub mod password;
@@ -8,6 +9,8 @@ pub mod pg_feed;
 pub mod refresh;
 pub mod retention;
 pub mod revocation;
+pub mod role;
 pub mod tokens;
 
-pub use extract::{AuthUser, MaybeAuthUser};
+pub use extract::{AdminUser, AuthUser, MaybeAuthUser};
+pub use role::Role;

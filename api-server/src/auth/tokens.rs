@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use sha2::{Digest, Sha256};
 
+use crate::auth::Role;
 use crate::keys::{KeySetError, KeySetFile, KeyState, public_x};
 
 /// The claims of an access token.
@@ -30,6 +31,9 @@ pub struct Claims {
     /// family (logout, reuse detection, password change) also rejects its access tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fam: Option<Uuid>,
+    /// Absent for ordinary users (the tokens of most callers stay as they were).
+    #[serde(default, skip_serializing_if = "Role::is_user")]
+    pub role: Role,
 }
 
 /// A key set ready for use: the signer, the verifiers and the published JWKS.
@@ -197,7 +201,12 @@ impl TokenService {
         self.ttl
     }
 
-    pub fn issue(&self, user_id: Uuid, family: Option<Uuid>) -> anyhow::Result<IssuedToken> {
+    pub fn issue(
+        &self,
+        user_id: Uuid,
+        role: Role,
+        family: Option<Uuid>,
+    ) -> anyhow::Result<IssuedToken> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user_id,
@@ -208,6 +217,7 @@ impl TokenService {
             exp: now + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2),
             jti: Uuid::now_v7(),
             fam: family,
+            role,
         };
         let ring = self.ring.load();
         let mut header = Header::new(Algorithm::EdDSA);
@@ -268,7 +278,7 @@ mod tests {
     fn issued_tokens_verify_and_carry_a_kid() {
         let tokens = service(&generate_keyset(), Duration::from_secs(60));
         let user = Uuid::new_v4();
-        let issued = tokens.issue(user, None).unwrap();
+        let issued = tokens.issue(user, Role::User, None).unwrap();
         let header = jsonwebtoken::decode_header(&issued.token).unwrap();
         assert_eq!(
             header.kid.as_deref(),
@@ -281,11 +291,17 @@ mod tests {
     fn tokens_from_other_keys_issuers_or_tampering_are_rejected() {
         let tokens = service(&generate_keyset(), Duration::from_secs(60));
         let stranger = service(&generate_keyset(), Duration::from_secs(60));
-        let foreign = stranger.issue(Uuid::new_v4(), None).unwrap().token;
+        let foreign = stranger
+            .issue(Uuid::new_v4(), Role::User, None)
+            .unwrap()
+            .token;
         assert_eq!(tokens.verify(&foreign), Err(TokenError::UnknownKey));
         assert_eq!(tokens.verify("not.a.jwt"), Err(TokenError::Malformed));
 
-        let token = tokens.issue(Uuid::new_v4(), None).unwrap().token;
+        let token = tokens
+            .issue(Uuid::new_v4(), Role::User, None)
+            .unwrap()
+            .token;
         let mut tampered = token.clone();
         tampered.replace_range(token.len() - 3.., "AAA");
         assert_eq!(tokens.verify(&tampered), Err(TokenError::Invalid));
@@ -295,12 +311,18 @@ mod tests {
     fn retiring_keys_still_verify_after_rotation() {
         let mut file = generate_keyset();
         let tokens = service(&file, Duration::from_secs(60));
-        let old = tokens.issue(Uuid::new_v4(), None).unwrap().token;
+        let old = tokens
+            .issue(Uuid::new_v4(), Role::User, None)
+            .unwrap()
+            .token;
         file.keys[0].state = KeyState::Retiring;
         file.keys.push(generate_key(KeyState::Active));
         tokens.replace_ring(KeyRing::from_file(&file).unwrap());
         assert!(tokens.verify(&old).is_ok());
-        let new = tokens.issue(Uuid::new_v4(), None).unwrap().token;
+        let new = tokens
+            .issue(Uuid::new_v4(), Role::User, None)
+            .unwrap()
+            .token;
         assert_eq!(
             jsonwebtoken::decode_header(&new).unwrap().kid.unwrap(),
             file.keys[1].kid
@@ -311,7 +333,7 @@ mod tests {
     fn a_verified_token_is_remembered_but_still_expires_and_dies_with_its_key() {
         let file = generate_keyset();
         let tokens = service(&file, Duration::from_secs(1));
-        let issued = tokens.issue(Uuid::new_v4(), None).unwrap();
+        let issued = tokens.issue(Uuid::new_v4(), Role::User, None).unwrap();
         assert_eq!(tokens.verify(&issued.token).unwrap(), issued.claims);
         // The second use is answered from the cache, with the same claims.
         assert_eq!(tokens.verified.len(), 1);
@@ -319,7 +341,10 @@ mod tests {
         assert_eq!(tokens.verified.len(), 1);
 
         // A key set without the token's key: refused at once, cache or not.
-        let still_valid = tokens.issue(Uuid::new_v4(), None).unwrap().token;
+        let still_valid = tokens
+            .issue(Uuid::new_v4(), Role::User, None)
+            .unwrap()
+            .token;
         assert!(tokens.verify(&still_valid).is_ok());
         tokens.replace_ring(KeyRing::from_file(&generate_keyset()).unwrap());
         assert_eq!(tokens.verify(&still_valid), Err(TokenError::UnknownKey));
@@ -329,6 +354,24 @@ mod tests {
         assert!(tokens.verify(&issued.token).is_ok());
         std::thread::sleep(Duration::from_millis(2100));
         assert_eq!(tokens.verify(&issued.token), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn the_admin_role_travels_in_the_token_and_ordinary_tokens_do_not_mention_roles() {
+        let tokens = service(&generate_keyset(), Duration::from_secs(60));
+        let admin = tokens.issue(Uuid::new_v4(), Role::Admin, None).unwrap();
+        assert_eq!(tokens.verify(&admin.token).unwrap().role, Role::Admin);
+        let user = tokens.issue(Uuid::new_v4(), Role::User, None).unwrap();
+        assert_eq!(tokens.verify(&user.token).unwrap().role, Role::User);
+        let payload = |token: &str| {
+            let part = token.split('.').nth(1).unwrap();
+            let bytes =
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, part)
+                    .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        assert_eq!(payload(&admin.token)["role"], "admin");
+        assert!(payload(&user.token).get("role").is_none());
     }
 
     #[test]

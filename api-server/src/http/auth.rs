@@ -15,7 +15,7 @@ use crate::auth::refresh;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
-use crate::http::sessions::{UserRow, limit_credentials, security_event, session_response};
+use crate::http::sessions::{SessionRow, limit_credentials, security_event, session_response};
 use crate::http::types::UserResponse;
 use crate::metrics::SecurityEvent;
 use crate::state::AppState;
@@ -35,7 +35,7 @@ pub struct RefreshRequest {
 #[derive(sqlx::FromRow)]
 struct Rotated {
     #[sqlx(flatten)]
-    user: UserRow,
+    user: SessionRow,
     family_id: Uuid,
 }
 
@@ -70,13 +70,15 @@ async fn refresh_session(
              UPDATE refresh_tokens SET spent_at = now(), successor_hash = $2
              WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > now()
                AND (session_expires_at IS NULL OR session_expires_at > now())
+               -- A disabled account's sessions were revoked; this closes the race with it.
+               AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL)
              RETURNING family_id, user_id, session_expires_at),
           next AS (
              INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
              SELECT $2, family_id, user_id, LEAST($3, COALESCE(session_expires_at, $3)), session_expires_at
              FROM spent
              RETURNING family_id, user_id)
-         SELECT u.id, u.email, u.username, u.bio, u.image, next.family_id
+         SELECT u.id, u.email, u.username, u.bio, u.image, u.role, next.family_id
          FROM next JOIN users u ON u.id = next.user_id",
     )
     .bind(&presented)
@@ -102,7 +104,7 @@ async fn refresh_session(
         user_id: Uuid,
         grace_successor: Option<Vec<u8>>,
         #[sqlx(flatten)]
-        user: UserRow,
+        user: SessionRow,
     }
     let replayed: Option<Replayed> = sqlx::query_as(
         "WITH presented AS (
@@ -118,7 +120,7 @@ async fn refresh_session(
              WHERE family_id IN (SELECT family_id FROM presented)
                AND NOT EXISTS (SELECT 1 FROM grace) AND revoked_at IS NULL)
          SELECT p.family_id, p.user_id, (SELECT successor_hash FROM grace) AS grace_successor,
-                u.id, u.email, u.username, u.bio, u.image
+                u.id, u.email, u.username, u.bio, u.image, u.role
          FROM presented p JOIN users u ON u.id = p.user_id",
     )
     .bind(&presented)

@@ -1,6 +1,7 @@
 //! The HTTP layer: one module per resource, assembled here with the cross-cutting
 //! middleware (request ids, access logs, metrics, limits, timeouts, CORS).
 
+pub mod admin;
 pub mod articles;
 pub mod auth;
 pub mod comments;
@@ -45,6 +46,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(users::router().layer(no_store()))
         .merge(auth::router().layer(no_store()))
+        .merge(admin::router().layer(no_store()))
         .merge(profiles::router())
         .merge(articles::router())
         .merge(comments::router())

@@ -20,6 +20,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
         (name = "articles", description = "Articles, feed and favorites"),
         (name = "comments", description = "Comments on articles"),
         (name = "tags", description = "Tags"),
+        (name = "admin", description = "Administration: callers whose token carries the admin role (`stoa-api admin grant`)"),
         (name = "auth", description = "Token verification keys"),
         (name = "operations", description = "Health and readiness"),
     )

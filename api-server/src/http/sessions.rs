@@ -5,10 +5,11 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::auth::Role;
 use crate::error::ApiResult;
 use crate::http::middleware::ClientIp;
 use crate::http::types::{User, UserResponse};
-use crate::metrics::{Bucket, EventLabels, SecurityEvent};
+use crate::metrics::{Bucket, SecurityEvent};
 use crate::state::AppState;
 
 #[derive(sqlx::FromRow)]
@@ -20,16 +21,27 @@ pub struct UserRow {
     pub image: Option<String>,
 }
 
+/// A user as the endpoints that issue tokens read it: what the answer shows, and the
+/// role the new access token carries.
+#[derive(sqlx::FromRow)]
+pub struct SessionRow {
+    #[sqlx(flatten)]
+    pub user: UserRow,
+    pub role: String,
+}
+
 /// The user with a new access token in session `family`, and the session's new refresh
 /// token when one was just issued: for sign-in, refresh and password change.
 pub fn session_response(
     state: &AppState,
-    row: UserRow,
+    row: SessionRow,
     family: Option<Uuid>,
     refresh_token: Option<String>,
 ) -> ApiResult<UserResponse> {
-    let issued = state.tokens.issue(row.id, family)?;
-    Ok(user_response(row, issued.token, refresh_token))
+    let issued = state
+        .tokens
+        .issue(row.user.id, Role::from_db(&row.role), family)?;
+    Ok(user_response(row.user, issued.token, refresh_token))
 }
 
 /// The user with `token`: a new one, or on reads and profile edits the caller's own. An
@@ -95,11 +107,5 @@ pub async fn limit_login_attempts(state: &AppState, email: &str) -> ApiResult<()
 }
 
 pub fn security_event(state: &AppState, event: SecurityEvent) {
-    state
-        .metrics
-        .security_events
-        .get_or_create(&EventLabels {
-            event: event.as_str(),
-        })
-        .inc();
+    state.metrics.count_security_event(event);
 }

@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiResult, ResultExt, Validator};
 use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
 use crate::http::sessions::{
-    UserRow, limit_credentials, limit_login_attempts, new_session, security_event,
+    SessionRow, UserRow, limit_credentials, limit_login_attempts, new_session, security_event,
     session_response, user_response,
 };
 use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, UserResponse};
@@ -66,10 +66,10 @@ async fn register(
     let session = new_session(&state);
     // One statement creates the user and the first session; the unique indexes decide
     // races between concurrent registrations.
-    let row: UserRow = sqlx::query_as(
+    let row: SessionRow = sqlx::query_as(
         "WITH u AS (
              INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)
-             RETURNING id, email, username, bio, image),
+             RETURNING id, email, username, bio, image, role),
           session AS (
              INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
              SELECT $4, $5, id, $6, $7 FROM u)
@@ -87,7 +87,7 @@ async fn register(
     .on_constraint("users_username_key", taken("username"))
     .on_constraint("users_username_lower_key", taken("username"))
     .on_constraint("users_email_key", taken("email"))?;
-    tracing::info!(user_id = %row.id, "user registered");
+    tracing::info!(user_id = %row.user.id, "user registered");
     let response = session_response(
         &state,
         row,
@@ -103,6 +103,7 @@ async fn register(
     responses(
         (status = 200, body = UserResponse),
         (status = 401, description = "wrong email or password (same answer for both)"),
+        (status = 403, description = "the account is disabled (answered only to the right password)"),
         (status = 422, description = "missing fields"),
     ))]
 async fn login(
@@ -125,19 +126,21 @@ async fn login(
     #[derive(sqlx::FromRow)]
     struct Credentials {
         #[sqlx(flatten)]
-        user: UserRow,
+        user: SessionRow,
         password_hash: String,
+        disabled: bool,
     }
     let found: Option<Credentials> = sqlx::query_as(
-        "SELECT id, email, username, bio, image, password_hash FROM users WHERE lower(email) = lower($1)",
+        "SELECT id, email, username, bio, image, role, password_hash, disabled_at IS NOT NULL AS disabled
+         FROM users WHERE lower(email) = lower($1)",
     )
     .bind(user.email.trim())
     .fetch_optional(&**state.db())
     .await?;
 
-    let (row, hash) = match found {
-        Some(c) => (Some(c.user), Some(c.password_hash)),
-        None => (None, None),
+    let (row, hash, disabled) = match found {
+        Some(c) => (Some(c.user), Some(c.password_hash), c.disabled),
+        None => (None, None, false),
     };
     let stale = hash
         .as_deref()
@@ -151,18 +154,32 @@ async fn login(
             return Err(ApiError::InvalidCredentials);
         }
     };
+    // Only after the password matched: a disabled account is not revealed to a guesser.
+    if disabled {
+        security_event(&state, SecurityEvent::DisabledAccountLogin);
+        return Err(ApiError::forbidden_field("account", "is disabled"));
+    }
     if let Some((Some(old_hash), password)) = stale {
-        upgrade_hash(&state, row.id, old_hash, password);
+        upgrade_hash(&state, row.user.id, old_hash, password);
     }
     let session = new_session(&state);
-    sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&session.refresh.hash)
-        .bind(session.family)
-        .bind(row.id)
-        .bind(session.expires_at)
-        .bind(session.session_expires_at)
-        .execute(&**state.db())
-        .await?;
+    // The session starts only if the account is still enabled. `FOR SHARE` waits for a
+    // disable in progress (it holds the row's update lock) and then sees its result; a
+    // disable that starts later finds this session and revokes it.
+    let started = sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
+         SELECT $1, $2, id, $4, $5 FROM users WHERE id = $3 AND disabled_at IS NULL FOR SHARE",
+    )
+    .bind(&session.refresh.hash)
+    .bind(session.family)
+    .bind(row.user.id)
+    .bind(session.expires_at)
+    .bind(session.session_expires_at)
+    .execute(&**state.db())
+    .await?;
+    if started.rows_affected() == 0 {
+        return Err(ApiError::forbidden_field("account", "is disabled"));
+    }
     Ok(axum::Json(session_response(
         &state,
         row,
@@ -326,7 +343,7 @@ async fn update_user(
     #[derive(sqlx::FromRow)]
     struct Updated {
         #[sqlx(flatten)]
-        user: UserRow,
+        user: SessionRow,
         revoked_families: Vec<Uuid>,
     }
     let updated: Updated = sqlx::query_as(
@@ -339,7 +356,7 @@ async fn update_user(
                  image = CASE WHEN $7 THEN $8 ELSE image END,
                  updated_at = now()
              WHERE id = $1
-             RETURNING id, email, username, bio, image),
+             RETURNING id, email, username, bio, image, role),
           revoked AS (
              UPDATE refresh_tokens SET revoked_at = now()
              WHERE user_id IN (SELECT id FROM u) AND $4::text IS NOT NULL AND revoked_at IS NULL
@@ -387,7 +404,7 @@ async fn update_user(
             Some(session.family),
             Some(session.refresh.token),
         )?,
-        None => user_response(updated.user, auth.token().to_owned(), None),
+        None => user_response(updated.user.user, auth.token().to_owned(), None),
     };
     Ok(axum::Json(response))
 }

@@ -311,3 +311,63 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// Signs `name` in (as registered by [`TestApp::register`]): (access token, refresh token).
+pub async fn login(app: &TestApp, name: &str) -> (String, String) {
+    let res = app
+        .post("/api/users/login", None, json!({"user": {"email": format!("{name}@example.com"), "password": format!("password-{name}")}}))
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    (
+        res.body["user"]["token"].as_str().unwrap().to_owned(),
+        res.body["user"]["refreshToken"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}
+
+/// A key set for replicas that must accept each other's tokens.
+pub fn shared_keys() -> tempfile::TempDir {
+    let keys = tempfile::tempdir().unwrap();
+    stoa_api::keys::generate_keyset()
+        .write_dir(keys.path())
+        .unwrap();
+    keys
+}
+
+pub const FEED_LIVE: &str = r#"stoa_dependency_up{dependency="revocation_feed"} 1"#;
+
+pub async fn wait_for_live_feeds(apps: [&TestApp; 2]) {
+    for app in apps {
+        eventually("the revocation feed is live", || async {
+            app.metrics().await.contains(FEED_LIVE)
+        })
+        .await;
+    }
+}
+
+/// Two replicas sharing one database, one Redis and one key set, their revocation feeds
+/// live.
+pub struct Replicas {
+    pub redis: RedisServer,
+    pub keys: tempfile::TempDir,
+    pub a: TestApp,
+    pub b: TestApp,
+}
+
+impl Replicas {
+    pub async fn start(pool: PgPool) -> Replicas {
+        let redis = RedisServer::start().await;
+        let keys = shared_keys();
+        let (redis_url, keys_dir) = (redis.url(), keys.path().to_str().unwrap().to_owned());
+        let env = [
+            ("STOA_REDIS_URL", redis_url.as_str()),
+            ("STOA_JWT_KEYS_DIR", keys_dir.as_str()),
+        ];
+        let a = TestApp::spawn_with(pool.clone(), &env).await;
+        let b = TestApp::spawn_with(pool, &env).await;
+        wait_for_live_feeds([&a, &b]).await;
+        Replicas { redis, keys, a, b }
+    }
+}

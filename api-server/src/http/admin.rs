@@ -1,0 +1,215 @@
+//! `/api/admin/*`: for callers whose token carries the admin role ([`AdminUser`]; 403 for
+//! everyone else signed in). List, disable and re-enable users; remove any article or
+//! comment. Every action is a `stoa::security` log event and counts in
+//! `stoa_security_events_total{event="admin_action"}`. Admins are made with
+//! `stoa-api admin grant`, never through the API.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::AdminUser;
+use crate::auth::accounts::{self, Account, Change};
+use crate::cache;
+use crate::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiQuery, Pagination};
+use crate::http::types::Timestamp;
+use crate::metrics::SecurityEvent;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users))
+        .routes(routes!(disable_user))
+        .routes(routes!(enable_user))
+        .routes(routes!(remove_article))
+        .routes(routes!(remove_comment))
+}
+
+/// A user as an admin sees them.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminUserView {
+    pub username: String,
+    pub email: String,
+    pub bio: Option<String>,
+    pub image: Option<String>,
+    /// `user` or `admin`.
+    pub role: String,
+    pub disabled: bool,
+    /// When the account was disabled; absent while it is enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+impl From<Account> for AdminUserView {
+    fn from(account: Account) -> Self {
+        AdminUserView {
+            username: account.username,
+            email: account.email,
+            bio: account.bio,
+            image: account.image,
+            role: account.role,
+            disabled: account.disabled_at.is_some(),
+            disabled_at: account.disabled_at.map(Timestamp),
+            created_at: Timestamp(account.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminUsersResponse {
+    /// One page, newest first.
+    pub users: Vec<AdminUserView>,
+    pub users_count: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminUserResponse {
+    pub user: AdminUserView,
+}
+
+/// Every user, newest first, one page at a time (default 20, at most 100).
+#[utoipa::path(get, path = "/api/admin/users", tag = "admin",
+    security(("token" = [])),
+    params(Pagination),
+    responses((status = 200, body = AdminUsersResponse), (status = 401), (status = 403, description = "not an admin"), (status = 422)))]
+async fn list_users(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    ApiQuery(page): ApiQuery<Pagination>,
+) -> ApiResult<axum::Json<AdminUsersResponse>> {
+    let (limit, offset) = page.resolve()?;
+    let (users, users_count) = accounts::list(&state.db(), limit, offset).await?;
+    Ok(axum::Json(AdminUsersResponse {
+        users: users.into_iter().map(AdminUserView::from).collect(),
+        users_count,
+    }))
+}
+
+/// Disable an account: its sessions end at once (every access and refresh token is
+/// refused, on every replica) and it can no longer sign in. Its articles and comments
+/// stay. Disabling a disabled account changes nothing.
+#[utoipa::path(post, path = "/api/admin/users/{username}/disable", tag = "admin",
+    security(("token" = [])),
+    params(("username" = String, Path)),
+    responses((status = 200, body = AdminUserResponse), (status = 401), (status = 403, description = "not an admin, or the admin's own account"), (status = 404)))]
+async fn disable_user(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(username): Path<String>,
+) -> ApiResult<axum::Json<AdminUserResponse>> {
+    change_account(&state, admin.id, &username, Change::Disable).await
+}
+
+/// Re-enable a disabled account: its user can sign in again (their old sessions stay
+/// ended).
+#[utoipa::path(post, path = "/api/admin/users/{username}/enable", tag = "admin",
+    security(("token" = [])),
+    params(("username" = String, Path)),
+    responses((status = 200, body = AdminUserResponse), (status = 401), (status = 403, description = "not an admin"), (status = 404)))]
+async fn enable_user(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(username): Path<String>,
+) -> ApiResult<axum::Json<AdminUserResponse>> {
+    change_account(&state, admin.id, &username, Change::Enable).await
+}
+
+async fn change_account(
+    state: &AppState,
+    admin: Uuid,
+    username: &str,
+    change: Change,
+) -> ApiResult<axum::Json<AdminUserResponse>> {
+    let changed = accounts::change(&state.db(), username, change, Some(admin)).await?;
+    if !changed.revoked_families.is_empty() {
+        state
+            .revocations
+            .mirror(None, &changed.revoked_families)
+            .await;
+    }
+    if changed.changed {
+        let action = match change {
+            Change::Disable => "disable_user",
+            Change::Enable => "enable_user",
+            Change::SetRole(_) => "set_role",
+        };
+        state
+            .metrics
+            .count_security_event(SecurityEvent::AdminAction);
+        tracing::info!(target: "stoa::security", event = "admin_action", action, admin_id = %admin,
+            user_id = %changed.account.id, sessions_revoked = changed.revoked_families.len(),
+            "account changed by an admin");
+    }
+    Ok(axum::Json(AdminUserResponse {
+        user: changed.account.into(),
+    }))
+}
+
+/// Remove any article, with its comments and favorites.
+#[utoipa::path(delete, path = "/api/admin/articles/{slug}", tag = "admin",
+    security(("token" = [])),
+    params(("slug" = String, Path)),
+    responses((status = 204), (status = 401), (status = 403, description = "not an admin"), (status = 404)))]
+async fn remove_article(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(slug): Path<String>,
+) -> ApiResult<StatusCode> {
+    let author: Uuid =
+        sqlx::query_scalar("DELETE FROM articles WHERE slug = $1 RETURNING author_id")
+            .bind(&slug)
+            .fetch_optional(&**state.db())
+            .await?
+            .ok_or(ApiError::NotFound("article"))?;
+    state
+        .cache
+        .invalidate(cache::Change::Articles {
+            slugs: &[&slug],
+            tags: true,
+        })
+        .await;
+    state
+        .metrics
+        .count_security_event(SecurityEvent::AdminAction);
+    tracing::info!(target: "stoa::security", event = "admin_action", action = "remove_article",
+        admin_id = %admin.id, author_id = %author, slug = %slug, "article removed by an admin");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Remove any comment.
+#[utoipa::path(delete, path = "/api/admin/articles/{slug}/comments/{id}", tag = "admin",
+    security(("token" = [])),
+    params(("slug" = String, Path), ("id" = i64, Path)),
+    responses((status = 204), (status = 401), (status = 403, description = "not an admin"), (status = 404)))]
+async fn remove_comment(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path((slug, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let id: i64 = id.parse().map_err(|_| ApiError::NotFound("comment"))?;
+    let author: Uuid = sqlx::query_scalar(
+        "DELETE FROM comments c USING articles a
+         WHERE a.id = c.article_id AND a.slug = $1 AND c.id = $2
+         RETURNING c.author_id",
+    )
+    .bind(&slug)
+    .bind(id)
+    .fetch_optional(&**state.db())
+    .await?
+    .ok_or(ApiError::NotFound("comment"))?;
+    state
+        .metrics
+        .count_security_event(SecurityEvent::AdminAction);
+    tracing::info!(target: "stoa::security", event = "admin_action", action = "remove_comment",
+        admin_id = %admin.id, author_id = %author, slug = %slug, comment_id = id,
+        "comment removed by an admin");
+    Ok(StatusCode::NO_CONTENT)
+}
