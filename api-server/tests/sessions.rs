@@ -147,10 +147,10 @@ async fn register_returns_a_refresh_token_and_garbage_is_refused(pool: PgPool) {
         refresh(&app, "not-a-token").await.status,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(
-        app.post("/api/auth/refresh", None, json!({})).await.status,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    // No token at all (and no cookie mode): refused like a wrong one.
+    let missing = app.post("/api/auth/refresh", None, json!({})).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(common::errors(&missing, "token"), ["refresh token is missing"]);
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
@@ -690,4 +690,177 @@ async fn reading_or_editing_the_profile_never_renews_the_access_token(pool: PgPo
     assert_eq!(bearer.status(), StatusCode::OK);
     let body: serde_json::Value = bearer.json().await.unwrap();
     assert_eq!(body["user"]["token"], access.as_str());
+}
+
+/// Browser sessions: with `X-Stoa-Session: cookie` the refresh token lives in an
+/// HttpOnly, Secure, SameSite=Strict cookie scoped to `/api/auth`; the cookie is read only
+/// by requests that carry the header from an allowed origin (CSRF); body mode keeps
+/// working beside it.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn browser_sessions_keep_the_refresh_token_in_an_http_only_cookie(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        &[
+            ("STOA_REFRESH_REUSE_GRACE", "0s"),
+            ("STOA_CORS_ALLOWED_ORIGINS", "https://app.example"),
+        ],
+    )
+    .await;
+    app.register("jake").await;
+    let send = |path: &str, cookie: Option<&str>, mode: bool, origin: Option<&str>, body| {
+        let mut req = app.client.post(app.url(path)).json(&body);
+        if let Some(cookie) = cookie {
+            req = req.header(
+                "Cookie",
+                format!("theme=dark; __Secure-stoa-refresh={cookie}"),
+            );
+        }
+        if mode {
+            req = req.header("X-Stoa-Session", "cookie");
+        }
+        if let Some(origin) = origin {
+            req = req.header("Origin", origin);
+        }
+        req.send()
+    };
+    let cookie_of = |res: &reqwest::Response| -> String {
+        let set = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+        for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/api/auth"] {
+            assert!(set.contains(attribute), "{set} lacks {attribute}");
+        }
+        set.strip_prefix("__Secure-stoa-refresh=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let credentials = json!({"user": {"email": "jake@example.com", "password": "password-jake"}});
+
+    // Sign-in in cookie mode: the access token in the body, the refresh token only in
+    // the cookie.
+    let res = send("/api/users/login", None, true, None, credentials.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let first = cookie_of(&res);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(body["user"]["token"].is_string());
+    assert!(body["user"].get("refreshToken").is_none(), "{body}");
+
+    // Without the header (what a forged cross-site form or image sends), the cookie is
+    // not used; from an origin that is not allowed, neither.
+    let forged = send("/api/auth/refresh", Some(&first), false, None, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    let foreign = send(
+        "/api/auth/refresh",
+        Some(&first),
+        true,
+        Some("https://evil.example"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
+
+    // The allowed app refreshes: a new cookie, a new access token that works.
+    let res = send(
+        "/api/auth/refresh",
+        Some(&first),
+        true,
+        Some("https://app.example"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let second = cookie_of(&res);
+    assert_ne!(second, first);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(body["user"].get("refreshToken").is_none());
+    let access = body["user"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.get("/api/user", Some(&access)).await.status,
+        StatusCode::OK
+    );
+
+    // Reuse detection works the same; the refused cookie is deleted.
+    let replay = send("/api/auth/refresh", Some(&first), true, None, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        replay.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(
+        app.get("/api/user", Some(&access)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the reused session is revoked"
+    );
+
+    // Body mode, side by side: no cookie set, the token in the body.
+    let res = send("/api/users/login", None, false, None, credentials.clone())
+        .await
+        .unwrap();
+    assert!(res.headers().get("set-cookie").is_none());
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(body["user"]["refreshToken"].is_string());
+
+    // Logout in cookie mode deletes the cookie.
+    let res = send("/api/users/login", None, true, None, credentials)
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    let access = body["user"]["token"].as_str().unwrap().to_owned();
+    let out = app
+        .client
+        .post(app.url("/api/auth/logout"))
+        .header("Authorization", format!("Token {access}"))
+        .header("X-Stoa-Session", "cookie")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+
+    // The allowed origin may send the header with credentials; others get no grant.
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/auth/refresh"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "x-stoa-session,content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    assert!(
+        allowed.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-stoa-session")
+    );
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
 }

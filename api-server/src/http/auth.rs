@@ -2,7 +2,8 @@
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -15,7 +16,10 @@ use crate::auth::refresh;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
-use crate::http::sessions::{SessionRow, limit_credentials, security_event, session_response};
+use crate::http::session_cookie::{self, Delivery};
+use crate::http::sessions::{
+    SessionRow, deliver, limit_credentials, security_event, session_response,
+};
 use crate::http::types::UserResponse;
 use crate::metrics::SecurityEvent;
 use crate::state::AppState;
@@ -29,7 +33,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshRequest {
-    pub refresh_token: String,
+    /// Absent in cookie mode (`X-Stoa-Session: cookie`): the session cookie carries it.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -50,18 +56,46 @@ struct Rotated {
 async fn refresh_session(
     State(state): State<AppState>,
     Extension(ip): Extension<ClientIp>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<RefreshRequest>,
-) -> ApiResult<axum::Json<UserResponse>> {
-    limit_credentials(&state, ip).await?;
-    if body.refresh_token.is_empty() || body.refresh_token.len() > 128 {
+) -> ApiResult<Response> {
+    let delivery = Delivery::of(&headers)?;
+    let token = match (body.refresh_token, delivery) {
+        (Some(token), _) => token,
+        (None, Delivery::Cookie) => {
+            session_cookie::presented(&headers, &state.config.http.cors_allowed_origins)?
+                .unwrap_or_default()
+        }
+        // Missing, like a wrong token: 401 (a cookie without the header is not used).
+        (None, Delivery::Body) => return Err(ApiError::Unauthorized("refresh token is missing")),
+    };
+    match rotate(&state, ip, &token).await {
+        Ok(response) => Ok(deliver(&state, delivery, StatusCode::OK, response)),
+        // A refused cookie is of no further use: the browser drops it.
+        Err(refused @ ApiError::Unauthorized(_)) if delivery == Delivery::Cookie => {
+            let mut answer = refused.into_response();
+            answer
+                .headers_mut()
+                .append(header::SET_COOKIE, session_cookie::clear());
+            Ok(answer)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Spends `token` for the next one of its session (or, within the grace period, hands
+/// out the successor it already has).
+async fn rotate(state: &AppState, ip: ClientIp, token: &str) -> ApiResult<UserResponse> {
+    limit_credentials(state, ip).await?;
+    if token.is_empty() || token.len() > 128 {
         return Err(ApiError::Unauthorized("refresh token is invalid"));
     }
-    let presented = refresh::hash(&body.refresh_token);
+    let presented = refresh::hash(token);
     let ring = state.tokens.ring();
     let Some(active_secret) = ring.successor_secrets().first() else {
         return Err(ApiError::Unavailable("no signing key loaded"));
     };
-    let next = refresh::successor(active_secret, &body.refresh_token);
+    let next = refresh::successor(active_secret, token);
     let expires_at = Utc::now() + state.config.auth.refresh_token_ttl;
     // Spend and replace in one statement: two concurrent uses of one token cannot both win.
     // The successor never outlives the session's absolute end.
@@ -87,12 +121,12 @@ async fn refresh_session(
     .fetch_optional(&**state.db())
     .await?;
     if let Some(rotated) = rotated {
-        return Ok(axum::Json(session_response(
-            &state,
+        return session_response(
+            state,
             rotated.user,
             Some(rotated.family_id),
             Some(next.token),
-        )?));
+        );
     }
 
     // Not spendable. Spent moments ago and its successor still unused: a second tab lost
@@ -128,7 +162,7 @@ async fn refresh_session(
     .fetch_optional(&**state.db())
     .await?;
     let Some(replayed) = replayed else {
-        security_event(&state, SecurityEvent::RefreshTokenInvalid);
+        security_event(state, SecurityEvent::RefreshTokenInvalid);
         return Err(ApiError::Unauthorized(
             "refresh token is invalid or expired",
         ));
@@ -138,15 +172,15 @@ async fn refresh_session(
         let same = ring
             .successor_secrets()
             .iter()
-            .map(|secret| refresh::successor(secret, &body.refresh_token))
+            .map(|secret| refresh::successor(secret, token))
             .find(|candidate| &candidate.hash == successor_hash);
         return match same {
-            Some(successor) => Ok(axum::Json(session_response(
-                &state,
+            Some(successor) => session_response(
+                state,
                 replayed.user,
                 Some(replayed.family_id),
                 Some(successor.token),
-            )?)),
+            ),
             None => Err(ApiError::Unauthorized("refresh token was already used")),
         };
     }
@@ -158,7 +192,7 @@ async fn refresh_session(
         client_ip = %ip.0,
         "spent refresh token presented again: family revoked"
     );
-    security_event(&state, SecurityEvent::RefreshTokenReuse);
+    security_event(state, SecurityEvent::RefreshTokenReuse);
     state.revocations.mirror(None, &[replayed.family_id]).await;
     Err(ApiError::Unauthorized(
         "refresh token was already used; the session is revoked",
@@ -169,7 +203,12 @@ async fn refresh_session(
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
     security(("token" = [])),
     responses((status = 204, description = "logged out"), (status = 401)))]
-async fn logout(State(state): State<AppState>, auth: AuthUser) -> ApiResult<StatusCode> {
+async fn logout(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let delivery = Delivery::of(&headers)?;
     let expires_at = DateTime::<Utc>::from_timestamp(auth.claims.exp, 0).unwrap_or_else(Utc::now);
     sqlx::query(
         "WITH denied AS (
@@ -189,5 +228,11 @@ async fn logout(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Stat
         .mirror(Some((auth.claims.jti, expires_at)), &families)
         .await;
     tracing::info!(target: "stoa::security", event = "logout", user_id = %auth.id, "session revoked");
-    Ok(StatusCode::NO_CONTENT)
+    let mut answer = StatusCode::NO_CONTENT.into_response();
+    if delivery == Delivery::Cookie {
+        answer
+            .headers_mut()
+            .append(header::SET_COOKIE, session_cookie::clear());
+    }
+    Ok(answer)
 }

@@ -11,6 +11,7 @@ pub mod health;
 pub mod middleware;
 pub mod openapi;
 pub mod profiles;
+pub mod session_cookie;
 pub mod sessions;
 pub mod slug;
 pub mod tags;
@@ -123,7 +124,12 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             Method::DELETE,
             Method::OPTIONS,
         ])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            REQUEST_ID,
+            session_cookie::MODE_HEADER,
+        ])
         .expose_headers([
             REQUEST_ID,
             header::RETRY_AFTER,
@@ -133,6 +139,13 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             HeaderName::from_static("ratelimit-reset"),
         ])
         .max_age(Duration::from_secs(600));
+    // Credentials (the session cookie) only for listed origins: the CORS rules forbid
+    // them with `*`, and a wildcard must never let any page spend a browser's session.
+    let layer = if origins.iter().any(|o| o == "*") {
+        layer
+    } else {
+        layer.allow_credentials(true)
+    };
     Some(layer)
 }
 

@@ -218,9 +218,68 @@ impl Modify for CommonResponses {
     }
 }
 
+/// The operations that issue or spend a refresh token take `X-Stoa-Session: cookie` to
+/// keep it in the session cookie (`crate::http::session_cookie`).
+struct SessionCookieMode;
+
+impl Modify for SessionCookieMode {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::ResponseBuilder;
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let operations = [
+            ("/api/users", "post"),
+            ("/api/users/login", "post"),
+            ("/api/user", "put"),
+            ("/api/auth/refresh", "post"),
+            ("/api/auth/logout", "post"),
+        ];
+        for (path, method) in operations {
+            let Some(item) = openapi.paths.paths.get_mut(path) else {
+                continue;
+            };
+            let operation = match method {
+                "post" => item.post.as_mut(),
+                _ => item.put.as_mut(),
+            };
+            let Some(operation) = operation else { continue };
+            let parameter = ParameterBuilder::new()
+                .name(crate::http::session_cookie::MODE_HEADER.as_str())
+                .parameter_in(ParameterIn::Header)
+                .description(Some(
+                    "`cookie`: the refresh token travels in the `HttpOnly` session cookie \
+                     (`__Secure-stoa-refresh`, path `/api/auth`) instead of the body; on \
+                     refresh, the cookie is read only with this header, from an allowed origin.",
+                ))
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(["cookie"])),
+                ))
+                .build();
+            operation
+                .parameters
+                .get_or_insert_with(Vec::new)
+                .push(parameter.into());
+            if path == "/api/auth/refresh" {
+                operation.responses.responses.insert(
+                    "403".to_owned(),
+                    ResponseBuilder::new()
+                        .description(
+                            "cookie mode from an origin that may not use the session cookie",
+                        )
+                        .build()
+                        .into(),
+                );
+            }
+        }
+    }
+}
+
 /// Completes the document once every route's paths and schemas are in it.
 pub fn finish(openapi: &mut utoipa::openapi::OpenApi) {
     InputRules.modify(openapi);
+    SessionCookieMode.modify(openapi);
     CommonResponses.modify(openapi);
 }
 

@@ -6,8 +6,12 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::Role;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
 use crate::error::ApiResult;
 use crate::http::middleware::ClientIp;
+use crate::http::session_cookie::{self, Delivery};
 use crate::http::types::{User, UserResponse};
 use crate::metrics::{Bucket, SecurityEvent};
 use crate::state::AppState;
@@ -58,6 +62,29 @@ pub fn user_response(row: UserRow, token: String, refresh_token: Option<String>)
             refresh_token,
         },
     }
+}
+
+/// The answer of an endpoint that issues a refresh token: in the body, or in the session
+/// cookie for a browser that asked for it (`X-Stoa-Session: cookie`).
+pub fn deliver(
+    state: &AppState,
+    delivery: Delivery,
+    status: StatusCode,
+    mut response: UserResponse,
+) -> Response {
+    let cookie = match delivery {
+        Delivery::Body => None,
+        Delivery::Cookie => response
+            .user
+            .refresh_token
+            .take()
+            .map(|token| session_cookie::set(&token, state.config.auth.refresh_token_ttl)),
+    };
+    let mut answer = (status, axum::Json(response)).into_response();
+    if let Some(cookie) = cookie {
+        answer.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    answer
 }
 
 /// A new session: a refresh-token family, its first token, that token's expiry and the

@@ -2,7 +2,8 @@
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -12,9 +13,10 @@ use crate::cache::Change;
 use crate::error::{ApiError, ApiResult, ResultExt, Validator};
 use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
+use crate::http::session_cookie::Delivery;
 use crate::http::sessions::{
-    SessionRow, UserRow, limit_credentials, limit_login_attempts, new_session, security_event,
-    session_response, user_response,
+    SessionRow, UserRow, deliver, limit_credentials, limit_login_attempts, new_session,
+    security_event, session_response, user_response,
 };
 use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, UserResponse};
 use crate::http::validate;
@@ -43,8 +45,10 @@ fn taken(field: &'static str) -> impl FnOnce() -> ApiError {
 async fn register(
     State(state): State<AppState>,
     Extension(ip): Extension<ClientIp>,
+    headers: HeaderMap,
     ApiJson(NewUserRequest { user }): ApiJson<NewUserRequest>,
-) -> ApiResult<(StatusCode, axum::Json<UserResponse>)> {
+) -> ApiResult<Response> {
+    let delivery = Delivery::of(&headers)?;
     limit_credentials(&state, ip).await?;
     let username = user.username.trim();
     let email = user.email.trim();
@@ -94,7 +98,7 @@ async fn register(
         Some(session.family),
         Some(session.refresh.token),
     )?;
-    Ok((StatusCode::CREATED, axum::Json(response)))
+    Ok(deliver(&state, delivery, StatusCode::CREATED, response))
 }
 
 /// Log in with email and password.
@@ -109,8 +113,10 @@ async fn register(
 async fn login(
     State(state): State<AppState>,
     Extension(ip): Extension<ClientIp>,
+    headers: HeaderMap,
     ApiJson(LoginRequest { user }): ApiJson<LoginRequest>,
-) -> ApiResult<axum::Json<UserResponse>> {
+) -> ApiResult<Response> {
+    let delivery = Delivery::of(&headers)?;
     limit_credentials(&state, ip).await?;
     Validator::default()
         .check(!user.email.trim().is_empty(), "email", "can't be blank")
@@ -180,12 +186,13 @@ async fn login(
     if started.rows_affected() == 0 {
         return Err(ApiError::forbidden_field("account", "is disabled"));
     }
-    Ok(axum::Json(session_response(
+    let response = session_response(
         &state,
         row,
         Some(session.family),
         Some(session.refresh.token),
-    )?))
+    )?;
+    Ok(deliver(&state, delivery, StatusCode::OK, response))
 }
 
 /// The current user, with the token they presented.
@@ -277,8 +284,10 @@ async fn confirm_current_password(
 async fn update_user(
     State(state): State<AppState>,
     auth: AuthUser,
+    headers: HeaderMap,
     ApiJson(UpdateUserRequest { user }): ApiJson<UpdateUserRequest>,
-) -> ApiResult<axum::Json<UserResponse>> {
+) -> ApiResult<Response> {
+    let delivery = Delivery::of(&headers)?;
     let username = user.username.as_deref().map(str::trim);
     let email = user.email.as_deref().map(str::trim);
     let nothing = username.is_none()
@@ -406,5 +415,5 @@ async fn update_user(
         )?,
         None => user_response(updated.user.user, auth.token().to_owned(), None),
     };
-    Ok(axum::Json(response))
+    Ok(deliver(&state, delivery, StatusCode::OK, response))
 }

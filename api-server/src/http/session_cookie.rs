@@ -1,0 +1,173 @@
+//! Browser sessions: the refresh token in a cookie instead of the response body, opted
+//! into per request with `X-Stoa-Session: cookie`. The access token stays in the body (a
+//! browser app keeps it in memory); the refresh token never reaches page scripts.
+//!
+//! The cookie is `HttpOnly` (scripts cannot read it), `Secure`, `SameSite=Strict` (a
+//! browser sends it only on same-site requests) and scoped to `/api/auth`, the refresh
+//! and logout routes, so no other request carries it. Those routes use it only when the
+//! request also carries `X-Stoa-Session: cookie`, a custom header that a page of another
+//! origin cannot send without a CORS preflight this server answers only for
+//! `STOA_CORS_ALLOWED_ORIGINS` (OWASP CSRF cheat sheet, "custom request headers"), and
+//! only when its `Origin`, if any, is such an origin or the server's own host
+//! ("verifying origin with standard headers"). Body mode is unchanged and works beside
+//! it: a request without the header never reads or sets the cookie.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use cookie::{Cookie, SameSite};
+
+use crate::error::ApiError;
+
+pub const MODE_HEADER: HeaderName = HeaderName::from_static("x-stoa-session");
+/// `__Secure-`: browsers accept the cookie only with `Secure`, from a secure origin.
+pub const COOKIE_NAME: &str = "__Secure-stoa-refresh";
+pub const COOKIE_PATH: &str = "/api/auth";
+
+/// Where a sign-in, refresh or logout delivers (or reads) the refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Body,
+    Cookie,
+}
+
+impl Delivery {
+    /// The mode the request asks for; any value other than `cookie` is a 422, so a
+    /// typo cannot silently fall back to the body.
+    pub fn of(headers: &HeaderMap) -> Result<Delivery, ApiError> {
+        match headers.get(MODE_HEADER) {
+            None => Ok(Delivery::Body),
+            Some(value) if value.as_bytes().eq_ignore_ascii_case(b"cookie") => Ok(Delivery::Cookie),
+            Some(_) => Err(ApiError::field("X-Stoa-Session", "must be `cookie`")),
+        }
+    }
+}
+
+/// The refresh token in the request's cookie, for a cookie-mode request from an allowed
+/// origin; `None` without one.
+pub fn presented(
+    headers: &HeaderMap,
+    allowed_origins: &[String],
+) -> Result<Option<String>, ApiError> {
+    check_origin(headers, allowed_origins)?;
+    Ok(headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == COOKIE_NAME)
+        .map(|cookie| cookie.value().to_owned()))
+}
+
+/// A cross-origin request must come from an origin listed by name in the CORS list (`*`
+/// does not count: it never allows credentials) or from this server's own host.
+fn check_origin(headers: &HeaderMap, allowed_origins: &[String]) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        // Not sent by browsers on some same-origin requests; the custom header, which a
+        // cross-origin page can send only after a preflight, still stands.
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let allowed = allowed_origins.iter().any(|o| o == origin);
+    let own_host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .is_some_and(|host| origin.split_once("://").is_some_and(|(_, h)| h == host));
+    if allowed || own_host {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden_field(
+            "Origin",
+            "may not use the session cookie",
+        ))
+    }
+}
+
+/// `Set-Cookie` for a refresh token that expires in `max_age`.
+pub fn set(token: &str, max_age: std::time::Duration) -> HeaderValue {
+    let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    header_value(token, cookie::time::Duration::seconds(seconds))
+}
+
+/// `Set-Cookie` that deletes the cookie (logout, or a refused cookie token).
+pub fn clear() -> HeaderValue {
+    header_value("", cookie::time::Duration::ZERO)
+}
+
+fn header_value(token: &str, max_age: cookie::time::Duration) -> HeaderValue {
+    let cookie = Cookie::build((COOKIE_NAME, token))
+        .path(COOKIE_PATH)
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Strict)
+        .max_age(max_age)
+        .build();
+    // A refresh token is URL-safe base64: always a valid header value.
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_secure_strict_and_scoped_to_the_auth_routes() {
+        let value = set("abc", std::time::Duration::from_secs(7 * 86400));
+        let value = value.to_str().unwrap();
+        for part in [
+            "__Secure-stoa-refresh=abc",
+            "HttpOnly",
+            "Secure",
+            "SameSite=Strict",
+            "Path=/api/auth",
+            "Max-Age=604800",
+        ] {
+            assert!(value.contains(part), "{value} lacks {part}");
+        }
+        let cleared = clear();
+        let cleared = Cookie::parse(cleared.to_str().unwrap()).unwrap();
+        assert_eq!(cleared.name(), COOKIE_NAME);
+        assert_eq!(cleared.max_age(), Some(cookie::time::Duration::ZERO));
+    }
+
+    #[test]
+    fn the_cookie_is_read_only_from_allowed_origins() {
+        let allowed = vec!["https://app.example".to_owned()];
+        let cookie = "theme=dark; __Secure-stoa-refresh=tok";
+        let same_host = headers(&[
+            ("cookie", cookie),
+            ("host", "api.example"),
+            ("origin", "https://api.example"),
+        ]);
+        assert_eq!(
+            presented(&same_host, &allowed).unwrap().as_deref(),
+            Some("tok")
+        );
+        let listed = headers(&[("cookie", cookie), ("origin", "https://app.example")]);
+        assert_eq!(
+            presented(&listed, &allowed).unwrap().as_deref(),
+            Some("tok")
+        );
+        let foreign = headers(&[("cookie", cookie), ("origin", "https://evil.example")]);
+        assert!(presented(&foreign, &allowed).is_err());
+        assert!(presented(&foreign, &["*".to_owned()]).is_err());
+        assert_eq!(presented(&headers(&[]), &allowed).unwrap(), None);
+    }
+
+    #[test]
+    fn the_mode_is_body_unless_cookie_is_asked_for_exactly() {
+        assert_eq!(Delivery::of(&headers(&[])).unwrap(), Delivery::Body);
+        assert_eq!(
+            Delivery::of(&headers(&[("x-stoa-session", "Cookie")])).unwrap(),
+            Delivery::Cookie
+        );
+        assert!(Delivery::of(&headers(&[("x-stoa-session", "cookies")])).is_err());
+    }
+}

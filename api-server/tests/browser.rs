@@ -1,0 +1,113 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! In a real browser (headless Chromium from Debian `chromium`, through playwright-core,
+//! scripts in tests/browser) against a live server: the documentation page
+//! (`docs-page.mjs`: every operation of the OpenAPI document listed, one "Try it out"
+//! request run) and a browser app's cookie session (`cookie-session.mjs`). Without node,
+//! Chromium or `npm ci` in tests/browser they say SKIP, unless STOA_REQUIRE_TOOLS=1 (as
+//! in CI).
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::TestApp;
+use sqlx::PgPool;
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
+}
+
+/// Why the browser test cannot run here, if it cannot.
+fn missing_tool() -> Option<String> {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+    };
+    if !on_path("node") {
+        return Some("node is not installed".into());
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Some(format!("{chromium} is missing (Debian package chromium)"));
+    }
+    if !browser_dir().join("node_modules/playwright-core").exists() {
+        return Some("playwright-core is not installed (npm ci --prefix tests/browser)".into());
+    }
+    None
+}
+
+/// Whether the browser tests can run; panics when they are required and cannot.
+fn browser_available() -> bool {
+    let Some(reason) = missing_tool() else {
+        return true;
+    };
+    assert!(
+        std::env::var("STOA_REQUIRE_TOOLS").as_deref() != Ok("1"),
+        "the browser tests are required (STOA_REQUIRE_TOOLS=1): {reason}"
+    );
+    eprintln!("SKIP: {reason}");
+    false
+}
+
+/// Runs `tests/browser/<script>` with `args`; its one JSON line of findings.
+async fn run_script(script: &str, args: &[String]) -> serde_json::Value {
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir().join(script))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("{seen}");
+    seen
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn the_docs_page_lists_every_operation_and_tries_one_out_in_chromium(pool: PgPool) {
+    if !browser_available() {
+        return;
+    }
+    let app = TestApp::spawn(pool).await;
+    let token = app.register("reader").await;
+    app.article(&token, "Seen in a browser", &["docs-page"])
+        .await;
+
+    let seen = run_script("docs-page.mjs", &[app.url("")]).await;
+    assert!(seen["operations"].as_u64().unwrap() >= 19, "{seen}");
+    assert_eq!(seen["tryItOut"]["code"], "200");
+    // The body shown is the live server's answer, not an example from the document.
+    assert!(
+        seen["tryItOut"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("docs-page"),
+        "{seen}"
+    );
+}
+
+/// A browser app on another origin of the same site (`localhost`, another port) signs
+/// in with `X-Stoa-Session: cookie`: Chromium stores the refresh token HttpOnly, Secure
+/// and SameSite=Strict where the page cannot read it, sends it on refresh (CORS with
+/// credentials for the listed origin) and drops it on logout.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_browser_app_keeps_its_session_in_the_cookie_in_chromium(pool: PgPool) {
+    if !browser_available() {
+        return;
+    }
+    let app_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let origin = format!("http://localhost:{app_port}");
+    let api = TestApp::spawn_with(pool, &[("STOA_CORS_ALLOWED_ORIGINS", origin.as_str())]).await;
+    api.register("browser").await;
+    let api_url = format!("http://localhost:{}", api.addr.port());
+    let seen = run_script("cookie-session.mjs", &[api_url, app_port.to_string()]).await;
+    assert_eq!(seen["signIn"], 200, "{seen}");
+    assert_eq!(seen["cookie"]["httpOnly"], true);
+    assert_eq!(seen["refresh"], 200);
+    assert_eq!(seen["logout"], 204);
+}
