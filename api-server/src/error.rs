@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 401 from login: the same answer whether or not the account exists.
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// 401 from a second-factor step: a wrong, replayed or late code.
+    #[error("invalid second factor")]
+    InvalidCode,
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
     /// 403 with a field error: the caller may not do this without proving something
@@ -119,7 +122,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized(_) | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::InvalidCredentials | ApiError::InvalidCode => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden(_) | ApiError::ForbiddenField(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -138,6 +143,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(reason) => one("token", reason),
             ApiError::InvalidCredentials => one("email or password", "is invalid"),
+            ApiError::InvalidCode => one("code", "is invalid, expired or already used"),
             ApiError::Forbidden(what) => one(what, "is not yours to change"),
             ApiError::NotFound(what) => one(what, "not found"),
             ApiError::Validation(errors)

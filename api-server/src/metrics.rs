@@ -119,10 +119,18 @@ pub enum Bucket {
     Auth,
     /// Login attempts, per account.
     Login,
+    /// Second-factor codes, per account.
+    Mfa,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 4] = [Bucket::Ip, Bucket::User, Bucket::Auth, Bucket::Login];
+    pub const ALL: [Bucket; 5] = [
+        Bucket::Ip,
+        Bucket::User,
+        Bucket::Auth,
+        Bucket::Login,
+        Bucket::Mfa,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,6 +138,7 @@ impl Bucket {
             Bucket::User => "user",
             Bucket::Auth => "auth",
             Bucket::Login => "login",
+            Bucket::Mfa => "mfa",
         }
     }
 }
@@ -147,10 +156,14 @@ pub enum SecurityEvent {
     AdminDenied,
     /// An admin disabled or re-enabled an account, or removed an article or a comment.
     AdminAction,
+    /// A wrong, replayed or late second-factor code.
+    MfaFailed,
+    /// A sign-in completed with a recovery code (one fewer left).
+    RecoveryCodeUsed,
 }
 
 impl SecurityEvent {
-    pub const ALL: [SecurityEvent; 7] = [
+    pub const ALL: [SecurityEvent; 9] = [
         SecurityEvent::LoginFailed,
         SecurityEvent::CurrentPasswordRejected,
         SecurityEvent::RefreshTokenInvalid,
@@ -158,6 +171,8 @@ impl SecurityEvent {
         SecurityEvent::DisabledAccountLogin,
         SecurityEvent::AdminDenied,
         SecurityEvent::AdminAction,
+        SecurityEvent::MfaFailed,
+        SecurityEvent::RecoveryCodeUsed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -169,6 +184,8 @@ impl SecurityEvent {
             SecurityEvent::DisabledAccountLogin => "disabled_account_login",
             SecurityEvent::AdminDenied => "admin_denied",
             SecurityEvent::AdminAction => "admin_action",
+            SecurityEvent::MfaFailed => "mfa_failed",
+            SecurityEvent::RecoveryCodeUsed => "recovery_code_used",
         }
     }
 }

@@ -150,7 +150,10 @@ async fn register_returns_a_refresh_token_and_garbage_is_refused(pool: PgPool) {
     // No token at all (and no cookie mode): refused like a wrong one.
     let missing = app.post("/api/auth/refresh", None, json!({})).await;
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(common::errors(&missing, "token"), ["refresh token is missing"]);
+    assert_eq!(
+        common::errors(&missing, "token"),
+        ["refresh token is missing"]
+    );
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]

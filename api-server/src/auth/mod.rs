@@ -11,6 +11,7 @@ pub mod retention;
 pub mod revocation;
 pub mod role;
 pub mod tokens;
+pub mod totp;
 
 pub use extract::{AdminUser, AuthUser, MaybeAuthUser};
 pub use role::Role;

@@ -1,5 +1,6 @@
-//! Deleting what can no longer matter: refresh tokens long past their expiry, and
-//! revocations of access tokens that can no longer verify. Every replica runs the timer;
+//! Deleting what can no longer matter: refresh tokens long past their expiry,
+//! revocations of access tokens that can no longer verify, and expired sign-in
+//! challenges (second factor). Every replica runs the timer;
 //! a transaction-scoped advisory lock makes one of them do each round (until a job
 //! worker takes this over).
 
@@ -16,6 +17,7 @@ const PURGE_LOCK: i64 = 0x73746f6170757267;
 pub struct Purged {
     pub refresh_tokens: u64,
     pub revocations: u64,
+    pub mfa_challenges: u64,
 }
 
 /// One purge round. `None` when another replica holds the lock.
@@ -48,10 +50,15 @@ pub async fn purge_expired(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let mfa_challenges = sqlx::query("DELETE FROM mfa_challenges WHERE expires_at < now()")
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     tx.commit().await?;
     Ok(Some(Purged {
         refresh_tokens,
         revocations,
+        mfa_challenges,
     }))
 }
 
@@ -65,10 +72,13 @@ pub fn spawn_purger(db: std::sync::Arc<crate::db::Db>, window: MirrorWindow, int
             ticks.tick().await;
             let pool = db.pool().as_ref().clone();
             match purge_expired(&pool, window).await {
-                Ok(Some(purged)) if purged.refresh_tokens + purged.revocations > 0 => {
+                Ok(Some(purged))
+                    if purged.refresh_tokens + purged.revocations + purged.mfa_challenges > 0 =>
+                {
                     tracing::info!(
                         refresh_tokens = purged.refresh_tokens,
                         revocations = purged.revocations,
+                        mfa_challenges = purged.mfa_challenges,
                         "purged expired sessions and revocations"
                     );
                 }

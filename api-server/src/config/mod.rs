@@ -107,6 +107,10 @@ pub struct AuthConfig {
     pub refresh_reuse_grace: Duration,
     /// How often expired refresh tokens and revocations are deleted.
     pub purge_interval: Duration,
+    /// How long a sign-in waits for its second factor.
+    pub mfa_challenge_ttl: Duration,
+    /// Codes tried against one sign-in challenge before it is void.
+    pub mfa_challenge_attempts: u32,
     /// Allowed clock skew when validating `exp`/`iat`.
     pub leeway: Duration,
     /// Verified access tokens remembered (by digest) so a token is verified once, not on
@@ -147,6 +151,8 @@ pub struct RateLimitConfig {
     pub auth: Quota,
     /// Login attempts per account (keyed by a hash of the email, existing or not).
     pub login_per_account: Quota,
+    /// Second-factor codes per account (sign-in, enrolment, disabling).
+    pub mfa_per_account: Quota,
     /// How many reverse proxies in front of the server append to `X-Forwarded-For`;
     /// 0 means use the peer address.
     pub trusted_proxy_hops: usize,
@@ -308,6 +314,7 @@ impl Config {
                 "STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT",
                 Quota::per(10, secs(15 * 60)),
             )?,
+            mfa_per_account: quota(&mut s, "STOA_RATE_LIMIT_MFA", Quota::per(10, secs(15 * 60)))?,
             trusted_proxy_hops: s.read(Setting::new("STOA_TRUSTED_PROXY_HOPS", 0usize))?,
             lease_max: s.read(
                 Setting::new("STOA_RATE_LIMIT_LEASE_MAX", 64u32)
@@ -371,6 +378,16 @@ impl Config {
             )?,
             purge_interval: s
                 .read(Setting::new("STOA_PURGE_INTERVAL", secs(3600)).at_least(secs(1)))?,
+            mfa_challenge_ttl: s.read(
+                Setting::new("STOA_MFA_CHALLENGE_TTL", secs(5 * 60))
+                    .at_least(secs(30))
+                    .at_most(secs(3600), "a password alone opens the challenge that long"),
+            )?,
+            mfa_challenge_attempts: s.read(
+                Setting::new("STOA_MFA_CHALLENGE_ATTEMPTS", 5)
+                    .at_least(1)
+                    .at_most(20, "each attempt is a guess at the code"),
+            )?,
             // Tokens verify until `exp` + leeway: a long leeway quietly extends every token
             // (and every revocation the mirror must keep).
             leeway: s.read(

@@ -8,6 +8,7 @@ pub mod comments;
 pub mod extract;
 pub mod front_door;
 pub mod health;
+pub mod mfa;
 pub mod middleware;
 pub mod openapi;
 pub mod profiles;
@@ -48,6 +49,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(users::router().layer(no_store()))
         .merge(auth::router().layer(no_store()))
         .merge(admin::router().layer(no_store()))
+        .merge(mfa::router().layer(no_store()))
         .merge(profiles::router())
         .merge(articles::router())
         .merge(comments::router())

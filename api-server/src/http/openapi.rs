@@ -230,6 +230,7 @@ impl Modify for SessionCookieMode {
         let operations = [
             ("/api/users", "post"),
             ("/api/users/login", "post"),
+            ("/api/users/login/mfa", "post"),
             ("/api/user", "put"),
             ("/api/auth/refresh", "post"),
             ("/api/auth/logout", "post"),

@@ -9,10 +9,11 @@ use crate::auth::Role;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::http::middleware::ClientIp;
 use crate::http::session_cookie::{self, Delivery};
 use crate::http::types::{User, UserResponse};
+use crate::http::validate;
 use crate::metrics::{Bucket, SecurityEvent};
 use crate::state::AppState;
 
@@ -106,6 +107,52 @@ pub fn new_session(state: &AppState) -> NewSession {
         expires_at: (now + auth.refresh_token_ttl).min(session_expires_at),
         session_expires_at,
     }
+}
+
+/// Starts a session for a signed-in account (login, or its second factor), only if the
+/// account is still enabled (403 otherwise). `FOR SHARE` waits for a disable in progress
+/// (it holds the row's update lock) and then sees its result; a disable that starts
+/// later finds this session and revokes it.
+pub async fn start_session(state: &AppState, user_id: Uuid) -> ApiResult<NewSession> {
+    let session = new_session(state);
+    let started = sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
+         SELECT $1, $2, id, $4, $5 FROM users WHERE id = $3 AND disabled_at IS NULL FOR SHARE",
+    )
+    .bind(&session.refresh.hash)
+    .bind(session.family)
+    .bind(user_id)
+    .bind(session.expires_at)
+    .bind(session.session_expires_at)
+    .execute(&**state.db())
+    .await?;
+    if started.rows_affected() == 0 {
+        return Err(ApiError::forbidden_field("account", "is disabled"));
+    }
+    Ok(session)
+}
+
+/// The account's current password, for a change a stolen access token alone must not
+/// make (OWASP ASVS 6.2.3): a 403 on `currentPassword` when missing (`missing` says what
+/// for) or wrong; wrong guesses count against the account's login throttle.
+pub async fn verify_current_password(
+    state: &AppState,
+    email: &str,
+    hash: String,
+    current: Option<String>,
+    missing: &'static str,
+) -> ApiResult<()> {
+    let Some(current) = current.filter(|p| !p.is_empty()) else {
+        return Err(ApiError::forbidden_field("currentPassword", missing));
+    };
+    limit_login_attempts(state, email).await?;
+    if !validate::within(&current, validate::PASSWORD_MAX)
+        || !state.passwords.verify(current, Some(hash)).await?
+    {
+        security_event(state, SecurityEvent::CurrentPasswordRejected);
+        return Err(ApiError::forbidden_field("currentPassword", "is incorrect"));
+    }
+    Ok(())
 }
 
 /// The strict per-IP budget shared by login, register and refresh.

@@ -16,7 +16,7 @@ use crate::http::middleware::ClientIp;
 use crate::http::session_cookie::Delivery;
 use crate::http::sessions::{
     SessionRow, UserRow, deliver, limit_credentials, limit_login_attempts, new_session,
-    security_event, session_response, user_response,
+    security_event, session_response, start_session, user_response, verify_current_password,
 };
 use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, UserResponse};
 use crate::http::validate;
@@ -107,6 +107,7 @@ async fn register(
     responses(
         (status = 200, body = UserResponse),
         (status = 401, description = "wrong email or password (same answer for both)"),
+        (status = 202, body = crate::http::mfa::ChallengeResponse, description = "MFA is on: answer the challenge at `POST /api/users/login/mfa`"),
         (status = 403, description = "the account is disabled (answered only to the right password)"),
         (status = 422, description = "missing fields"),
     ))]
@@ -135,18 +136,20 @@ async fn login(
         user: SessionRow,
         password_hash: String,
         disabled: bool,
+        mfa: bool,
     }
     let found: Option<Credentials> = sqlx::query_as(
-        "SELECT id, email, username, bio, image, role, password_hash, disabled_at IS NOT NULL AS disabled
+        "SELECT id, email, username, bio, image, role, password_hash, disabled_at IS NOT NULL AS disabled,
+                EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS mfa
          FROM users WHERE lower(email) = lower($1)",
     )
     .bind(user.email.trim())
     .fetch_optional(&**state.db())
     .await?;
 
-    let (row, hash, disabled) = match found {
-        Some(c) => (Some(c.user), Some(c.password_hash), c.disabled),
-        None => (None, None, false),
+    let (row, hash, disabled, mfa) = match found {
+        Some(c) => (Some(c.user), Some(c.password_hash), c.disabled, c.mfa),
+        None => (None, None, false, false),
     };
     let stale = hash
         .as_deref()
@@ -168,24 +171,10 @@ async fn login(
     if let Some((Some(old_hash), password)) = stale {
         upgrade_hash(&state, row.user.id, old_hash, password);
     }
-    let session = new_session(&state);
-    // The session starts only if the account is still enabled. `FOR SHARE` waits for a
-    // disable in progress (it holds the row's update lock) and then sees its result; a
-    // disable that starts later finds this session and revokes it.
-    let started = sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
-         SELECT $1, $2, id, $4, $5 FROM users WHERE id = $3 AND disabled_at IS NULL FOR SHARE",
-    )
-    .bind(&session.refresh.hash)
-    .bind(session.family)
-    .bind(row.user.id)
-    .bind(session.expires_at)
-    .bind(session.session_expires_at)
-    .execute(&**state.db())
-    .await?;
-    if started.rows_affected() == 0 {
-        return Err(ApiError::forbidden_field("account", "is disabled"));
+    if mfa {
+        return crate::http::mfa::challenge(&state, row.user.id).await;
     }
+    let session = start_session(&state, row.user.id).await?;
     let response = session_response(
         &state,
         row,
@@ -261,20 +250,14 @@ async fn confirm_current_password(
     if !changes_credentials {
         return Ok(());
     }
-    let Some(current) = current_password.filter(|p| !p.is_empty()) else {
-        return Err(ApiError::forbidden_field(
-            "currentPassword",
-            "is required to change the password or the email",
-        ));
-    };
-    limit_login_attempts(state, &email).await?;
-    if !validate::within(&current, validate::PASSWORD_MAX)
-        || !state.passwords.verify(current, Some(hash)).await?
-    {
-        security_event(state, SecurityEvent::CurrentPasswordRejected);
-        return Err(ApiError::forbidden_field("currentPassword", "is incorrect"));
-    }
-    Ok(())
+    verify_current_password(
+        state,
+        &email,
+        hash,
+        current_password,
+        "is required to change the password or the email",
+    )
+    .await
 }
 
 #[utoipa::path(put, path = "/api/user", tag = "users",

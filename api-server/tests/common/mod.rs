@@ -55,6 +55,7 @@ pub fn test_env(extra: &[(&str, &str)]) -> HashMap<String, String> {
         ("STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT", "100000/1m"),
         ("STOA_RATE_LIMIT_PER_IP", "100000/1m"),
         ("STOA_RATE_LIMIT_PER_USER", "100000/1m"),
+        ("STOA_RATE_LIMIT_MFA", "100000/1m"),
         ("STOA_RELOAD_INTERVAL", "100ms"),
     ]
     .into_iter()

@@ -1,0 +1,435 @@
+//! Multi-factor authentication with TOTP (`crate::auth::totp`).
+//!
+//! Enrolment: `POST /api/user/mfa/totp` (current password) returns a secret and its
+//! provisioning URI, pending until `POST /api/user/mfa/totp/confirm` with a first code,
+//! which turns MFA on and returns ten single-use recovery codes, once. From then on a
+//! login with the right password answers 202 with a challenge instead of a session;
+//! `POST /api/users/login/mfa` with the challenge and a code (or a recovery code) starts
+//! the session. `POST /api/user/mfa/totp/disable` needs the password and a code.
+//!
+//! Every code is checked against the account's budget (`STOA_RATE_LIMIT_MFA`); a
+//! challenge also dies after `STOA_MFA_CHALLENGE_ATTEMPTS` codes or
+//! `STOA_MFA_CHALLENGE_TTL`. A TOTP code is accepted only for a time step later than the
+//! last one accepted (one atomic update), so a code cannot be replayed within its window.
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::auth::refresh;
+use crate::auth::totp::{self, Authenticator};
+use crate::error::{ApiError, ApiResult};
+use crate::http::extract::ApiJson;
+use crate::http::middleware::ClientIp;
+use crate::http::session_cookie::Delivery;
+use crate::http::sessions::{
+    SessionRow, deliver, limit_credentials, security_event, session_response, start_session,
+    verify_current_password,
+};
+use crate::http::types::{Timestamp, UserResponse};
+use crate::metrics::{Bucket, SecurityEvent};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(mfa_status))
+        .routes(routes!(enroll_totp))
+        .routes(routes!(confirm_totp))
+        .routes(routes!(disable_totp))
+        .routes(routes!(complete_login))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MfaStatus {
+    /// `off`, `pending` (enrolled, not confirmed yet) or `on`.
+    pub totp: &'static str,
+    pub recovery_codes_left: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MfaStatusResponse {
+    pub mfa: MfaStatus,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordConfirmation {
+    pub current_password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotpEnrolment {
+    /// The secret in base32, to type into an authenticator app.
+    pub secret: String,
+    /// `otpauth://totp/…`, usually shown as a QR code.
+    pub uri: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotpEnrolmentResponse {
+    pub totp: TotpEnrolment,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CodeRequest {
+    /// The authenticator's current 6-digit code.
+    pub code: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryCodesResponse {
+    /// Shown once: each signs in once in place of a code.
+    pub recovery_codes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisableRequest {
+    pub current_password: String,
+    /// A current code or an unused recovery code.
+    pub code: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Challenge {
+    /// Opaque; send it to `POST /api/users/login/mfa` with a code.
+    pub token: String,
+    pub expires_at: Timestamp,
+}
+
+/// A login answered with this (202) needs its second factor.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChallengeResponse {
+    pub challenge: Challenge,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChallengeAnswer {
+    /// `challenge.token` from the login.
+    pub challenge: String,
+    /// The authenticator's current code, or an unused recovery code.
+    pub code: String,
+}
+
+/// The second factor is due: a challenge for `user_id`, answered 202.
+pub async fn challenge(state: &AppState, user_id: Uuid) -> ApiResult<Response> {
+    let token = refresh::generate();
+    let expires_at = chrono::Utc::now() + state.config.auth.mfa_challenge_ttl;
+    sqlx::query("INSERT INTO mfa_challenges (token_hash, user_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(&token.hash)
+        .bind(user_id)
+        .bind(expires_at)
+        .execute(&**state.db())
+        .await?;
+    let body = ChallengeResponse {
+        challenge: Challenge {
+            token: token.token,
+            expires_at: Timestamp(expires_at),
+        },
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// Whether MFA is on, and how many recovery codes are left.
+#[utoipa::path(get, path = "/api/user/mfa", tag = "users",
+    security(("token" = [])),
+    responses((status = 200, body = MfaStatusResponse), (status = 401)))]
+async fn mfa_status(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> ApiResult<axum::Json<MfaStatusResponse>> {
+    let (confirmed, left): (Option<bool>, i64) = sqlx::query_as(
+        "SELECT (SELECT confirmed_at IS NOT NULL FROM user_totp WHERE user_id = $1),
+                (SELECT count(*) FROM mfa_recovery_codes WHERE user_id = $1 AND used_at IS NULL)",
+    )
+    .bind(auth.id)
+    .fetch_one(&**state.db())
+    .await?;
+    let totp = match confirmed {
+        None => "off",
+        Some(false) => "pending",
+        Some(true) => "on",
+    };
+    Ok(axum::Json(MfaStatusResponse {
+        mfa: MfaStatus {
+            totp,
+            recovery_codes_left: left,
+        },
+    }))
+}
+
+/// Start enrolling an authenticator (needs the current password, so a stolen access
+/// token cannot lock the owner out). Replaces an unconfirmed enrolment.
+#[utoipa::path(post, path = "/api/user/mfa/totp", tag = "users",
+    security(("token" = [])),
+    request_body = PasswordConfirmation,
+    responses((status = 200, body = TotpEnrolmentResponse), (status = 401), (status = 403, description = "currentPassword wrong"), (status = 409, description = "MFA is already on")))]
+async fn enroll_totp(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(body): ApiJson<PasswordConfirmation>,
+) -> ApiResult<axum::Json<TotpEnrolmentResponse>> {
+    let (email, username, hash) = account(&state, auth.id).await?;
+    verify_current_password(
+        &state,
+        &email,
+        hash,
+        Some(body.current_password),
+        "is required to enrol an authenticator",
+    )
+    .await?;
+    let secret = Authenticator::generate_secret();
+    let authenticator =
+        Authenticator::new(secret.clone(), &username).map_err(|e| ApiError::Internal(e.into()))?;
+    // An enrolment in progress is replaced; one that is confirmed is not touched.
+    let stored = sqlx::query(
+        "INSERT INTO user_totp (user_id, secret) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO UPDATE SET secret = EXCLUDED.secret, last_step = 0, created_at = now()
+         WHERE user_totp.confirmed_at IS NULL",
+    )
+    .bind(auth.id)
+    .bind(&secret)
+    .execute(&**state.db())
+    .await?;
+    if stored.rows_affected() == 0 {
+        return Err(ApiError::conflict("mfa", "is already on"));
+    }
+    Ok(axum::Json(TotpEnrolmentResponse {
+        totp: TotpEnrolment {
+            secret: authenticator.secret_base32(),
+            uri: authenticator.provisioning_uri(),
+        },
+    }))
+}
+
+/// Confirm the enrolment with a first code: MFA is on, and the recovery codes are
+/// returned (once).
+#[utoipa::path(post, path = "/api/user/mfa/totp/confirm", tag = "users",
+    security(("token" = [])),
+    request_body = CodeRequest,
+    responses((status = 200, body = RecoveryCodesResponse), (status = 401, description = "wrong code, or not signed in"), (status = 409, description = "no enrolment in progress")))]
+async fn confirm_totp(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(body): ApiJson<CodeRequest>,
+) -> ApiResult<axum::Json<RecoveryCodesResponse>> {
+    limit_codes(&state, auth.id).await?;
+    let pending: Option<(Vec<u8>, String)> = sqlx::query_as(
+        "SELECT t.secret, u.username FROM user_totp t JOIN users u ON u.id = t.user_id
+         WHERE t.user_id = $1 AND t.confirmed_at IS NULL",
+    )
+    .bind(auth.id)
+    .fetch_optional(&**state.db())
+    .await?;
+    let Some((secret, username)) = pending else {
+        return Err(ApiError::conflict("mfa", "has no enrolment to confirm"));
+    };
+    let Some(step) = totp_step(secret, &username, &body.code)? else {
+        security_event(&state, SecurityEvent::MfaFailed);
+        return Err(ApiError::InvalidCode);
+    };
+    let codes = totp::generate_recovery_codes();
+    let hashes: Vec<Vec<u8>> = codes.iter().map(|(_, hash)| hash.clone()).collect();
+    // Confirmation and the recovery codes in one statement (the previous codes, if MFA
+    // was on before, are replaced).
+    let confirmed = sqlx::query(
+        "WITH confirmed AS (
+             UPDATE user_totp SET confirmed_at = now(), last_step = $2
+             WHERE user_id = $1 AND confirmed_at IS NULL RETURNING user_id),
+          cleared AS (
+             DELETE FROM mfa_recovery_codes WHERE user_id IN (SELECT user_id FROM confirmed))
+         INSERT INTO mfa_recovery_codes (user_id, code_hash)
+         SELECT user_id, unnest($3::bytea[]) FROM confirmed",
+    )
+    .bind(auth.id)
+    .bind(step_value(step))
+    .bind(&hashes)
+    .execute(&**state.db())
+    .await?;
+    if confirmed.rows_affected() == 0 {
+        return Err(ApiError::conflict("mfa", "has no enrolment to confirm"));
+    }
+    tracing::info!(target: "stoa::security", event = "mfa_enabled", user_id = %auth.id, "TOTP turned on");
+    Ok(axum::Json(RecoveryCodesResponse {
+        recovery_codes: codes.into_iter().map(|(shown, _)| shown).collect(),
+    }))
+}
+
+/// Turn MFA off: needs the current password and a code (or a recovery code).
+#[utoipa::path(post, path = "/api/user/mfa/totp/disable", tag = "users",
+    security(("token" = [])),
+    request_body = DisableRequest,
+    responses((status = 204), (status = 401, description = "wrong code, or not signed in"), (status = 403, description = "currentPassword wrong"), (status = 409, description = "MFA is not on")))]
+async fn disable_totp(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(body): ApiJson<DisableRequest>,
+) -> ApiResult<StatusCode> {
+    let (email, _, hash) = account(&state, auth.id).await?;
+    verify_current_password(
+        &state,
+        &email,
+        hash,
+        Some(body.current_password),
+        "is required to turn MFA off",
+    )
+    .await?;
+    if !second_factor(&state, auth.id, &body.code).await? {
+        return Err(ApiError::conflict("mfa", "is not on"));
+    }
+    sqlx::query(
+        "WITH codes AS (DELETE FROM mfa_recovery_codes WHERE user_id = $1)
+         DELETE FROM user_totp WHERE user_id = $1",
+    )
+    .bind(auth.id)
+    .execute(&**state.db())
+    .await?;
+    tracing::info!(target: "stoa::security", event = "mfa_disabled", user_id = %auth.id, "TOTP turned off");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Complete a sign-in that answered 202: the challenge and a code (or a recovery code)
+/// start the session, like a login (`X-Stoa-Session: cookie` works here too).
+#[utoipa::path(post, path = "/api/users/login/mfa", tag = "users",
+    request_body = ChallengeAnswer,
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 401, description = "unknown or expired challenge, or a wrong, replayed or late code"),
+        (status = 403, description = "the account is disabled")))]
+async fn complete_login(
+    State(state): State<AppState>,
+    Extension(ip): Extension<ClientIp>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ChallengeAnswer>,
+) -> ApiResult<Response> {
+    let delivery = Delivery::of(&headers)?;
+    limit_credentials(&state, ip).await?;
+    if body.challenge.is_empty() || body.challenge.len() > 128 {
+        return Err(ApiError::Unauthorized("challenge is invalid or expired"));
+    }
+    // Each answer spends one of the challenge's attempts, right or wrong.
+    let user_id: Uuid = sqlx::query_scalar(
+        "UPDATE mfa_challenges SET attempts = attempts + 1
+         WHERE token_hash = $1 AND expires_at > now() AND attempts < $2
+         RETURNING user_id",
+    )
+    .bind(refresh::hash(&body.challenge))
+    .bind(i32::try_from(state.config.auth.mfa_challenge_attempts).unwrap_or(i32::MAX))
+    .fetch_optional(&**state.db())
+    .await?
+    .ok_or(ApiError::Unauthorized("challenge is invalid or expired"))?;
+    second_factor(&state, user_id, &body.code).await?;
+    let session = start_session(&state, user_id).await?;
+    let row: SessionRow = sqlx::query_as(
+        "WITH spent AS (DELETE FROM mfa_challenges WHERE token_hash = $2)
+         SELECT id, email, username, bio, image, role FROM users WHERE id = $1",
+    )
+    .bind(user_id)
+    .bind(refresh::hash(&body.challenge))
+    .fetch_one(&**state.db())
+    .await?;
+    let response = session_response(
+        &state,
+        row,
+        Some(session.family),
+        Some(session.refresh.token),
+    )?;
+    Ok(deliver(&state, delivery, StatusCode::OK, response))
+}
+
+/// The caller's email, username and password hash.
+async fn account(state: &AppState, user_id: Uuid) -> ApiResult<(String, String, String)> {
+    sqlx::query_as("SELECT email, username, password_hash FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(&**state.db())
+        .await?
+        .ok_or(ApiError::Unauthorized("belongs to no user"))
+}
+
+/// Checks `code` as the account's second factor: a TOTP code for a step later than the
+/// last one used, or an unused recovery code (spent). `Ok(false)` when MFA is not on;
+/// a wrong code is the 401.
+async fn second_factor(state: &AppState, user_id: Uuid, code: &str) -> ApiResult<bool> {
+    limit_codes(state, user_id).await?;
+    let on: Option<(Vec<u8>, String)> = sqlx::query_as(
+        "SELECT t.secret, u.username FROM user_totp t JOIN users u ON u.id = t.user_id
+         WHERE t.user_id = $1 AND t.confirmed_at IS NOT NULL",
+    )
+    .bind(user_id)
+    .fetch_optional(&**state.db())
+    .await?;
+    let Some((secret, username)) = on else {
+        return Ok(false);
+    };
+    let accepted = match totp_step(secret, &username, code)? {
+        // Only a step after the last accepted one: a code works once.
+        Some(step) => {
+            sqlx::query("UPDATE user_totp SET last_step = $2 WHERE user_id = $1 AND last_step < $2")
+                .bind(user_id)
+                .bind(step_value(step))
+                .execute(&**state.db())
+                .await?
+                .rows_affected()
+                == 1
+        }
+        None => {
+            let spent = sqlx::query(
+                "UPDATE mfa_recovery_codes SET used_at = now()
+                 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+            )
+            .bind(user_id)
+            .bind(totp::recovery_code_hash(code))
+            .execute(&**state.db())
+            .await?
+            .rows_affected()
+                == 1;
+            if spent {
+                security_event(state, SecurityEvent::RecoveryCodeUsed);
+                tracing::info!(target: "stoa::security", event = "recovery_code_used", user_id = %user_id,
+                    "signed in with a recovery code");
+            }
+            spent
+        }
+    };
+    if !accepted {
+        security_event(state, SecurityEvent::MfaFailed);
+        tracing::warn!(target: "stoa::security", event = "mfa_failed", user_id = %user_id,
+            "wrong, replayed or late second-factor code");
+        return Err(ApiError::InvalidCode);
+    }
+    Ok(true)
+}
+
+/// The time step `code` is valid for now, if any.
+fn totp_step(secret: Vec<u8>, username: &str, code: &str) -> ApiResult<Option<u64>> {
+    let authenticator =
+        Authenticator::new(secret, username).map_err(|e| ApiError::Internal(e.into()))?;
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default();
+    Ok(authenticator.matching_step(code, now))
+}
+
+/// Steps are seconds / 30: far inside `bigint`.
+fn step_value(step: u64) -> i64 {
+    i64::try_from(step).unwrap_or(i64::MAX)
+}
+
+/// Codes tried per account (`STOA_RATE_LIMIT_MFA`).
+async fn limit_codes(state: &AppState, user_id: Uuid) -> ApiResult<()> {
+    state
+        .enforce_rate_limit(
+            Bucket::Mfa,
+            &user_id.to_string(),
+            state.config.rate_limits.mfa_per_account,
+        )
+        .await
+}
