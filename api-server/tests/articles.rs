@@ -762,3 +762,167 @@ async fn the_search_language_can_be_changed_and_every_article_follows(pool: PgPo
     ));
     assert_eq!(stoa_api::search::language(&pool).await.unwrap(), "simple");
 }
+
+fn slugs(res: &common::Response, key: &str) -> Vec<String> {
+    res.body[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a["slug"]
+                .as_str()
+                .or(a["body"].as_str())
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `cursor` with its sixth character changed (inside the position, not padding bits).
+fn edited(cursor: &str) -> String {
+    let mut chars: Vec<char> = cursor.chars().collect();
+    chars[5] = if chars[5] == 'B' { 'C' } else { 'B' };
+    chars.into_iter().collect()
+}
+
+fn next(res: &common::Response) -> Option<String> {
+    res.body["nextCursor"].as_str().map(str::to_owned)
+}
+
+/// Cursor pages stay put while new articles arrive (offsets shift), break ties on the
+/// same timestamp by id, keep `articlesCount` the total, and refuse cursors that were
+/// edited, come from another list, or are combined with `offset` or `q`.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn cursor_pages_are_stable_under_concurrent_inserts(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let jake = app.register("jake").await;
+    for n in 1..=5 {
+        app.article(&jake, &format!("a{n}"), &["old"]).await;
+    }
+    let first = app.get("/api/articles?limit=2", None).await;
+    assert_eq!(slugs(&first, "articles"), ["a5", "a4"]);
+    let cursor = next(&first).unwrap();
+
+    // Two new articles: an offset page shifts, the cursor page does not.
+    app.article(&jake, "b1", &["new"]).await;
+    app.article(&jake, "b2", &["new"]).await;
+    let by_offset = app.get("/api/articles?limit=2&offset=2", None).await;
+    assert_eq!(slugs(&by_offset, "articles"), ["a5", "a4"]);
+    let second = app
+        .get(&format!("/api/articles?limit=2&cursor={cursor}"), None)
+        .await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text);
+    assert_eq!(slugs(&second, "articles"), ["a3", "a2"]);
+    assert_eq!(second.body["articlesCount"], 7);
+    let last = app
+        .get(
+            &format!("/api/articles?limit=2&cursor={}", next(&second).unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(slugs(&last, "articles"), ["a1"]);
+    assert!(next(&last).is_none(), "a short page is the last");
+    assert_eq!(last.body["articlesCount"], 7);
+
+    // Filters travel with the cursor; a cursor of another list is refused.
+    let tagged = app.get("/api/articles?tag=old&limit=3", None).await;
+    let tagged_cursor = next(&tagged).unwrap();
+    let rest = app
+        .get(
+            &format!("/api/articles?tag=old&limit=3&cursor={tagged_cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(slugs(&rest, "articles"), ["a2", "a1"]);
+    for bad in [
+        format!("/api/articles?tag=new&cursor={tagged_cursor}"),
+        format!("/api/articles?cursor={tagged_cursor}"),
+        format!("/api/articles?cursor={cursor}&offset=1"),
+        format!("/api/articles?cursor={cursor}&q=a1"),
+        format!("/api/articles?cursor={}", edited(&cursor)),
+        "/api/articles?cursor=forged".to_owned(),
+    ] {
+        let res = app.get(&bad, None).await;
+        assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(errors(&res, "cursor").len(), 1, "{bad}: {}", res.text);
+    }
+
+    // Ties on the timestamp are broken by id: every article exactly once.
+    sqlx::query("UPDATE articles SET created_at = '2026-01-01T00:00:00Z'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut page = app.get("/api/articles?limit=3", None).await;
+    loop {
+        seen.extend(slugs(&page, "articles"));
+        let Some(cursor) = next(&page) else { break };
+        page = app
+            .get(&format!("/api/articles?limit=3&cursor={cursor}"), None)
+            .await;
+    }
+    seen.sort();
+    assert_eq!(seen, ["a1", "a2", "a3", "a4", "a5", "b1", "b2"]);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn the_feed_and_comments_page_by_cursor_too(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let jane = app.register("jane").await;
+    let jake = app.register("jake").await;
+    app.post("/api/profiles/jane/follow", Some(&jake), json!({}))
+        .await;
+    for n in 1..=3 {
+        app.article(&jane, &format!("j{n}"), &[]).await;
+    }
+    let feed = app.get("/api/articles/feed?limit=2", Some(&jake)).await;
+    assert_eq!(slugs(&feed, "articles"), ["j3", "j2"]);
+    let cursor = next(&feed).unwrap();
+    let rest = app
+        .get(
+            &format!("/api/articles/feed?limit=2&cursor={cursor}"),
+            Some(&jake),
+        )
+        .await;
+    assert_eq!(slugs(&rest, "articles"), ["j1"]);
+    assert_eq!(rest.body["articlesCount"], 3);
+    // Another reader's feed is another list.
+    assert_eq!(
+        app.get(&format!("/api/articles/feed?cursor={cursor}"), Some(&jane))
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    for n in 1..=3 {
+        app.post(
+            "/api/articles/j1/comments",
+            Some(&jake),
+            json!({"comment": {"body": format!("c{n}")}}),
+        )
+        .await;
+    }
+    let comments = app.get("/api/articles/j1/comments?limit=2", None).await;
+    assert_eq!(slugs(&comments, "comments"), ["c3", "c2"]);
+    let cursor = next(&comments).unwrap();
+    app.post(
+        "/api/articles/j1/comments",
+        Some(&jake),
+        json!({"comment": {"body": "c4"}}),
+    )
+    .await;
+    let rest = app
+        .get(
+            &format!("/api/articles/j1/comments?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(slugs(&rest, "comments"), ["c1"]);
+    assert_eq!(rest.body["commentsCount"], 4);
+    assert_eq!(
+        app.get(&format!("/api/articles/j2/comments?cursor={cursor}"), None)
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}

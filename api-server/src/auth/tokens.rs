@@ -47,6 +47,9 @@ pub struct KeyRing {
     /// Per loaded key, the secret that derives refresh-token successors (active key first;
     /// see `auth::refresh::successor`).
     successor_secrets: Vec<[u8; 32]>,
+    /// Per loaded key, the secret that signs list cursors (active key first; see
+    /// `http::cursor`).
+    cursor_secrets: Vec<[u8; 32]>,
 }
 
 #[derive(Serialize)]
@@ -94,20 +97,26 @@ impl KeyRing {
         // `parse` guarantees exactly one active key.
         let (signer_kid, signer) = signer.ok_or(KeySetError::ActiveCount(0))?;
         let jwks_json = serde_json::json!({ "keys": jwks }).to_string().into();
-        let mut successor_secrets: Vec<(bool, [u8; 32])> = parsed
-            .iter()
-            .map(|key| {
-                let secret = Sha256::new()
-                    .chain_update(b"stoa/refresh-successor/v1")
-                    .chain_update(key.signing_key.to_bytes())
-                    .finalize()
-                    .into();
-                (key.state != KeyState::Active, secret)
-            })
-            .collect();
-        successor_secrets.sort_by_key(|(not_active, _)| *not_active);
+        // One secret per key and purpose (the purpose in the derivation keeps them apart),
+        // the active key's first.
+        let derived = |purpose: &[u8]| {
+            let mut secrets: Vec<(bool, [u8; 32])> = parsed
+                .iter()
+                .map(|key| {
+                    let secret = Sha256::new()
+                        .chain_update(purpose)
+                        .chain_update(key.signing_key.to_bytes())
+                        .finalize()
+                        .into();
+                    (key.state != KeyState::Active, secret)
+                })
+                .collect();
+            secrets.sort_by_key(|(not_active, _)| *not_active);
+            secrets.into_iter().map(|(_, s)| s).collect()
+        };
         Ok(KeyRing {
-            successor_secrets: successor_secrets.into_iter().map(|(_, s)| s).collect(),
+            successor_secrets: derived(b"stoa/refresh-successor/v1"),
+            cursor_secrets: derived(b"stoa/cursor/v1"),
             signer_kid,
             signer,
             verifiers,
@@ -128,6 +137,11 @@ impl KeyRing {
     /// the same key set, so every replica derives the same successor.
     pub fn successor_secrets(&self) -> &[[u8; 32]] {
         &self.successor_secrets
+    }
+
+    /// Secrets for list cursors, the active key's first.
+    pub fn cursor_secrets(&self) -> &[[u8; 32]] {
+        &self.cursor_secrets
     }
 }
 

@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
 use crate::error::{ApiError, ApiResult, Validator};
-use crate::http::extract::{ApiJson, ApiQuery, Pagination};
+use crate::http::cursor;
+use crate::http::extract::{ApiJson, ApiQuery, CursorPagination};
 use crate::http::types::{Comment, CommentResponse, CommentsResponse, NewCommentRequest};
 use crate::http::validate;
 use crate::state::AppState;
@@ -24,15 +25,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Comments on an article, newest first, one page at a time (default 20, at most 100), so
 /// a popular article cannot produce an unbounded response.
 #[utoipa::path(get, path = "/api/articles/{slug}/comments", tag = "comments",
-    params(("slug" = String, Path), Pagination),
+    params(("slug" = String, Path), CursorPagination),
     responses((status = 200, body = CommentsResponse), (status = 404), (status = 422)))]
 async fn list_comments(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,
     Path(slug): Path<String>,
-    ApiQuery(page): ApiQuery<Pagination>,
+    ApiQuery(page): ApiQuery<CursorPagination>,
 ) -> ApiResult<axum::Json<CommentsResponse>> {
-    let (limit, offset) = page.resolve()?;
+    let (limit, offset) = page.pagination().resolve()?;
+    let list = cursor::fingerprint(&[Some(b"comments"), Some(slug.as_bytes())]);
+    let after = cursor::resolve(&state, page.cursor.as_deref(), offset, list)?;
     // One row even when the article is missing (`found` false) or the page is empty (the
     // comment columns NULL), so one round trip answers all three cases.
     let rows: Vec<PgRow> = sqlx::query(
@@ -45,6 +48,7 @@ async fn list_comments(
                     EXISTS (SELECT 1 FROM follows fo WHERE fo.followed_id = c.author_id AND fo.follower_id = $2::uuid) AS following
              FROM comments c JOIN users u ON u.id = c.author_id
              WHERE c.article_id = a.id
+               AND ($5::timestamptz IS NULL OR (c.created_at, c.id) < ($5::timestamptz, $6::bigint))
              ORDER BY c.created_at DESC, c.id DESC
              LIMIT $3 OFFSET $4) p ON true",
     )
@@ -52,6 +56,8 @@ async fn list_comments(
     .bind(viewer.id())
     .bind(limit)
     .bind(offset)
+    .bind(after.map(|a| a.created_at))
+    .bind(after.map(|a| a.id))
     .fetch_all(&**state.db())
     .await?;
     let Some(first) = rows.first().filter(|r| r.get::<bool, _>("found")) else {
@@ -59,14 +65,25 @@ async fn list_comments(
     };
     let comments_count = first.try_get::<Option<i64>, _>("total")?.unwrap_or(0);
     let mut comments = Vec::with_capacity(rows.len());
+    let mut last = None;
     for row in &rows {
-        if row.try_get::<Option<i64>, _>("id")?.is_some() {
+        if let Some(id) = row.try_get::<Option<i64>, _>("id")? {
             comments.push(Comment::from_row(row)?);
+            last = Some((row.try_get("created_at")?, id));
         }
     }
+    let next_cursor = match last {
+        Some((created_at, id)) if comments.len() as i64 == limit => cursor::encode(
+            state.tokens.ring().cursor_secrets(),
+            cursor::Position { created_at, id },
+            list,
+        ),
+        _ => None,
+    };
     Ok(axum::Json(CommentsResponse {
         comments,
         comments_count,
+        next_cursor,
     }))
 }
 

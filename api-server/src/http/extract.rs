@@ -79,6 +79,31 @@ pub struct Pagination {
     pub offset: Option<i64>,
 }
 
+/// `limit`, `offset` and `cursor` (see `crate::http::cursor`), for the feed and comments.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CursorPagination {
+    /// Page size: default 20, at most 100.
+    #[param(minimum = 1)]
+    pub limit: Option<i64>,
+    /// Items to skip: default 0.
+    #[param(minimum = 0)]
+    pub offset: Option<i64>,
+    /// The items after this one: `nextCursor` of the previous page (stable under
+    /// concurrent inserts). Not with `offset`.
+    #[param(max_length = 128)]
+    pub cursor: Option<String>,
+}
+
+impl CursorPagination {
+    pub fn pagination(&self) -> Pagination {
+        Pagination {
+            limit: self.limit,
+            offset: self.offset,
+        }
+    }
+}
+
 impl Pagination {
     /// Validated `(limit, offset)`: `limit` is clamped to 1..=100, a negative offset is a 422.
     pub fn resolve(&self) -> Result<(i64, i64), ApiError> {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod articles;
 pub mod auth;
 pub mod comments;
+pub mod cursor;
 pub mod extract;
 pub mod front_door;
 pub mod health;

@@ -60,6 +60,10 @@ pub struct ArticlesResponse {
     pub articles: Vec<Article>,
     /// Total number of matching articles (not the page length).
     pub articles_count: i64,
+    /// After a full page: `?cursor=` for the items after it (absent on a shorter page and
+    /// on searches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
@@ -85,6 +89,9 @@ pub struct CommentsResponse {
     pub comments: Vec<Comment>,
     /// All comments on the article.
     pub comments_count: i64,
+    /// After a full page: `?cursor=` for the comments after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -2,6 +2,7 @@
 //! PostgreSQL plans each with the right indexes; always one round trip, with the page, its
 //! authors, tags, counts, the caller's flags and the total.
 
+use std::ops::Not;
 use std::sync::LazyLock;
 
 use axum::Extension;
@@ -14,8 +15,9 @@ use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
 use crate::cache::Prefetched;
-use crate::error::{ApiResult, Validator};
-use crate::http::extract::{ApiQuery, Pagination};
+use crate::error::{ApiError, ApiResult, Validator};
+use crate::http::cursor;
+use crate::http::extract::{ApiQuery, CursorPagination, Pagination};
 use crate::http::types::{Article, ArticlesResponse};
 use crate::http::{json_bytes, to_json_bytes, validate};
 use crate::state::AppState;
@@ -38,6 +40,10 @@ pub(super) struct ListQuery {
     /// Items to skip: default 0.
     #[param(minimum = 0)]
     offset: Option<i64>,
+    /// The items after this one: `nextCursor` of the previous page (stable under
+    /// concurrent inserts). Not with `offset` or `q`.
+    #[param(max_length = 128)]
+    cursor: Option<String>,
 }
 
 /// Which filters a list query uses and whether the caller is anonymous; each combination
@@ -51,6 +57,8 @@ struct ListShape {
     feed: bool,
     anonymous: bool,
     search: bool,
+    /// After a cursor's position.
+    after: bool,
 }
 
 /// Numbers query parameters in the order they are bound.
@@ -64,7 +72,7 @@ impl Params {
 }
 
 impl ListShape {
-    const VARIANTS: usize = 64;
+    const VARIANTS: usize = 128;
 
     fn from_index(i: usize) -> Self {
         ListShape {
@@ -74,6 +82,7 @@ impl ListShape {
             feed: i & 8 != 0,
             anonymous: i & 16 != 0,
             search: i & 32 != 0,
+            after: i & 64 != 0,
         }
     }
 
@@ -84,6 +93,7 @@ impl ListShape {
             | usize::from(self.feed) << 3
             | usize::from(self.anonymous) << 4
             | usize::from(self.search) << 5
+            | usize::from(self.after) << 6
     }
 
     /// The WHERE clause over `a` (articles); filter values take the next parameters.
@@ -136,7 +146,7 @@ impl ListShape {
     }
 
     /// The page with its total on every row. Parameters: limit, offset, then the viewer
-    /// (unless anonymous), then the filter values.
+    /// (unless anonymous), then the filter values, then a cursor's position.
     ///
     /// A later page (`offset > 0`) may lie past the end, where no row would carry the
     /// total; its query joins the page to the total, so it still answers one row (with a
@@ -145,6 +155,18 @@ impl ListShape {
         let mut params = Params(2);
         let viewer = (!self.anonymous).then(|| params.next());
         let filter = self.filter(&mut params, viewer.as_deref());
+        // The search query is the filter's last parameter.
+        let search_param = format!("${}", params.0);
+        // The cursor narrows the page, never the total.
+        let page_filter = if self.after {
+            format!(
+                "{filter} AND (a.created_at, a.id) < ({}::timestamptz, {}::bigint)",
+                params.next(),
+                params.next()
+            )
+        } else {
+            filter.clone()
+        };
         let flags = match &viewer {
             None => "false AS favorited, false AS following".to_owned(),
             Some(v) => format!(
@@ -157,7 +179,7 @@ impl ListShape {
             (
                 format!(
                     ", ts_rank(a.search, {}) AS rank",
-                    search_query(&format!("${}", params.0))
+                    search_query(&search_param)
                 ),
                 "rank DESC, a.created_at DESC, a.id DESC",
                 "p.rank DESC, p.created_at DESC, p.id DESC",
@@ -176,7 +198,7 @@ impl ListShape {
         let page = format!(
             "SELECT {columns}
              FROM articles a JOIN users u ON u.id = a.author_id
-             WHERE {filter}
+             WHERE {page_filter}
              ORDER BY {order}
              LIMIT $1 OFFSET $2"
         );
@@ -208,6 +230,19 @@ static LIST_SQL: LazyLock<Vec<[String; 2]>> = LazyLock::new(|| {
         .collect()
 });
 
+/// Which list a cursor belongs to: the feed is per viewer; other lists by their filters.
+fn list_fingerprint(query: &ListQuery, feed: Option<Uuid>) -> [u8; 8] {
+    match feed {
+        Some(viewer) => cursor::fingerprint(&[Some(b"feed"), Some(viewer.as_bytes())]),
+        None => cursor::fingerprint(&[
+            Some(b"articles"),
+            query.tag.as_deref().map(str::as_bytes),
+            query.author.as_deref().map(str::as_bytes),
+            query.favorited.as_deref().map(str::as_bytes),
+        ]),
+    }
+}
+
 /// Always one round trip: the page, its authors, tags, counts, the caller's flags and the
 /// total of matches.
 /// `limit` and `offset` are the callers' validated `Pagination`.
@@ -218,6 +253,11 @@ async fn fetch_list(
     (limit, offset): (i64, i64),
     feed: bool,
 ) -> ApiResult<ArticlesResponse> {
+    if query.q.is_some() && query.cursor.is_some() {
+        return Err(ApiError::field("cursor", "cannot be combined with q"));
+    }
+    let list = list_fingerprint(&query, viewer.filter(|_| feed));
+    let after = cursor::resolve(state, query.cursor.as_deref(), offset, list)?;
     let shape = ListShape {
         tag: query.tag.is_some(),
         author: query.author.is_some(),
@@ -225,8 +265,11 @@ async fn fetch_list(
         feed,
         anonymous: viewer.is_none(),
         search: query.q.is_some(),
+        after: after.is_some(),
     };
-    let sql: &'static str = LIST_SQL[shape.index()][usize::from(offset > 0)].as_str();
+    // A page after a cursor may be past the end too: the form that always has a row.
+    let later_page = offset > 0 || after.is_some();
+    let sql: &'static str = LIST_SQL[shape.index()][usize::from(later_page)].as_str();
     let mut page = sqlx::query(sql).bind(limit).bind(offset);
     if let Some(viewer) = viewer {
         page = page.bind(viewer);
@@ -237,6 +280,9 @@ async fn fetch_list(
     {
         page = page.bind(value);
     }
+    if let Some(after) = after {
+        page = page.bind(after.created_at).bind(after.id);
+    }
     let rows: Vec<PgRow> = page.fetch_all(&**state.db()).await?;
     let articles_count = match rows.first() {
         Some(row) => row.try_get("total")?,
@@ -245,14 +291,28 @@ async fn fetch_list(
     };
     // A later page past the end is one row with a NULL article.
     let mut articles = Vec::with_capacity(rows.len());
+    let mut last = None;
     for row in &rows {
         if row.try_get::<Option<&str>, _>("slug")?.is_some() {
             articles.push(Article::from_row(row)?);
+            last = Some(row);
         }
     }
+    // A full page may have more after it; a search is ranked, not positioned.
+    let next_cursor = match last {
+        Some(row) if articles.len() as i64 == limit && shape.search.not() => {
+            let position = cursor::Position {
+                created_at: row.try_get("created_at")?,
+                id: row.try_get("id")?,
+            };
+            cursor::encode(state.tokens.ring().cursor_secrets(), position, list)
+        }
+        _ => None,
+    };
     Ok(ArticlesResponse {
         articles,
         articles_count,
+        next_cursor,
     })
 }
 
@@ -282,18 +342,22 @@ pub(super) async fn list_articles(
             )
             .finish()?;
     }
-    // Searches are not cached: their variety would only evict the hot entries.
-    let cache_key = (viewer.0.is_none() && query.q.is_none() && state.cache.enabled())
-        .then(|| {
-            crate::cache::list_key(
-                limit,
-                offset,
-                query.tag.as_deref(),
-                query.author.as_deref(),
-                query.favorited.as_deref(),
-            )
-        })
-        .flatten();
+    // Searches and cursor pages are not cached: their variety would only evict the hot
+    // entries.
+    let cache_key = (viewer.0.is_none()
+        && query.q.is_none()
+        && query.cursor.is_none()
+        && state.cache.enabled())
+    .then(|| {
+        crate::cache::list_key(
+            limit,
+            offset,
+            query.tag.as_deref(),
+            query.author.as_deref(),
+            query.favorited.as_deref(),
+        )
+    })
+    .flatten();
     if let Some(key) = &cache_key
         && let Some(body) = state
             .cache
@@ -313,14 +377,18 @@ pub(super) async fn list_articles(
 /// Articles by the users the caller follows, newest first.
 #[utoipa::path(get, path = "/api/articles/feed", tag = "articles",
     security(("token" = [])),
-    params(Pagination),
+    params(CursorPagination),
     responses((status = 200, body = ArticlesResponse), (status = 401)))]
 pub(super) async fn feed(
     State(state): State<AppState>,
     auth: AuthUser,
-    ApiQuery(page): ApiQuery<Pagination>,
+    ApiQuery(page): ApiQuery<CursorPagination>,
 ) -> ApiResult<axum::Json<ArticlesResponse>> {
-    let page = page.resolve()?;
-    let list = fetch_list(&state, Some(auth.id), ListQuery::default(), page, true).await?;
+    let resolved = page.pagination().resolve()?;
+    let query = ListQuery {
+        cursor: page.cursor,
+        ..ListQuery::default()
+    };
+    let list = fetch_list(&state, Some(auth.id), query, resolved, true).await?;
     Ok(axum::Json(list))
 }
