@@ -70,7 +70,12 @@ impl App {
         };
         let database = Arc::new(Db::new(pool, &config.database.url));
         let kv = match &config.redis_url {
-            Some(url) => Some(Kv::start(url, config.redis_timeout, metrics.clone())?),
+            Some(url) => Some(Kv::start(
+                url,
+                config.redis_ca_file.as_deref(),
+                config.redis_timeout,
+                metrics.clone(),
+            )?),
             None => {
                 tracing::info!(
                     "no STOA_REDIS_URL: rate limits and revocation checks run without Redis; no response cache"

@@ -56,11 +56,26 @@ impl Kv {
     /// the probe that keeps the breaker's state current.
     pub fn start(
         url: &Secret,
+        ca_file: Option<&std::path::Path>,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Kv>> {
-        let client = redis::Client::open(url.expose())
-            .map_err(|e| anyhow::anyhow!("invalid STOA_REDIS_URL: {:?}", e.kind()))?;
+        // `rediss://` verifies the server's certificate and host name: against the CA
+        // in STOA_REDIS_CA_FILE if set, else the system's roots.
+        let client = match ca_file {
+            Some(path) => {
+                let root_cert = std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read STOA_REDIS_CA_FILE {}: {e}", path.display())
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(url.expose(), certificates)
+            }
+            None => redis::Client::open(url.expose()),
+        }
+        .map_err(|e| anyhow::anyhow!("invalid STOA_REDIS_URL or CA: {:?}", e.kind()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

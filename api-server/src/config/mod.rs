@@ -166,6 +166,9 @@ pub struct Config {
     pub dev: bool,
     pub database: DatabaseConfig,
     pub redis_url: Option<Secret>,
+    /// PEM file of the CA that signed Redis's certificate (`rediss://` to a private CA);
+    /// without it, the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// Per-operation Redis deadline; past it, Redis counts as down.
     pub redis_timeout: Duration,
     /// Lifetime of cached anonymous reads; 0 disables the cache.
@@ -297,6 +300,7 @@ impl Config {
                 "(not set: in-process fallbacks)",
             )?
             .map(|(secret, _)| secret);
+        let redis_ca_file = s.optional::<PathBuf>("STOA_REDIS_CA_FILE", "(system roots)")?;
 
         let quota =
             |s: &mut Reader<'_, F>, name, default: Quota| s.read(Setting::new(name, default));
@@ -446,6 +450,7 @@ impl Config {
             dev,
             database,
             redis_url,
+            redis_ca_file,
             redis_timeout: s.read(Setting::new(
                 "STOA_REDIS_TIMEOUT",
                 Duration::from_millis(250),

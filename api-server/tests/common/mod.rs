@@ -2,6 +2,8 @@
 //! `#[sqlx::test]`), driven over HTTP.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 

@@ -1,0 +1,241 @@
+//! TLS servers for tests: a throw-away CA, and PostgreSQL and Redis started with a
+//! certificate it signed, each on a free port, stopped on drop.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+/// A CA made for one test, and a server certificate it signed for `localhost`.
+pub struct ThrowawayCa {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ThrowawayCa {
+    pub fn new() -> ThrowawayCa {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Stoa throw-away test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let server_cert = params.signed_by(&server_key, &issuer).unwrap();
+        let write = |name: &str, contents: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        };
+        ThrowawayCa {
+            ca: write("ca.pem", ca_cert.pem()),
+            cert: write("server.pem", server_cert.pem()),
+            key: write("server.key", server_key.serialize_pem()),
+            dir,
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// PostgreSQL's own programs refuse to run as root: there, they run as `postgres`.
+fn as_server_user(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The directory of `initdb` and `postgres` (Debian puts them outside PATH).
+pub fn postgres_bin() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// A PostgreSQL that accepts only TLS connections (`hostssl` in pg_hba.conf; plain TCP
+/// is rejected), trusting every TLS client.
+pub struct TlsPostgres {
+    pub port: u16,
+    _data: tempfile::TempDir,
+    server: Child,
+}
+
+impl TlsPostgres {
+    pub fn start(bin: &Path, ca: &ThrowawayCa) -> TlsPostgres {
+        let data = tempfile::tempdir().unwrap();
+        let root = is_root();
+        if root {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(data.path())
+                .status()
+                .unwrap();
+        }
+        let pgdata = data.path().join("pgdata");
+        let status = as_server_user(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&pgdata)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "initdb failed");
+        std::fs::write(
+            pgdata.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostssl all all ::1/128 trust\n\
+             host all all 0.0.0.0/0 reject\n\
+             host all all ::/0 reject\n",
+        )
+        .unwrap();
+        for (from, to) in [(&ca.cert, "server.pem"), (&ca.key, "server.key")] {
+            std::fs::copy(from, pgdata.join(to)).unwrap();
+        }
+        let key = pgdata.join("server.key");
+        let mut permissions = std::fs::metadata(&key).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+        std::fs::set_permissions(&key, permissions).unwrap();
+        if root {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&pgdata)
+                .status()
+                .unwrap();
+        }
+        let port = free_port();
+        let server = as_server_user(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&pgdata)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&pgdata)
+            .args([
+                "-c",
+                "listen_addresses=localhost",
+                "-c",
+                "ssl=on",
+                "-c",
+                "ssl_cert_file=server.pem",
+                "-c",
+                "ssl_key_file=server.key",
+                "-c",
+                "fsync=off",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ready = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(ready, "the TLS PostgreSQL did not start");
+        TlsPostgres {
+            port,
+            _data: data,
+            server,
+        }
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        // SIGINT: PostgreSQL's fast shutdown. `kill` reaches it through runuser.
+        let _ = Command::new("pkill")
+            .args(["-INT", "-P", &self.server.id().to_string()])
+            .status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.server.id().to_string()])
+            .status();
+        let _ = self.server.wait();
+    }
+}
+
+/// A Redis that speaks only TLS, with an ACL user `stoa` (password `stoa-secret`) and
+/// the default user off.
+pub struct TlsRedis {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    server: Child,
+}
+
+pub const REDIS_USER: &str = "stoa";
+pub const REDIS_PASSWORD: &str = "stoa-secret";
+
+impl TlsRedis {
+    pub fn start(ca: &ThrowawayCa) -> TlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("redis.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port 0\ntls-port {port}\nbind 127.0.0.1 ::1\nsave \"\"\nappendonly no\n\
+                 tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+                 tls-auth-clients no\n\
+                 user default off\n\
+                 user {REDIS_USER} on >{REDIS_PASSWORD} ~* &* +@all\n",
+                cert = ca.cert.display(),
+                key = ca.key.display(),
+                ca = ca.ca.display(),
+            ),
+        )
+        .unwrap();
+        let server = Command::new("redis-server")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ready = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(ready, "the TLS Redis did not start");
+        TlsRedis {
+            port,
+            _dir: dir,
+            server,
+        }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
