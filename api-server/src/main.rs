@@ -119,6 +119,9 @@ enum AdminCommand {
     Disable { username: String },
     /// Re-enable USERNAME's account.
     Enable { username: String },
+    /// Turn off USERNAME's second factor (lost authenticator and recovery codes) and end
+    /// their sessions.
+    ResetMfa { username: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -262,6 +265,7 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Revoke { username } => (username, Change::SetRole(Role::User)),
         AdminCommand::Disable { username } => (username, Change::Disable),
         AdminCommand::Enable { username } => (username, Change::Enable),
+        AdminCommand::ResetMfa { username } => return reset_mfa(username).await,
     };
     let config = Config::from_process_env_for_migrate()?;
     let _logging = telemetry::init(&config);
@@ -284,6 +288,27 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     tracing::info!(target: "stoa::security", event = "admin_action", action = ?change,
         user_id = %account.id, sessions_revoked = changed.revoked_families.len(),
         "account changed from the command line");
+    Ok(())
+}
+
+/// `stoa-api admin reset-mfa`.
+async fn reset_mfa(username: String) -> anyhow::Result<()> {
+    let config = Config::from_process_env_for_migrate()?;
+    let _logging = telemetry::init(&config);
+    let pool = command_pool(&config).await?;
+    let (user_id, ended) = stoa_api::auth::accounts::reset_mfa(&pool, &username).await?;
+    match ended {
+        None => println!("{username} has no second factor; nothing changed"),
+        Some(families) => {
+            println!(
+                "{username}: second factor removed; {} session(s) ended",
+                families.len()
+            );
+            tracing::info!(target: "stoa::security", event = "admin_action", action = "reset_mfa",
+                user_id = %user_id, sessions_revoked = families.len(),
+                "second factor reset from the command line");
+        }
+    }
     Ok(())
 }
 

@@ -302,3 +302,39 @@ async fn turning_mfa_off_needs_the_password_and_a_code(pool: PgPool) {
     );
     assert_eq!(sign_in(&app).await.status, StatusCode::OK);
 }
+
+/// A user who lost the authenticator and the recovery codes: an admin turns MFA off,
+/// which also ends the user's sessions (whoever asked must sign in with the password).
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn an_admin_resets_a_lost_second_factor(pool: PgPool) {
+    use stoa_api::auth::Role;
+    use stoa_api::auth::accounts::{self, Change};
+    let app = TestApp::spawn(pool.clone()).await;
+    let (token, _, _, _) = enrolled(&app).await;
+    app.register("root").await;
+    accounts::change(&pool, "root", Change::SetRole(Role::Admin), None)
+        .await
+        .unwrap();
+    let root = common::login(&app, "root").await.0;
+
+    let path = "/api/admin/users/jake/mfa/reset";
+    assert_eq!(
+        app.post(path, Some(&token), json!({})).await.status,
+        StatusCode::FORBIDDEN,
+        "only an admin resets"
+    );
+    assert_eq!(
+        app.post(path, Some(&root), json!({})).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get("/api/user", Some(&token)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the reset ends the user's sessions"
+    );
+    assert_eq!(sign_in(&app).await.status, StatusCode::OK);
+    assert_eq!(
+        app.post(path, Some(&root), json!({})).await.status,
+        StatusCode::CONFLICT
+    );
+}

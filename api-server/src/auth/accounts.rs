@@ -140,6 +140,47 @@ pub async fn change(
     })
 }
 
+/// Turns off `username`'s second factor (a lost authenticator and lost recovery codes):
+/// the authenticator, its recovery codes and pending sign-in challenges go, and so do the
+/// account's sessions, so whoever asked for the reset must sign in again with the
+/// password. Returns the account's id and the sessions ended; `None` in the second place
+/// when MFA was not on.
+pub async fn reset_mfa(
+    pool: &PgPool,
+    username: &str,
+) -> Result<(Uuid, Option<Vec<Uuid>>), AccountError> {
+    let mut tx = pool.begin().await?;
+    let id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE username = $1 FOR UPDATE")
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| AccountError::UnknownUser(username.to_owned()))?;
+    let removed = sqlx::query(
+        "WITH codes AS (DELETE FROM mfa_recovery_codes WHERE user_id = $1),
+              challenges AS (DELETE FROM mfa_challenges WHERE user_id = $1)
+         DELETE FROM user_totp WHERE user_id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if removed == 0 {
+        tx.commit().await?;
+        return Ok((id, None));
+    }
+    let mut families: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE refresh_tokens SET revoked_at = now()
+         WHERE user_id = $1 AND revoked_at IS NULL RETURNING family_id",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    families.sort_unstable();
+    families.dedup();
+    Ok((id, Some(families)))
+}
+
 /// A page of users, newest first, and how many there are.
 pub async fn list(
     pool: &PgPool,

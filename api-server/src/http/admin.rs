@@ -26,6 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_users))
         .routes(routes!(disable_user))
         .routes(routes!(enable_user))
+        .routes(routes!(reset_mfa))
         .routes(routes!(remove_article))
         .routes(routes!(remove_comment))
 }
@@ -151,6 +152,31 @@ async fn change_account(
     Ok(axum::Json(AdminUserResponse {
         user: changed.account.into(),
     }))
+}
+
+/// Turn off a user's second factor (lost authenticator and recovery codes) and end their
+/// sessions: they sign in again with the password alone, then may enrol again.
+#[utoipa::path(post, path = "/api/admin/users/{username}/mfa/reset", tag = "admin",
+    security(("token" = [])),
+    params(("username" = String, Path)),
+    responses((status = 204, description = "MFA is off for the user"), (status = 401), (status = 403, description = "not an admin"), (status = 404, description = "no such user"), (status = 409, description = "MFA was not on")))]
+async fn reset_mfa(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(username): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (user_id, ended) = accounts::reset_mfa(&state.db(), &username).await?;
+    let Some(families) = ended else {
+        return Err(ApiError::conflict("mfa", "is not on for this user"));
+    };
+    state.revocations.mirror(None, &families).await;
+    state
+        .metrics
+        .count_security_event(SecurityEvent::AdminAction);
+    tracing::info!(target: "stoa::security", event = "admin_action", action = "reset_mfa",
+        admin_id = %admin.id, user_id = %user_id, sessions_revoked = families.len(),
+        "second factor reset by an admin");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Remove any article, with its comments and favorites.
