@@ -60,6 +60,10 @@ impl Kv {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Kv>> {
+        // The redis client's rustls takes the process's default crypto provider, which
+        // is ambiguous when a build enables more than one (the workspace's kube enables
+        // aws-lc-rs): name ring, as sqlx does. Already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         // `rediss://` verifies the server's certificate and host name: against the CA
         // in STOA_REDIS_CA_FILE if set, else the system's roots.
         let client = match ca_file {

@@ -103,6 +103,14 @@ const SCENARIOS: &[(&str, &str)] = &[
         "articles_search",
         "GET /api/articles?q=<word in some titles> (full-text search, ranked)",
     ),
+    (
+        "articles_deep_offset",
+        "GET /api/articles?limit=20&offset=<90% of the articles> (a deep page by offset)",
+    ),
+    (
+        "articles_deep_cursor",
+        "GET /api/articles?limit=20&cursor=<after 90% of the articles> (the same page by cursor)",
+    ),
     ("article_get", "GET /api/articles/:slug (anonymous)"),
     (
         "read_mix",
@@ -129,6 +137,9 @@ struct Seed {
     usernames: Vec<String>,
     slugs: Vec<String>,
     popular_tag: String,
+    /// How many articles precede the deep page, and the cursor that points there.
+    deep_offset: usize,
+    deep_cursor: String,
 }
 
 const TAGS: &[&str] = &[
@@ -259,11 +270,30 @@ async fn seed(client: &Client, base: &str, users: usize, articles: usize) -> any
         users * 10,
         started.elapsed().as_secs_f64()
     );
+    // The cursor after the first 90% of the articles, by paging there (100 at a time).
+    let deep_offset = articles * 9 / 10;
+    let mut deep_cursor = String::new();
+    let mut walked = 0;
+    while walked < deep_offset {
+        let limit = (deep_offset - walked).min(100);
+        let mut url = format!("{base}/api/articles?limit={limit}");
+        if !deep_cursor.is_empty() {
+            url.push_str(&format!("&cursor={deep_cursor}"));
+        }
+        let (_, page) = call(client, Method::GET, &url, None, None).await?;
+        deep_cursor = page["nextCursor"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no nextCursor after {walked} articles: {page}"))?
+            .to_owned();
+        walked += limit;
+    }
     Ok(Seed {
         tokens,
         usernames,
         slugs,
         popular_tag: TAGS[0].to_owned(),
+        deep_offset,
+        deep_cursor,
     })
 }
 
@@ -296,6 +326,18 @@ fn request_for<'a>(
         "articles_search" => (
             Method::GET,
             format!("/api/articles?q={}", TAGS[i as usize % TAGS.len()]),
+            None,
+            None,
+        ),
+        "articles_deep_offset" => (
+            Method::GET,
+            format!("/api/articles?limit=20&offset={}", seed.deep_offset),
+            None,
+            None,
+        ),
+        "articles_deep_cursor" => (
+            Method::GET,
+            format!("/api/articles?limit=20&cursor={}", seed.deep_cursor),
             None,
             None,
         ),
