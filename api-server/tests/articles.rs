@@ -802,6 +802,9 @@ async fn cursor_pages_are_stable_under_concurrent_inserts(pool: PgPool) {
     let first = app.get("/api/articles?limit=2", None).await;
     assert_eq!(slugs(&first, "articles"), ["a5", "a4"]);
     let cursor = next(&first).unwrap();
+    // An empty cursor (a client passing on an absent `nextCursor`) is the first page.
+    let empty = app.get("/api/articles?limit=2&cursor=", None).await;
+    assert_eq!(slugs(&empty, "articles"), ["a5", "a4"]);
 
     // Two new articles: an offset page shifts, the cursor page does not.
     app.article(&jake, "b1", &["new"]).await;

@@ -110,7 +110,8 @@ pub fn resolve(
     offset: i64,
     list: [u8; 8],
 ) -> Result<Option<Position>, ApiError> {
-    let Some(cursor) = cursor else {
+    // `cursor=` (a client passing on an absent `nextCursor`) is the first page.
+    let Some(cursor) = cursor.filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
     if offset != 0 {

@@ -253,7 +253,7 @@ async fn fetch_list(
     (limit, offset): (i64, i64),
     feed: bool,
 ) -> ApiResult<ArticlesResponse> {
-    if query.q.is_some() && query.cursor.is_some() {
+    if query.q.is_some() && query.cursor.as_deref().is_some_and(|c| !c.is_empty()) {
         return Err(ApiError::field("cursor", "cannot be combined with q"));
     }
     let list = list_fingerprint(&query, viewer.filter(|_| feed));
@@ -346,7 +346,7 @@ pub(super) async fn list_articles(
     // entries.
     let cache_key = (viewer.0.is_none()
         && query.q.is_none()
-        && query.cursor.is_none()
+        && query.cursor.as_deref().is_none_or(str::is_empty)
         && state.cache.enabled())
     .then(|| {
         crate::cache::list_key(
