@@ -285,7 +285,7 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
         account.role,
         changed.revoked_families.len()
     );
-    tracing::info!(target: "stoa::security", event = "admin_action", action = ?change,
+    tracing::info!(target: "stoa::security", event = "admin_action", action = change.action(),
         user_id = %account.id, sessions_revoked = changed.revoked_families.len(),
         "account changed from the command line");
     Ok(())

@@ -69,6 +69,18 @@ pub enum Change {
     SetRole(Role),
 }
 
+impl Change {
+    /// The `action` field of its security event.
+    pub fn action(self) -> &'static str {
+        match self {
+            Change::Disable => "disable_user",
+            Change::Enable => "enable_user",
+            Change::SetRole(Role::Admin) => "grant_admin",
+            Change::SetRole(Role::User) => "revoke_admin",
+        }
+    }
+}
+
 /// Applies `change` to `username`'s account in one transaction; `actor` is the admin
 /// making it (`None` from the command line, which may change any account). Disabling
 /// and withdrawing the admin role end the account's sessions.
@@ -119,20 +131,12 @@ pub async fn change(
     .bind(role.as_str())
     .fetch_one(&mut *tx)
     .await?;
-    let mut revoked_families: Vec<Uuid> = if !takes_away {
-        Vec::new()
+    let revoked_families = if takes_away {
+        end_sessions(&mut tx, before.id).await?
     } else {
-        sqlx::query_scalar(
-            "UPDATE refresh_tokens SET revoked_at = now()
-             WHERE user_id = $1 AND revoked_at IS NULL RETURNING family_id",
-        )
-        .bind(before.id)
-        .fetch_all(&mut *tx)
-        .await?
+        Vec::new()
     };
     tx.commit().await?;
-    revoked_families.sort_unstable();
-    revoked_families.dedup();
     Ok(Changed {
         account,
         changed: true,
@@ -168,17 +172,27 @@ pub async fn reset_mfa(
         tx.commit().await?;
         return Ok((id, None));
     }
+    let families = end_sessions(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok((id, Some(families)))
+}
+
+/// Revokes every live session (refresh-token family) of `user_id` in `tx`; the families,
+/// each once, for the caller to mirror once committed.
+async fn end_sessions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    user_id: Uuid,
+) -> Result<Vec<Uuid>, sqlx::Error> {
     let mut families: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE refresh_tokens SET revoked_at = now()
          WHERE user_id = $1 AND revoked_at IS NULL RETURNING family_id",
     )
-    .bind(id)
-    .fetch_all(&mut *tx)
+    .bind(user_id)
+    .fetch_all(&mut **tx)
     .await?;
-    tx.commit().await?;
     families.sort_unstable();
     families.dedup();
-    Ok((id, Some(families)))
+    Ok(families)
 }
 
 /// A page of users, newest first, and how many there are.

@@ -95,6 +95,9 @@ impl Revocations {
     /// and the catch-up of any replica that reaches Redis publishes it. Without Redis, the
     /// other replicas hear of it from PostgreSQL when it commits.
     pub async fn mirror(&self, jti: Option<(Uuid, DateTime<Utc>)>, families: &[Uuid]) {
+        if jti.is_none() && families.is_empty() {
+            return;
+        }
         let window = self.window;
         let now = Utc::now();
         let mut denied: Vec<(Denied, i64)> = families

@@ -130,18 +130,12 @@ async fn change_account(
     change: Change,
 ) -> ApiResult<axum::Json<AdminUserResponse>> {
     let changed = accounts::change(&state.db(), username, change, Some(admin)).await?;
-    if !changed.revoked_families.is_empty() {
-        state
-            .revocations
-            .mirror(None, &changed.revoked_families)
-            .await;
-    }
+    state
+        .revocations
+        .mirror(None, &changed.revoked_families)
+        .await;
     if changed.changed {
-        let action = match change {
-            Change::Disable => "disable_user",
-            Change::Enable => "enable_user",
-            Change::SetRole(_) => "set_role",
-        };
+        let action = change.action();
         state
             .metrics
             .count_security_event(SecurityEvent::AdminAction);

@@ -224,17 +224,10 @@ async fn confirm_totp(
     ApiJson(body): ApiJson<CodeRequest>,
 ) -> ApiResult<axum::Json<RecoveryCodesResponse>> {
     limit_codes(&state, auth.id).await?;
-    let pending: Option<(Vec<u8>, String)> = sqlx::query_as(
-        "SELECT t.secret, u.username FROM user_totp t JOIN users u ON u.id = t.user_id
-         WHERE t.user_id = $1 AND t.confirmed_at IS NULL",
-    )
-    .bind(auth.id)
-    .fetch_optional(&**state.db())
-    .await?;
-    let Some((secret, username)) = pending else {
+    let Some(pending) = authenticator(&state, auth.id, false).await? else {
         return Err(ApiError::conflict("mfa", "has no enrolment to confirm"));
     };
-    let Some(step) = totp_step(secret, &username, &body.code)? else {
+    let Some(step) = current_step(&pending, &body.code) else {
         security_event(&state, SecurityEvent::MfaFailed);
         return Err(ApiError::InvalidCode);
     };
@@ -317,13 +310,14 @@ async fn complete_login(
     if body.challenge.is_empty() || body.challenge.len() > 128 {
         return Err(ApiError::Unauthorized("challenge is invalid or expired"));
     }
+    let challenge = refresh::hash(&body.challenge);
     // Each answer spends one of the challenge's attempts, right or wrong.
     let user_id: Uuid = sqlx::query_scalar(
         "UPDATE mfa_challenges SET attempts = attempts + 1
          WHERE token_hash = $1 AND expires_at > now() AND attempts < $2
          RETURNING user_id",
     )
-    .bind(refresh::hash(&body.challenge))
+    .bind(&challenge)
     .bind(i32::try_from(state.config.auth.mfa_challenge_attempts).unwrap_or(i32::MAX))
     .fetch_optional(&**state.db())
     .await?
@@ -335,7 +329,7 @@ async fn complete_login(
          SELECT id, email, username, bio, image, role FROM users WHERE id = $1",
     )
     .bind(user_id)
-    .bind(refresh::hash(&body.challenge))
+    .bind(&challenge)
     .fetch_one(&**state.db())
     .await?;
     let response = session_response(
@@ -361,17 +355,10 @@ async fn account(state: &AppState, user_id: Uuid) -> ApiResult<(String, String, 
 /// a wrong code is the 401.
 async fn second_factor(state: &AppState, user_id: Uuid, code: &str) -> ApiResult<bool> {
     limit_codes(state, user_id).await?;
-    let on: Option<(Vec<u8>, String)> = sqlx::query_as(
-        "SELECT t.secret, u.username FROM user_totp t JOIN users u ON u.id = t.user_id
-         WHERE t.user_id = $1 AND t.confirmed_at IS NOT NULL",
-    )
-    .bind(user_id)
-    .fetch_optional(&**state.db())
-    .await?;
-    let Some((secret, username)) = on else {
+    let Some(confirmed) = authenticator(state, user_id, true).await? else {
         return Ok(false);
     };
-    let accepted = match totp_step(secret, &username, code)? {
+    let accepted = match current_step(&confirmed, code) {
         // Only a step after the last accepted one: a code works once.
         Some(step) => {
             sqlx::query("UPDATE user_totp SET last_step = $2 WHERE user_id = $1 AND last_step < $2")
@@ -410,12 +397,31 @@ async fn second_factor(state: &AppState, user_id: Uuid, code: &str) -> ApiResult
     Ok(true)
 }
 
+/// The user's authenticator: the confirmed one, or the enrolment awaiting confirmation.
+async fn authenticator(
+    state: &AppState,
+    user_id: Uuid,
+    confirmed: bool,
+) -> ApiResult<Option<Authenticator>> {
+    let found: Option<(Vec<u8>, String)> = sqlx::query_as(
+        "SELECT t.secret, u.username FROM user_totp t JOIN users u ON u.id = t.user_id
+         WHERE t.user_id = $1 AND (t.confirmed_at IS NOT NULL) = $2",
+    )
+    .bind(user_id)
+    .bind(confirmed)
+    .fetch_optional(&**state.db())
+    .await?;
+    found
+        .map(|(secret, username)| {
+            Authenticator::new(secret, &username).map_err(|e| ApiError::Internal(e.into()))
+        })
+        .transpose()
+}
+
 /// The time step `code` is valid for now, if any.
-fn totp_step(secret: Vec<u8>, username: &str, code: &str) -> ApiResult<Option<u64>> {
-    let authenticator =
-        Authenticator::new(secret, username).map_err(|e| ApiError::Internal(e.into()))?;
+fn current_step(authenticator: &Authenticator, code: &str) -> Option<u64> {
     let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default();
-    Ok(authenticator.matching_step(code, now))
+    authenticator.matching_step(code, now)
 }
 
 /// Steps are seconds / 30: far inside `bigint`.

@@ -253,11 +253,11 @@ async fn fetch_list(
     (limit, offset): (i64, i64),
     feed: bool,
 ) -> ApiResult<ArticlesResponse> {
-    if query.q.is_some() && query.cursor.as_deref().is_some_and(|c| !c.is_empty()) {
-        return Err(ApiError::field("cursor", "cannot be combined with q"));
-    }
     let list = list_fingerprint(&query, viewer.filter(|_| feed));
     let after = cursor::resolve(state, query.cursor.as_deref(), offset, list)?;
+    if query.q.is_some() && after.is_some() {
+        return Err(ApiError::field("cursor", "cannot be combined with q"));
+    }
     let shape = ListShape {
         tag: query.tag.is_some(),
         author: query.author.is_some(),
