@@ -160,13 +160,19 @@ impl App {
                 state.metrics.clone(),
             ),
         }
-        crate::watch::publish_credentials(&state);
+        crate::watch::publish_credentials(&state.database, &state.metrics);
         crate::limits::spawn_reader(state.clone());
         if let (Some(dir), Some(loaded)) = (keys_dir, keyset_bytes) {
             crate::watch::spawn_keyset_watcher(state.clone(), dir, loaded);
         }
         if let DatabaseUrlSource::File(path) = url_source {
-            crate::watch::spawn_credentials_watcher(state.clone(), path, initial_url);
+            crate::watch::spawn_credentials_watcher(
+                state.database.clone(),
+                state.metrics.clone(),
+                &state.config,
+                path,
+                initial_url,
+            );
         }
         Ok(App {
             state,
@@ -194,11 +200,14 @@ impl App {
         let delay = state.config.http.shutdown_delay;
         let drain_timeout = state.config.http.shutdown_timeout;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        crate::auth::retention::spawn_purger(
-            state.database.clone(),
-            crate::auth::revocation::MirrorWindow::of(&state.config.auth),
-            state.config.auth.purge_interval,
-        );
+        if state.config.worker.in_process {
+            let worker = crate::jobs::worker::Worker::new(
+                state.database.clone(),
+                state.metrics.clone(),
+                &state.config,
+            );
+            tokio::spawn(worker.run(stop_rx.clone(), drain_timeout));
+        }
 
         let signal_state = state.clone();
         tokio::spawn(async move {
@@ -251,23 +260,26 @@ fn admin_router(state: AppState) -> Router {
 async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::response::Response {
+    metrics_response(&state.metrics, &state.db())
+}
+
+/// The metrics in OpenMetrics text, with the pool's gauges and the dropped log lines
+/// brought up to date (the API's and the worker's admin ports).
+pub fn metrics_response(metrics: &Metrics, pool: &PgPool) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let pool = state.db();
-    state.metrics.db_pool_size.set(i64::from(pool.size()));
-    state
-        .metrics
+    metrics.db_pool_size.set(i64::from(pool.size()));
+    metrics
         .db_pool_idle
         .set(i64::try_from(pool.num_idle()).unwrap_or(i64::MAX));
-    state
-        .metrics
+    metrics
         .db_pool_max
         .set(i64::from(pool.options().get_max_connections()));
     let dropped = crate::telemetry::dropped_lines();
-    let counted = state.metrics.log_lines_dropped.get();
+    let counted = metrics.log_lines_dropped.get();
     if dropped > counted {
-        state.metrics.log_lines_dropped.inc_by(dropped - counted);
+        metrics.log_lines_dropped.inc_by(dropped - counted);
     }
-    match state.metrics.encode() {
+    match metrics.encode() {
         Ok(body) => (
             [(
                 axum::http::header::CONTENT_TYPE,

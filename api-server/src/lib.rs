@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod feed;
 pub mod http;
+pub mod jobs;
 pub use stoa_contract::keys;
 pub mod kv;
 pub mod limits;

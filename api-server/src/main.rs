@@ -60,6 +60,14 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Run background jobs and the maintenance schedules (one process per pod; run as
+    /// many as the queue needs: they share the work through the database).
+    Worker,
+    /// Inspect the job queue, and retry dead jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Set the language of article search (a PostgreSQL text search configuration such
@@ -107,6 +115,20 @@ enum CredentialsCommand {
         #[arg(long)]
         group: String,
     },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Jobs not yet done, newest first, as JSON lines; with the queue's depth by kind.
+    List {
+        /// Only dead jobs (failed on every attempt).
+        #[arg(long)]
+        dead: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Queue a dead job again with a fresh set of attempts.
+    Retry { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -235,6 +257,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin { command } => admin(command).await,
+        Command::Worker => {
+            let config = Config::from_process_env_for_worker()?;
+            let _logging = telemetry::init(&config);
+            stoa_api::jobs::worker::run_process(config, shutdown_signal()).await
+        }
+        Command::Jobs { command } => jobs(command).await,
         Command::Openapi => {
             println!("{}", stoa_api::http::openapi_document().to_pretty_json()?);
             Ok(())
@@ -288,6 +316,37 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     tracing::info!(target: "stoa::security", event = "admin_action", action = change.action(),
         user_id = %account.id, sessions_revoked = changed.revoked_families.len(),
         "account changed from the command line");
+    Ok(())
+}
+
+async fn jobs(command: JobsCommand) -> anyhow::Result<()> {
+    use stoa_api::jobs::queue;
+    let config = Config::from_process_env_for_migrate()?;
+    let pool = command_pool(&config).await?;
+    match command {
+        JobsCommand::List { dead, limit } => {
+            for depth in queue::depth(&pool).await? {
+                println!(
+                    "# {}: {} queued, {} delayed, {} running, {} dead; oldest due {:.0} s",
+                    depth.kind,
+                    depth.queued,
+                    depth.delayed,
+                    depth.running,
+                    depth.dead,
+                    depth.oldest_due_seconds
+                );
+            }
+            for job in queue::list(&pool, dead, limit.clamp(1, 10_000)).await? {
+                println!("{}", serde_json::to_string(&job)?);
+            }
+        }
+        JobsCommand::Retry { id } => {
+            if !queue::retry_dead(&pool, id).await? {
+                anyhow::bail!("job {id} is not dead (only dead jobs are retried)");
+            }
+            println!("job {id} queued again");
+        }
+    }
     Ok(())
 }
 

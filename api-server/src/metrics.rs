@@ -71,6 +71,93 @@ pub struct Metrics {
     pub db_credential_reloads: Family<OutcomeLabels, Counter>,
     /// The newest migration applied to the database, as the last readiness check saw it.
     pub schema_version: Gauge,
+    pub jobs: JobMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub kind: &'static str,
+    /// `queued` (due), `delayed` (waiting for a retry), `running`, `dead`.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobKindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobOutcomeLabels {
+    pub kind: &'static str,
+    /// `done`, `retried` (failed, queued again), `dead` (failed for the last time), `lost`
+    /// (the lease ran out and another worker took the job).
+    pub outcome: &'static str,
+}
+
+/// The job queue, as the worker sees it (`stoa-api worker`; the gauges are read from the
+/// `jobs` table every few seconds).
+pub struct JobMetrics {
+    pub jobs: Family<JobLabels, Gauge>,
+    pub oldest_due: Family<JobKindLabels, Gauge<f64, AtomicU64>>,
+    pub attempts: Family<JobOutcomeLabels, Counter>,
+    pub duration: Family<JobKindLabels, Histogram>,
+    pub running: Gauge,
+    /// Seconds spent running jobs (its rate is the average number running).
+    pub busy: Counter<f64, AtomicU64>,
+}
+
+impl JobMetrics {
+    fn register(registry: &mut Registry) -> JobMetrics {
+        let jobs = Family::<JobLabels, Gauge>::default();
+        registry.register(
+            "jobs",
+            "Jobs in the queue by kind and state (queued and due, delayed for a retry, running, dead)",
+            jobs.clone(),
+        );
+        let oldest_due = Family::<JobKindLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "jobs_oldest_due_age",
+            "Age of the oldest job that is due and waits for a worker, by kind",
+            prometheus_client::registry::Unit::Seconds,
+            oldest_due.clone(),
+        );
+        let attempts = Family::<JobOutcomeLabels, Counter>::default();
+        registry.register(
+            "job_attempts",
+            "Job attempts this worker finished, by kind and outcome (done, retried, dead, lost)",
+            attempts.clone(),
+        );
+        let duration = Family::<JobKindLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "job_duration",
+            "Time one job attempt took, by kind",
+            prometheus_client::registry::Unit::Seconds,
+            duration.clone(),
+        );
+        let running = Gauge::default();
+        registry.register(
+            "jobs_running_here",
+            "Jobs this worker runs now",
+            running.clone(),
+        );
+        let busy = Counter::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "job_busy",
+            "Time this worker spent running jobs; its rate is the average number running",
+            prometheus_client::registry::Unit::Seconds,
+            busy.clone(),
+        );
+        JobMetrics {
+            jobs,
+            oldest_due,
+            attempts,
+            duration,
+            running,
+            busy,
+        }
+    }
 }
 
 /// Why a request was answered 503 before a handler could finish it. Set as a response
@@ -357,6 +444,7 @@ impl Metrics {
                 schema_version: required_schema_version.to_string(),
             })
             .set(1);
+        let jobs = JobMetrics::register(&mut registry);
         let metrics = Metrics {
             registry,
             http_requests,
@@ -378,6 +466,7 @@ impl Metrics {
             db_credentials,
             db_credential_reloads,
             schema_version,
+            jobs,
         };
         metrics.create_known_series();
         metrics

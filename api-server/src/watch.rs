@@ -6,14 +6,16 @@
 //! polling needs no inotify subtleties around symlink swaps and costs one small read.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
 use crate::auth::tokens::KeyRing;
-use crate::config::{Secret, read_secret_file};
+use crate::config::{Config, DatabaseConfig, Secret, read_secret_file};
+use crate::db::Db;
 use crate::keys::{KEYSET_FILE, KeySetFile};
-use crate::metrics::{CredentialLabels, OutcomeLabels};
+use crate::metrics::{CredentialLabels, Metrics, OutcomeLabels};
 use crate::state::AppState;
 
 /// Reloads the key set whenever `dir/keyset.json` changes. A bad update is logged and
@@ -57,13 +59,12 @@ pub fn spawn_keyset_watcher(state: AppState, dir: PathBuf, loaded: Vec<u8>) {
 }
 
 /// Names the role of the pool in use in `stoa_db_credentials`.
-pub fn publish_credentials(state: &AppState) {
-    state.metrics.db_credentials.clear();
-    state
-        .metrics
+pub fn publish_credentials(database: &Db, metrics: &Metrics) {
+    metrics.db_credentials.clear();
+    metrics
         .db_credentials
         .get_or_create(&CredentialLabels {
-            user: state.database.credential().user.clone(),
+            user: database.credential().user.clone(),
         })
         .set(1);
 }
@@ -71,12 +72,19 @@ pub fn publish_credentials(state: &AppState) {
 /// Swaps the pool when the database URL file changes: the new pool must connect first; the
 /// old one keeps serving the requests that already hold it for `drain_grace`, then closes
 /// (waiting for connections still checked out).
-pub fn spawn_credentials_watcher(state: AppState, path: PathBuf, initial: Secret) {
+pub fn spawn_credentials_watcher(
+    database: Arc<Db>,
+    metrics: Arc<Metrics>,
+    config: &Config,
+    path: PathBuf,
+    initial: Secret,
+) {
+    let (db_config, reload_interval) = (config.database.clone(), config.reload_interval);
     tokio::spawn(async move {
         let mut current = initial;
         let mut rejected: Option<(Secret, Instant)> = None;
         loop {
-            tokio::time::sleep(state.config.reload_interval).await;
+            tokio::time::sleep(reload_interval).await;
             let Ok(candidate) = read_secret_file(&path.to_string_lossy()) else {
                 continue;
             };
@@ -90,20 +98,19 @@ pub fn spawn_credentials_watcher(state: AppState, path: PathBuf, initial: Secret
             {
                 continue;
             }
-            match connect_checked(&state, &candidate).await {
+            match connect_checked(&db_config, &candidate).await {
                 Ok(pool) => {
-                    let old = state.database.replace(pool, &candidate);
-                    publish_credentials(&state);
-                    state
-                        .metrics
+                    let old = database.replace(pool, &candidate);
+                    publish_credentials(&database, &metrics);
+                    metrics
                         .db_credential_reloads
                         .get_or_create(&OutcomeLabels { outcome: "swapped" })
                         .inc();
                     tracing::info!(
-                        role = state.database.credential().user,
+                        role = database.credential().user,
                         "database credentials changed: new pool in use, draining the old one"
                     );
-                    let grace = state.config.database.drain_grace;
+                    let grace = db_config.drain_grace;
                     tokio::spawn(async move {
                         tokio::time::sleep(grace).await;
                         old.close().await;
@@ -113,8 +120,7 @@ pub fn spawn_credentials_watcher(state: AppState, path: PathBuf, initial: Secret
                     rejected = None;
                 }
                 Err(error) => {
-                    state
-                        .metrics
+                    metrics
                         .db_credential_reloads
                         .get_or_create(&OutcomeLabels {
                             outcome: "rejected",
@@ -131,8 +137,8 @@ pub fn spawn_credentials_watcher(state: AppState, path: PathBuf, initial: Secret
     });
 }
 
-async fn connect_checked(state: &AppState, url: &Secret) -> Result<PgPool, sqlx::Error> {
-    let pool = crate::db::pool(url, &state.config.database)?;
+async fn connect_checked(config: &DatabaseConfig, url: &Secret) -> Result<PgPool, sqlx::Error> {
+    let pool = crate::db::pool(url, config)?;
     sqlx::query("SELECT 1").execute(&pool).await?;
     Ok(pool)
 }

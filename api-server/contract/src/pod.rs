@@ -32,6 +32,22 @@ pub struct PodState {
     /// until first read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ServerLimits>,
+    /// Worker pods only: the job queue as the worker last read it (what the operator
+    /// scales the worker Deployment on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueDepth>,
+}
+
+/// The whole queue (every kind), as a worker reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueDepth {
+    /// Jobs due now that wait for a worker.
+    pub queued: u64,
+    /// Jobs running now.
+    pub running: u64,
+    /// Age of the oldest due job still waiting, in seconds.
+    pub oldest_due_seconds: f64,
 }
 
 /// Server-side connection limits, as the pod reads them.
@@ -102,6 +118,11 @@ mod tests {
                 postgres_max_connections: 100,
                 postgres_reserved_connections: 3,
                 redis_max_clients: None,
+            }),
+            queue: Some(QueueDepth {
+                queued: 7,
+                running: 2,
+                oldest_due_seconds: 4.5,
             }),
         };
         let json = serde_json::to_string(&state).unwrap();

@@ -161,6 +161,31 @@ pub struct RateLimitConfig {
     pub lease_max: u32,
 }
 
+/// `stoa-api worker`: how it drains the job queue and how often it schedules maintenance.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `serve` also runs a worker (development, or a single-process deployment).
+    pub in_process: bool,
+    /// Jobs one worker runs at once (each holds a database connection while it runs).
+    pub concurrency: usize,
+    /// How often an idle worker looks for due jobs (new jobs also wake it at once).
+    pub poll_interval: Duration,
+    /// How long a claimed job is its worker's: a job whose worker vanished runs again once
+    /// this has passed.
+    pub lease: Duration,
+    /// One attempt's deadline (its transaction and its statements).
+    pub job_timeout: Duration,
+    /// Attempts before a job is dead (kept, and listed by `stoa-api jobs list --dead`).
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubles for each later one, up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long finished jobs are kept (dead ones are kept until retried or deleted).
+    pub retention: Duration,
+    /// Schedule of the derived counters' check-and-repair.
+    pub recount_interval: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub dev: bool,
@@ -180,6 +205,7 @@ pub struct Config {
     pub reload_interval: Duration,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub worker: WorkerConfig,
     pub log_format: LogFormat,
     pub log_filter: String,
     /// Log lines queued for the writer thread before new ones are dropped (and counted).
@@ -225,6 +251,17 @@ impl Config {
     /// The configuration for `migrate`, which needs the database but no signing keys.
     pub fn from_process_env_for_migrate() -> Result<Config, ConfigError> {
         Config::build(&Env::process(), false, false)
+    }
+
+    /// The configuration for `worker`, which signs and verifies nothing.
+    pub fn from_process_env_for_worker() -> Result<Config, ConfigError> {
+        Config::from_env_for_worker(&Env::process())
+    }
+
+    pub fn from_env_for_worker<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+    ) -> Result<Config, ConfigError> {
+        Config::build(env, false, false)
     }
 
     pub fn from_env<F: Fn(&str) -> Option<String>>(
@@ -430,6 +467,35 @@ impl Config {
             return Err(invalid("STOA_ARGON2_MEMORY_KIB", params, e.to_string()));
         }
 
+        let backoff_base = s.read(
+            Setting::new("STOA_JOB_BACKOFF_BASE", secs(2)).at_least(Duration::from_millis(10)),
+        )?;
+        let worker = WorkerConfig {
+            in_process: s.read(Setting::new("STOA_WORKER_IN_PROCESS", dev))?,
+            concurrency: s.read(
+                Setting::new("STOA_WORKER_CONCURRENCY", 4usize)
+                    .at_least(1)
+                    .at_most(256, "each running job holds a database connection"),
+            )?,
+            poll_interval: s.read(
+                Setting::new("STOA_WORKER_POLL_INTERVAL", secs(1))
+                    .at_least(Duration::from_millis(10)),
+            )?,
+            lease: s.read(Setting::new("STOA_WORKER_LEASE", secs(30)).at_least(secs(1)))?,
+            job_timeout: s.read(Setting::new("STOA_JOB_TIMEOUT", secs(300)).at_least(secs(1)))?,
+            max_attempts: s.read(
+                Setting::new("STOA_JOB_MAX_ATTEMPTS", 5u32)
+                    .at_least(1)
+                    .at_most(100, "a failing job is retried that many times"),
+            )?,
+            backoff_base,
+            backoff_max: s
+                .read(Setting::new("STOA_JOB_BACKOFF_MAX", secs(600)).at_least(backoff_base))?,
+            retention: s.read(Setting::new("STOA_JOB_RETENTION", secs(7 * 86400)))?,
+            recount_interval: s
+                .read(Setting::new("STOA_RECOUNT_INTERVAL", secs(6 * 3600)).at_least(secs(1)))?,
+        };
+
         let log_format = s.read(Setting::new(
             "STOA_LOG_FORMAT",
             if dev {
@@ -466,6 +532,7 @@ impl Config {
             )?,
             http,
             auth,
+            worker,
             log_format,
             log_filter,
             log_queue_lines: s.read(

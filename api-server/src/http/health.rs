@@ -134,6 +134,7 @@ pub async fn pod_state(State(state): State<AppState>) -> axum::Json<PodState> {
         in_flight: u64::try_from(state.metrics.http_in_flight.get()).unwrap_or(0),
         busy_seconds: state.metrics.http_busy.get(),
         limits: state.server_limits.load_full().map(|l| *l),
+        queue: None,
     })
 }
 

@@ -6,6 +6,7 @@ pub mod articles;
 pub mod auth;
 pub mod comments;
 pub mod cursor;
+pub mod export;
 pub mod extract;
 pub mod front_door;
 pub mod health;
@@ -51,6 +52,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(auth::router().layer(no_store()))
         .merge(admin::router().layer(no_store()))
         .merge(mfa::router().layer(no_store()))
+        .merge(export::router().layer(no_store()))
         .merge(profiles::router())
         .merge(articles::router())
         .merge(comments::router())

@@ -59,6 +59,8 @@ pub fn test_env(extra: &[(&str, &str)]) -> HashMap<String, String> {
         ("STOA_RATE_LIMIT_PER_USER", "100000/1m"),
         ("STOA_RATE_LIMIT_MFA", "100000/1m"),
         ("STOA_RELOAD_INTERVAL", "100ms"),
+        // Job tests start workers of their own.
+        ("STOA_WORKER_IN_PROCESS", "false"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
