@@ -99,6 +99,9 @@ pub struct StoaSpec {
     pub monitoring: MonitoringSpec,
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// The job worker (`stoa-api worker`): its own Deployment, scaled on the queue.
+    #[serde(default)]
+    pub worker: WorkerSpec,
     /// Settings passed to stoa-api as environment (see its README); for secrets use
     /// `valueFrom.secretKeyRef`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -140,6 +143,7 @@ impl Default for StoaSpec {
             pod_disruption_budget: PodDisruptionBudgetSpec::default(),
             monitoring: MonitoringSpec::default(),
             network_policy: NetworkPolicySpec::default(),
+            worker: WorkerSpec::default(),
             env: Vec::new(),
             pod: PodSpecOverrides::default(),
             paused: false,
@@ -469,6 +473,77 @@ fn default_cpu() -> i32 {
     70
 }
 
+/// The worker Deployment (`app.kubernetes.io/component: worker`). Its replica count follows
+/// the queue: enough workers for `jobsPerReplica` due or running jobs each, within
+/// `[minReplicas, maxReplicas]` and what PostgreSQL's `max_connections` leaves.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("worker.minReplicas must be ≤ worker.maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// Run workers (without them, nothing builds exports or purges expired sessions).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// At least one: a worker also reports the queue the count is decided on.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    #[serde(default = "default_worker_max")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Due or running jobs one worker should have to itself.
+    #[serde(default = "default_jobs_per_replica")]
+    #[schemars(range(min = 1))]
+    pub jobs_per_replica: i32,
+    /// Jobs one worker runs at once (`STOA_WORKER_CONCURRENCY`); its pool is this plus 2.
+    #[serde(default = "default_worker_concurrency")]
+    #[schemars(range(min = 1, max = 256))]
+    pub concurrency: i32,
+    /// Container resources of the workers; defaults as for the API pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        WorkerSpec {
+            enabled: true,
+            min_replicas: 1,
+            max_replicas: default_worker_max(),
+            jobs_per_replica: default_jobs_per_replica(),
+            concurrency: default_worker_concurrency(),
+            resources: None,
+        }
+    }
+}
+
+fn default_worker_max() -> i32 {
+    4
+}
+fn default_jobs_per_replica() -> i32 {
+    20
+}
+fn default_worker_concurrency() -> i32 {
+    4
+}
+
+/// The worker Deployment's last scaling decision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStatus {
+    pub desired_replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Jobs due and waiting, and running, as the workers last read the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<i64>,
+    /// `Queue` (following it), `NoMetrics` (no worker reported: the count holds),
+    /// `Frozen` (a migration or rotation is in progress), `Bounded` (PostgreSQL's
+    /// connections) or `Disabled`.
+    pub reason: String,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodDisruptionBudgetSpec {
@@ -601,6 +676,9 @@ pub struct StoaStatus {
     /// The Concurrency autoscaler's last decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
+    /// The job workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerStatus>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]

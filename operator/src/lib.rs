@@ -16,6 +16,7 @@ pub mod resources;
 pub mod rollout;
 pub mod startup;
 pub mod status;
+pub mod worker_scale;
 
 use kube::CustomResourceExt;
 

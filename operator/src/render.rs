@@ -120,24 +120,33 @@ pub fn render(stoa: &Stoa, options: &Options) -> Result<(Vec<Rendered>, Vec<Stri
     {
         out.push(entry(hpa, When::Now)?);
     }
+    let workers = status
+        .worker
+        .as_ref()
+        .map_or(stoa.spec.worker.min_replicas, |w| w.desired_replicas);
+    // The API Deployment and, beside it, the workers', on the same image.
+    let mut deployments = |image: &str, when: When| -> Result<()> {
+        out.push(entry(
+            resources::scaled_deployment(stoa, &config, image, replicas)?,
+            when,
+        )?);
+        if stoa.spec.worker.enabled {
+            out.push(entry(
+                resources::worker_deployment(stoa, &config, image, workers)?,
+                when,
+            )?);
+        }
+        Ok(())
+    };
     match (&plan.deploy_image, stoa.spec.migrations.mode) {
         (Some(image), _) => {
-            out.push(entry(
-                resources::scaled_deployment(stoa, &config, image, replicas)?,
-                When::Now,
-            )?);
+            deployments(image, When::Now)?;
             if image != &stoa.spec.image {
-                // What it becomes once the new image's migration succeeded.
-                out.push(entry(
-                    resources::scaled_deployment(stoa, &config, &stoa.spec.image, replicas)?,
-                    When::AfterMigration,
-                )?);
+                // What they become once the new image's migration succeeded.
+                deployments(&stoa.spec.image, When::AfterMigration)?;
             }
         }
-        (None, MigrationMode::Auto) => out.push(entry(
-            resources::scaled_deployment(stoa, &config, &stoa.spec.image, replicas)?,
-            When::AfterMigration,
-        )?),
+        (None, MigrationMode::Auto) => deployments(&stoa.spec.image, When::AfterMigration)?,
         (None, MigrationMode::Disabled) => {}
     }
     out.push(entry(resources::service(stoa)?, When::Now)?);
@@ -316,6 +325,7 @@ spec:
                 ("ConfigMap", When::Now),
                 ("Job", When::Now),
                 ("Deployment", When::AfterMigration),
+                ("Deployment", When::AfterMigration),
                 ("Service", When::Now),
                 ("PodDisruptionBudget", When::Now),
             ]
@@ -333,7 +343,7 @@ spec:
     }
 
     #[test]
-    fn an_image_change_shows_the_running_deployment_and_what_it_becomes() {
+    fn an_image_change_shows_the_running_deployments_and_what_they_become() {
         let mut running = stoa(NEW);
         running.status = Some(crate::crd::StoaStatus {
             approved_image: Some("ghcr.io/stoa-dev/stoa-api:0.1.0".into()),
@@ -341,11 +351,12 @@ spec:
             ..Default::default()
         });
         let (objects, _) = render(&running, &options()).unwrap();
-        let deployments: Vec<(&str, When)> = objects
+        let deployments: Vec<(&str, &str, When)> = objects
             .iter()
             .filter(|o| o.kind == "Deployment")
             .map(|o| {
                 (
+                    o.name.as_str(),
                     o.object["spec"]["template"]["spec"]["containers"][0]["image"]
                         .as_str()
                         .unwrap(),
@@ -356,8 +367,18 @@ spec:
         assert_eq!(
             deployments,
             [
-                ("ghcr.io/stoa-dev/stoa-api:0.1.0", When::Now),
-                ("ghcr.io/stoa-dev/stoa-api:0.2.0", When::AfterMigration)
+                ("api", "ghcr.io/stoa-dev/stoa-api:0.1.0", When::Now),
+                ("api-worker", "ghcr.io/stoa-dev/stoa-api:0.1.0", When::Now),
+                (
+                    "api",
+                    "ghcr.io/stoa-dev/stoa-api:0.2.0",
+                    When::AfterMigration
+                ),
+                (
+                    "api-worker",
+                    "ghcr.io/stoa-dev/stoa-api:0.2.0",
+                    When::AfterMigration
+                )
             ]
         );
     }

@@ -7,7 +7,7 @@ use kube::runtime::events::EventType;
 
 use crate::crd::{
     AutoscalingStatus, CredentialRotationStatus, KeyRotationStatus, KeyStatus, MigrationStatus,
-    Stoa, StoaStatus,
+    Stoa, StoaStatus, WorkerStatus,
 };
 use crate::resources;
 use crate::rollout::{Activity, Plan};
@@ -32,6 +32,8 @@ pub struct Facts<'a> {
     pub credential_rotation: Option<CredentialRotationFacts>,
     /// The Concurrency autoscaler's decision (`None` in other modes).
     pub autoscaling: Option<AutoscalingStatus>,
+    /// The worker Deployment's scaling (`None` while paused: the last one stays).
+    pub worker: Option<WorkerStatus>,
 }
 
 pub struct CredentialRotationFacts {
@@ -339,6 +341,7 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
             None => previous.credential_rotation.clone(),
         },
         autoscaling: facts.autoscaling.clone(),
+        worker: facts.worker.clone().or_else(|| previous.worker.clone()),
     };
     carry_transition_times(&previous, &mut next);
     next

@@ -3,6 +3,8 @@
 mod fixtures;
 
 use fixtures::{container, full, stoa, with_spec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
 use stoa_operator::crd::AutoscalingMode;
 use stoa_operator::resources;
 
@@ -130,6 +132,82 @@ fn the_deployment_is_hardened_probed_and_drains() {
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
     // Pods never migrate: only the gated migration Job does, with its own credential.
     assert!(pod.init_containers.is_none());
+}
+
+#[test]
+fn the_worker_deployment_runs_the_worker_apart_from_the_api_pods() {
+    let s = with_spec(stoa("api"), |spec| {
+        spec.worker.concurrency = 6;
+        spec.env.push(
+            serde_json::from_value(json!({"name": "STOA_DB_MAX_CONNECTIONS", "value": "50"}))
+                .unwrap(),
+        );
+        spec.env
+            .push(serde_json::from_value(json!({"name": "STOA_LOG", "value": "debug"})).unwrap());
+    });
+    let cm = resources::config_map(&s).unwrap();
+    let api = resources::deployment(&s, &cm, "img:2").unwrap();
+    let worker = resources::worker_deployment(&s, &cm, "img:2", 3).unwrap();
+    assert_eq!(worker.metadata.name.as_deref(), Some("api-worker"));
+    assert_eq!(
+        worker.metadata.labels.as_ref().unwrap()[resources::COMPONENT_LABEL],
+        "worker"
+    );
+    let spec = worker.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    // Disjoint selectors: neither Deployment (nor the Service) adopts the other's pods.
+    let selector = spec.selector.match_labels.as_ref().unwrap();
+    let api_selector = api
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .match_labels
+        .as_ref()
+        .unwrap();
+    assert_eq!(selector[resources::COMPONENT_LABEL], "worker");
+    assert_eq!(api_selector[resources::COMPONENT_LABEL], "api");
+    let pod = spec.template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
+    assert_eq!(container.image.as_deref(), Some("img:2"));
+    assert_eq!(container.args.as_deref(), Some(&["worker".to_owned()][..]));
+    let ports: Vec<_> = container
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.name.clone().unwrap())
+        .collect();
+    assert_eq!(ports, ["metrics"], "a worker serves no API");
+    for probe in [
+        &container.liveness_probe,
+        &container.readiness_probe,
+        &container.startup_probe,
+    ] {
+        let port = &probe.as_ref().unwrap().http_get.as_ref().unwrap().port;
+        assert_eq!(*port, IntOrString::String("metrics".into()));
+    }
+    // No signing keys: a worker signs nothing.
+    assert!(pod.volumes.iter().flatten().all(|v| v.name != "keys"));
+    let env: Vec<(String, Option<String>)> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    let value = |name: &str| -> Vec<Option<String>> {
+        env.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(value("STOA_WORKER_CONCURRENCY"), [Some("6".into())]);
+    assert_eq!(
+        value("STOA_DB_MAX_CONNECTIONS"),
+        [Some("8".into())],
+        "the pool follows the concurrency, once"
+    );
+    assert_eq!(value("STOA_LOG"), [Some("debug".into())]);
+    assert_eq!(resources::worker_connections(&s), 9);
 }
 
 #[test]
@@ -331,6 +409,8 @@ fn render(s: &stoa_operator::crd::Stoa) -> String {
         serde_json::to_value(resources::service_account(s).unwrap()).unwrap(),
         serde_json::to_value(&cm).unwrap(),
         serde_json::to_value(resources::deployment(s, &cm, &s.spec.image).unwrap()).unwrap(),
+        serde_json::to_value(resources::worker_deployment(s, &cm, &s.spec.image, 1).unwrap())
+            .unwrap(),
         serde_json::to_value(resources::service(s).unwrap()).unwrap(),
     ];
     docs.extend(

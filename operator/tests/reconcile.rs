@@ -1000,3 +1000,78 @@ async fn the_service_monitor_follows_the_spec_where_its_crd_exists() {
         "removed when turned off"
     );
 }
+
+async fn worker_deployment(client: &Client) -> Option<Deployment> {
+    Api::<Deployment>::namespaced(client.clone(), "shop")
+        .get_opt("api-worker")
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn workers_run_the_approved_image_beside_the_api_and_go_when_disabled() {
+    let (fresh, _fresh_log) = cluster::with(&stoa("api")).await;
+    reconcile_stored(&fresh, "api").await;
+    // Like the API pods, no worker runs before the first migration succeeded.
+    assert!(worker_deployment(&fresh).await.is_none());
+    let (client, _log) = converged().await;
+    let worker = worker_deployment(&client).await.unwrap();
+    assert_eq!(image(&worker), V1);
+    assert_eq!(worker.spec.as_ref().unwrap().replicas, Some(1));
+    let after = reconcile_stored(&client, "api").await;
+    let status = after.status.as_ref().unwrap().worker.clone().unwrap();
+    // No worker pod reports yet: the count holds at the minimum.
+    assert_eq!(
+        (status.desired_replicas, status.reason.as_str()),
+        (1, "NoMetrics")
+    );
+
+    // A new image reaches the workers with the API, after its expand migration.
+    update_spec(&client, "api", |s| s.spec.image = V2.into()).await;
+    reconcile_stored(&client, "api").await;
+    assert_eq!(image(&worker_deployment(&client).await.unwrap()), V1);
+    succeed(&client, V2, "expand", 3).await;
+    reconcile_stored(&client, "api").await;
+    assert_eq!(image(&worker_deployment(&client).await.unwrap()), V2);
+
+    update_spec(&client, "api", |s| s.spec.worker.enabled = false).await;
+    let after = reconcile_stored(&client, "api").await;
+    assert!(worker_deployment(&client).await.is_none());
+    assert_eq!(after.status.unwrap().worker.unwrap().reason, "Disabled");
+}
+
+#[tokio::test]
+async fn a_contract_step_also_waits_for_workers_of_the_old_revision() {
+    let (client, _log) = converged().await;
+    update_spec(&client, "api", |s| s.spec.image = V2.into()).await;
+    reconcile_stored(&client, "api").await;
+    succeed(&client, V2, "expand", 3).await;
+    reconcile_stored(&client, "api").await;
+    let labels = resources::component_selector_labels(&stoa("api"), resources::Component::Worker);
+    let old: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "api-worker-old", "namespace": "shop", "labels": labels},
+        "spec": {"containers": [{"name": "worker", "image": V1}]}}))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    pods.create(&PostParams::default(), &old).await.unwrap();
+    roll_out(&client).await;
+    reconcile_stored(&client, "api").await;
+    let contract_jobs = |jobs: Vec<Job>| {
+        jobs.iter()
+            .filter(|j| {
+                j.labels()[resources::MIGRATION_STEP_LABEL] == "contract"
+                    && j.annotations()[resources::IMAGE_ANNOTATION] == V2
+            })
+            .count()
+    };
+    assert_eq!(
+        contract_jobs(jobs(&client).await),
+        0,
+        "an old worker still runs"
+    );
+    pods.delete("api-worker-old", &DeleteParams::default())
+        .await
+        .unwrap();
+    reconcile_stored(&client, "api").await;
+    assert_eq!(contract_jobs(jobs(&client).await), 1);
+}

@@ -69,6 +69,7 @@ spec:
         stored::<ServiceAccount>(&client, "api").await,
         stored::<ConfigMap>(&client, "api-config").await,
         stored::<Deployment>(&client, "api").await,
+        stored::<Deployment>(&client, "api-worker").await,
         stored::<Service>(&client, "api").await,
         stored::<PodDisruptionBudget>(&client, "api").await,
         stored::<Ingress>(&client, "api").await,

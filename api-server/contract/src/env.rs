@@ -18,6 +18,8 @@ pub const REFRESH_TOKEN_TTL: &str = "STOA_REFRESH_TOKEN_TTL";
 pub const SHUTDOWN_DELAY: &str = "STOA_SHUTDOWN_DELAY";
 pub const SHUTDOWN_TIMEOUT: &str = "STOA_SHUTDOWN_TIMEOUT";
 pub const TRUSTED_PROXY_HOPS: &str = "STOA_TRUSTED_PROXY_HOPS";
+/// Jobs one worker runs at once; the operator sets it from `spec.worker.concurrency`.
+pub const WORKER_CONCURRENCY: &str = "STOA_WORKER_CONCURRENCY";
 
 /// The suffix of the file form of a secret variable.
 pub const FILE_SUFFIX: &str = "_FILE";

@@ -89,11 +89,13 @@ pub(super) async fn rotate_credentials(
     let connection = connection_of(&secret);
     let group = credential_rotation::group_role(&target.namespace, &stoa.name_any());
     let (publish, expire) = observe_jobs(ctx, stoa, target, connection.generation).await?;
+    // Workers hold sessions of the role too: they must follow before it expires.
     let pods = if connection.previous.is_some() && connection.pending.is_none() {
         ready
             .get()
             .await?
             .iter()
+            .chain(ready.workers().await?)
             .map(|reading| PodCredential {
                 pod: reading.pod.clone(),
                 fingerprint: reading
@@ -578,13 +580,15 @@ pub(super) async fn finalize(
     // Deployment only after the finalizers are gone (background deletion: Kubernetes docs,
     // "Garbage Collection"), so the operator removes it first and waits for its pods.
     let deployments = target.api::<Deployment>(&ctx.client);
-    let deployment = deployments.get_opt(&target.names.base).await?;
-    apply::remove(&deployments, deployment, &target.uid).await?;
+    for name in [&target.names.base, &target.names.worker] {
+        let deployment = deployments.get_opt(name).await?;
+        apply::remove(&deployments, deployment, &target.uid).await?;
+    }
     let pods = target
         .api::<Pod>(&ctx.client)
-        .list(&ListParams::default().labels(&resources::selector_string(stoa)))
+        .list(&ListParams::default().labels(&resources::instance_selector(stoa)))
         .await?;
-    if !pods.items.is_empty() {
+    if pods.items.iter().any(resources::runs_the_service) {
         return Ok(Some(POLL));
     }
     let group = credential_rotation::group_role(&target.namespace, &stoa.name_any());

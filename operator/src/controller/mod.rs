@@ -35,6 +35,7 @@ pub use crate::error::{Error, FIELD_MANAGER, HANDOVER_MANAGER, Result};
 mod credentials;
 mod keys;
 mod scaling;
+mod workers;
 
 use keys::{ensure_key_secret, key_status};
 
@@ -236,6 +237,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             key_rotation: None,
             credential_rotation: None,
             autoscaling: stoa.status.as_ref().and_then(|s| s.autoscaling.clone()),
+            worker: None,
         };
         write_status(ctx, stoa, &target, status::status(stoa, &facts)).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
@@ -270,7 +272,8 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         &rotation.status.phase,
         &credential_pass.facts.status.phase,
     );
-    let scale_pass = scaling::scale(ctx, stoa, deployment.as_ref(), frozen_by, &ready).await?;
+    let scale_pass =
+        scaling::scale(ctx, stoa, deployment.as_ref(), frozen_by.clone(), &ready).await?;
     let deployment = match &plan.deploy_image {
         Some(image) => {
             let desired = resources::scaled_deployment(stoa, &config, image, scale_pass.replicas)?;
@@ -279,6 +282,16 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         // First install: nothing runs until the first migration succeeded.
         None => deployment,
     };
+    let worker_pass = workers::reconcile_workers(
+        ctx,
+        stoa,
+        &target,
+        &config,
+        plan.deploy_image.as_deref(),
+        frozen_by.is_some(),
+        &ready,
+    )
+    .await?;
 
     ensure_current(
         &target.api::<Service>(client),
@@ -326,6 +339,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         }),
         credential_rotation: Some(credential_pass.facts),
         autoscaling: scale_pass.status,
+        worker: Some(worker_pass.status),
     };
     let next = status::status(stoa, &facts);
     for notice in status::migration_notices(
@@ -350,7 +364,8 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             .map_or(fallback, |r| r.min(fallback))
             .min(rotation.requeue)
             .min(credential_pass.requeue)
-            .min(scale_pass.requeue),
+            .min(scale_pass.requeue)
+            .min(worker_pass.requeue),
     ))
 }
 
@@ -361,6 +376,7 @@ struct ReadyPods<'a> {
     stoa: &'a Stoa,
     target: &'a Target,
     readings: tokio::sync::OnceCell<Vec<PodReading>>,
+    workers: tokio::sync::OnceCell<Vec<PodReading>>,
 }
 
 impl<'a> ReadyPods<'a> {
@@ -370,23 +386,38 @@ impl<'a> ReadyPods<'a> {
             stoa,
             target,
             readings: tokio::sync::OnceCell::new(),
+            workers: tokio::sync::OnceCell::new(),
         }
     }
 
+    /// The API pods.
     async fn get(&self) -> Result<&[PodReading]> {
+        let selector = resources::selector_string(self.stoa);
         let readings = self
             .readings
-            .get_or_try_init(|| async {
-                let pods = self
-                    .target
-                    .api::<Pod>(&self.ctx.client)
-                    .list(&ListParams::default().labels(&resources::selector_string(self.stoa)))
-                    .await?;
-                let targets = crate::observe::ready_targets(&pods.items);
-                Ok::<_, Error>(self.ctx.probe.read(&targets).await)
-            })
+            .get_or_try_init(|| self.read(&selector))
             .await?;
         Ok(readings)
+    }
+
+    /// The worker pods.
+    async fn workers(&self) -> Result<&[PodReading]> {
+        let selector = resources::worker_selector(self.stoa);
+        let readings = self
+            .workers
+            .get_or_try_init(|| self.read(&selector))
+            .await?;
+        Ok(readings)
+    }
+
+    async fn read(&self, selector: &str) -> Result<Vec<PodReading>> {
+        let pods = self
+            .target
+            .api::<Pod>(&self.ctx.client)
+            .list(&ListParams::default().labels(selector))
+            .await?;
+        let targets = crate::observe::ready_targets(&pods.items);
+        Ok(self.ctx.probe.read(&targets).await)
     }
 }
 
@@ -502,8 +533,9 @@ fn termination_message(pod: &Pod, container: &str) -> Option<String> {
         .clone()
 }
 
-/// The Deployment runs `image` on every replica, and no pod of an older revision remains
-/// (terminating pods still serve their last requests, so they count too).
+/// The Deployment runs `image` on every replica, and no pod of an older revision remains,
+/// API or worker (terminating pods still serve their last requests or finish their last
+/// jobs, so they count too).
 async fn rollout_complete(
     ctx: &Context,
     stoa: &Stoa,
@@ -521,15 +553,19 @@ async fn rollout_complete(
     }
     let pods = target
         .api::<Pod>(&ctx.client)
-        .list(&ListParams::default().labels(&resources::selector_string(stoa)))
+        .list(&ListParams::default().labels(&resources::instance_selector(stoa)))
         .await?;
-    Ok(pods.items.iter().all(|pod| {
-        pod.spec.as_ref().is_some_and(|s| {
-            s.containers
-                .iter()
-                .all(|c| c.image.as_deref() == Some(image))
-        })
-    }))
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| resources::runs_the_service(p))
+        .all(|pod| {
+            pod.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .all(|c| c.image.as_deref() == Some(image))
+            })
+        }))
 }
 
 /// Creates a migration or credential Job. One that exists was created by an earlier pass

@@ -60,6 +60,8 @@ type Result<T> = std::result::Result<T, BuildError>;
 /// Names of everything a Stoa owns.
 pub struct Names {
     pub base: String,
+    /// The worker Deployment.
+    pub worker: String,
     pub config: String,
     pub keys: String,
     /// The connection Secret of the credential rotation.
@@ -70,6 +72,7 @@ impl Names {
     pub fn of(stoa: &Stoa) -> Names {
         let base = stoa.name_any();
         Names {
+            worker: format!("{base}-worker"),
             config: format!("{base}-config"),
             keys: format!("{base}-jwt-keys"),
             credentials: format!("{base}-db-credentials"),
@@ -90,11 +93,58 @@ pub fn labels(stoa: &Stoa) -> BTreeMap<String, String> {
 }
 
 pub fn selector_labels(stoa: &Stoa) -> BTreeMap<String, String> {
+    component_selector_labels(stoa, Component::Api)
+}
+
+/// Which program a Deployment runs: the API (`serve`) or the job worker (`worker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    Api,
+    Worker,
+}
+
+impl Component {
+    pub fn label(self) -> &'static str {
+        match self {
+            Component::Api => "api",
+            Component::Worker => "worker",
+        }
+    }
+}
+
+pub fn component_selector_labels(stoa: &Stoa, component: Component) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "stoa".into()),
         ("app.kubernetes.io/instance".into(), stoa.name_any()),
-        (COMPONENT_LABEL.into(), "api".into()),
+        (COMPONENT_LABEL.into(), component.label().into()),
     ])
+}
+
+/// The worker pods.
+pub fn worker_selector(stoa: &Stoa) -> String {
+    format!(
+        "app.kubernetes.io/name=stoa,app.kubernetes.io/instance={},{COMPONENT_LABEL}=worker",
+        stoa.name_any()
+    )
+}
+
+/// Every pod of this Stoa (API, workers, migration and credential Jobs); filter with
+/// [`runs_the_service`]. (Equality only: the set-based `component in (api,worker)` is not
+/// understood by the in-memory API server the tests use.)
+pub fn instance_selector(stoa: &Stoa) -> String {
+    format!(
+        "app.kubernetes.io/name=stoa,app.kubernetes.io/instance={}",
+        stoa.name_any()
+    )
+}
+
+/// Whether `pod` runs stoa-api against the database for good, API or worker: what a
+/// contract migration waits out, and what a credential's expiry waits for.
+pub fn runs_the_service(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    matches!(
+        pod.labels().get(COMPONENT_LABEL).map(String::as_str),
+        Some("api" | "worker")
+    )
 }
 
 /// `a=b,c=d`: the selector string for the scale subresource.
@@ -259,9 +309,44 @@ pub fn scaled_deployment(
     image: &str,
     replicas: Replicas,
 ) -> Result<Deployment> {
+    program_deployment(stoa, config, image, replicas, Component::Api)
+}
+
+/// The worker Deployment (`stoa-api worker`), running the same approved `image` as the API
+/// with `replicas` decided by the operator from the queue (`crate::worker_scale`). It
+/// mounts no signing keys (a worker signs nothing) and serves only its admin port.
+pub fn worker_deployment(
+    stoa: &Stoa,
+    config: &ConfigMap,
+    image: &str,
+    replicas: i32,
+) -> Result<Deployment> {
+    program_deployment(
+        stoa,
+        config,
+        image,
+        Replicas::Operator(replicas),
+        Component::Worker,
+    )
+}
+
+/// PostgreSQL connections one worker pod holds: a connection per job running, one for
+/// the schedules and queue reads, one to listen for new jobs.
+pub fn worker_connections(stoa: &Stoa) -> i32 {
+    stoa.spec.worker.concurrency + 3
+}
+
+fn program_deployment(
+    stoa: &Stoa,
+    config: &ConfigMap,
+    image: &str,
+    replicas: Replicas,
+    component: Component,
+) -> Result<Deployment> {
     let spec = &stoa.spec;
     let names = Names::of(stoa);
-    let selector = selector_labels(stoa);
+    let worker = component == Component::Worker;
+    let selector = component_selector_labels(stoa, component);
     let mut pod_labels = labels(stoa);
     pod_labels.extend(spec.pod.labels.clone());
     // User labels never override the selector.
@@ -269,7 +354,10 @@ pub fn scaled_deployment(
     let mut annotations = spec.pod.annotations.clone();
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash(stoa, config));
 
-    let resources = default_resources(stoa);
+    let resources = match (&spec.worker.resources, worker) {
+        (Some(own), true) => json!(own),
+        _ => default_resources(stoa),
+    };
     // With credential rotation the pods mount the operator's connection Secret.
     let database_secret = if rotation_enabled(stoa) {
         (names.credentials.clone(), URL_KEY.to_owned())
@@ -283,9 +371,29 @@ pub fn scaled_deployment(
     // hold the old role; user settings come after and win.
     let mut container_env = vec![json!({"name": env::DB_APPLICATION_NAME,
         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})];
-    container_env.extend(spec.env.iter().map(|e| json!(e)));
+    // A worker's pool and concurrency follow spec.worker (set here, so user env cannot
+    // repeat them: Kubernetes keeps only the last of duplicate names).
+    let worker_env = [
+        (env::WORKER_CONCURRENCY, spec.worker.concurrency.to_string()),
+        (
+            env::DB_MAX_CONNECTIONS,
+            (spec.worker.concurrency + 2).to_string(),
+        ),
+    ];
+    container_env.extend(
+        spec.env
+            .iter()
+            .filter(|e| !worker || worker_env.iter().all(|(name, _)| e.name != *name))
+            .map(|e| json!(e)),
+    );
+    if worker {
+        container_env.extend(
+            worker_env
+                .iter()
+                .map(|(name, value)| json!({"name": name, "value": value})),
+        );
+    }
     let mut volumes = vec![
-        json!({"name": "keys", "secret": {"secretName": names.keys, "defaultMode": 0o440}}),
         json!({"name": "database", "secret": {
             "secretName": database_secret.0,
             "items": [{"key": database_secret.1, "path": "url"}],
@@ -293,10 +401,19 @@ pub fn scaled_deployment(
         json!({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
     ];
     let mut mounts = vec![
-        json!({"name": "keys", "mountPath": KEYS_MOUNT, "readOnly": true}),
         json!({"name": "database", "mountPath": DATABASE_MOUNT, "readOnly": true}),
         json!({"name": "tmp", "mountPath": "/tmp"}),
     ];
+    if !worker {
+        volumes.insert(
+            0,
+            json!({"name": "keys", "secret": {"secretName": names.keys, "defaultMode": 0o440}}),
+        );
+        mounts.insert(
+            0,
+            json!({"name": "keys", "mountPath": KEYS_MOUNT, "readOnly": true}),
+        );
+    }
     if let Some(redis) = &spec.redis {
         volumes.push(json!({"name": "redis", "secret": {
             "secretName": redis.url_secret_ref.name,
@@ -308,6 +425,45 @@ pub fn scaled_deployment(
     let spread = |key: &str| {
         json!({"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
                "labelSelector": {"matchLabels": selector}})
+    };
+
+    let container = if worker {
+        json!({
+            "name": "worker",
+            "image": image,
+            "imagePullPolicy": spec.image_pull_policy,
+            "args": ["worker"],
+            "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+            "envFrom": [{"configMapRef": {"name": names.config}}],
+            "env": container_env,
+            "resources": resources,
+            "volumeMounts": mounts,
+            "securityContext": container_security,
+            "startupProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 2, "failureThreshold": 30},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2}
+        })
+    } else {
+        json!({
+            "name": "api",
+            "image": image,
+            "imagePullPolicy": spec.image_pull_policy,
+            "args": ["serve"],
+            "ports": [
+                {"name": "http", "containerPort": API_PORT, "protocol": "TCP"},
+                {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}
+            ],
+            "envFrom": [{"configMapRef": {"name": names.config}}],
+            "env": container_env,
+            "resources": resources,
+            "volumeMounts": mounts,
+            "securityContext": container_security,
+            "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 30},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},
+            // Keep serving while endpoints and load balancers drop this pod.
+            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}
+        })
     };
 
     let mut deployment_spec = json!({
@@ -329,26 +485,7 @@ pub fn scaled_deployment(
                 "imagePullSecrets": spec.pod.image_pull_secrets,
                 "priorityClassName": spec.pod.priority_class_name,
                 "volumes": volumes,
-                "containers": [{
-                    "name": "api",
-                    "image": image,
-                    "imagePullPolicy": spec.image_pull_policy,
-                    "args": ["serve"],
-                    "ports": [
-                        {"name": "http", "containerPort": API_PORT, "protocol": "TCP"},
-                        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}
-                    ],
-                    "envFrom": [{"configMapRef": {"name": names.config}}],
-                    "env": container_env,
-                    "resources": resources,
-                    "volumeMounts": mounts,
-                    "securityContext": container_security,
-                    "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 30},
-                    "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
-                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},
-                    // Keep serving while endpoints and load balancers drop this pod.
-                    "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}
-                }]
+                "containers": [container]
             }
         }
     });
@@ -362,7 +499,13 @@ pub fn scaled_deployment(
         Replicas::Autoscaler => REPLICAS_OWNER_AUTOSCALER,
     };
     strip_nulls(&mut deployment_spec);
-    let mut metadata = meta(stoa, &names.base)?;
+    let mut metadata = meta(stoa, if worker { &names.worker } else { &names.base })?;
+    if worker {
+        metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(COMPONENT_LABEL.into(), component.label().into());
+    }
     metadata.annotations = Some(BTreeMap::from([(
         REPLICAS_OWNER_ANNOTATION.to_owned(),
         replicas_owner.to_owned(),
