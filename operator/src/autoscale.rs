@@ -16,7 +16,7 @@
 //! - the result is clamped to `[minReplicas, effective maximum]`, where the effective
 //!   maximum is the least of `maxReplicas`, what PostgreSQL's `max_connections` allows at
 //!   this pool size (plus the revocation listener's connection without Redis) after the
-//!   reserve, and what Redis's `maxclients` allows.
+//!   reserve and the minimum of workers' connections, and what Redis's `maxclients` allows.
 
 use std::time::Duration;
 
@@ -67,7 +67,9 @@ impl Policy {
             max_scale_down_rate: f64::from(concurrency.max_scale_down_rate.max(1)),
             min: scaling.min_replicas,
             max: scaling.max_replicas,
-            reserved_connections: u32::try_from(scaling.reserved_connections).unwrap_or(0),
+            // The workers' minimum always runs: its connections are not the API's to take.
+            reserved_connections: u32::try_from(scaling.reserved_connections).unwrap_or(0)
+                + u32::try_from(crate::resources::worker_reserve(stoa)).unwrap_or(0),
             connections_per_pod: u32::try_from(stoa.spec.database.max_connections)
                 .unwrap_or(1)
                 .max(1)
@@ -402,7 +404,8 @@ spec:
   image: stoa-api
   database: {{urlSecretRef: {{name: db}}, maxConnections: 9}}
   {redis}
-  autoscaling: {{mode: Concurrency, reservedConnections: 7}}"
+  autoscaling: {{mode: Concurrency, reservedConnections: 7}}
+  worker: {{enabled: false}}"
             ))
             .unwrap()
         };
@@ -418,6 +421,31 @@ spec:
         let without = Policy::of(&stoa("")).unwrap();
         assert_eq!(without.connections_per_pod, 10);
         assert_eq!(effective_max(&without, &[limits]).0, 9);
+    }
+
+    #[test]
+    fn the_workers_minimum_is_kept_out_of_the_api_bound() {
+        let stoa: Stoa = serde_yaml::from_str(
+            "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {name: api}
+spec:
+  image: stoa-api
+  database: {urlSecretRef: {name: db}, maxConnections: 9}
+  redis: {urlSecretRef: {name: r}}
+  autoscaling: {mode: Concurrency, reservedConnections: 7}
+  worker: {minReplicas: 2, concurrency: 4}",
+        )
+        .unwrap();
+        let limits = ServerLimits {
+            postgres_max_connections: 100,
+            postgres_reserved_connections: 3,
+            redis_max_clients: None,
+        };
+        let policy = Policy::of(&stoa).unwrap();
+        // Two workers of 4 + 3 connections: (100 - 3 - 7 - 14) / 9 = 8 pods.
+        assert_eq!(policy.reserved_connections, 21);
+        assert_eq!(effective_max(&policy, &[limits]).0, 8);
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub fn render(stoa: &Stoa, options: &Options) -> Result<(Vec<Rendered>, Vec<Stri
         (None, MigrationMode::Disabled) => {}
     }
     out.push(entry(resources::service(stoa)?, When::Now)?);
+    if let Some(workers) = resources::worker_metrics_service(stoa)? {
+        out.push(entry(workers, When::Now)?);
+    }
     if let Some(pdb) = resources::pod_disruption_budget(stoa)? {
         out.push(entry(pdb, When::Now)?);
     }
@@ -326,6 +329,7 @@ spec:
                 ("Job", When::Now),
                 ("Deployment", When::AfterMigration),
                 ("Deployment", When::AfterMigration),
+                ("Service", When::Now),
                 ("Service", When::Now),
                 ("PodDisruptionBudget", When::Now),
             ]

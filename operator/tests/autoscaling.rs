@@ -99,9 +99,10 @@ async fn postgres_bounds_the_count_and_a_warning_says_so_once() {
     scaled_stoa.reconcile().await;
     ready_pods(&scaled_stoa, 2).await;
     *scaled_stoa.pods.concurrency.lock().unwrap() = 100.0;
-    // (40 - 3 reserved by the server - 10 kept for migrations) / 8 per pod = 3 pods.
+    // (47 - 3 reserved by the server - 10 kept for migrations - 7 for the one worker)
+    // / 8 per pod = 3 pods.
     *scaled_stoa.pods.limits.lock().unwrap() = Some(ServerLimits {
-        postgres_max_connections: 40,
+        postgres_max_connections: 47,
         postgres_reserved_connections: 3,
         redis_max_clients: None,
     });

@@ -414,6 +414,11 @@ fn render(s: &stoa_operator::crd::Stoa) -> String {
         serde_json::to_value(resources::service(s).unwrap()).unwrap(),
     ];
     docs.extend(
+        resources::worker_metrics_service(s)
+            .unwrap()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    docs.extend(
         resources::pod_disruption_budget(s)
             .unwrap()
             .map(|o| serde_json::to_value(o).unwrap()),

@@ -71,6 +71,7 @@ spec:
         stored::<Deployment>(&client, "api").await,
         stored::<Deployment>(&client, "api-worker").await,
         stored::<Service>(&client, "api").await,
+        stored::<Service>(&client, "api-worker").await,
         stored::<PodDisruptionBudget>(&client, "api").await,
         stored::<Ingress>(&client, "api").await,
         stored::<NetworkPolicy>(&client, "api").await,

@@ -2,7 +2,7 @@
 //! Protocol 3 end to end: the real reconciler rotates the database credential of real
 //! stoa-api pods twice under load. Its `stoa-api credentials` Jobs (real processes, admin
 //! credential) create the roles and set passwords, the connection Secret is projected into
-//! the pods kubelet-style, each pod confirms the new URL's fingerprint, and the previous
+//! the pods kubelet-style, each pod (API and worker) confirms the new URL's fingerprint, and the previous
 //! role's password expires only once none of its sessions remain. No request may fail.
 //! Deleting the Stoa drops the roles. See `harness` for what plays the cluster.
 
@@ -111,11 +111,13 @@ async fn two_credential_rotations_under_load_fail_no_request_and_deletion_drops_
                 rotation(s) == ("Idle".into(), Some(to.clone()))
             })
             .await;
-        // Every pod uses the new role; the old one has no session and no password.
+        // Every pod, API and worker, uses the new role; the old one has no session and no
+        // password.
         let secret: k8s_openapi::api::core::v1::Secret =
             cluster.api().get("api-db-credentials").await.unwrap();
         let published = String::from_utf8(secret.data.unwrap()["url"].0.clone()).unwrap();
-        for pod in cluster.pods() {
+        assert!(!cluster.workers().is_empty());
+        for pod in cluster.pods().iter().chain(cluster.workers()) {
             let state = pod.state().await;
             assert_eq!(state.database.user, *to, "{}", pod.name);
             assert_eq!(
@@ -129,7 +131,12 @@ async fn two_credential_rotations_under_load_fail_no_request_and_deletion_drops_
             "{from} keeps its password"
         );
         assert!(has_password(&pool, to).await);
-        let pods: Vec<String> = cluster.pods().iter().map(|p| p.name.clone()).collect();
+        let pods: Vec<String> = cluster
+            .pods()
+            .iter()
+            .chain(cluster.workers())
+            .map(|p| p.name.clone())
+            .collect();
         for name in sessions_of(&pool, to).await {
             assert!(pods.contains(&name), "sessions are named by pod: {name}");
         }

@@ -280,7 +280,11 @@ impl Prometheus {
 
 /// Scrape configuration as a ServiceMonitor would produce it: job = the Stoa's Service,
 /// namespace and pod as target labels; the operator's per-Stoa labels honoured.
-fn scrape_config(pods: &[(String, String)], operator: &str) -> String {
+fn scrape_config(
+    pods: &[(String, String)],
+    workers: &[(String, String)],
+    operator: &str,
+) -> String {
     let mut config = format!(
         "global: {{scrape_interval: 1s, evaluation_interval: 1s}}
 rule_files: [{rules}]
@@ -293,12 +297,18 @@ scrape_configs:
 ",
         rules = rules_file().display()
     );
-    for (pod, address) in pods {
-        config.push_str(&format!(
-            "      - {{targets: ['{address}'], labels: {{namespace: {ns}, pod: {pod}}}}}\n",
-            ns = harness::NAMESPACE
-        ));
-    }
+    let targets = |config: &mut String, pods: &[(String, String)]| {
+        for (pod, address) in pods {
+            config.push_str(&format!(
+                "      - {{targets: ['{address}'], labels: {{namespace: {ns}, pod: {pod}}}}}\n",
+                ns = harness::NAMESPACE
+            ));
+        }
+    };
+    targets(&mut config, pods);
+    // The workers, through their own headless Service.
+    config.push_str("  - job_name: api-worker\n    static_configs:\n");
+    targets(&mut config, workers);
     config
 }
 
@@ -332,7 +342,17 @@ async fn every_dashboard_query_and_alert_reads_series_a_real_prometheus_scraped(
         .iter()
         .map(|p| (p.name.clone(), format!("{}:{}", p.ip, p.admin_port)))
         .collect();
-    let prometheus = Prometheus::start(&prometheus_binary, &scrape_config(&pods, &operator)).await;
+    let workers: Vec<(String, String)> = cluster
+        .workers()
+        .iter()
+        .map(|p| (p.name.clone(), format!("{}:{}", p.ip, p.admin_port)))
+        .collect();
+    assert!(!workers.is_empty());
+    let prometheus = Prometheus::start(
+        &prometheus_binary,
+        &scrape_config(&pods, &workers, &operator),
+    )
+    .await;
 
     // Signed-in traffic through every pod, plus anonymous reads the cache serves.
     let load = Load::start(cluster.endpoints.clone(), 3, Duration::from_secs(2)).await;

@@ -300,6 +300,14 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         "Service",
     )
     .await?;
+    apply::reconcile_optional(
+        &target.api::<Service>(client),
+        &target.names.worker,
+        resources::worker_metrics_service(stoa)?,
+        &target.uid,
+        "Service",
+    )
+    .await?;
     target
         .reconcile_optional::<PodDisruptionBudget>(
             client,

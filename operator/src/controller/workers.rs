@@ -12,7 +12,7 @@ use stoa_contract::pod::QueueDepth;
 
 use super::{Context, ReadyPods, Target, event, notice};
 use crate::apply;
-use crate::crd::{Stoa, WorkerStatus};
+use crate::crd::{AutoscalingMode, Stoa, WorkerStatus};
 use crate::error::Result;
 use crate::resources::{self, Replicas};
 use crate::worker_scale::{self, WorkerPolicy};
@@ -96,7 +96,8 @@ pub(super) async fn reconcile_workers(
 
 /// Worker pods PostgreSQL's connections leave room for, once an API pod has read the
 /// server's limits: `max_connections` less the superuser reserve, the Stoa's
-/// `reservedConnections` and the API pods' pools.
+/// `reservedConnections` and the API pods' pools at their most (the API's autoscaler keeps
+/// the workers' minimum out of its own bound, so the two never overlap).
 async fn worker_room(stoa: &Stoa, ready: &ReadyPods<'_>) -> Result<Option<i32>> {
     let api = ready.get().await?;
     let Some(limits) = api
@@ -106,9 +107,12 @@ async fn worker_room(stoa: &Stoa, ready: &ReadyPods<'_>) -> Result<Option<i32>> 
     else {
         return Ok(None);
     };
-    let api_pods = match Replicas::of(stoa) {
-        Replicas::Operator(n) => n,
-        Replicas::Autoscaler => stoa.spec.autoscaling.max_replicas,
+    let api_pods = match stoa.spec.autoscaling.mode {
+        AutoscalingMode::Disabled => match Replicas::of(stoa) {
+            Replicas::Operator(n) => n,
+            Replicas::Autoscaler => stoa.spec.autoscaling.max_replicas,
+        },
+        _ => stoa.spec.autoscaling.max_replicas,
     }
     .max(i32::try_from(api.len()).unwrap_or(i32::MAX));
     let per_api_pod = stoa.spec.database.max_connections + i32::from(stoa.spec.redis.is_none());

@@ -120,6 +120,14 @@ pub fn component_selector_labels(stoa: &Stoa, component: Component) -> BTreeMap<
     ])
 }
 
+/// A LabelSelector for the pods (and Services) of both programs, API and worker.
+fn both_programs(stoa: &Stoa) -> Value {
+    json!({
+        "matchLabels": {"app.kubernetes.io/name": "stoa", "app.kubernetes.io/instance": stoa.name_any()},
+        "matchExpressions": [{"key": COMPONENT_LABEL, "operator": "In", "values": ["api", "worker"]}]
+    })
+}
+
 /// The worker pods.
 pub fn worker_selector(stoa: &Stoa) -> String {
     format!(
@@ -334,6 +342,15 @@ pub fn worker_deployment(
 /// the schedules and queue reads, one to listen for new jobs.
 pub fn worker_connections(stoa: &Stoa) -> i32 {
     stoa.spec.worker.concurrency + 3
+}
+
+/// PostgreSQL connections the workers' minimum holds (kept from the API's autoscaler).
+pub fn worker_reserve(stoa: &Stoa) -> i32 {
+    if stoa.spec.worker.enabled {
+        stoa.spec.worker.min_replicas.max(1) * worker_connections(stoa)
+    } else {
+        0
+    }
 }
 
 fn program_deployment(
@@ -771,6 +788,33 @@ pub fn service(stoa: &Stoa) -> Result<Service> {
     })
 }
 
+/// A headless Service over the workers' admin port: what a ServiceMonitor scrapes them
+/// through (they serve no traffic).
+pub fn worker_metrics_service(stoa: &Stoa) -> Result<Option<Service>> {
+    if !stoa.spec.worker.enabled {
+        return Ok(None);
+    }
+    let mut metadata = meta(stoa, &Names::of(stoa).worker)?;
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(COMPONENT_LABEL.into(), Component::Worker.label().into());
+    Ok(Some(Service {
+        metadata,
+        spec: Some(typed(
+            "Service",
+            json!({
+                "clusterIP": "None",
+                "selector": component_selector_labels(stoa, Component::Worker),
+                "ports": [
+                    {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}
+                ]
+            }),
+        )?),
+        status: None,
+    }))
+}
+
 pub fn pod_disruption_budget(stoa: &Stoa) -> Result<Option<PodDisruptionBudget>> {
     let pdb = &stoa.spec.pod_disruption_budget;
     if !pdb.enabled {
@@ -862,7 +906,8 @@ pub fn network_policy(
         spec: Some(typed(
             "NetworkPolicy",
             json!({
-                "podSelector": {"matchLabels": selector_labels(stoa)},
+                // Workers too: they serve only the admin port, open to the same peers.
+                "podSelector": both_programs(stoa),
                 "policyTypes": ["Ingress"],
                 "ingress": [api_rule, {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}], "from": metrics_from}]
             }),
@@ -917,7 +962,8 @@ pub fn service_monitor(stoa: &Stoa) -> Result<Option<DynamicObject>> {
     let mut object = DynamicObject::new(&Names::of(stoa).base, &resource);
     object.metadata = meta(stoa, &Names::of(stoa).base)?;
     object.data = json!({"spec": {
-        "selector": {"matchLabels": selector_labels(stoa)},
+        // The API's Service and the workers' (`worker_metrics_service`).
+        "selector": both_programs(stoa),
         "endpoints": [{"port": "metrics", "path": "/metrics", "interval": stoa.spec.monitoring.interval}]
     }});
     Ok(Some(object))

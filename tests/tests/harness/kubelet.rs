@@ -248,15 +248,17 @@ pub struct PodProcess {
 }
 
 impl PodProcess {
+    /// `network`: the third octet of the pod's loopback address (API pods and workers
+    /// each have their own, so their names and addresses never collide).
     pub async fn start(
         client: &Client,
         cluster_root: &Path,
         name: &str,
-        ordinal: u8,
+        (network, ordinal): (u8, u8),
         template: &PodTemplateSpec,
         hash: &str,
     ) -> PodProcess {
-        let ip = format!("127.0.0.{}", ordinal + 1);
+        let ip = format!("127.0.{network}.{}", ordinal + 1);
         let root = cluster_root.join(name);
         let container = template.spec.as_ref().unwrap().containers[0].clone();
         let mounts = secret_mounts(template, &container, &root);
@@ -283,7 +285,7 @@ impl PodProcess {
             projection: Projection::start(client.clone(), mounts, propagation_delay(ordinal)),
             child,
         };
-        pod.wait_ready().await;
+        pod.wait_ready(container.name == "worker").await;
         let labels = template
             .metadata
             .as_ref()
@@ -317,13 +319,16 @@ impl PodProcess {
         format!("http://{}:{}", self.ip, self.admin_port)
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&self, worker: bool) {
         let client = reqwest::Client::new();
+        // A worker serves only its admin port.
+        let url = if worker {
+            self.admin_url()
+        } else {
+            self.base_url()
+        };
         for _ in 0..200 {
-            if let Ok(res) = client
-                .get(format!("{}/readyz", self.base_url()))
-                .send()
-                .await
+            if let Ok(res) = client.get(format!("{url}/readyz")).send().await
                 && res.status().is_success()
             {
                 return;

@@ -47,6 +47,9 @@ pub struct Cluster {
     root: tempfile::TempDir,
     pods: Vec<kubelet::PodProcess>,
     started: u8,
+    /// The worker Deployment's pods (`stoa-api worker` processes).
+    workers: Vec<kubelet::PodProcess>,
+    started_workers: u8,
 }
 
 impl Cluster {
@@ -84,6 +87,8 @@ impl Cluster {
             root: tempfile::tempdir().unwrap(),
             pods: Vec::new(),
             started: 0,
+            workers: Vec::new(),
+            started_workers: 0,
         }
     }
 
@@ -126,6 +131,15 @@ impl Cluster {
                 kubelet::run_job(&self.client, self.root.path(), &job).await;
             }
         }
+        let workers = self.worker_name();
+        match self.api::<Deployment>().get_opt(&workers).await.unwrap() {
+            Some(deployment) => self.roll(&deployment, true).await,
+            None => {
+                for pod in self.workers.drain(..) {
+                    pod.stop(&self.client).await;
+                }
+            }
+        }
         let Some(deployment) = self.api::<Deployment>().get_opt(&self.name).await.unwrap() else {
             // Deleted: its pods go.
             for pod in self.pods.drain(..) {
@@ -134,7 +148,11 @@ impl Cluster {
             }
             return;
         };
-        self.roll(&deployment).await;
+        self.roll(&deployment, false).await;
+    }
+
+    fn worker_name(&self) -> String {
+        format!("{}-worker", self.name)
     }
 
     /// One beat of the cluster: a reconcile, then the cluster acts on it.
@@ -161,15 +179,22 @@ impl Cluster {
         }) {
             return false;
         }
-        match self.api::<Deployment>().get_opt(&self.name).await.unwrap() {
-            None => true,
-            Some(deployment) => {
-                let spec = deployment.spec.unwrap();
-                let hash = kubelet::template_hash(&spec.template);
-                self.pods.len() == usize::try_from(spec.replicas.unwrap_or(1)).unwrap()
-                    && self.pods.iter().all(|p| p.template_hash == hash)
+        for (name, pods) in [
+            (self.name.clone(), &self.pods),
+            (self.worker_name(), &self.workers),
+        ] {
+            let Some(deployment) = self.api::<Deployment>().get_opt(&name).await.unwrap() else {
+                continue;
+            };
+            let spec = deployment.spec.unwrap();
+            let hash = kubelet::template_hash(&spec.template);
+            if pods.len() != usize::try_from(spec.replicas.unwrap_or(1)).unwrap()
+                || pods.iter().any(|p| p.template_hash != hash)
+            {
+                return false;
             }
         }
+        true
     }
 
     /// Reconciles and syncs until `done` holds for the Stoa and the cluster has converged
@@ -197,41 +222,54 @@ impl Cluster {
     }
 
     /// The Deployment controller: one new pod at a time (maxSurge 1, maxUnavailable 0, as
-    /// the operator's Deployment asks), then one old pod leaves; finally the status.
-    async fn roll(&mut self, deployment: &Deployment) {
+    /// the operator's Deployment asks), then one old pod leaves; finally the status. The
+    /// API's pods join the endpoints; workers serve no traffic.
+    async fn roll(&mut self, deployment: &Deployment, workers: bool) {
         let spec = deployment.spec.clone().unwrap();
         let template = spec.template;
         let hash = kubelet::template_hash(&template);
         let desired = usize::try_from(spec.replicas.unwrap_or(1)).unwrap();
+        let name = deployment.name_any();
+        let (pods, started, network) = if workers {
+            (&mut self.workers, &mut self.started_workers, 1)
+        } else {
+            (&mut self.pods, &mut self.started, 0)
+        };
+        let endpoints = (!workers).then_some(&self.endpoints);
         loop {
-            let current = self.pods.iter().filter(|p| p.template_hash == hash).count();
-            let old = self.pods.iter().position(|p| p.template_hash != hash);
-            if current < desired {
-                self.started += 1;
+            let current = pods.iter().filter(|p| p.template_hash == hash).count();
+            let old = pods.iter().position(|p| p.template_hash != hash);
+            let leaving = if current < desired {
+                *started += 1;
                 let pod = kubelet::PodProcess::start(
                     &self.client,
                     self.root.path(),
-                    &format!("{}-{}", self.name, self.started),
-                    self.started,
+                    &format!("{name}-{started}"),
+                    (network, *started),
                     &template,
                     &hash,
                 )
                 .await;
-                self.endpoints.add(&pod.base_url());
-                self.pods.push(pod);
+                if let Some(endpoints) = endpoints {
+                    endpoints.add(&pod.base_url());
+                }
+                pods.push(pod);
+                None
             } else if let Some(index) = old {
-                let pod = self.pods.remove(index);
-                self.endpoints.remove(&pod.base_url());
-                pod.stop(&self.client).await;
+                Some(pods.remove(index))
             } else if current > desired {
-                let pod = self.pods.pop().unwrap();
-                self.endpoints.remove(&pod.base_url());
-                pod.stop(&self.client).await;
+                pods.pop()
             } else {
                 break;
+            };
+            if let Some(pod) = leaving {
+                if let Some(endpoints) = endpoints {
+                    endpoints.remove(&pod.base_url());
+                }
+                pod.stop(&self.client).await;
             }
         }
-        let count = i32::try_from(self.pods.len()).unwrap();
+        let count = i32::try_from(pods.len()).unwrap();
         let mut status = deployment.clone();
         status.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
             observed_generation: deployment.metadata.generation.or(Some(1)),
@@ -242,13 +280,17 @@ impl Cluster {
             ..Default::default()
         });
         self.api::<Deployment>()
-            .replace_status(&self.name, &PostParams::default(), &status)
+            .replace_status(&name, &PostParams::default(), &status)
             .await
             .unwrap();
     }
 
     pub fn pods(&self) -> &[kubelet::PodProcess] {
         &self.pods
+    }
+
+    pub fn workers(&self) -> &[kubelet::PodProcess] {
+        &self.workers
     }
 
     /// Stops `pod`'s kubelet from projecting Secret changes (as if its node lost touch).
@@ -295,6 +337,9 @@ impl Cluster {
     pub async fn shutdown(mut self) {
         for pod in self.pods.drain(..) {
             self.endpoints.remove(&pod.base_url());
+            pod.stop(&self.client).await;
+        }
+        for pod in self.workers.drain(..) {
             pod.stop(&self.client).await;
         }
     }
