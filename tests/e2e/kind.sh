@@ -196,6 +196,9 @@ done
 equals "$(kubectl -n "$NS" get job "$job" -o jsonpath='{.status.succeeded}')" 1 || fail "approved without a successful Job"
 kubectl -n "$NS" rollout status deployment/demo --timeout=300s
 equals "$(deployed_image)" "$NEXT_IMAGE" || fail "the Deployment runs $(deployed_image), not $NEXT_IMAGE (was $old_image)"
+kubectl -n "$NS" rollout status deployment/demo-worker --timeout=300s
+worker_image=$(kubectl -n "$NS" get deployment demo-worker -o jsonpath='{.spec.template.spec.containers[0].image}')
+equals "$worker_image" "$NEXT_IMAGE" || fail "the workers run $worker_image, not $NEXT_IMAGE"
 sleep 10
 load_stop rollout
 

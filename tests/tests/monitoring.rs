@@ -376,7 +376,7 @@ async fn every_dashboard_query_and_alert_reads_series_a_real_prometheus_scraped(
         prometheus
             .query("up == 1")
             .await
-            .is_ok_and(|up| up.len() == pods.len() + 1)
+            .is_ok_and(|up| up.len() == pods.len() + workers.len() + 1)
     })
     .await;
 
