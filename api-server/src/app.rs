@@ -260,36 +260,7 @@ fn admin_router(state: AppState) -> Router {
 async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::response::Response {
-    metrics_response(&state.metrics, &state.db())
-}
-
-/// The metrics in OpenMetrics text, with the pool's gauges and the dropped log lines
-/// brought up to date (the API's and the worker's admin ports).
-pub fn metrics_response(metrics: &Metrics, pool: &PgPool) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    metrics.db_pool_size.set(i64::from(pool.size()));
-    metrics
-        .db_pool_idle
-        .set(i64::try_from(pool.num_idle()).unwrap_or(i64::MAX));
-    metrics
-        .db_pool_max
-        .set(i64::from(pool.options().get_max_connections()));
-    let dropped = crate::telemetry::dropped_lines();
-    let counted = metrics.log_lines_dropped.get();
-    if dropped > counted {
-        metrics.log_lines_dropped.inc_by(dropped - counted);
-    }
-    match metrics.encode() {
-        Ok(body) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    crate::admin_port::metrics_response(&state.metrics, &state.db())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,5 +1,6 @@
 //! `stoa-api`: the RealWorld API over PostgreSQL with a production surface.
 
+pub mod admin_port;
 pub mod app;
 pub mod auth;
 pub mod cache;

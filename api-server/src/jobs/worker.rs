@@ -418,7 +418,7 @@ fn admin_router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(state): State<AdminState>) -> axum::response::Response {
-    crate::app::metrics_response(&state.metrics, &state.database.pool())
+    crate::admin_port::metrics_response(&state.metrics, &state.database.pool())
 }
 
 /// Ready when the database answers: a worker needs nothing else.
