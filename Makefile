@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export DATABASE_URL
 
-.PHONY: run test lint fmt services bench crds validate fuzz monitoring images e2e
+.PHONY: run test lint fmt services bench bench-worker crds validate fuzz monitoring images e2e
 
 services:
 	@scripts/ensure-services.sh
@@ -44,6 +44,10 @@ fuzz: services
 ## Load harness against a release build on a scratch database (see README, "Benchmarks").
 bench: services
 	scripts/bench.sh
+
+## Worker throughput: 5000 account exports drained by one worker (scripts/bench-worker.sh)
+bench-worker: services
+	scripts/bench-worker.sh
 
 ## Regenerate the CRD YAML (crds/, the kustomize base, and the Helm chart's CRD template)
 ## from the Rust types.
