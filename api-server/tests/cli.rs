@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-//! The `stoa-api` command line: check-config, migrate, keys generate.
+//! The `stoa-api` command line: check-config, migrate, keys generate, admin, jobs.
 mod common;
 
 use std::process::Command;
@@ -501,4 +501,63 @@ async fn the_first_admin_is_made_on_the_command_line_and_never_through_the_api(p
     let unknown = admin(&["grant", "nobody"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no user named \"nobody\""));
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn dead_jobs_are_listed_and_retried_from_the_command_line(pool: PgPool) {
+    let url = url_of(&pool);
+    let jobs = |args: &[&str]| {
+        stoa_api()
+            .arg("jobs")
+            .args(args)
+            .env("STOA_DATABASE_URL", &url)
+            .env("STOA_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let dead: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, state, attempts, max_attempts, last_error, finished_at)
+         VALUES ('export_account', 'dead', 5, 5, 'database: connection refused', now())
+         RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO jobs (kind) VALUES ('purge_expired')")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let listed = jobs(&["list", "--dead"]);
+    let out = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.status.success(), "{out}");
+    assert!(
+        out.contains("# export_account: 0 queued, 0 delayed, 0 running, 1 dead"),
+        "{out}"
+    );
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "only the dead job: {out}");
+    assert_eq!(rows[0]["id"], dead);
+    assert_eq!(rows[0]["lastError"], "database: connection refused");
+
+    let retried = jobs(&["retry", &dead.to_string()]);
+    assert!(retried.status.success());
+    let (state, attempts): (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM jobs WHERE id = $1")
+            .bind(dead)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempts), ("queued", 0));
+    let again = jobs(&["retry", &dead.to_string()]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8(again.stderr)
+            .unwrap()
+            .contains("is not dead")
+    );
 }
