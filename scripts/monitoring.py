@@ -34,6 +34,9 @@ NOT_PROBES = 'route!~"/healthz|/readyz"'
 OPERATOR = 'namespace="$namespace",stoa="$job"'
 SERVER_ERRORS = API + ',status=~"5.."'
 CACHE_HITS = API + ',outcome="hit"'
+# The workers, scraped through their own Service `<stoa>-worker`. Every worker reads the
+# whole queue, so queue gauges are combined with max, never sum.
+WORKERS = 'namespace="$namespace",job="$job-worker"'
 
 
 def rate(metric: str, selector: str = API, by: str = "", window: str = "$__rate_interval") -> str:
@@ -104,6 +107,21 @@ ROWS = [
           ("required", f"max (stoa_schema_required_version{{{API}}})")]),
         ("Security events", "reqps", "Failed logins, rejected current passwords, invalid and reused refresh tokens.",
          [("{{event}}", rate("stoa_security_events_total", by="event"))]),
+    ]),
+    ("Jobs", [
+        ("Jobs by state", "short",
+         "The queue by kind: queued (due, waiting for a worker), delayed (waiting for a retry), running, dead (failed on every attempt; see StoaJobsDead).",
+         [("{{kind}} {{state}}", f"max by (kind, state) (stoa_jobs{{{WORKERS}}})")]),
+        ("Oldest due job", "s", "How long the oldest due job has waited for a worker, by kind (see StoaJobBacklog).",
+         [("{{kind}}", f"max by (kind) (stoa_jobs_oldest_due_age_seconds{{{WORKERS}}})")]),
+        ("Job attempts by outcome", "ops", "Attempts finished per second: done, retried, dead, lost (lease ran out).",
+         [("{{kind}} {{outcome}}", rate("stoa_job_attempts_total", WORKERS, "kind, outcome"))]),
+        ("Job duration p90", "s", "90th percentile of one attempt's time, by kind.",
+         [("{{kind}}",
+           f"histogram_quantile(0.9, sum by (le, kind) (rate(stoa_job_duration_seconds_bucket{{{WORKERS}}}[$__rate_interval])))")]),
+        ("Workers and jobs running", "short", "Worker pods reporting, and the jobs they run now.",
+         [("workers", f"count (stoa_jobs_running_here{{{WORKERS}}})"),
+          ("running", f"sum (stoa_jobs_running_here{{{WORKERS}}})")]),
     ]),
     ("Replicas and operator", [
         ("Replicas and autoscaler", "short",
