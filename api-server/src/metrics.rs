@@ -90,7 +90,8 @@ pub struct JobKindLabels {
 pub struct JobOutcomeLabels {
     pub kind: &'static str,
     /// `done`, `retried` (failed, queued again), `dead` (failed for the last time), `lost`
-    /// (the lease ran out and another worker took the job).
+    /// (the lease ran out and another worker took the job), `superseded` (failed while a
+    /// newer job with its key was queued, which does the work instead).
     pub outcome: &'static str,
 }
 
@@ -124,7 +125,7 @@ impl JobMetrics {
         let attempts = Family::<JobOutcomeLabels, Counter>::default();
         registry.register(
             "job_attempts",
-            "Job attempts this worker finished, by kind and outcome (done, retried, dead, lost)",
+            "Job attempts this worker finished, by kind and outcome (done, retried, dead, lost, superseded)",
             attempts.clone(),
         );
         let duration = Family::<JobKindLabels, Histogram>::new_with_constructor(

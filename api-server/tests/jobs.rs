@@ -485,3 +485,48 @@ async fn the_recount_repairs_drifted_counters_and_leaves_right_ones(pool: PgPool
         2
     );
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_failed_job_whose_key_was_queued_again_leaves_the_work_to_the_newer_one(pool: PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    let first = queue::enqueue(&mut conn, Kind::RecountCounters, &json!({}), Some("k"), 5)
+        .await
+        .unwrap()
+        .unwrap();
+    let Claim::Job(job) = queue::claim(&pool, "w", Duration::from_secs(60), &KNOWN)
+        .await
+        .unwrap()
+    else {
+        panic!("nothing claimed");
+    };
+    assert_eq!(job.id, first);
+    // While it runs, the same work is asked for again: a new job queues.
+    let second = queue::enqueue(&mut conn, Kind::RecountCounters, &json!({}), Some("k"), 5)
+        .await
+        .unwrap()
+        .unwrap();
+    // The running one fails: requeueing it would make two queued jobs for one key.
+    let state = queue::fail(&pool, &job, "w", "boom", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(state.as_deref(), Some("done"));
+    let rows: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT id, state, last_error FROM jobs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows[0].1, "done");
+    assert!(rows[0].2.as_deref().unwrap().starts_with("superseded"));
+    assert_eq!((rows[1].0, rows[1].1.as_str()), (second, "queued"));
+    // Without a newer job, a failure queues the job again.
+    let Claim::Job(job) = queue::claim(&pool, "w", Duration::from_secs(60), &KNOWN)
+        .await
+        .unwrap()
+    else {
+        panic!("nothing claimed");
+    };
+    let state = queue::fail(&pool, &job, "w", "boom", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(state.as_deref(), Some("queued"));
+}

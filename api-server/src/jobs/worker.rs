@@ -201,6 +201,15 @@ impl Worker {
                     "job failed for the last time: dead (stoa-api jobs list --dead)"
                 );
             }
+            Ok(Some(state)) if state == "done" => {
+                self.count(&job.kind, "superseded");
+                tracing::info!(
+                    job = job.id,
+                    kind,
+                    error,
+                    "job failed; a newer job with its key is queued and will do the work"
+                );
+            }
             Ok(Some(_)) => {
                 self.count(&job.kind, "retried");
                 tracing::warn!(
