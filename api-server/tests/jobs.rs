@@ -530,3 +530,33 @@ async fn a_failed_job_whose_key_was_queued_again_leaves_the_work_to_the_newer_on
         .unwrap();
     assert_eq!(state.as_deref(), Some("queued"));
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_running_job_is_its_workers_past_the_lease_until_its_transaction_ends(pool: PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    queue::enqueue(&mut conn, Kind::RecountCounters, &json!({}), None, 5)
+        .await
+        .unwrap();
+    drop(conn);
+    let lease = Duration::from_millis(200);
+    let Claim::Job(job) = queue::claim(&pool, "a", lease, &KNOWN).await.unwrap() else {
+        panic!("nothing claimed");
+    };
+    let mut running = pool.begin().await.unwrap();
+    assert!(queue::hold(&mut running, &job, "a").await.unwrap());
+    tokio::time::sleep(lease * 2).await;
+    // A long job outlives its lease: the row lock keeps everyone else off it.
+    assert!(matches!(
+        queue::claim(&pool, "b", lease, &KNOWN).await.unwrap(),
+        Claim::Empty
+    ));
+    // Its worker dies (the transaction ends without the job done): the next claim takes it.
+    running.rollback().await.unwrap();
+    let Claim::Job(again) = queue::claim(&pool, "b", lease, &KNOWN).await.unwrap() else {
+        panic!("the abandoned job was not taken again");
+    };
+    assert_eq!((again.id, again.attempt), (job.id, 2));
+    // The first worker, back from the dead, finds the job is no longer its own.
+    let mut late = pool.begin().await.unwrap();
+    assert!(!queue::hold(&mut late, &job, "a").await.unwrap());
+}
