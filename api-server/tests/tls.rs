@@ -48,6 +48,33 @@ async fn postgres_is_reached_over_verified_tls(/* its own server */) {
         String::from_utf8_lossy(&migrate.stderr)
     );
 
+    // On Kubernetes the CA is a mounted file named by PGSSLROOTCERT (`database.caSecretRef`)
+    // and the URL only asks for verification: the same, without the CA the URL is refused.
+    let bare = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=verify-full",
+        server.port
+    );
+    let migrate_with = |root: Option<&std::path::Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stoa-api"));
+        command
+            .arg("migrate")
+            .env("STOA_DATABASE_URL", &bare)
+            .env("STOA_DB_ACQUIRE_TIMEOUT", "5s")
+            .env("STOA_LOG", "warn")
+            .env_remove("PGSSLROOTCERT");
+        if let Some(root) = root {
+            command.env("PGSSLROOTCERT", root);
+        }
+        command.output().unwrap()
+    };
+    let mounted = migrate_with(Some(&ca.ca));
+    assert!(
+        mounted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mounted.stderr)
+    );
+    assert!(!migrate_with(None).status.success());
+
     // The server's pool over TLS: the session says so, and the API works on it.
     let options: PgConnectOptions = verified.parse().unwrap();
     let pool = PgPoolOptions::new().connect_with(options).await.unwrap();

@@ -132,6 +132,7 @@ impl Default for StoaSpec {
                     key: default_url_key(),
                 },
                 admin_secret_ref: None,
+                ca_secret_ref: None,
                 max_connections: default_pool(),
                 credential_rotation: CredentialRotationSpec::default(),
             },
@@ -183,6 +184,11 @@ pub struct DatabaseSpec {
     /// needs no DDL rights; it is mounted into migration Jobs only, never into API pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_secret_ref: Option<SecretKeyRef>,
+    /// The CA that signed PostgreSQL's certificate (a Secret key holding PEM), for TLS to a
+    /// private CA: mounted into every pod and Job that connects, and named by
+    /// `PGSSLROOTCERT`, so a URL with `sslmode=verify-full` verifies against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
     /// Connections per pod.
     #[serde(default = "default_pool")]
     #[schemars(range(min = 1, max = 500))]
@@ -270,8 +276,12 @@ fn default_migration_deadline() -> i64 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
-    /// Secret key holding the Redis URL.
+    /// Secret key holding the Redis URL (`rediss://user:password@host:port` for TLS).
     pub url_secret_ref: SecretKeyRef,
+    /// The CA that signed Redis's certificate (a Secret key holding PEM), for `rediss://`
+    /// to a private CA: mounted into the pods and named by `STOA_REDIS_CA_FILE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

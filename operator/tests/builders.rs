@@ -532,3 +532,111 @@ fn the_checked_in_crds_are_current() {
         "Helm never upgrades crds/: the chart ships the CRD as a template"
     );
 }
+
+#[test]
+fn private_cas_are_mounted_where_the_clients_look_for_them() {
+    let s = with_spec(stoa("api"), |spec| {
+        spec.database.ca_secret_ref =
+            Some(serde_json::from_value(json!({"name": "db-ca", "key": "ca.pem"})).unwrap());
+        spec.redis = Some(
+            serde_json::from_value(json!({
+                "urlSecretRef": {"name": "api-redis"},
+                "caSecretRef": {"name": "redis-ca", "key": "ca.pem"}
+            }))
+            .unwrap(),
+        );
+    });
+    let cm = resources::config_map(&s).unwrap();
+    let job = resources::migration_job(
+        &s,
+        &stoa_operator::resources::JobRequest {
+            name: "api-migrate-0123abcd".into(),
+            step: stoa_operator::resources::Step::Expand,
+            image: s.spec.image.clone(),
+            allow_newer_contract: false,
+            attempt: 1,
+            key: "expand-0123abcd".into(),
+        },
+    )
+    .unwrap();
+    let pod_of =
+        |template: &k8s_openapi::api::core::v1::PodTemplateSpec| template.spec.clone().unwrap();
+    let api = pod_of(
+        &resources::deployment(&s, &cm, "img")
+            .unwrap()
+            .spec
+            .unwrap()
+            .template,
+    );
+    let worker = pod_of(
+        &resources::worker_deployment(&s, &cm, "img", 1)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template,
+    );
+    let migration = pod_of(&job.spec.unwrap().template);
+    let env_of = |pod: &k8s_openapi::api::core::v1::PodSpec, name: &str| {
+        pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    let secret_of = |pod: &k8s_openapi::api::core::v1::PodSpec, volume: &str| {
+        pod.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == volume)
+            .map(|v| {
+                let secret = v.secret.clone().unwrap();
+                let item = &secret.items.unwrap()[0];
+                (
+                    secret.secret_name.unwrap(),
+                    item.key.clone(),
+                    item.path.clone(),
+                )
+            })
+    };
+    for pod in [&api, &worker, &migration] {
+        assert_eq!(
+            env_of(pod, "PGSSLROOTCERT").as_deref(),
+            Some("/var/run/stoa/database-ca/ca.crt")
+        );
+        assert_eq!(
+            secret_of(pod, "database-ca"),
+            Some(("db-ca".into(), "ca.pem".into(), "ca.crt".into()))
+        );
+        assert!(
+            pod.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/var/run/stoa/database-ca" && m.read_only == Some(true))
+        );
+    }
+    for pod in [&api, &worker] {
+        assert_eq!(
+            env_of(pod, "STOA_REDIS_CA_FILE").as_deref(),
+            Some("/var/run/stoa/redis-ca/ca.crt")
+        );
+        assert_eq!(
+            secret_of(pod, "redis-ca").map(|s| s.0),
+            Some("redis-ca".into())
+        );
+    }
+    // A migration talks to PostgreSQL only.
+    assert_eq!(env_of(&migration, "STOA_REDIS_CA_FILE"), None);
+    // Without a CA, nothing is mounted.
+    let plain = stoa("api");
+    let cm = resources::config_map(&plain).unwrap();
+    let pod = pod_of(
+        &resources::deployment(&plain, &cm, "img")
+            .unwrap()
+            .spec
+            .unwrap()
+            .template,
+    );
+    assert_eq!(env_of(&pod, "PGSSLROOTCERT"), None);
+}

@@ -18,6 +18,11 @@ pub const REFRESH_TOKEN_TTL: &str = "STOA_REFRESH_TOKEN_TTL";
 pub const SHUTDOWN_DELAY: &str = "STOA_SHUTDOWN_DELAY";
 pub const SHUTDOWN_TIMEOUT: &str = "STOA_SHUTDOWN_TIMEOUT";
 pub const TRUSTED_PROXY_HOPS: &str = "STOA_TRUSTED_PROXY_HOPS";
+/// libpq's (and sqlx's) default CA file for `sslmode=verify-ca|verify-full` when the URL
+/// names no `sslrootcert`: the operator points it at the mounted `database.caSecretRef`.
+pub const PG_SSL_ROOT_CERT: &str = "PGSSLROOTCERT";
+/// The CA of Redis's certificate (`rediss://`); the operator points it at `redis.caSecretRef`.
+pub const REDIS_CA_FILE: &str = "STOA_REDIS_CA_FILE";
 /// Jobs one worker runs at once; the operator sets it from `spec.worker.concurrency`.
 pub const WORKER_CONCURRENCY: &str = "STOA_WORKER_CONCURRENCY";
 

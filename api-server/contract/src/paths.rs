@@ -7,6 +7,11 @@ pub const DATABASE_MOUNT: &str = "/var/run/stoa/database";
 /// The migration credential (admin URL when given), mounted only into migration Jobs.
 pub const MIGRATION_DATABASE_MOUNT: &str = "/var/run/stoa/migration-database";
 pub const REDIS_MOUNT: &str = "/var/run/stoa/redis";
+/// The CA certificates of PostgreSQL's and Redis's server certificates (TLS to a private
+/// CA), each mounted as `<mount>/<CA_FILE>`.
+pub const DATABASE_CA_MOUNT: &str = "/var/run/stoa/database-ca";
+pub const REDIS_CA_MOUNT: &str = "/var/run/stoa/redis-ca";
+pub const CA_FILE: &str = "ca.crt";
 /// The file name each mounted URL Secret key is projected to.
 pub const URL_FILE: &str = "url";
 /// Where Kubernetes reads a container's termination message (the default

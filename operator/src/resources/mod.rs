@@ -28,7 +28,9 @@ pub use credentials::*;
 
 pub const API_PORT: i32 = 8080;
 pub const METRICS_PORT: i32 = 9090;
-pub use stoa_contract::paths::{DATABASE_MOUNT, KEYS_MOUNT, REDIS_MOUNT};
+pub use stoa_contract::paths::{
+    CA_FILE, DATABASE_CA_MOUNT, DATABASE_MOUNT, KEYS_MOUNT, REDIS_CA_MOUNT, REDIS_MOUNT,
+};
 pub const CONFIG_HASH_ANNOTATION: &str = "stoa.dev/config-hash";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// Groups the attempts of one (step, image, approval): `<step>-<hash>`.
@@ -338,6 +340,54 @@ pub fn worker_deployment(
     )
 }
 
+/// A CA certificate Secret key, mounted read-only as `<mount>/ca.crt` and named by `env`.
+struct CaMount<'a> {
+    volume: &'static str,
+    secret: &'a crate::crd::SecretKeyRef,
+    mount: &'static str,
+    env: &'static str,
+}
+
+impl CaMount<'_> {
+    fn database(stoa: &Stoa) -> Option<CaMount<'_>> {
+        stoa.spec
+            .database
+            .ca_secret_ref
+            .as_ref()
+            .map(|secret| CaMount {
+                volume: "database-ca",
+                secret,
+                mount: DATABASE_CA_MOUNT,
+                env: env::PG_SSL_ROOT_CERT,
+            })
+    }
+
+    fn redis(stoa: &Stoa) -> Option<CaMount<'_>> {
+        let secret = stoa.spec.redis.as_ref()?.ca_secret_ref.as_ref()?;
+        Some(CaMount {
+            volume: "redis-ca",
+            secret,
+            mount: REDIS_CA_MOUNT,
+            env: env::REDIS_CA_FILE,
+        })
+    }
+
+    /// Adds the volume, its mount and the variable that names the file.
+    fn add_to(
+        &self,
+        volumes: &mut Vec<Value>,
+        mounts: &mut Vec<Value>,
+        container_env: &mut Vec<Value>,
+    ) {
+        volumes.push(json!({"name": self.volume, "secret": {
+            "secretName": self.secret.name,
+            "items": [{"key": self.secret.key, "path": CA_FILE}],
+            "defaultMode": 0o444}}));
+        mounts.push(json!({"name": self.volume, "mountPath": self.mount, "readOnly": true}));
+        container_env.push(json!({"name": self.env, "value": format!("{}/{CA_FILE}", self.mount)}));
+    }
+}
+
 /// PostgreSQL connections one worker pod holds: a connection per job running, one for
 /// the schedules and queue reads, one to listen for new jobs.
 pub fn worker_connections(stoa: &Stoa) -> i32 {
@@ -438,6 +488,15 @@ fn program_deployment(
             "defaultMode": 0o440}}));
         mounts.push(json!({"name": "redis", "mountPath": REDIS_MOUNT, "readOnly": true}));
     }
+    // Before the user's settings (index 0 is the session name), which win over them.
+    let mut ca_env = Vec::new();
+    for ca in [CaMount::database(stoa), CaMount::redis(stoa)]
+        .into_iter()
+        .flatten()
+    {
+        ca.add_to(&mut volumes, &mut mounts, &mut ca_env);
+    }
+    container_env.splice(1..1, ca_env);
     let container_security = container_security();
     let spread = |key: &str| {
         json!({"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
@@ -710,8 +769,12 @@ struct OneShot<'a> {
 
 /// A Job that runs one stoa-api command to completion, with the pod settings of the Stoa,
 /// its report as the termination message, kept a day for its logs.
-fn one_shot_job(stoa: &Stoa, metadata: ObjectMeta, job: OneShot<'_>) -> Result<Job> {
+fn one_shot_job(stoa: &Stoa, metadata: ObjectMeta, mut job: OneShot<'_>) -> Result<Job> {
     let spec = &stoa.spec;
+    // Every one-shot Job connects to PostgreSQL.
+    if let Some(ca) = CaMount::database(stoa) {
+        ca.add_to(&mut job.volumes, &mut job.mounts, &mut job.env);
+    }
     let mut job_spec = json!({
         "backoffLimit": 2,
         "activeDeadlineSeconds": job.deadline_seconds,
