@@ -30,8 +30,8 @@ use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
 use crate::http::session_cookie::Delivery;
 use crate::http::sessions::{
-    SessionRow, deliver, limit_credentials, security_event, session_response, start_session,
-    verify_current_password,
+    Credentials, SessionRow, credentials_of, deliver, limit_credentials, security_event,
+    session_response, start_session, verify_current_password,
 };
 use crate::http::types::{Timestamp, UserResponse};
 use crate::metrics::{Bucket, SecurityEvent};
@@ -179,7 +179,11 @@ async fn enroll_totp(
     auth: AuthUser,
     ApiJson(body): ApiJson<PasswordConfirmation>,
 ) -> ApiResult<axum::Json<TotpEnrolmentResponse>> {
-    let (email, username, hash) = account(&state, auth.id).await?;
+    let Credentials {
+        email,
+        username,
+        password_hash: hash,
+    } = credentials_of(&state, auth.id).await?;
     verify_current_password(
         &state,
         &email,
@@ -268,7 +272,11 @@ async fn disable_totp(
     auth: AuthUser,
     ApiJson(body): ApiJson<DisableRequest>,
 ) -> ApiResult<StatusCode> {
-    let (email, _, hash) = account(&state, auth.id).await?;
+    let Credentials {
+        email,
+        password_hash: hash,
+        ..
+    } = credentials_of(&state, auth.id).await?;
     verify_current_password(
         &state,
         &email,
@@ -339,15 +347,6 @@ async fn complete_login(
         Some(session.refresh.token),
     )?;
     Ok(deliver(&state, delivery, StatusCode::OK, response))
-}
-
-/// The caller's email, username and password hash.
-async fn account(state: &AppState, user_id: Uuid) -> ApiResult<(String, String, String)> {
-    sqlx::query_as("SELECT email, username, password_hash FROM users WHERE id = $1")
-        .bind(user_id)
-        .fetch_optional(&**state.db())
-        .await?
-        .ok_or(ApiError::Unauthorized("belongs to no user"))
 }
 
 /// Checks `code` as the account's second factor: a TOTP code for a step later than the

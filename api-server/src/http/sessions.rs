@@ -132,6 +132,29 @@ pub async fn start_session(state: &AppState, user_id: Uuid) -> ApiResult<NewSess
     Ok(session)
 }
 
+/// What a password check needs of the signed-in account.
+pub struct Credentials {
+    pub email: String,
+    pub username: String,
+    pub password_hash: String,
+}
+
+/// The signed-in account's email, username and password hash (401 when the account is
+/// gone: its token outlived it).
+pub async fn credentials_of(state: &AppState, user_id: uuid::Uuid) -> ApiResult<Credentials> {
+    let (email, username, password_hash): (String, String, String) =
+        sqlx::query_as("SELECT email, username, password_hash FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&**state.db())
+            .await?
+            .ok_or(ApiError::Unauthorized("belongs to no user"))?;
+    Ok(Credentials {
+        email,
+        username,
+        password_hash,
+    })
+}
+
 /// The account's current password, for a change a stolen access token alone must not
 /// make (OWASP ASVS 6.2.3): a 403 on `currentPassword` when missing (`missing` says what
 /// for) or wrong; wrong guesses count against the account's login throttle.

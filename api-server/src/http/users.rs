@@ -15,8 +15,9 @@ use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
 use crate::http::session_cookie::Delivery;
 use crate::http::sessions::{
-    SessionRow, UserRow, deliver, limit_credentials, limit_login_attempts, new_session,
-    security_event, session_response, start_session, user_response, verify_current_password,
+    Credentials, SessionRow, UserRow, credentials_of, deliver, limit_credentials,
+    limit_login_attempts, new_session, security_event, session_response, start_session,
+    user_response, verify_current_password,
 };
 use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, UserResponse};
 use crate::http::validate;
@@ -240,12 +241,11 @@ async fn confirm_current_password(
     new_email: Option<&str>,
     current_password: Option<String>,
 ) -> ApiResult<()> {
-    let (email, hash): (String, String) =
-        sqlx::query_as("SELECT email, password_hash FROM users WHERE id = $1")
-            .bind(auth.id)
-            .fetch_optional(&**state.db())
-            .await?
-            .ok_or(ApiError::Unauthorized("belongs to no user"))?;
+    let Credentials {
+        email,
+        password_hash: hash,
+        ..
+    } = credentials_of(state, auth.id).await?;
     let changes_credentials = new_email.is_none_or(|new| !new.eq_ignore_ascii_case(&email));
     if !changes_credentials {
         return Ok(());
