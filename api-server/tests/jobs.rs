@@ -121,7 +121,8 @@ async fn a_worker_killed_mid_job_leaves_no_effect_and_the_job_finishes_once(pool
     eventually("the first worker is inside the job, waiting", || async {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-              WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE account_exports%'",
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND query LIKE 'UPDATE account_exports%'",
         )
         .fetch_one(&pool)
         .await
