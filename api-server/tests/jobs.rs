@@ -248,8 +248,9 @@ async fn a_failing_job_backs_off_then_is_kept_dead_until_retried(pool: PgPool) {
     let config = config(&[
         ("STOA_DATABASE_URL", &url_of(&pool)),
         ("STOA_WORKER_POLL_INTERVAL", "20ms"),
-        ("STOA_JOB_BACKOFF_BASE", "200ms"),
-        ("STOA_JOB_BACKOFF_MAX", "400ms"),
+        // Waits of 0.5–1 s between attempts: long enough to see the job wait for its retry.
+        ("STOA_JOB_BACKOFF_BASE", "1s"),
+        ("STOA_JOB_BACKOFF_MAX", "1s"),
     ]);
     let metrics = Arc::new(Metrics::new(0));
     let worker = Worker::new(
