@@ -21,22 +21,21 @@ async fn run_until(
     timeout: Duration,
     done: impl Fn(usize, &Stoa) -> bool,
 ) -> Stoa {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let stoa = cluster.step().await;
-        let pods = cluster.pods().len();
-        if timeline.last().is_none_or(|(_, n)| *n != pods) {
-            timeline.push((started.elapsed().as_secs_f64(), pods));
-        }
-        if done(pods, &stoa) {
-            return stoa;
-        }
-        assert!(
-            Instant::now() < deadline,
+    let reached = cluster
+        .step_until(timeout, |cluster, stoa| {
+            let pods = cluster.pods().len();
+            if timeline.last().is_none_or(|(_, n)| *n != pods) {
+                timeline.push((started.elapsed().as_secs_f64(), pods));
+            }
+            done(pods, stoa)
+        })
+        .await;
+    reached.unwrap_or_else(|stoa| {
+        panic!(
             "timeline {timeline:?}, autoscaling {:?}",
             stoa.status.as_ref().and_then(|s| s.autoscaling.clone())
-        );
-    }
+        )
+    })
 }
 
 async fn cluster(pool: &PgPool, pool_size: u32, reserved: i64) -> Cluster {

@@ -7,7 +7,7 @@
 mod common;
 mod harness;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::Cluster;
 use sqlx::PgPool;
@@ -24,26 +24,23 @@ fn worker_stoa() -> Stoa {
     )
 }
 
-/// Steps the cluster until `done` holds for the worker pods and the Stoa (or panics).
-async fn run_until(
+/// Steps the cluster until `workers` worker pods run (or panics after `timeout`).
+async fn run_until_workers(
     cluster: &mut Cluster,
     what: &str,
     timeout: Duration,
-    done: impl Fn(usize, &Stoa) -> bool,
+    workers: usize,
 ) -> Stoa {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let stoa = cluster.step().await;
-        if done(cluster.workers().len(), &stoa) {
-            return stoa;
-        }
-        assert!(
-            Instant::now() < deadline,
+    let reached = cluster
+        .step_until(timeout, |cluster, _| cluster.workers().len() == workers)
+        .await;
+    reached.unwrap_or_else(|stoa| {
+        panic!(
             "{what}: {} workers, status {:?}",
             cluster.workers().len(),
             stoa.status.as_ref().and_then(|s| s.worker.clone())
-        );
-    }
+        )
+    })
 }
 
 #[sqlx::test(migrations = false)]
@@ -86,11 +83,11 @@ async fn workers_follow_the_queue_up_and_down_and_every_job_runs_once(pool: PgPo
     .unwrap();
 
     // 12 due or running jobs at 2 per worker ask for 6: the maximum, 3.
-    let up = run_until(
+    let up = run_until_workers(
         &mut cluster,
         "scaled up on the backlog",
         Duration::from_secs(60),
-        |workers, _| workers == 3,
+        3,
     )
     .await;
     let status = up.status.unwrap().worker.unwrap();
@@ -105,15 +102,13 @@ async fn workers_follow_the_queue_up_and_down_and_every_job_runs_once(pool: PgPo
 
     // Let the jobs through: the queue drains, and the workers go one at a time.
     holder.commit().await.unwrap();
-    let mut seen = vec![3];
-    let down = run_until(
+    let down = run_until_workers(
         &mut cluster,
         "back to the minimum",
         Duration::from_secs(90),
-        |workers, _| workers == 1,
+        1,
     )
     .await;
-    seen.push(cluster.workers().len());
     let (done, exports_once, attempts): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM jobs WHERE kind = 'export_account' AND state = 'done'),
                 (SELECT count(*) FROM account_exports WHERE revision = 1 AND ready_at IS NOT NULL),
@@ -130,6 +125,6 @@ async fn workers_follow_the_queue_up_and_down_and_every_job_runs_once(pool: PgPo
     assert_eq!(attempts, 12, "no job was lost to a leaving worker");
     let status = down.status.unwrap().worker.unwrap();
     assert_eq!(status.desired_replicas, 1, "{status:?}");
-    eprintln!("workers: {seen:?}, last decision {status:?}");
+    eprintln!("workers scaled 1 -> 3 -> 1, last decision {status:?}");
     cluster.shutdown().await;
 }

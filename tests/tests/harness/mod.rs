@@ -163,6 +163,26 @@ impl Cluster {
         stoa
     }
 
+    /// Steps until `done` holds for the cluster and the Stoa: `Ok` with the Stoa then, or
+    /// `Err` with the last one once `timeout` has passed (the caller says what it waited
+    /// for).
+    pub async fn step_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&Cluster, &Stoa) -> bool,
+    ) -> Result<Stoa, Stoa> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stoa = self.step().await;
+            if done(self, &stoa) {
+                return Ok(stoa);
+            }
+            if Instant::now() >= deadline {
+                return Err(stoa);
+            }
+        }
+    }
+
     /// Whether the cluster has acted on everything the operator wrote: no Job left to
     /// run, and the pods are the Deployment's template in its replica count.
     async fn converged(&self) -> bool {
