@@ -503,44 +503,39 @@ fn program_deployment(
                "labelSelector": {"matchLabels": selector}})
     };
 
-    let container = if worker {
-        json!({
-            "name": "worker",
-            "image": image,
-            "imagePullPolicy": spec.image_pull_policy,
-            "args": ["worker"],
-            "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-            "envFrom": [{"configMapRef": {"name": names.config}}],
-            "env": container_env,
-            "resources": resources,
-            "volumeMounts": mounts,
-            "securityContext": container_security,
-            "startupProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 2, "failureThreshold": 30},
-            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2}
-        })
+    // The API serves on `http` and probes there; a worker has only its admin port.
+    let (args, probe_port) = if worker {
+        ("worker", "metrics")
     } else {
-        json!({
-            "name": "api",
-            "image": image,
-            "imagePullPolicy": spec.image_pull_policy,
-            "args": ["serve"],
-            "ports": [
-                {"name": "http", "containerPort": API_PORT, "protocol": "TCP"},
-                {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}
-            ],
-            "envFrom": [{"configMapRef": {"name": names.config}}],
-            "env": container_env,
-            "resources": resources,
-            "volumeMounts": mounts,
-            "securityContext": container_security,
-            "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 30},
-            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},
-            // Keep serving while endpoints and load balancers drop this pod.
-            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}
-        })
+        ("serve", "http")
     };
+    let mut ports =
+        vec![json!({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})];
+    if !worker {
+        ports.insert(
+            0,
+            json!({"name": "http", "containerPort": API_PORT, "protocol": "TCP"}),
+        );
+    }
+    let mut container = json!({
+        "name": component.label(),
+        "image": image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "args": [args],
+        "ports": ports,
+        "envFrom": [{"configMapRef": {"name": names.config}}],
+        "env": container_env,
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": container_security,
+        "startupProbe": {"httpGet": {"path": "/healthz", "port": probe_port}, "periodSeconds": 2, "failureThreshold": 30},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": probe_port}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": probe_port}, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2}
+    });
+    if !worker {
+        // Keep serving while endpoints and load balancers drop this pod.
+        container["lifecycle"] = json!({"preStop": {"sleep": {"seconds": 5}}});
+    }
 
     let mut deployment_spec = json!({
         "selector": {"matchLabels": selector},
