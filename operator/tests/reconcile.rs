@@ -199,6 +199,36 @@ async fn roll_out(client: &Client) {
         .unwrap();
 }
 
+/// A pod of `component` that still runs `image` (of an older revision, or terminating);
+/// returns the pods API to delete it with.
+async fn old_pod(
+    client: &Client,
+    name: &str,
+    component: resources::Component,
+    image: &str,
+) -> Api<Pod> {
+    let labels = resources::component_selector_labels(&stoa("api"), component);
+    let pod: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "labels": labels},
+        "spec": {"containers": [{"name": component.label(), "image": image}]}}))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods
+}
+
+/// Contract migration Jobs created for `image`.
+async fn contract_jobs(client: &Client, image: &str) -> usize {
+    jobs(client)
+        .await
+        .iter()
+        .filter(|j| {
+            j.labels()[resources::MIGRATION_STEP_LABEL] == "contract"
+                && j.annotations()[resources::IMAGE_ANNOTATION] == image
+        })
+        .count()
+}
+
 /// A Stoa whose first migration succeeded and whose pods run `V1`, contract step done.
 async fn converged() -> (Client, Log) {
     let (client, log) = cluster::with(&stoa("api")).await;
@@ -557,28 +587,16 @@ async fn contract_steps_run_only_once_no_pod_of_the_old_revision_remains() {
     succeed(&client, V2, "expand", 3).await;
     reconcile_stored(&client, "api").await;
     // An old pod still runs V1 (or terminates): no contract Job yet.
-    let old: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "api-old", "namespace": "shop", "labels": resources::selector_labels(&stoa("api"))},
-        "spec": {"containers": [{"name": "api", "image": V1}]}})).unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    pods.create(&PostParams::default(), &old).await.unwrap();
+    let pods = old_pod(&client, "api-old", resources::Component::Api, V1).await;
     roll_out(&client).await;
     reconcile_stored(&client, "api").await;
-    let contract_jobs = |jobs: Vec<Job>| {
-        jobs.iter()
-            .filter(|j| {
-                j.labels()[resources::MIGRATION_STEP_LABEL] == "contract"
-                    && j.annotations()[resources::IMAGE_ANNOTATION] == V2
-            })
-            .count()
-    };
-    assert_eq!(contract_jobs(jobs(&client).await), 0);
+    assert_eq!(contract_jobs(&client, V2).await, 0);
 
     pods.delete("api-old", &DeleteParams::default())
         .await
         .unwrap();
     let after = reconcile_stored(&client, "api").await;
-    assert_eq!(contract_jobs(jobs(&client).await), 1);
+    assert_eq!(contract_jobs(&client, V2).await, 1);
     let job = job_for(&client, V2, "contract").await;
     let args = job_container(&job).args.clone().unwrap();
     assert_eq!(&args[..3], ["migrate", "--phase", "all"]);
@@ -1047,25 +1065,11 @@ async fn a_contract_step_also_waits_for_workers_of_the_old_revision() {
     reconcile_stored(&client, "api").await;
     succeed(&client, V2, "expand", 3).await;
     reconcile_stored(&client, "api").await;
-    let labels = resources::component_selector_labels(&stoa("api"), resources::Component::Worker);
-    let old: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "api-worker-old", "namespace": "shop", "labels": labels},
-        "spec": {"containers": [{"name": "worker", "image": V1}]}}))
-    .unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    pods.create(&PostParams::default(), &old).await.unwrap();
+    let pods = old_pod(&client, "api-worker-old", resources::Component::Worker, V1).await;
     roll_out(&client).await;
     reconcile_stored(&client, "api").await;
-    let contract_jobs = |jobs: Vec<Job>| {
-        jobs.iter()
-            .filter(|j| {
-                j.labels()[resources::MIGRATION_STEP_LABEL] == "contract"
-                    && j.annotations()[resources::IMAGE_ANNOTATION] == V2
-            })
-            .count()
-    };
     assert_eq!(
-        contract_jobs(jobs(&client).await),
+        contract_jobs(&client, V2).await,
         0,
         "an old worker still runs"
     );
@@ -1073,5 +1077,5 @@ async fn a_contract_step_also_waits_for_workers_of_the_old_revision() {
         .await
         .unwrap();
     reconcile_stored(&client, "api").await;
-    assert_eq!(contract_jobs(jobs(&client).await), 1);
+    assert_eq!(contract_jobs(&client, V2).await, 1);
 }
