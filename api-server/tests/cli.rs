@@ -4,19 +4,8 @@ mod common;
 
 use std::process::Command;
 
-use common::TestApp;
+use common::{TestApp, stoa_api};
 use sqlx::PgPool;
-
-fn stoa_api() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_stoa-api"));
-    // Start from a clean slate: only what each test sets.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("STOA_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
 
 fn url_of(pool: &PgPool) -> String {
     let options = pool.connect_options();

@@ -4,11 +4,11 @@
 //! account export the API enqueues with its write.
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestApp, eventually};
+use common::{TestApp, eventually, free_port, url_of};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
@@ -22,25 +22,6 @@ use stoa_api::metrics::Metrics;
 
 const KNOWN: [&str; 3] = ["export_account", "purge_expired", "recount_counters"];
 
-fn url_of(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap()
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `stoa-api worker` process (killed when dropped).
 struct WorkerProcess {
     child: Child,
@@ -50,12 +31,7 @@ struct WorkerProcess {
 impl WorkerProcess {
     fn start(pool: &PgPool, extra: &[(&str, &str)]) -> WorkerProcess {
         let admin = format!("127.0.0.1:{}", free_port());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stoa-api"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("STOA_") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = common::stoa_api();
         command
             .arg("worker")
             .env("STOA_DATABASE_URL", url_of(pool))

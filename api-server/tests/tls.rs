@@ -5,7 +5,6 @@
 //! success below went over TLS; a client that trusts another CA is refused.
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::tls::{REDIS_PASSWORD, REDIS_USER, ThrowawayCa, TlsPostgres, TlsRedis};
@@ -36,7 +35,7 @@ async fn postgres_is_reached_over_verified_tls(/* its own server */) {
     let verified = url("verify-full", &ca.ca);
 
     // The migrator (the operator's Job) over TLS.
-    let migrate = Command::new(env!("CARGO_BIN_EXE_stoa-api"))
+    let migrate = common::stoa_api()
         .arg("migrate")
         .env("STOA_DATABASE_URL", &verified)
         .env("STOA_LOG", "warn")
@@ -55,7 +54,7 @@ async fn postgres_is_reached_over_verified_tls(/* its own server */) {
         server.port
     );
     let migrate_with = |root: Option<&std::path::Path>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stoa-api"));
+        let mut command = common::stoa_api();
         command
             .arg("migrate")
             .env("STOA_DATABASE_URL", &bare)

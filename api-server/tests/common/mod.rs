@@ -44,6 +44,48 @@ impl Response {
     }
 }
 
+/// The `stoa-api` binary with none of the caller's `STOA_` settings: only what each test
+/// sets.
+pub fn stoa_api() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_stoa-api"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("STOA_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// A URL for the database behind `pool` (trust authentication: no password).
+pub fn url_of(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap()
+    )
+}
+
+/// A TCP port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to 10 s for a server of the test's own to accept connections on `port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let ready = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(ready, "{what} did not start on port {port}");
+}
+
 /// Test settings: random ports, cheap argon2 parameters (the real ones are the default).
 pub fn test_env(extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
@@ -47,14 +46,6 @@ impl ThrowawayCa {
             dir,
         }
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn is_root() -> bool {
@@ -136,7 +127,7 @@ impl TlsPostgres {
                 .status()
                 .unwrap();
         }
-        let port = free_port();
+        let port = super::free_port();
         let server = as_server_user(&bin.join("postgres"))
             .arg("-D")
             .arg(&pgdata)
@@ -158,11 +149,7 @@ impl TlsPostgres {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let ready = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(ready, "the TLS PostgreSQL did not start");
+        super::wait_for_port(port, "the TLS PostgreSQL");
         TlsPostgres {
             port,
             _data: data,
@@ -198,7 +185,7 @@ pub const REDIS_PASSWORD: &str = "stoa-secret";
 impl TlsRedis {
     pub fn start(ca: &ThrowawayCa) -> TlsRedis {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = super::free_port();
         let config = dir.path().join("redis.conf");
         std::fs::write(
             &config,
@@ -220,11 +207,7 @@ impl TlsRedis {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let ready = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(ready, "the TLS Redis did not start");
+        super::wait_for_port(port, "the TLS Redis");
         TlsRedis {
             port,
             _dir: dir,
