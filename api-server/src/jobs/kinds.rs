@@ -39,8 +39,6 @@ impl Kind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("unknown job kind {0:?}")]
-    UnknownKind(String),
     #[error("malformed payload: {0}")]
     Payload(#[from] serde_json::Error),
     #[error("database: {0}")]
@@ -64,11 +62,11 @@ pub struct ExportPayload {
 /// Runs one job in `tx`; the returned JSON is logged with the job's completion.
 pub async fn run(
     tx: &mut PgConnection,
-    kind: &str,
+    kind: Kind,
     payload: &serde_json::Value,
     context: Context,
 ) -> Result<serde_json::Value, JobError> {
-    match Kind::parse(kind).ok_or_else(|| JobError::UnknownKind(kind.to_owned()))? {
+    match kind {
         Kind::ExportAccount => {
             let ExportPayload { user_id } = serde_json::from_value(payload.clone())?;
             let written = export_account(tx, user_id).await?;

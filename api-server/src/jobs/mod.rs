@@ -12,4 +12,3 @@ pub mod schedule;
 pub mod worker;
 
 pub use kinds::Kind;
-pub use queue::{Claimed, Depth, Retry};

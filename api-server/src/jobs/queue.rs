@@ -17,7 +17,7 @@ use super::Kind;
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: i64,
-    pub kind: String,
+    pub kind: Kind,
     pub payload: serde_json::Value,
     /// This attempt's number, from 1.
     pub attempt: i32,
@@ -31,7 +31,7 @@ pub enum Claim {
     /// A job whose worker vanished during its last attempt: now dead, not run.
     Expired {
         id: i64,
-        kind: String,
+        kind: Kind,
     },
     Empty,
 }
@@ -71,14 +71,9 @@ macro_rules! jobs_on_conflict {
 
 /// Takes the earliest due job (queued, or running past its lease) for `worker`, leased
 /// for `lease`.
-/// Only `kinds` are claimed: a job of a newer release's kind waits for a worker that knows
-/// it instead of failing here.
-pub async fn claim(
-    pool: &PgPool,
-    worker: &str,
-    lease: Duration,
-    kinds: &[&str],
-) -> Result<Claim, sqlx::Error> {
+/// Only the kinds this binary knows are claimed: a job of a newer release's kind waits for
+/// a worker that knows it instead of failing here.
+pub async fn claim(pool: &PgPool, worker: &str, lease: Duration) -> Result<Claim, sqlx::Error> {
     let row: Option<(i64, String, serde_json::Value, i32, i32, String)> = sqlx::query_as(
         "WITH next AS (
              SELECT id FROM jobs
@@ -101,13 +96,17 @@ pub async fn claim(
     )
     .bind(worker)
     .bind(lease.as_secs_f64())
-    .bind(kinds)
+    .bind(&Kind::ALL.map(Kind::as_str)[..])
     .fetch_optional(pool)
     .await?;
-    Ok(match row {
-        None => Claim::Empty,
-        Some((id, kind, _, _, _, state)) if state == "dead" => Claim::Expired { id, kind },
-        Some((id, kind, payload, attempt, max_attempts, _)) => Claim::Job(Claimed {
+    let Some((id, kind, payload, attempt, max_attempts, state)) = row else {
+        return Ok(Claim::Empty);
+    };
+    let kind = Kind::parse(&kind)
+        .ok_or_else(|| sqlx::Error::Protocol(format!("claimed job {id} of unknown kind {kind}")))?;
+    Ok(match state.as_str() {
+        "dead" => Claim::Expired { id, kind },
+        _ => Claim::Job(Claimed {
             id,
             kind,
             payload,

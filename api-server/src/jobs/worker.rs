@@ -120,18 +120,17 @@ impl Worker {
 
     /// One runner: claims and runs jobs until told to stop.
     async fn drain(self: Arc<Self>, stop: watch::Receiver<bool>) {
-        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
         while !*stop.borrow() {
             // Registered before the claim, so a job enqueued after an empty claim wakes us.
             let woken = self.wake.notified();
             let pool = self.database.pool().as_ref().clone();
-            match queue::claim(&pool, &self.id, self.config.lease, &known).await {
+            match queue::claim(&pool, &self.id, self.config.lease).await {
                 Ok(Claim::Job(job)) => self.execute(&pool, job).await,
                 Ok(Claim::Expired { id, kind }) => {
-                    self.count(&kind, "dead");
+                    self.count(kind, "dead");
                     tracing::error!(
                         job = id,
-                        kind,
+                        kind = kind.as_str(),
                         "job is dead: its worker stopped during its last attempt"
                     );
                 }
@@ -161,7 +160,7 @@ impl Worker {
         self.metrics.jobs.running.dec();
         let elapsed = started.elapsed();
         self.metrics.jobs.busy.inc_by(elapsed.as_secs_f64());
-        let kind = Kind::parse(&job.kind).map_or("unknown", Kind::as_str);
+        let kind = job.kind.as_str();
         self.metrics
             .jobs
             .duration
@@ -169,13 +168,13 @@ impl Worker {
             .observe(elapsed.as_secs_f64());
         let error = match outcome {
             Ok(Ok(Some(result))) => {
-                self.count(&job.kind, "done");
+                self.count(job.kind, "done");
                 tracing::info!(job = job.id, kind, attempt = job.attempt, %result,
                     duration_ms = elapsed.as_millis() as u64, "job done");
                 return;
             }
             Ok(Ok(None)) => {
-                self.count(&job.kind, "lost");
+                self.count(job.kind, "lost");
                 tracing::warn!(
                     job = job.id,
                     kind,
@@ -192,7 +191,7 @@ impl Worker {
         let delay = self.retry.delay(job.attempt, rand::random::<f64>());
         match queue::fail(pool, &job, &self.id, &error, delay).await {
             Ok(Some(state)) if state == "dead" => {
-                self.count(&job.kind, "dead");
+                self.count(job.kind, "dead");
                 tracing::error!(
                     job = job.id,
                     kind,
@@ -202,7 +201,7 @@ impl Worker {
                 );
             }
             Ok(Some(state)) if state == "done" => {
-                self.count(&job.kind, "superseded");
+                self.count(job.kind, "superseded");
                 tracing::info!(
                     job = job.id,
                     kind,
@@ -211,7 +210,7 @@ impl Worker {
                 );
             }
             Ok(Some(_)) => {
-                self.count(&job.kind, "retried");
+                self.count(job.kind, "retried");
                 tracing::warn!(
                     job = job.id,
                     kind,
@@ -221,7 +220,7 @@ impl Worker {
                     "job failed; will retry"
                 );
             }
-            Ok(None) => self.count(&job.kind, "lost"),
+            Ok(None) => self.count(job.kind, "lost"),
             Err(e) => tracing::warn!(
                 job = job.id,
                 kind,
@@ -247,14 +246,14 @@ impl Worker {
         if !queue::hold(&mut tx, job, &self.id).await? {
             return Ok(None);
         }
-        let result = kinds::run(&mut tx, &job.kind, &job.payload, self.context).await?;
+        let result = kinds::run(&mut tx, job.kind, &job.payload, self.context).await?;
         queue::finish(&mut tx, job).await?;
         tx.commit().await?;
         Ok(Some(result))
     }
 
-    fn count(&self, kind: &str, outcome: &'static str) {
-        let kind = Kind::parse(kind).map_or("unknown", Kind::as_str);
+    fn count(&self, kind: Kind, outcome: &'static str) {
+        let kind = kind.as_str();
         self.metrics
             .jobs
             .attempts
