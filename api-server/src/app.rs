@@ -68,7 +68,11 @@ impl App {
             None => crate::db::pool(&config.database.url, &config.database)
                 .context("invalid database URL")?,
         };
-        let database = Arc::new(Db::new(pool, &config.database.url));
+        let database = Arc::new(
+            Db::new(pool, &config.database.url)
+                .with_replica(&config.database, &config.database.url)
+                .context("invalid read replica URL")?,
+        );
         let kv = match &config.redis_url {
             Some(url) => Some(Kv::start(
                 url,
@@ -160,6 +164,22 @@ impl App {
                 state.metrics.clone(),
             ),
         }
+        if let Some(routing) = state.reads.routing()
+            && let Some(read) = &state.config.database.read
+        {
+            crate::reads::lag::spawn(
+                routing.clone(),
+                state.database.clone(),
+                read.lag_check_interval,
+                state.config.database.acquire_timeout,
+            );
+            match &state.kv {
+                Some(kv) => crate::reads::writes::spawn(routing.clone(), kv.client(), kv.timeout()),
+                None => tracing::warn!(
+                    "read replica without STOA_REDIS_URL: pods cannot tell each other who wrote, so signed-in reads stay on the primary"
+                ),
+            }
+        }
         crate::watch::publish_credentials(&state.database, &state.metrics);
         crate::limits::spawn_reader(state.clone());
         if let (Some(dir), Some(loaded)) = (keys_dir, keyset_bytes) {
@@ -242,7 +262,7 @@ impl App {
             result = servers => { result?; tracing::info!("drained, exiting"); }
             () = deadline => tracing::warn!(timeout = ?drain_timeout, "drain timed out; exiting with requests in flight"),
         }
-        state.db().close().await;
+        state.database.close().await;
         Ok(())
     }
 }

@@ -1,6 +1,9 @@
 //! PostgreSQL: the pool and the embedded migrations (their phases: `crate::schema`).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::{ArcSwap, Guard};
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -8,7 +11,7 @@ use sqlx::{ConnectOptions, PgPool};
 
 use stoa_contract::pod::{LoadedCredential, credential_fingerprint};
 
-use crate::config::{DatabaseConfig, Secret};
+use crate::config::{DatabaseConfig, ReadReplicaConfig, Secret};
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -67,37 +70,143 @@ pub async fn create_database_if_missing(url: &Secret) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pool in use, swappable at run time (credential rotation) without a restart, with
-/// the credential it logs in with (reported to the operator, never the password).
+/// The pools in use, swappable at run time (credential rotation) without a restart, with
+/// the credential they log in with (reported to the operator, never the password).
 pub struct Db {
-    pool: arc_swap::ArcSwap<PgPool>,
-    credential: arc_swap::ArcSwap<LoadedCredential>,
+    pool: ArcSwap<PgPool>,
+    credential: ArcSwap<LoadedCredential>,
+    replica: Option<Replica>,
+}
+
+/// The read replica's pool and what it is built from.
+struct Replica {
+    pool: ArcSwap<PgPool>,
+    config: ReadReplicaConfig,
+    database: DatabaseConfig,
+}
+
+/// The pools a credential swap replaced, for the caller to drain and close.
+pub struct Replaced {
+    pub primary: Arc<PgPool>,
+    pub replica: Option<Arc<PgPool>>,
 }
 
 impl Db {
     pub fn new(pool: PgPool, url: &Secret) -> Self {
         Db {
-            pool: arc_swap::ArcSwap::from_pointee(pool),
-            credential: arc_swap::ArcSwap::from_pointee(credential_of(url)),
+            pool: ArcSwap::from_pointee(pool),
+            credential: ArcSwap::from_pointee(credential_of(url)),
+            replica: None,
         }
     }
 
+    /// Adds the read replica's pool (lazily connecting, like the primary's), logged in as
+    /// `primary_url` says unless the replica's URL names its own user.
+    pub fn with_replica(
+        mut self,
+        config: &DatabaseConfig,
+        primary_url: &Secret,
+    ) -> Result<Self, sqlx::Error> {
+        if let Some(read) = &config.read {
+            let pool = replica_pool(read, config, primary_url)?;
+            self.replica = Some(Replica {
+                pool: ArcSwap::from_pointee(pool),
+                config: read.clone(),
+                database: config.clone(),
+            });
+        }
+        Ok(self)
+    }
+
     /// The current pool. Hold the guard only for the duration of a query.
-    pub fn pool(&self) -> arc_swap::Guard<std::sync::Arc<PgPool>> {
+    pub fn pool(&self) -> Guard<Arc<PgPool>> {
         self.pool.load()
     }
 
-    /// Installs a new pool for `url` and returns the previous one (for the caller to drain).
-    pub fn replace(&self, pool: PgPool, url: &Secret) -> std::sync::Arc<PgPool> {
-        let old = self.pool.swap(std::sync::Arc::new(pool));
-        self.credential
-            .store(std::sync::Arc::new(credential_of(url)));
-        old
+    /// The read replica's current pool, if one is configured.
+    pub fn replica(&self) -> Option<Guard<Arc<PgPool>>> {
+        self.replica.as_ref().map(|r| r.pool.load())
+    }
+
+    /// Installs a new pool for `url` (and, when the replica follows the primary's
+    /// credentials, a new replica pool logged in the same way) and returns the previous
+    /// ones for the caller to drain.
+    pub fn replace(&self, pool: PgPool, url: &Secret) -> Replaced {
+        let primary = self.pool.swap(Arc::new(pool));
+        self.credential.store(Arc::new(credential_of(url)));
+        let replica = self
+            .replica
+            .as_ref()
+            .filter(|r| !has_credentials(&r.config.url))
+            .and_then(|r| match replica_pool(&r.config, &r.database, url) {
+                Ok(pool) => Some(r.pool.swap(Arc::new(pool))),
+                // Unreachable in practice: both URLs parsed before.
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot build the read replica's pool with the new credentials; keeping the previous one");
+                    None
+                }
+            });
+        Replaced { primary, replica }
     }
 
     /// The credential of the pool in use.
-    pub fn credential(&self) -> std::sync::Arc<LoadedCredential> {
+    pub fn credential(&self) -> Arc<LoadedCredential> {
         self.credential.load_full()
+    }
+
+    /// Closes every pool (at shutdown).
+    pub async fn close(&self) {
+        self.pool().close().await;
+        if let Some(replica) = self.replica() {
+            replica.close().await;
+        }
+    }
+}
+
+fn replica_pool(
+    read: &ReadReplicaConfig,
+    config: &DatabaseConfig,
+    primary_url: &Secret,
+) -> Result<PgPool, sqlx::Error> {
+    let url = replica_url(&read.url, primary_url);
+    Ok(PgPoolOptions::new()
+        .max_connections(read.max_connections)
+        .min_connections(config.min_connections.min(read.max_connections))
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .test_before_acquire(false)
+        .connect_lazy_with(connect_options(&url, config)?))
+}
+
+/// Whether a PostgreSQL URL names its user (`postgres://user[:password]@host/…`).
+fn has_credentials(url: &Secret) -> bool {
+    authority(url.expose()).is_some_and(|(userinfo, _)| userinfo.is_some())
+}
+
+/// `(user info, host part)` of a URL's authority.
+fn authority(url: &str) -> Option<(Option<&str>, &str)> {
+    let (_, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    Some(match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (Some(userinfo), host),
+        None => (None, authority),
+    })
+}
+
+/// The URL the replica is logged into: its own, or, when it names no user, its own with the
+/// primary's user and password (a physical standby has the primary's roles, so a rotated
+/// credential works on both).
+fn replica_url(read: &Secret, primary: &Secret) -> Secret {
+    if has_credentials(read) {
+        return read.clone();
+    }
+    let Some((Some(userinfo), _)) = authority(primary.expose()) else {
+        return read.clone();
+    };
+    match read.expose().split_once("://") {
+        Some((scheme, rest)) => Secret::new(format!("{scheme}://{userinfo}@{rest}")),
+        None => read.clone(),
     }
 }
 
@@ -110,5 +219,55 @@ fn credential_of(url: &Secret) -> LoadedCredential {
             .map(|o| o.get_username().to_owned())
             .unwrap_or_default(),
         fingerprint: credential_fingerprint(url.expose()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Secret {
+        Secret::new(s)
+    }
+
+    #[test]
+    fn a_replica_url_without_a_user_takes_the_primarys_credentials() {
+        let primary = url("postgres://stoa_a:s3cret@primary:5432/stoa?sslmode=verify-full");
+        assert_eq!(
+            replica_url(
+                &url("postgres://standby:5432/stoa?sslmode=verify-full"),
+                &primary
+            )
+            .expose(),
+            "postgres://stoa_a:s3cret@standby:5432/stoa?sslmode=verify-full"
+        );
+        assert_eq!(
+            replica_url(&url("postgresql://standby"), &primary).expose(),
+            "postgresql://stoa_a:s3cret@standby"
+        );
+    }
+
+    #[test]
+    fn a_replica_url_with_its_own_user_is_used_as_given() {
+        let primary = url("postgres://stoa_a:s3cret@primary/stoa");
+        let own = url("postgres://reader:pw@standby/stoa");
+        assert_eq!(replica_url(&own, &primary).expose(), own.expose());
+        assert!(has_credentials(&own));
+        // An `@` after the host (in a query value) is not user info.
+        let odd = url("postgres://standby/stoa?options=a@b");
+        assert!(!has_credentials(&odd));
+        assert_eq!(
+            replica_url(&odd, &primary).expose(),
+            "postgres://stoa_a:s3cret@standby/stoa?options=a@b"
+        );
+        // A primary without credentials (trust, or PGPASSWORD) gives none.
+        assert_eq!(
+            replica_url(
+                &url("postgres://standby/stoa"),
+                &url("postgres://primary/stoa")
+            )
+            .expose(),
+            "postgres://standby/stoa"
+        );
     }
 }

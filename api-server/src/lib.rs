@@ -17,6 +17,7 @@ pub mod limits;
 pub mod metrics;
 pub mod paging;
 pub mod ratelimit;
+pub mod reads;
 pub mod schema;
 pub mod search;
 pub mod state;

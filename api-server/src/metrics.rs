@@ -43,6 +43,14 @@ pub struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    /// `replica` or `primary`.
+    pub pool: &'static str,
+    /// Why (see `crate::reads::Route`).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event: &'static str,
 }
@@ -72,6 +80,13 @@ pub struct Metrics {
     /// The newest migration applied to the database, as the last readiness check saw it.
     pub schema_version: Gauge,
     pub jobs: JobMetrics,
+    /// Content reads with a replica configured, by the pool that served them and why.
+    pub db_reads: Family<ReadLabels, Counter>,
+    /// How far behind the primary the replica may be (+Inf until it has been seen caught
+    /// up).
+    pub db_replica_staleness: Gauge<f64, AtomicU64>,
+    /// Writes whose announcement to the other pods failed (Redis unavailable).
+    pub read_write_announcements_failed: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -446,6 +461,25 @@ impl Metrics {
             })
             .set(1);
         let jobs = JobMetrics::register(&mut registry);
+        let db_reads = Family::<ReadLabels, Counter>::default();
+        registry.register(
+            "db_reads",
+            "Content reads with a read replica configured, by pool (replica, primary) and reason",
+            db_reads.clone(),
+        );
+        let db_replica_staleness = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "db_replica_staleness",
+            "How far behind the primary the read replica may be (+Inf: not seen caught up yet)",
+            prometheus_client::registry::Unit::Seconds,
+            db_replica_staleness.clone(),
+        );
+        let read_write_announcements_failed = Counter::default();
+        registry.register(
+            "db_write_announcements_failed",
+            "Writes not announced to the other pods (Redis unavailable): their authors may read a lagging replica elsewhere",
+            read_write_announcements_failed.clone(),
+        );
         let metrics = Metrics {
             registry,
             http_requests,
@@ -468,6 +502,9 @@ impl Metrics {
             db_credential_reloads,
             schema_version,
             jobs,
+            db_reads,
+            db_replica_staleness,
+            read_write_announcements_failed,
         };
         metrics.create_known_series();
         metrics

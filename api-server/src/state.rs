@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::kv::Kv;
 use crate::metrics::{Bucket, Metrics};
 use crate::ratelimit::{Quota, RateLimiter};
+use crate::reads::{Reader, Reads};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -30,6 +31,7 @@ pub struct Inner {
     pub revocations: Revocations,
     pub limiter: RateLimiter,
     pub cache: Cache,
+    pub reads: Reads,
     /// PostgreSQL's and Redis's connection limits, once read (`crate::limits`).
     pub server_limits: arc_swap::ArcSwapOption<stoa_contract::pod::ServerLimits>,
     shutting_down: AtomicBool,
@@ -62,6 +64,7 @@ impl AppState {
             kv,
         } = parts;
         AppState(Arc::new(Inner {
+            reads: Reads::new(config.database.read.as_ref(), kv.clone(), metrics.clone()),
             revocations: Revocations::new(
                 kv.clone(),
                 crate::auth::revocation::MirrorWindow::of(&config.auth),
@@ -89,6 +92,12 @@ impl Inner {
     /// The current pool. Hold the guard only for the duration of a query.
     pub fn db(&self) -> Guard<Arc<PgPool>> {
         self.database.pool()
+    }
+
+    /// The pool for a content read by `reader` (the replica when it has what they must
+    /// see; see `crate::reads`). Hold the guard only for the duration of a query.
+    pub fn read_db(&self, reader: Reader) -> Guard<Arc<PgPool>> {
+        self.reads.pool(&self.database, reader)
     }
 
     /// Takes one request from `bucket:key` unless rate limiting is disabled; a denial is

@@ -113,7 +113,10 @@ pub fn spawn_credentials_watcher(
                     let grace = db_config.drain_grace;
                     tokio::spawn(async move {
                         tokio::time::sleep(grace).await;
-                        old.close().await;
+                        old.primary.close().await;
+                        if let Some(replica) = old.replica {
+                            replica.close().await;
+                        }
                         tracing::info!("old database pool drained and closed");
                     });
                     current = candidate;

@@ -14,6 +14,7 @@ use crate::auth::Role;
 use crate::auth::tokens::{Claims, TokenError};
 use crate::error::ApiError;
 use crate::metrics::SecurityEvent;
+use crate::reads::Writer;
 use crate::state::AppState;
 
 /// An authenticated caller.
@@ -137,7 +138,9 @@ impl FromRequestParts<AppState> for AuthUser {
             .headers
             .get(AUTHORIZATION)
             .ok_or(ApiError::Unauthorized("is missing"))?;
-        authenticate(state, verified, header).await
+        let user = authenticate(state, verified, header).await?;
+        Writer::note(&parts.extensions, user.id);
+        Ok(user)
     }
 }
 
@@ -171,9 +174,11 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
         let verified = parts.extensions.remove::<Verified>();
         match parts.headers.get(AUTHORIZATION) {
             None => Ok(MaybeAuthUser(None)),
-            Some(header) => authenticate(state, verified, header)
-                .await
-                .map(|user| MaybeAuthUser(Some(user))),
+            Some(header) => {
+                let user = authenticate(state, verified, header).await?;
+                Writer::note(&parts.extensions, user.id);
+                Ok(MaybeAuthUser(Some(user)))
+            }
         }
     }
 }

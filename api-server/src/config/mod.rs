@@ -85,6 +85,20 @@ pub struct DatabaseConfig {
     /// How sessions name themselves in `pg_stat_activity` (the operator sets the pod name,
     /// so a credential rotation can tell which pods still hold the old role).
     pub application_name: String,
+    /// A streaming replica for reads (`crate::reads`); `None`: every read on the primary.
+    pub read: Option<ReadReplicaConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadReplicaConfig {
+    /// The standby's URL as given. Without a user name in it, the replica is logged into
+    /// with the primary URL's credentials, and so follows their rotation.
+    pub url: Secret,
+    pub max_connections: u32,
+    /// Further behind than this, the replica serves nothing (every read on the primary).
+    pub max_lag: Duration,
+    /// How often the replica's replay position is compared with the primary's.
+    pub lag_check_interval: Duration,
 }
 
 /// The largest clock skew tolerated in token validation (the operator keeps retiring keys
@@ -243,6 +257,58 @@ fn invalid(name: &'static str, value: impl fmt::Display, reason: impl Into<Strin
     }
 }
 
+/// `STOA_DATABASE_READ_URL` and the settings that only matter with it.
+fn read_replica<F: Fn(&str) -> Option<String>>(
+    s: &mut Reader<'_, F>,
+    primary_max_connections: u32,
+) -> Result<Option<ReadReplicaConfig>, ConfigError> {
+    let url = s.secret_url(
+        "STOA_DATABASE_READ_URL",
+        &["postgres", "postgresql"],
+        "(not set: every read on the primary)",
+    )?;
+    let max_connections =
+        s.read(Setting::new("STOA_DB_READ_MAX_CONNECTIONS", primary_max_connections).at_least(1))?;
+    let max_lag = s.read(
+        Setting::new("STOA_DB_READ_MAX_LAG", Duration::from_secs(5))
+            .at_least(Duration::from_millis(100)),
+    )?;
+    let lag_check_interval = s.read(
+        Setting::new(
+            "STOA_DB_READ_LAG_CHECK_INTERVAL",
+            Duration::from_millis(100),
+        )
+        .at_least(Duration::from_millis(10)),
+    )?;
+    if lag_check_interval >= max_lag {
+        return Err(invalid(
+            "STOA_DB_READ_LAG_CHECK_INTERVAL",
+            humantime::format_duration(lag_check_interval),
+            "must be shorter than STOA_DB_READ_MAX_LAG (the replica would never look current)",
+        ));
+    }
+    let Some((url, _)) = url else {
+        return Ok(None);
+    };
+    if url
+        .expose()
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .is_err()
+    {
+        return Err(ConfigError::Invalid {
+            name: "STOA_DATABASE_READ_URL",
+            value: "<redacted>".into(),
+            reason: "is not a valid PostgreSQL URL".into(),
+        });
+    }
+    Ok(Some(ReadReplicaConfig {
+        url,
+        max_connections,
+        max_lag,
+        lag_check_interval,
+    }))
+}
+
 impl Config {
     pub fn from_process_env(dev: bool) -> Result<Config, ConfigError> {
         Config::from_env(&Env::process(), dev)
@@ -328,6 +394,7 @@ impl Config {
                 "STOA_DB_APPLICATION_NAME",
                 "stoa-api".to_owned(),
             ))?,
+            read: read_replica(&mut s, max_connections)?,
         };
 
         let redis_url = s

@@ -14,6 +14,7 @@ use crate::http::cursor;
 use crate::http::extract::{ApiJson, ApiQuery, CursorPagination};
 use crate::http::types::{Comment, CommentResponse, CommentsResponse, NewCommentRequest};
 use crate::http::validate;
+use crate::reads::Reader;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -58,7 +59,7 @@ async fn list_comments(
     .bind(offset)
     .bind(after.map(|a| a.created_at))
     .bind(after.map(|a| a.id))
-    .fetch_all(&**state.db())
+    .fetch_all(&**state.read_db(Reader::of(viewer.id(), false)))
     .await?;
     let Some(first) = rows.first().filter(|r| r.get::<bool, _>("found")) else {
         return Err(ApiError::NotFound("article"));

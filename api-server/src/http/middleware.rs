@@ -190,3 +190,24 @@ async fn etag(request: Request, next: Next) -> Response {
     }
     Response::from_parts(parts, Body::from(bytes))
 }
+
+/// With a read replica: a writing request's writer (noted by the extractor that
+/// authenticated them, or by the handler that created them) is recorded and announced to
+/// every pod before the response leaves, so their next read sees the write (`crate::reads`).
+/// Marked whatever the outcome: a failed write costs a few reads on the primary.
+pub async fn record_writes(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if request.method().is_safe() {
+        return next.run(request).await;
+    }
+    let writer = crate::reads::Writer::default();
+    request.extensions_mut().insert(writer.clone());
+    let response = next.run(request).await;
+    if let Some(user) = writer.get() {
+        state.reads.wrote(user).await;
+    }
+    response
+}

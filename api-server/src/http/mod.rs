@@ -97,6 +97,9 @@ pub fn router(state: AppState) -> Router {
                 .into_response()
         })
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(tower::util::option_layer(state.reads.enabled().then(
+            || axum::middleware::from_fn_with_state(state.clone(), middleware::record_writes),
+        )))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::limit_then_tag,

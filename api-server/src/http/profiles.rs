@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::auth::{AuthUser, MaybeAuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::http::types::{Profile, ProfileResponse};
+use crate::reads::Reader;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -32,7 +33,7 @@ async fn get_profile(
     )
     .bind(&username)
     .bind(viewer.id())
-    .fetch_optional(&**state.db())
+    .fetch_optional(&**state.read_db(Reader::of(viewer.id(), false)))
     .await?
     .ok_or(ApiError::NotFound("profile"))?;
     Ok(axum::Json(ProfileResponse { profile }))

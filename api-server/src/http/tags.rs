@@ -8,6 +8,7 @@ use crate::cache::Key;
 use crate::error::ApiResult;
 use crate::http::types::TagsResponse;
 use crate::http::{json_bytes, to_json_bytes};
+use crate::reads::Reader;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -32,7 +33,7 @@ async fn list_tags(
     let tags: Vec<String> = sqlx::query_scalar(
         "SELECT tag FROM tag_counts WHERE articles > 0 ORDER BY articles DESC, tag",
     )
-    .fetch_all(&**state.db())
+    .fetch_all(&**state.read_db(Reader::CacheFill))
     .await?;
     let body = to_json_bytes(&TagsResponse { tags })?;
     state.cache.put(&Key::Tags, &body).await;

@@ -22,6 +22,8 @@ use crate::http::sessions::{
 use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, UserResponse};
 use crate::http::validate;
 use crate::metrics::SecurityEvent;
+use crate::reads::Reader;
+use crate::reads::Writer;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -46,6 +48,7 @@ fn taken(field: &'static str) -> impl FnOnce() -> ApiError {
 async fn register(
     State(state): State<AppState>,
     Extension(ip): Extension<ClientIp>,
+    writer: Option<Extension<Writer>>,
     headers: HeaderMap,
     ApiJson(NewUserRequest { user }): ApiJson<NewUserRequest>,
 ) -> ApiResult<Response> {
@@ -93,6 +96,10 @@ async fn register(
     .on_constraint("users_username_lower_key", taken("username"))
     .on_constraint("users_email_key", taken("email"))?;
     tracing::info!(user_id = %row.user.id, "user registered");
+    // Their first reads (their own user, say) must find them.
+    if let Some(Extension(writer)) = writer {
+        writer.set(row.user.id);
+    }
     let response = session_response(
         &state,
         row,
@@ -196,7 +203,7 @@ async fn current_user(
     let row: UserRow =
         sqlx::query_as("SELECT id, email, username, bio, image FROM users WHERE id = $1")
             .bind(auth.id)
-            .fetch_optional(&**state.db())
+            .fetch_optional(&**state.read_db(Reader::Caller(auth.id)))
             .await?
             // A valid token for a deleted account.
             .ok_or(ApiError::Unauthorized("belongs to no user"))?;

@@ -48,7 +48,7 @@ impl ThrowawayCa {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -56,7 +56,7 @@ fn is_root() -> bool {
 }
 
 /// PostgreSQL's own programs refuse to run as root: there, they run as `postgres`.
-fn as_server_user(program: &Path) -> Command {
+pub fn as_server_user(program: &Path) -> Command {
     if is_root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(program);

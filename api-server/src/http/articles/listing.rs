@@ -20,6 +20,7 @@ use crate::http::cursor;
 use crate::http::extract::{ApiQuery, CursorPagination, Pagination};
 use crate::http::types::{Article, ArticlesResponse};
 use crate::http::{json_bytes, to_json_bytes, validate};
+use crate::reads::Reader;
 use crate::state::AppState;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -248,11 +249,12 @@ fn list_fingerprint(query: &ListQuery, feed: Option<Uuid>) -> [u8; 8] {
 /// `limit` and `offset` are the callers' validated `Pagination`.
 async fn fetch_list(
     state: &AppState,
-    viewer: Option<Uuid>,
+    reader: Reader,
     query: ListQuery,
     (limit, offset): (i64, i64),
     feed: bool,
 ) -> ApiResult<ArticlesResponse> {
+    let viewer = reader.caller();
     let list = list_fingerprint(&query, viewer.filter(|_| feed));
     let after = cursor::resolve(state, query.cursor.as_deref(), offset, list)?;
     if query.q.is_some() && after.is_some() {
@@ -283,7 +285,7 @@ async fn fetch_list(
     if let Some(after) = after {
         page = page.bind(after.created_at).bind(after.id);
     }
-    let rows: Vec<PgRow> = page.fetch_all(&**state.db()).await?;
+    let rows: Vec<PgRow> = page.fetch_all(&**state.read_db(reader)).await?;
     let articles_count = match rows.first() {
         Some(row) => row.try_get("total")?,
         // Only a first page can come back without rows: nothing matches.
@@ -366,7 +368,8 @@ pub(super) async fn list_articles(
     {
         return Ok(json_bytes(body));
     }
-    let list = fetch_list(&state, viewer.id(), query, (limit, offset), false).await?;
+    let reader = Reader::of(viewer.id(), cache_key.is_some());
+    let list = fetch_list(&state, reader, query, (limit, offset), false).await?;
     let body = to_json_bytes(&list)?;
     if let Some(key) = &cache_key {
         state.cache.put(key, &body).await;
@@ -389,6 +392,6 @@ pub(super) async fn feed(
         cursor: page.cursor,
         ..ListQuery::default()
     };
-    let list = fetch_list(&state, Some(auth.id), query, resolved, true).await?;
+    let list = fetch_list(&state, Reader::Caller(auth.id), query, resolved, true).await?;
     Ok(axum::Json(list))
 }

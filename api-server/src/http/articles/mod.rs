@@ -17,6 +17,7 @@ use crate::http::extract::ApiJson;
 use crate::http::slug::{self, belongs_to, slugify};
 use crate::http::types::{Article, ArticleResponse, NewArticleRequest, UpdateArticleRequest};
 use crate::http::{json_bytes, to_json_bytes, validate};
+use crate::reads::Reader;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -93,8 +94,9 @@ async fn get_article(
         Some(viewer) => sqlx::query_as(GET_ARTICLE).bind(viewer).bind(&slug),
         None => sqlx::query_as(GET_ARTICLE_ANONYMOUS).bind(&slug),
     };
+    let reader = Reader::of(viewer.id(), cache_key.is_some());
     let article: Article = query
-        .fetch_optional(&**state.db())
+        .fetch_optional(&**state.read_db(reader))
         .await?
         .ok_or(ApiError::NotFound("article"))?;
     let body = to_json_bytes(&ArticleResponse { article })?;

@@ -1,0 +1,99 @@
+//! The writes feed: each pod announces who wrote, so a caller's next read on any pod goes
+//! to the primary until the replica has their write (see `crate::reads`).
+//!
+//! An announcement is published after the write commits and before its response leaves,
+//! so by the time the caller can send another request, Redis has handed it to every
+//! subscribed pod; what remains is the subscriber reading its socket, which is bounded by
+//! the caller's own round trip to the next pod. A pod whose subscription is down routes
+//! signed-in reads to the primary; on subscribing again it cannot know what it missed, so
+//! it treats every caller as having written just then.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+use uuid::Uuid;
+
+use crate::feed::Followed;
+use crate::metrics::Metrics;
+use crate::reads::Routing;
+
+pub const CHANNEL: &str = "stoa:writes";
+
+/// Publishes `user`'s write.
+pub async fn announce(
+    mut conn: redis::aio::ConnectionManager,
+    user: Uuid,
+) -> redis::RedisResult<()> {
+    let mut buffer = Uuid::encode_buffer();
+    let id = user.hyphenated().encode_lower(&mut buffer);
+    conn.publish(CHANNEL, &*id).await
+}
+
+impl Followed for Routing {
+    const NAME: &'static str = "writes feed";
+    const WHILE_DOWN: &'static str = "signed-in reads go to the primary";
+
+    fn is_live(&self) -> bool {
+        self.feed_live.load(Ordering::Acquire)
+    }
+
+    fn set_live(&self, live: bool, metrics: &Metrics) {
+        // Announcements may have been missed until now.
+        self.unknown_before
+            .fetch_max(self.clock.now(), Ordering::AcqRel);
+        self.feed_live.store(live, Ordering::Release);
+        metrics.set_dependency_up("writes_feed", live);
+    }
+}
+
+/// Follows the writes channel for as long as the process runs.
+pub fn spawn(routing: Arc<Routing>, client: redis::Client, timeout: Duration) {
+    let metrics = routing.metrics.clone();
+    crate::feed::keep_following(
+        routing.clone(),
+        metrics,
+        || false,
+        move || {
+            let (routing, client) = (routing.clone(), client.clone());
+            async move { follow(&routing, &client, timeout).await }
+        },
+    );
+}
+
+/// How often a quiet subscription is checked (a dead connection must not look live).
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+async fn follow(
+    routing: &Routing,
+    client: &redis::Client,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
+    let (mut sink, mut stream) = pubsub.split();
+    tokio::time::timeout(timeout, sink.subscribe(CHANNEL)).await??;
+    routing.set_live(true, &routing.metrics);
+    let mut ping = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            message = stream.next() => {
+                let Some(message) = message else { return Ok(()) };
+                let user = std::str::from_utf8(message.get_payload_bytes())
+                    .ok()
+                    .and_then(|text| Uuid::parse_str(text).ok());
+                match user {
+                    Some(user) => routing.mark(user),
+                    // Unreadable: anyone may have written.
+                    None => {
+                        routing.unknown_before.fetch_max(routing.clock.now(), Ordering::AcqRel);
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await??;
+            }
+        }
+    }
+}
