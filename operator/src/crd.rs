@@ -133,6 +133,7 @@ impl Default for StoaSpec {
                 },
                 admin_secret_ref: None,
                 ca_secret_ref: None,
+                read_url_secret_ref: None,
                 max_connections: default_pool(),
                 credential_rotation: CredentialRotationSpec::default(),
             },
@@ -189,6 +190,13 @@ pub struct DatabaseSpec {
     /// `PGSSLROOTCERT`, so a URL with `sslmode=verify-full` verifies against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Optional streaming replica (a Secret key holding its PostgreSQL URL) for the API's
+    /// content reads; writes and the security paths stay on the primary, and a caller who
+    /// wrote reads the primary until the replica has their write (stoa-api's README, "Read
+    /// replicas"). A URL without a user name logs in with the primary's credential and so
+    /// follows its rotation. Mounted into API pods only (the worker writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_url_secret_ref: Option<SecretKeyRef>,
     /// Connections per pod.
     #[serde(default = "default_pool")]
     #[schemars(range(min = 1, max = 500))]

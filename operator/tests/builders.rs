@@ -640,3 +640,63 @@ fn private_cas_are_mounted_where_the_clients_look_for_them() {
     );
     assert_eq!(env_of(&pod, "PGSSLROOTCERT"), None);
 }
+
+#[test]
+fn a_read_replica_url_is_mounted_into_api_pods_only() {
+    let s = with_spec(stoa("api"), |spec| {
+        spec.database.read_url_secret_ref =
+            Some(serde_json::from_value(json!({"name": "db-standby", "key": "url"})).unwrap());
+    });
+    let cm = resources::config_map(&s).unwrap();
+    let pod_of = |deployment: k8s_openapi::api::apps::v1::Deployment| {
+        deployment.spec.unwrap().template.spec.unwrap()
+    };
+    let api = pod_of(resources::deployment(&s, &cm, "img").unwrap());
+    let worker = pod_of(resources::worker_deployment(&s, &cm, "img", 1).unwrap());
+    let read_env = |pod: &k8s_openapi::api::core::v1::PodSpec| {
+        pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "STOA_DATABASE_READ_URL_FILE")
+            .and_then(|e| e.value.clone())
+    };
+    let read_volume = |pod: &k8s_openapi::api::core::v1::PodSpec| {
+        pod.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "database-read")
+            .map(|v| {
+                let secret = v.secret.clone().unwrap();
+                let item = &secret.items.unwrap()[0];
+                (
+                    secret.secret_name.unwrap(),
+                    item.key.clone(),
+                    item.path.clone(),
+                )
+            })
+    };
+    assert_eq!(
+        read_env(&api).as_deref(),
+        Some("/var/run/stoa/database-read/url")
+    );
+    assert_eq!(
+        read_volume(&api),
+        Some(("db-standby".into(), "url".into(), "url".into()))
+    );
+    assert!(
+        api.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/var/run/stoa/database-read" && m.read_only == Some(true))
+    );
+    // The worker writes: it neither needs nor gets the replica.
+    assert_eq!(read_env(&worker), None);
+    assert_eq!(read_volume(&worker), None);
+    // The variable stoa-api reads and the path the operator mounts agree.
+    assert_eq!(
+        stoa_contract::env::DATABASE_READ_URL_FILE,
+        "STOA_DATABASE_READ_URL_FILE"
+    );
+}

@@ -29,7 +29,8 @@ pub use credentials::*;
 pub const API_PORT: i32 = 8080;
 pub const METRICS_PORT: i32 = 9090;
 pub use stoa_contract::paths::{
-    CA_FILE, DATABASE_CA_MOUNT, DATABASE_MOUNT, KEYS_MOUNT, REDIS_CA_MOUNT, REDIS_MOUNT,
+    CA_FILE, DATABASE_CA_MOUNT, DATABASE_MOUNT, DATABASE_READ_MOUNT, KEYS_MOUNT, REDIS_CA_MOUNT,
+    REDIS_MOUNT,
 };
 pub const CONFIG_HASH_ANNOTATION: &str = "stoa.dev/config-hash";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
@@ -480,6 +481,22 @@ fn program_deployment(
             0,
             json!({"name": "keys", "mountPath": KEYS_MOUNT, "readOnly": true}),
         );
+    }
+    if let Some(read) = spec
+        .database
+        .read_url_secret_ref
+        .as_ref()
+        .filter(|_| !worker)
+    {
+        volumes.push(json!({"name": "database-read", "secret": {
+            "secretName": read.name,
+            "items": [{"key": read.key, "path": URL_FILE}],
+            "defaultMode": 0o440}}));
+        mounts.push(
+            json!({"name": "database-read", "mountPath": DATABASE_READ_MOUNT, "readOnly": true}),
+        );
+        container_env.push(json!({"name": env::DATABASE_READ_URL_FILE,
+            "value": format!("{DATABASE_READ_MOUNT}/{URL_FILE}")}));
     }
     if let Some(redis) = &spec.redis {
         volumes.push(json!({"name": "redis", "secret": {
