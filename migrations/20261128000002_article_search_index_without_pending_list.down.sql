@@ -1,0 +1,1 @@
+ALTER INDEX articles_search_idx SET (fastupdate = on);
