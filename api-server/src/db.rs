@@ -70,6 +70,18 @@ pub async fn create_database_if_missing(url: &Secret) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A database error in words safe to show an operator (no URLs, no passwords).
+pub fn describe_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => format!("connection failed: {}", io.kind()),
+        sqlx::Error::PoolTimedOut => "no connection available in time".into(),
+        sqlx::Error::PoolClosed => "pool closed".into(),
+        sqlx::Error::Database(db) => format!("database error {}", db.code().unwrap_or_default()),
+        sqlx::Error::Tls(_) => "TLS error".into(),
+        _ => "unavailable".into(),
+    }
+}
+
 /// The pools in use, swappable at run time (credential rotation) without a restart, with
 /// the credential they log in with (reported to the operator, never the password).
 pub struct Db {

@@ -17,7 +17,7 @@ pub fn spawn_reader(state: AppState) {
             match read(&state).await {
                 Ok(limits) => state.server_limits.store(Some(std::sync::Arc::new(limits))),
                 Err(e) => tracing::debug!(
-                    error = crate::http::describe_db_error(&e),
+                    error = crate::db::describe_error(&e),
                     "cannot read the database's connection limits yet"
                 ),
             }

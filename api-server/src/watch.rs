@@ -130,7 +130,7 @@ pub fn spawn_credentials_watcher(
                         })
                         .inc();
                     tracing::error!(
-                        error = crate::http::describe_db_error(&error),
+                        error = crate::db::describe_error(&error),
                         "new database credentials do not work yet; still using the previous ones"
                     );
                     rejected = Some((candidate, Instant::now()));

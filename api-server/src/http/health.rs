@@ -154,7 +154,7 @@ pub async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
                 (database, schema_check(found.status()))
             }
             Ok(Err(e)) => (
-                Check::failed("down", crate::http::describe_db_error(&e)),
+                Check::failed("down", crate::db::describe_error(&e)),
                 Check::failed("unknown", "database unreachable"),
             ),
             Err(_) => (

@@ -176,15 +176,3 @@ pub fn to_json_bytes<T: serde::Serialize>(value: &T) -> Result<axum::body::Bytes
         .map(axum::body::Bytes::from)
         .map_err(|e| ApiError::Internal(e.into()))
 }
-
-/// A database error in words safe to show an operator (no URLs, no passwords).
-pub fn describe_db_error(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Io(io) => format!("connection failed: {}", io.kind()),
-        sqlx::Error::PoolTimedOut => "no connection available in time".into(),
-        sqlx::Error::PoolClosed => "pool closed".into(),
-        sqlx::Error::Database(db) => format!("database error {}", db.code().unwrap_or_default()),
-        sqlx::Error::Tls(_) => "TLS error".into(),
-        _ => "unavailable".into(),
-    }
-}

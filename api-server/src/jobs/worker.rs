@@ -144,7 +144,7 @@ impl Worker {
                 }
                 Err(error) => {
                     tracing::warn!(
-                        error = crate::http::describe_db_error(&error),
+                        error = crate::db::describe_error(&error),
                         "cannot claim a job"
                     );
                     tokio::time::sleep(self.config.poll_interval).await;
@@ -224,7 +224,7 @@ impl Worker {
             Err(e) => tracing::warn!(
                 job = job.id,
                 kind,
-                error = crate::http::describe_db_error(&e),
+                error = crate::db::describe_error(&e),
                 "cannot record a failed attempt; the job runs again after its lease"
             ),
         }
@@ -307,7 +307,7 @@ impl Worker {
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(
-                    error = crate::http::describe_db_error(&error),
+                    error = crate::db::describe_error(&error),
                     "cannot run the schedules; retrying next tick"
                 ),
             }
@@ -322,7 +322,7 @@ impl Worker {
             match queue::depth(&pool).await {
                 Ok(depth) => self.publish_depth(&depth),
                 Err(error) => tracing::debug!(
-                    error = crate::http::describe_db_error(&error),
+                    error = crate::db::describe_error(&error),
                     "cannot read the queue depth"
                 ),
             }

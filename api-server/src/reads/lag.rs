@@ -92,7 +92,7 @@ pub fn spawn(routing: Arc<Routing>, database: Arc<Db>, interval: Duration, timeo
                 }
                 Ok(Err(error)) if !warned => {
                     tracing::warn!(
-                        error = crate::http::describe_db_error(&error),
+                        error = crate::db::describe_error(&error),
                         "read replica unreachable: reads go to the primary"
                     );
                     warned = true;
