@@ -576,29 +576,6 @@ fn private_cas_are_mounted_where_the_clients_look_for_them() {
             .template,
     );
     let migration = pod_of(&job.spec.unwrap().template);
-    let env_of = |pod: &k8s_openapi::api::core::v1::PodSpec, name: &str| {
-        pod.containers[0]
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == name)
-            .and_then(|e| e.value.clone())
-    };
-    let secret_of = |pod: &k8s_openapi::api::core::v1::PodSpec, volume: &str| {
-        pod.volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == volume)
-            .map(|v| {
-                let secret = v.secret.clone().unwrap();
-                let item = &secret.items.unwrap()[0];
-                (
-                    secret.secret_name.unwrap(),
-                    item.key.clone(),
-                    item.path.clone(),
-                )
-            })
-    };
     for pod in [&api, &worker, &migration] {
         assert_eq!(
             env_of(pod, "PGSSLROOTCERT").as_deref(),
@@ -608,13 +585,7 @@ fn private_cas_are_mounted_where_the_clients_look_for_them() {
             secret_of(pod, "database-ca"),
             Some(("db-ca".into(), "ca.pem".into(), "ca.crt".into()))
         );
-        assert!(
-            pod.containers[0]
-                .volume_mounts
-                .iter()
-                .flatten()
-                .any(|m| m.mount_path == "/var/run/stoa/database-ca" && m.read_only == Some(true))
-        );
+        assert!(mounted_read_only(pod, "/var/run/stoa/database-ca"));
     }
     for pod in [&api, &worker] {
         assert_eq!(
@@ -653,50 +624,60 @@ fn a_read_replica_url_is_mounted_into_api_pods_only() {
     };
     let api = pod_of(resources::deployment(&s, &cm, "img").unwrap());
     let worker = pod_of(resources::worker_deployment(&s, &cm, "img", 1).unwrap());
-    let read_env = |pod: &k8s_openapi::api::core::v1::PodSpec| {
-        pod.containers[0]
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == "STOA_DATABASE_READ_URL_FILE")
-            .and_then(|e| e.value.clone())
-    };
-    let read_volume = |pod: &k8s_openapi::api::core::v1::PodSpec| {
-        pod.volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == "database-read")
-            .map(|v| {
-                let secret = v.secret.clone().unwrap();
-                let item = &secret.items.unwrap()[0];
-                (
-                    secret.secret_name.unwrap(),
-                    item.key.clone(),
-                    item.path.clone(),
-                )
-            })
-    };
     assert_eq!(
-        read_env(&api).as_deref(),
+        env_of(&api, "STOA_DATABASE_READ_URL_FILE").as_deref(),
         Some("/var/run/stoa/database-read/url")
     );
     assert_eq!(
-        read_volume(&api),
+        secret_of(&api, "database-read"),
         Some(("db-standby".into(), "url".into(), "url".into()))
     );
-    assert!(
-        api.containers[0]
-            .volume_mounts
-            .iter()
-            .flatten()
-            .any(|m| m.mount_path == "/var/run/stoa/database-read" && m.read_only == Some(true))
-    );
+    assert!(mounted_read_only(&api, "/var/run/stoa/database-read"));
     // The worker writes: it neither needs nor gets the replica.
-    assert_eq!(read_env(&worker), None);
-    assert_eq!(read_volume(&worker), None);
+    assert_eq!(env_of(&worker, "STOA_DATABASE_READ_URL_FILE"), None);
+    assert_eq!(secret_of(&worker, "database-read"), None);
     // The variable stoa-api reads and the path the operator mounts agree.
     assert_eq!(
         stoa_contract::env::DATABASE_READ_URL_FILE,
         "STOA_DATABASE_READ_URL_FILE"
     );
+}
+
+/// The value of the first container's environment variable `name`.
+fn env_of(pod: &k8s_openapi::api::core::v1::PodSpec, name: &str) -> Option<String> {
+    pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+/// (Secret, key, file name) of the Secret volume `volume`.
+fn secret_of(
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    volume: &str,
+) -> Option<(String, String, String)> {
+    pod.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == volume)
+        .map(|v| {
+            let secret = v.secret.clone().unwrap();
+            let item = &secret.items.unwrap()[0];
+            (
+                secret.secret_name.unwrap(),
+                item.key.clone(),
+                item.path.clone(),
+            )
+        })
+}
+
+/// Whether the first container mounts something read-only at `path`.
+fn mounted_read_only(pod: &k8s_openapi::api::core::v1::PodSpec, path: &str) -> bool {
+    pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.mount_path == path && m.read_only == Some(true))
 }

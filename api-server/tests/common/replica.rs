@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::tls::{as_server_user, is_root};
+use super::tls::{as_server_user, initdb, is_root};
 
 pub struct ReplicatedPostgres {
     pub primary: u16,
@@ -42,13 +42,7 @@ impl ReplicatedPostgres {
         let dir = tempfile::tempdir().unwrap();
         owned_by_server_user(dir.path());
         let primary_data: PathBuf = dir.path().join("primary");
-        let status = as_server_user(&bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&primary_data)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "initdb failed");
+        initdb(bin, &primary_data);
         std::fs::write(
             primary_data.join("pg_hba.conf"),
             "local all all trust\n\

@@ -66,6 +66,17 @@ pub fn as_server_user(program: &Path) -> Command {
     }
 }
 
+/// A new cluster in `pgdata`: superuser `postgres`, trust authentication.
+pub fn initdb(bin: &Path, pgdata: &Path) {
+    let status = as_server_user(&bin.join("initdb"))
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+        .arg(pgdata)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "initdb failed");
+}
+
 /// The directory of `initdb` and `postgres` (Debian puts them outside PATH).
 pub fn postgres_bin() -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -97,13 +108,7 @@ impl TlsPostgres {
                 .unwrap();
         }
         let pgdata = data.path().join("pgdata");
-        let status = as_server_user(&bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&pgdata)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "initdb failed");
+        initdb(bin, &pgdata);
         std::fs::write(
             pgdata.join("pg_hba.conf"),
             "local all all trust\n\
