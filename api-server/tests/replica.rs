@@ -284,6 +284,12 @@ async fn a_replica_too_far_behind_or_gone_serves_nothing() {
     )
     .await;
     wait_until_current(&app).await;
+    let detail = app.admin_get("/readyz").await;
+    assert_eq!(
+        detail.body["checks"]["readReplica"]["status"], "current",
+        "{}",
+        detail.text
+    );
 
     pause_replay(&standby).await;
     app.register("dave").await;
@@ -293,6 +299,17 @@ async fn a_replica_too_far_behind_or_gone_serves_nothing() {
             && sample(&metrics, "stoa_db_replica_staleness_seconds") > 0.5
     })
     .await;
+    let detail = app.admin_get("/readyz").await;
+    assert_eq!(
+        detail.status,
+        StatusCode::OK,
+        "a lagging replica does not fail readiness"
+    );
+    assert_eq!(
+        detail.body["checks"]["readReplica"]["status"], "behind",
+        "{}",
+        detail.text
+    );
     // Behind by more than the bound: even anonymous reads come from the primary.
     let before = app.metrics().await;
     assert_eq!(

@@ -46,6 +46,10 @@ pub struct Checks {
     pub signing_keys: Check,
     /// Optional: `disabled`, `up` or `degraded` (Redis down; fallbacks in use). Never fails readiness.
     pub redis: Check,
+    /// With a read replica only: `current`, or `behind` (reads on the primary). Never fails
+    /// readiness.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_replica: Option<Check>,
     pub lifecycle: Check,
 }
 
@@ -53,7 +57,7 @@ pub struct Checks {
 #[serde(rename_all = "camelCase")]
 pub struct Check {
     /// `up`, `down`, `current`, `ahead`, `behind`, `dirty`, `loaded`, `serving`, `draining`,
-    /// `unknown`.
+    /// `unknown`, `disabled`, `degraded`.
     pub status: &'static str,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,6 +192,17 @@ pub async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
             Some("unreachable; using PostgreSQL and in-process fallbacks, no cache".into()),
         ),
     };
+    let read_replica = state.reads.replica_status().map(|(current, staleness)| {
+        let behind = staleness.map_or_else(
+            || "not seen caught up yet".to_owned(),
+            |s| format!("at most {} ms behind", s.as_millis()),
+        );
+        if current {
+            Check::ok("current", Some(behind))
+        } else {
+            Check::ok("behind", Some(format!("{behind}; reads go to the primary")))
+        }
+    });
     let lifecycle = if state.is_shutting_down() {
         Check::failed("draining", "shutting down")
     } else {
@@ -202,6 +217,7 @@ pub async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
             schema,
             signing_keys,
             redis,
+            read_replica,
             lifecycle,
         },
     };

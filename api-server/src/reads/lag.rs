@@ -113,8 +113,9 @@ fn publish(routing: &Routing) {
     let staleness = routing.staleness();
     let seconds = staleness.map_or(f64::INFINITY, |s| s.as_secs_f64());
     routing.metrics.db_replica_staleness.set(seconds);
-    let current = staleness.is_some_and(|s| s.as_nanos() <= u128::from(routing.max_lag));
-    routing.metrics.set_dependency_up("read_replica", current);
+    routing
+        .metrics
+        .set_dependency_up("read_replica", routing.is_current(staleness));
 }
 
 #[cfg(test)]

@@ -218,6 +218,11 @@ impl Routing {
         self.watermark.fetch_max(at, Ordering::AcqRel);
     }
 
+    /// Whether a replica `staleness` behind serves reads.
+    fn is_current(&self, staleness: Option<Duration>) -> bool {
+        staleness.is_some_and(|s| s.as_nanos() <= u128::from(self.max_lag))
+    }
+
     /// How far behind the replica may be, as of now (`None`: not seen caught up yet).
     fn staleness(&self) -> Option<Duration> {
         match self.watermark.load(Ordering::Acquire) {
@@ -251,6 +256,14 @@ impl Reads {
 
     pub fn routing(&self) -> Option<&Arc<Routing>> {
         self.routing.as_ref()
+    }
+
+    /// The replica as readiness reports it (`None` without one): whether it serves reads,
+    /// and how far behind it may be (`None`: not seen caught up yet).
+    pub fn replica_status(&self) -> Option<(bool, Option<Duration>)> {
+        let routing = self.routing.as_ref()?;
+        let staleness = routing.staleness();
+        Some((routing.is_current(staleness), staleness))
     }
 
     /// The pool `reader`'s content read goes to. Hold the guard only for the query.
