@@ -1,11 +1,51 @@
 //! Keeping a replica's local copy current from a subscription (Redis pub/sub, PostgreSQL
 //! `LISTEN`): the copy is used only while the subscription is live, and a lost one is
-//! retried with backoff. The revocation denylist and the cache copy both follow this way.
+//! retried with backoff. The revocation denylist, the cache copy and the writes feed of
+//! read routing all follow this way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use crate::metrics::Metrics;
+
+/// How often a quiet Redis subscription is pinged; a ping unanswered within the Redis
+/// timeout ends it (a silent connection must not look live).
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Subscribes to the Redis `channel`, then runs `subscribed` (load what came before, mark
+/// the copy live), then hands every message's payload to `on_message` and pings the
+/// connection every second (calling `after_ping` on each answer), until the connection
+/// fails or ends. `subscribed` runs only once the subscription is in place, so nothing
+/// published after it is missed.
+pub async fn follow_redis_channel(
+    client: &redis::Client,
+    channel: &str,
+    timeout: Duration,
+    subscribed: impl Future<Output = anyhow::Result<()>>,
+    mut on_message: impl FnMut(&[u8]),
+    mut after_ping: impl FnMut(),
+) -> anyhow::Result<()> {
+    let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
+    let (mut sink, mut stream) = pubsub.split();
+    tokio::time::timeout(timeout, sink.subscribe(channel)).await??;
+    subscribed.await?;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            message = stream.next() => {
+                let Some(message) = message else { return Ok(()) };
+                on_message(message.get_payload_bytes());
+            }
+            _ = ping.tick() => {
+                // Subscribed, Redis answers ["pong", ""]: any answer will do.
+                tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await??;
+                after_ping();
+            }
+        }
+    }
+}
 
 /// A local copy kept current by a subscription.
 pub trait Followed: Send + Sync + 'static {

@@ -17,7 +17,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -25,10 +24,6 @@ use crate::feed::Followed;
 use crate::metrics::Metrics;
 
 pub const CHANNEL: &str = "stoa:revocations";
-
-/// How often the feed's connection is pinged; a ping unanswered within the Redis timeout
-/// takes the feed down (a silent connection must not look live).
-const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// How long the mirror must keep revocations: tokens verify until `exp` plus the leeway.
 #[derive(Clone, Copy, Debug)]
@@ -238,31 +233,26 @@ async fn follow(
     timeout: Duration,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
-    let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
-    let (mut sink, mut stream) = pubsub.split();
-    tokio::time::timeout(timeout, sink.subscribe(CHANNEL)).await??;
     // Subscribed: from here every revocation arrives as a message; everything committed
     // before is in PostgreSQL.
-    list.replace(load(db, window).await?);
-    list.set_live(true, metrics);
-    tracing::info!("revocation feed live: revocations are checked locally");
-    let mut ping = tokio::time::interval(PING_EVERY);
-    loop {
-        tokio::select! {
-            message = stream.next() => {
-                let Some(message) = message else { return Ok(()) };
-                match std::str::from_utf8(message.get_payload_bytes()).ok().and_then(parse) {
-                    Some((denied, until)) => list.add(denied, until),
-                    None => tracing::warn!("ignored a malformed revocation message"),
-                }
-            }
-            _ = ping.tick() => {
-                // Subscribed, Redis answers ["pong", ""]: any answer will do.
-                tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await??;
-                list.prune(chrono::Utc::now().timestamp());
-            }
-        }
-    }
+    let subscribed = async {
+        list.replace(load(db, window).await?);
+        list.set_live(true, metrics);
+        tracing::info!("revocation feed live: revocations are checked locally");
+        Ok(())
+    };
+    crate::feed::follow_redis_channel(
+        client,
+        CHANNEL,
+        timeout,
+        subscribed,
+        |payload| match std::str::from_utf8(payload).ok().and_then(parse) {
+            Some((denied, until)) => list.add(denied, until),
+            None => tracing::warn!("ignored a malformed revocation message"),
+        },
+        || list.prune(chrono::Utc::now().timestamp()),
+    )
+    .await
 }
 
 #[cfg(test)]

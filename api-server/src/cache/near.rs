@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use futures::StreamExt;
 
 use crate::feed::Followed;
 use crate::metrics::Metrics;
@@ -151,36 +150,30 @@ pub fn spawn(
     );
 }
 
-/// How often a quiet subscription is checked (a dead connection must not look live).
-const PING_EVERY: Duration = Duration::from_secs(1);
-
 async fn follow(
     near: &NearCache,
     client: &redis::Client,
     timeout: Duration,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
-    let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
-    let (mut sink, mut stream) = pubsub.split();
-    tokio::time::timeout(timeout, sink.subscribe(CHANNEL)).await??;
     // Subscribed: every invalidation from now on arrives here; the copy starts empty.
-    near.set_live(true, metrics);
-    let mut ping = tokio::time::interval(PING_EVERY);
-    loop {
-        tokio::select! {
-            message = stream.next() => {
-                let Some(message) = message else { return Ok(()) };
-                match std::str::from_utf8(message.get_payload_bytes()) {
-                    Ok(keys) => near.invalidate(keys),
-                    // Unreadable: drop everything rather than guess.
-                    Err(_) => near.invalidate("*"),
-                }
-            }
-            _ = ping.tick() => {
-                tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await??;
-            }
-        }
-    }
+    let subscribed = async {
+        near.set_live(true, metrics);
+        Ok(())
+    };
+    crate::feed::follow_redis_channel(
+        client,
+        CHANNEL,
+        timeout,
+        subscribed,
+        |payload| match std::str::from_utf8(payload) {
+            Ok(keys) => near.invalidate(keys),
+            // Unreadable: drop everything rather than guess.
+            Err(_) => near.invalidate("*"),
+        },
+        || {},
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -63,37 +62,35 @@ pub fn spawn(routing: Arc<Routing>, client: redis::Client, timeout: Duration) {
     );
 }
 
-/// How often a quiet subscription is checked (a dead connection must not look live).
-const PING_EVERY: Duration = Duration::from_secs(1);
-
 async fn follow(
     routing: &Routing,
     client: &redis::Client,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
-    let (mut sink, mut stream) = pubsub.split();
-    tokio::time::timeout(timeout, sink.subscribe(CHANNEL)).await??;
-    routing.set_live(true, &routing.metrics);
-    let mut ping = tokio::time::interval(PING_EVERY);
-    loop {
-        tokio::select! {
-            message = stream.next() => {
-                let Some(message) = message else { return Ok(()) };
-                let user = std::str::from_utf8(message.get_payload_bytes())
-                    .ok()
-                    .and_then(|text| Uuid::parse_str(text).ok());
-                match user {
-                    Some(user) => routing.mark(user),
-                    // Unreadable: anyone may have written.
-                    None => {
-                        routing.unknown_before.fetch_max(routing.clock.now(), Ordering::AcqRel);
-                    }
+    let subscribed = async {
+        routing.set_live(true, &routing.metrics);
+        Ok(())
+    };
+    crate::feed::follow_redis_channel(
+        client,
+        CHANNEL,
+        timeout,
+        subscribed,
+        |payload| {
+            let user = std::str::from_utf8(payload)
+                .ok()
+                .and_then(|text| Uuid::parse_str(text).ok());
+            match user {
+                Some(user) => routing.mark(user),
+                // Unreadable: anyone may have written.
+                None => {
+                    routing
+                        .unknown_before
+                        .fetch_max(routing.clock.now(), Ordering::AcqRel);
                 }
             }
-            _ = ping.tick() => {
-                tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await??;
-            }
-        }
-    }
+        },
+        || {},
+    )
+    .await
 }
