@@ -38,9 +38,19 @@ pub fn migration_connect_options(url: &Secret) -> Result<PgConnectOptions, sqlx:
 /// A lazily connecting pool: the server starts (and reports not-ready) even while the
 /// database is unreachable, and connects as soon as it can.
 pub fn pool(url: &Secret, config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    lazy_pool(url, config, config.max_connections)
+}
+
+/// A lazily connecting pool of at most `max_connections` for `url`, with `config`'s other
+/// settings.
+fn lazy_pool(
+    url: &Secret,
+    config: &DatabaseConfig,
+    max_connections: u32,
+) -> Result<PgPool, sqlx::Error> {
     Ok(PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .min_connections(config.min_connections)
+        .max_connections(max_connections)
+        .min_connections(config.min_connections.min(max_connections))
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .test_before_acquire(false)
@@ -180,14 +190,11 @@ fn replica_pool(
     config: &DatabaseConfig,
     primary_url: &Secret,
 ) -> Result<PgPool, sqlx::Error> {
-    let url = replica_url(&read.url, primary_url);
-    Ok(PgPoolOptions::new()
-        .max_connections(read.max_connections)
-        .min_connections(config.min_connections.min(read.max_connections))
-        .acquire_timeout(config.acquire_timeout)
-        .idle_timeout(Some(Duration::from_secs(300)))
-        .test_before_acquire(false)
-        .connect_lazy_with(connect_options(&url, config)?))
+    lazy_pool(
+        &replica_url(&read.url, primary_url),
+        config,
+        read.max_connections,
+    )
 }
 
 /// Whether a PostgreSQL URL names its user (`postgres://user[:password]@host/…`).

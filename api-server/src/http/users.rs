@@ -22,8 +22,7 @@ use crate::http::sessions::{
 use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, UserResponse};
 use crate::http::validate;
 use crate::metrics::SecurityEvent;
-use crate::reads::Reader;
-use crate::reads::Writer;
+use crate::reads::{Reader, Writer};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -50,23 +50,22 @@ pub fn spawn(routing: Arc<Routing>, database: Arc<Db>, interval: Duration, timeo
         let mut warned = false;
         loop {
             ticks.tick().await;
-            let Some(replica) = database.replica() else {
-                return;
-            };
             let at = routing.clock.now();
-            let primary = database.pool();
+            // Each pool guard lives for its own statement only.
             let sampled = tokio::time::timeout(
                 timeout,
-                sqlx::query_scalar::<_, i64>(PRIMARY_POSITION).fetch_one(&**primary),
+                sqlx::query_scalar::<_, i64>(PRIMARY_POSITION).fetch_one(&**database.pool()),
             )
             .await;
-            drop(primary);
             if let Ok(Ok(position)) = sampled {
                 if pending.len() == MAX_PENDING {
                     pending.pop_front();
                 }
                 pending.push_back((at, position));
             }
+            let Some(replica) = database.replica() else {
+                return;
+            };
             let replayed = tokio::time::timeout(
                 timeout,
                 sqlx::query_scalar::<_, i64>(REPLAY_POSITION).fetch_one(&**replica),

@@ -268,10 +268,12 @@ impl Reads {
 
     /// The pool `reader`'s content read goes to. Hold the guard only for the query.
     pub fn pool(&self, database: &Db, reader: Reader) -> Guard<Arc<PgPool>> {
-        if let (Some(routing), Some(replica)) = (&self.routing, database.replica()) {
+        if let Some(routing) = &self.routing {
             let route = routing.route(reader);
             routing.counts[route as usize].inc();
-            if route == Route::Replica {
+            if route == Route::Replica
+                && let Some(replica) = database.replica()
+            {
                 return replica;
             }
         }
