@@ -342,6 +342,18 @@ pub fn worker_deployment(
 }
 
 /// A CA certificate Secret key, mounted read-only as `<mount>/ca.crt` and named by `env`.
+/// A URL Secret key as the volume `name` (the key projected to `<mount>/<URL_FILE>`,
+/// readable by the pod's group only) and its read-only mount.
+fn url_secret(name: &str, secret: &str, key: &str, mount: &str) -> (Value, Value) {
+    (
+        json!({"name": name, "secret": {
+            "secretName": secret,
+            "items": [{"key": key, "path": URL_FILE}],
+            "defaultMode": 0o440}}),
+        json!({"name": name, "mountPath": mount, "readOnly": true}),
+    )
+}
+
 struct CaMount<'a> {
     volume: &'static str,
     secret: &'a crate::crd::SecretKeyRef,
@@ -461,17 +473,17 @@ fn program_deployment(
                 .map(|(name, value)| json!({"name": name, "value": value})),
         );
     }
+    let (database_volume, database_mount) = url_secret(
+        "database",
+        &database_secret.0,
+        &database_secret.1,
+        DATABASE_MOUNT,
+    );
     let mut volumes = vec![
-        json!({"name": "database", "secret": {
-            "secretName": database_secret.0,
-            "items": [{"key": database_secret.1, "path": "url"}],
-            "defaultMode": 0o440}}),
+        database_volume,
         json!({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
     ];
-    let mut mounts = vec![
-        json!({"name": "database", "mountPath": DATABASE_MOUNT, "readOnly": true}),
-        json!({"name": "tmp", "mountPath": "/tmp"}),
-    ];
+    let mut mounts = vec![database_mount, json!({"name": "tmp", "mountPath": "/tmp"})];
     if !worker {
         volumes.insert(
             0,
@@ -488,22 +500,18 @@ fn program_deployment(
         .as_ref()
         .filter(|_| !worker)
     {
-        volumes.push(json!({"name": "database-read", "secret": {
-            "secretName": read.name,
-            "items": [{"key": read.key, "path": URL_FILE}],
-            "defaultMode": 0o440}}));
-        mounts.push(
-            json!({"name": "database-read", "mountPath": DATABASE_READ_MOUNT, "readOnly": true}),
-        );
+        let (volume, mount) =
+            url_secret("database-read", &read.name, &read.key, DATABASE_READ_MOUNT);
+        volumes.push(volume);
+        mounts.push(mount);
         container_env.push(json!({"name": env::DATABASE_READ_URL_FILE,
             "value": format!("{DATABASE_READ_MOUNT}/{URL_FILE}")}));
     }
     if let Some(redis) = &spec.redis {
-        volumes.push(json!({"name": "redis", "secret": {
-            "secretName": redis.url_secret_ref.name,
-            "items": [{"key": redis.url_secret_ref.key, "path": "url"}],
-            "defaultMode": 0o440}}));
-        mounts.push(json!({"name": "redis", "mountPath": REDIS_MOUNT, "readOnly": true}));
+        let secret = &redis.url_secret_ref;
+        let (volume, mount) = url_secret("redis", &secret.name, &secret.key, REDIS_MOUNT);
+        volumes.push(volume);
+        mounts.push(mount);
     }
     // Before the user's settings (index 0 is the session name), which win over them.
     let mut ca_env = Vec::new();
