@@ -97,6 +97,14 @@ fn sample(metrics: &str, series: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
+/// `stoa_dependency_up` of `dependency` (1 up, 0 down).
+fn dependency_up(metrics: &str, dependency: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("stoa_dependency_up{{dependency=\"{dependency}\"}}"),
+    )
+}
+
 fn reads(metrics: &str, pool: &str, reason: &str) -> f64 {
     sample(
         metrics,
@@ -117,8 +125,8 @@ async fn wait_until_current(app: &TestApp) {
         "the replica is followed and the writes feed live",
         || async {
             let metrics = app.metrics().await;
-            sample(&metrics, "stoa_dependency_up{dependency=\"read_replica\"}") == 1.0
-                && sample(&metrics, "stoa_dependency_up{dependency=\"writes_feed\"}") == 1.0
+            dependency_up(&metrics, "read_replica") == 1.0
+                && dependency_up(&metrics, "writes_feed") == 1.0
         },
     )
     .await;
@@ -242,10 +250,7 @@ async fn reads_use_the_replica_and_a_writer_reads_their_writes_on_every_pod() {
     let mut redis = redis;
     redis.stop();
     eventually("the writes feed is down", || async {
-        sample(
-            &b.metrics().await,
-            "stoa_dependency_up{dependency=\"writes_feed\"}",
-        ) == 0.0
+        dependency_up(&b.metrics().await, "writes_feed") == 0.0
     })
     .await;
     let before = b.metrics().await;
@@ -295,7 +300,7 @@ async fn a_replica_too_far_behind_or_gone_serves_nothing() {
     app.register("dave").await;
     eventually("the paused replica is reported behind", || async {
         let metrics = app.metrics().await;
-        sample(&metrics, "stoa_dependency_up{dependency=\"read_replica\"}") == 0.0
+        dependency_up(&metrics, "read_replica") == 0.0
             && sample(&metrics, "stoa_db_replica_staleness_seconds") > 0.5
     })
     .await;
@@ -341,10 +346,7 @@ async fn a_replica_too_far_behind_or_gone_serves_nothing() {
     drop(standby);
     cluster.stop_standby();
     eventually("the lost replica is reported behind", || async {
-        sample(
-            &app.metrics().await,
-            "stoa_dependency_up{dependency=\"read_replica\"}",
-        ) == 0.0
+        dependency_up(&app.metrics().await, "read_replica") == 0.0
     })
     .await;
     assert_eq!(
