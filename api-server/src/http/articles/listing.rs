@@ -1,6 +1,6 @@
-//! Article lists and the feed: one prepared statement per combination of filters, so
-//! PostgreSQL plans each with the right indexes; always one round trip, with the page, its
-//! authors, tags, counts, the caller's flags and the total.
+//! Article lists and the feed: one prepared statement per combination of filters and page
+//! size, so PostgreSQL plans each with the right indexes and keeps the plan; always one
+//! round trip, with the page, its authors, tags, counts, the caller's flags and the total.
 
 use std::convert::Infallible;
 use std::ops::Not;
