@@ -422,9 +422,21 @@ async fn the_replica_is_logged_into_with_the_rotated_credential() {
         },
     )
     .await;
+    // This pod has no cache, so an anonymous tags read fills nothing and may use the
+    // replica like any other anonymous read.
+    eventually("the replica is current", || async {
+        dependency_up(&app.metrics().await, "read_replica") == 1.0
+    })
+    .await;
+    let before = app.metrics().await;
     assert_eq!(
         app.get("/api/tags", None).await.status,
         StatusCode::OK,
         "the rotated role reads"
+    );
+    let after = app.metrics().await;
+    assert_eq!(
+        reads(&after, "replica", "current") - reads(&before, "replica", "current"),
+        1.0
     );
 }

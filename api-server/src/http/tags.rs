@@ -33,7 +33,9 @@ async fn list_tags(
     let tags: Vec<String> = sqlx::query_scalar(
         "SELECT tag FROM tag_counts WHERE articles > 0 ORDER BY articles DESC, tag",
     )
-    .fetch_all(&**state.read_db(Reader::CacheFill))
+    // A fill reads the primary (a stale answer cached would outlive the replica's lag);
+    // without a cache there is nothing to fill.
+    .fetch_all(&**state.read_db(Reader::of(None, state.cache.enabled())))
     .await?;
     let body = to_json_bytes(&TagsResponse { tags })?;
     state.cache.put(&Key::Tags, &body).await;
