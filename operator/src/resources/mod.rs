@@ -341,7 +341,6 @@ pub fn worker_deployment(
     )
 }
 
-/// A CA certificate Secret key, mounted read-only as `<mount>/ca.crt` and named by `env`.
 /// A URL Secret key as the volume `name` (the key projected to `<mount>/<URL_FILE>`,
 /// readable by the pod's group only) and its read-only mount.
 fn url_secret(name: &str, secret: &str, key: &str, mount: &str) -> (Value, Value) {
@@ -354,6 +353,7 @@ fn url_secret(name: &str, secret: &str, key: &str, mount: &str) -> (Value, Value
     )
 }
 
+/// A CA certificate Secret key, mounted read-only as `<mount>/ca.crt` and named by `env`.
 struct CaMount<'a> {
     volume: &'static str,
     secret: &'a crate::crd::SecretKeyRef,
