@@ -213,6 +213,13 @@ impl Routing {
         self.writers.insert(user, self.clock.now());
     }
 
+    /// Anyone may have written until now (announcements missed or unreadable): every
+    /// signed-in read goes to the primary until the replica has caught up with this instant.
+    fn anyone_may_have_written(&self) {
+        self.unknown_before
+            .fetch_max(self.clock.now(), Ordering::AcqRel);
+    }
+
     /// Everything the primary had committed by `at` (a `Clock` reading) has been replayed.
     fn advance_watermark(&self, at: u64) {
         self.watermark.fetch_max(at, Ordering::AcqRel);

@@ -41,8 +41,7 @@ impl Followed for Routing {
 
     fn set_live(&self, live: bool, metrics: &Metrics) {
         // Announcements may have been missed until now.
-        self.unknown_before
-            .fetch_max(self.clock.now(), Ordering::AcqRel);
+        self.anyone_may_have_written();
         self.feed_live.store(live, Ordering::Release);
         metrics.set_dependency_up("writes_feed", live);
     }
@@ -82,12 +81,8 @@ async fn follow(
                 .and_then(|text| Uuid::parse_str(text).ok());
             match user {
                 Some(user) => routing.mark(user),
-                // Unreadable: anyone may have written.
-                None => {
-                    routing
-                        .unknown_before
-                        .fetch_max(routing.clock.now(), Ordering::AcqRel);
-                }
+                // Unreadable: it could have been anyone's.
+                None => routing.anyone_may_have_written(),
             }
         },
         || {},
