@@ -63,17 +63,6 @@ struct ListShape {
     after: bool,
 }
 
-/// Where a page starts, which decides the form of its statement.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum PageStart {
-    /// The first page: no offset.
-    First,
-    /// After a cursor's position (never with an offset).
-    AfterCursor,
-    /// `offset` items in.
-    Offset,
-}
-
 /// Numbers query parameters in the order they are bound.
 struct Params(usize);
 
@@ -160,8 +149,8 @@ impl ListShape {
         }
     }
 
-    /// The page with its total on every row. Parameters: the offset (if any), then the
-    /// viewer (unless anonymous), then the filter values, then a cursor's position.
+    /// The page with its total on every row. Parameters: the offset (`with_offset`), then
+    /// the viewer (unless anonymous), then the filter values, then a cursor's position.
     ///
     /// The limit is written into the text and the offset is left out of first pages: bound
     /// as parameters, PostgreSQL estimates a generic plan for an unknown limit and offset
@@ -170,14 +159,16 @@ impl ListShape {
     /// (0.17–0.24 ms of planning against 0.10 ms of execution for a page of 20 on the bench
     /// data). With both known the generic plan costs the same and is kept.
     ///
-    /// A page after the first may lie past the end, where no row would carry the total;
-    /// its query joins the page to the total, so it still answers one row (with a NULL
-    /// article) and every list stays one round trip. First pages use the cheaper form.
-    fn page_sql(self, start: PageStart, limit: i64) -> String {
+    /// A page after the first (at an offset or after a cursor) may lie past the end, where
+    /// no row would carry the total; its query joins the page to the total, so it still
+    /// answers one row (with a NULL article) and every list stays one round trip. First
+    /// pages use the cheaper form.
+    fn page_sql(self, with_offset: bool, limit: i64) -> String {
         let mut params = Params(0);
-        let offset = match start {
-            PageStart::Offset => format!(" OFFSET {}", params.next()),
-            PageStart::First | PageStart::AfterCursor => String::new(),
+        let offset = if with_offset {
+            format!(" OFFSET {}", params.next())
+        } else {
+            String::new()
         };
         let viewer = (!self.anonymous).then(|| params.next());
         let filter = self.filter(&mut params, viewer.as_deref());
@@ -229,7 +220,7 @@ impl ListShape {
              LIMIT {limit}{offset}"
         );
         let total = self.total(&filter, viewer.as_deref());
-        if start != PageStart::First {
+        if with_offset || self.after {
             format!(
                 "SELECT t.total, p.* FROM (SELECT {total} AS total) t
                  LEFT JOIN LATERAL ({page}) p ON true
@@ -246,14 +237,15 @@ fn search_query(param: &str) -> String {
     format!("websearch_to_tsquery((SELECT language FROM search_settings), {param})")
 }
 
-/// The statements built so far, by shape, start and limit (a few in practice: clients
-/// keep to one or two page sizes); bounded, as every limit up to the maximum is allowed.
-static LIST_SQL: LazyLock<quick_cache::sync::Cache<(usize, PageStart, i64), Arc<str>>> =
+/// The statements built so far, by shape, offset or not, and limit (a few in practice:
+/// clients keep to one or two page sizes); bounded, as every limit up to the maximum is
+/// allowed.
+static LIST_SQL: LazyLock<quick_cache::sync::Cache<(usize, bool, i64), Arc<str>>> =
     LazyLock::new(|| quick_cache::sync::Cache::new(1024));
 
-fn list_sql(shape: ListShape, start: PageStart, limit: i64) -> Arc<str> {
-    let Ok(sql) = LIST_SQL.get_or_insert_with(&(shape.index(), start, limit), || {
-        Ok::<_, Infallible>(Arc::from(shape.page_sql(start, limit)))
+fn list_sql(shape: ListShape, with_offset: bool, limit: i64) -> Arc<str> {
+    let Ok(sql) = LIST_SQL.get_or_insert_with(&(shape.index(), with_offset, limit), || {
+        Ok::<_, Infallible>(Arc::from(shape.page_sql(with_offset, limit)))
     });
     sql
 }
@@ -296,14 +288,10 @@ async fn fetch_list(
         search: query.q.is_some(),
         after: after.is_some(),
     };
-    let start = match (offset, &after) {
-        (0, None) => PageStart::First,
-        (0, Some(_)) => PageStart::AfterCursor,
-        _ => PageStart::Offset,
-    };
+    let with_offset = offset > 0;
     // Built from this module's own fragments and a validated integer: nothing of the caller's.
-    let mut page = sqlx::query(sqlx::AssertSqlSafe(list_sql(shape, start, limit)));
-    if start == PageStart::Offset {
+    let mut page = sqlx::query(sqlx::AssertSqlSafe(list_sql(shape, with_offset, limit)));
+    if with_offset {
         page = page.bind(offset);
     }
     if let Some(viewer) = viewer {
@@ -435,9 +423,9 @@ mod tests {
 
     use super::*;
 
-    /// Parameters `fetch_list` binds for a shape and start.
-    fn bound(shape: ListShape, start: PageStart) -> usize {
-        usize::from(start == PageStart::Offset)
+    /// Parameters `fetch_list` binds for a shape, with an offset or not.
+    fn bound(shape: ListShape, with_offset: bool) -> usize {
+        usize::from(with_offset)
             + usize::from(!shape.anonymous)
             + [shape.tag, shape.author, shape.favorited, shape.search]
                 .into_iter()
@@ -451,13 +439,14 @@ mod tests {
         let mut conn = pool.acquire().await.unwrap();
         for i in 0..ListShape::VARIANTS {
             let shape = ListShape::from_index(i);
-            let starts: &[PageStart] = if shape.after {
-                &[PageStart::AfterCursor]
+            // A cursor never comes with an offset.
+            let offsets: &[bool] = if shape.after {
+                &[false]
             } else {
-                &[PageStart::First, PageStart::Offset]
+                &[false, true]
             };
-            for &start in starts {
-                let sql = list_sql(shape, start, 20);
+            for &with_offset in offsets {
+                let sql = list_sql(shape, with_offset, 20);
                 let prepared = conn
                     .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(
                         sql.clone(),
@@ -465,7 +454,11 @@ mod tests {
                     .await
                     .unwrap_or_else(|e| panic!("shape {i}: {e}\n{sql}"));
                 let parameters = prepared.parameters().and_then(|p| p.left().map(<[_]>::len));
-                assert_eq!(parameters, Some(bound(shape, start)), "shape {i}:\n{sql}");
+                assert_eq!(
+                    parameters,
+                    Some(bound(shape, with_offset)),
+                    "shape {i}:\n{sql}"
+                );
             }
         }
     }
@@ -482,7 +475,7 @@ mod tests {
             ..signed_in
         };
         for shape in [signed_in, feed] {
-            let sql = list_sql(shape, PageStart::First, 20);
+            let sql = list_sql(shape, false, 20);
             for _ in 0..8 {
                 sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                     .bind(Uuid::new_v4())
