@@ -155,6 +155,18 @@ impl Kv {
         if !self.is_up() {
             return None;
         }
+        self.run_despite_breaker(op).await
+    }
+
+    /// Runs `op` whatever the breaker says, bounded by the same timeout. For rare writes
+    /// whose delay costs more than the wait: an open breaker may mean only that one probe
+    /// was slow, while every other replica still follows Redis and would hear of the write
+    /// only a probe interval later through the catch-up.
+    pub async fn run_despite_breaker<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         match tokio::time::timeout(self.timeout, op(self.manager.clone())).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub db_replica_staleness: Gauge<f64, AtomicU64>,
     /// Writes whose announcement to the other pods failed (Redis unavailable).
     pub read_write_announcements_failed: Counter,
+    /// Revocations Redis did not take: other pods learn of them by the catch-up.
+    pub revocation_mirror_failures: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -480,6 +482,12 @@ impl Metrics {
             "Writes not announced to the other pods (Redis unavailable): their authors may read a lagging replica elsewhere",
             read_write_announcements_failed.clone(),
         );
+        let revocation_mirror_failures = Counter::default();
+        registry.register(
+            "revocation_mirror_failures",
+            "Revocations not mirrored to Redis and announced (Redis unavailable): other pods refuse the token within a probe interval instead of at once",
+            revocation_mirror_failures.clone(),
+        );
         let metrics = Metrics {
             registry,
             http_requests,
@@ -505,6 +513,7 @@ impl Metrics {
             db_reads,
             db_replica_staleness,
             read_write_announcements_failed,
+            revocation_mirror_failures,
         };
         metrics.create_known_series();
         metrics

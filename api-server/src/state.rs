@@ -68,6 +68,7 @@ impl AppState {
             revocations: Revocations::new(
                 kv.clone(),
                 crate::auth::revocation::MirrorWindow::of(&config.auth),
+                metrics.clone(),
             ),
             limiter: RateLimiter::new(kv.clone(), config.rate_limits.lease_max),
             cache: Cache::new(

@@ -859,3 +859,68 @@ async fn browser_sessions_keep_the_refresh_token_in_an_http_only_cookie(pool: Pg
             .is_none()
     );
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_replica_whose_redis_breaker_is_open_still_announces_its_revocations(pool: PgPool) {
+    // The breaker opens on one slow probe (250 ms) while the other replicas still follow
+    // Redis; if revocations waited for it to close, those replicas would hear of them a
+    // probe interval late. Here the replica's Redis user may not run the probe's EXISTS,
+    // so its breaker stays open, and the test's own subscription stands in for the other
+    // replicas (no other replica runs a catch-up that could announce it instead).
+    let redis = RedisServer::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "replica",
+            "on",
+            ">replica-pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-exists",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("redis://replica:replica-pw@127.0.0.1:{}", redis.port);
+    let app = TestApp::spawn_with(pool, &[("STOA_REDIS_URL", &url)]).await;
+    app.register("jake").await;
+    let (token, _) = login(&app, "jake").await;
+    // Let a few probes run: none can close the breaker.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        app.admin_get("/readyz").await.body["checks"]["redis"]["status"],
+        "degraded"
+    );
+
+    let mut announcements = client.get_async_pubsub().await.unwrap();
+    announcements
+        .subscribe(stoa_api::auth::denylist::CHANNEL)
+        .await
+        .unwrap();
+    let logout = app.post("/api/auth/logout", Some(&token), json!({})).await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        use futures::StreamExt;
+        let mut messages = announcements.on_message();
+        let mut heard = Vec::new();
+        // The token and its session family.
+        while heard.len() < 2 {
+            let message = messages.next().await.unwrap();
+            heard.push(message.get_payload::<String>().unwrap());
+        }
+        heard
+    })
+    .await
+    .expect("the revocation was not announced while the breaker was open");
+    assert!(heard.iter().any(|m| m.starts_with("j ")), "{heard:?}");
+    assert!(heard.iter().any(|m| m.starts_with("f ")), "{heard:?}");
+    assert!(
+        app.metrics()
+            .await
+            .contains("stoa_revocation_mirror_failures_total 0"),
+        "the mirror counted as failed"
+    );
+}

@@ -22,6 +22,7 @@ use uuid::Uuid;
 pub use crate::auth::denylist::MirrorWindow;
 use crate::auth::denylist::{self, Denied, LocalDenylist};
 use crate::kv::Kv;
+use crate::metrics::Metrics;
 
 fn jti_key(jti: Uuid) -> String {
     format!("stoa:revoked:jti:{jti}")
@@ -37,14 +38,16 @@ pub struct Revocations {
     window: MirrorWindow,
     /// This replica's copy of the denylist (answers once its feed is live).
     local: Arc<LocalDenylist>,
+    metrics: Arc<Metrics>,
 }
 
 impl Revocations {
-    pub fn new(kv: Option<Arc<Kv>>, window: MirrorWindow) -> Self {
+    pub fn new(kv: Option<Arc<Kv>>, window: MirrorWindow, metrics: Arc<Metrics>) -> Self {
         Revocations {
             kv,
             window,
             local: Arc::default(),
+            metrics,
         }
     }
 
@@ -90,10 +93,13 @@ impl Revocations {
 
     /// Mirrors revocations already committed to PostgreSQL: into this replica's local
     /// copy at once (its own caller's next request must see it, before any feed brings
-    /// it back), into Redis, and to every other replica's copy (published). Best effort:
-    /// if Redis misses one, checks use PostgreSQL until the resync on recovery restores it,
-    /// and the catch-up of any replica that reaches Redis publishes it. Without Redis, the
-    /// other replicas hear of it from PostgreSQL when it commits.
+    /// it back), into Redis, and to every other replica's copy (published). Tried even
+    /// while this replica's breaker is open: revocations are rare, and a breaker opened by
+    /// one slow probe would otherwise leave the other replicas' copies (still live) a probe
+    /// interval behind. Best effort: if Redis misses one (counted), checks use PostgreSQL
+    /// until the resync on recovery restores it, and the catch-up of any replica that
+    /// reaches Redis publishes it. Without Redis, the other replicas hear of it from
+    /// PostgreSQL when it commits.
     pub async fn mirror(&self, jti: Option<(Uuid, DateTime<Utc>)>, families: &[Uuid]) {
         if jti.is_none() && families.is_empty() {
             return;
@@ -111,14 +117,18 @@ impl Revocations {
             self.local.add(*what, *until);
         }
         let Some(kv) = &self.kv else { return };
-        kv.run(|mut conn| async move {
-            let mut pipe = redis::pipe();
-            for (what, until) in denied {
-                mirror_into(&mut pipe, what, until, now);
-            }
-            pipe.query_async::<()>(&mut conn).await
-        })
-        .await;
+        let mirrored = kv
+            .run_despite_breaker(|mut conn| async move {
+                let mut pipe = redis::pipe();
+                for (what, until) in denied {
+                    mirror_into(&mut pipe, what, until, now);
+                }
+                pipe.query_async::<()>(&mut conn).await
+            })
+            .await;
+        if mirrored.is_none() {
+            self.metrics.revocation_mirror_failures.inc();
+        }
     }
 }
 
