@@ -869,6 +869,61 @@ async fn cursor_pages_are_stable_under_concurrent_inserts(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn the_feed_pages_through_one_prolific_author_past_the_others(pool: PgPool) {
+    // The feed is read author by author: every page must still be the newest across all of
+    // them, however the page falls between authors.
+    let app = TestApp::spawn(pool).await;
+    let jake = app.register("jake").await;
+    let jane = app.register("jane").await;
+    let bob = app.register("bob").await;
+    let eve = app.register("eve").await;
+    app.article(&bob, "b1", &[]).await;
+    for n in 1..=4 {
+        app.article(&jane, &format!("j{n}"), &[]).await;
+    }
+    app.article(&eve, "not followed", &[]).await;
+    app.article(&bob, "b2", &[]).await;
+    for who in ["jane", "bob"] {
+        app.post(
+            &format!("/api/profiles/{who}/follow"),
+            Some(&jake),
+            json!({}),
+        )
+        .await;
+    }
+    let newest_first = ["b2", "j4", "j3", "j2", "j1", "b1"];
+
+    for (offset, expected) in newest_first.iter().enumerate() {
+        let page = app
+            .get(
+                &format!("/api/articles/feed?limit=1&offset={offset}"),
+                Some(&jake),
+            )
+            .await;
+        assert_eq!(slugs(&page, "articles"), [*expected], "offset {offset}");
+        assert_eq!(page.body["articlesCount"], 6);
+    }
+    let page = app
+        .get("/api/articles/feed?limit=3&offset=2", Some(&jake))
+        .await;
+    assert_eq!(slugs(&page, "articles"), ["j3", "j2", "j1"]);
+
+    let mut seen = Vec::new();
+    let mut page = app.get("/api/articles/feed?limit=2", Some(&jake)).await;
+    loop {
+        seen.extend(slugs(&page, "articles"));
+        let Some(cursor) = next(&page) else { break };
+        page = app
+            .get(
+                &format!("/api/articles/feed?limit=2&cursor={cursor}"),
+                Some(&jake),
+            )
+            .await;
+    }
+    assert_eq!(seen, newest_first);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn the_feed_and_comments_page_by_cursor_too(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let jane = app.register("jane").await;

@@ -131,6 +131,12 @@ impl ListShape {
         }
     }
 
+    /// The feed with no other filter: its page is read author by author (see
+    /// [`followed_newest`]).
+    fn followed_only(self) -> bool {
+        self.feed && !(self.tag || self.author || self.favorited || self.search)
+    }
+
     /// The total of matches: a maintained counter when unfiltered; for the feed alone, one
     /// index-only count per followed author (the planner otherwise hashes the follows and
     /// scans every article, the larger part of the feed's time on the bench data).
@@ -165,27 +171,40 @@ impl ListShape {
     /// pages use the cheaper form.
     fn page_sql(self, with_offset: bool, limit: i64) -> String {
         let mut params = Params(0);
-        let offset = if with_offset {
-            format!(" OFFSET {}", params.next())
-        } else {
-            String::new()
-        };
+        let offset_param = with_offset.then(|| params.next());
+        let offset = offset_param
+            .as_ref()
+            .map_or_else(String::new, |p| format!(" OFFSET {p}"));
         let viewer = (!self.anonymous).then(|| params.next());
         let filter = self.filter(&mut params, viewer.as_deref());
         // The search query is the filter's last parameter.
         let search_param = format!("${}", params.0);
         // The cursor narrows the page, never the total.
-        let page_filter = if self.after {
-            format!(
-                "{filter} AND (a.created_at, a.id) < ({}::timestamptz, {}::bigint)",
-                params.next(),
-                params.next()
-            )
-        } else {
-            filter.clone()
+        let position = self.after.then(|| {
+            let (at, id) = (params.next(), params.next());
+            format!("({at}::timestamptz, {id}::bigint)")
+        });
+        let page_filter = match &position {
+            Some(position) => format!("{filter} AND (a.created_at, a.id) < {position}"),
+            None => filter.clone(),
+        };
+        let (source, page_filter) = match (self.followed_only(), &viewer) {
+            (true, Some(viewer)) => (
+                followed_newest(limit, offset_param.as_deref(), position.as_deref()),
+                format!("fl.follower_id = {viewer}::uuid"),
+            ),
+            _ => (
+                "articles a JOIN users u ON u.id = a.author_id".to_owned(),
+                page_filter,
+            ),
         };
         let flags = match &viewer {
             None => "false AS favorited, false AS following".to_owned(),
+            // Every article of the feed is by someone the viewer follows.
+            Some(v) if self.followed_only() => format!(
+                "EXISTS (SELECT 1 FROM favorites f WHERE f.article_id = a.id AND f.user_id = {v}::uuid) AS favorited,
+                 true AS following"
+            ),
             Some(v) => format!(
                 "EXISTS (SELECT 1 FROM favorites f WHERE f.article_id = a.id AND f.user_id = {v}::uuid) AS favorited,
                  EXISTS (SELECT 1 FROM follows fo WHERE fo.followed_id = a.author_id AND fo.follower_id = {v}::uuid) AS following"
@@ -214,7 +233,7 @@ impl ListShape {
         );
         let page = format!(
             "SELECT {columns}
-             FROM articles a JOIN users u ON u.id = a.author_id
+             FROM {source}
              WHERE {page_filter}
              ORDER BY {order}
              LIMIT {limit}{offset}"
@@ -230,6 +249,30 @@ impl ListShape {
             page.replacen("SELECT ", &format!("SELECT {total} AS total, "), 1)
         }
     }
+}
+
+/// The feed's rows, as `a` (articles) joined to `u` (their authors): at most the page's
+/// newest articles (past `offset`, or after `position`) of each followed author, from
+/// their `(author_id, created_at, id)` index, for the outer query to merge. Filtered on
+/// the follows instead, PostgreSQL walks the site-wide recency index and skips every
+/// newer article by someone else: with 20 000 newer articles by an author the viewer does
+/// not follow, 20 062 rows read for a page of 20 (8–13 ms) against 100 this way.
+fn followed_newest(limit: i64, offset: Option<&str>, position: Option<&str>) -> String {
+    let newest = match offset {
+        Some(offset) => format!("{limit} + {offset}"),
+        None => limit.to_string(),
+    };
+    let before = position.map_or_else(String::new, |position| {
+        format!(" AND (x.created_at, x.id) < {position}")
+    });
+    format!(
+        "follows fl CROSS JOIN LATERAL (
+             SELECT x.id, x.slug, x.title, x.description, x.tag_list, x.created_at, x.updated_at,
+                    x.favorites_count, x.author_id
+             FROM articles x WHERE x.author_id = fl.followed_id{before}
+             ORDER BY x.created_at DESC, x.id DESC LIMIT {newest}) a
+         JOIN users u ON u.id = a.author_id"
+    )
 }
 
 /// The search query of parameter `param`, in the language the vectors are kept in.
@@ -491,6 +534,87 @@ mod tests {
             .await
             .unwrap();
             assert!(generic > 0, "planned for its values every time:\n{sql}");
+        }
+    }
+
+    /// Article rows the page's scans in `plan` produced (the total, an init plan, and
+    /// index-only scans, which fetch no row, excepted).
+    fn article_rows_fetched(plan: &serde_json::Value) -> f64 {
+        if plan["Parent Relationship"] == "InitPlan" {
+            return 0.0;
+        }
+        let own = match (plan["Relation Name"].as_str(), plan["Node Type"].as_str()) {
+            (Some("articles"), Some(node)) if node != "Index Only Scan" => {
+                plan["Actual Rows"].as_f64().unwrap() * plan["Actual Loops"].as_f64().unwrap()
+            }
+            _ => 0.0,
+        };
+        let children = plan["Plans"].as_array().map_or(0.0, |plans| {
+            plans.iter().map(article_rows_fetched).sum::<f64>()
+        });
+        own + children
+    }
+
+    /// The feed costs what the followed authors wrote, not what the whole site wrote since.
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn the_feed_reads_a_page_per_followed_author_whatever_others_wrote(pool: PgPool) {
+        let users: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO users (username, email, password_hash)
+             SELECT 'u' || n, 'u' || n || '@example.com', 'x' FROM generate_series(1, 4) n
+             RETURNING id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let (viewer, followed, other) = (users[0], &users[1..3], users[3]);
+        for author in followed {
+            sqlx::query("INSERT INTO follows (follower_id, followed_id) VALUES ($1, $2)")
+                .bind(viewer)
+                .bind(author)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        // 30 older articles by each followed author, then 3000 newer by someone else.
+        sqlx::query(
+            "INSERT INTO articles (slug, author_id, title, description, body, created_at)
+             SELECT 'a' || n || '-' || author, author, 't', 'd', 'b', now() - interval '1 day' + n * interval '1 s'
+             FROM unnest($1::uuid[]) author, generate_series(1, 30) n",
+        )
+        .bind(followed)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO articles (slug, author_id, title, description, body)
+             SELECT 'other-' || n, $1, 't', 'd', 'b' FROM generate_series(1, 3000) n",
+        )
+        .bind(other)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("VACUUM ANALYZE").execute(&pool).await.unwrap();
+
+        let feed = ListShape {
+            feed: true,
+            ..ListShape::from_index(0)
+        };
+        for with_offset in [false, true] {
+            let sql = format!(
+                "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+                list_sql(feed, with_offset, 20)
+            );
+            let mut explain = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(sql));
+            if with_offset {
+                explain = explain.bind(20i64);
+            }
+            let plan = explain.bind(viewer).fetch_one(&pool).await.unwrap();
+            let fetched = article_rows_fetched(&plan[0]["Plan"]);
+            let page_end = if with_offset { 40.0 } else { 20.0 };
+            assert!(
+                fetched <= page_end * 2.0,
+                "{fetched} article rows read for a page ending at {page_end} of two authors' feed:\n{plan:#}"
+            );
         }
     }
 }
