@@ -921,6 +921,15 @@ async fn the_feed_pages_through_one_prolific_author_past_the_others(pool: PgPool
             .await;
     }
     assert_eq!(seen, newest_first);
+
+    // The totals are kept per author: a deleted article leaves both at once.
+    app.delete("/api/articles/j2", Some(&jane)).await;
+    let feed = app.get("/api/articles/feed", Some(&jake)).await;
+    assert_eq!(feed.body["articlesCount"], 5);
+    assert_eq!(
+        app.get("/api/articles?author=jane", None).await.body["articlesCount"],
+        3
+    );
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]

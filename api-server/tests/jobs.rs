@@ -441,6 +441,10 @@ async fn the_recount_repairs_drifted_counters_and_leaves_right_ones(pool: PgPool
         .execute(&pool)
         .await
         .unwrap();
+    sqlx::query("DELETE FROM author_article_counts")
+        .execute(&pool)
+        .await
+        .unwrap();
     let mut tx = pool.begin().await.unwrap();
     let repaired = kinds::recount_counters(&mut tx).await.unwrap();
     tx.commit().await.unwrap();
@@ -449,7 +453,8 @@ async fn the_recount_repairs_drifted_counters_and_leaves_right_ones(pool: PgPool
         kinds::Repaired {
             favorites_counts: 1,
             tag_counts: 2,
-            article_count: 1
+            article_count: 1,
+            author_counts: 1,
         }
     );
     let article = app.get(&format!("/api/articles/{slug}"), None).await;
@@ -458,6 +463,10 @@ async fn the_recount_repairs_drifted_counters_and_leaves_right_ones(pool: PgPool
     assert_eq!(tags.body["tags"], json!(["a", "b"]));
     assert_eq!(
         app.get("/api/articles", None).await.body["articlesCount"],
+        2
+    );
+    assert_eq!(
+        app.get("/api/articles?author=jake", None).await.body["articlesCount"],
         2
     );
 }

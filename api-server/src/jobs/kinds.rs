@@ -144,9 +144,11 @@ pub struct Repaired {
     pub favorites_counts: u64,
     pub tag_counts: u64,
     pub article_count: u64,
+    pub author_counts: u64,
 }
 
-/// Triggers keep `articles.favorites_count`, `tag_counts` and `article_stats` exact; this
+/// Triggers keep `articles.favorites_count`, `tag_counts`, `article_stats` and
+/// `author_article_counts` exact; this
 /// proves it and repairs what a bug or a manual edit broke. Each count is compared under a
 /// SHARE lock on the table it counts: writers wait (briefly) instead of committing between
 /// the count and the repair, which would make the repair itself wrong.
@@ -190,10 +192,28 @@ pub async fn recount_counters(tx: &mut PgConnection) -> Result<Repaired, sqlx::E
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let author_counts = sqlx::query(
+        "WITH actual AS (
+             SELECT author_id, count(*) AS n FROM articles GROUP BY author_id),
+         wanted AS (
+             SELECT c.author_id, COALESCE(actual.n, 0) AS n
+               FROM author_article_counts c LEFT JOIN actual USING (author_id)
+             UNION ALL
+             SELECT actual.author_id, actual.n FROM actual
+              WHERE NOT EXISTS (SELECT 1 FROM author_article_counts c WHERE c.author_id = actual.author_id))
+         INSERT INTO author_article_counts AS c (author_id, articles)
+         SELECT author_id, n FROM wanted ORDER BY author_id
+         ON CONFLICT (author_id) DO UPDATE SET articles = EXCLUDED.articles
+          WHERE c.articles <> EXCLUDED.articles",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     Ok(Repaired {
         favorites_counts,
         tag_counts,
         article_count,
+        author_counts,
     })
 }
 

@@ -100,17 +100,18 @@ impl ListShape {
             | usize::from(self.after) << 6
     }
 
-    /// The WHERE clause over `a` (articles); filter values take the next parameters.
-    fn filter(self, params: &mut Params, viewer: Option<&str>) -> String {
+    /// The WHERE clause over `a` (articles), and the author's id when the list is one
+    /// author's; filter values take the next parameters.
+    fn filter(self, params: &mut Params, viewer: Option<&str>) -> (String, Option<String>) {
         let mut conditions = Vec::new();
         if self.tag {
             conditions.push(format!("a.tag_list @> ARRAY[{}::text]", params.next()));
         }
-        if self.author {
-            conditions.push(format!(
-                "a.author_id = (SELECT id FROM users WHERE username = {})",
-                params.next()
-            ));
+        let author = self
+            .author
+            .then(|| format!("(SELECT id FROM users WHERE username = {})", params.next()));
+        if let Some(author) = &author {
+            conditions.push(format!("a.author_id = {author}"));
         }
         if self.favorited {
             conditions.push(format!(
@@ -124,11 +125,12 @@ impl ListShape {
         if self.search {
             conditions.push(format!("a.search @@ {}", search_query(&params.next())));
         }
-        if conditions.is_empty() {
+        let condition = if conditions.is_empty() {
             "true".to_owned()
         } else {
             conditions.join(" AND ")
-        }
+        };
+        (condition, author)
     }
 
     /// The feed with no other filter: its page is read author by author (see
@@ -137,18 +139,23 @@ impl ListShape {
         self.feed && !(self.tag || self.author || self.favorited || self.search)
     }
 
-    /// The total of matches: a maintained counter when unfiltered; for the feed alone, one
-    /// index-only count per followed author (the planner otherwise hashes the follows and
-    /// scans every article, the larger part of the feed's time on the bench data).
-    fn total(self, filter: &str, viewer: Option<&str>) -> String {
+    /// The total of matches: maintained counters (migration `20261129000001`) for the
+    /// whole table, one author's articles and the feed (the sum over the followed
+    /// authors); a count of the matches otherwise.
+    fn total(self, filter: &str, author: Option<&str>, viewer: Option<&str>) -> String {
+        let only_author = !(self.tag || self.favorited || self.feed || self.search);
         if filter == "true" {
             "(SELECT article_count FROM article_stats)".to_owned()
-        } else if let (true, false, false, false, Some(viewer)) =
-            (self.feed, self.tag, self.author, self.favorited, viewer)
-        {
+        } else if let (true, Some(author)) = (only_author, author) {
             format!(
-                "(SELECT COALESCE(sum((SELECT count(*) FROM articles fa WHERE fa.author_id = fl.followed_id)), 0)::bigint
-                   FROM follows fl WHERE fl.follower_id = {viewer}::uuid)"
+                "(SELECT COALESCE(sum(c.articles), 0)::bigint FROM author_article_counts c
+                   WHERE c.author_id = {author})"
+            )
+        } else if let (true, Some(viewer)) = (self.followed_only(), viewer) {
+            format!(
+                "(SELECT COALESCE(sum(c.articles), 0)::bigint
+                   FROM follows fl JOIN author_article_counts c ON c.author_id = fl.followed_id
+                  WHERE fl.follower_id = {viewer}::uuid)"
             )
         } else {
             format!("(SELECT count(*) FROM articles a WHERE {filter})")
@@ -176,7 +183,7 @@ impl ListShape {
             .as_ref()
             .map_or_else(String::new, |p| format!(" OFFSET {p}"));
         let viewer = (!self.anonymous).then(|| params.next());
-        let filter = self.filter(&mut params, viewer.as_deref());
+        let (filter, author) = self.filter(&mut params, viewer.as_deref());
         // The search query is the filter's last parameter.
         let search_param = format!("${}", params.0);
         // The cursor narrows the page, never the total.
@@ -238,7 +245,7 @@ impl ListShape {
              ORDER BY {order}
              LIMIT {limit}{offset}"
         );
-        let total = self.total(&filter, viewer.as_deref());
+        let total = self.total(&filter, author.as_deref(), viewer.as_deref());
         if with_offset || self.after {
             format!(
                 "SELECT t.total, p.* FROM (SELECT {total} AS total) t
