@@ -63,6 +63,15 @@ struct ListShape {
     after: bool,
 }
 
+/// A list's WHERE clause over `a` (articles), with the parameters of the filters whose
+/// totals are kept.
+struct Filter {
+    condition: String,
+    tag: Option<String>,
+    /// The author's id (a subquery on the username parameter).
+    author: Option<String>,
+}
+
 /// Numbers query parameters in the order they are bound.
 struct Params(usize);
 
@@ -100,12 +109,12 @@ impl ListShape {
             | usize::from(self.after) << 6
     }
 
-    /// The WHERE clause over `a` (articles), and the author's id when the list is one
-    /// author's; filter values take the next parameters.
-    fn filter(self, params: &mut Params, viewer: Option<&str>) -> (String, Option<String>) {
+    /// The WHERE clause over `a` (articles); filter values take the next parameters.
+    fn filter(self, params: &mut Params, viewer: Option<&str>) -> Filter {
         let mut conditions = Vec::new();
-        if self.tag {
-            conditions.push(format!("a.tag_list @> ARRAY[{}::text]", params.next()));
+        let tag = self.tag.then(|| params.next());
+        if let Some(tag) = &tag {
+            conditions.push(format!("a.tag_list @> ARRAY[{tag}::text]"));
         }
         let author = self
             .author
@@ -130,7 +139,11 @@ impl ListShape {
         } else {
             conditions.join(" AND ")
         };
-        (condition, author)
+        Filter {
+            condition,
+            tag,
+            author,
+        }
     }
 
     /// The feed with no other filter: its page is read author by author (see
@@ -139,26 +152,37 @@ impl ListShape {
         self.feed && !(self.tag || self.author || self.favorited || self.search)
     }
 
-    /// The total of matches: maintained counters (migration `20261129000001`) for the
-    /// whole table, one author's articles and the feed (the sum over the followed
-    /// authors); a count of the matches otherwise.
-    fn total(self, filter: &str, author: Option<&str>, viewer: Option<&str>) -> String {
-        let only_author = !(self.tag || self.favorited || self.feed || self.search);
-        if filter == "true" {
-            "(SELECT article_count FROM article_stats)".to_owned()
-        } else if let (true, Some(author)) = (only_author, author) {
-            format!(
+    /// The total of matches: maintained counters for the whole table, one tag's articles
+    /// (`tag_counts`), one author's (`author_article_counts`) and the feed (the sum over
+    /// the followed authors); a count of the matches otherwise.
+    fn total(self, filter: &Filter, viewer: Option<&str>) -> String {
+        let only = |tag, author| {
+            (
+                self.tag,
+                self.author,
+                self.favorited,
+                self.feed,
+                self.search,
+            ) == (tag, author, false, false, false)
+        };
+        match (&filter.tag, &filter.author, viewer) {
+            _ if only(false, false) => "(SELECT article_count FROM article_stats)".to_owned(),
+            (Some(tag), None, _) if only(true, false) => format!(
+                "(SELECT COALESCE(sum(c.articles), 0)::bigint FROM tag_counts c WHERE c.tag = {tag})"
+            ),
+            (None, Some(author), _) if only(false, true) => format!(
                 "(SELECT COALESCE(sum(c.articles), 0)::bigint FROM author_article_counts c
                    WHERE c.author_id = {author})"
-            )
-        } else if let (true, Some(viewer)) = (self.followed_only(), viewer) {
-            format!(
+            ),
+            (_, _, Some(viewer)) if self.followed_only() => format!(
                 "(SELECT COALESCE(sum(c.articles), 0)::bigint
                    FROM follows fl JOIN author_article_counts c ON c.author_id = fl.followed_id
                   WHERE fl.follower_id = {viewer}::uuid)"
-            )
-        } else {
-            format!("(SELECT count(*) FROM articles a WHERE {filter})")
+            ),
+            _ => format!(
+                "(SELECT count(*) FROM articles a WHERE {})",
+                filter.condition
+            ),
         }
     }
 
@@ -183,7 +207,7 @@ impl ListShape {
             .as_ref()
             .map_or_else(String::new, |p| format!(" OFFSET {p}"));
         let viewer = (!self.anonymous).then(|| params.next());
-        let (filter, author) = self.filter(&mut params, viewer.as_deref());
+        let filter = self.filter(&mut params, viewer.as_deref());
         // The search query is the filter's last parameter.
         let search_param = format!("${}", params.0);
         // The cursor narrows the page, never the total.
@@ -192,8 +216,8 @@ impl ListShape {
             format!("({at}::timestamptz, {id}::bigint)")
         });
         let page_filter = match &position {
-            Some(position) => format!("{filter} AND (a.created_at, a.id) < {position}"),
-            None => filter.clone(),
+            Some(position) => format!("{} AND (a.created_at, a.id) < {position}", filter.condition),
+            None => filter.condition.clone(),
         };
         let (source, page_filter, offset) = match (self.followed_only(), &viewer) {
             // The page is chosen (offset included) before the authors are joined.
@@ -248,7 +272,7 @@ impl ListShape {
              ORDER BY {order}
              LIMIT {limit}{offset}"
         );
-        let total = self.total(&filter, author.as_deref(), viewer.as_deref());
+        let total = self.total(&filter, viewer.as_deref());
         if with_offset || self.after {
             format!(
                 "SELECT t.total, p.* FROM (SELECT {total} AS total) t
