@@ -574,11 +574,24 @@ async fn tags_follow_every_change_to_articles(pool: PgPool) {
         .await;
     assert_eq!(tags().await, json!(["go", "zig"]));
 
+    // A tag's list total is the same count.
+    let app = &app;
+    let tagged = |tag: &'static str| async move {
+        app.get(&format!("/api/articles?tag={tag}"), None)
+            .await
+            .body["articlesCount"]
+            .clone()
+    };
+    assert_eq!(tagged("go").await, 1);
+    assert_eq!(tagged("web").await, 0);
+
     sqlx::query("UPDATE articles SET tag_list = ARRAY['go', 'go', 'ada']")
         .execute(&pool)
         .await
         .unwrap();
     assert_eq!(tags().await, json!(["ada", "go"]));
+    assert_eq!(tagged("go").await, 1);
+    assert_eq!(tagged("zig").await, 0);
     let recount: Vec<(String, i64)> = sqlx::query_as(
         "SELECT t, count(*) FROM articles, LATERAL (SELECT DISTINCT t FROM unnest(tag_list) t) u
           GROUP BY t ORDER BY t",
