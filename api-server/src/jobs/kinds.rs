@@ -148,10 +148,10 @@ pub struct Repaired {
 }
 
 /// Triggers keep `articles.favorites_count`, `tag_counts`, `article_stats` and
-/// `author_article_counts` exact; this
-/// proves it and repairs what a bug or a manual edit broke. Each count is compared under a
-/// SHARE lock on the table it counts: writers wait (briefly) instead of committing between
-/// the count and the repair, which would make the repair itself wrong.
+/// `author_article_counts` exact; this proves it and repairs what a bug or a manual edit
+/// broke. Each count is compared under a SHARE lock on the table it counts: writers wait
+/// (briefly) instead of committing between the count and the repair, which would make the
+/// repair itself wrong.
 pub async fn recount_counters(tx: &mut PgConnection) -> Result<Repaired, sqlx::Error> {
     sqlx::query("LOCK TABLE favorites, articles IN SHARE MODE")
         .execute(&mut *tx)
