@@ -920,6 +920,14 @@ async fn the_feed_pages_through_one_prolific_author_past_the_others(pool: PgPool
         .get("/api/articles/feed?limit=3&offset=2", Some(&jake))
         .await;
     assert_eq!(slugs(&page, "articles"), ["j3", "j2", "j1"]);
+    let far = app
+        .get(
+            &format!("/api/articles/feed?limit=100&offset={}", i64::MAX),
+            Some(&jake),
+        )
+        .await;
+    assert_eq!(far.status, StatusCode::OK, "{}", far.text);
+    assert_eq!(far.body, json!({"articles": [], "articlesCount": 6}));
 
     let mut seen = Vec::new();
     let mut page = app.get("/api/articles/feed?limit=2", Some(&jake)).await;

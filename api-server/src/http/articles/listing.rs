@@ -295,7 +295,12 @@ impl ListShape {
 /// page's 20 rows.
 fn followed_page(viewer: &str, limit: i64, offset: Option<&str>, position: Option<&str>) -> String {
     let (newest, skip) = match offset {
-        Some(offset) => (format!("{limit} + {offset}"), format!(" OFFSET {offset}")),
+        // Any offset is valid: capped, the sum cannot overflow (and still exceeds what any
+        // author wrote).
+        Some(offset) => (
+            format!("{limit} + least({offset}, {})", i64::MAX - limit),
+            format!(" OFFSET {offset}"),
+        ),
         None => (limit.to_string(), String::new()),
     };
     let before = position.map_or_else(String::new, |position| {
