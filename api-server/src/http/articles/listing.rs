@@ -156,21 +156,14 @@ impl ListShape {
     /// (`tag_counts`), one author's (`author_article_counts`) and the feed (the sum over
     /// the followed authors); a count of the matches otherwise.
     fn total(self, filter: &Filter, viewer: Option<&str>) -> String {
-        let only = |tag, author| {
-            (
-                self.tag,
-                self.author,
-                self.favorited,
-                self.feed,
-                self.search,
-            ) == (tag, author, false, false, false)
-        };
+        // The tag and the author are the filter's; a kept count covers at most one of them.
+        let counted = !(self.favorited || self.feed || self.search);
         match (&filter.tag, &filter.author, viewer) {
-            _ if only(false, false) => "(SELECT article_count FROM article_stats)".to_owned(),
-            (Some(tag), None, _) if only(true, false) => format!(
+            (None, None, _) if counted => "(SELECT article_count FROM article_stats)".to_owned(),
+            (Some(tag), None, _) if counted => format!(
                 "(SELECT COALESCE(sum(c.articles), 0)::bigint FROM tag_counts c WHERE c.tag = {tag})"
             ),
-            (None, Some(author), _) if only(false, true) => format!(
+            (None, Some(author), _) if counted => format!(
                 "(SELECT COALESCE(sum(c.articles), 0)::bigint FROM author_article_counts c
                    WHERE c.author_id = {author})"
             ),
