@@ -1,13 +1,14 @@
 //! What the API's and the worker's admin ports both serve.
 
-use sqlx::PgPool;
+use crate::db::Pool;
 
 use crate::metrics::Metrics;
 
 /// The metrics in OpenMetrics text, with the pool's gauges and the dropped log lines
 /// brought up to date (the API's and the worker's admin ports).
-pub fn metrics_response(metrics: &Metrics, pool: &PgPool) -> axum::response::Response {
+pub fn metrics_response(metrics: &Metrics, pool: &Pool) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let pool = pool.sqlx();
     metrics.db_pool_size.set(i64::from(pool.size()));
     metrics
         .db_pool_idle

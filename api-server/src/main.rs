@@ -276,13 +276,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// One connection for a command (migrate, admin, search-language), with the setting's
 /// connect deadline.
-async fn command_pool(config: &Config) -> anyhow::Result<sqlx::PgPool> {
-    sqlx::postgres::PgPoolOptions::new()
+async fn command_pool(config: &Config) -> anyhow::Result<db::Pool> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(config.database.acquire_timeout)
         .connect_with(db::migration_connect_options(&config.database.url)?)
         .await
-        .context("cannot connect to the database")
+        .context("cannot connect to the database")?;
+    Ok(db::Pool::new(pool))
 }
 
 async fn admin(command: AdminCommand) -> anyhow::Result<()> {
@@ -449,7 +450,7 @@ async fn serve(dev: bool) -> anyhow::Result<()> {
     let app = App::build(config, None).await?;
     if dev {
         db::MIGRATOR
-            .run(&**app.state.db())
+            .run(app.state.db().sqlx())
             .await
             .context("migrating the development database")?;
     }

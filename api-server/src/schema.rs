@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 
 use sqlx::migrate::{Migrate, MigrateError, Migration};
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::db::Pool;
 use stoa_contract::migration::{Phase, is_contract};
 
 use crate::db::MIGRATOR;
@@ -245,7 +247,7 @@ async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 /// Applies the pending migrations of `phase` under sqlx's advisory lock (the same lock its
 /// own migrator takes, so any two migrators serialise).
 pub async fn migrate(
-    pool: &PgPool,
+    pool: &Pool,
     phase: Phase,
     allow_newer_contract: bool,
 ) -> Result<MigrationRun, MigrationError> {

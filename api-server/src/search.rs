@@ -4,7 +4,7 @@
 //! queries read the same row (migration `20261126000003_article_search`), so changing it
 //! is one transaction that stores the new language and recomputes every vector.
 
-use sqlx::PgPool;
+use crate::db::Pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -15,7 +15,7 @@ pub enum SearchError {
 }
 
 /// The language searches use now.
-pub async fn language(pool: &PgPool) -> Result<String, SearchError> {
+pub async fn language(pool: &Pool) -> Result<String, SearchError> {
     Ok(
         sqlx::query_scalar("SELECT language::text FROM search_settings")
             .fetch_one(pool)
@@ -26,7 +26,7 @@ pub async fn language(pool: &PgPool) -> Result<String, SearchError> {
 /// Stores `language` (a PostgreSQL text search configuration, e.g. `english`, `german`,
 /// `simple`) and recomputes every article's vector in it; returns how many. Article
 /// writes wait meanwhile, so none keeps a vector in the previous language.
-pub async fn set_language(pool: &PgPool, language: &str) -> Result<u64, SearchError> {
+pub async fn set_language(pool: &Pool, language: &str) -> Result<u64, SearchError> {
     let mut tx = pool.begin().await?;
     // Not a cast: `$1::regconfig` fails the transaction on an unknown name.
     let known: Option<String> =

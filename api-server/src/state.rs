@@ -4,14 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::Guard;
-use sqlx::PgPool;
 
 use crate::auth::password::PasswordHashing;
 use crate::auth::revocation::Revocations;
 use crate::auth::tokens::TokenService;
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Db, Pool};
 use crate::error::ApiError;
 use crate::kv::Kv;
 use crate::metrics::{Bucket, Metrics};
@@ -91,13 +90,13 @@ impl AppState {
 
 impl Inner {
     /// The current pool. Hold the guard only for the duration of a query.
-    pub fn db(&self) -> Guard<Arc<PgPool>> {
+    pub fn db(&self) -> Guard<Arc<Pool>> {
         self.database.pool()
     }
 
     /// The pool for a content read by `reader` (the replica when it has what they must
     /// see; see `crate::reads`). Hold the guard only for the duration of a query.
-    pub fn read_db(&self, reader: Reader) -> Guard<Arc<PgPool>> {
+    pub fn read_db(&self, reader: Reader) -> Guard<Arc<Pool>> {
         self.reads.pool(&self.database, reader)
     }
 

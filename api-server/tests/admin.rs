@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Replicas, TestApp, errors, login};
+use common::{Replicas, TestApp, db, errors, login};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
@@ -16,7 +16,7 @@ use stoa_api::auth::accounts::{self, Change};
 /// grant` runs this function); returns a token that carries the role.
 async fn admin(app: &TestApp, name: &str) -> String {
     app.register(name).await;
-    accounts::change(&app.pool, name, Change::SetRole(Role::Admin), None)
+    accounts::change(&db(&app.pool), name, Change::SetRole(Role::Admin), None)
         .await
         .unwrap();
     login(app, name).await.0

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 mod common;
 
-use common::{TestApp, errors};
+use common::{TestApp, db, errors};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
@@ -740,14 +740,17 @@ async fn the_search_language_can_be_changed_and_every_article_follows(pool: PgPo
     let app = TestApp::spawn(pool.clone()).await;
     let jake = app.register("jake").await;
     post_article(&app, &jake, "Running", "fast", "runs daily", &[]).await;
-    assert_eq!(stoa_api::search::language(&pool).await.unwrap(), "english");
+    assert_eq!(
+        stoa_api::search::language(&db(&pool)).await.unwrap(),
+        "english"
+    );
     assert_eq!(
         app.get("/api/articles?q=run", None).await.body["articlesCount"],
         1
     );
 
     assert_eq!(
-        stoa_api::search::set_language(&pool, "simple")
+        stoa_api::search::set_language(&db(&pool), "simple")
             .await
             .unwrap(),
         1
@@ -768,12 +771,15 @@ async fn the_search_language_can_be_changed_and_every_article_follows(pool: PgPo
         0
     );
 
-    let refused = stoa_api::search::set_language(&pool, "klingon").await;
+    let refused = stoa_api::search::set_language(&db(&pool), "klingon").await;
     assert!(matches!(
         refused,
         Err(stoa_api::search::SearchError::UnknownLanguage(_))
     ));
-    assert_eq!(stoa_api::search::language(&pool).await.unwrap(), "simple");
+    assert_eq!(
+        stoa_api::search::language(&db(&pool)).await.unwrap(),
+        "simple"
+    );
 }
 
 fn slugs(res: &common::Response, key: &str) -> Vec<String> {

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestApp, eventually, free_port, url_of};
+use common::{TestApp, db, eventually, free_port, url_of};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
@@ -255,7 +255,7 @@ async fn a_failing_job_backs_off_then_is_kept_dead_until_retried(pool: PgPool) {
     let (_, _, attempts, error) = job_row(&pool, "export_account").await;
     assert_eq!(attempts, 3);
     assert!(error.unwrap().contains("malformed payload"));
-    let dead = queue::list(&pool, true, 10).await.unwrap();
+    let dead = queue::list(&db(&pool), true, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     let encoded = metrics.encode().unwrap();
     assert!(
@@ -267,9 +267,9 @@ async fn a_failing_job_backs_off_then_is_kept_dead_until_retried(pool: PgPool) {
     // Dead jobs stay until someone decides.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(job_row(&pool, "export_account").await.1, "dead");
-    assert!(queue::retry_dead(&pool, id).await.unwrap());
+    assert!(queue::retry_dead(&db(&pool), id).await.unwrap());
     assert!(
-        !queue::retry_dead(&pool, id + 1000).await.unwrap(),
+        !queue::retry_dead(&db(&pool), id + 1000).await.unwrap(),
         "only dead jobs are retried"
     );
     eventually("the retried job failed again", || async {
@@ -309,7 +309,7 @@ async fn concurrent_claims_never_take_the_same_job(pool: PgPool) {
         tokio::spawn(async move {
             let mut claimed = Vec::new();
             while let Claim::Job(job) =
-                queue::claim(&pool, &format!("w{n}"), Duration::from_secs(60))
+                queue::claim(&db(&pool), &format!("w{n}"), Duration::from_secs(60))
                     .await
                     .unwrap()
             {
@@ -344,7 +344,7 @@ async fn concurrent_claims_never_take_the_same_job(pool: PgPool) {
         .await
         .unwrap();
     let mut seen = 0;
-    while let Claim::Job(job) = queue::claim(&pool, "w", Duration::from_secs(60))
+    while let Claim::Job(job) = queue::claim(&db(&pool), "w", Duration::from_secs(60))
         .await
         .unwrap()
     {
@@ -363,7 +363,7 @@ async fn a_schedule_enqueues_once_per_interval_whatever_the_number_of_workers(po
     // Many workers tick at once: one job.
     let ticks = (0..6).map(|_| {
         let pool = pool.clone();
-        tokio::spawn(async move { schedule::tick(&pool, &schedules, 5).await.unwrap() })
+        tokio::spawn(async move { schedule::tick(&db(&pool), &schedules, 5).await.unwrap() })
     });
     let mut enqueued = 0;
     for tick in ticks {
@@ -373,7 +373,7 @@ async fn a_schedule_enqueues_once_per_interval_whatever_the_number_of_workers(po
     }
     assert_eq!(enqueued, 1);
     assert_eq!(
-        schedule::tick(&pool, &schedules, 5).await.unwrap(),
+        schedule::tick(&db(&pool), &schedules, 5).await.unwrap(),
         Tick::Enqueued(vec![])
     );
     // While another worker holds the scheduler's lock, a tick does nothing.
@@ -388,13 +388,13 @@ async fn a_schedule_enqueues_once_per_interval_whatever_the_number_of_workers(po
         .await
         .unwrap();
     assert_eq!(
-        schedule::tick(&pool, &schedules, 5).await.unwrap(),
+        schedule::tick(&db(&pool), &schedules, 5).await.unwrap(),
         Tick::Skipped
     );
     other.rollback().await.unwrap();
     // Due again, but the last job has not run yet: not queued twice.
     assert_eq!(
-        schedule::tick(&pool, &schedules, 5).await.unwrap(),
+        schedule::tick(&db(&pool), &schedules, 5).await.unwrap(),
         Tick::Enqueued(vec![])
     );
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
@@ -478,7 +478,7 @@ async fn a_failed_job_whose_key_was_queued_again_leaves_the_work_to_the_newer_on
         .await
         .unwrap()
         .unwrap();
-    let Claim::Job(job) = queue::claim(&pool, "w", Duration::from_secs(60))
+    let Claim::Job(job) = queue::claim(&db(&pool), "w", Duration::from_secs(60))
         .await
         .unwrap()
     else {
@@ -491,7 +491,7 @@ async fn a_failed_job_whose_key_was_queued_again_leaves_the_work_to_the_newer_on
         .unwrap()
         .unwrap();
     // The running one fails: requeueing it would make two queued jobs for one key.
-    let state = queue::fail(&pool, &job, "w", "boom", Duration::from_secs(1))
+    let state = queue::fail(&db(&pool), &job, "w", "boom", Duration::from_secs(1))
         .await
         .unwrap();
     assert_eq!(state.as_deref(), Some("done"));
@@ -504,13 +504,13 @@ async fn a_failed_job_whose_key_was_queued_again_leaves_the_work_to_the_newer_on
     assert!(rows[0].2.as_deref().unwrap().starts_with("superseded"));
     assert_eq!((rows[1].0, rows[1].1.as_str()), (second, "queued"));
     // Without a newer job, a failure queues the job again.
-    let Claim::Job(job) = queue::claim(&pool, "w", Duration::from_secs(60))
+    let Claim::Job(job) = queue::claim(&db(&pool), "w", Duration::from_secs(60))
         .await
         .unwrap()
     else {
         panic!("nothing claimed");
     };
-    let state = queue::fail(&pool, &job, "w", "boom", Duration::ZERO)
+    let state = queue::fail(&db(&pool), &job, "w", "boom", Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(state.as_deref(), Some("queued"));
@@ -524,7 +524,7 @@ async fn a_running_job_is_its_workers_past_the_lease_until_its_transaction_ends(
         .unwrap();
     drop(conn);
     let lease = Duration::from_millis(200);
-    let Claim::Job(job) = queue::claim(&pool, "a", lease).await.unwrap() else {
+    let Claim::Job(job) = queue::claim(&db(&pool), "a", lease).await.unwrap() else {
         panic!("nothing claimed");
     };
     let mut running = pool.begin().await.unwrap();
@@ -532,12 +532,12 @@ async fn a_running_job_is_its_workers_past_the_lease_until_its_transaction_ends(
     tokio::time::sleep(lease * 2).await;
     // A long job outlives its lease: the row lock keeps everyone else off it.
     assert!(matches!(
-        queue::claim(&pool, "b", lease).await.unwrap(),
+        queue::claim(&db(&pool), "b", lease).await.unwrap(),
         Claim::Empty
     ));
     // Its worker dies (the transaction ends without the job done): the next claim takes it.
     running.rollback().await.unwrap();
-    let Claim::Job(again) = queue::claim(&pool, "b", lease).await.unwrap() else {
+    let Claim::Job(again) = queue::claim(&db(&pool), "b", lease).await.unwrap() else {
         panic!("the abandoned job was not taken again");
     };
     assert_eq!((again.id, again.attempt), (job.id, 2));

@@ -5,7 +5,7 @@
 //! are unit tests of `auth::totp`.)
 mod common;
 
-use common::{TestApp, errors};
+use common::{TestApp, db, errors};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -312,7 +312,7 @@ async fn an_admin_resets_a_lost_second_factor(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let (token, _, _, _) = enrolled(&app).await;
     app.register("root").await;
-    accounts::change(&pool, "root", Change::SetRole(Role::Admin), None)
+    accounts::change(&db(&pool), "root", Change::SetRole(Role::Admin), None)
         .await
         .unwrap();
     let root = common::login(&app, "root").await.0;

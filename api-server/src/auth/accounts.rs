@@ -9,8 +9,8 @@
 //! finishes first and has its new session revoked by the next statement, or waits and
 //! then sees the account disabled.
 
+use crate::db::Pool;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::Role;
@@ -85,7 +85,7 @@ impl Change {
 /// making it (`None` from the command line, which may change any account). Disabling
 /// and withdrawing the admin role end the account's sessions.
 pub async fn change(
-    pool: &PgPool,
+    pool: &Pool,
     username: &str,
     change: Change,
     actor: Option<Uuid>,
@@ -150,7 +150,7 @@ pub async fn change(
 /// password. Returns the account's id and the sessions ended; `None` in the second place
 /// when MFA was not on.
 pub async fn reset_mfa(
-    pool: &PgPool,
+    pool: &Pool,
     username: &str,
 ) -> Result<(Uuid, Option<Vec<Uuid>>), AccountError> {
     let mut tx = pool.begin().await?;
@@ -197,7 +197,7 @@ async fn end_sessions(
 
 /// A page of users, newest first, and how many there are.
 pub async fn list(
-    pool: &PgPool,
+    pool: &Pool,
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<Account>, i64), AccountError> {

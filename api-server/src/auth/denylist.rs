@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::db::Pool;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::feed::Followed;
@@ -164,7 +164,7 @@ impl LocalDenylist {
 }
 
 /// Every revocation that can still deny a token, with the time it stops mattering.
-pub(crate) async fn load(db: &PgPool, window: MirrorWindow) -> sqlx::Result<Entries> {
+pub(crate) async fn load(db: &Pool, window: MirrorWindow) -> sqlx::Result<Entries> {
     let tokens: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
         "SELECT jti, expires_at FROM revoked_tokens
           WHERE expires_at > now() - make_interval(secs => $1)",
@@ -208,7 +208,7 @@ impl Followed for LocalDenylist {
 pub fn spawn(
     list: Arc<LocalDenylist>,
     client: redis::Client,
-    pool: impl Fn() -> PgPool + Send + 'static,
+    pool: impl Fn() -> Pool + Send + 'static,
     window: MirrorWindow,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -228,7 +228,7 @@ pub fn spawn(
 async fn follow(
     list: &LocalDenylist,
     client: &redis::Client,
-    db: &PgPool,
+    db: &Pool,
     window: MirrorWindow,
     timeout: Duration,
     metrics: &Metrics,

@@ -39,7 +39,7 @@ pub fn spawn(
 ) {
     let closed = {
         let database = database.clone();
-        move || database.pool().is_closed()
+        move || database.pool().sqlx().is_closed()
     };
     crate::feed::keep_following(list.clone(), metrics.clone(), closed, move || {
         let (list, database, metrics) = (list.clone(), database.clone(), metrics.clone());
@@ -60,7 +60,7 @@ async fn follow(
     let own = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(timeout)
-        .connect_lazy_with(pool.connect_options().as_ref().clone());
+        .connect_lazy_with(pool.sqlx().connect_options().as_ref().clone());
     let mut listener = tokio::time::timeout(timeout, PgListener::connect_with(&own)).await??;
     // A lost connection ends this feed (and the list's liveness) instead of reconnecting
     // quietly: what was sent meanwhile is only recovered by a new load.
@@ -74,7 +74,7 @@ async fn follow(
     tracing::info!("revocation feed (PostgreSQL) live: revocations are checked locally");
 
     // The pool closes at shutdown: stop listening then, so the session ends with the rest.
-    let closed = pool.close_event();
+    let closed = pool.sqlx().close_event();
     tokio::pin!(closed);
     let mut next_ping = tokio::time::Instant::now() + PING_EVERY;
     loop {

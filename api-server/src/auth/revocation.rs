@@ -13,10 +13,10 @@
 
 use std::sync::Arc;
 
+use crate::db::Pool;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use crate::auth::denylist::MirrorWindow;
@@ -58,7 +58,7 @@ impl Revocations {
 
     pub async fn is_revoked(
         &self,
-        db: &PgPool,
+        db: &Pool,
         jti: Uuid,
         family: Option<Uuid>,
     ) -> Result<bool, sqlx::Error> {
@@ -155,7 +155,7 @@ fn mirror_into(pipe: &mut redis::Pipeline, denied: Denied, until: i64, now: Date
 /// `since`. Run by every replica on every probe, so a revocation that its own replica could
 /// not mirror reaches Redis within a probe interval through any replica that can.
 pub async fn catch_up(
-    db: &PgPool,
+    db: &Pool,
     mut conn: ConnectionManager,
     window: MirrorWindow,
     since: DateTime<Utc>,
@@ -200,7 +200,7 @@ pub async fn catch_up(
 /// Copies every revocation that can still matter from PostgreSQL into Redis (run before
 /// Redis is trusted again after an outage or a data loss).
 pub async fn resync(
-    db: &PgPool,
+    db: &Pool,
     mut conn: ConnectionManager,
     window: MirrorWindow,
 ) -> anyhow::Result<usize> {

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
+
+use crate::db::Pool;
 
 use super::Kind;
 
@@ -73,7 +75,7 @@ macro_rules! jobs_on_conflict {
 /// for `lease`.
 /// Only the kinds this binary knows are claimed: a job of a newer release's kind waits for
 /// a worker that knows it instead of failing here.
-pub async fn claim(pool: &PgPool, worker: &str, lease: Duration) -> Result<Claim, sqlx::Error> {
+pub async fn claim(pool: &Pool, worker: &str, lease: Duration) -> Result<Claim, sqlx::Error> {
     let row: Option<(i64, String, serde_json::Value, i32, i32, String)> = sqlx::query_as(
         "WITH next AS (
              SELECT id FROM jobs
@@ -170,7 +172,7 @@ impl Retry {
 /// was queued meanwhile: that one does the work. Returns the new state (`None`: no longer
 /// this worker's job).
 pub async fn fail(
-    pool: &PgPool,
+    pool: &Pool,
     job: &Claimed,
     worker: &str,
     error: &str,
@@ -222,7 +224,7 @@ pub struct Depth {
     pub oldest_due_seconds: f64,
 }
 
-pub async fn depth(pool: &PgPool) -> Result<Vec<Depth>, sqlx::Error> {
+pub async fn depth(pool: &Pool) -> Result<Vec<Depth>, sqlx::Error> {
     let rows: Vec<(String, i64, i64, i64, i64, f64)> = sqlx::query_as(
         "SELECT kind,
                 count(*) FILTER (WHERE state = 'queued' AND run_at <= now()),
@@ -266,7 +268,7 @@ pub struct Listed {
 }
 
 /// The newest `limit` jobs, dead ones only if `dead_only`.
-pub async fn list(pool: &PgPool, dead_only: bool, limit: i64) -> Result<Vec<Listed>, sqlx::Error> {
+pub async fn list(pool: &Pool, dead_only: bool, limit: i64) -> Result<Vec<Listed>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, kind, state, attempts, max_attempts, created_at, run_at, last_error
            FROM jobs WHERE state <> 'done' AND (NOT $1 OR state = 'dead')
@@ -279,7 +281,7 @@ pub async fn list(pool: &PgPool, dead_only: bool, limit: i64) -> Result<Vec<List
 }
 
 /// Queues a dead job again with a fresh set of attempts; `false` if `id` is not dead.
-pub async fn retry_dead(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+pub async fn retry_dead(pool: &Pool, id: i64) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE jobs SET state = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
                 locked_by = NULL

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Pool;
 
 use super::{Kind, queue};
 
@@ -28,7 +28,7 @@ pub enum Tick {
 }
 
 pub async fn tick(
-    pool: &PgPool,
+    pool: &Pool,
     schedules: &[Schedule],
     max_attempts: u32,
 ) -> Result<Tick, sqlx::Error> {

@@ -7,11 +7,11 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::db::Pool;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use stoa_contract::pod::{PodState, QueueDepth, STATE_PATH};
 use tokio::net::TcpListener;
@@ -153,7 +153,7 @@ impl Worker {
         }
     }
 
-    async fn execute(&self, pool: &PgPool, job: Claimed) {
+    async fn execute(&self, pool: &Pool, job: Claimed) {
         let started = Instant::now();
         self.metrics.jobs.running.inc();
         let outcome = tokio::time::timeout(self.config.job_timeout, self.attempt(pool, &job)).await;
@@ -234,7 +234,7 @@ impl Worker {
     /// `Ok(None)`: the job is no longer ours.
     async fn attempt(
         &self,
-        pool: &PgPool,
+        pool: &Pool,
         job: &Claimed,
     ) -> Result<Option<serde_json::Value>, kinds::JobError> {
         let mut tx = pool.begin().await?;
@@ -277,7 +277,7 @@ impl Worker {
         let pool = self.database.pool().clone();
         let own = PgPoolOptions::new()
             .max_connections(1)
-            .connect_lazy_with(pool.connect_options().as_ref().clone());
+            .connect_lazy_with(pool.sqlx().connect_options().as_ref().clone());
         let mut listener = PgListener::connect_with(&own).await?;
         listener.listen(CHANNEL).await?;
         loop {

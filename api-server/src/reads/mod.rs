@@ -24,11 +24,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::Guard;
 use prometheus_client::metrics::counter::Counter;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::ReadReplicaConfig;
-use crate::db::Db;
+use crate::db::{Db, Pool};
 use crate::kv::Kv;
 use crate::metrics::{Metrics, ReadLabels};
 
@@ -274,7 +273,7 @@ impl Reads {
     }
 
     /// The pool `reader`'s content read goes to. Hold the guard only for the query.
-    pub fn pool(&self, database: &Db, reader: Reader) -> Guard<Arc<PgPool>> {
+    pub fn pool(&self, database: &Db, reader: Reader) -> Guard<Arc<Pool>> {
         if let Some(routing) = &self.routing {
             let route = routing.route(reader);
             routing.counts[route as usize].inc();

@@ -57,6 +57,11 @@ pub fn stoa_api() -> std::process::Command {
     command
 }
 
+/// The server's pool type over a test database's pool (the same connections).
+pub fn db(pool: &PgPool) -> stoa_api::db::Pool {
+    stoa_api::db::Pool::new(pool.clone())
+}
+
 /// A URL for the database behind `pool` (trust authentication: no password).
 pub fn url_of(pool: &PgPool) -> String {
     let options = pool.connect_options();

@@ -13,6 +13,10 @@ use stoa_contract::pod::{LoadedCredential, credential_fingerprint};
 
 use crate::config::{DatabaseConfig, ReadReplicaConfig, Secret};
 
+mod pool;
+
+pub use pool::Pool;
+
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
@@ -95,28 +99,28 @@ pub fn describe_error(e: &sqlx::Error) -> String {
 /// The pools in use, swappable at run time (credential rotation) without a restart, with
 /// the credential they log in with (reported to the operator, never the password).
 pub struct Db {
-    pool: ArcSwap<PgPool>,
+    pool: ArcSwap<Pool>,
     credential: ArcSwap<LoadedCredential>,
     replica: Option<Replica>,
 }
 
 /// The read replica's pool and what it is built from.
 struct Replica {
-    pool: ArcSwap<PgPool>,
+    pool: ArcSwap<Pool>,
     config: ReadReplicaConfig,
     database: DatabaseConfig,
 }
 
 /// The pools a credential swap replaced, for the caller to drain and close.
 pub struct Replaced {
-    pub primary: Arc<PgPool>,
-    pub replica: Option<Arc<PgPool>>,
+    pub primary: Arc<Pool>,
+    pub replica: Option<Arc<Pool>>,
 }
 
 impl Db {
     pub fn new(pool: PgPool, url: &Secret) -> Self {
         Db {
-            pool: ArcSwap::from_pointee(pool),
+            pool: ArcSwap::from_pointee(Pool::new(pool)),
             credential: ArcSwap::from_pointee(credential_of(url)),
             replica: None,
         }
@@ -132,7 +136,7 @@ impl Db {
         if let Some(read) = &config.read {
             let pool = replica_pool(read, config, primary_url)?;
             self.replica = Some(Replica {
-                pool: ArcSwap::from_pointee(pool),
+                pool: ArcSwap::from_pointee(Pool::new(pool)),
                 config: read.clone(),
                 database: config.clone(),
             });
@@ -141,12 +145,12 @@ impl Db {
     }
 
     /// The current pool. Hold the guard only for the duration of a query.
-    pub fn pool(&self) -> Guard<Arc<PgPool>> {
+    pub fn pool(&self) -> Guard<Arc<Pool>> {
         self.pool.load()
     }
 
     /// The read replica's current pool, if one is configured.
-    pub fn replica(&self) -> Option<Guard<Arc<PgPool>>> {
+    pub fn replica(&self) -> Option<Guard<Arc<Pool>>> {
         self.replica.as_ref().map(|r| r.pool.load())
     }
 
@@ -154,14 +158,14 @@ impl Db {
     /// credentials, a new replica pool logged in the same way) and returns the previous
     /// ones for the caller to drain.
     pub fn replace(&self, pool: PgPool, url: &Secret) -> Replaced {
-        let primary = self.pool.swap(Arc::new(pool));
+        let primary = self.pool.swap(Arc::new(Pool::new(pool)));
         self.credential.store(Arc::new(credential_of(url)));
         let replica = self
             .replica
             .as_ref()
             .filter(|r| !has_credentials(&r.config.url))
             .and_then(|r| match replica_pool(&r.config, &r.database, url) {
-                Ok(pool) => Some(r.pool.swap(Arc::new(pool))),
+                Ok(pool) => Some(r.pool.swap(Arc::new(Pool::new(pool)))),
                 // Unreachable in practice: both URLs parsed before.
                 Err(error) => {
                     tracing::error!(error = %error, "cannot build the read replica's pool with the new credentials; keeping the previous one");

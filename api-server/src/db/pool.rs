@@ -1,0 +1,513 @@
+//! The server's connection pool: sqlx's pool, plus a direct hand-off of a connection whose
+//! statement ran to completion to a task already waiting for one.
+//!
+//! sqlx's pool pings every connection it takes back (a `Sync`, then a wait for PostgreSQL's
+//! `ReadyForQuery`; `PoolConnection::return_to_pool`, unconditional in sqlx 0.9, no option
+//! turns it off) before lending it again: a second round trip on every request (handing
+//! connections over instead gave point reads 32–43% more throughput on the bench; README,
+//! "Benchmarks"). The ping is there to drain what a
+//! cancelled query or a dropped transaction left on the connection and to notice a dead one.
+//! A connection whose statement just completed has nothing to drain and has just answered,
+//! so while another task waits for a connection, it is handed over as it is.
+//!
+//! Everything else goes back through sqlx's pool as before, which pings it, closes it past
+//! its maximum lifetime and keeps it idle: a connection released with no one waiting, one
+//! whose statement failed or was cancelled, one lent out by [`Pool::acquire`] or
+//! [`Pool::begin`] (which may leave anything on it), and one handed over
+//! [`MAX_HANDOFFS`] times in a row.
+//!
+//! Every task that waits for a connection waits in both places at once (for a hand-off, and
+//! in sqlx's queue), so a transaction is never kept waiting while plain statements pass
+//! connections among themselves; all the server's statements and transactions go through
+//! this type for that reason.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use futures::TryStreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use sqlx::pool::{MaybePoolConnection, PoolConnection};
+use sqlx::postgres::{PgQueryResult, PgRow, PgStatement, PgTypeInfo};
+use sqlx::{Describe, Either, Execute, Executor, PgPool, Postgres, SqlStr};
+use sqlx::{Error, Transaction};
+use tokio::sync::oneshot;
+
+/// Consecutive hand-offs after which a connection goes back through sqlx's pool (one ping,
+/// and its age checked against the pool's maximum lifetime), so that under sustained load
+/// connections are still retired and checked.
+pub const MAX_HANDOFFS: u32 = 10_000;
+
+/// A PostgreSQL pool; cheap to clone (clones share the connections).
+#[derive(Clone)]
+pub struct Pool(Arc<Shared>);
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Pool").field(&self.0.sqlx).finish()
+    }
+}
+
+struct Shared {
+    sqlx: PgPool,
+    waiting: Mutex<Waiting>,
+}
+
+/// Tasks waiting for a connection, oldest first.
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    queue: VecDeque<(u64, oneshot::Sender<Held>)>,
+}
+
+/// A connection and how many times in a row it has been handed over.
+struct Held {
+    conn: PoolConnection<Postgres>,
+    handoffs: u32,
+}
+
+impl Pool {
+    pub fn new(sqlx: PgPool) -> Self {
+        Pool(Arc::new(Shared {
+            sqlx,
+            waiting: Mutex::default(),
+        }))
+    }
+
+    /// The sqlx pool underneath: for its size and state, and to close it.
+    pub fn sqlx(&self) -> &PgPool {
+        &self.0.sqlx
+    }
+
+    /// A connection for several statements. It goes back through sqlx's pool when dropped.
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, Error> {
+        Ok(self.take().await?.conn)
+    }
+
+    /// A transaction on a connection of its own.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
+        let conn = self.acquire().await?;
+        // What sqlx's own `Pool::begin` does (`Transaction::begin` is public, hidden from
+        // its documentation).
+        Transaction::begin(MaybePoolConnection::PoolConnection(conn), None).await
+    }
+
+    /// Closes the pool: waits for every connection to come back, and closes them.
+    pub async fn close(&self) {
+        self.0.sqlx.close().await;
+    }
+
+    /// A connection: an idle one at once, else the first of a hand-off or sqlx's pool.
+    async fn take(&self) -> Result<Held, Error> {
+        if let Some(conn) = self.0.sqlx.try_acquire() {
+            return Ok(Held { conn, handoffs: 0 });
+        }
+        // While the pool may still grow, sqlx opens a connection for this task; waiting for
+        // a hand-off as well would abandon that connection half-open whenever one came first.
+        if self.0.sqlx.size() < self.0.sqlx.options().get_max_connections() {
+            let conn = self.0.sqlx.acquire().await?;
+            return Ok(Held { conn, handoffs: 0 });
+        }
+        let (sender, mut handed) = oneshot::channel();
+        let _waiting = Waiter::enqueue(&self.0, sender);
+        tokio::select! {
+            biased;
+            Ok(held) = &mut handed => Ok(held),
+            conn = self.0.sqlx.acquire() => Ok(Held { conn: conn?, handoffs: 0 }),
+        }
+        // `_waiting` leaves the queue here; a connection handed over in the meantime is
+        // dropped with `handed` and so goes back through sqlx's pool.
+    }
+
+    /// Takes back a connection whose statement ran to its end: handed to the
+    /// longest-waiting task, else (dropped here) back through sqlx's pool.
+    fn completed(&self, Held { conn, handoffs }: Held) {
+        if handoffs >= MAX_HANDOFFS || self.0.sqlx.is_closed() {
+            return;
+        }
+        let mut held = Held {
+            conn,
+            handoffs: handoffs + 1,
+        };
+        let mut waiting = self.0.lock();
+        while let Some((_, sender)) = waiting.queue.pop_front() {
+            match sender.send(held) {
+                Ok(()) => return,
+                // That task has stopped waiting.
+                Err(back) => held = back,
+            }
+        }
+        // No one is waiting: release the lock before sqlx takes the connection back.
+        drop(waiting);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        // The queue is consistent after every operation, so a panic elsewhere leaves it usable.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A task's place in the queue; it leaves the queue when dropped (served, timed out or
+/// cancelled), so the queue holds only tasks still waiting.
+struct Waiter<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl<'a> Waiter<'a> {
+    fn enqueue(shared: &'a Shared, sender: oneshot::Sender<Held>) -> Self {
+        let mut waiting = shared.lock();
+        let id = waiting.next_id;
+        waiting.next_id += 1;
+        waiting.queue.push_back((id, sender));
+        Waiter { shared, id }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.shared.lock();
+        // Near the front when it was served by sqlx's pool, absent when handed a connection.
+        if let Some(at) = waiting.queue.iter().position(|(id, _)| *id == self.id) {
+            waiting.queue.remove(at);
+        }
+    }
+}
+
+/// Like sqlx's `Executor for &Pool`, with the connection handed over when the statement
+/// completes.
+impl<'p> Executor<'p> for &'_ Pool {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, Error>>
+    where
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let pool = self.clone();
+        Box::pin(async_stream::try_stream! {
+            let mut held = pool.take().await?;
+            {
+                let mut results = held.conn.fetch_many(query);
+                while let Some(result) = results.try_next().await? {
+                    yield result;
+                }
+            }
+            // The stream ran to PostgreSQL's `ReadyForQuery`: nothing is left to read. (A
+            // stream dropped early or failed drops `held` instead, back to sqlx's pool.)
+            pool.completed(held);
+        })
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, Error>>
+    where
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let pool = self.clone();
+        Box::pin(async move {
+            let mut held = pool.take().await?;
+            // sqlx reads every response up to `ReadyForQuery` before it returns the row.
+            let row = held.conn.fetch_optional(query).await?;
+            pool.completed(held);
+            Ok(row)
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, Error>>
+    where
+        'p: 'e,
+    {
+        let pool = self.clone();
+        Box::pin(async move { pool.acquire().await?.prepare_with(sql, parameters).await })
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<Describe<Postgres>, Error>> {
+        let pool = self.clone();
+        Box::pin(async move { pool.acquire().await?.describe(sql).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// What the proxy in front of PostgreSQL saw.
+    #[derive(Default)]
+    struct Seen {
+        /// `Sync` messages: one per statement, plus one per ping.
+        syncs: AtomicUsize,
+        /// Connections opened.
+        connections: AtomicUsize,
+    }
+
+    /// A pool of at most `size` connections (none opened yet), each through a proxy that
+    /// counts what it carries.
+    async fn counted_pool(options: &PgConnectOptions, size: u32) -> (Pool, Arc<Seen>) {
+        let upstream = format!("{}:{}", options.get_host(), options.get_port());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Seen::default());
+        let counted = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = listener.accept().await.unwrap();
+                counted.connections.fetch_add(1, Ordering::SeqCst);
+                let server = TcpStream::connect(&upstream).await.unwrap();
+                client.set_nodelay(true).unwrap();
+                server.set_nodelay(true).unwrap();
+                let (mut server_read, mut server_write) = server.into_split();
+                let (mut client_read, mut client_write) = client.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let _ =
+                        forward_counting(&mut client_read, &mut server_write, &counted.syncs).await;
+                });
+            }
+        });
+        let options = options
+            .clone()
+            .host("127.0.0.1")
+            .port(port)
+            .ssl_mode(PgSslMode::Disable);
+        let sqlx = PgPoolOptions::new()
+            .max_connections(size)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(20))
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        (Pool::new(sqlx), seen)
+    }
+
+    /// Copies the frontend's messages to the server, counting the `Sync`s.
+    async fn forward_counting(
+        from: &mut tokio::net::tcp::OwnedReadHalf,
+        to: &mut tokio::net::tcp::OwnedWriteHalf,
+        syncs: &AtomicUsize,
+    ) -> std::io::Result<()> {
+        // The startup message: a length (itself included), no type byte.
+        let length = from.read_u32().await?;
+        let mut startup = length.to_be_bytes().to_vec();
+        startup.resize(length as usize, 0);
+        from.read_exact(&mut startup[4..]).await?;
+        to.write_all(&startup).await?;
+        loop {
+            let kind = from.read_u8().await?;
+            let length = from.read_u32().await?;
+            let mut message = vec![kind];
+            message.extend_from_slice(&length.to_be_bytes());
+            message.resize(length as usize + 1, 0);
+            from.read_exact(&mut message[5..]).await?;
+            if kind == b'S' {
+                syncs.fetch_add(1, Ordering::SeqCst);
+            }
+            to.write_all(&message).await?;
+        }
+    }
+
+    async fn one(pool: &Pool) -> i32 {
+        sqlx::query_scalar("SELECT 1")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the connection is back in sqlx's pool (after its ping).
+    async fn settled(pool: &Pool) {
+        while pool.sqlx().num_idle() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_connection_is_handed_to_a_waiting_statement_without_a_ping(
+        _: PgPoolOptions,
+        options: PgConnectOptions,
+    ) {
+        let (pool, seen) = counted_pool(&options, 1).await;
+        let syncs = &seen.syncs;
+        one(&pool).await; // prepares the statement
+        settled(&pool).await;
+
+        // One at a time, no one waits: each statement's connection goes back through
+        // sqlx's pool, which pings it.
+        syncs.store(0, Ordering::SeqCst);
+        for _ in 0..50 {
+            assert_eq!(one(&pool).await, 1);
+            settled(&pool).await;
+        }
+        assert_eq!(
+            syncs.load(Ordering::SeqCst),
+            100,
+            "a statement and a ping each"
+        );
+
+        // Eight tasks on one connection: it goes from statement to waiting statement.
+        syncs.store(0, Ordering::SeqCst);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    for _ in 0..50 {
+                        assert_eq!(one(&pool).await, 1);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        settled(&pool).await;
+        let sent = syncs.load(Ordering::SeqCst);
+        assert!(
+            (400..=410).contains(&sent),
+            "400 statements took {sent} syncs: connections were pinged between waiting statements"
+        );
+        pool.close().await;
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_transaction_waits_its_turn_among_statements_passing_the_connection_on(
+        _: PgPoolOptions,
+        options: PgConnectOptions,
+    ) {
+        let (pool, _) = counted_pool(&options, 1).await;
+        let done = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (pool, done, stop) = (pool.clone(), done.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        one(&pool).await;
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        while done.load(Ordering::SeqCst) < 200 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let asked = done.load(Ordering::SeqCst);
+        let mut tx = pool.begin().await.unwrap();
+        let passed = done.load(Ordering::SeqCst) - asked;
+        let in_tx: i32 = sqlx::query_scalar("SELECT 2")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        stop.store(true, Ordering::SeqCst);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(in_tx, 2);
+        // First come, first served: at most the eight statements queued before it.
+        assert!(
+            passed <= 16,
+            "{passed} statements ran while the transaction waited for the connection"
+        );
+        pool.close().await;
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_pool_still_growing_under_load_opens_each_connection_once(
+        _: PgPoolOptions,
+        options: PgConnectOptions,
+    ) {
+        let (pool, seen) = counted_pool(&options, 4).await;
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        one(&pool).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // A task that waited for a hand-off while sqlx connected for it would drop the
+        // half-open connection whenever the hand-off came first, and open another next time.
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
+        pool.close().await;
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn what_a_cancelled_statement_or_a_dropped_transaction_left_never_reaches_the_next(
+        _: PgPoolOptions,
+        options: PgConnectOptions,
+    ) {
+        let (pool, _) = counted_pool(&options, 1).await;
+        sqlx::query("CREATE TABLE notes (id int)")
+            .execute(&pool)
+            .await
+            .unwrap();
+
+        // Cancelled while PostgreSQL still runs it, with another statement waiting.
+        let sleeping = sqlx::query("SELECT pg_sleep(0.3)").execute(&pool);
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                sqlx::query_scalar::<_, i32>("SELECT 7")
+                    .fetch_one(&pool)
+                    .await
+            }
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), sleeping)
+                .await
+                .is_err()
+        );
+        assert_eq!(waiting.await.unwrap().unwrap(), 7);
+
+        // A transaction dropped without a commit is rolled back, and its lock let go,
+        // before the connection serves anyone else.
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO notes VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        drop(tx);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0);
+        let locks: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE relation = 'notes'::regclass")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(locks, 0);
+
+        // A stream dropped after its first row.
+        {
+            use futures::StreamExt;
+            let mut rows =
+                sqlx::query_scalar::<_, i32>("SELECT generate_series(1, 100000)").fetch(&pool);
+            assert_eq!(rows.next().await.unwrap().unwrap(), 1);
+        }
+        assert_eq!(one(&pool).await, 1);
+        pool.close().await;
+    }
+}
