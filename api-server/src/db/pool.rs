@@ -109,13 +109,16 @@ impl Pool {
             return Ok(Held { conn, handoffs: 0 });
         }
         let (sender, mut handed) = oneshot::channel();
-        let _waiting = Waiter::enqueue(&self.0, sender);
+        let mut waiter = Waiter::enqueue(&self.0, sender);
         tokio::select! {
             biased;
-            Ok(held) = &mut handed => Ok(held),
+            Ok(held) = &mut handed => {
+                waiter.handed_over();
+                Ok(held)
+            }
             conn = self.0.sqlx.acquire() => Ok(Held { conn: conn?, handoffs: 0 }),
         }
-        // `_waiting` leaves the queue here; a connection handed over in the meantime is
+        // `waiter` leaves the queue here; a connection handed over in the meantime is
         // dropped with `handed` and so goes back through sqlx's pool.
     }
 
@@ -154,6 +157,8 @@ impl Shared {
 struct Waiter<'a> {
     shared: &'a Shared,
     id: u64,
+    /// Still in the queue (a hand-off takes the entry out).
+    queued: bool,
 }
 
 impl<'a> Waiter<'a> {
@@ -162,15 +167,28 @@ impl<'a> Waiter<'a> {
         let id = waiting.next_id;
         waiting.next_id += 1;
         waiting.queue.push_back((id, sender));
-        Waiter { shared, id }
+        Waiter {
+            shared,
+            id,
+            queued: true,
+        }
+    }
+
+    /// Served by a hand-off, which took the entry out of the queue.
+    fn handed_over(&mut self) {
+        self.queued = false;
     }
 }
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
+        if !self.queued {
+            return;
+        }
         let mut waiting = self.shared.lock();
-        // Near the front when it was served by sqlx's pool, absent when handed a connection.
-        if let Some(at) = waiting.queue.iter().position(|(id, _)| *id == self.id) {
+        // Ids are handed out in order and entries leave without reordering: the queue is
+        // sorted. Absent when a hand-off to this task came too late.
+        if let Ok(at) = waiting.queue.binary_search_by_key(&self.id, |(id, _)| *id) {
             waiting.queue.remove(at);
         }
     }
