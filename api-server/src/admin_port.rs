@@ -1,7 +1,6 @@
 //! What the API's and the worker's admin ports both serve.
 
 use crate::db::Pool;
-
 use crate::metrics::Metrics;
 
 /// The metrics in OpenMetrics text, with the pool's gauges and the dropped log lines

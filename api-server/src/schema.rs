@@ -11,11 +11,9 @@ use std::collections::BTreeMap;
 
 use sqlx::migrate::{Migrate, MigrateError, Migration};
 use sqlx::{PgConnection, PgExecutor};
-
-use crate::db::Pool;
 use stoa_contract::migration::{Phase, is_contract};
 
-use crate::db::MIGRATOR;
+use crate::db::{MIGRATOR, Pool};
 
 /// sqlx's bookkeeping table (its default name; `MIGRATOR` does not change it).
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";

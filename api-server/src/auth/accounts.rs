@@ -9,11 +9,11 @@
 //! finishes first and has its new session revoked by the next statement, or waits and
 //! then sees the account disabled.
 
-use crate::db::Pool;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::auth::Role;
+use crate::db::Pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::db::Pool;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::db::Pool;
 use crate::feed::Followed;
 use crate::metrics::Metrics;
 

@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use crate::db::Pool;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -21,6 +20,7 @@ use uuid::Uuid;
 
 pub use crate::auth::denylist::MirrorWindow;
 use crate::auth::denylist::{self, Denied, LocalDenylist};
+use crate::db::Pool;
 use crate::kv::Kv;
 use crate::metrics::Metrics;
 

@@ -7,7 +7,6 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::db::Pool;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
@@ -23,7 +22,7 @@ use super::queue::{self, Claim, Claimed, Retry};
 use super::schedule::{self, Schedule, Tick};
 use crate::auth::revocation::MirrorWindow;
 use crate::config::{Config, DatabaseUrlSource, WorkerConfig};
-use crate::db::Db;
+use crate::db::{Db, Pool};
 use crate::metrics::{JobKindLabels, JobLabels, JobOutcomeLabels, Metrics};
 
 /// PostgreSQL channel the `jobs` insert trigger notifies.
