@@ -584,6 +584,19 @@ async fn tags_follow_every_change_to_articles(pool: PgPool) {
     };
     assert_eq!(tagged("go").await, 1);
     assert_eq!(tagged("web").await, 0);
+    // And its articles, newest first.
+    let listed = |tag: &'static str| async move {
+        let res = app.get(&format!("/api/articles?tag={tag}"), None).await;
+        res.body["articles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["slug"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed("zig").await, [one.as_str()]);
+    assert_eq!(listed("web").await, [] as [&str; 0]);
+    assert_eq!(listed("rust").await, [] as [&str; 0]);
 
     sqlx::query("UPDATE articles SET tag_list = ARRAY['go', 'go', 'ada']")
         .execute(&pool)
@@ -592,6 +605,17 @@ async fn tags_follow_every_change_to_articles(pool: PgPool) {
     assert_eq!(tags().await, json!(["ada", "go"]));
     assert_eq!(tagged("go").await, 1);
     assert_eq!(tagged("zig").await, 0);
+    assert_eq!(listed("go").await, [one.as_str()], "listed once");
+    assert_eq!(listed("zig").await, [] as [&str; 0]);
+    // A newer article comes first, until the older one is moved ahead of it.
+    let three = app.article(&jake, "Three", &["go"]).await;
+    assert_eq!(listed("go").await, [three.as_str(), one.as_str()]);
+    sqlx::query("UPDATE articles SET created_at = now() + interval '1 hour' WHERE slug = $1")
+        .bind(&one)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(listed("go").await, [one.as_str(), three.as_str()]);
     let recount: Vec<(String, i64)> = sqlx::query_as(
         "SELECT t, count(*) FROM articles, LATERAL (SELECT DISTINCT t FROM unnest(tag_list) t) u
           GROUP BY t ORDER BY t",

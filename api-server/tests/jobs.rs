@@ -445,6 +445,15 @@ async fn the_recount_repairs_drifted_counters_and_leaves_right_ones(pool: PgPool
         .execute(&pool)
         .await
         .unwrap();
+    // The tag list's entries: one missing, one left by no article.
+    sqlx::query("DELETE FROM article_tags WHERE tag = 'b'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO article_tags (tag, created_at, article_id) VALUES ('b', now(), -1)")
+        .execute(&pool)
+        .await
+        .unwrap();
     let mut tx = pool.begin().await.unwrap();
     let repaired = kinds::recount_counters(&mut tx).await.unwrap();
     tx.commit().await.unwrap();
@@ -455,8 +464,12 @@ async fn the_recount_repairs_drifted_counters_and_leaves_right_ones(pool: PgPool
             tag_counts: 2,
             article_count: 1,
             author_counts: 1,
+            tag_entries: 2,
         }
     );
+    let tagged = app.get("/api/articles?tag=b", None).await;
+    assert_eq!(tagged.body["articles"][0]["slug"], slug);
+    assert_eq!(tagged.body["articles"].as_array().unwrap().len(), 1);
     let article = app.get(&format!("/api/articles/{slug}"), None).await;
     assert_eq!(article.body["article"]["favoritesCount"], 1);
     let tags = app.get("/api/tags", None).await;

@@ -366,11 +366,12 @@ impl Config {
                 });
             }
         };
-        // Small pools win on small machines: more backends than cores only adds context
-        // switches (measured: 4 connections beat 16 by ~10% on 2 cores).
+        // Measured on 2 cores with PostgreSQL beside the server (README, "Pool size"):
+        // reads are flat from 4 to 8 connections and their tails grow beyond; writes gain
+        // up to 8, as a commit waits on the disk with its connection held.
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let max_connections =
-            s.read(Setting::new("STOA_DB_MAX_CONNECTIONS", (2 * cpus as u32).max(4)).at_least(1))?;
+            s.read(Setting::new("STOA_DB_MAX_CONNECTIONS", (4 * cpus as u32).max(4)).at_least(1))?;
         let min_connections = s.read(Setting::new("STOA_DB_MIN_CONNECTIONS", 1u32))?;
         if min_connections > max_connections {
             return Err(invalid(

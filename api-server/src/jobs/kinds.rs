@@ -145,10 +145,12 @@ pub struct Repaired {
     pub tag_counts: u64,
     pub article_count: u64,
     pub author_counts: u64,
+    /// `article_tags` entries added or removed.
+    pub tag_entries: u64,
 }
 
-/// Triggers keep `articles.favorites_count`, `tag_counts`, `article_stats` and
-/// `author_article_counts` exact; this proves it and repairs what a bug or a manual edit
+/// Triggers keep `articles.favorites_count`, `tag_counts`, `article_stats`,
+/// `author_article_counts` and `article_tags` exact; this proves it and repairs what a bug or a manual edit
 /// broke. Each count is compared under a SHARE lock on the table it counts: writers wait
 /// (briefly) instead of committing between the count and the repair, which would make the
 /// repair itself wrong.
@@ -209,11 +211,35 @@ pub async fn recount_counters(tx: &mut PgConnection) -> Result<Repaired, sqlx::E
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    // Both sides read the statement's snapshot: an entry is either stale (removed) or
+    // missing (added), never both.
+    let tag_entries: i64 = sqlx::query_scalar(
+        "WITH actual AS (
+             SELECT DISTINCT t AS tag, a.created_at, a.id AS article_id
+               FROM articles a, unnest(a.tag_list) t),
+         stale AS (
+             DELETE FROM article_tags e
+              WHERE NOT EXISTS (SELECT 1 FROM actual
+                                 WHERE (actual.tag, actual.created_at, actual.article_id)
+                                     = (e.tag, e.created_at, e.article_id))
+             RETURNING 1),
+         missing AS (
+             INSERT INTO article_tags (tag, created_at, article_id)
+             SELECT tag, created_at, article_id FROM actual
+              WHERE NOT EXISTS (SELECT 1 FROM article_tags e
+                                 WHERE (actual.tag, actual.created_at, actual.article_id)
+                                     = (e.tag, e.created_at, e.article_id))
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM stale) + (SELECT count(*) FROM missing)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     Ok(Repaired {
         favorites_counts,
         tag_counts,
         article_count,
         author_counts,
+        tag_entries: tag_entries.unsigned_abs(),
     })
 }
 

@@ -152,6 +152,12 @@ impl ListShape {
         self.feed && !(self.tag || self.author || self.favorited || self.search)
     }
 
+    /// One tag's list with no other filter: its page is read from `article_tags` (see
+    /// [`tagged_page`]).
+    fn tagged_only(self) -> bool {
+        self.tag && !(self.author || self.favorited || self.feed || self.search)
+    }
+
     /// The total of matches: maintained counters for the whole table, one tag's articles
     /// (`tag_counts`), one author's (`author_article_counts`) and the feed (the sum over
     /// the followed authors); a count of the matches otherwise.
@@ -212,13 +218,23 @@ impl ListShape {
             Some(position) => format!("{} AND (a.created_at, a.id) < {position}", filter.condition),
             None => filter.condition.clone(),
         };
-        let (source, page_filter, offset) = match (self.followed_only(), &viewer) {
-            // The page is chosen (offset included) before the authors are joined.
-            (true, Some(viewer)) => (
-                followed_page(viewer, limit, offset_param.as_deref(), position.as_deref()),
-                "true".to_owned(),
-                String::new(),
-            ),
+        // Where the page's ids are chosen first (offset and cursor included), only the
+        // page's rows are then read, joined and given the caller's flags.
+        let chosen = |page: String| (page, "true".to_owned(), String::new());
+        let (source, page_filter, offset) = match (self.followed_only(), &viewer, &filter.tag) {
+            (true, Some(viewer), _) => chosen(followed_page(
+                viewer,
+                limit,
+                offset_param.as_deref(),
+                position.as_deref(),
+            )),
+            (_, _, Some(tag)) if self.tagged_only() => chosen(tagged_page(
+                tag,
+                limit,
+                offset_param.as_deref(),
+                position.as_deref(),
+            )),
+            _ if with_offset && !self.search => chosen(offset_page(&page_filter, limit, &offset)),
             _ => (
                 "articles a JOIN users u ON u.id = a.author_id".to_owned(),
                 page_filter,
@@ -306,6 +322,41 @@ fn followed_page(viewer: &str, limit: i64, offset: Option<&str>, position: Optio
               ORDER BY x.created_at DESC, x.id DESC LIMIT {newest}) x
           WHERE fl.follower_id = {viewer}::uuid
           ORDER BY x.created_at DESC, x.id DESC LIMIT {limit}{skip}) page
+         JOIN articles a ON a.id = page.id
+         JOIN users u ON u.id = a.author_id"
+    )
+}
+
+/// A tag's page, as `a` (articles) joined to `u` (their authors): the ids come from
+/// `article_tags`' primary key `(tag, created_at, article_id)`, walked newest first, so a
+/// page costs its own rows (past `offset`, or after `position`) whatever the number of
+/// articles with the tag. Through the GIN index on `tag_list`, PostgreSQL collected every
+/// article with the tag and sorted them on each request (its generic plan cannot know the
+/// tag is popular).
+fn tagged_page(tag: &str, limit: i64, offset: Option<&str>, position: Option<&str>) -> String {
+    let skip = offset.map_or_else(String::new, |offset| format!(" OFFSET {offset}"));
+    let before = position.map_or_else(String::new, |position| {
+        format!(" AND (t.created_at, t.article_id) < {position}")
+    });
+    format!(
+        "(SELECT t.article_id AS id FROM article_tags t
+          WHERE t.tag = {tag}{before}
+          ORDER BY t.created_at DESC, t.article_id DESC LIMIT {limit}{skip}) page
+         JOIN articles a ON a.id = page.id
+         JOIN users u ON u.id = a.author_id"
+    )
+}
+
+/// A page past an offset, as `a` (articles) joined to `u` (their authors): the ids are
+/// chosen first (from the recency or the author's index alone where the filter allows),
+/// so the rows skipped are not joined to their authors nor given the caller's flags, which
+/// PostgreSQL otherwise computes for every row below the limit (0.45 ms against 0.11 ms
+/// for a page at offset 360 of 400 articles).
+fn offset_page(condition: &str, limit: i64, offset: &str) -> String {
+    format!(
+        "(SELECT a.id FROM articles a
+          WHERE {condition}
+          ORDER BY a.created_at DESC, a.id DESC LIMIT {limit}{offset}) page
          JOIN articles a ON a.id = page.id
          JOIN users u ON u.id = a.author_id"
     )
@@ -553,14 +604,18 @@ mod tests {
             feed: true,
             ..signed_in
         };
-        for shape in [signed_in, feed] {
+        let tagged = ListShape {
+            tag: true,
+            ..signed_in
+        };
+        for shape in [signed_in, feed, tagged] {
             let sql = list_sql(shape, false, 20);
             for _ in 0..8 {
-                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(Uuid::new_v4())
-                    .fetch_all(&mut *conn)
-                    .await
-                    .unwrap();
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(Uuid::new_v4());
+                if shape.tag {
+                    query = query.bind("rust");
+                }
+                query.fetch_all(&mut *conn).await.unwrap();
             }
             let generic: i64 = sqlx::query_scalar(
                 "SELECT generic_plans FROM pg_prepared_statements WHERE statement = $1",
@@ -589,6 +644,103 @@ mod tests {
             plans.iter().map(article_rows_fetched).sum::<f64>()
         });
         own + children
+    }
+
+    /// A tag's list costs its page, however many articles carry the tag; so does a page
+    /// past an offset, however deep.
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn a_tag_list_or_a_deep_page_reads_only_its_own_rows(pool: PgPool) {
+        let author: Uuid = sqlx::query_scalar(
+            "INSERT INTO users (username, email, password_hash) VALUES ('u', 'u@example.com', 'x')
+             RETURNING id",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        // 5 000 articles with the popular tag, every tenth also with a rare one.
+        sqlx::query(
+            "INSERT INTO articles (slug, author_id, title, description, body, tag_list, created_at)
+             SELECT 'a' || n, $1, 't', 'd', 'b',
+                    CASE WHEN n % 10 = 0 THEN ARRAY['popular', 'rare'] ELSE ARRAY['popular'] END,
+                    now() - n * interval '1 s'
+             FROM generate_series(1, 5000) n",
+        )
+        .bind(author)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("VACUUM ANALYZE").execute(&pool).await.unwrap();
+        // The plan every request gets once PostgreSQL keeps the statement's generic plan
+        // (the first executions are planned for their values, and so is a parameterised
+        // EXPLAIN): each statement is prepared in SQL and explained with force_generic_plan.
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+
+        let anonymous = ListShape {
+            anonymous: true,
+            ..ListShape::from_index(0)
+        };
+        let tagged = ListShape {
+            tag: true,
+            ..anonymous
+        };
+        let cases: [(ListShape, Option<i64>, Option<&str>); 5] = [
+            (tagged, None, Some("popular")),
+            (tagged, None, Some("rare")),
+            (tagged, Some(4000), Some("popular")),
+            (anonymous, Some(4900), None),
+            (tagged, Some(400), Some("rare")),
+        ];
+        for (i, (shape, offset, tag)) in cases.into_iter().enumerate() {
+            let prepare = format!(
+                "PREPARE page_{i} AS {}",
+                list_sql(shape, offset.is_some(), 20)
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            let values = [offset.map(|o| o.to_string()), tag.map(|t| format!("'{t}'"))];
+            let values: Vec<_> = values.into_iter().flatten().collect();
+            let explain = format!(
+                "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE page_{i}({})",
+                values.join(", ")
+            );
+            let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            let fetched = article_rows_fetched(&plan[0]["Plan"]);
+            assert!(
+                fetched <= 40.0,
+                "{fetched} article rows read for a page of 20 ({tag:?} at {offset:?}):\n{plan:#}"
+            );
+        }
+        // And the pages are the right ones.
+        let page = |offset: i64, tag: &'static str| {
+            let pool = pool.clone();
+            async move {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(list_sql(tagged, true, 20)))
+                    .bind(offset)
+                    .bind(tag)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                rows.iter()
+                    .map(|r| r.get::<String, _>("slug"))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let expected = |from: i64, step: i64| {
+            (0..20)
+                .map(|i| format!("a{}", from + i * step))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(page(4000, "popular").await, expected(4001, 1));
+        assert_eq!(page(100, "rare").await, expected(1010, 10));
     }
 
     /// The feed costs what the followed authors wrote, not what the whole site wrote since.
