@@ -107,43 +107,44 @@ impl Pool {
         }
         let (sender, mut handed) = oneshot::channel();
         let mut waiter = Waiter::enqueue(&self.0, sender);
-        if self.0.sqlx.size() < self.0.sqlx.options().get_max_connections() {
-            // The pool may grow (it is starting, or lost a connection), so sqlx may open one
-            // for this task: in a task of its own, which is never cancelled half-way, and
-            // whose connection goes to the next waiter if a hand-off serves this one first.
-            // Waiting in sqlx's queue alone instead, a task could wait for as long as others
-            // kept passing connections among themselves (0.5 s and more after a backend was
-            // killed, in the unit test that guards it).
-            let (opened, mut from_sqlx) = oneshot::channel();
-            let pool = self.clone();
-            tokio::spawn(async move {
-                // Unwanted (a hand-off came first): passed on. A failure no one waits for
-                // is dropped; the waiter that wanted it was served.
-                if let Err(Ok(conn)) = opened.send(pool.0.sqlx.acquire().await) {
-                    pool.completed(Held { conn, handoffs: 0 });
-                }
-            });
-            return tokio::select! {
-                biased;
-                Ok(held) = &mut handed => {
-                    waiter.handed_over();
-                    Ok(held)
-                }
-                Ok(conn) = &mut from_sqlx => Ok(Held { conn: conn?, handoffs: 0 }),
-                // The runtime is shutting down (the task was dropped unfinished).
-                else => Err(Error::PoolClosed),
-            };
-        }
+        // The pool may grow (it is starting, or lost a connection), so sqlx may open one for
+        // this task: in a task of its own, which is never cancelled half-way, and whose
+        // connection goes to the next waiter if a hand-off serves this one first. Waiting in
+        // sqlx's queue alone instead, a task could wait for as long as others kept passing
+        // connections among themselves (0.5 s and more after a backend was killed, in the
+        // unit test that guards it).
+        let opening = (self.0.sqlx.size() < self.0.sqlx.options().get_max_connections())
+            .then(|| self.acquire_aside());
+        let from_sqlx = async {
+            match opening {
+                // A closed channel: the runtime is shutting down (the task was dropped).
+                Some(opening) => opening.await.unwrap_or(Err(Error::PoolClosed)),
+                None => self.0.sqlx.acquire().await,
+            }
+        };
         tokio::select! {
             biased;
             Ok(held) = &mut handed => {
                 waiter.handed_over();
                 Ok(held)
             }
-            conn = self.0.sqlx.acquire() => Ok(Held { conn: conn?, handoffs: 0 }),
+            conn = from_sqlx => Ok(Held { conn: conn?, handoffs: 0 }),
         }
         // `waiter` leaves the queue here; a connection handed over in the meantime is
         // dropped with `handed` and so goes back through sqlx's pool.
+    }
+
+    /// sqlx's `acquire` in a task of its own; its connection, when no longer wanted, goes to
+    /// the next waiter. A failure no one waits for is dropped (its waiter was served).
+    fn acquire_aside(&self) -> oneshot::Receiver<Result<PoolConnection<Postgres>, Error>> {
+        let (opened, receiver) = oneshot::channel();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if let Err(Ok(conn)) = opened.send(pool.0.sqlx.acquire().await) {
+                pool.completed(Held { conn, handoffs: 0 });
+            }
+        });
+        receiver
     }
 
     /// Takes back a connection whose statement ran to its end: handed to the
