@@ -9,7 +9,11 @@ services:
 	@scripts/ensure-services.sh
 
 ## Run stoa-api locally: dev key set, database `stoa_dev` created and migrated, readable logs.
+## `make run DEMO=1` first loads the demo data set (`stoa-api seed`) into an empty stoa_dev.
 run: services
+ifneq ($(DEMO),)
+	$(CARGO) run -p stoa-api -- seed --dev --if-empty
+endif
 	$(CARGO) run -p stoa-api -- serve --dev
 
 ## Run the whole test suite (unit, integration over HTTP with real PostgreSQL and Redis).

@@ -46,8 +46,26 @@ TOKEN=$(curl -fs -X POST "http://127.0.0.1:$PORT/api/users/login" -H 'Content-Ty
   -d '{"user": {"email": "fuzzer@example.com", "password": "fuzzer-password"}}' \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["user"]["token"])')
 
-python3 -m schemathesis.cli --config-file tests/schemathesis.toml run "http://127.0.0.1:$PORT/api/openapi.json" \
-  -H "Authorization: Token $TOKEN" \
-  --exclude-path /api/auth/logout \
-  --exclude-checks "${FUZZ_EXCLUDE_CHECKS:-negative_data_rejection,ensure_resource_availability}" \
-  --max-examples "${FUZZ_EXAMPLES:-25}" --seed "${FUZZ_SEED:-1}" --no-color "$@"
+fuzz() { # fuzz <schema location> <path excluded> [extra args]
+  local schema=$1 logout=$2
+  shift 2
+  python3 -m schemathesis.cli --config-file tests/schemathesis.toml run "$schema" \
+    --url "http://127.0.0.1:$PORT" \
+    -H "Authorization: Token $TOKEN" \
+    --exclude-path "$logout" \
+    --exclude-checks "${FUZZ_EXCLUDE_CHECKS:-negative_data_rejection,ensure_resource_availability}" \
+    --max-examples "${FUZZ_EXAMPLES:-25}" --seed "${FUZZ_SEED:-1}" --no-color "$@"
+}
+
+echo "-- the served document, as it is"
+fuzz "http://127.0.0.1:$PORT/api/openapi.json" /api/auth/logout "$@"
+
+# Every path also accepts one trailing slash (RealWorld clients send it): the same document
+# with a slash appended to each path must hold just as well.
+echo "-- the same document with a trailing slash on every path"
+curl -fs "http://127.0.0.1:$PORT/api/openapi.json" | python3 -c '
+import json, sys
+document = json.load(sys.stdin)
+document["paths"] = {path + "/": item for path, item in document["paths"].items()}
+json.dump(document, sys.stdout)' >"$WORK/openapi-slashed.json"
+fuzz "$WORK/openapi-slashed.json" /api/auth/logout/ "$@"

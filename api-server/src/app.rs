@@ -50,150 +50,15 @@ impl App {
     /// Builds everything that can fail at start-up, so `serve` either runs or exits with a
     /// clear error. `pool` overrides the configured database (tests pass their own).
     pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<App> {
-        let (keyset, keyset_bytes) = load_keys(&config)?;
-        let ring = KeyRing::from_file(&keyset).context("invalid signing key set")?;
-        let metrics = Arc::new(Metrics::new(crate::schema::required_version()));
-        metrics.publish_keys(ring.kids());
-        let tokens = TokenService::new(
-            ring,
-            config.auth.issuer.clone(),
-            config.auth.audience.clone(),
-            config.auth.access_token_ttl,
-            config.auth.leeway,
-            config.auth.token_cache_entries,
-        );
-        let passwords = PasswordHashing::new(&config.auth)?;
-        let pool = match pool {
-            Some(pool) => pool,
-            None => crate::db::pool(&config.database.url, &config.database)
-                .context("invalid database URL")?,
-        };
-        let database = Arc::new(
-            Db::new(pool, &config.database.url)
-                .with_replica(&config.database, &config.database.url)
-                .context("invalid read replica URL")?,
-        );
-        let kv = match &config.redis_url {
-            Some(url) => Some(Kv::start(
-                url,
-                config.redis_ca_file.as_deref(),
-                config.redis_timeout,
-                metrics.clone(),
-            )?),
-            None => {
-                tracing::info!(
-                    "no STOA_REDIS_URL: rate limits and revocation checks run without Redis; no response cache"
-                );
-                None
-            }
-        };
-        if let Some(kv) = &kv {
-            let database = database.clone();
-            let window = crate::auth::revocation::MirrorWindow::of(&config.auth);
-            let since = Arc::new(std::sync::Mutex::new(chrono::Utc::now()));
-            let catch_up_db = database.clone();
-            kv.set_catch_up(Box::new(move |conn| {
-                let database = catch_up_db.clone();
-                let since = since.clone();
-                Box::pin(async move {
-                    let pool = database.pool().clone();
-                    let from = *since.lock().unwrap_or_else(|p| p.into_inner());
-                    let next = crate::auth::revocation::catch_up(&pool, conn, window, from).await?;
-                    *since.lock().unwrap_or_else(|p| p.into_inner()) = next;
-                    Ok(())
-                })
-            }));
-            kv.set_resync(Box::new(move |conn| {
-                let database = database.clone();
-                Box::pin(async move {
-                    let pool = database.pool().clone();
-                    let restored =
-                        crate::auth::revocation::resync(&pool, conn.clone(), window).await?;
-                    crate::cache::flush(conn).await?;
-                    tracing::info!(
-                        revocations = restored,
-                        "redis resynced: revocations restored, cache flushed"
-                    );
-                    Ok(())
-                })
-            }));
-        }
         let listener = TcpListener::bind(config.http.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;
         let admin_listener = TcpListener::bind(config.http.admin_addr)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", config.http.admin_addr))?;
-        let keys_dir = config.auth.keys_dir.clone();
-        let url_source = config.database.url_source.clone();
-        let initial_url = config.database.url.clone();
-        let state = AppState::new(Parts {
-            config,
-            database,
-            tokens,
-            passwords,
-            metrics,
-            kv,
-        });
-        let (local, window) = state.revocations.feed();
-        match &state.kv {
-            Some(kv) => {
-                let database = state.database.clone();
-                crate::auth::denylist::spawn(
-                    local,
-                    kv.client(),
-                    move || database.pool().as_ref().clone(),
-                    window,
-                    kv.timeout(),
-                    state.metrics.clone(),
-                );
-                if let Some(near) = state.cache.near() {
-                    crate::cache::near::spawn(
-                        near.clone(),
-                        kv.client(),
-                        kv.timeout(),
-                        state.metrics.clone(),
-                    );
-                }
-            }
-            None => crate::auth::pg_feed::spawn(
-                local,
-                state.database.clone(),
-                window,
-                state.config.database.acquire_timeout,
-                state.metrics.clone(),
-            ),
-        }
-        if let Some(routing) = state.reads.routing()
-            && let Some(read) = &state.config.database.read
-        {
-            crate::reads::lag::spawn(
-                routing.clone(),
-                state.database.clone(),
-                read.lag_check_interval,
-                state.config.database.acquire_timeout,
-            );
-            match &state.kv {
-                Some(kv) => crate::reads::writes::spawn(routing.clone(), kv.client(), kv.timeout()),
-                None => tracing::warn!(
-                    "read replica without STOA_REDIS_URL: pods cannot tell each other who wrote, so signed-in reads stay on the primary"
-                ),
-            }
-        }
-        crate::watch::publish_credentials(&state.database, &state.metrics);
-        crate::limits::spawn_reader(state.clone());
-        if let (Some(dir), Some(loaded)) = (keys_dir, keyset_bytes) {
-            crate::watch::spawn_keyset_watcher(state.clone(), dir, loaded);
-        }
-        if let DatabaseUrlSource::File(path) = url_source {
-            crate::watch::spawn_credentials_watcher(
-                state.database.clone(),
-                state.metrics.clone(),
-                &state.config,
-                path,
-                initial_url,
-            );
-        }
+        let (keyset, keyset_bytes) = load_keys(&config)?;
+        let state = assemble(config, pool, &keyset)?;
+        spawn_background_tasks(&state, keyset_bytes);
         Ok(App {
             state,
             listener,
@@ -201,6 +66,160 @@ impl App {
         })
     }
 
+    /// The state alone, for a command that serves requests in-process (`stoa-api seed`):
+    /// no listeners, no background tasks (revocation checks read PostgreSQL directly), and
+    /// a key set of its own, since its tokens never leave the process.
+    pub fn state_only(config: Config, pool: Option<PgPool>) -> anyhow::Result<AppState> {
+        assemble(config, pool, &generate_keyset())
+    }
+}
+
+/// The state, from the configuration and the signing key set.
+fn assemble(config: Config, pool: Option<PgPool>, keyset: &KeySetFile) -> anyhow::Result<AppState> {
+    let ring = KeyRing::from_file(keyset).context("invalid signing key set")?;
+    let metrics = Arc::new(Metrics::new(crate::schema::required_version()));
+    metrics.publish_keys(ring.kids());
+    let tokens = TokenService::new(
+        ring,
+        config.auth.issuer.clone(),
+        config.auth.audience.clone(),
+        config.auth.access_token_ttl,
+        config.auth.leeway,
+        config.auth.token_cache_entries,
+    );
+    let passwords = PasswordHashing::new(&config.auth)?;
+    let pool = match pool {
+        Some(pool) => pool,
+        None => crate::db::pool(&config.database.url, &config.database)
+            .context("invalid database URL")?,
+    };
+    let database = Arc::new(
+        Db::new(pool, &config.database.url)
+            .with_replica(&config.database, &config.database.url)
+            .context("invalid read replica URL")?,
+    );
+    let kv = match &config.redis_url {
+        Some(url) => Some(Kv::start(
+            url,
+            config.redis_ca_file.as_deref(),
+            config.redis_timeout,
+            metrics.clone(),
+        )?),
+        None => {
+            tracing::info!(
+                "no STOA_REDIS_URL: rate limits and revocation checks run without Redis; no response cache"
+            );
+            None
+        }
+    };
+    if let Some(kv) = &kv {
+        let database = database.clone();
+        let window = crate::auth::revocation::MirrorWindow::of(&config.auth);
+        let since = Arc::new(std::sync::Mutex::new(chrono::Utc::now()));
+        let catch_up_db = database.clone();
+        kv.set_catch_up(Box::new(move |conn| {
+            let database = catch_up_db.clone();
+            let since = since.clone();
+            Box::pin(async move {
+                let pool = database.pool().clone();
+                let from = *since.lock().unwrap_or_else(|p| p.into_inner());
+                let next = crate::auth::revocation::catch_up(&pool, conn, window, from).await?;
+                *since.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                Ok(())
+            })
+        }));
+        kv.set_resync(Box::new(move |conn| {
+            let database = database.clone();
+            Box::pin(async move {
+                let pool = database.pool().clone();
+                let restored = crate::auth::revocation::resync(&pool, conn.clone(), window).await?;
+                crate::cache::flush(conn).await?;
+                tracing::info!(
+                    revocations = restored,
+                    "redis resynced: revocations restored, cache flushed"
+                );
+                Ok(())
+            })
+        }));
+    }
+    let state = AppState::new(Parts {
+        config,
+        database,
+        tokens,
+        passwords,
+        metrics,
+        kv,
+    });
+    Ok(state)
+}
+
+/// The feeds, watchers and monitors a serving replica runs beside its requests.
+fn spawn_background_tasks(state: &AppState, keyset_bytes: Option<Vec<u8>>) {
+    let keys_dir = state.config.auth.keys_dir.clone();
+    let url_source = state.config.database.url_source.clone();
+    let initial_url = state.config.database.url.clone();
+    let (local, window) = state.revocations.feed();
+    match &state.kv {
+        Some(kv) => {
+            let database = state.database.clone();
+            crate::auth::denylist::spawn(
+                local,
+                kv.client(),
+                move || database.pool().as_ref().clone(),
+                window,
+                kv.timeout(),
+                state.metrics.clone(),
+            );
+            if let Some(near) = state.cache.near() {
+                crate::cache::near::spawn(
+                    near.clone(),
+                    kv.client(),
+                    kv.timeout(),
+                    state.metrics.clone(),
+                );
+            }
+        }
+        None => crate::auth::pg_feed::spawn(
+            local,
+            state.database.clone(),
+            window,
+            state.config.database.acquire_timeout,
+            state.metrics.clone(),
+        ),
+    }
+    if let Some(routing) = state.reads.routing()
+        && let Some(read) = &state.config.database.read
+    {
+        crate::reads::lag::spawn(
+            routing.clone(),
+            state.database.clone(),
+            read.lag_check_interval,
+            state.config.database.acquire_timeout,
+        );
+        match &state.kv {
+            Some(kv) => crate::reads::writes::spawn(routing.clone(), kv.client(), kv.timeout()),
+            None => tracing::warn!(
+                "read replica without STOA_REDIS_URL: pods cannot tell each other who wrote, so signed-in reads stay on the primary"
+            ),
+        }
+    }
+    crate::watch::publish_credentials(&state.database, &state.metrics);
+    crate::limits::spawn_reader(state.clone());
+    if let (Some(dir), Some(loaded)) = (keys_dir, keyset_bytes) {
+        crate::watch::spawn_keyset_watcher(state.clone(), dir, loaded);
+    }
+    if let DatabaseUrlSource::File(path) = url_source {
+        crate::watch::spawn_credentials_watcher(
+            state.database.clone(),
+            state.metrics.clone(),
+            &state.config,
+            path,
+            initial_url,
+        );
+    }
+}
+
+impl App {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -244,7 +263,9 @@ impl App {
 
         let api = axum::serve(
             self.listener,
-            crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(crate::http::service(state.clone())),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()));
         let admin = axum::serve(self.admin_listener, admin_router(state.clone()))

@@ -20,6 +20,7 @@ pub mod ratelimit;
 pub mod reads;
 pub mod schema;
 pub mod search;
+pub mod seed;
 pub mod state;
 pub mod telemetry;
 pub mod watch;

@@ -70,6 +70,21 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Load a small, fixed demo data set for front-end work (users with the password
+    /// `stoa-demo-password`, articles with tags, follows, favorites, comments) through the
+    /// API's own handlers. Refuses a database that already has users, unless --force.
+    Seed {
+        /// The development database (`serve --dev`'s): created and migrated if needed.
+        #[arg(long)]
+        dev: bool,
+        /// Load even though the database has users (demo users that exist are reused;
+        /// articles they already have are not written again).
+        #[arg(long, conflicts_with = "if_empty")]
+        force: bool,
+        /// Succeed without loading anything when the database has users.
+        #[arg(long)]
+        if_empty: bool,
+    },
     /// Set the language of article search (a PostgreSQL text search configuration such
     /// as `english`, `german` or `simple`) and recompute every article's search vector;
     /// without LANGUAGE, print the current one.
@@ -263,6 +278,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stoa_api::jobs::worker::run_process(config, shutdown_signal()).await
         }
         Command::Jobs { command } => jobs(command).await,
+        Command::Seed {
+            dev,
+            force,
+            if_empty,
+        } => {
+            let when = if force {
+                stoa_api::seed::WhenNotEmpty::Load
+            } else if if_empty {
+                stoa_api::seed::WhenNotEmpty::Skip
+            } else {
+                stoa_api::seed::WhenNotEmpty::Refuse
+            };
+            seed(dev, when).await
+        }
         Command::Openapi => {
             println!("{}", stoa_api::http::openapi_document().to_pretty_json()?);
             Ok(())
@@ -434,18 +463,48 @@ async fn credentials(
     result.map(|_| ())
 }
 
+async fn seed(dev: bool, when: stoa_api::seed::WhenNotEmpty) -> anyhow::Result<()> {
+    let mut config = Config::from_process_env_for_seed(dev)?;
+    if std::env::var_os("STOA_LOG").is_none() {
+        // Its requests' access log would bury the one line of result.
+        config.log_filter = "warn".to_owned();
+    }
+    let _logging = telemetry::init(&config);
+    if dev {
+        prepare_dev_database(&config).await?;
+    }
+    // The command's own requests, from this host: no budget to spend.
+    config.rate_limits.enabled = false;
+    let state = App::state_only(config, None)?;
+    let pool = state.db().as_ref().clone();
+    if dev {
+        db::MIGRATOR
+            .run(pool.sqlx())
+            .await
+            .context("migrating the development database")?;
+    }
+    let summary = stoa_api::seed::load(stoa_api::http::router(state), &pool, when).await?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// `--dev`: the development database exists (created if PostgreSQL has none).
+async fn prepare_dev_database(config: &Config) -> anyhow::Result<()> {
+    tracing::warn!("running in --dev mode: not for production");
+    tokio::time::timeout(
+        stoa_api::app::DEV_DB_WAIT,
+        db::create_database_if_missing(&config.database.url),
+    )
+    .await
+    .context("timed out connecting to PostgreSQL")?
+    .context("cannot create the development database (is PostgreSQL running?)")
+}
+
 async fn serve(dev: bool) -> anyhow::Result<()> {
     let config = Config::from_process_env(dev)?;
     let _logging = telemetry::init(&config);
     if dev {
-        tracing::warn!("running in --dev mode: not for production");
-        tokio::time::timeout(
-            stoa_api::app::DEV_DB_WAIT,
-            db::create_database_if_missing(&config.database.url),
-        )
-        .await
-        .context("timed out connecting to PostgreSQL")?
-        .context("cannot create the development database (is PostgreSQL running?)")?;
+        prepare_dev_database(&config).await?;
     }
     let app = App::build(config, None).await?;
     if dev {

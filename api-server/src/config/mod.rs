@@ -319,6 +319,11 @@ impl Config {
         Config::build(&Env::process(), false, false)
     }
 
+    /// The configuration for `seed`, whose tokens never leave the process: no signing keys.
+    pub fn from_process_env_for_seed(dev: bool) -> Result<Config, ConfigError> {
+        Config::build(&Env::process(), dev, false)
+    }
+
     /// The configuration for `worker`, which signs and verifies nothing.
     pub fn from_process_env_for_worker() -> Result<Config, ConfigError> {
         Config::from_env_for_worker(&Env::process())

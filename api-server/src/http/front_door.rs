@@ -11,7 +11,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -37,6 +37,9 @@ pub struct FrontDoor {
     admission: Arc<Semaphore>,
     timeout: Duration,
     access_log_every: u64,
+    /// Each route's series in `metrics` (per front door, not per process: the series
+    /// belong to this server's registry, and tests run several servers in one process).
+    routes: Arc<Routes>,
 }
 
 impl FrontDoor {
@@ -46,6 +49,7 @@ impl FrontDoor {
             admission: Arc::new(Semaphore::new(http.max_concurrent_requests)),
             timeout: http.request_timeout,
             access_log_every: http.access_log_every,
+            routes: Arc::default(),
         }
     }
 }
@@ -59,7 +63,7 @@ pub async fn front_door(
     let started = Instant::now();
     let request_id = request_id(request.headers_mut());
     let method = request.method().clone();
-    let route = RouteMetrics::of(request.extensions().get::<MatchedPath>());
+    let route = door.routes.of(request.extensions().get::<MatchedPath>());
     // Reference-counted: the path is logged from the same bytes the request arrived with.
     let uri = request.uri().clone();
 
@@ -160,17 +164,17 @@ struct Series {
 }
 
 /// Route templates are few and fixed (and `unmatched` stands for every other path).
-static ROUTES: LazyLock<RwLock<HashMap<Arc<str>, Arc<RouteMetrics>>>> =
-    LazyLock::new(Default::default);
+#[derive(Default)]
+struct Routes(RwLock<HashMap<Arc<str>, Arc<RouteMetrics>>>);
 
-impl RouteMetrics {
-    fn of(matched: Option<&MatchedPath>) -> Arc<RouteMetrics> {
+impl Routes {
+    fn of(&self, matched: Option<&MatchedPath>) -> Arc<RouteMetrics> {
         let route = matched.map_or("unmatched", MatchedPath::as_str);
-        if let Some(found) = read(&ROUTES).get(route) {
+        if let Some(found) = read(&self.0).get(route) {
             return found.clone();
         }
         let route: Arc<str> = Arc::from(route);
-        let mut routes = ROUTES.write().unwrap_or_else(|p| p.into_inner());
+        let mut routes = self.0.write().unwrap_or_else(|p| p.into_inner());
         routes
             .entry(route.clone())
             .or_insert_with(|| {
@@ -181,7 +185,9 @@ impl RouteMetrics {
             })
             .clone()
     }
+}
 
+impl RouteMetrics {
     fn record(&self, metrics: &Metrics, method: &Method, status: u16, seconds: f64) {
         let found = read(&self.series)
             .iter()
@@ -285,6 +291,7 @@ mod tests {
             admission: Arc::new(Semaphore::new(max_concurrent)),
             timeout,
             access_log_every: 1,
+            routes: Arc::default(),
         };
         (door, metrics)
     }

@@ -18,6 +18,7 @@ pub mod session_cookie;
 pub mod sessions;
 pub mod slug;
 pub mod tags;
+pub mod trailing_slash;
 pub mod types;
 pub mod users;
 pub mod validate;
@@ -65,6 +66,18 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut document = api_routes().into_openapi();
     openapi::finish(&mut document);
     document
+}
+
+/// The public port's service: [`router`] behind the rewrite that accepts one trailing
+/// slash on every path (`trailing_slash`), which must run before routing.
+pub type Service =
+    tower::util::MapRequest<Router, fn(axum::extract::Request) -> axum::extract::Request>;
+
+/// What the public port serves.
+pub fn service(state: AppState) -> Service {
+    use tower::Layer;
+    let canonical: fn(axum::extract::Request) -> axum::extract::Request = trailing_slash::canonical;
+    tower::util::MapRequestLayer::new(canonical).layer(router(state))
 }
 
 /// The public router: API, docs and middleware.

@@ -10,7 +10,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
         title = "Stoa API",
         description = "The RealWorld (Conduit) API with Stoa's production extensions. \
             Authenticate with `Authorization: Token <jwt>` or `Authorization: Bearer <jwt>`. \
-            Errors are `{\"errors\": {\"<field>\": [\"<message>\"]}}`.",
+            Errors are `{\"errors\": {\"<field>\": [\"<message>\"]}}`. \
+            Every path also accepts one trailing slash (`POST /api/articles/` is \
+            `POST /api/articles`): the same operation answers, without a redirect.",
         license(name = "Apache-2.0"),
     ),
     modifiers(&TokenAuth),

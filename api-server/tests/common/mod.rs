@@ -31,7 +31,7 @@ pub struct Response {
 }
 
 impl Response {
-    async fn read(res: reqwest::Response) -> Response {
+    pub async fn read(res: reqwest::Response) -> Response {
         let status = res.status();
         let headers = res.headers().clone();
         let text = res.text().await.unwrap();
