@@ -87,16 +87,60 @@ pub fn stamped<K: Resource + Serialize>(mut desired: K) -> Result<K> {
     Ok(desired)
 }
 
-/// Whether every field of `desired` holds the same value in `actual` (objects compare key
-/// by key; lists element by element with equal length; the API server's defaults in
-/// `actual` are ignored).
+/// Whether every field of `desired` holds the same value in `actual`, as the API server
+/// stores what was applied:
+/// - the server's defaults in `actual` are ignored;
+/// - an empty value (`""`, `[]`, `{}`, `null`) may be absent: it is omitted when stored;
+/// - quantities (`requests`, `limits`, `sizeLimit`) compare by value: `1000m` is `1`;
+/// - lists of named elements (containers, volumes, env, ports) compare by name, so
+///   elements a mutating webhook added (a mesh sidecar, its volumes) are not a change;
+///   other lists element by element, with equal length.
 pub fn contains(actual: &Value, desired: &Value) -> bool {
+    contains_at(actual, desired, false)
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+fn name_of(value: &Value) -> Option<&str> {
+    value.get("name").and_then(Value::as_str)
+}
+
+fn contains_at(actual: &Value, desired: &Value, quantities: bool) -> bool {
     match (actual, desired) {
-        (Value::Object(a), Value::Object(d)) => d
-            .iter()
-            .all(|(k, dv)| a.get(k).is_some_and(|av| contains(av, dv))),
+        (Value::Object(a), Value::Object(d)) => d.iter().all(|(k, dv)| {
+            let quantities =
+                quantities || matches!(k.as_str(), "requests" | "limits" | "sizeLimit");
+            match a.get(k) {
+                Some(av) => contains_at(av, dv, quantities),
+                None => is_empty(dv),
+            }
+        }),
+        (Value::Array(a), Value::Array(d))
+            if !d.is_empty() && d.iter().all(|v| name_of(v).is_some()) =>
+        {
+            d.iter().all(|dv| {
+                a.iter()
+                    .find(|av| name_of(av) == name_of(dv))
+                    .is_some_and(|av| contains_at(av, dv, quantities))
+            })
+        }
         (Value::Array(a), Value::Array(d)) => {
-            a.len() == d.len() && a.iter().zip(d).all(|(av, dv)| contains(av, dv))
+            a.len() == d.len()
+                && a.iter()
+                    .zip(d)
+                    .all(|(av, dv)| contains_at(av, dv, quantities))
+        }
+        (Value::String(a), Value::String(d)) if quantities => crate::quantity::same(a, d),
+        (Value::Number(a), Value::String(d)) if quantities => {
+            crate::quantity::same(&a.to_string(), d)
         }
         (a, d) => a == d,
     }
@@ -224,8 +268,39 @@ mod tests {
         assert!(contains(&defaulted, &desired));
         let edited = json!({"spec": {"replicas": 5, "template": {"containers": [{"name": "api", "image": "a"}]}}});
         assert!(!contains(&edited, &desired));
-        let extra_container = json!({"spec": {"replicas": 2, "template": {"containers": [
-            {"name": "api", "image": "a"}, {"name": "sidecar"}]}}});
-        assert!(!contains(&extra_container, &desired));
+        let other_image = json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "api", "image": "b"}]}}});
+        assert!(!contains(&other_image, &desired));
+        let renamed = json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "app", "image": "a"}]}}});
+        assert!(!contains(&renamed, &desired));
+    }
+
+    #[test]
+    fn what_the_api_server_and_webhooks_do_to_an_applied_object_is_not_a_change() {
+        let desired = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "api", "image": "a",
+                "env": [{"name": "EMPTY", "value": ""}, {"name": "X", "value": "1"}],
+                "resources": {"requests": {"cpu": "1000m", "memory": "1024Mi"}, "limits": {"cpu": "0.5"}}}],
+            "volumes": [{"name": "keys", "secret": {"secretName": "k"}}],
+            "tolerations": []}}}});
+        // As stored: quantities canonical, the empty value omitted, a mesh sidecar and its
+        // volume injected before ours.
+        let stored = json!({"spec": {"template": {"spec": {
+            "containers": [
+                {"name": "istio-proxy", "image": "istio/proxyv2:1.24"},
+                {"name": "api", "image": "a", "env": [{"name": "EMPTY"}, {"name": "X", "value": "1"}],
+                 "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "500m"}}}],
+            "volumes": [{"name": "istio-envoy", "emptyDir": {}}, {"name": "keys", "secret": {"secretName": "k"}}]}}}});
+        assert!(contains(&stored, &desired));
+
+        let more_cpu = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "api", "image": "a", "env": [{"name": "EMPTY"}, {"name": "X", "value": "1"}],
+                 "resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "500m"}}}],
+            "volumes": [{"name": "keys", "secret": {"secretName": "k"}}]}}}});
+        assert!(!contains(&more_cpu, &desired), "a real change still counts");
+        let env_edited = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "api", "image": "a", "env": [{"name": "EMPTY"}, {"name": "X", "value": "2"}],
+                 "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "500m"}}}],
+            "volumes": [{"name": "keys", "secret": {"secretName": "k"}}]}}}});
+        assert!(!contains(&env_edited, &desired));
     }
 }

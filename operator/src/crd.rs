@@ -63,7 +63,11 @@ use serde::{Deserialize, Serialize};
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    // The Services are named `<name>` and `<name>-worker` (DNS-1035 labels: Kubernetes
+    // docs, "Object Names and IDs"), so a name that cannot be both is refused at apply
+    // time: at most 56 characters (`resources::STOA_NAME_LIMIT`; a test holds them equal).
+    validation = Rule::new("self.metadata.name.size() <= 56 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label of at most 56 characters (lowercase letters, digits and '-', starting with a letter): the Services <name> and <name>-worker are named after it")
 )]
 #[x_kube(validation = Rule::new("self.autoscaling.mode == 'Disabled' || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas").message("autoscaling.minReplicas must be ≤ autoscaling.maxReplicas"))]
 #[x_kube(validation = Rule::new("!has(self.podDisruptionBudget) || !self.podDisruptionBudget.enabled || self.autoscaling.mode != 'Disabled' || self.podDisruptionBudget.minAvailable < self.replicas || self.replicas == 0").message("podDisruptionBudget.minAvailable must be below replicas, or no pod could ever be evicted"))]

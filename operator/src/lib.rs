@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod key_rotation;
 pub mod metrics;
 pub mod observe;
+pub mod quantity;
 pub mod rbac;
 pub mod render;
 pub mod resources;

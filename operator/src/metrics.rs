@@ -27,6 +27,13 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleDropLabels {
+    /// `dropped`; `abandoned` (it could not succeed: the namespace is being deleted, the
+    /// admin Secret is gone, or every attempt failed); `skipped` (the annotation asked).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RotationLabels {
     /// `keys` or `credentials`.
     pub protocol: &'static str,
@@ -99,6 +106,7 @@ pub struct Metrics {
     registry: Registry,
     status: StatusGauges,
     rotation_steps: Family<RotationLabels, Counter>,
+    role_drops: Family<RoleDropLabels, Counter>,
     rotation_confirm: Family<ProtocolLabels, Histogram>,
     reconciles: Family<OutcomeLabels, Counter>,
     duration: Family<OutcomeLabels, Histogram>,
@@ -152,6 +160,18 @@ impl Metrics {
              credential not confirmed by every ready pod within its timeout)",
             rotation_steps.clone(),
         );
+        let role_drops = Family::<RoleDropLabels, Counter>::default();
+        registry.register(
+            "database_role_drops",
+            "Deleted Stoas whose database roles were dropped, abandoned (left in the \
+             database: see the DatabaseRolesLeft event) or skipped on request",
+            role_drops.clone(),
+        );
+        for outcome in ["dropped", "abandoned", "skipped"] {
+            role_drops
+                .get_or_create(&RoleDropLabels { outcome })
+                .inc_by(0);
+        }
         let rotation_confirm = Family::<ProtocolLabels, Histogram>::new_with_constructor(
             confirmation_histogram as fn() -> Histogram,
         );
@@ -194,6 +214,7 @@ impl Metrics {
             registry,
             status,
             rotation_steps,
+            role_drops,
             rotation_confirm,
             reconciles,
             duration,
@@ -222,6 +243,12 @@ impl Metrics {
         self.duration
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_role_drop(&self, outcome: &'static str) {
+        self.role_drops
+            .get_or_create(&RoleDropLabels { outcome })
+            .inc();
     }
 
     pub fn observe_rotation(&self, protocol: &'static str, step: &'static str) {

@@ -26,6 +26,15 @@ pub const RULES: &[Rule] = &[
         resources: &["stoas/status"],
         verbs: &["patch"],
     },
+    // Every owned object's owner reference sets `blockOwnerDeletion`, so a foreground
+    // deletion of the Stoa waits for it. With the OwnerReferencesPermissionEnforcement
+    // admission plugin (on by default on OpenShift), setting it needs `update` on the
+    // owner's finalizers subresource (Kubernetes docs, "Admission Controllers Reference").
+    Rule {
+        group: "stoa.dev",
+        resources: &["stoas/finalizers"],
+        verbs: &["update"],
+    },
     Rule {
         group: "apps",
         resources: &["deployments"],

@@ -178,18 +178,12 @@ fn short_hash(image: &str, allow_newer_contract: bool) -> String {
 /// `<name>-migrate-<hash>` (first attempt) or `<name>-migrate-<hash>-<attempt>`. Job names
 /// become a pod label value, so the whole name stays within 63 characters.
 pub fn job_name(stoa_name: &str, step: Step, key_hash: &str, attempt: i32) -> String {
-    const LIMIT: usize = 63;
     let suffix = if attempt > 1 {
         format!("-{}-{key_hash}-{attempt}", step.job_word())
     } else {
         format!("-{}-{key_hash}", step.job_word())
     };
-    let room = LIMIT.saturating_sub(suffix.len());
-    let mut base: String = stoa_name.chars().take(room).collect();
-    while base.ends_with('-') || base.ends_with('.') {
-        base.pop();
-    }
-    format!("{base}{suffix}")
+    crate::resources::bounded_name(stoa_name, &suffix)
 }
 
 /// The grouping key of a (step, image, approval): `<step>-<hash>`, a valid label value.

@@ -50,14 +50,7 @@ pub struct KeyRotationFacts {
 
 /// The image of the Deployment's (first and only) container.
 pub fn deployment_image(deployment: &Deployment) -> Option<String> {
-    deployment
-        .spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .first()?
+    crate::resources::stoa_container(deployment.spec.as_ref()?.template.spec.as_ref()?)?
         .image
         .clone()
 }

@@ -681,3 +681,46 @@ fn mounted_read_only(pod: &k8s_openapi::api::core::v1::PodSpec, path: &str) -> b
         .flatten()
         .any(|m| m.mount_path == path && m.read_only == Some(true))
 }
+
+/// The CRD's rules on the Stoa itself, evaluated with a CEL interpreter as the API server
+/// does at `kubectl apply` (rules at the schema's root may read `metadata.name`).
+#[test]
+fn the_crd_refuses_a_name_its_service_and_labels_could_not_carry() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(stoa_operator::crd::Stoa::crd()).unwrap();
+    let rules: Vec<String> = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema/x-kubernetes-validations")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["rule"].as_str())
+        .filter(|r| r.contains("metadata.name"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let program = cel::Program::compile(&rules[0]).unwrap();
+    let admits = |name: &str| {
+        let mut context = cel::Context::default();
+        context
+            .add_variable("self", serde_json::json!({"metadata": {"name": name}}))
+            .unwrap();
+        program.execute(&context).unwrap() == cel::Value::Bool(true)
+    };
+    let longest = resources::STOA_NAME_LIMIT;
+    for good in [
+        "api",
+        "payments-api",
+        &format!("a{}", "b".repeat(longest - 1)),
+    ] {
+        assert!(admits(good), "{good}");
+    }
+    for bad in [
+        "1api",
+        "api.v2",
+        "api-",
+        "Api",
+        &format!("a{}", "b".repeat(longest)),
+    ] {
+        assert!(!admits(bad), "{bad}");
+    }
+}

@@ -231,7 +231,13 @@ async fn contract_jobs(client: &Client, image: &str) -> usize {
 
 /// A Stoa whose first migration succeeded and whose pods run `V1`, contract step done.
 async fn converged() -> (Client, Log) {
-    let (client, log) = cluster::with(&stoa("api")).await;
+    let (client, log, _) = converged_from(&stoa("api")).await;
+    (client, log)
+}
+
+/// The same from any Stoa named `api`, with the strict API's switches.
+async fn converged_from(stoa: &Stoa) -> (Client, Log, Arc<fixtures::strict::Rules>) {
+    let (client, log, rules) = cluster::with_rules(stoa).await;
     reconcile_stored(&client, "api").await;
     succeed(&client, V1, "expand", 2).await;
     reconcile_stored(&client, "api").await;
@@ -245,7 +251,7 @@ async fn converged() -> (Client, Log) {
     );
     roll_out(&client).await;
     reconcile_stored(&client, "api").await;
-    (client, log)
+    (client, log, rules)
 }
 
 fn mark(log: &Log) -> usize {
@@ -1078,4 +1084,146 @@ async fn a_contract_step_also_waits_for_workers_of_the_old_revision() {
         .unwrap();
     reconcile_stored(&client, "api").await;
     assert_eq!(contract_jobs(&client, V2).await, 1);
+}
+
+/// Istio's injector: its proxy container first, ours pinned to the digest of its tag (as
+/// an image-policy webhook such as Kyverno's `mutateDigest` does).
+fn mesh_and_digest_webhook(pod: &mut serde_json::Value) {
+    let containers = pod["spec"]["containers"].as_array_mut().unwrap();
+    for container in containers.iter_mut() {
+        let image = container["image"].as_str().unwrap().to_owned();
+        container["image"] = json!(format!("{image}@sha256:{}", "ab".repeat(32)));
+    }
+    containers.insert(
+        0,
+        json!({"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24.0"}),
+    );
+}
+
+#[tokio::test]
+async fn meshed_digest_pinned_pods_and_evicted_pods_do_not_hold_back_the_contract_step() {
+    let (client, _log, rules) = converged_from(&stoa("api")).await;
+    rules.set_pod_webhook(mesh_and_digest_webhook);
+    update_spec(&client, "api", |s| s.spec.image = V2.into()).await;
+    reconcile_stored(&client, "api").await;
+    succeed(&client, V2, "expand", 3).await;
+    reconcile_stored(&client, "api").await;
+    roll_out(&client).await;
+    // The new revision's pods as the webhook left them, and an old pod the kubelet evicted
+    // (phase Failed) that pod garbage collection has not removed yet.
+    old_pod(&client, "api-new", resources::Component::Api, V2).await;
+    old_pod(&client, "api-worker-new", resources::Component::Worker, V2).await;
+    let labels = resources::component_selector_labels(&stoa("api"), resources::Component::Api);
+    let evicted: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "api-evicted", "namespace": "shop", "labels": labels},
+        "spec": {"containers": [{"name": "api", "image": V1}]},
+        "status": {"phase": "Failed", "reason": "Evicted"}}))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &evicted)
+        .await
+        .unwrap();
+    let stored = Api::<Pod>::namespaced(client.clone(), "shop")
+        .get("api-new")
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.spec.unwrap().containers[0].name,
+        "istio-proxy",
+        "the webhook ran"
+    );
+
+    reconcile_stored(&client, "api").await;
+    assert_eq!(
+        contract_jobs(&client, V2).await,
+        1,
+        "only Stoa's own container counts, digest-pinned or not, and finished pods run nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_still_running_the_old_image_under_a_sidecar_holds_back_the_contract_step() {
+    let (client, _log, rules) = converged_from(&stoa("api")).await;
+    rules.set_pod_webhook(mesh_and_digest_webhook);
+    update_spec(&client, "api", |s| s.spec.image = V2.into()).await;
+    reconcile_stored(&client, "api").await;
+    succeed(&client, V2, "expand", 3).await;
+    reconcile_stored(&client, "api").await;
+    roll_out(&client).await;
+    old_pod(&client, "api-old", resources::Component::Api, V1).await;
+    reconcile_stored(&client, "api").await;
+    assert_eq!(contract_jobs(&client, V2).await, 0);
+}
+
+#[tokio::test]
+async fn quantities_and_empty_values_as_users_write_them_cost_no_writes() {
+    let spelled = fixtures::from_yaml(
+        "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {name: api, namespace: shop, uid: 11111111-2222-3333-4444-555555555555, generation: 1}
+spec:
+  image: ghcr.io/stoa-dev/stoa-api:0.1.0
+  database: {urlSecretRef: {name: api-db}}
+  resources:
+    requests: {cpu: 1000m, memory: 1024Mi}
+    limits: {cpu: '0.5', memory: 2048Mi}
+  env:
+    - {name: STOA_EMPTY_ON_PURPOSE, value: ''}
+",
+    );
+    let (client, log, _rules) = converged_from(&spelled).await;
+    let stored = deployment(&client).await.unwrap();
+    let requests = container(&stored)
+        .resources
+        .clone()
+        .unwrap()
+        .requests
+        .unwrap();
+    assert_eq!(
+        requests["cpu"].0, "1",
+        "the API server stores the canonical form"
+    );
+    let from = mark(&log);
+    reconcile_stored(&client, "api").await;
+    let writes: Vec<_> = calls_since(&log, from)
+        .into_iter()
+        .filter(Call::is_write)
+        .collect();
+    assert!(writes.is_empty(), "{writes:#?}");
+}
+
+#[tokio::test]
+async fn every_owned_object_blocks_a_foreground_deletion_with_the_permission_it_needs() {
+    let (client, _log) = converged().await;
+    let owned = [
+        serde_json::to_value(deployment(&client).await.unwrap()).unwrap(),
+        serde_json::to_value(
+            Api::<Service>::namespaced(client.clone(), "shop")
+                .get("api")
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+        serde_json::to_value(
+            Api::<ConfigMap>::namespaced(client.clone(), "shop")
+                .get("api-config")
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+    ];
+    for object in owned {
+        assert_eq!(
+            object["metadata"]["ownerReferences"][0]["blockOwnerDeletion"], true,
+            "{}",
+            object["metadata"]["name"]
+        );
+    }
+    // The strict API refuses such writes without it, as OwnerReferencesPermissionEnforcement
+    // does; the Role must grant it.
+    assert!(stoa_operator::rbac::allows(
+        "stoa.dev",
+        "stoas/finalizers",
+        "update"
+    ));
 }

@@ -566,8 +566,15 @@ async fn job_report(ctx: &Context, target: &Target, job: &str) -> Result<Option<
     }))
 }
 
+/// Every attempt to drop the roles failed this many times (each after its backoff): the
+/// database is unreachable or refuses, and a Stoa must not stay in deletion forever.
+const MAX_DROP_ATTEMPTS: i32 = 5;
+
 /// On deletion: drop the roles with a Job, then let the Stoa go. `Some(requeue)` while
-/// that is still under way.
+/// that is still under way. Where the drop cannot succeed, the roles are left (an Event
+/// and `stoa_operator_database_role_drops_total{outcome="abandoned"}` say so, and
+/// docs/operations.md has the manual procedure): a finalizer must never hold a Stoa, and
+/// with it its namespace, in deletion forever.
 pub(super) async fn finalize(
     ctx: &Context,
     stoa: &Stoa,
@@ -575,6 +582,18 @@ pub(super) async fn finalize(
 ) -> Result<Option<Duration>> {
     if !stoa.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(None);
+    }
+    let group = credential_rotation::group_role(&target.namespace, &stoa.name_any());
+    if stoa
+        .annotations()
+        .get(SKIP_ROLE_DROP_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        let note = format!(
+            "database roles {group}_a, {group}_b and {group} left in the database, as \
+             {SKIP_ROLE_DROP_ANNOTATION} asks; drop them by hand (docs/operations.md)"
+        );
+        return release(ctx, stoa, target, "skipped", note).await;
     }
     // No pod may still use a role when it goes. Garbage collection would remove the
     // Deployment only after the finalizers are gone (background deletion: Kubernetes docs,
@@ -588,10 +607,32 @@ pub(super) async fn finalize(
         .api::<Pod>(&ctx.client)
         .list(&ListParams::default().labels(&resources::instance_selector(stoa)))
         .await?;
-    if pods.items.iter().any(resources::runs_the_service) {
+    if pods
+        .items
+        .iter()
+        .any(|p| resources::runs_the_service(p) && !super::finished(p))
+    {
         return Ok(Some(POLL));
     }
-    let group = credential_rotation::group_role(&target.namespace, &stoa.name_any());
+    // The Job runs with the admin Secret (the user's, not owned: it survives the Stoa);
+    // without it the Job's pod could never start.
+    let admin = stoa.spec.database.admin_secret_ref.as_ref();
+    let admin_present = match admin {
+        Some(admin) => target
+            .api::<Secret>(&ctx.client)
+            .get_opt(&admin.name)
+            .await?
+            .is_some(),
+        None => false,
+    };
+    if !admin_present {
+        let note = format!(
+            "database roles {group}_a, {group}_b and {group} left in the database: the admin \
+             Secret {} is gone, so no Job can drop them; drop them by hand (docs/operations.md)",
+            admin.map_or("(none)", |a| a.name.as_str())
+        );
+        return release(ctx, stoa, target, "abandoned", note).await;
+    }
     let jobs = target
         .api::<Job>(&ctx.client)
         .list(&ListParams::default().labels(&format!(
@@ -614,6 +655,7 @@ pub(super) async fn finalize(
         None => Some(1),
         Some(crate::jobs::Finish::Running) => None,
         Some(crate::jobs::Finish::Complete) => {
+            ctx.metrics.observe_role_drop("dropped");
             let rest = stoa
                 .finalizers()
                 .iter()
@@ -634,6 +676,14 @@ pub(super) async fn finalize(
             message,
             finished_ago,
         }) => {
+            if attempt >= MAX_DROP_ATTEMPTS {
+                let note = format!(
+                    "database roles {group}_a, {group}_b and {group} left in the database: \
+                     dropping them failed {attempt} times (last: {message}); drop them by \
+                     hand (docs/operations.md)"
+                );
+                return release(ctx, stoa, target, "abandoned", note).await;
+            }
             let wait = crate::jobs::backoff(attempt);
             if finished_ago < wait {
                 let note = format!("dropping the database roles failed: {message}; retrying");
@@ -650,7 +700,56 @@ pub(super) async fn finalize(
     };
     if let Some(attempt) = next_attempt {
         let job = resources::drop_roles_job(stoa, &group, &job_image(stoa), attempt)?;
-        super::create_job(ctx, target, &job).await?;
+        match super::create_job(ctx, target, &job).await {
+            Ok(()) => {}
+            Err(Error::Kube(kube::Error::Api(e))) if namespace_terminating(&e) => {
+                let note = format!(
+                    "database roles {group}_a, {group}_b and {group} left in the database: \
+                     namespace {} is being deleted, so no Job can run there; drop them by \
+                     hand (docs/operations.md)",
+                    target.namespace
+                );
+                return release(ctx, stoa, target, "abandoned", note).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(Some(POLL))
+}
+
+/// The annotation that lets a Stoa go without dropping its database roles.
+pub const SKIP_ROLE_DROP_ANNOTATION: &str = "stoa.dev/skip-database-role-drop";
+
+/// The NamespaceLifecycle admission plugin's refusal: "unable to create new content in
+/// namespace … because it is being terminated" (403; its cause type is
+/// `NamespaceTerminating`, which kube's error type does not carry, so the message is read).
+fn namespace_terminating(e: &kube::core::Status) -> bool {
+    e.code == 403 && e.message.contains("because it is being terminated")
+}
+
+/// Lets the Stoa go without dropping the roles, saying why (a Warning Event, which a
+/// terminating namespace may refuse too, and the metric, which always counts).
+async fn release(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+    outcome: &'static str,
+    note: String,
+) -> Result<Option<Duration>> {
+    tracing::warn!(namespace = %target.namespace, name = %stoa.name_any(), "{note}");
+    ctx.metrics.observe_role_drop(outcome);
+    event(
+        ctx,
+        stoa,
+        notice(EventType::Warning, "DatabaseRolesLeft", note),
+    )
+    .await;
+    let rest = stoa
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(ctx, stoa, target, rest).await?;
+    Ok(None)
 }

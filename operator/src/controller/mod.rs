@@ -543,7 +543,10 @@ fn termination_message(pod: &Pod, container: &str) -> Option<String> {
 
 /// The Deployment runs `image` on every replica, and no pod of an older revision remains,
 /// API or worker (terminating pods still serve their last requests or finish their last
-/// jobs, so they count too).
+/// jobs, so they count too). Only Stoa's own container is compared (webhooks inject
+/// others, and may pin ours to a digest); a pod in phase `Failed` or `Succeeded` (evicted,
+/// shut down with its node) runs nothing and may linger until pod garbage collection
+/// (Kubernetes docs, "Pod Lifecycle: Garbage collection of Pods"), so it does not count.
 async fn rollout_complete(
     ctx: &Context,
     stoa: &Stoa,
@@ -554,7 +557,7 @@ async fn rollout_complete(
     let Some(deployment) = deployment else {
         return Ok(false);
     };
-    if status::deployment_image(deployment).as_deref() != Some(image)
+    if !status::deployment_image(deployment).is_some_and(|d| resources::runs_image(&d, image))
         || !status::deployment_state(stoa, Some(deployment)).rolled_out
     {
         return Ok(false);
@@ -566,14 +569,23 @@ async fn rollout_complete(
     Ok(pods
         .items
         .iter()
-        .filter(|p| resources::runs_the_service(p))
+        .filter(|p| resources::runs_the_service(p) && !finished(p))
         .all(|pod| {
-            pod.spec.as_ref().is_some_and(|s| {
-                s.containers
-                    .iter()
-                    .all(|c| c.image.as_deref() == Some(image))
-            })
+            pod.spec
+                .as_ref()
+                .and_then(resources::stoa_container)
+                .and_then(|c| c.image.as_deref())
+                .is_some_and(|running| resources::runs_image(running, image))
         }))
+}
+
+/// A pod whose containers have all terminated for good (`Failed`: evicted, its node shut
+/// down; `Succeeded`).
+pub(super) fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed" | "Succeeded")
+    )
 }
 
 /// Creates a migration or credential Job. One that exists was created by an earlier pass

@@ -87,17 +87,11 @@ pub struct CredentialJobRequest {
 
 impl CredentialJobRequest {
     pub fn name(&self, stoa: &Stoa) -> String {
-        let base = format!(
-            "{}-cred-{}-{}",
-            stoa.name_any(),
-            self.generation,
-            self.kind.as_str()
-        );
+        let mut suffix = format!("-cred-{}-{}", self.generation, self.kind.as_str());
         if self.attempt > 1 {
-            format!("{base}-{}", self.attempt)
-        } else {
-            base
+            suffix.push_str(&format!("-{}", self.attempt));
         }
+        super::bounded_name(&stoa.name_any(), &suffix)
     }
 }
 
@@ -175,6 +169,14 @@ pub fn drop_roles_job(stoa: &Stoa, group: &str, image: &str, attempt: i32) -> Re
     let name = drop_job_name(stoa, attempt);
     job.metadata.name = Some(name.clone());
     job.metadata.owner_references = None;
+    // The Stoa's own ServiceAccount may be gone already: foreground deletion removes the
+    // owner's dependents first (Kubernetes docs, "Garbage Collection"), and a pod naming a
+    // missing ServiceAccount is refused at admission, so the Job would never start. The
+    // pod needs no API access (its token is not mounted): the namespace's default account
+    // serves.
+    if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.service_account_name = None;
+    }
     for labels in [
         job.metadata.labels.as_mut(),
         job.spec
@@ -195,9 +197,10 @@ pub fn drop_roles_job(stoa: &Stoa, group: &str, image: &str, attempt: i32) -> Re
 }
 
 pub fn drop_job_name(stoa: &Stoa, attempt: i32) -> String {
-    if attempt > 1 {
-        format!("{}-cred-drop-{attempt}", stoa.name_any())
+    let suffix = if attempt > 1 {
+        format!("-cred-drop-{attempt}")
     } else {
-        format!("{}-cred-drop", stoa.name_any())
-    }
+        "-cred-drop".to_owned()
+    };
+    super::bounded_name(&stoa.name_any(), &suffix)
 }

@@ -60,6 +60,33 @@ pub enum BuildError {
 
 type Result<T> = std::result::Result<T, BuildError>;
 
+/// The longest generated name: a Job's name is also the `job-name` label of its pods, and
+/// a label value holds at most 63 characters (Kubernetes docs, "Labels and Selectors").
+pub const NAME_LIMIT: usize = 63;
+
+/// `<base><suffix>` within [`NAME_LIMIT`]: as is when it fits; otherwise `base` is cut
+/// and an 8-digit hash of the whole base keeps two long names that share a prefix apart.
+/// Every generated Job name goes through here.
+pub fn bounded_name(base: &str, suffix: &str) -> String {
+    if base.len() + suffix.len() <= NAME_LIMIT {
+        return format!("{base}{suffix}");
+    }
+    let hash: String = Sha256::digest(base.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let room = NAME_LIMIT.saturating_sub(suffix.len() + hash.len() + 1);
+    let mut cut: String = base.chars().take(room).collect();
+    while cut.ends_with('-') || cut.ends_with('.') {
+        cut.pop();
+    }
+    format!("{cut}-{hash}{suffix}")
+}
+
+/// The longest Stoa name: the worker's Service, `<name>-worker`, is a DNS-1035 label of
+/// at most 63 characters. The CRD refuses longer names (its CEL rule on `metadata.name`).
+pub const STOA_NAME_LIMIT: usize = NAME_LIMIT - "-worker".len();
+
 /// Names of everything a Stoa owns.
 pub struct Names {
     pub base: String,
@@ -158,6 +185,31 @@ pub fn runs_the_service(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
     )
 }
 
+/// Stoa's own container in a pod spec (`api` or `worker`), found by name: a mutating
+/// webhook may add containers anywhere in the list (a mesh sidecar, a secrets agent).
+pub fn stoa_container(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Option<&k8s_openapi::api::core::v1::Container> {
+    let ours = [Component::Api.label(), Component::Worker.label()];
+    spec.containers
+        .iter()
+        .find(|c| ours.contains(&c.name.as_str()))
+}
+
+/// Whether a container's `image` is `approved`, as given or pinned to a digest by an
+/// admission webhook (`<approved>@sha256:…`, the form image-policy webhooks such as
+/// Kyverno's `mutateDigest` write). A bare `<repository>@sha256:…` is not accepted: it
+/// could be the digest of any tag, including the previous release's.
+pub fn runs_image(image: &str, approved: &str) -> bool {
+    image == approved
+        || image
+            .strip_prefix(approved)
+            .and_then(|rest| rest.strip_prefix("@sha256:"))
+            .is_some_and(|digest| {
+                digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+}
+
 /// `a=b,c=d`: the selector string for the scale subresource.
 pub fn selector_string(stoa: &Stoa) -> String {
     selector_labels(stoa)
@@ -167,9 +219,15 @@ pub fn selector_string(stoa: &Stoa) -> String {
         .join(",")
 }
 
+/// The Stoa as controller of an object it owns. `blockOwnerDeletion`: a foreground deletion
+/// of the Stoa (`kubectl delete --cascade=foreground`) waits until this object is gone
+/// (Kubernetes docs, "Garbage Collection: Foreground cascading deletion").
 fn owner(stoa: &Stoa) -> Result<OwnerReference> {
-    stoa.controller_owner_ref(&())
-        .ok_or(BuildError::MissingMetadata("uid"))
+    let mut owner = stoa
+        .controller_owner_ref(&())
+        .ok_or(BuildError::MissingMetadata("uid"))?;
+    owner.block_owner_deletion = Some(true);
+    Ok(owner)
 }
 
 fn meta(stoa: &Stoa, name: &str) -> Result<ObjectMeta> {

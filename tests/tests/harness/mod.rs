@@ -18,6 +18,9 @@
 
 pub mod kubelet;
 pub mod load;
+/// The strict in-memory API layer the operator's own tests use (one file, shared).
+#[path = "../../../operator/tests/fixtures/strict.rs"]
+pub mod strict;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +75,13 @@ impl Cluster {
         for secret in secrets {
             builder = builder.with_object(secret);
         }
-        let client = builder.build().await.unwrap();
+        let client = Client::new(
+            strict::Strict {
+                inner: builder.build().await.unwrap(),
+                rules: Arc::default(),
+            },
+            NAMESPACE,
+        );
         let metrics = Arc::new(Metrics::new());
         let context = Arc::new(
             Context::new(client.clone(), metrics.clone()).with_operator_namespace("stoa-system"),
