@@ -10,11 +10,8 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
-# Reproducible output: no paths of this machine in the binaries, no incremental state,
-# timestamps from the commit (SOURCE_DATE_EPOCH, passed by `make images`).
-ARG SOURCE_DATE_EPOCH=0
-ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} \
-    CARGO_INCREMENTAL=0 \
+# Reproducible output: no paths of this machine in the binaries, no incremental state.
+ENV CARGO_INCREMENTAL=0 \
     RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo"
 
 # 1. Dependencies only: this layer is rebuilt when a manifest or Cargo.lock changes, not
@@ -34,7 +31,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && rm -rf api-server/src api-server/contract/src operator/src tests/src \
     && cargo clean --release -p stoa-api -p stoa-operator -p stoa-contract
 
-# 2. The code.
+# 2. The code. Timestamps from the commit (SOURCE_DATE_EPOCH, passed by `make images`),
+#    declared only here: an ARG enters the cache key of every later step and each commit
+#    has its own, so declared before step 1 it rebuilt every dependency on every commit.
+ARG SOURCE_DATE_EPOCH=0
+ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH}
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked -p stoa-api -p stoa-operator \

@@ -67,10 +67,16 @@ REGISTRY ?= ghcr.io/stoa-dev
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+# BuildKit's rewrite-timestamp needs an exporter that writes the image itself: with the
+# default `docker` driver it is refused (containerd image store) or silently dropped
+# (classic store). A docker-container builder exports a tarball that `type=docker` loads.
+BUILDER ?= stoa-builder
 images:
 	@command -v docker >/dev/null 2>&1 || { echo "make images: docker is not installed"; exit 1; }
+	docker buildx inspect $(BUILDER) >/dev/null 2>&1 || \
+	  docker buildx create --name $(BUILDER) --driver docker-container >/dev/null
 	for target in stoa-api stoa-operator; do \
-	  docker buildx build --target $$target \
+	  docker buildx build --builder $(BUILDER) --target $$target \
 	    --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
 	    --build-arg VERSION=$(TAG) --build-arg REVISION=$(REVISION) \
 	    --build-arg CREATED=$$(date -u -d @$(SOURCE_DATE_EPOCH) +%Y-%m-%dT%H:%M:%SZ) \

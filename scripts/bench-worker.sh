@@ -16,6 +16,7 @@ CONCURRENCY=${3:-4}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 DB=stoa_bench_worker
 PIDS=()
+# shellcheck disable=SC2154  # p is the loop variable inside the trap string
 trap 'for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
 cargo build --release -q -p stoa-api --bin stoa-api

@@ -71,12 +71,14 @@ ensure_redis() {
   fi
 }
 
-# Test tools: Prometheus and promtool (the SRE assets' tests) and Chromium (the docs page
-# test) from Debian, playwright-core from npm. Without them those tests say SKIP, unless STOA_REQUIRE_TOOLS=1 (CI).
+# Test tools: Prometheus and promtool (the SRE assets' tests), Chromium (the docs page
+# test) and shellcheck (CI) from Debian, playwright-core from npm. Without them those tests say SKIP, unless STOA_REQUIRE_TOOLS=1 (CI).
 ensure_tools() {
   local missing=()
   command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  # CI checks the shell scripts (the kind suite included) with it.
+  command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
   local browser
   browser="$(cd "$(dirname "$0")/../tests/browser" && pwd)"
   if [ ! -d "$browser/node_modules/playwright-core" ]; then

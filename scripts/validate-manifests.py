@@ -119,11 +119,12 @@ def check_helm() -> None:
     path = ROOT / "helm" / "stoa-operator"
     value_sets = {
         "defaults": {},
+        "cluster-wide": {"clusterWide": True},
         "namespaced+monitoring": {
             "watchNamespace": "apps",
             "replicaCount": 1,
             "leaderElection": {"enabled": False},
-            "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s"},
+            "metrics": {"serviceMonitor": {"enabled": True, "always": True, "interval": "15s"},
                         "prometheusRule": {"create": "always", "labels": {"release": "prom"}},
                         "slo": {"availability": 0.995, "latency": {"objective": 0.95, "threshold": "0.5"}},
                         "dashboard": {"namespace": "monitoring"}},

@@ -8,6 +8,7 @@ pub mod credential_rotation;
 pub mod error;
 pub mod jobs;
 pub mod key_rotation;
+pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod quantity;

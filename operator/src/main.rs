@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -11,6 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -89,6 +91,9 @@ struct RunArgs {
     /// namespace the Stoa NetworkPolicies let reach the pods' admin port.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
+    /// This replica's name in the Lease (from the downward API).
+    #[arg(long, env = "POD_NAME", default_value = "stoa-operator")]
+    pod_name: String,
     /// `json` or `pretty`.
     #[arg(long, env = "STOA_OPERATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -238,6 +243,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let manager =
             kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
                 .with_namespace(&args.lease_namespace)
+                .with_identity(&args.pod_name)
                 .with_duration(15)
                 .with_grace(5)
                 .build()
@@ -250,14 +256,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         metrics.leader.set(1);
         tracing::info!("became leader");
-        // Losing the lease ends the process; the next leader takes over cleanly.
+        // Losing the lease, or no longer being sure of it, ends the process (reconciles in
+        // flight stop with it); the next leader takes over cleanly.
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
+        let (name, identity) = (args.lease_name.clone(), args.pod_name.clone());
         tokio::spawn(async move {
-            while leading.changed().await.is_ok() {
-                if !*leading.borrow_and_update() {
-                    tracing::error!("lost leadership; exiting");
-                    std::process::exit(1);
-                }
-            }
+            let why = stoa_operator::leader::lost(
+                leading,
+                leases,
+                &name,
+                &identity,
+                Duration::from_secs(5),
+            )
+            .await;
+            tracing::error!(reason = %why, "stopped leading; exiting");
+            std::process::exit(1);
         });
         Some(task)
     } else {

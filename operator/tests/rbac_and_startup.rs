@@ -51,13 +51,22 @@ fn repo(path: &str) -> String {
 }
 
 #[test]
-fn the_kustomize_role_grants_exactly_what_the_operator_uses() {
-    let text = repo("manifests/operator/rbac.yaml");
-    let role = serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap())
-        .find(|doc| doc["kind"] == "ClusterRole" && doc["metadata"]["name"] == "stoa-operator")
-        .unwrap();
-    assert_eq!(grants_of(&role["rules"]), declared());
+fn the_kustomize_roles_grant_exactly_what_the_operator_uses() {
+    // The base's namespaced Role and the cluster-wide overlay's ClusterRole.
+    for (path, kind) in [
+        ("manifests/operator/rbac.yaml", "Role"),
+        (
+            "manifests/operator-cluster-wide/cluster-role.yaml",
+            "ClusterRole",
+        ),
+    ] {
+        let text = repo(path);
+        let role = serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| Value::deserialize(doc).unwrap())
+            .find(|doc| doc["kind"] == kind && doc["metadata"]["name"] == "stoa-operator")
+            .unwrap_or_else(|| panic!("no {kind} stoa-operator in {path}"));
+        assert_eq!(grants_of(&role["rules"]), declared(), "{path}");
+    }
 }
 
 #[test]
@@ -121,4 +130,111 @@ async fn readiness_does_not_wait_for_the_leader_lease() {
     // A standby: started, not leading.
     assert_eq!(metrics.leader.get(), 0);
     assert!(ready(addr).await.contains("200"));
+}
+
+/// A Lease held by `holder`, renewed `renewed_ago` seconds ago, for 15 s.
+fn lease(holder: &str, renewed_ago: i64) -> k8s_openapi::api::coordination::v1::Lease {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "stoa-operator", "namespace": "stoa-system"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+            "renewTime": Timestamp::now().checked_sub(SignedDuration::from_secs(renewed_ago)).unwrap().to_string()}
+    }))
+    .unwrap()
+}
+
+async fn leases_with(
+    lease: k8s_openapi::api::coordination::v1::Lease,
+) -> kube::Api<k8s_openapi::api::coordination::v1::Lease> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube_fake_client::ClientBuilder::new()
+        .with_object(lease)
+        .build()
+        .await
+        .unwrap();
+    kube::Api::namespaced(client, "stoa-system")
+}
+
+#[tokio::test]
+async fn a_leader_stops_when_its_lease_was_not_renewed_in_time() {
+    use std::time::Duration;
+    use stoa_operator::leader::{Lost, lost};
+    // The manager still says "leader" (it only logs failed renewals), but the Lease is
+    // past its duration: another replica may hold it now.
+    let (_still_leading, leading) = tokio::sync::watch::channel(true);
+    let leases = leases_with(lease("pod-a", 20)).await;
+    let why = tokio::time::timeout(
+        Duration::from_secs(5),
+        lost(
+            leading,
+            leases,
+            "stoa-operator",
+            "pod-a",
+            Duration::from_millis(50),
+        ),
+    )
+    .await
+    .expect("stops at the first check");
+    assert!(
+        matches!(why, Lost::NotRenewed(ref w) if w.contains("past its 15s duration")),
+        "{why}"
+    );
+
+    // Another holder.
+    let (_still_leading, leading) = tokio::sync::watch::channel(true);
+    let leases = leases_with(lease("pod-b", 1)).await;
+    let why = lost(
+        leading,
+        leases,
+        "stoa-operator",
+        "pod-a",
+        Duration::from_millis(50),
+    )
+    .await;
+    assert!(
+        matches!(why, Lost::NotRenewed(ref w) if w.contains("pod-b")),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn a_leader_stops_when_the_lease_manager_stops_or_hands_over() {
+    use std::time::Duration;
+    use stoa_operator::leader::{Lost, lost};
+    let (manager, leading) = tokio::sync::watch::channel(true);
+    let leases = leases_with(lease("pod-a", 1)).await;
+    let watching = tokio::spawn(async move {
+        lost(
+            leading,
+            leases,
+            "stoa-operator",
+            "pod-a",
+            Duration::from_secs(60),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !watching.is_finished(),
+        "a renewed lease keeps the leader leading"
+    );
+    // The manager's task ended (an error it returned, a panic): its sender is gone.
+    drop(manager);
+    assert_eq!(watching.await.unwrap(), Lost::ManagerStopped);
+
+    let (manager, leading) = tokio::sync::watch::channel(true);
+    let leases = leases_with(lease("pod-a", 1)).await;
+    let watching = tokio::spawn(async move {
+        lost(
+            leading,
+            leases,
+            "stoa-operator",
+            "pod-a",
+            Duration::from_secs(60),
+        )
+        .await
+    });
+    manager.send(false).unwrap();
+    assert_eq!(watching.await.unwrap(), Lost::Replaced);
 }

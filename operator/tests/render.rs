@@ -106,3 +106,79 @@ spec:
         .collect();
     assert_eq!(changed, ["Deployment"]);
 }
+
+/// The kind suite names the objects a Stoa owns from this command's output
+/// (`tests/e2e/owned.sh`): run that shell function here, on the suite's own Stoa, so a
+/// renamed object or a changed render format breaks this test instead of the suite on a
+/// cluster.
+#[test]
+fn the_kind_suite_finds_every_owned_object_in_the_render() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let manifest = "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {name: demo, namespace: stoa-demo}
+spec:
+  image: ghcr.io/stoa-dev/stoa-api:e2e
+  replicas: 2
+  database:
+    urlSecretRef: {name: demo-db}
+    adminSecretRef: {name: demo-db-admin}
+  redis: {urlSecretRef: {name: demo-redis}}
+  ingress: {host: stoa.localtest.me, className: nginx}
+";
+    let mut render = Command::new(env!("CARGO_BIN_EXE_stoa-operator"))
+        .args(["render", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    render
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let rendered = render.wait_with_output().unwrap();
+    assert!(rendered.status.success());
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut owned = Command::new("bash")
+        .args(["-c", ". tests/e2e/owned.sh && owned_objects"])
+        .current_dir(repo)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    owned
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&rendered.stdout)
+        .unwrap();
+    let out = owned.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let objects: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for expected in [
+        "ServiceAccount/demo",
+        "ConfigMap/demo-config",
+        "Deployment/demo",
+        "Deployment/demo-worker",
+        "Service/demo",
+        "Service/demo-worker",
+        "PodDisruptionBudget/demo",
+        "Ingress/demo",
+    ] {
+        assert!(
+            objects.iter().any(|o| o == expected),
+            "{expected} in {objects:?}"
+        );
+    }
+    assert!(
+        !objects.iter().any(|o| o.starts_with("Job/")),
+        "Jobs are not owned state: {objects:?}"
+    );
+}

@@ -40,13 +40,20 @@ fail() {
   exit 1
 }
 cleanup() {
-  for pid in "$WORK"/*.pid; do [ -e "$pid" ] && kill "$(cat "$pid")" 2>/dev/null; done
+  # Nothing here may stop the trap before the cluster goes (errexit is off in it, and
+  # every step tolerates failure).
+  set +e
+  for pid in "$WORK"/*.pid; do
+    if [ -e "$pid" ]; then kill "$(cat "$pid")" 2>/dev/null || true; fi
+  done
   rm -rf "$WORK"
   if [ "${KEEP_CLUSTER:-0}" != 1 ] && [ "${CREATED_CLUSTER:-0}" = 1 ]; then
     kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
+# shellcheck source=tests/e2e/owned.sh
+. tests/e2e/owned.sh
 
 # Through the ingress, as a client would.
 api() { curl -s --max-time 10 -H "Host: $HOST" "$@"; }
@@ -71,7 +78,7 @@ differs() { [ "$1" != "$2" ]; }
 stoa_is() { equals "$(stoa "$1")" "$2"; }                               # JSONPATH VALUE
 stoa_moved_from() { local v; v=$(stoa "$1"); [ -n "$v" ] && differs "$v" "$2"; }  # JSONPATH OLD
 replicas_are() { equals "$(kubectl -n "$NS" get deployment demo -o jsonpath='{.spec.replicas}')" "$1"; }
-gone() { ! kubectl -n "$NS" get "$1" demo >/dev/null 2>&1; }
+gone() { ! kubectl -n "$NS" get "$1" >/dev/null 2>&1; }                 # KIND/NAME
 serving() { curl -fs --max-time 5 -H "Host: $HOST" "$BASE/readyz" >/dev/null; }
 lease_holder() { kubectl -n stoa-system get lease stoa-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
 leader_other_than() { local h; h=$(lease_holder); [ -n "$h" ] && differs "$h" "$1"; }
@@ -128,11 +135,16 @@ printf 'FROM busybox:1.36\nENTRYPOINT ["sh", "-c", "echo this image refuses to m
   docker build -q -t "$BROKEN_IMAGE" - >/dev/null
 kind load docker-image --name "$CLUSTER" "$API_IMAGE" "$NEXT_IMAGE" "$BROKEN_IMAGE" \
   "$REGISTRY/stoa-operator:$TAG" "$REGISTRY/stoa-operator:$TAG-next"
-kubectl apply -f https://kind.sigs.k8s.io/examples/ingress/deploy-ingress-nginx.yaml
+# ingress-nginx's own kind provider at a fixed release: it pins the controller to the node
+# labelled ingress-ready=true, the one whose port 80 kind-config.yaml maps (with worker
+# nodes it could otherwise land where nothing is mapped).
+INGRESS_NGINX=controller-v1.12.1
+kubectl apply -f "https://raw.githubusercontent.com/kubernetes/ingress-nginx/$INGRESS_NGINX/deploy/static/provider/kind/deploy.yaml"
 kubectl -n ingress-nginx wait --for=condition=Available deployment/ingress-nginx-controller --timeout=300s
 
 step "install the operator with Helm (two replicas, leader election)"
 helm upgrade --install stoa-operator helm/stoa-operator -n stoa-system --create-namespace \
+  --set watchNamespace="$NS" \
   --set image.repository="$REGISTRY/stoa-operator" --set image.tag="$TAG" \
   --set image.pullPolicy=Never --set replicaCount=2 --wait --timeout 5m
 wait_for "an operator leader" 60 leader_other_than ""
@@ -144,7 +156,7 @@ kubectl -n "$NS" rollout status deployment/redis --timeout=180s
 kubectl -n "$NS" get secret demo-db -o jsonpath='{.data.url}' | base64 -d >"$WORK/db-url"
 kubectl -n "$NS" create secret generic demo-db-admin --from-file=url="$WORK/db-url" \
   --dry-run=client -o yaml | kubectl apply -f -
-kubectl apply -f - <<EOF
+cat >"$WORK/stoa.yaml" <<EOF
 apiVersion: stoa.dev/v1alpha1
 kind: Stoa
 metadata: {name: demo, namespace: $NS}
@@ -160,11 +172,15 @@ spec:
     # Every request of the suite comes from one address.
     - {name: STOA_RATE_LIMIT_ENABLED, value: "false"}
 EOF
+kubectl apply -f "$WORK/stoa.yaml"
+# What the Stoa owns, named by the operator's own builders (the image's `render`).
+OWNED=$(docker run --rm -i "$REGISTRY/stoa-operator:$TAG" render -f - <"$WORK/stoa.yaml" | owned_objects)
+[ -n "$OWNED" ] || fail "stoa-operator render named no objects"
 kubectl -n "$NS" wait stoa/demo --for=condition=Ready --timeout=300s
 kubectl -n "$NS" get stoa demo
-for kind in deployment service configmap serviceaccount poddisruptionbudget ingress; do
-  owner=$(kubectl -n "$NS" get "$kind" demo -o jsonpath='{.metadata.ownerReferences[0].kind}')
-  equals "$owner" Stoa || fail "$kind demo is not owned by the Stoa"
+for object in $OWNED; do
+  owner=$(kubectl -n "$NS" get "$object" -o jsonpath='{.metadata.ownerReferences[0].kind}' 2>/dev/null || true)
+  equals "$owner" Stoa || fail "$object is missing or not owned by the Stoa"
 done
 
 step "RealWorld requests through the ingress on localhost"
@@ -186,7 +202,9 @@ old_image=$(deployed_image)
 kubectl -n "$NS" patch stoa demo --type merge -p "{\"spec\":{\"image\":\"$NEXT_IMAGE\"}}"
 wait_for "the migration Job" 60 stoa_is '{.status.migration.image}' "$NEXT_IMAGE"
 job=$(stoa '{.status.migration.job}')
+deadline=$((SECONDS + 300))
 until equals "$(stoa '{.status.approvedImage}')" "$NEXT_IMAGE"; do
+  [ "$SECONDS" -lt "$deadline" ] || fail "timed out after 300s waiting for $NEXT_IMAGE to be approved"
   succeeded=$(kubectl -n "$NS" get job "$job" -o jsonpath='{.status.succeeded}' 2>/dev/null || true)
   if equals "$(deployed_image)" "$NEXT_IMAGE" && differs "$succeeded" 1; then
     fail "the Deployment got $NEXT_IMAGE before its migration Job $job succeeded"
@@ -250,8 +268,8 @@ wait_for "the upgraded operator to reconcile" 120 replicas_are 3
 
 step "deletion cleans up, database roles included"
 kubectl -n "$NS" delete stoa demo --timeout=300s
-for kind in deployment service configmap serviceaccount poddisruptionbudget ingress; do
-  wait_for "$kind demo to be collected" 120 gone "$kind"
+for object in $OWNED; do
+  wait_for "$object to be collected" 120 gone "$object"
 done
 roles=$(kubectl -n "$NS" exec statefulset/postgres -- psql -U postgres -tAc "select count(*) from pg_roles where rolname like 'stoa\\_%'")
 equals "$roles" 0 || fail "$roles database roles of the Stoa remain"

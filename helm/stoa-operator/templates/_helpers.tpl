@@ -18,9 +18,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
-{{/* Namespaced RBAC when one namespace is watched, cluster RBAC otherwise. */}}
+{{/* Namespaced RBAC by default; cluster RBAC only with clusterWide. */}}
 {{- define "stoa-operator.roleKind" -}}
-{{- if .Values.watchNamespace -}}Role{{- else -}}ClusterRole{{- end -}}
+{{- if .Values.clusterWide -}}ClusterRole{{- else -}}Role{{- end -}}
+{{- end -}}
+
+{{/* The one namespace watched (empty with clusterWide). */}}
+{{- define "stoa-operator.watchNamespace" -}}
+{{- if .Values.clusterWide -}}
+{{- if .Values.watchNamespace -}}
+{{- fail "set either clusterWide: true or watchNamespace, not both" -}}
+{{- end -}}
+{{- else -}}
+{{- .Values.watchNamespace | default .Release.Namespace -}}
+{{- end -}}
 {{- end -}}
 
 {{/* files/rules.yaml with the SLOs and the runbook address of the values filled in. */}}
