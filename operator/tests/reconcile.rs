@@ -1227,3 +1227,47 @@ async fn every_owned_object_blocks_a_foreground_deletion_with_the_permission_it_
         "update"
     ));
 }
+
+#[tokio::test]
+async fn a_retried_migration_job_is_judged_by_its_succeeded_pod() {
+    let (client, _log) = cluster::with(&stoa("api")).await;
+    reconcile_stored(&client, "api").await;
+    let job = job_for(&client, V1, "expand").await;
+    finish_job(
+        &client,
+        &job,
+        ("Complete", "Completed"),
+        &report(Outcome::Applied, 2, vec![]),
+        0,
+    )
+    .await;
+    // The Job's first attempt failed in a pod of its own (backoffLimit), with a report of
+    // its own, and that pod is listed after the one that succeeded.
+    let name = job.name_any();
+    let mut labels = job.labels().clone();
+    labels.insert(resources::MIGRATION_JOB_LABEL.into(), name.clone());
+    // It stopped before applying anything: its report says schema 1.
+    let mut refused = report(Outcome::Applied, 1, vec![]);
+    refused.message = "connection reset".into();
+    let attempt: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{name}-zz-first-attempt"), "namespace": "shop", "labels": labels},
+        "spec": {"containers": [{"name": "migrate", "image": "x"}]},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "migrate", "image": "x", "imageID": "",
+            "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 1, "message": refused.to_line()}}}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &attempt)
+        .await
+        .unwrap();
+    let after = reconcile_stored(&client, "api").await;
+    let status = after.status.as_ref().unwrap();
+    assert_eq!(status.approved_image.as_deref(), Some(V1));
+    assert_eq!(
+        status.schema_version,
+        Some(2),
+        "the completed Job's report is its succeeded pod's"
+    );
+}

@@ -560,10 +560,8 @@ async fn job_report(ctx: &Context, target: &Target, job: &str) -> Result<Option<
         .api::<Pod>(&ctx.client)
         .list(&ListParams::default().labels(&format!("{CREDENTIAL_JOB_LABEL}={job}")))
         .await?;
-    Ok(pods.items.iter().rev().find_map(|pod| {
-        let message = super::termination_message(pod, "credentials")?;
-        serde_json::from_str(&message).ok()
-    }))
+    Ok(super::job_report(&pods.items, "credentials")
+        .and_then(|message| serde_json::from_str(&message).ok()))
 }
 
 /// Every attempt to drop the roles failed this many times (each after its backoff): the

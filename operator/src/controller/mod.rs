@@ -499,11 +499,14 @@ async fn plan_rollout(
             .api::<Pod>(&ctx.client)
             .list(&ListParams::default().labels(&resources::migration_selector(stoa)))
             .await?;
-        for pod in pods.items {
-            if let (Some(job), Some(message)) = (
-                pod.labels().get(resources::MIGRATION_JOB_LABEL).cloned(),
-                termination_message(&pod, "migrate"),
-            ) {
+        let mut by_job: HashMap<String, Vec<&Pod>> = HashMap::new();
+        for pod in &pods.items {
+            if let Some(job) = pod.labels().get(resources::MIGRATION_JOB_LABEL) {
+                by_job.entry(job.clone()).or_default().push(pod);
+            }
+        }
+        for (job, pods) in by_job {
+            if let Some(message) = job_report(pods, "migrate") {
                 reports.insert(job, message);
             }
         }
@@ -525,20 +528,34 @@ async fn plan_rollout(
     Ok(rollout::plan(stoa, &observed))
 }
 
-/// The last termination message of a Job pod's container.
-fn termination_message(pod: &Pod, container: &str) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == container)?
-        .state
-        .as_ref()?
-        .terminated
-        .as_ref()?
-        .message
-        .clone()
+/// The report of a Job, from its pods' termination messages: a Job retries in new pods
+/// (`backoffLimit`), so a completed Job's report is its succeeded pod's (exit code 0),
+/// whatever order the pods are listed in; otherwise the last attempt's (latest finish).
+pub(super) fn job_report<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    container: &str,
+) -> Option<String> {
+    pods.into_iter()
+        .filter_map(|pod| {
+            let state = pod
+                .status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find(|c| c.name == container)?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()?;
+            let rank = (
+                state.exit_code == 0,
+                state.finished_at.as_ref().map(|t| t.0),
+            );
+            Some((rank, state.message.clone()?))
+        })
+        .max_by(|(a, _), (b, _)| a.cmp(b))
+        .map(|(_, message)| message)
 }
 
 /// The Deployment runs `image` on every replica, and no pod of an older revision remains,
