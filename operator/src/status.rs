@@ -34,6 +34,8 @@ pub struct Facts<'a> {
     pub autoscaling: Option<AutoscalingStatus>,
     /// The worker Deployment's scaling (`None` while paused: the last one stays).
     pub worker: Option<WorkerStatus>,
+    /// Optional objects left alone because an object the Stoa does not own has the name.
+    pub conflicts: Vec<String>,
 }
 
 pub struct CredentialRotationFacts {
@@ -259,6 +261,9 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
                 .and_then(|r| r.degraded.clone())
             {
                 Some((reason, message)) => Some((reason.to_owned(), message)),
+                None if !facts.conflicts.is_empty() => {
+                    Some(("NameConflict".into(), facts.conflicts.join("; ")))
+                }
                 None => deployment.failed.clone(),
             },
         },

@@ -1271,3 +1271,53 @@ async fn a_retried_migration_job_is_judged_by_its_succeeded_pod() {
         "the completed Job's report is its succeeded pod's"
     );
 }
+
+#[tokio::test]
+async fn an_optional_object_someone_else_named_is_reported_and_the_rest_still_applies() {
+    let s = with_spec(stoa("api"), |spec| {
+        spec.ingress = Some(IngressSpec {
+            host: "api.example.com".into(),
+            class_name: None,
+            tls_secret_name: None,
+            annotations: Default::default(),
+        });
+    });
+    let (client, log) = cluster::with(&s).await;
+    // A user's Ingress already has the name the Stoa's would take.
+    let theirs: Ingress = serde_json::from_value(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "api", "namespace": "shop"}, "spec": {"defaultBackend": {"service": {"name": "x", "port": {"number": 80}}}}})).unwrap();
+    Api::<Ingress>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let after = reconcile_stored(&client, "api").await;
+    let degraded = condition(&after, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "NameConflict")
+    );
+    assert!(
+        degraded.message.contains("Ingress api"),
+        "{}",
+        degraded.message
+    );
+    // Everything else went on: the objects after the Ingress, and the status.
+    assert!(
+        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), "shop")
+            .get_opt("api")
+            .await
+            .unwrap()
+            .is_some()
+            || !after.spec.network_policy.enabled,
+    );
+    assert_eq!(
+        after.status.as_ref().unwrap().observed_generation,
+        after.metadata.generation
+    );
+    // Theirs is untouched.
+    assert!(
+        !calls_since(&log, 0)
+            .iter()
+            .any(|c| c.is_write() && c.path.ends_with("/ingresses/api"))
+    );
+}

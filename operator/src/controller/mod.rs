@@ -238,6 +238,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
             credential_rotation: None,
             autoscaling: stoa.status.as_ref().and_then(|s| s.autoscaling.clone()),
             worker: None,
+            conflicts: Vec::new(),
         };
         write_status(ctx, stoa, &target, status::status(stoa, &facts)).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
@@ -300,43 +301,70 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         "Service",
     )
     .await?;
-    apply::reconcile_optional(
-        &target.api::<Service>(client),
-        &target.names.worker,
-        resources::worker_metrics_service(stoa)?,
-        &target.uid,
-        "Service",
-    )
-    .await?;
-    target
-        .reconcile_optional::<PodDisruptionBudget>(
-            client,
-            resources::pod_disruption_budget(stoa)?,
-            "PodDisruptionBudget",
+    // An optional object whose name an object of someone else's holds is reported
+    // (Degraded/NameConflict) and skipped: everything else is still applied, and the
+    // status still written.
+    let mut conflicts = Vec::new();
+    tolerate_conflict(
+        &mut conflicts,
+        apply::reconcile_optional(
+            &target.api::<Service>(client),
+            &target.names.worker,
+            resources::worker_metrics_service(stoa)?,
+            &target.uid,
+            "Service",
         )
-        .await?;
-    target
-        .reconcile_optional::<Ingress>(client, resources::ingress(stoa)?, "Ingress")
-        .await?;
-    target
-        .reconcile_optional::<NetworkPolicy>(
-            client,
-            resources::network_policy(stoa, ctx.operator_namespace.as_deref())?,
-            "NetworkPolicy",
-        )
-        .await?;
+        .await,
+    )?;
+    tolerate_conflict(
+        &mut conflicts,
+        target
+            .reconcile_optional::<PodDisruptionBudget>(
+                client,
+                resources::pod_disruption_budget(stoa)?,
+                "PodDisruptionBudget",
+            )
+            .await,
+    )?;
+    tolerate_conflict(
+        &mut conflicts,
+        target
+            .reconcile_optional::<Ingress>(client, resources::ingress(stoa)?, "Ingress")
+            .await,
+    )?;
+    tolerate_conflict(
+        &mut conflicts,
+        target
+            .reconcile_optional::<NetworkPolicy>(
+                client,
+                resources::network_policy(stoa, ctx.operator_namespace.as_deref())?,
+                "NetworkPolicy",
+            )
+            .await,
+    )?;
     if stoa.spec.autoscaling.mode != AutoscalingMode::Hpa {
         // The Deployment carries spec.replicas again (applied above) before the autoscaler
         // goes, so the count never falls back to a default in between.
-        target
-            .reconcile_optional::<HorizontalPodAutoscaler>(client, None, "HorizontalPodAutoscaler")
-            .await?;
+        tolerate_conflict(
+            &mut conflicts,
+            target
+                .reconcile_optional::<HorizontalPodAutoscaler>(
+                    client,
+                    None,
+                    "HorizontalPodAutoscaler",
+                )
+                .await,
+        )?;
     }
     if ctx.service_monitors {
-        reconcile_service_monitor(ctx, stoa, &target).await?;
+        tolerate_conflict(
+            &mut conflicts,
+            reconcile_service_monitor(ctx, stoa, &target).await,
+        )?;
     }
 
     let facts = Facts {
+        conflicts,
         deployment: deployment.as_ref(),
         keys: key_status(&rotation.secret),
         paused: false,
@@ -603,6 +631,17 @@ pub(super) fn finished(pod: &Pod) -> bool {
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Failed" | "Succeeded")
     )
+}
+
+/// `Ok` for a name conflict, which is noted in `conflicts`; any other result as it is.
+fn tolerate_conflict(conflicts: &mut Vec<String>, result: Result<()>) -> Result<()> {
+    match result {
+        Err(conflict @ Error::NotOwned { .. }) => {
+            conflicts.push(conflict.to_string());
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Creates a migration or credential Job. One that exists was created by an earlier pass
