@@ -17,8 +17,13 @@
 //! 3. **Promote**: `next` → `active`, `active` → `retiring`. A pod that has not yet seen
 //!    the promotion still verifies the new key (it knows it as `next`), and every pod
 //!    still verifies the old one, so no token fails in between.
-//! 4. **Retire**: once the access-token lifetime plus the largest allowed clock leeway has
-//!    passed since the promotion, no unexpired token carries the retiring key: remove it.
+//! 4. **Confirm the promotion**: a pod signs with the old key until it reloads the promoted
+//!    key set (the kubelet refreshes mounted Secrets on its sync period, a minute or more),
+//!    so tokens signed with it keep being issued after the promotion is written. Wait until
+//!    every ready pod reports the new key as its active one, and record when.
+//! 5. **Retire**: once the access-token lifetime plus the largest allowed clock leeway has
+//!    passed since every pod signs with the new key, no unexpired token carries the
+//!    retiring key: remove it.
 //!
 //! A request that arrives while a key is retiring waits for the removal (one rotation at
 //! a time keeps the key set at three keys at most).
@@ -34,6 +39,10 @@ use crate::crd::{self, Stoa};
 pub const ROTATE_ANNOTATION: &str = "stoa.dev/rotate-keys";
 /// On the key Secret: when the active key was promoted (RFC 3339).
 pub const PROMOTED_AT_ANNOTATION: &str = "stoa.dev/key-promoted-at";
+/// On the key Secret: when every ready pod was seen signing with the active key (RFC 3339);
+/// the retire clock starts here. A time before `PROMOTED_AT_ANNOTATION` belongs to an
+/// earlier rotation.
+pub const PROMOTION_CONFIRMED_AT_ANNOTATION: &str = "stoa.dev/key-promotion-confirmed-at";
 /// On the key Secret: the last `stoa.dev/rotate-keys` value a rotation was started for.
 pub const HANDLED_REQUEST_ANNOTATION: &str = "stoa.dev/rotate-keys-handled";
 
@@ -78,6 +87,8 @@ impl Timing {
 pub struct KeySet<'a> {
     pub keys: &'a [KeyEntry],
     pub promoted_at: Option<Timestamp>,
+    /// When every ready pod was seen signing with the active key.
+    pub promotion_confirmed_at: Option<Timestamp>,
     /// The last rotation request started.
     pub handled: Option<&'a str>,
 }
@@ -96,9 +107,19 @@ impl KeySet<'_> {
         })
     }
 
+    /// When every ready pod signed with the active key, for this promotion.
+    pub fn promotion_confirmed(&self) -> Option<Timestamp> {
+        self.promotion_confirmed_at.filter(|confirmed| {
+            self.promoted_at
+                .is_none_or(|promoted| *confirmed >= promoted)
+        })
+    }
+
     /// Whether the next decision needs to know what the pods have loaded.
     pub fn confirming(&self) -> bool {
         self.with_state(KeyState::Next).next().is_some()
+            || (self.with_state(KeyState::Retiring).next().is_some()
+                && self.promotion_confirmed().is_none())
     }
 }
 
@@ -111,6 +132,8 @@ pub fn created_at(key: &KeyEntry) -> Option<Timestamp> {
 pub struct PodKeys {
     pub pod: String,
     pub loaded: Option<Vec<String>>,
+    /// The kid it signs with (`None` if it did not answer).
+    pub active: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +154,20 @@ pub enum Step {
     },
     /// Every ready pod has `kid`: make it the signing key.
     Promote { kid: String, waited: Duration },
+    /// Some ready pods still sign with the retiring key (they have not reloaded the
+    /// promoted key set yet): its retire clock has not started.
+    ConfirmingPromotion {
+        kid: String,
+        waiting_for: Vec<String>,
+        since: Timestamp,
+        stalled: bool,
+    },
+    /// Every ready pod signs with `kid` now: the retire clock starts, to end at `retire_at`.
+    PromotionConfirmed {
+        kid: String,
+        waited: Duration,
+        retire_at: Timestamp,
+    },
     /// These keys signed no token that is still valid: remove them.
     Retire { kids: Vec<String> },
     /// Retiring keys still verify tokens until `until`.
@@ -142,7 +179,10 @@ impl Step {
     pub fn writes(&self) -> bool {
         matches!(
             self,
-            Step::Add { .. } | Step::Promote { .. } | Step::Retire { .. }
+            Step::Add { .. }
+                | Step::Promote { .. }
+                | Step::PromotionConfirmed { .. }
+                | Step::Retire { .. }
         )
     }
 }
@@ -161,9 +201,38 @@ pub fn decide(
         .map(|k| k.kid.clone())
         .collect();
     let active_since = set.active_since().unwrap_or(now);
-    let retire_at = add(active_since, timing.retire_after);
-    if !retiring.is_empty() && now >= retire_at {
-        return Step::Retire { kids: retiring };
+    if !retiring.is_empty() {
+        let Some(confirmed) = set.promotion_confirmed() else {
+            let kid = set
+                .with_state(KeyState::Active)
+                .next()
+                .map(|k| k.kid.clone())
+                .unwrap_or_default();
+            let since = set.promoted_at.unwrap_or(active_since);
+            let waiting_for: Vec<String> = pods
+                .iter()
+                .filter(|p| p.active.as_deref() != Some(kid.as_str()))
+                .map(|p| p.pod.clone())
+                .collect();
+            if waiting_for.is_empty() {
+                return Step::PromotionConfirmed {
+                    kid,
+                    waited: elapsed(since, now),
+                    retire_at: add(now, timing.retire_after),
+                };
+            }
+            return Step::ConfirmingPromotion {
+                kid,
+                stalled: elapsed(since, now) >= timing.confirm_timeout,
+                waiting_for,
+                since,
+            };
+        };
+        let retire_at = add(confirmed, timing.retire_after);
+        if now >= retire_at {
+            return Step::Retire { kids: retiring };
+        }
+        return Step::Holding { until: retire_at };
     }
     if let Some(next) = set.with_state(KeyState::Next).next() {
         let since = created_at(next).unwrap_or(now);
@@ -188,9 +257,6 @@ pub fn decide(
             waiting_for,
             since,
         };
-    }
-    if !retiring.is_empty() {
-        return Step::Holding { until: retire_at };
     }
     let requested = request.filter(|r| Some(*r) != set.handled);
     let due = add(active_since, timing.every);
@@ -228,7 +294,11 @@ pub fn apply(step: &Step, keys: &[KeyEntry], now: Timestamp) -> Vec<KeyEntry> {
             .filter(|k| !kids.contains(&k.kid))
             .cloned()
             .collect(),
-        Step::Idle { .. } | Step::Confirming { .. } | Step::Holding { .. } => keys.to_vec(),
+        Step::Idle { .. }
+        | Step::Confirming { .. }
+        | Step::Holding { .. }
+        | Step::ConfirmingPromotion { .. }
+        | Step::PromotionConfirmed { .. } => keys.to_vec(),
     }
 }
 
@@ -272,6 +342,7 @@ mod tests {
         PodKeys {
             pod: name.into(),
             loaded: Some(kids.iter().map(|k| (*k).to_owned()).collect()),
+            active: kids.first().map(|k| (*k).to_owned()),
         }
     }
 
@@ -279,6 +350,7 @@ mod tests {
         KeySet {
             keys,
             promoted_at: promoted_at.map(t),
+            promotion_confirmed_at: None,
             handled: None,
         }
     }
@@ -352,6 +424,7 @@ mod tests {
             PodKeys {
                 pod: "p2".into(),
                 loaded: None,
+                active: None,
             },
         ];
         for minutes in [101, 104, 105, 600] {
@@ -370,12 +443,56 @@ mod tests {
     }
 
     #[test]
-    fn the_retiring_key_goes_after_the_token_lifetime_and_requests_wait_for_it() {
+    fn the_retire_clock_starts_when_every_pod_signs_with_the_promoted_key() {
         let keys = [
             key("a", KeyState::Retiring, 0),
             key("b", KeyState::Active, 100),
         ];
         let s = set(&keys, Some(110));
+        assert!(
+            s.confirming(),
+            "the pods are read until the promotion is confirmed"
+        );
+        // p2 has not reloaded the key set: it still signs with `a`, issuing tokens that
+        // live a token lifetime from now.
+        let lagging = [pod("p1", &["b", "a"]), pod("p2", &["a", "b"])];
+        assert_eq!(
+            decide(&timing(), &s, None, &lagging, t(112)),
+            Step::ConfirmingPromotion {
+                kid: "b".into(),
+                waiting_for: vec!["p2".into()],
+                since: t(110),
+                stalled: false
+            }
+        );
+        // Past the promotion's own deadline the key would have gone; it stays.
+        assert!(matches!(
+            decide(&timing(), &s, None, &lagging, t(131)),
+            Step::ConfirmingPromotion { stalled: true, .. }
+        ));
+        let all = [pod("p1", &["b", "a"]), pod("p2", &["b", "a"])];
+        assert_eq!(
+            decide(&timing(), &s, None, &all, t(132)),
+            Step::PromotionConfirmed {
+                kid: "b".into(),
+                waited: 22 * MIN,
+                retire_at: t(152)
+            }
+        );
+        // A confirmation from an earlier rotation does not count.
+        let mut stale = set(&keys, Some(110));
+        stale.promotion_confirmed_at = Some(t(50));
+        assert!(stale.confirming());
+    }
+
+    #[test]
+    fn the_retiring_key_goes_after_the_token_lifetime_and_requests_wait_for_it() {
+        let keys = [
+            key("a", KeyState::Retiring, 0),
+            key("b", KeyState::Active, 100),
+        ];
+        let mut s = set(&keys, Some(110));
+        s.promotion_confirmed_at = Some(t(110));
         assert_eq!(
             decide(&timing(), &s, Some("now"), &[], t(120)),
             Step::Holding { until: t(130) }

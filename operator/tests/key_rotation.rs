@@ -17,7 +17,9 @@ use kube::api::{Api, PostParams};
 use stoa_contract::keys::{KEYSET_FILE, KeySetFile, KeyState};
 use stoa_operator::controller::reconcile;
 use stoa_operator::crd::Stoa;
-use stoa_operator::key_rotation::{PROMOTED_AT_ANNOTATION, ROTATE_ANNOTATION};
+use stoa_operator::key_rotation::{
+    PROMOTED_AT_ANNOTATION, PROMOTION_CONFIRMED_AT_ANNOTATION, ROTATE_ANNOTATION,
+};
 
 fn secrets(cluster: &Cluster) -> Api<Secret> {
     Api::namespaced(cluster.client.clone(), "shop")
@@ -113,18 +115,8 @@ async fn a_requested_rotation_is_confirmed_by_every_pod_then_promoted_then_retir
     assert!(statuses.iter().all(|k| k.since.is_some()), "{statuses:?}");
 
     // The same request does not rotate twice, and the retiring key stays while tokens it
-    // signed may still be valid.
-    let from = cluster.mark();
-    cluster.reconcile().await;
-    assert!(
-        !calls_since(&cluster.log, from)
-            .iter()
-            .any(|c| c.path.contains("/secrets/") && c.is_write()),
-        "nothing to write while the retiring key waits"
-    );
-
-    // 4. Once the access-token lifetime plus leeway has passed since the promotion (here:
-    // the recorded promotion moved an hour back), the retiring key goes.
+    // signed may still be valid: the pods still sign with it (they list it first) until
+    // they reload the promoted key set, even with the promotion an hour old.
     let mut secret = secrets(&cluster).get("api-jwt-keys").await.unwrap();
     let an_hour_ago = k8s_openapi::jiff::Timestamp::now()
         .checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(1))
@@ -132,6 +124,49 @@ async fn a_requested_rotation_is_confirmed_by_every_pod_then_promoted_then_retir
     secret
         .annotations_mut()
         .insert(PROMOTED_AT_ANNOTATION.into(), an_hour_ago.to_string());
+    secrets(&cluster)
+        .replace("api-jwt-keys", &PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let from = cluster.mark();
+    let waiting = cluster.reconcile().await;
+    assert!(
+        !calls_since(&cluster.log, from)
+            .iter()
+            .any(|c| c.path.contains("/secrets/") && c.is_write()),
+        "nothing to write while pods still sign with the retiring key"
+    );
+    assert_eq!(
+        key_states(&cluster).await.len(),
+        2,
+        "{:?}",
+        rotation(&waiting)
+    );
+    assert_eq!(rotation(&waiting).waiting_for, ["api-1", "api-2"]);
+
+    // 4. Every ready pod signs with the new key: the retire clock starts now.
+    cluster.pods.set("api-1", &[&new, &old]);
+    cluster.pods.set("api-2", &[&new, &old]);
+    let from = cluster.mark();
+    let confirmed = cluster.reconcile().await;
+    assert!(
+        events_since(&cluster.log, from)
+            .contains(&("Normal".into(), "KeyPromotionConfirmed".into()))
+    );
+    assert_eq!(
+        key_states(&cluster).await.len(),
+        2,
+        "the retiring key stays"
+    );
+    assert!(rotation(&confirmed).next_step_at.is_some());
+
+    // 5. Once the access-token lifetime plus leeway has passed since then (here: the
+    // recorded confirmation moved an hour back), the retiring key goes.
+    let mut secret = secrets(&cluster).get("api-jwt-keys").await.unwrap();
+    secret.annotations_mut().insert(
+        PROMOTION_CONFIRMED_AT_ANNOTATION.into(),
+        an_hour_ago.to_string(),
+    );
     secrets(&cluster)
         .replace("api-jwt-keys", &PostParams::default(), &secret)
         .await

@@ -18,7 +18,9 @@ use kube::api::{Api, PostParams};
 use sqlx::PgPool;
 use stoa_contract::keys::KeyState;
 use stoa_operator::crd::Stoa;
-use stoa_operator::key_rotation::{PROMOTED_AT_ANNOTATION, ROTATE_ANNOTATION};
+use stoa_operator::key_rotation::{
+    PROMOTED_AT_ANNOTATION, PROMOTION_CONFIRMED_AT_ANNOTATION, ROTATE_ANNOTATION,
+};
 
 fn phase(s: &Stoa) -> String {
     s.status
@@ -50,15 +52,38 @@ async fn request_rotation(cluster: &Cluster, value: &str) {
 }
 
 /// Moves the recorded promotion back, as the passing of the access-token lifetime would.
-async fn age_promotion(cluster: &Cluster) {
+/// Once the operator has seen every pod sign with the promoted key (the retire clock's
+/// start), moves the promotion and that confirmation an hour back, as if the token
+/// lifetime had passed since.
+async fn age_promotion(cluster: &mut Cluster) {
+    cluster
+        .settle(
+            "every pod signs with the promoted key (confirmed)",
+            harness::SETTLE,
+            |s| {
+                s.status
+                    .as_ref()
+                    .and_then(|s| s.key_rotation.as_ref())
+                    .is_some_and(|r| r.phase == "Retiring" && r.next_step_at.is_some())
+            },
+        )
+        .await;
     let secrets: Api<Secret> = cluster.api();
     let mut secret = secrets.get("api-jwt-keys").await.unwrap();
+    assert!(
+        secret
+            .annotations()
+            .contains_key(PROMOTION_CONFIRMED_AT_ANNOTATION),
+        "the confirmation is recorded on the key Secret"
+    );
     let past = k8s_openapi::jiff::Timestamp::now()
         .checked_sub(k8s_openapi::jiff::SignedDuration::from_hours(1))
         .unwrap();
-    secret
-        .annotations_mut()
-        .insert(PROMOTED_AT_ANNOTATION.into(), past.to_string());
+    for annotation in [PROMOTED_AT_ANNOTATION, PROMOTION_CONFIRMED_AT_ANNOTATION] {
+        secret
+            .annotations_mut()
+            .insert(annotation.into(), past.to_string());
+    }
     secrets
         .replace("api-jwt-keys", &PostParams::default(), &secret)
         .await
@@ -147,7 +172,7 @@ async fn a_full_key_rotation_under_load_fails_no_request(pool: PgPool) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    age_promotion(&cluster).await;
+    age_promotion(&mut cluster).await;
     let retired = cluster
         .settle("retiring key removed", harness::SETTLE, |s| {
             phase(s) == "Idle"

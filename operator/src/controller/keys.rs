@@ -17,8 +17,8 @@ use crate::apply;
 use crate::crd::{KeyRotationStatus, KeyStatus, Stoa};
 use crate::error::{Error, Result};
 use crate::key_rotation::{
-    self, HANDLED_REQUEST_ANNOTATION, KeySet, PROMOTED_AT_ANNOTATION, PodKeys, ROTATE_ANNOTATION,
-    Step, Timing,
+    self, HANDLED_REQUEST_ANNOTATION, KeySet, PROMOTED_AT_ANNOTATION,
+    PROMOTION_CONFIRMED_AT_ANNOTATION, PodKeys, ROTATE_ANNOTATION, Step, Timing,
 };
 use crate::observe::PodReading;
 use crate::resources;
@@ -102,9 +102,13 @@ fn key_set_file(secret: &Secret) -> Option<KeySetFile> {
 }
 
 fn promoted_at(secret: &Secret) -> Option<Timestamp> {
+    annotated_time(secret, PROMOTED_AT_ANNOTATION)
+}
+
+fn annotated_time(secret: &Secret, annotation: &str) -> Option<Timestamp> {
     secret
         .annotations()
-        .get(PROMOTED_AT_ANNOTATION)
+        .get(annotation)
         .and_then(|t| t.parse().ok())
 }
 
@@ -148,6 +152,7 @@ pub(super) async fn rotate_keys(
     let set = KeySet {
         keys: &file.keys,
         promoted_at: promoted_at(&secret),
+        promotion_confirmed_at: annotated_time(&secret, PROMOTION_CONFIRMED_AT_ANNOTATION),
         handled: annotations
             .get(HANDLED_REQUEST_ANNOTATION)
             .map(String::as_str),
@@ -179,10 +184,13 @@ pub(super) async fn rotate_keys(
         if matches!(step, Step::Promote { .. }) {
             changes.push((PROMOTED_AT_ANNOTATION, now.to_string()));
         }
+        if matches!(step, Step::PromotionConfirmed { .. }) {
+            changes.push((PROMOTION_CONFIRMED_AT_ANNOTATION, now.to_string()));
+        }
         match write_key_set(ctx, target, &secret, keys, &changes).await? {
             Some(written) => {
                 secret = written;
-                record_step(ctx, stoa, &step, &file, &timing, now, pods.len()).await;
+                record_step(ctx, stoa, &step, &file, &timing, pods.len()).await;
             }
             // Someone else changed the Secret since it was read: decide again on fresh data.
             None => {
@@ -200,6 +208,7 @@ pub(super) async fn rotate_keys(
     let after_set = KeySet {
         keys: &after.keys,
         promoted_at: promoted_at(&secret),
+        promotion_confirmed_at: annotated_time(&secret, PROMOTION_CONFIRMED_AT_ANNOTATION),
         handled: None,
     };
     let status = rotation_status(&step, &after_set, &timing);
@@ -228,11 +237,35 @@ pub(super) async fn rotate_keys(
             }
             Some(message)
         }
+        Step::ConfirmingPromotion {
+            kid,
+            waiting_for,
+            stalled: true,
+            ..
+        } => {
+            let message = format!(
+                "{} still sign with the retiring key after {}: key {kid} was promoted, but \
+                 they have not reloaded the key set (the retiring key stays until they do; \
+                 check that the key Secret is mounted and the pods' stoa_keyset_reload_errors)",
+                waiting_for.join(", "),
+                humantime::format_duration(timing.confirm_timeout)
+            );
+            if previous.is_none_or(|p| p.phase != "Stalled") {
+                ctx.metrics.observe_rotation("keys", "stalled");
+                event(
+                    ctx,
+                    stoa,
+                    notice(EventType::Warning, "RotationStalled", message.clone()),
+                )
+                .await;
+            }
+            Some(message)
+        }
         _ => None,
     };
     let requeue = match &step {
         _ if step.writes() => Duration::from_secs(1),
-        Step::Confirming { .. } => CONFIRM_POLL,
+        Step::Confirming { .. } | Step::ConfirmingPromotion { .. } => CONFIRM_POLL,
         Step::Holding { until } | Step::Idle { due: until } => until_then(now, *until),
         _ => CONFIRM_POLL,
     };
@@ -255,6 +288,12 @@ async fn observe_pods(pods: &ReadyPods<'_>) -> Result<Vec<PodKeys>> {
             loaded: state
                 .as_ref()
                 .map(|s| s.keys.iter().map(|k| k.kid.clone()).collect()),
+            active: state.as_ref().and_then(|s| {
+                s.keys
+                    .iter()
+                    .find(|k| k.state == KeyState::Active)
+                    .map(|k| k.kid.clone())
+            }),
         })
         .collect())
 }
@@ -288,7 +327,6 @@ async fn record_step(
     step: &Step,
     before: &KeySetFile,
     timing: &Timing,
-    now: Timestamp,
     pods: usize,
 ) {
     let active = before
@@ -314,18 +352,28 @@ async fn record_step(
         Step::Promote { kid, waited } => {
             ctx.metrics.observe_rotation("keys", "promoted");
             ctx.metrics.observe_confirmation("keys", *waited);
-            let until = now
-                .checked_add(timing.retire_after)
-                .map_or_else(|_| "later".to_owned(), |t| t.to_string());
             (
                 "KeyPromoted",
                 format!(
-                    "signing key {kid} signs now ({pods} ready pods loaded it in {}); {active} \
-                     verifies until {until}",
-                    humantime::format_duration(Duration::from_secs(waited.as_secs()))
+                    "signing key {kid} is promoted ({pods} ready pods loaded it in {}); {active} \
+                     verifies until every ready pod signs with {kid}, then for {}",
+                    humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                    humantime::format_duration(timing.retire_after)
                 ),
             )
         }
+        Step::PromotionConfirmed {
+            kid,
+            waited,
+            retire_at,
+        } => (
+            "KeyPromotionConfirmed",
+            format!(
+                "every ready pod signs with {kid} ({} after the promotion); {active} verifies \
+                 until {retire_at}",
+                humantime::format_duration(Duration::from_secs(waited.as_secs()))
+            ),
+        ),
         Step::Retire { kids } => {
             ctx.metrics.observe_rotation("keys", "retired");
             (
@@ -370,7 +418,26 @@ fn rotation_status(step: &Step, set: &KeySet<'_>, timing: &Timing) -> KeyRotatio
             waiting_for.clone(),
             Some(format!("waiting for pods to load key {kid}")),
         ),
-        Step::Promote { .. } => ("Retiring", at(timing.retire_after), Vec::new(), None),
+        Step::Promote { .. } => (
+            "Retiring",
+            None,
+            Vec::new(),
+            Some("promoted; waiting for every ready pod to sign with the new key".to_owned()),
+        ),
+        Step::ConfirmingPromotion {
+            kid,
+            waiting_for,
+            stalled,
+            ..
+        } => (
+            if *stalled { "Stalled" } else { "Retiring" },
+            None,
+            waiting_for.clone(),
+            Some(format!("waiting for pods to sign with key {kid}")),
+        ),
+        Step::PromotionConfirmed { retire_at, .. } => {
+            ("Retiring", Some(*retire_at), Vec::new(), None)
+        }
         Step::Holding { until } => ("Retiring", Some(*until), Vec::new(), None),
     };
     KeyRotationStatus {
