@@ -18,6 +18,7 @@ pub mod resources;
 pub mod rollout;
 pub mod startup;
 pub mod status;
+pub mod triggers;
 pub mod worker_scale;
 
 use kube::CustomResourceExt;

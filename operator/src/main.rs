@@ -9,19 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::DynamicObject;
-use kube::runtime::Controller;
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use stoa_operator::controller::{Context, error_policy, reconcile, service_monitor_supported};
-use stoa_operator::crd::Stoa;
 use stoa_operator::metrics::Metrics;
 use stoa_operator::startup::{self, Health};
 
@@ -277,41 +267,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
 
-    let stoas: Api<Stoa> = scoped(&client, namespace);
-    let managed =
-        || watcher::Config::default().labels("app.kubernetes.io/managed-by=stoa-operator");
     let context = Arc::new(
         Context::new(client.clone(), metrics.clone())
             .with_service_monitors(service_monitors)
             .with_operator_namespace(&args.lease_namespace),
     );
     tracing::info!(namespace = ?args.namespace, service_monitors, "starting controller");
-    // Every type the reconciler writes is watched, so drift is corrected at once.
-    let mut controller = Controller::new(stoas, watcher::Config::default())
-        .owns(scoped::<Deployment>(&client, namespace), managed())
-        .owns(scoped::<Service>(&client, namespace), managed())
-        .owns(scoped::<ConfigMap>(&client, namespace), managed())
-        .owns(scoped::<ServiceAccount>(&client, namespace), managed())
-        .owns(scoped::<PodDisruptionBudget>(&client, namespace), managed())
-        .owns(scoped::<Ingress>(&client, namespace), managed())
-        .owns(scoped::<NetworkPolicy>(&client, namespace), managed())
-        .owns(
-            scoped::<HorizontalPodAutoscaler>(&client, namespace),
-            managed(),
-        )
-        .owns(scoped::<Job>(&client, namespace), managed())
-        .owns(
-            scoped::<Secret>(&client, namespace),
-            watcher::Config::default().labels("stoa.dev/secret=jwt-keys"),
-        );
-    if service_monitors {
-        let resource = stoa_operator::resources::service_monitor_resource();
-        let api: Api<DynamicObject> = match namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-            None => Api::all_with(client.clone(), &resource),
-        };
-        controller = controller.owns_with(api, resource, managed());
-    }
+    let controller = stoa_operator::triggers::controller(&client, namespace, service_monitors);
     controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
@@ -332,14 +294,3 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An API over one namespace, or all of them.
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}

@@ -159,7 +159,8 @@ pub(super) async fn scale(
             wanted_replicas: decision.wanted,
             effective_max_replicas: decision.effective_max,
             limited_by: decision.limited_by.as_str().to_owned(),
-            observed_in_flight: decision.observed.map(|c| format!("{c:.1}")),
+            // Rounded: the exact mean changes with every reading (metrics carry it).
+            observed_in_flight: decision.observed.map(crate::triggers::two_digits_f64),
             reason: decision.reason.to_owned(),
             frozen_by,
         }),

@@ -86,8 +86,13 @@ pub(super) async fn reconcile_workers(
         status: WorkerStatus {
             desired_replicas: decision.desired,
             ready_replicas: i32::try_from(readings.len()).unwrap_or(i32::MAX),
-            queued: depth.map(|d| i64::try_from(d.queued).unwrap_or(i64::MAX)),
-            running: depth.map(|d| i64::try_from(d.running).unwrap_or(i64::MAX)),
+            // Rounded: the exact counts change with every reading (metrics carry them).
+            queued: depth.map(|d| {
+                crate::triggers::two_digits(i64::try_from(d.queued).unwrap_or(i64::MAX / 2))
+            }),
+            running: depth.map(|d| {
+                crate::triggers::two_digits(i64::try_from(d.running).unwrap_or(i64::MAX / 2))
+            }),
             reason: decision.reason.into(),
         },
         requeue: WORKER_PERIOD,
