@@ -293,4 +293,3 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("controller stopped");
     Ok(())
 }
-

@@ -34,7 +34,7 @@ pub use crate::error::{Error, FIELD_MANAGER, HANDOVER_MANAGER, Result};
 
 mod credentials;
 mod keys;
-mod scaling;
+pub mod scaling;
 mod workers;
 
 use keys::{ensure_key_secret, key_status};
