@@ -41,9 +41,15 @@ pub const RULES: &[Rule] = &[
         // Delete: before dropping the database roles on deletion, no pod may use them.
         verbs: &["get", "list", "watch", "create", "patch", "delete"],
     },
+    // Delete: the workers' metrics Service goes when `spec.worker` is turned off.
     Rule {
         group: "",
-        resources: &["services", "configmaps", "serviceaccounts"],
+        resources: &["services"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+    },
+    Rule {
+        group: "",
+        resources: &["configmaps", "serviceaccounts"],
         verbs: &["get", "list", "watch", "create", "patch"],
     },
     // The signing-key Secret: created once, watched by label so a deletion is noticed, and
