@@ -1183,6 +1183,15 @@ spec:
         requests["cpu"].0, "1",
         "the API server stores the canonical form"
     );
+    // And fills in its defaults for what the operator left out.
+    assert_eq!(
+        stored.spec.as_ref().unwrap().progress_deadline_seconds,
+        Some(600)
+    );
+    assert_eq!(
+        container(&stored).termination_message_path.as_deref(),
+        Some("/dev/termination-log")
+    );
     let from = mark(&log);
     reconcile_stored(&client, "api").await;
     let writes: Vec<_> = calls_since(&log, from)
