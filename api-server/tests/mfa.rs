@@ -338,3 +338,58 @@ async fn an_admin_resets_a_lost_second_factor(pool: PgPool) {
         StatusCode::CONFLICT
     );
 }
+
+/// A sign-in waiting for its second factor proved the password of its time: after a
+/// password change, or once the second factor is turned off, it cannot be completed.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn pending_challenges_end_with_a_password_change_or_mfa_disable(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let (token, uri, recovery, confirmed_at) = enrolled(&app).await;
+    let pending = challenge_of(&sign_in(&app).await);
+    let changed = app
+        .put(
+            "/api/user",
+            Some(&token),
+            json!({"user": {"password": "a-new-password", "currentPassword": PASSWORD}}),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    let late = answer(&app, &pending, &recovery[0]).await;
+    assert_eq!(late.status, StatusCode::UNAUTHORIZED, "{}", late.text);
+    assert_eq!(errors(&late, "token"), ["challenge is invalid or expired"]);
+
+    // Signed in again (new password, a fresh code), a new challenge is pending when the
+    // second factor is turned off.
+    let login = app
+        .post(
+            "/api/users/login",
+            None,
+            json!({"user": {"email": "jake@example.com", "password": "a-new-password"}}),
+        )
+        .await;
+    let challenge = challenge_of(&login);
+    let done = answer(&app, &challenge, &code_at(&uri, confirmed_at + 30)).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    let token = done.body["user"]["token"].as_str().unwrap().to_owned();
+    challenge_of(
+        &app.post(
+            "/api/users/login",
+            None,
+            json!({"user": {"email": "jake@example.com", "password": "a-new-password"}}),
+        )
+        .await,
+    );
+    let disabled = app
+        .post(
+            "/api/user/mfa/totp/disable",
+            Some(&token),
+            json!({"currentPassword": "a-new-password", "code": recovery[1]}),
+        )
+        .await;
+    assert_eq!(disabled.status, StatusCode::NO_CONTENT, "{}", disabled.text);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM mfa_challenges")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "no challenge outlives the second factor");
+}

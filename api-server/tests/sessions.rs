@@ -136,6 +136,41 @@ async fn a_session_ends_at_its_absolute_lifetime_however_often_it_is_refreshed(p
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_session_without_a_recorded_end_cannot_be_refreshed_and_old_rows_are_backfilled(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.register("jake").await;
+    let (_, token) = login(&app, "jake").await;
+    // As a row written before sessions had an absolute lifetime.
+    sqlx::query("UPDATE refresh_tokens SET session_expires_at = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        refresh(&app, &token).await.status,
+        StatusCode::UNAUTHORIZED,
+        "no recorded end counts as ended, not as endless"
+    );
+
+    // The expand migration gives such rows the end of their current token.
+    sqlx::raw_sql(include_str!(
+        "../../migrations/20261205000001_session_expiry_backfill.up.sql"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let unbounded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM refresh_tokens
+         WHERE session_expires_at IS NULL OR session_expires_at <> expires_at",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unbounded, 0);
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn register_returns_a_refresh_token_and_garbage_is_refused(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let res = app

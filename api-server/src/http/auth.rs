@@ -103,7 +103,8 @@ async fn rotate(state: &AppState, ip: ClientIp, token: &str) -> ApiResult<UserRe
         "WITH spent AS (
              UPDATE refresh_tokens SET spent_at = now(), successor_hash = $2
              WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > now()
-               AND (session_expires_at IS NULL OR session_expires_at > now())
+               -- No end recorded (a row from before sessions had one) is past its end.
+               AND session_expires_at > now()
                -- A disabled account's sessions were revoked; this closes the race with it.
                AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL)
              RETURNING family_id, user_id, session_expires_at),

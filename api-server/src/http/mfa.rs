@@ -289,7 +289,9 @@ async fn disable_totp(
         return Err(ApiError::conflict("mfa", "is not on"));
     }
     sqlx::query(
-        "WITH codes AS (DELETE FROM mfa_recovery_codes WHERE user_id = $1)
+        "WITH codes AS (DELETE FROM mfa_recovery_codes WHERE user_id = $1),
+              -- A sign-in waiting for a second factor no longer has one to give.
+              challenges AS (DELETE FROM mfa_challenges WHERE user_id = $1)
          DELETE FROM user_totp WHERE user_id = $1",
     )
     .bind(auth.id)

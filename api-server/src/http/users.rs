@@ -359,6 +359,11 @@ async fn update_user(
              UPDATE refresh_tokens SET revoked_at = now()
              WHERE user_id IN (SELECT id FROM u) AND $4::text IS NOT NULL AND revoked_at IS NULL
              RETURNING family_id),
+          -- A sign-in that proved the old password and waits for its second factor must
+          -- not complete after the password changed.
+          challenges AS (
+             DELETE FROM mfa_challenges
+             WHERE user_id IN (SELECT id FROM u) AND $4::text IS NOT NULL),
           session AS (
              INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
              SELECT $9, $10, id, $11, $12 FROM u WHERE $4::text IS NOT NULL)
