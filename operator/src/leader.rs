@@ -40,6 +40,15 @@ impl std::fmt::Display for Lost {
     }
 }
 
+/// The Lease's `leaseDurationSeconds` (15, the manager's setting, if absent).
+fn lease_duration(lease: &Lease) -> i32 {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .unwrap_or(15)
+}
+
 /// Whether `lease` still shows `identity` holding it at `now`; the reason when not.
 pub fn check_lease(lease: &Lease, identity: &str, now: Timestamp) -> Result<(), String> {
     let spec = lease.spec.as_ref();
@@ -51,7 +60,7 @@ pub fn check_lease(lease: &Lease, identity: &str, now: Timestamp) -> Result<(), 
             "the lease is held by {holder:?}, not by this replica"
         ));
     }
-    let duration = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(15);
+    let duration = lease_duration(lease);
     let Some(renewed) = spec.and_then(|s| s.renew_time.as_ref()) else {
         return Err("the lease has no renewTime".to_owned());
     };
@@ -79,6 +88,7 @@ pub async fn lost(
     let mut ticker = tokio::time::interval(check_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_good = Timestamp::now();
+    let mut duration = 15;
     loop {
         tokio::select! {
             changed = leading.changed() => {
@@ -93,12 +103,15 @@ pub async fn lost(
                 let now = Timestamp::now();
                 match leases.get(name).await {
                     Ok(lease) => match check_lease(&lease, identity, now) {
-                        Ok(()) => last_good = now,
+                        Ok(()) => {
+                            last_good = now;
+                            duration = lease_duration(&lease);
+                        }
                         Err(why) => return Lost::NotRenewed(why),
                     },
                     Err(e) => {
                         let unsure_for = now.duration_since(last_good).as_secs();
-                        if unsure_for >= 15 {
+                        if unsure_for >= i64::from(duration) {
                             return Lost::NotRenewed(format!(
                                 "the lease could not be read for {unsure_for}s: {e}"
                             ));

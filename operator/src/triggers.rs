@@ -72,10 +72,25 @@ pub fn controller(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(reconcile_trigger, Default::default());
+    watching_owned(
+        Controller::for_stream(triggers, reader),
+        client,
+        namespace,
+        service_monitors,
+    )
+}
+
+/// `controller` watching every type the reconciler writes (those of `namespace`, or all),
+/// so drift is corrected at once.
+pub fn watching_owned(
+    controller: Controller<Stoa>,
+    client: &Client,
+    namespace: Option<&str>,
+    service_monitors: bool,
+) -> Controller<Stoa> {
     let managed =
         || watcher::Config::default().labels("app.kubernetes.io/managed-by=stoa-operator");
-    // Every type the reconciler writes is watched, so drift is corrected at once.
-    let mut controller = Controller::for_stream(triggers, reader)
+    let mut controller = controller
         .owns(scoped::<Deployment>(client, namespace), managed())
         .owns(scoped::<Service>(client, namespace), managed())
         .owns(scoped::<ConfigMap>(client, namespace), managed())

@@ -37,17 +37,17 @@ spec:
     )
 }
 
-async fn with_url_secret(stoa: &Stoa) -> (Client, Log) {
-    let (client, log) = cluster::with(stoa).await;
+/// A Secret `name` in `shop` holding a database `url`.
+async fn url_secret(client: &Client, name: &str, url: &str) {
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some("api-db".into()),
+            name: Some(name.into()),
             namespace: Some("shop".into()),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(
             "url".to_owned(),
-            ByteString(USER_URL.as_bytes().to_vec()),
+            ByteString(url.as_bytes().to_vec()),
         )])),
         ..Default::default()
     };
@@ -55,6 +55,11 @@ async fn with_url_secret(stoa: &Stoa) -> (Client, Log) {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
+}
+
+async fn with_url_secret(stoa: &Stoa) -> (Client, Log) {
+    let (client, log) = cluster::with(stoa).await;
+    url_secret(&client, "api-db", USER_URL).await;
     (client, log)
 }
 
@@ -260,22 +265,12 @@ async fn deletion_drops_the_roles_with_a_job_that_outlives_the_stoa_then_lets_go
 
 /// The admin credential the drop Job runs with (the user's Secret, not owned).
 async fn admin_secret(client: &Client) {
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("api-db-admin".into()),
-            namespace: Some("shop".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "url".to_owned(),
-            ByteString(b"postgres://admin:x@db.internal:5432/stoa".to_vec()),
-        )])),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), "shop")
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    url_secret(
+        client,
+        "api-db-admin",
+        "postgres://admin:x@db.internal:5432/stoa",
+    )
+    .await;
 }
 
 /// One reconcile of the stored Stoa with `metrics`; `None` once the Stoa is gone.
@@ -351,22 +346,7 @@ async fn a_foreground_deletion_drops_the_roles_with_a_job_whose_pod_can_start() 
 #[tokio::test]
 async fn in_a_namespace_being_deleted_the_stoa_goes_and_the_roles_are_reported_left() {
     let (client, _log, rules) = cluster::with_rules(&rotating()).await;
-    let url = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("api-db".into()),
-            namespace: Some("shop".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "url".to_owned(),
-            ByteString(USER_URL.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), "shop")
-        .create(&PostParams::default(), &url)
-        .await
-        .unwrap();
+    url_secret(&client, "api-db", USER_URL).await;
     admin_secret(&client).await;
     let metrics = Arc::new(Metrics::new());
     pass_with(&client, &metrics).await;

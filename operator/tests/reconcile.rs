@@ -1100,8 +1100,9 @@ fn mesh_and_digest_webhook(pod: &mut serde_json::Value) {
     );
 }
 
-#[tokio::test]
-async fn meshed_digest_pinned_pods_and_evicted_pods_do_not_hold_back_the_contract_step() {
+/// A converged Stoa on a meshed cluster, rolled out to `V2` (its expand step done): the
+/// contract step waits only for the pods.
+async fn meshed_and_rolled_out_to_v2() -> Client {
     let (client, _log, rules) = converged_from(&stoa("api")).await;
     rules.set_pod_webhook(mesh_and_digest_webhook);
     update_spec(&client, "api", |s| s.spec.image = V2.into()).await;
@@ -1109,6 +1110,12 @@ async fn meshed_digest_pinned_pods_and_evicted_pods_do_not_hold_back_the_contrac
     succeed(&client, V2, "expand", 3).await;
     reconcile_stored(&client, "api").await;
     roll_out(&client).await;
+    client
+}
+
+#[tokio::test]
+async fn meshed_digest_pinned_pods_and_evicted_pods_do_not_hold_back_the_contract_step() {
+    let client = meshed_and_rolled_out_to_v2().await;
     // The new revision's pods as the webhook left them, and an old pod the kubelet evicted
     // (phase Failed) that pod garbage collection has not removed yet.
     old_pod(&client, "api-new", resources::Component::Api, V2).await;
@@ -1143,13 +1150,7 @@ async fn meshed_digest_pinned_pods_and_evicted_pods_do_not_hold_back_the_contrac
 
 #[tokio::test]
 async fn a_pod_still_running_the_old_image_under_a_sidecar_holds_back_the_contract_step() {
-    let (client, _log, rules) = converged_from(&stoa("api")).await;
-    rules.set_pod_webhook(mesh_and_digest_webhook);
-    update_spec(&client, "api", |s| s.spec.image = V2.into()).await;
-    reconcile_stored(&client, "api").await;
-    succeed(&client, V2, "expand", 3).await;
-    reconcile_stored(&client, "api").await;
-    roll_out(&client).await;
+    let client = meshed_and_rolled_out_to_v2().await;
     old_pod(&client, "api-old", resources::Component::Api, V1).await;
     reconcile_stored(&client, "api").await;
     assert_eq!(contract_jobs(&client, V2).await, 0);

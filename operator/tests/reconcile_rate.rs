@@ -20,7 +20,7 @@ use fixtures::watching::Watching;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::{Controller, watcher};
@@ -72,26 +72,16 @@ async fn cluster() -> Client {
 }
 
 /// The controller as `stoa-operator run` built it before the trigger filter: the Stoa
-/// watched unfiltered (the same owned types).
+/// watched unfiltered, the same owned types.
 fn unfiltered(client: &Client) -> Controller<Stoa> {
-    let managed =
-        || watcher::Config::default().labels("app.kubernetes.io/managed-by=stoa-operator");
-    let ns = |c: &Client| c.clone();
-    Controller::new(
-        Api::<Stoa>::namespaced(client.clone(), "shop"),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Deployment>::namespaced(ns(client), "shop"), managed())
-    .owns(Api::<Service>::namespaced(ns(client), "shop"), managed())
-    .owns(Api::<ConfigMap>::namespaced(ns(client), "shop"), managed())
-    .owns(
-        Api::<ServiceAccount>::namespaced(ns(client), "shop"),
-        managed(),
-    )
-    .owns(Api::<Job>::namespaced(ns(client), "shop"), managed())
-    .owns(
-        Api::<Secret>::namespaced(ns(client), "shop"),
-        watcher::Config::default().labels("stoa.dev/secret=jwt-keys"),
+    stoa_operator::triggers::watching_owned(
+        Controller::new(
+            Api::<Stoa>::namespaced(client.clone(), "shop"),
+            watcher::Config::default(),
+        ),
+        client,
+        Some("shop"),
+        false,
     )
 }
 

@@ -631,6 +631,17 @@ pub(super) async fn finalize(
         );
         return release(ctx, stoa, target, "abandoned", note).await;
     }
+    drop_with_job(ctx, stoa, target, &group).await
+}
+
+/// The drop-roles Job's next step: start it, wait for it, retry it after its backoff, or
+/// let the Stoa go once it succeeded or can no longer succeed.
+async fn drop_with_job(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+    group: &str,
+) -> Result<Option<Duration>> {
     let jobs = target
         .api::<Job>(&ctx.client)
         .list(&ListParams::default().labels(&format!(
@@ -654,13 +665,7 @@ pub(super) async fn finalize(
         Some(crate::jobs::Finish::Running) => None,
         Some(crate::jobs::Finish::Complete) => {
             ctx.metrics.observe_role_drop("dropped");
-            let rest = stoa
-                .finalizers()
-                .iter()
-                .filter(|f| *f != FINALIZER)
-                .cloned()
-                .collect();
-            set_finalizers(ctx, stoa, target, rest).await?;
+            remove_finalizer(ctx, stoa, target).await?;
             let note = format!("dropped database roles {group}_a, {group}_b and {group}");
             event(
                 ctx,
@@ -697,7 +702,7 @@ pub(super) async fn finalize(
         }
     };
     if let Some(attempt) = next_attempt {
-        let job = resources::drop_roles_job(stoa, &group, &job_image(stoa), attempt)?;
+        let job = resources::drop_roles_job(stoa, group, &job_image(stoa), attempt)?;
         match super::create_job(ctx, target, &job).await {
             Ok(()) => {}
             Err(Error::Kube(kube::Error::Api(e))) if namespace_terminating(&e) => {
@@ -742,12 +747,17 @@ async fn release(
         notice(EventType::Warning, "DatabaseRolesLeft", note),
     )
     .await;
+    remove_finalizer(ctx, stoa, target).await?;
+    Ok(None)
+}
+
+/// Lets the Stoa go: its other finalizers stay.
+async fn remove_finalizer(ctx: &Context, stoa: &Stoa, target: &Target) -> Result<()> {
     let rest = stoa
         .finalizers()
         .iter()
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
-    set_finalizers(ctx, stoa, target, rest).await?;
-    Ok(None)
+    set_finalizers(ctx, stoa, target, rest).await
 }

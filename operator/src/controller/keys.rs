@@ -148,15 +148,7 @@ pub(super) async fn rotate_keys(
             target.names.keys
         ))
     })?;
-    let annotations = secret.annotations().clone();
-    let set = KeySet {
-        keys: &file.keys,
-        promoted_at: promoted_at(&secret),
-        promotion_confirmed_at: annotated_time(&secret, PROMOTION_CONFIRMED_AT_ANNOTATION),
-        handled: annotations
-            .get(HANDLED_REQUEST_ANNOTATION)
-            .map(String::as_str),
-    };
+    let set = key_set(&secret, &file.keys);
     let request = stoa
         .annotations()
         .get(ROTATE_ANNOTATION)
@@ -205,64 +197,20 @@ pub(super) async fn rotate_keys(
     }
 
     let after = key_set_file(&secret).unwrap_or(file);
-    let after_set = KeySet {
-        keys: &after.keys,
-        promoted_at: promoted_at(&secret),
-        promotion_confirmed_at: annotated_time(&secret, PROMOTION_CONFIRMED_AT_ANNOTATION),
-        handled: None,
-    };
-    let status = rotation_status(&step, &after_set, &timing);
-    let stalled = match &step {
-        Step::Confirming {
-            kid,
-            waiting_for,
-            stalled: true,
-            ..
-        } => {
-            let message = format!(
-                "signing key {kid} is not loaded by {} after {}: it will not sign until every \
-                 ready pod has it (check that the key Secret is mounted and the pods' \
-                 stoa_keyset_reload_errors)",
-                waiting_for.join(", "),
-                humantime::format_duration(timing.confirm_timeout)
-            );
-            if previous.is_none_or(|p| p.phase != "Stalled") {
-                ctx.metrics.observe_rotation("keys", "stalled");
-                event(
-                    ctx,
-                    stoa,
-                    notice(EventType::Warning, "RotationStalled", message.clone()),
-                )
-                .await;
-            }
-            Some(message)
-        }
-        Step::ConfirmingPromotion {
-            kid,
-            waiting_for,
-            stalled: true,
-            ..
-        } => {
-            let message = format!(
-                "{} still sign with the retiring key after {}: key {kid} was promoted, but \
-                 they have not reloaded the key set (the retiring key stays until they do; \
-                 check that the key Secret is mounted and the pods' stoa_keyset_reload_errors)",
-                waiting_for.join(", "),
-                humantime::format_duration(timing.confirm_timeout)
-            );
-            if previous.is_none_or(|p| p.phase != "Stalled") {
-                ctx.metrics.observe_rotation("keys", "stalled");
-                event(
-                    ctx,
-                    stoa,
-                    notice(EventType::Warning, "RotationStalled", message.clone()),
-                )
-                .await;
-            }
-            Some(message)
-        }
-        _ => None,
-    };
+    let status = rotation_status(&step, &key_set(&secret, &after.keys), &timing);
+    let stalled = stall_message(&step, &timing);
+    // Reported once, when the rotation enters the stall.
+    if let Some(message) = &stalled
+        && previous.is_none_or(|p| p.phase != "Stalled")
+    {
+        ctx.metrics.observe_rotation("keys", "stalled");
+        event(
+            ctx,
+            stoa,
+            notice(EventType::Warning, "RotationStalled", message.clone()),
+        )
+        .await;
+    }
     let requeue = match &step {
         _ if step.writes() => Duration::from_secs(1),
         Step::Confirming { .. } | Step::ConfirmingPromotion { .. } => CONFIRM_POLL,
@@ -275,6 +223,50 @@ pub(super) async fn rotate_keys(
         stalled,
         requeue,
     })
+}
+
+/// The key Secret as the protocol reads it.
+fn key_set<'a>(secret: &'a Secret, keys: &'a [stoa_contract::keys::KeyEntry]) -> KeySet<'a> {
+    KeySet {
+        keys,
+        promoted_at: promoted_at(secret),
+        promotion_confirmed_at: annotated_time(secret, PROMOTION_CONFIRMED_AT_ANNOTATION),
+        handled: secret
+            .annotations()
+            .get(HANDLED_REQUEST_ANNOTATION)
+            .map(String::as_str),
+    }
+}
+
+/// Why the rotation is stalled, for `Degraded`, if it is: pods that have not loaded the
+/// next key, or that still sign with the retiring one.
+fn stall_message(step: &Step, timing: &Timing) -> Option<String> {
+    let after = humantime::format_duration(timing.confirm_timeout);
+    match step {
+        Step::Confirming {
+            kid,
+            waiting_for,
+            stalled: true,
+            ..
+        } => Some(format!(
+            "signing key {kid} is not loaded by {} after {after}: it will not sign until every \
+             ready pod has it (check that the key Secret is mounted and the pods' \
+             stoa_keyset_reload_errors)",
+            waiting_for.join(", "),
+        )),
+        Step::ConfirmingPromotion {
+            kid,
+            waiting_for,
+            stalled: true,
+            ..
+        } => Some(format!(
+            "{} still sign with the retiring key after {after}: key {kid} was promoted, but \
+             they have not reloaded the key set (the retiring key stays until they do; \
+             check that the key Secret is mounted and the pods' stoa_keyset_reload_errors)",
+            waiting_for.join(", "),
+        )),
+        _ => None,
+    }
 }
 
 /// The ready pods of this Stoa and the keys each has loaded.
