@@ -40,6 +40,8 @@ fi
 
 export STOA_DATABASE_URL="$PG/$DB"
 export STOA_JWT_KEYS_DIR="$WORK/keys"
+"$SERVER" mfa-keys generate --dir "$WORK/mfa-keys" >/dev/null
+export STOA_MFA_KEYS_DIR="$WORK/mfa-keys"
 export STOA_LISTEN_ADDR="127.0.0.1:$PORT"
 export STOA_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT"
 export STOA_SHUTDOWN_DELAY=0s

@@ -14,6 +14,7 @@ use stoa_contract::pod::STATE_PATH;
 use tokio::net::TcpListener;
 
 use crate::auth::password::PasswordHashing;
+use crate::auth::sealing::SecretSealer;
 use crate::auth::tokens::{KeyRing, TokenService};
 use crate::config::Config;
 use crate::config::DatabaseUrlSource;
@@ -22,6 +23,7 @@ use crate::keys::{KeySetFile, generate_keyset};
 use crate::kv::Kv;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Parts};
+use stoa_contract::mfa_keys::MfaKeySetFile;
 
 pub struct App {
     pub state: AppState,
@@ -46,6 +48,20 @@ fn load_keys(config: &Config) -> anyhow::Result<(KeySetFile, Option<Vec<u8>>)> {
     }
 }
 
+/// The MFA key set named by the configuration (with the bytes read, for the watcher), or
+/// the fixed development key when none is configured (only `--dev` and commands that never
+/// touch second factors get that far: `serve` refuses to start without one).
+fn load_sealer(config: &Config) -> anyhow::Result<(SecretSealer, Option<Vec<u8>>)> {
+    match &config.auth.mfa_keys_dir {
+        Some(dir) => {
+            let (file, bytes) = MfaKeySetFile::read_dir_with_bytes(dir)?;
+            let sealer = SecretSealer::from_file(&file).context("invalid MFA key set")?;
+            Ok((sealer, Some(bytes)))
+        }
+        None => Ok((SecretSealer::development(), None)),
+    }
+}
+
 impl App {
     /// Builds everything that can fail at start-up, so `serve` either runs or exits with a
     /// clear error. `pool` overrides the configured database (tests pass their own).
@@ -57,8 +73,14 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {} (admin)", config.http.admin_addr))?;
         let (keyset, keyset_bytes) = load_keys(&config)?;
-        let state = assemble(config, pool, &keyset)?;
-        spawn_background_tasks(&state, keyset_bytes);
+        let (sealer, mfa_keys_bytes) = load_sealer(&config)?;
+        if mfa_keys_bytes.is_none() {
+            tracing::warn!(
+                "DEVELOPMENT MFA KEY: second-factor secrets are encrypted under a fixed, public key. Never use --dev in production; set STOA_MFA_KEYS_DIR."
+            );
+        }
+        let state = assemble(config, pool, &keyset, sealer)?;
+        spawn_background_tasks(&state, keyset_bytes, mfa_keys_bytes);
         Ok(App {
             state,
             listener,
@@ -70,12 +92,18 @@ impl App {
     /// no listeners, no background tasks (revocation checks read PostgreSQL directly), and
     /// a key set of its own, since its tokens never leave the process.
     pub fn state_only(config: Config, pool: Option<PgPool>) -> anyhow::Result<AppState> {
-        assemble(config, pool, &generate_keyset())
+        let (sealer, _) = load_sealer(&config)?;
+        assemble(config, pool, &generate_keyset(), sealer)
     }
 }
 
 /// The state, from the configuration and the signing key set.
-fn assemble(config: Config, pool: Option<PgPool>, keyset: &KeySetFile) -> anyhow::Result<AppState> {
+fn assemble(
+    config: Config,
+    pool: Option<PgPool>,
+    keyset: &KeySetFile,
+    sealer: SecretSealer,
+) -> anyhow::Result<AppState> {
     let ring = KeyRing::from_file(keyset).context("invalid signing key set")?;
     let metrics = Arc::new(Metrics::new(crate::schema::required_version()));
     metrics.publish_keys(ring.kids());
@@ -146,6 +174,7 @@ fn assemble(config: Config, pool: Option<PgPool>, keyset: &KeySetFile) -> anyhow
         config,
         database,
         tokens,
+        sealer,
         passwords,
         metrics,
         kv,
@@ -154,7 +183,11 @@ fn assemble(config: Config, pool: Option<PgPool>, keyset: &KeySetFile) -> anyhow
 }
 
 /// The feeds, watchers and monitors a serving replica runs beside its requests.
-fn spawn_background_tasks(state: &AppState, keyset_bytes: Option<Vec<u8>>) {
+fn spawn_background_tasks(
+    state: &AppState,
+    keyset_bytes: Option<Vec<u8>>,
+    mfa_keys_bytes: Option<Vec<u8>>,
+) {
     let keys_dir = state.config.auth.keys_dir.clone();
     let url_source = state.config.database.url_source.clone();
     let initial_url = state.config.database.url.clone();
@@ -207,6 +240,12 @@ fn spawn_background_tasks(state: &AppState, keyset_bytes: Option<Vec<u8>>) {
     crate::limits::spawn_reader(state.clone());
     if let (Some(dir), Some(loaded)) = (keys_dir, keyset_bytes) {
         crate::watch::spawn_keyset_watcher(state.clone(), dir, loaded);
+    }
+    // Rows in the clear or under a retired key are sealed again now, and after every
+    // change of the MFA key set.
+    crate::watch::spawn_reseal(state.clone());
+    if let (Some(dir), Some(loaded)) = (state.config.auth.mfa_keys_dir.clone(), mfa_keys_bytes) {
+        crate::watch::spawn_mfa_keys_watcher(state.clone(), dir, loaded);
     }
     if let DatabaseUrlSource::File(path) = url_source {
         crate::watch::spawn_credentials_watcher(

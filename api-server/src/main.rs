@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The key set that encrypts second-factor secrets (`mfa-keys.json`).
+    MfaKeys {
+        #[command(subcommand)]
+        command: MfaKeysCommand,
+    },
     /// Run background jobs and the maintenance schedules (one process per pod; run as
     /// many as the queue needs: they share the work through the database).
     Worker,
@@ -188,6 +193,37 @@ enum KeysCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum MfaKeysCommand {
+    /// Write a fresh MFA key set (one active key) to DIR/mfa-keys.json.
+    Generate {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Replace an existing key set (every secret sealed under it is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Add a new active key to DIR/mfa-keys.json; the current one is retired (still
+    /// decrypts). Serving pods seal every secret again under the new key once they load it.
+    Rotate {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Remove a retired key from DIR/mfa-keys.json. Refused while the database
+    /// (STOA_DATABASE_URL) still holds secrets sealed under it.
+    Drop {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        kid: String,
+    },
+    /// Second-factor secrets per sealing key, from the database.
+    Status,
+    /// Seal every secret in the clear or under a retired key with the active key of
+    /// STOA_MFA_KEYS_DIR now (serving pods do this by themselves).
+    Reseal,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -259,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::MfaKeys { command } => mfa_keys(command).await,
         Command::SearchLanguage { language } => {
             let config = Config::from_process_env_for_migrate()?;
             let pool = command_pool(&config).await?;
@@ -313,6 +350,89 @@ async fn command_pool(config: &Config) -> anyhow::Result<db::Pool> {
         .await
         .context("cannot connect to the database")?;
     Ok(db::Pool::new(pool))
+}
+
+async fn mfa_keys(command: MfaKeysCommand) -> anyhow::Result<()> {
+    use stoa_api::auth::sealing::{self, SecretSealer};
+    use stoa_contract::mfa_keys::{MFA_KEYS_FILE, MfaKeySetFile, generate_mfa_keyset};
+    let read = |dir: &std::path::Path| -> anyhow::Result<MfaKeySetFile> {
+        Ok(MfaKeySetFile::read_dir_with_bytes(dir)?.0)
+    };
+    let database = || async {
+        let config = Config::from_process_env_for_migrate()?;
+        command_pool(&config).await
+    };
+    match command {
+        MfaKeysCommand::Generate { dir, force } => {
+            if dir.join(MFA_KEYS_FILE).exists() && !force {
+                anyhow::bail!(
+                    "{} already exists; pass --force to replace it (secrets sealed under it become unreadable)",
+                    dir.join(MFA_KEYS_FILE).display()
+                );
+            }
+            let set = generate_mfa_keyset();
+            set.write_dir(&dir)
+                .with_context(|| format!("cannot write {}", dir.display()))?;
+            println!(
+                "wrote {} (active kid {})",
+                dir.join(MFA_KEYS_FILE).display(),
+                set.keys[0].kid
+            );
+        }
+        MfaKeysCommand::Rotate { dir } => {
+            let mut set = read(&dir)?;
+            set.parse()?;
+            let kid = set.rotate().kid.clone();
+            set.write_dir(&dir)
+                .with_context(|| format!("cannot write {}", dir.display()))?;
+            println!("new active MFA key {kid}; the previous keys are retired (still decrypt)");
+        }
+        MfaKeysCommand::Drop { dir, kid } => {
+            let mut set = read(&dir)?;
+            let pool = database().await?;
+            let sealed = sealing::rows_per_key(pool.sqlx())
+                .await?
+                .into_iter()
+                .find(|(key, _)| key.as_deref() == Some(kid.as_str()))
+                .map_or(0, |(_, rows)| rows);
+            if sealed > 0 {
+                anyhow::bail!(
+                    "{sealed} second-factor secrets are still sealed under {kid}: run `stoa-api mfa-keys reseal` (or wait for the serving pods) first"
+                );
+            }
+            if !set.drop_retired(&kid) {
+                anyhow::bail!("{kid} is not a retired key in {}", dir.display());
+            }
+            set.write_dir(&dir)
+                .with_context(|| format!("cannot write {}", dir.display()))?;
+            println!("dropped retired MFA key {kid}");
+        }
+        MfaKeysCommand::Status => {
+            let pool = database().await?;
+            for (kid, rows) in sealing::rows_per_key(pool.sqlx()).await? {
+                println!("{}\t{rows}", kid.as_deref().unwrap_or("(in the clear)"));
+            }
+        }
+        MfaKeysCommand::Reseal => {
+            let config = Config::from_process_env_for_migrate()?;
+            let dir = config.auth.mfa_keys_dir.clone().ok_or_else(|| {
+                anyhow::anyhow!("STOA_MFA_KEYS_DIR is not set: nothing to seal with")
+            })?;
+            let sealer = SecretSealer::from_file(&read(&dir)?)?;
+            let pool = command_pool(&config).await?;
+            let report = sealing::reseal_all(pool.sqlx(), &sealer).await?;
+            println!(
+                "resealed {} under {}; {} sealed under keys not in this set",
+                report.resealed,
+                sealer.active_kid(),
+                report.unreadable
+            );
+            if report.unreadable > 0 {
+                anyhow::bail!("some secrets could not be opened with this key set");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn admin(command: AdminCommand) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ use arc_swap::Guard;
 
 use crate::auth::password::PasswordHashing;
 use crate::auth::revocation::Revocations;
+use crate::auth::sealing::SecretSealer;
 use crate::auth::tokens::TokenService;
 use crate::cache::Cache;
 use crate::config::Config;
@@ -24,6 +25,8 @@ pub struct Inner {
     pub config: Config,
     pub database: Arc<Db>,
     pub tokens: TokenService,
+    /// Seals and opens second-factor secrets.
+    pub sealer: SecretSealer,
     pub passwords: PasswordHashing,
     pub metrics: Arc<Metrics>,
     pub kv: Option<Arc<Kv>>,
@@ -47,6 +50,7 @@ pub struct Parts {
     pub config: Config,
     pub database: Arc<Db>,
     pub tokens: TokenService,
+    pub sealer: SecretSealer,
     pub passwords: PasswordHashing,
     pub metrics: Arc<Metrics>,
     pub kv: Option<Arc<Kv>>,
@@ -58,6 +62,7 @@ impl AppState {
             config,
             database,
             tokens,
+            sealer,
             passwords,
             metrics,
             kv,
@@ -79,6 +84,7 @@ impl AppState {
             config,
             database,
             tokens,
+            sealer,
             passwords,
             metrics,
             kv,

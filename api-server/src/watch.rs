@@ -1,4 +1,5 @@
-//! Live reload of mounted files: the signing key set and the database credentials.
+//! Live reload of mounted files: the signing key set, the MFA key set and the database
+//! credentials.
 //!
 //! Kubernetes updates a mounted Secret by writing a new directory and swapping the `..data`
 //! symlink, so a reader sees either the old or the new contents, never a mix. We poll the
@@ -11,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
+use crate::auth::sealing::reseal_all;
 use crate::auth::tokens::KeyRing;
 use crate::config::{Config, DatabaseConfig, Secret, read_secret_file};
 use crate::db::Db;
 use crate::keys::{KEYSET_FILE, KeySetFile};
 use crate::metrics::{CredentialLabels, Metrics, OutcomeLabels};
 use crate::state::AppState;
+use stoa_contract::mfa_keys::{MFA_KEYS_FILE, MfaKeySetFile};
 
 /// Reloads the key set whenever `dir/keyset.json` changes. A bad update is logged and
 /// counted, and the last good key set stays in use.
@@ -144,4 +147,64 @@ async fn connect_checked(config: &DatabaseConfig, url: &Secret) -> Result<PgPool
     let pool = crate::db::pool(url, config)?;
     sqlx::query("SELECT 1").execute(&pool).await?;
     Ok(pool)
+}
+
+/// Reloads the MFA key set whenever `dir/mfa-keys.json` changes, then seals every
+/// second-factor secret again under the (possibly new) active key. A bad update is logged
+/// and counted with the signing-key reload errors; the loaded set stays in use.
+pub fn spawn_mfa_keys_watcher(state: AppState, dir: PathBuf, loaded: Vec<u8>) {
+    tokio::spawn(async move {
+        let path = dir.join(MFA_KEYS_FILE);
+        let mut last = loaded;
+        loop {
+            tokio::time::sleep(state.config.reload_interval).await;
+            let Ok(current) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            if current == last {
+                continue;
+            }
+            let replaced = MfaKeySetFile::from_slice(&current)
+                .map_err(|e| format!("not a valid MFA key set: {e}"))
+                .and_then(|file| state.sealer.replace(&file).map_err(|e| e.to_string()));
+            last = current;
+            match replaced {
+                Ok(()) => {
+                    tracing::info!(keys = ?state.sealer.kids(), "MFA key set reloaded");
+                    spawn_reseal(state.clone());
+                }
+                Err(error) => {
+                    state.metrics.keyset_reload_errors.inc();
+                    tracing::error!(error, path = %path.display(), "rejected MFA key set update; keeping the previous key set");
+                }
+            }
+        }
+    });
+}
+
+/// One pass of [`reseal_all`] in the background, retried every 30 s while the database
+/// cannot be reached.
+pub fn spawn_reseal(state: AppState) {
+    tokio::spawn(async move {
+        loop {
+            let pool = state.db().sqlx().clone();
+            match reseal_all(&pool, &state.sealer).await {
+                Ok(report) => {
+                    if report.resealed > 0 || report.unreadable > 0 {
+                        tracing::info!(target: "stoa::security", resealed = report.resealed,
+                            unreadable = report.unreadable, active_key = state.sealer.active_kid(),
+                            "second-factor secrets sealed under the active MFA key");
+                    }
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = crate::db::describe_error(&error),
+                        "cannot seal second-factor secrets yet; retrying in 30 s"
+                    );
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            }
+        }
+    });
 }

@@ -29,6 +29,7 @@ fn check_config_prints_settings_with_secrets_redacted() {
         )
         .env("STOA_REDIS_URL", "redis://:s3cret@cache:6379")
         .env("STOA_JWT_KEYS_DIR", keys.path())
+        .env("STOA_MFA_KEYS_DIR", keys.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -335,10 +336,15 @@ async fn access_logs_are_json_lines_sampled_one_in_n(pool: PgPool) {
     stoa_contract::keys::generate_keyset()
         .write_dir(keys.path())
         .unwrap();
+    let mfa_keys = tempfile::tempdir().unwrap();
+    stoa_contract::mfa_keys::generate_mfa_keyset()
+        .write_dir(mfa_keys.path())
+        .unwrap();
     let mut child = tokio::process::Command::from(stoa_api())
         .arg("serve")
         .env("STOA_DATABASE_URL", url_of(&pool))
         .env("STOA_JWT_KEYS_DIR", keys.path())
+        .env("STOA_MFA_KEYS_DIR", mfa_keys.path())
         .env("STOA_LISTEN_ADDR", "127.0.0.1:0")
         .env("STOA_ADMIN_ADDR", "127.0.0.1:0")
         .env("STOA_SHUTDOWN_DELAY", "0s")

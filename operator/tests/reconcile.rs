@@ -929,6 +929,81 @@ async fn the_key_secret_survives_reconciles_and_is_recreated_with_a_warning_when
     assert!(events["note"].as_str().unwrap().contains("now invalid"));
 }
 
+/// The MFA key set (second-factor secrets at rest): created once in its own Secret,
+/// owned by the Stoa, in the format stoa-api reads, mounted read-only where the ConfigMap
+/// says; a rotation done by hand (`stoa-api mfa-keys rotate` on the Secret's file) is
+/// never reverted by a reconcile.
+#[tokio::test]
+async fn the_mfa_key_secret_is_created_once_mounted_and_never_rewritten() {
+    use stoa_contract::mfa_keys::{MFA_KEYS_FILE, MfaKeySetFile};
+    let (client, _log) = converged().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "shop");
+    let secret = secrets.get("api-mfa-keys").await.unwrap();
+    assert!(
+        secret
+            .metadata
+            .owner_references
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|o| o.kind == "Stoa" && o.name == "api")
+    );
+    let file = &secret.data.as_ref().unwrap()[MFA_KEYS_FILE].0;
+    let mut set = MfaKeySetFile::from_slice(file).unwrap();
+    assert_eq!(set.parse().unwrap().len(), 1);
+
+    let d = deployment(&client).await.unwrap();
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "mfa-keys")
+        .expect("an mfa-keys volume");
+    assert_eq!(
+        volume.secret.unwrap().secret_name.as_deref(),
+        Some("api-mfa-keys")
+    );
+    let api = &pod.containers[0];
+    let mount = api
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "mfa-keys")
+        .expect("mounted in the API container");
+    assert_eq!(mount.mount_path, stoa_contract::paths::MFA_KEYS_MOUNT);
+    assert_eq!(mount.read_only, Some(true));
+    let config = Api::<ConfigMap>::namespaced(client.clone(), "shop")
+        .get("api-config")
+        .await
+        .unwrap();
+    assert_eq!(
+        config.data.unwrap()[stoa_contract::env::MFA_KEYS_DIR],
+        stoa_contract::paths::MFA_KEYS_MOUNT
+    );
+
+    // Rotated by hand: reconciles leave it as it is.
+    set.rotate();
+    let mut rotated = secret.clone();
+    rotated
+        .data
+        .as_mut()
+        .unwrap()
+        .insert(MFA_KEYS_FILE.into(), k8s_openapi::ByteString(set.to_json()));
+    rotated.metadata.managed_fields = None;
+    secrets
+        .replace("api-mfa-keys", &Default::default(), &rotated)
+        .await
+        .unwrap();
+    for i in 0..2 {
+        update_spec(&client, "api", |s| s.spec.replicas = 3 + i).await;
+        reconcile_stored(&client, "api").await;
+    }
+    let after = secrets.get("api-mfa-keys").await.unwrap();
+    assert_eq!(after.data.unwrap()[MFA_KEYS_FILE].0, set.to_json());
+}
+
 #[tokio::test]
 async fn optional_objects_are_removed_when_the_spec_drops_them() {
     let (client, log) = converged().await;

@@ -65,6 +65,10 @@ fn the_operators_config_map_is_a_valid_stoa_api_configuration() {
         Some(Path::new(resources::KEYS_MOUNT))
     );
     assert_eq!(
+        config.auth.mfa_keys_dir.as_deref(),
+        Some(Path::new(resources::MFA_KEYS_MOUNT))
+    );
+    assert_eq!(
         config.rate_limits.trusted_proxy_hops, 1,
         "behind the Ingress"
     );
@@ -77,8 +81,15 @@ async fn stoa_api_serves_with_the_key_secret_the_operator_creates(pool: PgPool) 
     let secret = resources::key_secret(&stoa(), &stoa_contract::keys::generate_keyset()).unwrap();
     let keys = tempfile::tempdir().unwrap();
     harness::kubelet::project(keys.path(), secret.data.as_ref().unwrap(), None);
+    let mfa_secret =
+        resources::mfa_key_secret(&stoa(), &stoa_contract::mfa_keys::generate_mfa_keyset())
+            .unwrap();
+    let mfa_keys = tempfile::tempdir().unwrap();
+    harness::kubelet::project(mfa_keys.path(), mfa_secret.data.as_ref().unwrap(), None);
 
-    let common::Served { base, stop, .. } = common::serve(pool, keys.path()).await;
+    let common::Served { base, stop, .. } =
+        common::serve_with_mfa_keys(pool.clone(), keys.path(), mfa_keys.path()).await;
+    let database = pool;
 
     let client = reqwest::Client::new();
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
@@ -113,5 +124,24 @@ async fn stoa_api_serves_with_the_key_secret_the_operator_creates(pool: PgPool) 
         .await
         .unwrap();
     assert_eq!(jwks["keys"][0]["kid"], file.keys[0].kid.as_str());
+
+    // A second factor enrolled through the API is sealed under the operator's MFA key.
+    let enrolled = client
+        .post(format!("{base}/api/user/mfa/totp"))
+        .header("Authorization", format!("Token {token}"))
+        .json(&json!({"currentPassword": "kube-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enrolled.status(), 200);
+    let mfa_file = stoa_contract::mfa_keys::MfaKeySetFile::from_slice(
+        &mfa_secret.data.unwrap()[stoa_contract::mfa_keys::MFA_KEYS_FILE].0,
+    )
+    .unwrap();
+    let kid: Option<String> = sqlx::query_scalar("SELECT secret_key_id FROM user_totp")
+        .fetch_one(&database)
+        .await
+        .unwrap();
+    assert_eq!(kid.as_deref(), Some(mfa_file.keys[0].kid.as_str()));
     let _ = stop.send(());
 }

@@ -5,6 +5,8 @@ pub const LISTEN_ADDR: &str = "STOA_LISTEN_ADDR";
 pub const ADMIN_ADDR: &str = "STOA_ADMIN_ADDR";
 pub const LOG_FORMAT: &str = "STOA_LOG_FORMAT";
 pub const JWT_KEYS_DIR: &str = "STOA_JWT_KEYS_DIR";
+/// The directory holding `mfa-keys.json` (second-factor secrets are encrypted under it).
+pub const MFA_KEYS_DIR: &str = "STOA_MFA_KEYS_DIR";
 pub const DATABASE_URL: &str = "STOA_DATABASE_URL";
 /// `<var>_FILE` names a file holding the secret value (a mounted Secret key).
 pub const DATABASE_URL_FILE: &str = "STOA_DATABASE_URL_FILE";

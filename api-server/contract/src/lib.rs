@@ -3,6 +3,7 @@
 //! operator never links the API server (sqlx, redis, argon2).
 //!
 //! - [`keys`]: the signing key-set file (`keyset.json`), its validation and generation.
+//! - [`mfa_keys`]: the key-set file that encrypts second-factor secrets (`mfa-keys.json`).
 //! - [`credentials`]: database credential rotation: the roles and `stoa-api credentials`.
 //! - [`env`]: the configuration variables the operator sets in stoa-api's ConfigMap.
 //! - [`paths`]: where the operator mounts Secrets in the pod.
@@ -13,6 +14,7 @@
 pub mod credentials;
 pub mod env;
 pub mod keys;
+pub mod mfa_keys;
 pub mod migration;
 pub mod paths;
 pub mod pod;

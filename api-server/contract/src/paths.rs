@@ -2,6 +2,9 @@
 
 /// The signing key Secret, mounted as a directory holding [`crate::keys::KEYSET_FILE`].
 pub const KEYS_MOUNT: &str = "/var/run/stoa/keys";
+/// The Secret with the key set that encrypts second-factor secrets, holding
+/// [`crate::mfa_keys::MFA_KEYS_FILE`].
+pub const MFA_KEYS_MOUNT: &str = "/var/run/stoa/mfa-keys";
 /// The database URL Secret key, mounted as `<DATABASE_MOUNT>/<URL_FILE>`.
 pub const DATABASE_MOUNT: &str = "/var/run/stoa/database";
 /// The migration credential (admin URL when given), mounted only into migration Jobs.

@@ -10,6 +10,7 @@ pub mod refresh;
 pub mod retention;
 pub mod revocation;
 pub mod role;
+pub mod sealing;
 pub mod tokens;
 pub mod totp;
 

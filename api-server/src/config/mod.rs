@@ -109,6 +109,9 @@ pub use stoa_contract::env::MAX_JWT_LEEWAY;
 pub struct AuthConfig {
     /// Directory holding `keyset.json` (see `keys.rs`); `None` only in `--dev`.
     pub keys_dir: Option<PathBuf>,
+    /// Directory holding `mfa-keys.json`, which encrypts second-factor secrets
+    /// (`auth::sealing`); `None` only in `--dev` (a fixed development key).
+    pub mfa_keys_dir: Option<PathBuf>,
     pub issuer: String,
     pub audience: String,
     pub access_token_ttl: Duration,
@@ -474,10 +477,19 @@ impl Config {
                 hint: " (a directory with keyset.json; create one with `stoa-api keys generate --dir DIR`)",
             });
         }
+        let mfa_keys_dir =
+            s.optional::<PathBuf>("STOA_MFA_KEYS_DIR", "(dev: a fixed development key)")?;
+        if mfa_keys_dir.is_none() && !dev && require_keys {
+            return Err(ConfigError::Missing {
+                name: "STOA_MFA_KEYS_DIR",
+                hint: " (a directory with mfa-keys.json; create one with `stoa-api mfa-keys generate --dir DIR`)",
+            });
+        }
         let access_token_ttl =
             s.read(Setting::new("STOA_ACCESS_TOKEN_TTL", secs(15 * 60)).at_least(secs(10)))?;
         let auth = AuthConfig {
             keys_dir,
+            mfa_keys_dir,
             issuer: s.read(Setting::new("STOA_JWT_ISSUER", "stoa".to_owned()))?,
             audience: s.read(Setting::new("STOA_JWT_AUDIENCE", "stoa-api".to_owned()))?,
             access_token_ttl,
@@ -716,6 +728,21 @@ mod tests {
             err,
             ConfigError::Missing {
                 name: "STOA_JWT_KEYS_DIR",
+                ..
+            }
+        ));
+        let err = Config::from_env(
+            &env(&[
+                ("STOA_DATABASE_URL", "postgres://x@h/db"),
+                ("STOA_JWT_KEYS_DIR", "/keys"),
+            ]),
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                name: "STOA_MFA_KEYS_DIR",
                 ..
             }
         ));

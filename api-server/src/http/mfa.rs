@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::auth::refresh;
+use crate::auth::sealing::StoredSecret;
 use crate::auth::totp::{self, Authenticator};
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
@@ -193,16 +194,20 @@ async fn enroll_totp(
     )
     .await?;
     let secret = Authenticator::generate_secret();
+    // Only the sealed form is stored (`auth::sealing`).
+    let sealed = state.sealer.seal(auth.id, &secret);
     let authenticator =
-        Authenticator::new(secret.clone(), &username).map_err(|e| ApiError::Internal(e.into()))?;
+        Authenticator::new(secret, &username).map_err(|e| ApiError::Internal(e.into()))?;
     // An enrolment in progress is replaced; one that is confirmed is not touched.
     let stored = sqlx::query(
-        "INSERT INTO user_totp (user_id, secret) VALUES ($1, $2)
-         ON CONFLICT (user_id) DO UPDATE SET secret = EXCLUDED.secret, last_step = 0, created_at = now()
+        "INSERT INTO user_totp (user_id, sealed_secret, secret_key_id) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id) DO UPDATE SET secret = NULL, sealed_secret = EXCLUDED.sealed_secret,
+             secret_key_id = EXCLUDED.secret_key_id, last_step = 0, created_at = now()
          WHERE user_totp.confirmed_at IS NULL",
     )
     .bind(auth.id)
-    .bind(&secret)
+    .bind(&sealed.bytes)
+    .bind(&sealed.kid)
     .execute(&**state.db())
     .await?;
     if stored.rows_affected() == 0 {
@@ -404,8 +409,15 @@ async fn authenticator(
     user_id: Uuid,
     confirmed: bool,
 ) -> ApiResult<Option<Authenticator>> {
-    let found: Option<(Vec<u8>, String)> = sqlx::query_as(
-        "SELECT t.secret, u.username FROM user_totp t JOIN users u ON u.id = t.user_id
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        username: String,
+        #[sqlx(flatten)]
+        stored: StoredSecret,
+    }
+    let found: Option<Row> = sqlx::query_as(
+        "SELECT u.username, t.secret, t.sealed_secret, t.secret_key_id
+         FROM user_totp t JOIN users u ON u.id = t.user_id
          WHERE t.user_id = $1 AND (t.confirmed_at IS NOT NULL) = $2",
     )
     .bind(user_id)
@@ -413,7 +425,13 @@ async fn authenticator(
     .fetch_optional(&**state.db())
     .await?;
     found
-        .map(|(secret, username)| {
+        .map(|Row { username, stored }| {
+            // A secret that does not open is a deployment fault (a key dropped too early,
+            // or the wrong key set mounted), never the user's: a 500 that names no secret.
+            let secret = state
+                .sealer
+                .open_row(user_id, &stored)
+                .map_err(|e| ApiError::Internal(e.into()))?;
             Authenticator::new(secret, &username).map_err(|e| ApiError::Internal(e.into()))
         })
         .transpose()

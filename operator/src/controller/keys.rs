@@ -96,6 +96,43 @@ pub(super) async fn ensure_key_secret(
     }
 }
 
+/// Makes sure the Secret with the MFA key set exists (created once, never rewritten: see
+/// `resources::mfa_key_secret`). A Secret deleted by hand is recreated (with a new key).
+pub(super) async fn ensure_mfa_key_secret(
+    ctx: &Context,
+    stoa: &Stoa,
+    target: &Target,
+) -> Result<()> {
+    let api: Api<Secret> = target.api(&ctx.client);
+    let name = &target.names.mfa_keys;
+    if let Some(existing) = api.get_opt(name).await? {
+        if !apply::owned_by(&existing, &target.uid) {
+            return Err(Error::NotOwned {
+                kind: "Secret",
+                name: name.clone(),
+            });
+        }
+        return Ok(());
+    }
+    let secret = resources::mfa_key_secret(stoa, &stoa_contract::mfa_keys::generate_mfa_keyset())?;
+    if apply::create_once(&api, &secret).await?.is_some() {
+        // The operator cannot tell a first creation from a Secret deleted by hand (an
+        // upgraded Stoa has signing keys but no MFA Secret yet), so the event says both.
+        let message = format!(
+            "created the MFA key set in Secret {name}. If a Secret of that name was deleted, \
+             second factors enrolled under it cannot be read: restore it from a backup, or \
+             reset MFA for those users (stoa-api admin reset-mfa)"
+        );
+        event(
+            ctx,
+            stoa,
+            notice(EventType::Normal, "MfaKeySetCreated", message),
+        )
+        .await;
+    }
+    Ok(())
+}
+
 fn key_set_file(secret: &Secret) -> Option<KeySetFile> {
     let bytes = secret.data.as_ref()?.get(KEYSET_FILE)?;
     serde_json::from_slice(&bytes.0).ok()

@@ -37,7 +37,7 @@ mod keys;
 pub mod scaling;
 mod workers;
 
-use keys::{ensure_key_secret, key_status};
+use keys::{ensure_key_secret, ensure_mfa_key_secret, key_status};
 
 /// A pod that has not answered within this is not confirmed.
 const POD_READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -245,6 +245,7 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
     }
 
     let keys = ensure_key_secret(ctx, stoa, &target).await?;
+    ensure_mfa_key_secret(ctx, stoa, &target).await?;
     let ready = ReadyPods::new(ctx, stoa, &target);
     let rotation = keys::rotate_keys(ctx, stoa, &target, keys, &ready).await?;
     let credential_pass = credentials::rotate_credentials(ctx, stoa, &target, &ready).await?;

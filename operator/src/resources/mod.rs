@@ -29,8 +29,8 @@ pub use credentials::*;
 pub const API_PORT: i32 = 8080;
 pub const METRICS_PORT: i32 = 9090;
 pub use stoa_contract::paths::{
-    CA_FILE, DATABASE_CA_MOUNT, DATABASE_MOUNT, DATABASE_READ_MOUNT, KEYS_MOUNT, REDIS_CA_MOUNT,
-    REDIS_MOUNT,
+    CA_FILE, DATABASE_CA_MOUNT, DATABASE_MOUNT, DATABASE_READ_MOUNT, KEYS_MOUNT, MFA_KEYS_MOUNT,
+    REDIS_CA_MOUNT, REDIS_MOUNT,
 };
 pub const CONFIG_HASH_ANNOTATION: &str = "stoa.dev/config-hash";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
@@ -94,6 +94,8 @@ pub struct Names {
     pub worker: String,
     pub config: String,
     pub keys: String,
+    /// The key set that encrypts second-factor secrets at rest.
+    pub mfa_keys: String,
     /// The connection Secret of the credential rotation.
     pub credentials: String,
 }
@@ -105,6 +107,7 @@ impl Names {
             worker: format!("{base}-worker"),
             config: format!("{base}-config"),
             keys: format!("{base}-jwt-keys"),
+            mfa_keys: format!("{base}-mfa-keys"),
             credentials: format!("{base}-db-credentials"),
             base,
         }
@@ -267,6 +270,7 @@ pub fn config_map(stoa: &Stoa) -> Result<ConfigMap> {
         ),
         (env::LOG_FORMAT.to_owned(), "json".to_owned()),
         (env::JWT_KEYS_DIR.to_owned(), KEYS_MOUNT.to_owned()),
+        (env::MFA_KEYS_DIR.to_owned(), MFA_KEYS_MOUNT.to_owned()),
         (
             env::DATABASE_URL_FILE.to_owned(),
             format!("{DATABASE_MOUNT}/{URL_FILE}"),
@@ -323,6 +327,30 @@ pub fn key_secret(stoa: &Stoa, keyset: &stoa_contract::keys::KeySetFile) -> Resu
         data: Some(BTreeMap::from([(
             stoa_contract::keys::KEYSET_FILE.to_owned(),
             ByteString(json),
+        )])),
+        ..Secret::default()
+    })
+}
+
+/// The Secret with the key set that encrypts second-factor secrets (`mfa-keys.json`,
+/// `stoa_contract::mfa_keys`). Created once; never overwritten or rotated by the operator:
+/// a key may only go once no secret is sealed under it, which only the database knows
+/// (rotation is `stoa-api mfa-keys rotate`, docs/operations.md).
+pub fn mfa_key_secret(
+    stoa: &Stoa,
+    keyset: &stoa_contract::mfa_keys::MfaKeySetFile,
+) -> Result<Secret> {
+    let mut metadata = meta(stoa, &Names::of(stoa).mfa_keys)?;
+    metadata
+        .labels
+        .get_or_insert_default()
+        .insert("stoa.dev/secret".into(), "mfa-keys".into());
+    Ok(Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            stoa_contract::mfa_keys::MFA_KEYS_FILE.to_owned(),
+            ByteString(keyset.to_json()),
         )])),
         ..Secret::default()
     })
@@ -543,13 +571,19 @@ fn program_deployment(
     ];
     let mut mounts = vec![database_mount, json!({"name": "tmp", "mountPath": "/tmp"})];
     if !worker {
-        volumes.insert(
-            0,
-            json!({"name": "keys", "secret": {"secretName": names.keys, "defaultMode": 0o440}}),
+        volumes.splice(
+            0..0,
+            [
+                json!({"name": "keys", "secret": {"secretName": names.keys, "defaultMode": 0o440}}),
+                json!({"name": "mfa-keys", "secret": {"secretName": names.mfa_keys, "defaultMode": 0o440}}),
+            ],
         );
-        mounts.insert(
-            0,
-            json!({"name": "keys", "mountPath": KEYS_MOUNT, "readOnly": true}),
+        mounts.splice(
+            0..0,
+            [
+                json!({"name": "keys", "mountPath": KEYS_MOUNT, "readOnly": true}),
+                json!({"name": "mfa-keys", "mountPath": MFA_KEYS_MOUNT, "readOnly": true}),
+            ],
         );
     }
     if let Some(read) = spec

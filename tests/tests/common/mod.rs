@@ -16,8 +16,19 @@ pub struct Served {
     pub stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// A running stoa-api on `pool`, with its key set read from `keys_dir`.
+/// A running stoa-api on `pool`, with its key set read from `keys_dir` and a fresh MFA
+/// key set of its own (in `keys_dir/.mfa`).
 pub async fn serve(pool: PgPool, keys_dir: &Path) -> Served {
+    let mfa_dir = keys_dir.join(".mfa");
+    stoa_contract::mfa_keys::generate_mfa_keyset()
+        .write_dir(&mfa_dir)
+        .unwrap();
+    serve_with_mfa_keys(pool, keys_dir, &mfa_dir).await
+}
+
+/// A running stoa-api on `pool`, with its signing keys from `keys_dir` and its MFA key set
+/// from `mfa_keys_dir`.
+pub async fn serve_with_mfa_keys(pool: PgPool, keys_dir: &Path, mfa_keys_dir: &Path) -> Served {
     let env: HashMap<&str, String> = HashMap::from([
         ("STOA_LISTEN_ADDR", "127.0.0.1:0".into()),
         ("STOA_ADMIN_ADDR", "127.0.0.1:0".into()),
@@ -27,6 +38,7 @@ pub async fn serve(pool: PgPool, keys_dir: &Path) -> Served {
             "postgres://unused@127.0.0.1/unused".into(),
         ),
         ("STOA_JWT_KEYS_DIR", keys_dir.to_str().unwrap().into()),
+        ("STOA_MFA_KEYS_DIR", mfa_keys_dir.to_str().unwrap().into()),
         ("STOA_ARGON2_MEMORY_KIB", "1024".into()),
         ("STOA_ARGON2_ITERATIONS", "1".into()),
         ("STOA_LOG", "warn".into()),
