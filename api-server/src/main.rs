@@ -598,13 +598,23 @@ async fn seed(dev: bool, when: stoa_api::seed::WhenNotEmpty) -> anyhow::Result<(
     let state = App::state_only(config, None)?;
     let pool = state.db().as_ref().clone();
     if dev {
-        db::MIGRATOR
-            .run(pool.sqlx())
-            .await
-            .context("migrating the development database")?;
+        migrate_dev_database(&pool).await?;
     }
     let summary = stoa_api::seed::load(stoa_api::http::router(state), &pool, when).await?;
     println!("{summary}");
+    Ok(())
+}
+
+/// `--dev`: the development database gets every migration, through the same migrator as
+/// `stoa-api migrate` (a database ahead by expand steps, e.g. after switching to an older
+/// branch, is tolerated; one ahead by a contract step is refused with the reason).
+async fn migrate_dev_database(pool: &db::Pool) -> anyhow::Result<()> {
+    let run = schema::migrate(pool, Phase::All, false)
+        .await
+        .context("migrating the development database")?;
+    if !run.applied.is_empty() {
+        tracing::info!(applied = ?run.applied, "development database migrated");
+    }
     Ok(())
 }
 
@@ -628,10 +638,7 @@ async fn serve(dev: bool) -> anyhow::Result<()> {
     }
     let app = App::build(config, None).await?;
     if dev {
-        db::MIGRATOR
-            .run(app.state.db().sqlx())
-            .await
-            .context("migrating the development database")?;
+        migrate_dev_database(&app.state.db()).await?;
     }
     tracing::info!(
         api = %app.local_addr()?,

@@ -222,18 +222,21 @@ pub enum Bucket {
     User,
     /// Register, login and refresh, per client address.
     Auth,
-    /// Login attempts, per account.
+    /// Login attempts, per (account, client address).
     Login,
+    /// Login attempts, per account from every address (the ceiling).
+    LoginAccount,
     /// Second-factor codes, per account.
     Mfa,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 5] = [
+    pub const ALL: [Bucket; 6] = [
         Bucket::Ip,
         Bucket::User,
         Bucket::Auth,
         Bucket::Login,
+        Bucket::LoginAccount,
         Bucket::Mfa,
     ];
 
@@ -243,6 +246,7 @@ impl Bucket {
             Bucket::User => "user",
             Bucket::Auth => "auth",
             Bucket::Login => "login",
+            Bucket::LoginAccount => "login_account",
             Bucket::Mfa => "mfa",
         }
     }
@@ -255,6 +259,9 @@ pub enum SecurityEvent {
     CurrentPasswordRejected,
     RefreshTokenInvalid,
     RefreshTokenReuse,
+    /// A spent refresh token presented again within the reuse grace by the same client
+    /// (a second tab): the same successor was handed out.
+    RefreshGraceUsed,
     /// The right password for a disabled account.
     DisabledAccountLogin,
     /// A signed-in caller without the admin role tried an admin route.
@@ -268,11 +275,12 @@ pub enum SecurityEvent {
 }
 
 impl SecurityEvent {
-    pub const ALL: [SecurityEvent; 9] = [
+    pub const ALL: [SecurityEvent; 10] = [
         SecurityEvent::LoginFailed,
         SecurityEvent::CurrentPasswordRejected,
         SecurityEvent::RefreshTokenInvalid,
         SecurityEvent::RefreshTokenReuse,
+        SecurityEvent::RefreshGraceUsed,
         SecurityEvent::DisabledAccountLogin,
         SecurityEvent::AdminDenied,
         SecurityEvent::AdminAction,
@@ -286,6 +294,7 @@ impl SecurityEvent {
             SecurityEvent::CurrentPasswordRejected => "current_password_rejected",
             SecurityEvent::RefreshTokenInvalid => "refresh_token_invalid",
             SecurityEvent::RefreshTokenReuse => "refresh_token_reuse",
+            SecurityEvent::RefreshGraceUsed => "refresh_grace_used",
             SecurityEvent::DisabledAccountLogin => "disabled_account_login",
             SecurityEvent::AdminDenied => "admin_denied",
             SecurityEvent::AdminAction => "admin_action",

@@ -340,6 +340,104 @@ async fn login_is_throttled_per_account_without_revealing_existence(pool: PgPool
     assert_eq!(ok.status, StatusCode::OK);
 }
 
+/// A login from `client` (behind one trusted proxy, so `X-Forwarded-For` names it).
+async fn login_from(app: &TestApp, client: &str, password: &str) -> StatusCode {
+    reqwest::Client::new()
+        .post(app.url("/api/users/login"))
+        .header("X-Forwarded-For", client)
+        .json(&json!({"user": {"email": "jake@example.com", "password": password}}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// OWASP's authentication guidance: guessing a password from one place must not lock the
+/// owner out. The budget is per (account, client); a ceiling per account bounds guessing
+/// spread over many addresses, and a client past its own budget does not spend it.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_guesser_cannot_lock_the_owner_out_and_many_guessers_meet_a_ceiling(pool: PgPool) {
+    let (_redis, app) = with_redis(
+        pool,
+        &[
+            ("STOA_TRUSTED_PROXY_HOPS", "1"),
+            ("STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT", "3/15m"),
+            ("STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEILING", "6/15m"),
+        ],
+    )
+    .await;
+    app.register("jake").await;
+    let attacker = "203.0.113.9";
+    for _ in 0..3 {
+        assert_eq!(
+            login_from(&app, attacker, "guess").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            login_from(&app, attacker, "guess").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    // The owner, elsewhere, signs in (the refused guesses did not reach the ceiling: 4 of 6).
+    assert_eq!(
+        login_from(&app, "198.51.100.7", "password-jake").await,
+        StatusCode::OK
+    );
+    // Guesses from two more addresses fill the ceiling; then every client is refused.
+    for spread in ["203.0.113.10", "203.0.113.11"] {
+        assert_eq!(
+            login_from(&app, spread, "guess").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        login_from(&app, "203.0.113.12", "guess").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"stoa_rate_limited_requests_total{bucket="login"} 10"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"stoa_rate_limited_requests_total{bucket="login_account"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// A leaked access token that has been revoked (its session logged out) is refused
+/// before it costs anything: its user's budget stays whole for the owner's other sessions.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn a_revoked_token_does_not_spend_its_users_budget(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &[("STOA_RATE_LIMIT_PER_USER", "4/10m")]).await;
+    app.register("jake").await;
+    eventually("the revocation feed is live", || async {
+        app.metrics().await.contains(common::FEED_LIVE)
+    })
+    .await;
+    let (leaked, _) = common::login(&app, "jake").await;
+    let logout = app.post("/api/auth/logout", Some(&leaked), json!({})).await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    for _ in 0..10 {
+        let res = app.get("/api/user", Some(&leaked)).await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{}", res.text);
+    }
+    // The logout spent 1 of the 4; the 10 refusals spent nothing.
+    let (owner, _) = common::login(&app, "jake").await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.get("/api/user", Some(&owner)).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        app.get("/api/user", Some(&owner)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn credential_endpoints_have_a_stricter_budget(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &[("STOA_RATE_LIMIT_AUTH", "2/1m")]).await;

@@ -556,3 +556,47 @@ async fn dead_jobs_are_listed_and_retried_from_the_command_line(pool: PgPool) {
             .contains("is not dead")
     );
 }
+
+/// `serve --dev` migrates like `stoa-api migrate`: a development database that is ahead
+/// by an expand step (another branch's migration) is tolerated, not refused with
+/// "previously applied but is missing".
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn serve_dev_tolerates_a_database_ahead_by_an_expand_step(pool: PgPool) {
+    use tokio::io::AsyncBufReadExt;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000001, 'a later branch adds a column', true, '\\x00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut child = tokio::process::Command::from(stoa_api())
+        .args(["serve", "--dev"])
+        .env("STOA_DATABASE_URL", url_of(&pool))
+        .env("STOA_LISTEN_ADDR", "127.0.0.1:0")
+        .env("STOA_ADMIN_ADDR", "127.0.0.1:0")
+        .env("STOA_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(r#""message":"starting""#) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let _ = child.start_kill();
+    let output = child.wait_with_output().await.unwrap();
+    assert!(
+        started,
+        "serve --dev did not start: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

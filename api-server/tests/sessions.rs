@@ -105,6 +105,68 @@ async fn two_tabs_refreshing_at_once_share_one_successor_instead_of_logging_out(
     assert_eq!(refresh(&app, newest).await.status, StatusCode::UNAUTHORIZED);
 }
 
+/// A refresh as a given browser or program sends it.
+async fn refresh_as(app: &TestApp, agent: &str, token: &str) -> common::Response {
+    let res = reqwest::Client::new()
+        .post(app.url("/api/auth/refresh"))
+        .header("User-Agent", agent)
+        .json(&json!({"refreshToken": token}))
+        .send()
+        .await
+        .unwrap();
+    common::Response::read(res).await
+}
+
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+
+/// Within the grace, a spent token yields its successor again only to the client that
+/// spent it (the same User-Agent, as a second tab of one browser sends), and each such
+/// hand-out is a security event; the same token from another client is a replay.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn the_refresh_grace_serves_only_the_same_client_and_is_recorded(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.register("jake").await;
+    let (_, first) = login(&app, "jake").await;
+    let tab_a = refresh_as(&app, FIREFOX, &first).await;
+    assert_eq!(tab_a.status, StatusCode::OK, "{}", tab_a.text);
+    let tab_b = refresh_as(&app, FIREFOX, &first).await;
+    assert_eq!(tab_b.status, StatusCode::OK, "{}", tab_b.text);
+    assert_eq!(
+        tab_b.body["user"]["refreshToken"],
+        tab_a.body["user"]["refreshToken"]
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"stoa_security_events_total{event="refresh_grace_used"} 1"#)
+    );
+
+    // Another session: the spent token presented by another program within the grace.
+    let (access, second) = login(&app, "jake").await;
+    let mine = refresh_as(&app, FIREFOX, &second).await;
+    assert_eq!(mine.status, StatusCode::OK);
+    let thief = refresh_as(&app, "curl/8.11.1", &second).await;
+    assert_eq!(thief.status, StatusCode::UNAUTHORIZED, "{}", thief.text);
+    assert!(
+        thief.text.contains("the session is revoked"),
+        "{}",
+        thief.text
+    );
+    // The whole session is gone, the owner's new tokens included.
+    let owners = mine.body["user"]["refreshToken"].as_str().unwrap();
+    assert_eq!(
+        refresh_as(&app, FIREFOX, owners).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/api/user", Some(&access)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(r#"stoa_security_events_total{event="refresh_grace_used"} 1"#));
+    assert!(metrics.contains(r#"stoa_security_events_total{event="refresh_token_reuse"} 1"#));
+}
+
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn a_session_ends_at_its_absolute_lifetime_however_often_it_is_refreshed(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), &[("STOA_SESSION_MAX_LIFETIME", "1h")]).await;

@@ -398,8 +398,15 @@ fn config_map_carries_the_api_settings() {
     assert_eq!(data["STOA_REDIS_URL_FILE"], "/var/run/stoa/redis/url");
     assert_eq!(data["STOA_ACCESS_TOKEN_TTL"], "10m");
     assert_eq!(data["STOA_TRUSTED_PROXY_HOPS"], "1");
-    // No secret values in the ConfigMap.
-    assert!(data.values().all(|v| !v.contains("://")));
+    assert_eq!(data["STOA_MFA_KEYS_DIR"], resources::MFA_KEYS_MOUNT);
+    // The Ingress's host, https with its TLS Secret.
+    assert_eq!(data["STOA_PUBLIC_URL"], "https://api.example.com");
+    // No secret values (connection URLs) in the ConfigMap.
+    assert!(
+        data.iter()
+            .filter(|(k, _)| *k != "STOA_PUBLIC_URL")
+            .all(|(_, v)| !v.contains("://"))
+    );
 }
 
 /// The full rendered object set (minus the random key material).

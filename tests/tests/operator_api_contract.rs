@@ -65,6 +65,15 @@ fn the_operators_config_map_is_a_valid_stoa_api_configuration() {
         Some(Path::new(resources::KEYS_MOUNT))
     );
     assert_eq!(
+        config
+            .http
+            .public_origin
+            .as_ref()
+            .map(|o| o.origin.as_str()),
+        Some("http://api.example.com"),
+        "the Ingress's host (no TLS Secret: plain http)"
+    );
+    assert_eq!(
         config.auth.mfa_keys_dir.as_deref(),
         Some(Path::new(resources::MFA_KEYS_MOUNT))
     );

@@ -22,6 +22,8 @@ pub const REFRESH_TOKEN_TTL: &str = "STOA_REFRESH_TOKEN_TTL";
 pub const SHUTDOWN_DELAY: &str = "STOA_SHUTDOWN_DELAY";
 pub const SHUTDOWN_TIMEOUT: &str = "STOA_SHUTDOWN_TIMEOUT";
 pub const TRUSTED_PROXY_HOPS: &str = "STOA_TRUSTED_PROXY_HOPS";
+/// Where clients reach the API (`https://host`): the operator sets the Ingress's.
+pub const PUBLIC_URL: &str = "STOA_PUBLIC_URL";
 /// libpq's (and sqlx's) default CA file for `sslmode=verify-ca|verify-full` when the URL
 /// names no `sslrootcert`: the operator points it at the mounted `database.caSecretRef`.
 pub const PG_SSL_ROOT_CERT: &str = "PGSSLROOTCERT";

@@ -51,10 +51,16 @@ impl MaybeAuthUser {
 }
 
 /// A request's token, verified by the rate-limit middleware, which has also charged its
-/// user's budget in the same round trip as the address's. The extractors take it from the
-/// request's extensions (only the server can put it there) instead of doing both again.
+/// user's budget in the same round trip as the address's when the replica's denylist
+/// copy said the token is not revoked. The extractors take it from the request's
+/// extensions (only the server can put it there) instead of doing that again.
 #[derive(Debug, Clone)]
-pub struct Verified(pub Claims);
+pub struct Verified {
+    pub claims: Claims,
+    /// False when the revocation check must come first: a revoked token (leaked, then
+    /// logged out) never spends its user's budget.
+    pub budget_charged: bool,
+}
 
 /// The token in `Authorization`, if any.
 pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
@@ -82,7 +88,8 @@ fn token_in(value: &HeaderValue) -> Result<&str, ApiError> {
 }
 
 /// Verifies the signature and claims (unless the middleware did), then the denylist, then
-/// the caller's rate budget (unless the middleware charged it).
+/// the caller's rate budget (unless the middleware charged it): the budget is charged only
+/// for a token that is not revoked.
 async fn authenticate(
     state: &AppState,
     verified: Option<Verified>,
@@ -90,7 +97,10 @@ async fn authenticate(
 ) -> Result<AuthUser, ApiError> {
     let token = token_in(header)?;
     let (claims, budget_charged) = match verified {
-        Some(Verified(claims)) => (claims, true),
+        Some(Verified {
+            claims,
+            budget_charged,
+        }) => (claims, budget_charged),
         None => (verify(state, token)?, false),
     };
     let revoked = state

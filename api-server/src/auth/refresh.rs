@@ -38,6 +38,23 @@ pub fn successor(secret: &[u8; 32], presented: &str) -> NewRefreshToken {
     NewRefreshToken { token, hash }
 }
 
+/// Who presents a refresh token, as far as a server can tell without breaking two tabs of
+/// one browser: the first 16 bytes of SHA-256 of the `User-Agent` (empty when absent).
+/// Not a secret and not proof of anything, but a thief replaying a spent token from
+/// another program or browser no longer gets its successor within the grace.
+pub fn client_fingerprint(headers: &axum::http::HeaderMap) -> [u8; 16] {
+    let agent = headers
+        .get(axum::http::header::USER_AGENT)
+        .map_or(&[][..], |v| v.as_bytes());
+    let digest = Sha256::new()
+        .chain_update(b"stoa/refresh-client/v1")
+        .chain_update(agent)
+        .finalize();
+    let mut fingerprint = [0; 16];
+    fingerprint.copy_from_slice(&digest[..16]);
+    fingerprint
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -56,6 +56,11 @@ impl Revocations {
         (self.local.clone(), self.window)
     }
 
+    /// The answer of this replica's own copy alone: `None` while its feed is not live.
+    pub fn check_local(&self, jti: Uuid, family: Option<Uuid>) -> Option<bool> {
+        self.local.check(jti, family, Utc::now().timestamp())
+    }
+
     pub async fn is_revoked(
         &self,
         db: &Pool,

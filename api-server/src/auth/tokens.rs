@@ -50,6 +50,9 @@ pub struct KeyRing {
     /// Per loaded key, the secret that signs list cursors (active key first; see
     /// `http::cursor`).
     cursor_secrets: Vec<[u8; 32]>,
+    /// Which key set this is in the process's history (set by [`TokenService`]): cached
+    /// verifications are valid only for the ring that verified them.
+    generation: u64,
 }
 
 #[derive(Serialize)]
@@ -122,6 +125,7 @@ impl KeyRing {
             verifiers,
             jwks_json,
             kids: parsed.into_iter().map(|k| (k.kid, k.state)).collect(),
+            generation: 0,
         })
     }
 
@@ -171,9 +175,13 @@ pub struct TokenService {
     validation: Validation,
     /// Tokens whose signature and claims were verified, by SHA-256 of the token: a client
     /// sends the same token for its whole lifetime, and an Ed25519 verification costs tens
-    /// of microseconds. Entries are checked for expiry on every hit and all dropped when
-    /// the key set changes. Revocation is checked per request, separately.
-    verified: quick_cache::sync::Cache<[u8; 32], Claims>,
+    /// of microseconds. Entries are checked for expiry on every hit and carry the
+    /// generation of the key set that verified them: a hit from another key set verifies
+    /// again (a verification racing a key-set swap may insert after the swap's clear).
+    /// Revocation is checked per request, separately.
+    verified: quick_cache::sync::Cache<[u8; 32], (u64, Claims)>,
+    /// The generation the next swapped-in key set gets.
+    generations: std::sync::atomic::AtomicU64,
 }
 
 impl TokenService {
@@ -198,6 +206,7 @@ impl TokenService {
             ttl,
             validation,
             verified: quick_cache::sync::Cache::new(cache_entries.max(1)),
+            generations: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -205,7 +214,10 @@ impl TokenService {
         self.ring.load_full()
     }
 
-    pub fn replace_ring(&self, ring: KeyRing) {
+    pub fn replace_ring(&self, mut ring: KeyRing) {
+        ring.generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.ring.store(Arc::new(ring));
         // A removed key must stop its tokens at once.
         self.verified.clear();
@@ -241,8 +253,15 @@ impl TokenService {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_with(&self.ring.load(), token)
+    }
+
+    /// Verifies against `ring`, the key set loaded when the verification began.
+    fn verify_with(&self, ring: &KeyRing, token: &str) -> Result<Claims, TokenError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(claims) = self.verified.get(&digest) {
+        if let Some((generation, claims)) = self.verified.get(&digest)
+            && generation == ring.generation
+        {
             // Same rule as the library's: expired once `exp` is behind now by the leeway.
             let leeway = i64::try_from(self.validation.leeway).unwrap_or(i64::MAX);
             if claims.exp.saturating_add(leeway) < chrono::Utc::now().timestamp() {
@@ -250,18 +269,18 @@ impl TokenService {
             }
             return Ok(claims);
         }
-        let claims = self.verify_signature(token)?;
-        self.verified.insert(digest, claims.clone());
+        let claims = self.verify_signature(ring, token)?;
+        self.verified
+            .insert(digest, (ring.generation, claims.clone()));
         Ok(claims)
     }
 
-    fn verify_signature(&self, token: &str) -> Result<Claims, TokenError> {
+    fn verify_signature(&self, ring: &KeyRing, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
         }
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
-        let ring = self.ring.load();
         let key = ring.verifiers.get(&kid).ok_or(TokenError::UnknownKey)?;
         jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|data| data.claims)
@@ -368,6 +387,23 @@ mod tests {
         assert!(tokens.verify(&issued.token).is_ok());
         std::thread::sleep(Duration::from_millis(2100));
         assert_eq!(tokens.verify(&issued.token), Err(TokenError::Expired));
+    }
+
+    /// A verification that began under the old key set and finishes after the swap (and
+    /// after the swap cleared the cache) must not leave the removed key's token usable.
+    #[test]
+    fn a_verification_racing_a_key_set_swap_does_not_keep_a_removed_keys_token() {
+        let tokens = service(&generate_keyset(), Duration::from_secs(60));
+        let token = tokens
+            .issue(Uuid::new_v4(), Role::User, None)
+            .unwrap()
+            .token;
+        let before_swap = tokens.ring();
+        tokens.replace_ring(KeyRing::from_file(&generate_keyset()).unwrap());
+        // The racing verification completes, against the ring it loaded, and caches.
+        assert!(tokens.verify_with(&before_swap, &token).is_ok());
+        assert_eq!(tokens.verified.len(), 1);
+        assert_eq!(tokens.verify(&token), Err(TokenError::UnknownKey));
     }
 
     #[test]

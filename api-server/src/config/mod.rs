@@ -12,6 +12,7 @@ use std::time::Duration;
 
 mod settings;
 
+pub use settings::PublicOrigin;
 pub use settings::read_secret_file;
 use settings::{Origins, Reader, Setting};
 
@@ -152,6 +153,11 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     /// Origins allowed to call the API from a browser; empty means no CORS headers.
     pub cors_allowed_origins: Vec<String>,
+    /// Where clients reach the API: the origin cookie-mode requests may also come from,
+    /// and, when https, the reason to send HSTS.
+    pub public_origin: Option<PublicOrigin>,
+    /// `Strict-Transport-Security: max-age` when the public URL is https.
+    pub hsts_max_age: Duration,
     pub max_concurrent_requests: usize,
     /// Access-log one in this many requests answered below 500 (every 5xx is logged).
     pub access_log_every: u64,
@@ -166,8 +172,12 @@ pub struct RateLimitConfig {
     pub per_user: Quota,
     /// Login, register and refresh, per client IP.
     pub auth: Quota,
-    /// Login attempts per account (keyed by a hash of the email, existing or not).
+    /// Login attempts per (account, client address); the account is a hash of the email,
+    /// existing or not.
     pub login_per_account: Quota,
+    /// Login attempts per account from all clients together (`login_per_account` is per
+    /// account and client address).
+    pub login_account_ceiling: Quota,
     /// Second-factor codes per account (sign-in, enrolment, disabling).
     pub mfa_per_account: Quota,
     /// How many reverse proxies in front of the server append to `X-Forwarded-For`;
@@ -431,6 +441,11 @@ impl Config {
                 "STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT",
                 Quota::per(10, secs(15 * 60)),
             )?,
+            login_account_ceiling: quota(
+                &mut s,
+                "STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEILING",
+                Quota::per(100, secs(15 * 60)),
+            )?,
             mfa_per_account: quota(&mut s, "STOA_RATE_LIMIT_MFA", Quota::per(10, secs(15 * 60)))?,
             trusted_proxy_hops: s.read(Setting::new("STOA_TRUSTED_PROXY_HOPS", 0usize))?,
             lease_max: s.read(
@@ -465,6 +480,11 @@ impl Config {
                     Origins::default(),
                 ))?
                 .0,
+            public_origin: s.optional::<PublicOrigin>(
+                "STOA_PUBLIC_URL",
+                "(unset: cookie mode trusts the request's own host over https; no HSTS)",
+            )?,
+            hsts_max_age: s.read(Setting::new("STOA_HSTS_MAX_AGE", secs(2 * 365 * 86400)))?,
             max_concurrent_requests: s
                 .read(Setting::new("STOA_MAX_CONCURRENT_REQUESTS", 4096usize).at_least(1))?,
             access_log_every: s.read(Setting::new("STOA_ACCESS_LOG_EVERY", 1u64).at_least(1))?,

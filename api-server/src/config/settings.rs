@@ -132,6 +132,46 @@ impl Value for Origins {
     }
 }
 
+/// Where clients reach the API (`STOA_PUBLIC_URL`), kept as its origin:
+/// `scheme://host[:port]`, lower case, without a default port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicOrigin {
+    pub origin: String,
+    pub https: bool,
+}
+
+impl Value for PublicOrigin {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let uri: http::Uri = raw.trim().parse().map_err(|_| "is not a URL".to_owned())?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("must start with https:// (or http:// for local use)".into()),
+        };
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+            .ok_or("must name a host (and no user)")?;
+        if uri.path() != "/" || uri.query().is_some() {
+            return Err(
+                "must be an origin only (no path or query), e.g. https://api.example.com".into(),
+            );
+        }
+        let default_port = if https { 443 } else { 80 };
+        let host = authority.host().to_ascii_lowercase();
+        let origin = match authority.port_u16() {
+            Some(port) if port != default_port => {
+                format!("{}://{host}:{port}", uri.scheme_str().unwrap_or_default())
+            }
+            _ => format!("{}://{host}", uri.scheme_str().unwrap_or_default()),
+        };
+        Ok(PublicOrigin { origin, https })
+    }
+    fn show(&self) -> String {
+        self.origin.clone()
+    }
+}
+
 type Check<T> = Box<dyn Fn(&T) -> Result<(), String>>;
 
 /// One setting: its variable, its default and what values it accepts.

@@ -63,13 +63,13 @@ async fn refresh_session(
     let token = match (body.refresh_token, delivery) {
         (Some(token), _) => token,
         (None, Delivery::Cookie) => {
-            session_cookie::presented(&headers, &state.config.http.cors_allowed_origins)?
-                .unwrap_or_default()
+            session_cookie::presented(&headers, &state.config.http)?.unwrap_or_default()
         }
         // Missing, like a wrong token: 401 (a cookie without the header is not used).
         (None, Delivery::Body) => return Err(ApiError::Unauthorized("refresh token is missing")),
     };
-    match rotate(&state, ip, &token).await {
+    let client = refresh::client_fingerprint(&headers);
+    match rotate(&state, ip, &client, &token).await {
         Ok(response) => Ok(deliver(&state, delivery, StatusCode::OK, response)),
         // A refused cookie is of no further use: the browser drops it.
         Err(refused @ ApiError::Unauthorized(_)) if delivery == Delivery::Cookie => {
@@ -85,7 +85,12 @@ async fn refresh_session(
 
 /// Spends `token` for the next one of its session (or, within the grace period, hands
 /// out the successor it already has).
-async fn rotate(state: &AppState, ip: ClientIp, token: &str) -> ApiResult<UserResponse> {
+async fn rotate(
+    state: &AppState,
+    ip: ClientIp,
+    client: &[u8],
+    token: &str,
+) -> ApiResult<UserResponse> {
     limit_credentials(state, ip).await?;
     if token.is_empty() || token.len() > 128 {
         return Err(ApiError::Unauthorized("refresh token is invalid"));
@@ -101,7 +106,7 @@ async fn rotate(state: &AppState, ip: ClientIp, token: &str) -> ApiResult<UserRe
     // The successor never outlives the session's absolute end.
     let rotated: Option<Rotated> = sqlx::query_as(
         "WITH spent AS (
-             UPDATE refresh_tokens SET spent_at = now(), successor_hash = $2
+             UPDATE refresh_tokens SET spent_at = now(), successor_hash = $2, spent_by = $4
              WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > now()
                -- No end recorded (a row from before sessions had one) is past its end.
                AND session_expires_at > now()
@@ -119,6 +124,7 @@ async fn rotate(state: &AppState, ip: ClientIp, token: &str) -> ApiResult<UserRe
     .bind(&presented)
     .bind(&next.hash)
     .bind(expires_at)
+    .bind(client)
     .fetch_optional(&**state.db())
     .await?;
     if let Some(rotated) = rotated {
@@ -130,9 +136,10 @@ async fn rotate(state: &AppState, ip: ClientIp, token: &str) -> ApiResult<UserRe
         );
     }
 
-    // Not spendable. Spent moments ago and its successor still unused: a second tab lost
-    // the race, and gets the same successor. Spent earlier (or its successor already
-    // used): someone is replaying it, so the whole family is revoked, in this statement.
+    // Not spendable. Spent moments ago by the same client (User-Agent) and its successor
+    // still unused: a second tab lost the race, and gets the same successor. Spent earlier,
+    // by another client, or its successor already used: someone is replaying it, so the
+    // whole family is revoked, in this statement.
     #[derive(sqlx::FromRow)]
     struct Replayed {
         family_id: Uuid,
@@ -143,12 +150,14 @@ async fn rotate(state: &AppState, ip: ClientIp, token: &str) -> ApiResult<UserRe
     }
     let replayed: Option<Replayed> = sqlx::query_as(
         "WITH presented AS (
-             SELECT family_id, user_id, spent_at, revoked_at, successor_hash
+             SELECT family_id, user_id, spent_at, revoked_at, successor_hash, spent_by
              FROM refresh_tokens WHERE token_hash = $1 AND spent_at IS NOT NULL),
           grace AS (
              SELECT p.successor_hash FROM presented p
              JOIN refresh_tokens s ON s.token_hash = p.successor_hash
              WHERE p.revoked_at IS NULL AND p.spent_at > now() - make_interval(secs => $2)
+               -- Rows spent by the previous release recorded no client.
+               AND (p.spent_by IS NULL OR p.spent_by = $3)
                AND s.spent_at IS NULL AND s.revoked_at IS NULL AND s.expires_at > now()),
           revoked AS (
              UPDATE refresh_tokens SET revoked_at = now()
@@ -160,6 +169,7 @@ async fn rotate(state: &AppState, ip: ClientIp, token: &str) -> ApiResult<UserRe
     )
     .bind(&presented)
     .bind(state.config.auth.refresh_reuse_grace.as_secs_f64())
+    .bind(client)
     .fetch_optional(&**state.db())
     .await?;
     let Some(replayed) = replayed else {
@@ -175,6 +185,19 @@ async fn rotate(state: &AppState, ip: ClientIp, token: &str) -> ApiResult<UserRe
             .iter()
             .map(|secret| refresh::successor(secret, token))
             .find(|candidate| &candidate.hash == successor_hash);
+        if same.is_some() {
+            // Not an attack by itself (two tabs), but whoever held the spent token now
+            // holds the session too: recorded, so a pattern of it can be seen.
+            tracing::info!(
+                target: "stoa::security",
+                event = "refresh_grace_used",
+                user_id = %replayed.user_id,
+                family_id = %replayed.family_id,
+                client_ip = %ip.0,
+                "spent refresh token presented again within the grace by the same client: same successor handed out"
+            );
+            security_event(state, SecurityEvent::RefreshGraceUsed);
+        }
         return match same {
             Some(successor) => session_response(
                 state,

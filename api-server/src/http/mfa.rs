@@ -177,6 +177,7 @@ async fn mfa_status(
     responses((status = 200, body = TotpEnrolmentResponse), (status = 401), (status = 403, description = "currentPassword wrong"), (status = 409, description = "MFA is already on")))]
 async fn enroll_totp(
     State(state): State<AppState>,
+    Extension(ip): Extension<ClientIp>,
     auth: AuthUser,
     ApiJson(body): ApiJson<PasswordConfirmation>,
 ) -> ApiResult<axum::Json<TotpEnrolmentResponse>> {
@@ -187,6 +188,7 @@ async fn enroll_totp(
     } = credentials_of(&state, auth.id).await?;
     verify_current_password(
         &state,
+        ip,
         &email,
         hash,
         Some(body.current_password),
@@ -274,6 +276,7 @@ async fn confirm_totp(
     responses((status = 204), (status = 401, description = "wrong code, or not signed in"), (status = 403, description = "currentPassword wrong"), (status = 409, description = "MFA is not on")))]
 async fn disable_totp(
     State(state): State<AppState>,
+    Extension(ip): Extension<ClientIp>,
     auth: AuthUser,
     ApiJson(body): ApiJson<DisableRequest>,
 ) -> ApiResult<StatusCode> {
@@ -284,6 +287,7 @@ async fn disable_totp(
     } = credentials_of(&state, auth.id).await?;
     verify_current_password(
         &state,
+        ip,
         &email,
         hash,
         Some(body.current_password),

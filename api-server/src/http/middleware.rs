@@ -80,7 +80,22 @@ where
         .ok()
         .flatten()
         .and_then(|token| state.tokens.verify(token).ok());
-    let (decision, fetched) = match verified {
+    // The user's budget is charged here only for a token this replica's denylist copy
+    // knows is not revoked; otherwise the extractor checks revocation first and charges
+    // after (a leaked but revoked token must not exhaust its victim's budget).
+    let (verified, unrevoked) = match verified {
+        Some(claims) if state.revocations.check_local(claims.jti, claims.fam) == Some(false) => {
+            (None, Some(claims))
+        }
+        other => (other, None),
+    };
+    if let Some(claims) = verified {
+        request.extensions_mut().insert(Verified {
+            claims,
+            budget_charged: false,
+        });
+    }
+    let (decision, fetched) = match unrevoked {
         None => {
             let ([decision], fetched) = state.limiter.take([ip_charge], fetch).await;
             (decision, fetched)
@@ -103,7 +118,10 @@ where
                 )
                 .into_response();
             }
-            request.extensions_mut().insert(Verified(claims));
+            request.extensions_mut().insert(Verified {
+                claims,
+                budget_charged: true,
+            });
             (decision, fetched)
         }
     };

@@ -15,6 +15,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use cookie::{Cookie, SameSite};
 
+use crate::config::HttpConfig;
 use crate::error::ApiError;
 
 pub const MODE_HEADER: HeaderName = HeaderName::from_static("x-stoa-session");
@@ -43,11 +44,8 @@ impl Delivery {
 
 /// The refresh token in the request's cookie, for a cookie-mode request from an allowed
 /// origin; `None` without one.
-pub fn presented(
-    headers: &HeaderMap,
-    allowed_origins: &[String],
-) -> Result<Option<String>, ApiError> {
-    check_origin(headers, allowed_origins)?;
+pub fn presented(headers: &HeaderMap, http: &HttpConfig) -> Result<Option<String>, ApiError> {
+    check_origin(headers, http)?;
     Ok(headers
         .get_all(header::COOKIE)
         .iter()
@@ -59,20 +57,31 @@ pub fn presented(
 }
 
 /// A cross-origin request must come from an origin listed by name in the CORS list (`*`
-/// does not count: it never allows credentials) or from this server's own host.
-fn check_origin(headers: &HeaderMap, allowed_origins: &[String]) -> Result<(), ApiError> {
+/// does not count: it never allows credentials) or from the API's own origin, compared
+/// whole (scheme, host and port): the configured public URL, or without one the
+/// request's own host over https (http only for a loopback host, as in development).
+fn check_origin(headers: &HeaderMap, http: &HttpConfig) -> Result<(), ApiError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         // Not sent by browsers on some same-origin requests; the custom header, which a
         // cross-origin page can send only after a preflight, still stands.
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or_default();
-    let allowed = allowed_origins.iter().any(|o| o == origin);
-    let own_host = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .is_some_and(|host| origin.split_once("://").is_some_and(|(_, h)| h == host));
-    if allowed || own_host {
+    let listed = http.cors_allowed_origins.iter().any(|o| o == origin);
+    let own = match &http.public_origin {
+        Some(public) => origin.eq_ignore_ascii_case(&public.origin),
+        None => headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .is_some_and(|host| {
+                let loopback = ["localhost", "127.0.0.1", "[::1]"]
+                    .iter()
+                    .any(|h| host == *h || host.starts_with(&format!("{h}:")));
+                origin.eq_ignore_ascii_case(&format!("https://{host}"))
+                    || (loopback && origin.eq_ignore_ascii_case(&format!("http://{host}")))
+            }),
+    };
+    if listed || own {
         Ok(())
     } else {
         Err(ApiError::forbidden_field(
@@ -137,9 +146,23 @@ mod tests {
         assert_eq!(cleared.max_age(), Some(cookie::time::Duration::ZERO));
     }
 
+    /// The HTTP settings with `STOA_CORS_ALLOWED_ORIGINS` and, if given, `STOA_PUBLIC_URL`.
+    fn http(origins: &str, public_url: Option<&str>) -> HttpConfig {
+        let mut vars = vec![("STOA_CORS_ALLOWED_ORIGINS".to_owned(), origins.to_owned())];
+        if let Some(url) = public_url {
+            vars.push(("STOA_PUBLIC_URL".to_owned(), url.to_owned()));
+        }
+        let env = crate::config::Env::new(move |k| {
+            vars.iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+        });
+        crate::config::Config::from_env(&env, true).unwrap().http
+    }
+
     #[test]
     fn the_cookie_is_read_only_from_allowed_origins() {
-        let allowed = vec!["https://app.example".to_owned()];
+        let allowed = http("https://app.example", None);
         let cookie = "theme=dark; __Secure-stoa-refresh=tok";
         let same_host = headers(&[
             ("cookie", cookie),
@@ -157,8 +180,42 @@ mod tests {
         );
         let foreign = headers(&[("cookie", cookie), ("origin", "https://evil.example")]);
         assert!(presented(&foreign, &allowed).is_err());
-        assert!(presented(&foreign, &["*".to_owned()]).is_err());
+        assert!(presented(&foreign, &http("*", None)).is_err());
         assert_eq!(presented(&headers(&[]), &allowed).unwrap(), None);
+    }
+
+    /// The API's own origin is compared whole: the same host over plain http (a page an
+    /// active attacker on the network can serve) is another origin.
+    #[test]
+    fn the_own_origin_is_compared_by_scheme_host_and_port() {
+        let cookie = "__Secure-stoa-refresh=tok";
+        let from = |origin: &'static str, host: &'static str| {
+            headers(&[("cookie", cookie), ("host", host), ("origin", origin)])
+        };
+        let no_public_url = http("", None);
+        assert!(presented(&from("http://api.example", "api.example"), &no_public_url).is_err());
+        assert!(presented(&from("https://api.example", "api.example"), &no_public_url).is_ok());
+        // Development: plain http on a loopback host.
+        assert!(
+            presented(
+                &from("http://localhost:8080", "localhost:8080"),
+                &no_public_url
+            )
+            .is_ok()
+        );
+
+        let public = http("", Some("https://API.example:443/"));
+        assert!(presented(&from("https://api.example", "internal:8080"), &public).is_ok());
+        for wrong in [
+            "http://api.example",
+            "https://api.example:8443",
+            "https://api.example.evil",
+        ] {
+            assert!(
+                presented(&from(wrong, "api.example"), &public).is_err(),
+                "{wrong}"
+            );
+        }
     }
 
     #[test]

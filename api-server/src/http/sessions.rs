@@ -160,6 +160,7 @@ pub async fn credentials_of(state: &AppState, user_id: uuid::Uuid) -> ApiResult<
 /// for) or wrong; wrong guesses count against the account's login throttle.
 pub async fn verify_current_password(
     state: &AppState,
+    client: ClientIp,
     email: &str,
     hash: String,
     current: Option<String>,
@@ -168,7 +169,7 @@ pub async fn verify_current_password(
     let Some(current) = current.filter(|p| !p.is_empty()) else {
         return Err(ApiError::forbidden_field("currentPassword", missing));
     };
-    limit_login_attempts(state, email).await?;
+    limit_login_attempts(state, email, client).await?;
     if !validate::within(&current, validate::PASSWORD_MAX)
         || !state.passwords.verify(current, Some(hash)).await?
     {
@@ -189,17 +190,30 @@ pub async fn limit_credentials(state: &AppState, ip: ClientIp) -> ApiResult<()> 
         .await
 }
 
-/// Login attempts per account, keyed by a hash of the normalised email whether or not
-/// the account exists, so the answer reveals nothing about existence.
-pub async fn limit_login_attempts(state: &AppState, email: &str) -> ApiResult<()> {
+/// Login attempts (and current-password checks) against one account, as OWASP's
+/// authentication guidance has it: a budget per (account, client address), so guessing
+/// from one place cannot lock the owner out elsewhere, under a higher ceiling per account
+/// that bounds guessing spread over many addresses. The ceiling is charged only when the
+/// client's own budget allowed the attempt (a client past its budget spends nobody
+/// else's). Keyed by a hash of the normalised email whether or not the account exists, so
+/// the answer reveals nothing about existence.
+pub async fn limit_login_attempts(
+    state: &AppState,
+    email: &str,
+    client: ClientIp,
+) -> ApiResult<()> {
     let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
-    let key: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let account: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let limits = &state.config.rate_limits;
     state
         .enforce_rate_limit(
             Bucket::Login,
-            &key,
-            state.config.rate_limits.login_per_account,
+            &format!("{account}:{}", crate::ratelimit::bucket_key(client.0)),
+            limits.login_per_account,
         )
+        .await?;
+    state
+        .enforce_rate_limit(Bucket::LoginAccount, &account, limits.login_account_ceiling)
         .await
 }
 

@@ -135,7 +135,7 @@ async fn login(
             "is too long",
         )
         .finish()?;
-    limit_login_attempts(&state, &user.email).await?;
+    limit_login_attempts(&state, &user.email, ip).await?;
 
     #[derive(sqlx::FromRow)]
     struct Credentials {
@@ -243,6 +243,7 @@ fn upgrade_hash(state: &AppState, user_id: Uuid, old_hash: String, password: Str
 /// needs nothing. Wrong guesses count against the account's login throttle.
 async fn confirm_current_password(
     state: &AppState,
+    client: ClientIp,
     auth: &AuthUser,
     new_email: Option<&str>,
     current_password: Option<String>,
@@ -258,6 +259,7 @@ async fn confirm_current_password(
     }
     verify_current_password(
         state,
+        client,
         &email,
         hash,
         current_password,
@@ -272,6 +274,7 @@ async fn confirm_current_password(
     responses((status = 200, body = UserResponse), (status = 401), (status = 403, description = "currentPassword missing or wrong"), (status = 409, description = "username or email already taken"), (status = 422, description = "invalid fields"), (status = 429)))]
 async fn update_user(
     State(state): State<AppState>,
+    Extension(ip): Extension<ClientIp>,
     auth: AuthUser,
     headers: HeaderMap,
     ApiJson(UpdateUserRequest { user }): ApiJson<UpdateUserRequest>,
@@ -321,7 +324,7 @@ async fn update_user(
         .finish()?;
 
     if user.password.is_some() || email.is_some() {
-        confirm_current_password(&state, &auth, email, user.current_password).await?;
+        confirm_current_password(&state, ip, &auth, email, user.current_password).await?;
     }
     let password_hash = match user.password {
         Some(password) => Some(state.passwords.hash(password).await?),

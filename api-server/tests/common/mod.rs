@@ -103,6 +103,7 @@ pub fn test_env(extra: &[(&str, &str)]) -> HashMap<String, String> {
         // Tests register many users from one address; rate-limit tests lower these.
         ("STOA_RATE_LIMIT_AUTH", "100000/1m"),
         ("STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT", "100000/1m"),
+        ("STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEILING", "100000/1m"),
         ("STOA_RATE_LIMIT_PER_IP", "100000/1m"),
         ("STOA_RATE_LIMIT_PER_USER", "100000/1m"),
         ("STOA_RATE_LIMIT_MFA", "100000/1m"),

@@ -296,6 +296,19 @@ pub fn config_map(stoa: &Stoa) -> Result<ConfigMap> {
             if spec.ingress.is_some() { "1" } else { "0" }.to_owned(),
         ),
     ]);
+    // Where browsers reach the API: the origin its session cookie may be used from, and
+    // HSTS once it is https.
+    if let Some(ingress) = &spec.ingress {
+        let scheme = if ingress.tls_secret_name.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        data.insert(
+            env::PUBLIC_URL.into(),
+            format!("{scheme}://{}", ingress.host),
+        );
+    }
     if spec.redis.is_some() {
         data.insert(
             env::REDIS_URL_FILE.into(),

@@ -118,17 +118,24 @@ pub fn project(
     }
 }
 
-/// Projects every Secret volume as it is now (before the container starts).
-async fn mount_all(client: &Client, mounts: &[SecretMount]) {
+/// Projects every Secret volume as it is now (before the container starts); returns the
+/// resourceVersion projected per mount path, so the projection loop starts from there.
+async fn mount_all(client: &Client, mounts: &[SecretMount]) -> HashMap<String, String> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut projected = HashMap::new();
     for mount in mounts {
         let secret = secrets.get(&mount.secret).await.unwrap();
+        projected.insert(
+            mount.path.display().to_string(),
+            secret.resource_version().unwrap_or_default(),
+        );
         project(
             &mount.path,
             &secret.data.unwrap_or_default(),
             mount.items.as_deref(),
         );
     }
+    projected
 }
 
 /// Keeps a pod's Secret volumes current, each change after the pod's propagation delay.
@@ -138,12 +145,18 @@ pub struct Projection {
 }
 
 impl Projection {
-    fn start(client: Client, mounts: Vec<SecretMount>, delay: Duration) -> Projection {
+    /// `seen`: what was projected before the container started (a Secret unchanged since
+    /// is not projected again, so the first change is not queued behind every mount).
+    fn start(
+        client: Client,
+        mounts: Vec<SecretMount>,
+        delay: Duration,
+        mut seen: HashMap<String, String>,
+    ) -> Projection {
         let frozen = Arc::new(AtomicBool::new(false));
         let stop_when_frozen = frozen.clone();
         let task = tokio::spawn(async move {
             let secrets: Api<Secret> = Api::namespaced(client, NAMESPACE);
-            let mut seen: HashMap<String, String> = HashMap::new();
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 for mount in &mounts {
@@ -262,7 +275,7 @@ impl PodProcess {
         let root = cluster_root.join(name);
         let container = template.spec.as_ref().unwrap().containers[0].clone();
         let mounts = secret_mounts(template, &container, &root);
-        mount_all(client, &mounts).await;
+        let projected = mount_all(client, &mounts).await;
         let (api_port, admin_port) = (free_port(&ip), free_port(&ip));
         let mut env = environment(client, &container, &root, name).await;
         env.push(("STOA_LISTEN_ADDR".into(), format!("{ip}:{api_port}")));
@@ -282,7 +295,12 @@ impl PodProcess {
             api_port,
             admin_port,
             template_hash: hash.to_owned(),
-            projection: Projection::start(client.clone(), mounts, propagation_delay(ordinal)),
+            projection: Projection::start(
+                client.clone(),
+                mounts,
+                propagation_delay(ordinal),
+                projected,
+            ),
             child,
         };
         pod.wait_ready(container.name == "worker").await;
