@@ -40,6 +40,10 @@ pub struct FrontDoor {
     /// Each route's series in `metrics` (per front door, not per process: the series
     /// belong to this server's registry, and tests run several servers in one process).
     routes: Arc<Routes>,
+    /// `Strict-Transport-Security`, when the public URL is https (browsers ignore it on
+    /// plain http answers, RFC 6797 §8.1, so behind a TLS-terminating proxy it is sent on
+    /// every answer).
+    hsts: Option<HeaderValue>,
 }
 
 impl FrontDoor {
@@ -50,6 +54,13 @@ impl FrontDoor {
             timeout: http.request_timeout,
             access_log_every: http.access_log_every,
             routes: Arc::default(),
+            hsts: http
+                .public_origin
+                .as_ref()
+                .filter(|origin| origin.https && !http.hsts_max_age.is_zero())
+                .and_then(|_| {
+                    HeaderValue::from_str(&format!("max-age={}", http.hsts_max_age.as_secs())).ok()
+                }),
         }
     }
 }
@@ -77,6 +88,9 @@ pub async fn front_door(
         headers
             .entry(name)
             .or_insert_with(|| HeaderValue::from_static(value));
+    }
+    if let Some(hsts) = &door.hsts {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
 
     let elapsed = started.elapsed();
@@ -122,10 +136,22 @@ fn request_id(headers: &mut HeaderMap) -> HeaderValue {
     value
 }
 
-const HARDENING_HEADERS: [(header::HeaderName, &str); 3] = [
+/// On every response unless a route set its own (the docs page has its own CSP). An API
+/// answers JSON, which needs nothing a policy could allow: no sources, no framing, no
+/// base or form targets; its responses are not for other sites' pages to embed (CORP
+/// does not apply to CORS requests, so browser apps on allowed origins are unaffected).
+const HARDENING_HEADERS: [(header::HeaderName, &str); 5] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     (header::X_FRAME_OPTIONS, "DENY"),
     (header::REFERRER_POLICY, "no-referrer"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        "same-origin",
+    ),
 ];
 
 fn has_encoded_nul(uri: &Uri) -> bool {
@@ -292,6 +318,7 @@ mod tests {
             timeout,
             access_log_every: 1,
             routes: Arc::default(),
+            hsts: None,
         };
         (door, metrics)
     }
@@ -393,6 +420,49 @@ mod tests {
         );
     }
 
+    /// HSTS only when the configured public URL is https, with the configured max-age.
+    #[tokio::test]
+    async fn hsts_follows_the_public_url() {
+        let http = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let env = crate::config::Env::new(move |k| {
+                vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+            });
+            crate::config::Config::from_env(&env, true).unwrap().http
+        };
+        let hsts_of = |config: &HttpConfig| {
+            FrontDoor::new(config, Arc::new(Metrics::new(1)))
+                .hsts
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(hsts_of(&http(&[])), None);
+        assert_eq!(
+            hsts_of(&http(&[("STOA_PUBLIC_URL", "http://api.example.com")])),
+            None
+        );
+        assert_eq!(
+            hsts_of(&http(&[("STOA_PUBLIC_URL", "https://api.example.com")])).as_deref(),
+            Some("max-age=63072000")
+        );
+        let config = http(&[
+            ("STOA_PUBLIC_URL", "https://api.example.com"),
+            ("STOA_HSTS_MAX_AGE", "180d"),
+        ]);
+        assert_eq!(hsts_of(&config).as_deref(), Some("max-age=15552000"));
+        let served = call(
+            &app(FrontDoor::new(&config, Arc::new(Metrics::new(1)))),
+            "/ok",
+        )
+        .await;
+        assert_eq!(
+            served.headers()["strict-transport-security"],
+            "max-age=15552000"
+        );
+    }
+
     #[tokio::test]
     async fn request_ids_are_kept_or_made_and_nul_is_refused() {
         let (door, _) = door(8, Duration::from_secs(5));
@@ -408,6 +478,15 @@ mod tests {
         assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
         assert_eq!(made.headers()["x-frame-options"], "DENY");
         assert_eq!(made.headers()["referrer-policy"], "no-referrer");
+        assert_eq!(
+            made.headers()["content-security-policy"],
+            "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        );
+        assert_eq!(
+            made.headers()["cross-origin-resource-policy"],
+            "same-origin"
+        );
+        assert!(!made.headers().contains_key("strict-transport-security"));
 
         let nul = call(&app, "/ok?x=%00").await;
         assert_eq!(nul.status(), StatusCode::UNPROCESSABLE_ENTITY);

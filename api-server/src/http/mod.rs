@@ -10,6 +10,7 @@ pub mod export;
 pub mod extract;
 pub mod front_door;
 pub mod health;
+pub mod index;
 pub mod mfa;
 pub mod middleware;
 pub mod openapi;
@@ -80,6 +81,10 @@ pub fn service(state: AppState) -> Service {
     tower::util::MapRequestLayer::new(canonical).layer(router(state))
 }
 
+/// The Content-Security-Policy of the documentation page (every other response gets the
+/// front door's `default-src 'none'`).
+pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 /// The public router: API, docs and middleware.
 pub fn router(state: AppState) -> Router {
     let (api, mut openapi) = api_routes().split_for_parts();
@@ -89,16 +94,17 @@ pub fn router(state: AppState) -> Router {
     let docs: Router = SwaggerUi::new("/api/docs")
         .url("/api/openapi.json", openapi)
         .into();
+    // The docs page's scripts are its own files (no inline script); Swagger UI sets
+    // inline styles, and shows its logo and schema icons as data: images.
     let docs = docs.layer(SetResponseHeaderLayer::overriding(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
-        ),
+        HeaderValue::from_static(DOCS_CSP),
     ));
 
     // Layers run outside-in from the last one added: the front door sees every request
     // first (and every answer last), then CORS, then the per-IP limit and ETags.
     Router::new()
+        .route("/", axum::routing::get(index::index))
         .merge(api.with_state(state.clone()))
         .merge(docs)
         .fallback(|| async { ApiError::NotFound("route").into_response() })
