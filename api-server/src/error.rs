@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::error_tracking::ErrorDetail;
 use crate::metrics::{Bucket, BucketLabels, Metrics};
 use crate::ratelimit::{Decision, Quota};
 
@@ -225,6 +226,18 @@ impl IntoResponse for ApiError {
                 response
                     .extensions_mut()
                     .insert(crate::metrics::Refusal::DatabaseBusy);
+            }
+            // For error tracking (the front door reports every 5xx): what went wrong, in
+            // the words logged above. Never part of the body.
+            ApiError::Database(e) if !is_unstorable_text(e) => {
+                response
+                    .extensions_mut()
+                    .insert(ErrorDetail(format!("database error: {e}").into()));
+            }
+            ApiError::Internal(e) => {
+                response
+                    .extensions_mut()
+                    .insert(ErrorDetail(format!("{e:#}").into()));
             }
             _ => {}
         }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod credentials;
 pub mod db;
 pub mod error;
+pub mod error_tracking;
 pub mod feed;
 pub mod http;
 pub mod jobs;

@@ -312,6 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker => {
             let config = Config::from_process_env_for_worker()?;
             let _logging = telemetry::init(&config);
+            let _error_tracking = stoa_api::error_tracking::init(&config);
             stoa_api::jobs::worker::run_process(config, shutdown_signal()).await
         }
         Command::Jobs { command } => jobs(command).await,
@@ -633,6 +634,9 @@ async fn prepare_dev_database(config: &Config) -> anyhow::Result<()> {
 async fn serve(dev: bool) -> anyhow::Result<()> {
     let config = Config::from_process_env(dev)?;
     let _logging = telemetry::init(&config);
+    // Declared after the log writer's guard, so dropped before it: queued events are
+    // flushed while logging still works.
+    let _error_tracking = stoa_api::error_tracking::init(&config);
     if dev {
         prepare_dev_database(&config).await?;
     }

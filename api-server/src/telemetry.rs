@@ -144,17 +144,27 @@ pub fn init(config: &Config) -> Logging {
     if config.log_format == LogFormat::Json {
         let _ = JSON_ACCESS_LINES.set(logging.batch.clone());
     }
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
+    // Only with a DSN: otherwise no event pays for the error-tracking filter.
+    let sentry = config.sentry_dsn.is_some();
     // `try_init`: tests may initialise more than once.
     let _ = match config.log_format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .finish()
+            .with(sentry.then(crate::error_tracking::tracing_layer))
             .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Pretty => builder
+            .compact()
+            .finish()
+            .with(sentry.then(crate::error_tracking::tracing_layer))
+            .try_init(),
     };
     logging
 }

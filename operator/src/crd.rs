@@ -601,6 +601,10 @@ pub struct MonitoringSpec {
     /// Scrape interval for the ServiceMonitor.
     #[serde(default = "default_interval")]
     pub interval: String,
+    /// Error tracking with Sentry (or any Sentry-compatible service): panics and 5xx
+    /// answers, scrubbed of tokens, passwords, cookies and bodies. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_tracking: Option<ErrorTrackingSpec>,
 }
 
 impl Default for MonitoringSpec {
@@ -608,8 +612,20 @@ impl Default for MonitoringSpec {
         MonitoringSpec {
             service_monitor: true,
             interval: default_interval(),
+            error_tracking: None,
         }
     }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorTrackingSpec {
+    /// The Secret key holding the DSN (`https://<key>@<host>/<project>`; `key` defaults to
+    /// `url`). Read by the pods from the Secret; never copied into a ConfigMap.
+    pub dsn_secret_ref: SecretKeyRef,
+    /// The environment events are filed under; stoa-api's default is `production`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 fn default_interval() -> String {

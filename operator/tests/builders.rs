@@ -650,6 +650,62 @@ fn a_read_replica_url_is_mounted_into_api_pods_only() {
     );
 }
 
+/// Error tracking: the DSN reaches the API and the worker from its Secret (never through
+/// the ConfigMap), with the environment; the user's own `env` still wins.
+#[test]
+fn the_error_tracking_dsn_comes_from_its_secret_into_both_programs() {
+    let s = with_spec(stoa("api"), |spec| {
+        spec.monitoring.error_tracking = Some(
+            serde_json::from_value(json!({
+                "dsnSecretRef": {"name": "sentry", "key": "dsn"},
+                "environment": "staging"
+            }))
+            .unwrap(),
+        );
+    });
+    let cm = resources::config_map(&s).unwrap();
+    assert!(
+        cm.data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("STOA_SENTRY"))
+    );
+    let pod_of = |deployment: k8s_openapi::api::apps::v1::Deployment| {
+        deployment.spec.unwrap().template.spec.unwrap()
+    };
+    for pod in [
+        pod_of(resources::deployment(&s, &cm, "img").unwrap()),
+        pod_of(resources::worker_deployment(&s, &cm, "img", 1).unwrap()),
+    ] {
+        let env = pod.containers[0].env.clone().unwrap();
+        let dsn = env.iter().find(|e| e.name == "STOA_SENTRY_DSN").unwrap();
+        let from = dsn
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((from.name.as_str(), from.key.as_str()), ("sentry", "dsn"));
+        assert_eq!(dsn.value, None);
+        assert_eq!(
+            env_of(&pod, "STOA_SENTRY_ENVIRONMENT").as_deref(),
+            Some("staging")
+        );
+    }
+    assert_eq!(stoa_contract::env::SENTRY_DSN, "STOA_SENTRY_DSN");
+    // Without it, nothing is set.
+    let plain = resources::deployment(&stoa("api"), &cm, "img").unwrap();
+    assert!(
+        pod_of(plain).containers[0]
+            .env
+            .iter()
+            .flatten()
+            .all(|e| !e.name.starts_with("STOA_SENTRY"))
+    );
+}
+
 /// The value of the first container's environment variable `name`.
 fn env_of(pod: &k8s_openapi::api::core::v1::PodSpec, name: &str) -> Option<String> {
     pod.containers[0]

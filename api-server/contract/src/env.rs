@@ -24,6 +24,10 @@ pub const SHUTDOWN_TIMEOUT: &str = "STOA_SHUTDOWN_TIMEOUT";
 pub const TRUSTED_PROXY_HOPS: &str = "STOA_TRUSTED_PROXY_HOPS";
 /// Where clients reach the API (`https://host`): the operator sets the Ingress's.
 pub const PUBLIC_URL: &str = "STOA_PUBLIC_URL";
+/// Error tracking: the DSN (from `spec.monitoring.errorTracking.dsnSecretRef`) and the
+/// environment events are filed under.
+pub const SENTRY_DSN: &str = "STOA_SENTRY_DSN";
+pub const SENTRY_ENVIRONMENT: &str = "STOA_SENTRY_ENVIRONMENT";
 /// libpq's (and sqlx's) default CA file for `sslmode=verify-ca|verify-full` when the URL
 /// names no `sslrootcert`: the operator points it at the mounted `database.caSecretRef`.
 pub const PG_SSL_ROOT_CERT: &str = "PGSSLROOTCERT";

@@ -235,6 +235,10 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub log_format: LogFormat,
     pub log_filter: String,
+    /// Sentry DSN (`STOA_SENTRY_DSN` or `_FILE`): error tracking is off without one.
+    pub sentry_dsn: Option<Secret>,
+    /// The environment Sentry files events under.
+    pub sentry_environment: String,
     /// Log lines queued for the writer thread before new ones are dropped (and counted).
     pub log_queue_lines: usize,
     /// Every setting as resolved, secrets redacted (what `check-config` prints).
@@ -424,6 +428,26 @@ impl Config {
             )?
             .map(|(secret, _)| secret);
         let redis_ca_file = s.optional::<PathBuf>("STOA_REDIS_CA_FILE", "(system roots)")?;
+        let sentry_dsn = s
+            .secret_url(
+                "STOA_SENTRY_DSN",
+                &["https", "http"],
+                "(not set: no error tracking)",
+            )?
+            .map(|(secret, _)| secret);
+        if let Some(dsn) = &sentry_dsn
+            && dsn.expose().parse::<sentry::types::Dsn>().is_err()
+        {
+            return Err(ConfigError::Invalid {
+                name: "STOA_SENTRY_DSN",
+                value: "<redacted>".into(),
+                reason: "is not a Sentry DSN (https://<public key>@<host>/<project id>)".into(),
+            });
+        }
+        let sentry_environment = s.read(Setting::new(
+            "STOA_SENTRY_ENVIRONMENT",
+            if dev { "development" } else { "production" }.to_owned(),
+        ))?;
 
         let quota =
             |s: &mut Reader<'_, F>, name, default: Quota| s.read(Setting::new(name, default));
@@ -620,6 +644,8 @@ impl Config {
         Ok(Config {
             dev,
             database,
+            sentry_dsn,
+            sentry_environment,
             redis_url,
             redis_ca_file,
             redis_timeout: s.read(Setting::new(

@@ -93,6 +93,18 @@ pub async fn front_door(
         headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
 
+    if response.status().is_server_error() && crate::error_tracking::enabled() {
+        crate::error_tracking::report_failed_request(
+            request_id.to_str().unwrap_or_default(),
+            method.as_str(),
+            &route.route,
+            response.status().as_u16(),
+            response
+                .extensions()
+                .get::<crate::error_tracking::ErrorDetail>(),
+        );
+    }
+
     let elapsed = started.elapsed();
     observe(
         &door,

@@ -130,6 +130,13 @@ pub fn router(state: AppState) -> Router {
             front_door::FrontDoor::new(config, state.metrics.clone()),
             front_door::front_door,
         ))
+        // With error tracking on: each request gets its own Sentry hub (scope), so what
+        // one request records never lands on another's events.
+        .layer(tower::util::option_layer(
+            crate::error_tracking::enabled().then(
+                sentry::integrations::tower::NewSentryLayer::<axum::extract::Request>::new_from_top,
+            ),
+        ))
 }
 
 /// No layer at all without allowed origins: no cross-origin caller, nothing to answer.

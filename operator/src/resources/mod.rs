@@ -550,6 +550,15 @@ fn program_deployment(
     // hold the old role; user settings come after and win.
     let mut container_env = vec![json!({"name": env::DB_APPLICATION_NAME,
         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})];
+    // Before the user's settings, which win over them.
+    if let Some(tracking) = &spec.monitoring.error_tracking {
+        let dsn = &tracking.dsn_secret_ref;
+        container_env.push(json!({"name": env::SENTRY_DSN,
+            "valueFrom": {"secretKeyRef": {"name": dsn.name, "key": dsn.key}}}));
+        if let Some(environment) = &tracking.environment {
+            container_env.push(json!({"name": env::SENTRY_ENVIRONMENT, "value": environment}));
+        }
+    }
     // A worker's pool and concurrency follow spec.worker (set here, so user env cannot
     // repeat them: Kubernetes keeps only the last of duplicate names).
     let worker_env = [
