@@ -230,7 +230,13 @@ async fn openapi_document_and_offline_docs_page_are_served(pool: PgPool) {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(csp.contains("default-src 'self'"));
+    assert_eq!(csp, stoa_api::http::DOCS_CSP);
+    // The page's scripts are its own files: no inline script is allowed.
+    let scripts = csp
+        .split(';')
+        .find(|d| d.trim().starts_with("script-src"))
+        .unwrap();
+    assert_eq!(scripts.trim(), "script-src 'self'");
     let html = page.text().await.unwrap();
     assert!(
         !html.contains("https://"),

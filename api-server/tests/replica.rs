@@ -121,7 +121,8 @@ async fn served_by_replica(app: &TestApp, path: &str, token: &str) -> bool {
 }
 
 async fn wait_until_current(app: &TestApp) {
-    eventually(
+    common::eventually_within(
+        std::time::Duration::from_secs(60),
         "the replica is followed and the writes feed live",
         || async {
             let metrics = app.metrics().await;

@@ -396,7 +396,7 @@ mod tests {
     #[test]
     fn without_redis_each_pod_counts_its_revocation_listener_connection() {
         let stoa = |redis: &str| -> Stoa {
-            serde_yaml::from_str(&format!(
+            serde_norway::from_str(&format!(
                 "apiVersion: stoa.dev/v1alpha1
 kind: Stoa
 metadata: {{name: api}}
@@ -425,7 +425,7 @@ spec:
 
     #[test]
     fn the_workers_minimum_is_kept_out_of_the_api_bound() {
-        let stoa: Stoa = serde_yaml::from_str(
+        let stoa: Stoa = serde_norway::from_str(
             "apiVersion: stoa.dev/v1alpha1
 kind: Stoa
 metadata: {name: api}

@@ -223,7 +223,7 @@ const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
 /// Parses YAML documents into JSON values, flattening `kind: List` (`kubectl get -o yaml`).
 pub fn documents(text: &str) -> std::result::Result<Vec<Value>, String> {
     let mut out = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
+    for document in serde_norway::Deserializer::from_str(text) {
         let value = Value::deserialize(document).map_err(|e| e.to_string())?;
         match value {
             Value::Null => {}
@@ -284,7 +284,7 @@ pub fn render_documents(
                 .as_ref()
                 .map(|c| format!(", {}", c[i].as_str()))
                 .unwrap_or_default();
-            let yaml = serde_yaml::to_string(&object.object).map_err(|e| e.to_string())?;
+            let yaml = serde_norway::to_string(&object.object).map_err(|e| e.to_string())?;
             out.push_str(&format!(
                 "---\n# {} {}: {when}{state}\n{yaml}",
                 object.kind, object.name
@@ -299,7 +299,7 @@ mod tests {
     use super::*;
 
     fn stoa(yaml: &str) -> Stoa {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_norway::from_str(yaml).unwrap()
     }
 
     const NEW: &str = "apiVersion: stoa.dev/v1alpha1

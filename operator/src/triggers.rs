@@ -135,7 +135,7 @@ mod tests {
     use super::*;
 
     fn stoa() -> Stoa {
-        serde_yaml::from_str(
+        serde_norway::from_str(
             "apiVersion: stoa.dev/v1alpha1
 kind: Stoa
 metadata: {name: api, namespace: shop, generation: 3}

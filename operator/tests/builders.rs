@@ -283,7 +283,7 @@ fn the_migration_job_runs_the_new_image_with_the_migration_credential_and_fails_
     );
     // The API pods never see the admin credential.
     let d = resources::deployment(&s, &resources::config_map(&s).unwrap(), &s.spec.image).unwrap();
-    let yaml = serde_yaml::to_string(&d).unwrap();
+    let yaml = serde_norway::to_string(&d).unwrap();
     assert!(!yaml.contains("api-db-admin"));
 }
 
@@ -468,7 +468,7 @@ fn render(s: &stoa_operator::crd::Stoa) -> String {
             .map(|o| serde_json::to_value(o).unwrap()),
     );
     docs.iter()
-        .map(|d| serde_yaml::to_string(d).unwrap())
+        .map(|d| serde_norway::to_string(d).unwrap())
         .collect::<Vec<_>>()
         .join("---\n")
 }

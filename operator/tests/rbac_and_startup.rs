@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_norway::Value;
 use stoa_operator::startup::{self, Health, StartupError};
 
 type Grant = (String, String, String);
@@ -61,7 +61,7 @@ fn the_kustomize_roles_grant_exactly_what_the_operator_uses() {
         ),
     ] {
         let text = repo(path);
-        let role = serde_yaml::Deserializer::from_str(&text)
+        let role = serde_norway::Deserializer::from_str(&text)
             .map(|doc| Value::deserialize(doc).unwrap())
             .find(|doc| doc["kind"] == kind && doc["metadata"]["name"] == "stoa-operator")
             .unwrap_or_else(|| panic!("no {kind} stoa-operator in {path}"));
@@ -75,7 +75,7 @@ fn the_helm_role_grants_exactly_what_the_operator_uses() {
     let text = repo("helm/stoa-operator/templates/rbac.yaml");
     let start = text.find("rules:\n").unwrap();
     let end = start + text[start..].find("---").unwrap();
-    let block: Value = serde_yaml::from_str(&text[start..end]).unwrap();
+    let block: Value = serde_norway::from_str(&text[start..end]).unwrap();
     assert_eq!(grants_of(&block["rules"]), declared());
 }
 

@@ -38,7 +38,7 @@ async fn newer_release_applied(pool: &PgPool, description: &str) {
 }
 
 fn stoa(image: &str) -> Stoa {
-    serde_yaml::from_str(&format!(
+    serde_norway::from_str(&format!(
         "apiVersion: stoa.dev/v1alpha1
 kind: Stoa
 metadata: {{name: api, namespace: shop, uid: 11111111-2222-3333-4444-555555555555}}

@@ -46,8 +46,8 @@ fn tool(name: &str) -> Option<PathBuf> {
     found
 }
 
-fn yaml(path: &Path) -> serde_yaml::Value {
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+fn yaml(path: &Path) -> serde_norway::Value {
+    serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Every rule of the rule file: (record or alert name, expression, is an alert).

@@ -17,7 +17,7 @@ use stoa_operator::crd::Stoa;
 use stoa_operator::resources;
 
 fn stoa() -> Stoa {
-    serde_yaml::from_str(
+    serde_norway::from_str(
         "apiVersion: stoa.dev/v1alpha1
 kind: Stoa
 metadata: {name: api, namespace: shop, uid: 11111111-2222-3333-4444-555555555555}

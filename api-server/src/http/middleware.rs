@@ -135,7 +135,11 @@ where
         request.extensions_mut().insert(entry);
     }
     let mut response = inner(request).await;
-    crate::error::apply_rate_limit_headers(response.headers_mut(), limits.per_ip, decision);
+    // A budget charged later (the user's, after the revocation check) that refused the
+    // request has set its own headers: those are the ones the client must follow.
+    if !response.headers().contains_key("ratelimit-limit") {
+        crate::error::apply_rate_limit_headers(response.headers_mut(), limits.per_ip, decision);
+    }
     response
 }
 

@@ -352,12 +352,22 @@ impl Drop for RedisServer {
 }
 
 /// Polls `check` every 50 ms for up to 10 s.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..200 {
+    eventually_within(std::time::Duration::from_secs(10), what, check).await;
+}
+
+/// [`eventually`] with a deadline of its own, for what depends on another server starting
+/// (a streaming replica catching up takes longer on a loaded machine).
+pub async fn eventually_within<F, Fut>(deadline: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..deadline.as_millis().div_ceil(50) {
         if check().await {
             return;
         }

@@ -433,7 +433,7 @@ pub fn test_stoa(spec: &str, extra_env: &[(&str, &str)]) -> Stoa {
         .chain(extra_env)
         .map(|(name, value)| format!("    - {{name: {name}, value: {value}}}\n"))
         .collect();
-    serde_yaml::from_str(&format!(
+    serde_norway::from_str(&format!(
         "apiVersion: stoa.dev/v1alpha1
 kind: Stoa
 metadata: {{name: api, namespace: {NAMESPACE}, uid: 11111111-2222-3333-4444-555555555555, generation: 1}}
