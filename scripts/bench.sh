@@ -36,11 +36,13 @@ if [ "$(psql "$PG/$DB" -Atc 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_
 else
   echo "PostgreSQL link: plain TCP"
 fi
-"$SERVER" keys generate --dir "$WORK/keys" >/dev/null
+# Key sets come from this build (an older STOA_API_BIN may not know the MFA key set; it
+# ignores the setting).
+./target/release/stoa-api keys generate --dir "$WORK/keys" >/dev/null
 
 export STOA_DATABASE_URL="$PG/$DB"
 export STOA_JWT_KEYS_DIR="$WORK/keys"
-"$SERVER" mfa-keys generate --dir "$WORK/mfa-keys" >/dev/null
+./target/release/stoa-api mfa-keys generate --dir "$WORK/mfa-keys" >/dev/null
 export STOA_MFA_KEYS_DIR="$WORK/mfa-keys"
 export STOA_LISTEN_ADDR="127.0.0.1:$PORT"
 export STOA_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT"
