@@ -134,6 +134,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(e) if is_pool_exhausted(e) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(e) if crate::db::connection_lost(e).is_some() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Database(e) if is_unstorable_text(e) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -154,6 +157,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => one("request", "rate limit exceeded, retry later"),
             ApiError::Unavailable(what) => one(what, "is temporarily unavailable"),
             ApiError::Database(e) if is_pool_exhausted(e) => one("server", "is busy, retry later"),
+            ApiError::Database(e) if crate::db::connection_lost(e).is_some() => {
+                one("server", "lost its database connection, retry later")
+            }
             ApiError::Database(e) if is_unstorable_text(e) => {
                 one("request", "must not contain NUL characters")
             }
@@ -191,6 +197,9 @@ impl IntoResponse for ApiError {
         let status = self.status();
         match &self {
             ApiError::Database(e) if is_unstorable_text(e) => {}
+            ApiError::Database(e) if crate::db::connection_lost(e).is_some() => {
+                tracing::warn!(error = %e, "database connection lost during the request")
+            }
             ApiError::Database(e) => tracing::error!(error = %e, "database error"),
             ApiError::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
             _ => {}
@@ -227,6 +236,13 @@ impl IntoResponse for ApiError {
                     .extensions_mut()
                     .insert(crate::metrics::Refusal::DatabaseBusy);
             }
+            // The front door tries a read again, and counts either way.
+            ApiError::Database(e) if let Some(reason) = crate::db::connection_lost(e) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response.extensions_mut().insert(ConnectionLost(reason));
+            }
             // For error tracking (the front door reports every 5xx): what went wrong, in
             // the words logged above. Never part of the body.
             ApiError::Database(e) if !is_unstorable_text(e) => {
@@ -244,6 +260,10 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// On a 503 whose statement lost its database connection: why (`db::connection_lost`).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLost(pub &'static str);
 
 /// Maps unique-constraint violations to field errors at the call site:
 /// `query.await.on_constraint("users_email_key", || ApiError::field("email", "has already been taken"))`.

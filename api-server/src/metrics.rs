@@ -73,6 +73,7 @@ pub struct Metrics {
     pub cache_requests: Family<CacheLabels, Counter>,
     pub rate_limited: Family<BucketLabels, Counter>,
     pub refused: Family<RefusalLabels, Counter>,
+    pub db_connection_lost: Family<ConnectionLostLabels, Counter>,
     /// Log lines dropped because the writer's queue was full (brought up to date on scrape).
     pub log_lines_dropped: Counter,
     pub db_credentials: Family<CredentialLabels, Gauge>,
@@ -204,6 +205,15 @@ impl Refusal {
             Refusal::DatabaseBusy => "database_busy",
         }
     }
+}
+
+/// `stoa_db_connection_lost_total`: why the connection went (`db::connection_lost`) and
+/// what the request got: `retried` (a read, run again on a fresh connection) or
+/// `unavailable` (a 503: a write, or a read whose second try failed too).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLostLabels {
+    pub reason: &'static str,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -432,6 +442,12 @@ impl Metrics {
             "Requests answered 503 by reason: overloaded (load shed), timeout, database_busy",
             refused.clone(),
         );
+        let db_connection_lost = Family::<ConnectionLostLabels, Counter>::default();
+        registry.register(
+            "db_connection_lost",
+            "Statements that lost their database connection (PostgreSQL restarted or failed over), by reason and outcome (retried: a read run again; unavailable: answered 503)",
+            db_connection_lost.clone(),
+        );
         let log_lines_dropped = Counter::default();
         registry.register(
             "log_lines_dropped",
@@ -514,6 +530,7 @@ impl Metrics {
             cache_requests,
             rate_limited,
             refused,
+            db_connection_lost,
             log_lines_dropped,
             db_credentials,
             db_credential_reloads,

@@ -84,6 +84,30 @@ pub async fn create_database_if_missing(url: &Secret) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why a statement failed because its connection went away (PostgreSQL restarted, failed
+/// over, or the link broke), or `None` for any other error. Such a statement may or may
+/// not have run: a read can be tried again on a fresh connection, a write cannot be known
+/// to have failed. Errors of opening a connection are not here: the pool retries those
+/// itself until `STOA_DB_ACQUIRE_TIMEOUT`.
+pub fn connection_lost(e: &sqlx::Error) -> Option<&'static str> {
+    match e {
+        // admin_shutdown, crash_shutdown, cannot_connect_now (PostgreSQL's SQLSTATE class 57).
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("57P01") => Some("admin_shutdown"),
+            Some("57P02") => Some("crash_shutdown"),
+            Some("57P03") => Some("cannot_connect_now"),
+            _ => None,
+        },
+        sqlx::Error::Io(io) => Some(match io.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => "reset",
+            std::io::ErrorKind::BrokenPipe => "broken_pipe",
+            _ => "io",
+        }),
+        _ => None,
+    }
+}
+
 /// A database error in words safe to show an operator (no URLs, no passwords).
 pub fn describe_error(e: &sqlx::Error) -> String {
     match e {

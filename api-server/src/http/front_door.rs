@@ -25,9 +25,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Semaphore;
 
 use crate::config::HttpConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, ConnectionLost};
 use crate::http::REQUEST_ID;
-use crate::metrics::{HttpLabels, Metrics, Refusal, RefusalLabels};
+use crate::metrics::{ConnectionLostLabels, HttpLabels, Metrics, Refusal, RefusalLabels};
 
 /// What the front door needs: the limits it enforces and where it reports.
 #[derive(Clone)]
@@ -128,11 +128,64 @@ async fn admit(door: &FrontDoor, request: Request, next: Next) -> Response {
     let Ok(_permit) = door.admission.try_acquire() else {
         return refused(Refusal::Overloaded, "server (overloaded)");
     };
-    let served = AssertUnwindSafe(next.run(request)).catch_unwind();
+    let served = AssertUnwindSafe(serve_reads_twice(door, request, next)).catch_unwind();
     match tokio::time::timeout(door.timeout, served).await {
         Ok(Ok(response)) => response,
         Ok(Err(panic)) => panic_response(panic),
         Err(_) => refused(Refusal::TimedOut, "request (timed out)"),
+    }
+}
+
+/// Runs the request; a read whose statement lost its database connection (PostgreSQL
+/// restarted or failed over: `db::connection_lost`) runs once more, on a fresh connection
+/// (the pool waits for the server to accept connections again, up to
+/// `STOA_DB_ACQUIRE_TIMEOUT`). A read changed nothing, so running it again is safe; a
+/// write may or may not have committed, so it answers the 503 with `Retry-After`.
+async fn serve_reads_twice(door: &FrontDoor, request: Request, next: Next) -> Response {
+    let again = replayable(&request);
+    let first = next.clone().run(request).await;
+    let Some(ConnectionLost(reason)) = first.extensions().get::<ConnectionLost>().copied() else {
+        return first;
+    };
+    let Some(again) = again else {
+        door.count_lost(reason, "unavailable");
+        return first;
+    };
+    door.count_lost(reason, "retried");
+    let second = next.run(again).await;
+    if let Some(ConnectionLost(reason)) = second.extensions().get::<ConnectionLost>().copied() {
+        door.count_lost(reason, "unavailable");
+    }
+    second
+}
+
+/// A copy of a read to run again (GET or HEAD without a body, other than the probes,
+/// which touch no database), or `None`.
+fn replayable(request: &Request) -> Option<Request> {
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    let path = request.uri().path();
+    let bodyless = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|length| length == "0");
+    if !read || !bodyless || path == "/healthz" || path == "/readyz" {
+        return None;
+    }
+    let mut again = Request::new(Body::empty());
+    *again.method_mut() = request.method().clone();
+    *again.uri_mut() = request.uri().clone();
+    *again.version_mut() = request.version();
+    *again.headers_mut() = request.headers().clone();
+    *again.extensions_mut() = request.extensions().clone();
+    Some(again)
+}
+
+impl FrontDoor {
+    fn count_lost(&self, reason: &'static str, outcome: &'static str) {
+        self.metrics
+            .db_connection_lost
+            .get_or_create(&ConnectionLostLabels { reason, outcome })
+            .inc();
     }
 }
 
