@@ -128,7 +128,7 @@ async fn admit(door: &FrontDoor, request: Request, next: Next) -> Response {
     let Ok(_permit) = door.admission.try_acquire() else {
         return refused(Refusal::Overloaded, "server (overloaded)");
     };
-    let served = AssertUnwindSafe(serve_reads_twice(door, request, next)).catch_unwind();
+    let served = AssertUnwindSafe(serve_retrying_reads(door, request, next)).catch_unwind();
     match tokio::time::timeout(door.timeout, served).await {
         Ok(Ok(response)) => response,
         Ok(Err(panic)) => panic_response(panic),
@@ -137,27 +137,41 @@ async fn admit(door: &FrontDoor, request: Request, next: Next) -> Response {
 }
 
 /// Runs the request; a read whose statement lost its database connection (PostgreSQL
-/// restarted or failed over: `db::connection_lost`) runs once more, on a fresh connection
-/// (the pool waits for the server to accept connections again, up to
-/// `STOA_DB_ACQUIRE_TIMEOUT`). A read changed nothing, so running it again is safe; a
-/// write may or may not have committed, so it answers the 503 with `Retry-After`.
-async fn serve_reads_twice(door: &FrontDoor, request: Request, next: Next) -> Response {
-    let again = replayable(&request);
-    let first = next.clone().run(request).await;
-    let Some(ConnectionLost(reason)) = first.extensions().get::<ConnectionLost>().copied() else {
-        return first;
+/// restarted or failed over: `db::connection_lost`) runs again on a fresh connection, up
+/// to [`READ_RETRIES`] times with a growing pause (a restarting server refuses new sessions
+/// for a moment: 57P03). A read changed nothing, so running it again is safe; a write may
+/// or may not have committed, so it answers the 503 with `Retry-After`.
+async fn serve_retrying_reads(door: &FrontDoor, request: Request, next: Next) -> Response {
+    let Some(copy) = replayable(&request) else {
+        let response = next.run(request).await;
+        if let Some(ConnectionLost(reason)) = response.extensions().get::<ConnectionLost>() {
+            door.count_lost(reason, "unavailable");
+        }
+        return response;
     };
-    let Some(again) = again else {
-        door.count_lost(reason, "unavailable");
-        return first;
-    };
-    door.count_lost(reason, "retried");
-    let second = next.run(again).await;
-    if let Some(ConnectionLost(reason)) = second.extensions().get::<ConnectionLost>().copied() {
+    let mut response = next.clone().run(request).await;
+    let mut pause = Duration::from_millis(50);
+    for _ in 0..READ_RETRIES {
+        let Some(ConnectionLost(reason)) = response.extensions().get::<ConnectionLost>().copied()
+        else {
+            return response;
+        };
+        door.count_lost(reason, "retried");
+        response = next.clone().run(copy_of(&copy)).await;
+        if response.extensions().get::<ConnectionLost>().is_some() {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
+    if let Some(ConnectionLost(reason)) = response.extensions().get::<ConnectionLost>() {
         door.count_lost(reason, "unavailable");
     }
-    second
+    response
 }
+
+/// Tries of a read after the first that lost its connection: with pauses of 50 ms doubling,
+/// about 1.5 s in all, the time a PostgreSQL restart takes (a longer outage answers 503).
+const READ_RETRIES: usize = 5;
 
 /// A copy of a read to run again (GET or HEAD without a body, other than the probes,
 /// which touch no database), or `None`.
@@ -171,13 +185,19 @@ fn replayable(request: &Request) -> Option<Request> {
     if !read || !bodyless || path == "/healthz" || path == "/readyz" {
         return None;
     }
-    let mut again = Request::new(Body::empty());
-    *again.method_mut() = request.method().clone();
-    *again.uri_mut() = request.uri().clone();
-    *again.version_mut() = request.version();
-    *again.headers_mut() = request.headers().clone();
-    *again.extensions_mut() = request.extensions().clone();
-    Some(again)
+    Some(copy_of(request))
+}
+
+/// The request's head with an empty body. Every extension is copied: routing put the
+/// path parameters there (a private type), and the layers inside read the peer address.
+fn copy_of(request: &Request) -> Request {
+    let mut copy = Request::new(Body::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
 }
 
 impl FrontDoor {
