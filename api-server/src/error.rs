@@ -237,7 +237,8 @@ impl IntoResponse for ApiError {
                     .insert(crate::metrics::Refusal::DatabaseBusy);
             }
             // The front door tries a read again, and counts either way.
-            ApiError::Database(e) if let Some(reason) = crate::db::connection_lost(e) => {
+            ApiError::Database(e) if crate::db::connection_lost(e).is_some() => {
+                let reason = crate::db::connection_lost(e).unwrap_or("io");
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
