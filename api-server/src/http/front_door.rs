@@ -29,9 +29,14 @@ use crate::error::{ApiError, ConnectionLost};
 use crate::http::REQUEST_ID;
 use crate::metrics::{ConnectionLostLabels, HttpLabels, Metrics, Refusal, RefusalLabels};
 
-/// What the front door needs: the limits it enforces and where it reports.
+/// What the front door needs: the limits it enforces and where it reports. Shared:
+/// `from_fn_with_state` clones its state for every request, so that clone is one
+/// reference count (a profile of `/healthz` showed the field-by-field clone and drop at
+/// 1.35% of the server's time).
 #[derive(Clone)]
-pub struct FrontDoor {
+pub struct FrontDoor(Arc<Door>);
+
+pub struct Door {
     metrics: Arc<Metrics>,
     /// At most `STOA_MAX_CONCURRENT_REQUESTS` requests inside at once; the rest are shed.
     admission: Arc<Semaphore>,
@@ -46,9 +51,16 @@ pub struct FrontDoor {
     hsts: Option<HeaderValue>,
 }
 
+impl std::ops::Deref for FrontDoor {
+    type Target = Door;
+    fn deref(&self) -> &Door {
+        &self.0
+    }
+}
+
 impl FrontDoor {
     pub fn new(http: &HttpConfig, metrics: Arc<Metrics>) -> Self {
-        FrontDoor {
+        FrontDoor(Arc::new(Door {
             metrics,
             admission: Arc::new(Semaphore::new(http.max_concurrent_requests)),
             timeout: http.request_timeout,
@@ -61,7 +73,7 @@ impl FrontDoor {
                 .and_then(|_| {
                     HeaderValue::from_str(&format!("max-age={}", http.hsts_max_age.as_secs())).ok()
                 }),
-        }
+        }))
     }
 }
 
@@ -397,14 +409,14 @@ mod tests {
 
     fn door(max_concurrent: usize, timeout: Duration) -> (FrontDoor, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new(1));
-        let door = FrontDoor {
+        let door = FrontDoor(Arc::new(Door {
             metrics: metrics.clone(),
             admission: Arc::new(Semaphore::new(max_concurrent)),
             timeout,
             access_log_every: 1,
             routes: Arc::default(),
             hsts: None,
-        };
+        }));
         (door, metrics)
     }
 
@@ -521,6 +533,7 @@ mod tests {
         let hsts_of = |config: &HttpConfig| {
             FrontDoor::new(config, Arc::new(Metrics::new(1)))
                 .hsts
+                .as_ref()
                 .map(|v| v.to_str().unwrap().to_owned())
         };
         assert_eq!(hsts_of(&http(&[])), None);
