@@ -80,14 +80,28 @@ where
         .ok()
         .flatten()
         .and_then(|token| state.tokens.verify(token).ok());
-    // The user's budget is charged here only for a token this replica's denylist copy
-    // knows is not revoked; otherwise the extractor checks revocation first and charges
-    // after (a leaked but revoked token must not exhaust its victim's budget).
+    // The user's budget is charged here, with the address's in one all-or-nothing call,
+    // only for a token known not to be revoked: a leaked but revoked token must not
+    // exhaust its victim's budget. This replica's denylist copy answers; while it cannot
+    // (its feed is not live yet, or lost), the shared stores do. A revoked token, or a
+    // check that failed, is left to the extractor, which refuses or checks again first.
     let (verified, unrevoked) = match verified {
-        Some(claims) if state.revocations.check_local(claims.jti, claims.fam) == Some(false) => {
-            (None, Some(claims))
+        Some(claims) => {
+            let revoked = match state.revocations.check_local(claims.jti, claims.fam) {
+                Some(answer) => Ok(answer),
+                None => {
+                    state
+                        .revocations
+                        .is_revoked(&state.db(), claims.jti, claims.fam)
+                        .await
+                }
+            };
+            match revoked {
+                Ok(false) => (None, Some(claims)),
+                _ => (Some(claims), None),
+            }
         }
-        other => (other, None),
+        None => (None, None),
     };
     if let Some(claims) = verified {
         request.extensions_mut().insert(Verified {
