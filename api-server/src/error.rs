@@ -121,6 +121,15 @@ impl ApiError {
         ApiError::Validation(one_error(field, message))
     }
 
+    /// Why the statement's database connection went away, if that is what failed
+    /// (`db::connection_lost`).
+    fn connection_lost(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Database(e) => crate::db::connection_lost(e),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) | ApiError::InvalidCredentials | ApiError::InvalidCode => {
@@ -134,7 +143,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(e) if is_pool_exhausted(e) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Database(e) if crate::db::connection_lost(e).is_some() => {
+            ApiError::Database(_) if self.connection_lost().is_some() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Database(e) if is_unstorable_text(e) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -157,7 +166,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => one("request", "rate limit exceeded, retry later"),
             ApiError::Unavailable(what) => one(what, "is temporarily unavailable"),
             ApiError::Database(e) if is_pool_exhausted(e) => one("server", "is busy, retry later"),
-            ApiError::Database(e) if crate::db::connection_lost(e).is_some() => {
+            ApiError::Database(_) if self.connection_lost().is_some() => {
                 one("server", "lost its database connection, retry later")
             }
             ApiError::Database(e) if is_unstorable_text(e) => {
@@ -197,7 +206,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         match &self {
             ApiError::Database(e) if is_unstorable_text(e) => {}
-            ApiError::Database(e) if crate::db::connection_lost(e).is_some() => {
+            ApiError::Database(e) if self.connection_lost().is_some() => {
                 tracing::warn!(error = %e, "database connection lost during the request")
             }
             ApiError::Database(e) => tracing::error!(error = %e, "database error"),
@@ -211,6 +220,14 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        // The front door tries a read again, and counts either way.
+        if let Some(reason) = self.connection_lost() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.extensions_mut().insert(ConnectionLost(reason));
+            return response;
+        }
         match &self {
             ApiError::Unauthorized(_) => {
                 response.headers_mut().insert(
@@ -235,14 +252,6 @@ impl IntoResponse for ApiError {
                 response
                     .extensions_mut()
                     .insert(crate::metrics::Refusal::DatabaseBusy);
-            }
-            // The front door tries a read again, and counts either way.
-            ApiError::Database(e) if crate::db::connection_lost(e).is_some() => {
-                let reason = crate::db::connection_lost(e).unwrap_or("io");
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                response.extensions_mut().insert(ConnectionLost(reason));
             }
             // For error tracking (the front door reports every 5xx): what went wrong, in
             // the words logged above. Never part of the body.

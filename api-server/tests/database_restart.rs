@@ -6,12 +6,10 @@
 //! thing with a real restart of a PostgreSQL the test starts, under reads and writes.
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::tls::{as_server_user, initdb, is_root, postgres_bin};
+use common::tls::{Postgres, postgres_bin};
 use common::{TestApp, eventually};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -99,72 +97,8 @@ async fn a_read_that_loses_its_connection_runs_again_and_a_write_answers_503(poo
     }
 }
 
-/// A PostgreSQL of the test's own (trust authentication, no fsync), restartable.
-struct OwnPostgres {
-    bin: PathBuf,
-    pgdata: PathBuf,
-    port: u16,
-    server: Option<Child>,
-    _data: tempfile::TempDir,
-}
-
-impl OwnPostgres {
-    fn start(bin: &Path) -> OwnPostgres {
-        let data = tempfile::tempdir().unwrap();
-        if is_root() {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(data.path())
-                .status()
-                .unwrap();
-        }
-        let pgdata = data.path().join("pgdata");
-        initdb(bin, &pgdata);
-        let mut server = OwnPostgres {
-            bin: bin.to_owned(),
-            pgdata,
-            port: common::free_port(),
-            server: None,
-            _data: data,
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let child = as_server_user(&self.bin.join("postgres"))
-            .arg("-D")
-            .arg(&self.pgdata)
-            .args(["-p", &self.port.to_string(), "-k"])
-            .arg(&self.pgdata)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.server = Some(child);
-        common::wait_for_port(self.port, "the test's PostgreSQL");
-    }
-
-    /// Fast shutdown (SIGINT): every session is ended with 57P01, as on a restart.
-    fn stop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let pid = server.id().to_string();
-            let _ = Command::new("pkill").args(["-INT", "-P", &pid]).status();
-            let _ = Command::new("kill").args(["-INT", &pid]).status();
-            let _ = server.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        self.stop();
-    }
+fn url_of(postgres: &Postgres) -> String {
+    format!("postgres://postgres@127.0.0.1:{}/postgres", postgres.port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,11 +111,11 @@ async fn a_postgres_restart_under_load_fails_no_read_and_answers_no_500() {
         eprintln!("SKIP: initdb is missing (Debian package postgresql)");
         return;
     };
-    let mut postgres = OwnPostgres::start(&bin);
+    let mut postgres = Postgres::start(&bin, &["listen_addresses=127.0.0.1"], |_| {});
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(15))
-        .connect(&postgres.url())
+        .connect(&url_of(&postgres))
         .await
         .unwrap();
     stoa_api::db::MIGRATOR.run(&pool).await.unwrap();

@@ -185,26 +185,26 @@ async fn rotate(
             .iter()
             .map(|secret| refresh::successor(secret, token))
             .find(|candidate| &candidate.hash == successor_hash);
-        if same.is_some() {
-            // Not an attack by itself (two tabs), but whoever held the spent token now
-            // holds the session too: recorded, so a pattern of it can be seen.
-            tracing::info!(
-                target: "stoa::security",
-                event = "refresh_grace_used",
-                user_id = %replayed.user_id,
-                family_id = %replayed.family_id,
-                client_ip = %ip.0,
-                "spent refresh token presented again within the grace by the same client: same successor handed out"
-            );
-            security_event(state, SecurityEvent::RefreshGraceUsed);
-        }
         return match same {
-            Some(successor) => session_response(
-                state,
-                replayed.user,
-                Some(replayed.family_id),
-                Some(successor.token),
-            ),
+            Some(successor) => {
+                // Not an attack by itself (two tabs), but whoever held the spent token now
+                // holds the session too: recorded, so a pattern of it can be seen.
+                tracing::info!(
+                    target: "stoa::security",
+                    event = "refresh_grace_used",
+                    user_id = %replayed.user_id,
+                    family_id = %replayed.family_id,
+                    client_ip = %ip.0,
+                    "spent refresh token presented again within the grace by the same client: same successor handed out"
+                );
+                security_event(state, SecurityEvent::RefreshGraceUsed);
+                session_response(
+                    state,
+                    replayed.user,
+                    Some(replayed.family_id),
+                    Some(successor.token),
+                )
+            }
             None => Err(ApiError::Unauthorized("refresh token was already used")),
         };
     }

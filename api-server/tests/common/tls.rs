@@ -88,91 +88,127 @@ pub fn postgres_bin() -> Option<PathBuf> {
     found.pop()
 }
 
-/// A PostgreSQL that accepts only TLS connections (`hostssl` in pg_hba.conf; plain TCP
-/// is rejected), trusting every TLS client.
-pub struct TlsPostgres {
+/// A PostgreSQL of a test's own: a fresh cluster (trust authentication, no fsync) on a
+/// free port, stopped on drop, restartable.
+pub struct Postgres {
     pub port: u16,
+    bin: PathBuf,
+    pgdata: PathBuf,
+    settings: Vec<String>,
+    server: Option<Child>,
     _data: tempfile::TempDir,
-    server: Child,
 }
 
-impl TlsPostgres {
-    pub fn start(bin: &Path, ca: &ThrowawayCa) -> TlsPostgres {
+impl Postgres {
+    /// Starts a new cluster with `settings` (`name=value`, as `-c` options);
+    /// `configure` may write into its data directory first (as the server's user).
+    pub fn start(bin: &Path, settings: &[&str], configure: impl FnOnce(&Path)) -> Postgres {
         let data = tempfile::tempdir().unwrap();
-        let root = is_root();
-        if root {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(data.path())
-                .status()
-                .unwrap();
-        }
+        let chown = |path: &Path| {
+            if is_root() {
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(path)
+                    .status()
+                    .unwrap();
+            }
+        };
+        chown(data.path());
         let pgdata = data.path().join("pgdata");
         initdb(bin, &pgdata);
-        std::fs::write(
-            pgdata.join("pg_hba.conf"),
-            "local all all trust\n\
-             hostssl all all 127.0.0.1/32 trust\n\
-             hostssl all all ::1/128 trust\n\
-             host all all 0.0.0.0/0 reject\n\
-             host all all ::/0 reject\n",
-        )
-        .unwrap();
-        for (from, to) in [(&ca.cert, "server.pem"), (&ca.key, "server.key")] {
-            std::fs::copy(from, pgdata.join(to)).unwrap();
-        }
-        let key = pgdata.join("server.key");
-        let mut permissions = std::fs::metadata(&key).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
-        std::fs::set_permissions(&key, permissions).unwrap();
-        if root {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&pgdata)
-                .status()
-                .unwrap();
-        }
-        let port = super::free_port();
-        let server = as_server_user(&bin.join("postgres"))
+        configure(&pgdata);
+        chown(&pgdata);
+        let mut server = Postgres {
+            port: super::free_port(),
+            bin: bin.to_owned(),
+            pgdata,
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
+            server: None,
+            _data: data,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts the server on its cluster and port (again, after [`Postgres::stop`]).
+    pub fn spawn(&mut self) {
+        let mut command = as_server_user(&self.bin.join("postgres"));
+        command
             .arg("-D")
-            .arg(&pgdata)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(&pgdata)
-            .args([
-                "-c",
-                "listen_addresses=localhost",
-                "-c",
-                "ssl=on",
-                "-c",
-                "ssl_cert_file=server.pem",
-                "-c",
-                "ssl_key_file=server.key",
-                "-c",
-                "fsync=off",
-            ])
+            .arg(&self.pgdata)
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(&self.pgdata)
+            .args(["-c", "fsync=off"]);
+        for setting in &self.settings {
+            command.args(["-c", setting]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        super::wait_for_port(port, "the TLS PostgreSQL");
-        TlsPostgres {
-            port,
-            _data: data,
-            server,
+        self.server = Some(child);
+        super::wait_for_port(self.port, "the test's PostgreSQL");
+    }
+
+    /// Fast shutdown (SIGINT): every session is ended with 57P01, as on a restart.
+    /// `kill` reaches the server through runuser.
+    pub fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let pid = server.id().to_string();
+            let _ = Command::new("pkill").args(["-INT", "-P", &pid]).status();
+            let _ = Command::new("kill").args(["-INT", &pid]).status();
+            let _ = server.wait();
         }
     }
 }
 
-impl Drop for TlsPostgres {
+impl Drop for Postgres {
     fn drop(&mut self) {
-        // SIGINT: PostgreSQL's fast shutdown. `kill` reaches it through runuser.
-        let _ = Command::new("pkill")
-            .args(["-INT", "-P", &self.server.id().to_string()])
-            .status();
-        let _ = Command::new("kill")
-            .args(["-INT", &self.server.id().to_string()])
-            .status();
-        let _ = self.server.wait();
+        self.stop();
+    }
+}
+
+/// A PostgreSQL that accepts only TLS connections (`hostssl` in pg_hba.conf; plain TCP
+/// is rejected), trusting every TLS client.
+pub struct TlsPostgres {
+    pub port: u16,
+    _server: Postgres,
+}
+
+impl TlsPostgres {
+    pub fn start(bin: &Path, ca: &ThrowawayCa) -> TlsPostgres {
+        let server = Postgres::start(
+            bin,
+            &[
+                "listen_addresses=localhost",
+                "ssl=on",
+                "ssl_cert_file=server.pem",
+                "ssl_key_file=server.key",
+            ],
+            |pgdata| {
+                std::fs::write(
+                    pgdata.join("pg_hba.conf"),
+                    "local all all trust\n\
+                     hostssl all all 127.0.0.1/32 trust\n\
+                     hostssl all all ::1/128 trust\n\
+                     host all all 0.0.0.0/0 reject\n\
+                     host all all ::/0 reject\n",
+                )
+                .unwrap();
+                for (from, to) in [(&ca.cert, "server.pem"), (&ca.key, "server.key")] {
+                    std::fs::copy(from, pgdata.join(to)).unwrap();
+                }
+                let key = pgdata.join("server.key");
+                let mut permissions = std::fs::metadata(&key).unwrap().permissions();
+                std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+                std::fs::set_permissions(&key, permissions).unwrap();
+            },
+        );
+        TlsPostgres {
+            port: server.port,
+            _server: server,
+        }
     }
 }
 

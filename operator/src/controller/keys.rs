@@ -45,13 +45,7 @@ pub(super) async fn ensure_key_secret(
 ) -> Result<Secret> {
     let api: Api<Secret> = target.api(&ctx.client);
     let name = &target.names.keys;
-    if let Some(existing) = api.get_opt(name).await? {
-        if !apply::owned_by(&existing, &target.uid) {
-            return Err(Error::NotOwned {
-                kind: "Secret",
-                name: name.clone(),
-            });
-        }
+    if let Some(existing) = owned_secret(&api, name, target).await? {
         return Ok(existing);
     }
     let mut keyset = stoa_contract::keys::generate_keyset();
@@ -105,13 +99,7 @@ pub(super) async fn ensure_mfa_key_secret(
 ) -> Result<()> {
     let api: Api<Secret> = target.api(&ctx.client);
     let name = &target.names.mfa_keys;
-    if let Some(existing) = api.get_opt(name).await? {
-        if !apply::owned_by(&existing, &target.uid) {
-            return Err(Error::NotOwned {
-                kind: "Secret",
-                name: name.clone(),
-            });
-        }
+    if owned_secret(&api, name, target).await?.is_some() {
         return Ok(());
     }
     let secret = resources::mfa_key_secret(stoa, &stoa_contract::mfa_keys::generate_mfa_keyset())?;
@@ -131,6 +119,17 @@ pub(super) async fn ensure_mfa_key_secret(
         .await;
     }
     Ok(())
+}
+
+/// The Secret `name` if it exists; an error if it does but this Stoa does not own it.
+async fn owned_secret(api: &Api<Secret>, name: &str, target: &Target) -> Result<Option<Secret>> {
+    match api.get_opt(name).await? {
+        Some(existing) if !apply::owned_by(&existing, &target.uid) => Err(Error::NotOwned {
+            kind: "Secret",
+            name: name.to_owned(),
+        }),
+        found => Ok(found),
+    }
 }
 
 fn key_set_file(secret: &Secret) -> Option<KeySetFile> {

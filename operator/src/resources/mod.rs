@@ -329,20 +329,13 @@ pub fn key_secret(stoa: &Stoa, keyset: &stoa_contract::keys::KeySetFile) -> Resu
         kind: "Secret",
         source,
     })?;
-    let mut metadata = meta(stoa, &Names::of(stoa).keys)?;
-    metadata
-        .labels
-        .get_or_insert_default()
-        .insert("stoa.dev/secret".into(), "jwt-keys".into());
-    Ok(Secret {
-        metadata,
-        type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            stoa_contract::keys::KEYSET_FILE.to_owned(),
-            ByteString(json),
-        )])),
-        ..Secret::default()
-    })
+    one_file_secret(
+        stoa,
+        &Names::of(stoa).keys,
+        "jwt-keys",
+        stoa_contract::keys::KEYSET_FILE,
+        json,
+    )
 }
 
 /// The Secret with the key set that encrypts second-factor secrets (`mfa-keys.json`,
@@ -353,18 +346,33 @@ pub fn mfa_key_secret(
     stoa: &Stoa,
     keyset: &stoa_contract::mfa_keys::MfaKeySetFile,
 ) -> Result<Secret> {
-    let mut metadata = meta(stoa, &Names::of(stoa).mfa_keys)?;
+    one_file_secret(
+        stoa,
+        &Names::of(stoa).mfa_keys,
+        "mfa-keys",
+        stoa_contract::mfa_keys::MFA_KEYS_FILE,
+        keyset.to_json(),
+    )
+}
+
+/// An Opaque Secret `name` owned by the Stoa, labelled `stoa.dev/secret: <kind>`, holding
+/// one file.
+fn one_file_secret(
+    stoa: &Stoa,
+    name: &str,
+    kind: &str,
+    file: &str,
+    contents: Vec<u8>,
+) -> Result<Secret> {
+    let mut metadata = meta(stoa, name)?;
     metadata
         .labels
         .get_or_insert_default()
-        .insert("stoa.dev/secret".into(), "mfa-keys".into());
+        .insert("stoa.dev/secret".into(), kind.into());
     Ok(Secret {
         metadata,
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            stoa_contract::mfa_keys::MFA_KEYS_FILE.to_owned(),
-            ByteString(keyset.to_json()),
-        )])),
+        data: Some(BTreeMap::from([(file.to_owned(), ByteString(contents))])),
         ..Secret::default()
     })
 }
