@@ -354,7 +354,7 @@ async fn command_pool(config: &Config) -> anyhow::Result<db::Pool> {
 }
 
 async fn mfa_keys(command: MfaKeysCommand) -> anyhow::Result<()> {
-    use stoa_api::auth::sealing::{self, SecretSealer};
+    use stoa_api::auth::sealing;
     use stoa_contract::mfa_keys::{MFA_KEYS_FILE, MfaKeySetFile, generate_mfa_keyset};
     let read = |dir: &std::path::Path| -> anyhow::Result<MfaKeySetFile> {
         Ok(MfaKeySetFile::read_dir_with_bytes(dir)?.0)
@@ -388,50 +388,66 @@ async fn mfa_keys(command: MfaKeysCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", dir.display()))?;
             println!("new active MFA key {kid}; the previous keys are retired (still decrypt)");
         }
-        MfaKeysCommand::Drop { dir, kid } => {
-            let mut set = read(&dir)?;
-            let pool = database().await?;
-            let sealed = sealing::rows_per_key(pool.sqlx())
-                .await?
-                .into_iter()
-                .find(|(key, _)| key.as_deref() == Some(kid.as_str()))
-                .map_or(0, |(_, rows)| rows);
-            if sealed > 0 {
-                anyhow::bail!(
-                    "{sealed} second-factor secrets are still sealed under {kid}: run `stoa-api mfa-keys reseal` (or wait for the serving pods) first"
-                );
-            }
-            if !set.drop_retired(&kid) {
-                anyhow::bail!("{kid} is not a retired key in {}", dir.display());
-            }
-            set.write_dir(&dir)
-                .with_context(|| format!("cannot write {}", dir.display()))?;
-            println!("dropped retired MFA key {kid}");
-        }
+        MfaKeysCommand::Drop { dir, kid } => drop_mfa_key(read(&dir)?, &dir, &kid).await?,
         MfaKeysCommand::Status => {
             let pool = database().await?;
             for (kid, rows) in sealing::rows_per_key(pool.sqlx()).await? {
                 println!("{}\t{rows}", kid.as_deref().unwrap_or("(in the clear)"));
             }
         }
-        MfaKeysCommand::Reseal => {
-            let config = Config::from_process_env_for_migrate()?;
-            let dir = config.auth.mfa_keys_dir.clone().ok_or_else(|| {
-                anyhow::anyhow!("STOA_MFA_KEYS_DIR is not set: nothing to seal with")
-            })?;
-            let sealer = SecretSealer::from_file(&read(&dir)?)?;
-            let pool = command_pool(&config).await?;
-            let report = sealing::reseal_all(pool.sqlx(), &sealer).await?;
-            println!(
-                "resealed {} under {}; {} sealed under keys not in this set",
-                report.resealed,
-                sealer.active_kid(),
-                report.unreadable
-            );
-            if report.unreadable > 0 {
-                anyhow::bail!("some secrets could not be opened with this key set");
-            }
-        }
+        MfaKeysCommand::Reseal => reseal_mfa_secrets().await?,
+    }
+    Ok(())
+}
+
+/// `stoa-api mfa-keys drop`: refused while the database holds secrets sealed under `kid`.
+async fn drop_mfa_key(
+    mut set: stoa_contract::mfa_keys::MfaKeySetFile,
+    dir: &std::path::Path,
+    kid: &str,
+) -> anyhow::Result<()> {
+    let config = Config::from_process_env_for_migrate()?;
+    let pool = command_pool(&config).await?;
+    let sealed = stoa_api::auth::sealing::rows_per_key(pool.sqlx())
+        .await?
+        .into_iter()
+        .find(|(key, _)| key.as_deref() == Some(kid))
+        .map_or(0, |(_, rows)| rows);
+    if sealed > 0 {
+        anyhow::bail!(
+            "{sealed} second-factor secrets are still sealed under {kid}: run `stoa-api mfa-keys reseal` (or wait for the serving pods) first"
+        );
+    }
+    if !set.drop_retired(kid) {
+        anyhow::bail!("{kid} is not a retired key in {}", dir.display());
+    }
+    set.write_dir(dir)
+        .with_context(|| format!("cannot write {}", dir.display()))?;
+    println!("dropped retired MFA key {kid}");
+    Ok(())
+}
+
+/// `stoa-api mfa-keys reseal`: one pass with the key set of STOA_MFA_KEYS_DIR.
+async fn reseal_mfa_secrets() -> anyhow::Result<()> {
+    use stoa_api::auth::sealing::{self, SecretSealer};
+    let config = Config::from_process_env_for_migrate()?;
+    let dir = config
+        .auth
+        .mfa_keys_dir
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("STOA_MFA_KEYS_DIR is not set: nothing to seal with"))?;
+    let (file, _) = stoa_contract::mfa_keys::MfaKeySetFile::read_dir_with_bytes(&dir)?;
+    let sealer = SecretSealer::from_file(&file)?;
+    let pool = command_pool(&config).await?;
+    let report = sealing::reseal_all(pool.sqlx(), &sealer).await?;
+    println!(
+        "resealed {} under {}; {} sealed under keys not in this set",
+        report.resealed,
+        sealer.active_kid(),
+        report.unreadable
+    );
+    if report.unreadable > 0 {
+        anyhow::bail!("some secrets could not be opened with this key set");
     }
     Ok(())
 }
