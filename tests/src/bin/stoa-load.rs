@@ -14,7 +14,7 @@
 //!     --connections 64 --duration 10s --database-url postgres://postgres@127.0.0.1/stoa_bench
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -39,12 +39,18 @@ struct Args {
     /// Measured time per scenario (after a 1 s warm-up).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
-    /// Users to create while seeding.
-    #[arg(long, default_value_t = 40)]
+    /// Users to create while seeding (each follows the next 20, so their feeds are the
+    /// wide shape: many authors with a few articles each).
+    #[arg(long, default_value_t = 50)]
     users: usize,
-    /// Articles to create while seeding.
-    #[arg(long, default_value_t = 400)]
+    /// Articles to create while seeding, by the users in turn.
+    #[arg(long, default_value_t = 1000)]
     articles: usize,
+    /// Articles by each of the 3 prolific authors, written before all the others (the
+    /// `feed_prolific` shape: a reader following a few authors whose articles sit behind
+    /// everything newer the site published).
+    #[arg(long, default_value_t = 150)]
+    prolific_articles: usize,
     /// Comma-separated scenarios to run (default: all). See `--list`.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
@@ -118,7 +124,11 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "feed",
-        "GET /api/articles/feed as a user following 5 authors",
+        "GET /api/articles/feed as a user following 20 authors with ~20 articles each",
+    ),
+    (
+        "feed_prolific",
+        "GET /api/articles/feed as a user following 3 authors with 150 older articles each",
     ),
     ("tags", "GET /api/tags"),
     ("user_get", "GET /api/user as a user"),
@@ -134,6 +144,8 @@ const SCENARIOS: &[(&str, &str)] = &[
 /// What the seeding step produced, shared by all workers.
 struct Seed {
     tokens: Vec<String>,
+    /// Readers who follow only the prolific authors.
+    prolific_readers: Vec<String>,
     usernames: Vec<String>,
     slugs: Vec<String>,
     popular_tag: String,
@@ -155,7 +167,23 @@ const TAGS: &[&str] = &[
     "sre",
     "api",
     "design",
+    "testing",
+    "performance",
+    "databases",
+    "networking",
+    "observability",
+    "cloud",
+    "linux",
+    "career",
 ];
+
+/// Authors each user follows: the feed's wide shape.
+const FOLLOWS_PER_USER: usize = 20;
+/// Articles each user favorites.
+const FAVORITES_PER_USER: usize = 12;
+/// The prolific authors, and the readers who follow only them.
+const PROLIFIC_AUTHORS: usize = 3;
+const PROLIFIC_READERS: usize = 4;
 
 async fn call(
     client: &Client,
@@ -177,72 +205,119 @@ async fn call(
     Ok((status, value))
 }
 
-async fn seed(client: &Client, base: &str, users: usize, articles: usize) -> anyhow::Result<Seed> {
+/// Registers a user; returns its token.
+async fn register(client: &Client, base: &str, username: &str) -> anyhow::Result<String> {
+    let body = json!({"user": {"username": username, "email": format!("{username}@load.example"), "password": "load-test-password"}});
+    let (status, value) = call(
+        client,
+        Method::POST,
+        &format!("{base}/api/users"),
+        None,
+        Some(&body),
+    )
+    .await?;
+    if status != StatusCode::CREATED {
+        bail!("registering {username}: {status} {value}");
+    }
+    Ok(value["user"]["token"].as_str().context("token")?.to_owned())
+}
+
+/// Publishes article `i` (1-3 tags) as `token`; returns its slug.
+async fn publish(
+    client: &Client,
+    base: &str,
+    token: &str,
+    i: usize,
+    rng: &mut impl Rng,
+) -> anyhow::Result<String> {
+    let count = rng.gen_range(1..=3);
+    let tags: Vec<&str> = TAGS.choose_multiple(rng, count).copied().collect();
+    let body = json!({"article": {
+        "title": format!("Load article {i} about {}", tags[0]),
+        "description": "A realistic description of a realistic article, one sentence long.",
+        "body": "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(20),
+        "tagList": tags,
+    }});
+    let (status, value) = call(
+        client,
+        Method::POST,
+        &format!("{base}/api/articles"),
+        Some(token),
+        Some(&body),
+    )
+    .await?;
+    if status != StatusCode::CREATED {
+        bail!("creating article {i}: {status} {value}");
+    }
+    Ok(value["article"]["slug"]
+        .as_str()
+        .context("slug")?
+        .to_owned())
+}
+
+async fn follow(client: &Client, base: &str, token: &str, username: &str) -> anyhow::Result<()> {
+    let (status, value) = call(
+        client,
+        Method::POST,
+        &format!("{base}/api/profiles/{username}/follow"),
+        Some(token),
+        Some(&json!({})),
+    )
+    .await?;
+    if status != StatusCode::OK {
+        bail!("following {username}: {status} {value}");
+    }
+    Ok(())
+}
+
+/// The bench data: `users` users who each follow the next 20 and favorite 12 articles,
+/// `articles` articles by them in turn, a comment on 3 in 10; before those, 3 prolific
+/// authors' older articles, followed (only) by 4 more readers.
+async fn seed(
+    client: &Client,
+    base: &str,
+    users: usize,
+    articles: usize,
+    prolific_articles: usize,
+) -> anyhow::Result<Seed> {
     let started = Instant::now();
     let run = rand::random::<u32>();
+    let mut rng = rand::thread_rng();
+    let mut slugs = Vec::with_capacity(articles + PROLIFIC_AUTHORS * prolific_articles);
+    let mut prolific = Vec::with_capacity(PROLIFIC_AUTHORS);
+    for p in 0..PROLIFIC_AUTHORS {
+        let username = format!("load{run:x}p{p}");
+        prolific.push((register(client, base, &username).await?, username));
+    }
+    for i in 0..PROLIFIC_AUTHORS * prolific_articles {
+        let (token, _) = &prolific[i % PROLIFIC_AUTHORS];
+        slugs.push(publish(client, base, token, i, &mut rng).await?);
+    }
+    let mut prolific_readers = Vec::with_capacity(PROLIFIC_READERS);
+    for r in 0..PROLIFIC_READERS {
+        let token = register(client, base, &format!("load{run:x}r{r}")).await?;
+        for (_, author) in &prolific {
+            follow(client, base, &token, author).await?;
+        }
+        prolific_readers.push(token);
+    }
     let mut tokens = Vec::with_capacity(users);
     let mut usernames = Vec::with_capacity(users);
     for i in 0..users {
         let username = format!("load{run:x}u{i}");
-        let body = json!({"user": {"username": username, "email": format!("{username}@load.example"), "password": "load-test-password"}});
-        let (status, value) = call(
-            client,
-            Method::POST,
-            &format!("{base}/api/users"),
-            None,
-            Some(&body),
-        )
-        .await?;
-        if status != StatusCode::CREATED {
-            bail!("registering {username}: {status} {value}");
-        }
-        tokens.push(value["user"]["token"].as_str().context("token")?.to_owned());
+        tokens.push(register(client, base, &username).await?);
         usernames.push(username);
     }
-    let mut slugs = Vec::with_capacity(articles);
-    let mut rng = rand::thread_rng();
     for i in 0..articles {
-        let author = i % users;
-        let count = rng.gen_range(1..=4);
-        let tags: Vec<&str> = TAGS.choose_multiple(&mut rng, count).copied().collect();
-        let body = json!({"article": {
-            "title": format!("Load article {i} about {}", tags[0]),
-            "description": "A realistic description of a realistic article, one sentence long.",
-            "body": "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(20),
-            "tagList": tags,
-        }});
-        let (status, value) = call(
-            client,
-            Method::POST,
-            &format!("{base}/api/articles"),
-            Some(&tokens[author]),
-            Some(&body),
-        )
-        .await?;
-        if status != StatusCode::CREATED {
-            bail!("creating article {i}: {status} {value}");
-        }
-        slugs.push(
-            value["article"]["slug"]
-                .as_str()
-                .context("slug")?
-                .to_owned(),
-        );
+        let offset = slugs.len();
+        slugs.push(publish(client, base, &tokens[i % users], offset + i, &mut rng).await?);
     }
-    // Each user follows 5 others and favorites 10 articles; a few comments per article.
+    let follows = FOLLOWS_PER_USER.min(users - 1);
     for (i, token) in tokens.iter().enumerate() {
-        for k in 1..=5 {
-            let other = &usernames[(i + k) % users];
-            call(
-                client,
-                Method::POST,
-                &format!("{base}/api/profiles/{other}/follow"),
-                Some(token),
-                Some(&json!({})),
-            )
-            .await?;
+        for k in 1..=follows {
+            follow(client, base, token, &usernames[(i + k) % users]).await?;
         }
-        for slug in slugs.choose_multiple(&mut rng, 10) {
+        for slug in slugs.choose_multiple(&mut rng, FAVORITES_PER_USER) {
             call(
                 client,
                 Method::POST,
@@ -253,7 +328,7 @@ async fn seed(client: &Client, base: &str, users: usize, articles: usize) -> any
             .await?;
         }
     }
-    for (i, slug) in slugs.iter().enumerate().take(articles / 4) {
+    for (i, slug) in slugs.iter().rev().enumerate().take(articles * 3 / 10) {
         let body = json!({"comment": {"body": "Thoughtful comment."}});
         call(
             client,
@@ -265,13 +340,16 @@ async fn seed(client: &Client, base: &str, users: usize, articles: usize) -> any
         .await?;
     }
     eprintln!(
-        "seeded {users} users, {articles} articles, {} follows, {} favorites in {:.1}s",
-        users * 5,
-        users * 10,
+        "seeded {} users, {} articles ({} by {PROLIFIC_AUTHORS} prolific authors), {} follows, {} favorites in {:.1}s",
+        users + PROLIFIC_AUTHORS + PROLIFIC_READERS,
+        slugs.len(),
+        PROLIFIC_AUTHORS * prolific_articles,
+        users * follows + PROLIFIC_READERS * PROLIFIC_AUTHORS,
+        users * FAVORITES_PER_USER,
         started.elapsed().as_secs_f64()
     );
     // The cursor after the first 90% of the articles, by paging there (100 at a time).
-    let deep_offset = articles * 9 / 10;
+    let deep_offset = slugs.len() * 9 / 10;
     let mut deep_cursor = String::new();
     let mut walked = 0;
     while walked < deep_offset {
@@ -289,6 +367,7 @@ async fn seed(client: &Client, base: &str, users: usize, articles: usize) -> any
     }
     Ok(Seed {
         tokens,
+        prolific_readers,
         usernames,
         slugs,
         popular_tag: TAGS[0].to_owned(),
@@ -352,6 +431,15 @@ fn request_for<'a>(
             (Method::GET, path, None, None)
         }
         "feed" => (Method::GET, "/api/articles/feed".into(), token, None),
+        "feed_prolific" => {
+            let reader = &seed.prolific_readers[worker % seed.prolific_readers.len()];
+            (
+                Method::GET,
+                "/api/articles/feed".into(),
+                Some(reader.as_str()),
+                None,
+            )
+        }
         "tags" | "bare" => (Method::GET, "/api/tags".into(), None, None),
         "user_get" => (Method::GET, "/api/user".into(), token, None),
         "profile" => (Method::GET, format!("/api/profiles/{user}"), token, None),
@@ -381,7 +469,7 @@ fn request_for<'a>(
             "/api/articles".into(),
             token,
             Some(
-                json!({"article": {"title": format!("Bench {worker}-{i}"), "description": "d", "body": "b", "tagList": ["bench"]}}),
+                json!({"article": {"title": format!("Bench {UNIQUE}"), "description": "d", "body": "b", "tagList": ["bench"]}}),
             ),
         ),
         _ => return None,
@@ -399,7 +487,10 @@ async fn one(client: &Client, base: &str, name: &str, seed: &Seed, worker: usize
         req = req.header("Authorization", format!("Token {token}"));
     }
     if let Some(body) = &body {
-        req = req.json(body);
+        let body = body.to_string().replace(UNIQUE, &format!("{worker}-{i}"));
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
     }
     match req.send().await {
         Ok(res) => {
@@ -514,51 +605,54 @@ async fn start_bare(
     }))
 }
 
-/// What wrk sends for a scenario: one method and body, and the distinct paths and tokens
-/// to cycle through.
+/// What wrk sends for a scenario: requests (method and path) taken in turn, the tokens
+/// to present (`token_run` consecutive requests share one, so a favorite's POST and its
+/// DELETE come from the same user) and one body, in which [`UNIQUE`] becomes a number no
+/// other request of the run has.
 struct WrkRequests {
-    method: Method,
-    paths: Vec<String>,
+    requests: Vec<(Method, String)>,
     tokens: Vec<String>,
+    token_run: u64,
     body: Option<String>,
 }
 
-/// The requests of a scenario whose every request has the same method and body (reads,
-/// and comment_create), taken from [`request_for`] so both engines send the same
-/// requests. `None` for scenarios whose requests differ otherwise (a favorite's POST then
-/// DELETE, unique article titles): the harness sends those.
+/// Replaced in a request's body by a number unique to the request (article titles).
+const UNIQUE: &str = "{unique}";
+
+/// The requests of a scenario, taken from [`request_for`] so both engines send the same
+/// requests. `None` if they differ in their bodies (besides [`UNIQUE`]).
 fn wrk_requests(name: &str, seed: &Seed) -> Option<WrkRequests> {
-    let (mut paths, mut tokens) = (BTreeSet::new(), BTreeSet::new());
-    let mut shape: Option<(Method, Option<String>)> = None;
+    let (mut requests, mut seen, mut tokens) = (Vec::new(), HashSet::new(), BTreeSet::new());
+    let mut body: Option<Option<String>> = None;
     let spread = seed.slugs.len().max(seed.usernames.len()) as u64;
     for worker in 0..seed.tokens.len() {
         for i in 0..spread {
-            let (method, path, token, body) = request_for(name, seed, worker, i)?;
-            let this = (method, body.map(|b| b.to_string()));
-            match &shape {
-                None => shape = Some(this),
-                Some(first) if *first == this => {}
+            let (method, path, token, this_body) = request_for(name, seed, worker, i)?;
+            let this_body = this_body.map(|b| b.to_string());
+            match &body {
+                None => body = Some(this_body),
+                Some(first) if *first == this_body => {}
                 Some(_) => return None,
             }
-            paths.insert(path);
+            if seen.insert((method.clone(), path.clone())) {
+                requests.push((method, path));
+            }
             tokens.extend(token.map(str::to_owned));
         }
     }
-    let (method, body) = shape?;
     Some(WrkRequests {
-        method,
-        paths: paths.into_iter().collect(),
+        requests,
         tokens: tokens.into_iter().collect(),
-        body,
+        token_run: if name == "favorite_toggle" { 2 } else { 1 },
+        body: body?,
     })
 }
 
-/// A wrk script cycling through the paths (and tokens, as `Authorization: Token`), which
-/// prints one machine-readable line at the end.
+/// A wrk script taking the requests in turn (with the tokens, as `Authorization: Token`),
+/// which prints one machine-readable line at the end.
 fn wrk_script(requests: &WrkRequests) -> String {
-    let list = |items: &[String]| {
+    let list = |items: &mut dyn Iterator<Item = String>| {
         items
-            .iter()
             .map(|i| format!("{i:?}"))
             .collect::<Vec<_>>()
             .join(",")
@@ -568,16 +662,32 @@ fn wrk_script(requests: &WrkRequests) -> String {
         .as_ref()
         .map_or("nil".to_owned(), |b| format!("{b:?}"));
     format!(
-        r#"local paths = {{{paths}}}
+        r#"local methods = {{{methods}}}
+local paths = {{{paths}}}
 local tokens = {{{tokens}}}
 local body = {body}
+local unique = {unique:?}
 local i = 0
+-- The warm-up and the measurement are two wrk runs: numbers differ between them too.
+local started = os.time()
+-- Set in each thread's state by setup (a global: a local here would shadow it).
+thread_id = 0
+threads = 0
+setup = function(thread)
+  thread:set("thread_id", threads)
+  threads = threads + 1
+end
 request = function()
   i = i + 1
   local headers = {{}}
-  if #tokens > 0 then headers["Authorization"] = "Token " .. tokens[(i % #tokens) + 1] end
-  if body then headers["Content-Type"] = "application/json" end
-  return wrk.format("{method}", paths[(i % #paths) + 1], headers, body)
+  if #tokens > 0 then headers["Authorization"] = "Token " .. tokens[(math.floor(i / {run}) % #tokens) + 1] end
+  local this = body
+  if body then
+    headers["Content-Type"] = "application/json"
+    this = string.gsub(body, unique, started .. "-" .. thread_id .. "-" .. i, 1)
+  end
+  local k = (i % #paths) + 1
+  return wrk.format(methods[k], paths[k], headers, this)
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -587,9 +697,11 @@ done = function(summary, latency, requests)
     summary.duration))
 end
 "#,
-        paths = list(&requests.paths),
-        tokens = list(&requests.tokens),
-        method = requests.method,
+        methods = list(&mut requests.requests.iter().map(|(m, _)| m.to_string())),
+        paths = list(&mut requests.requests.iter().map(|(_, p)| p.clone())),
+        tokens = list(&mut requests.tokens.iter().cloned()),
+        run = requests.token_run,
+        unique = UNIQUE,
     )
 }
 
@@ -724,7 +836,16 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let seed = Arc::new(seed(&client, &base, args.users.max(6), args.articles.max(1)).await?);
+    let seed = Arc::new(
+        seed(
+            &client,
+            &base,
+            args.users.max(6),
+            args.articles.max(1),
+            args.prolific_articles.max(1),
+        )
+        .await?,
+    );
     if let Some(pool) = &pool {
         // Statistics and a visibility map as a database that has been running a while has
         // them (autovacuum would take a minute to visit the seeded tables): plans are
