@@ -9,6 +9,8 @@
 #   BENCH_BASELINE   the previous release: a git revision built into target/bench-baseline
 #                    (kept by commit, so it is built once); default the newest `v*` tag;
 #                    `none` skips it.
+#   BENCH_ROUNDS     rounds of both builds, alternating which runs first (default 1);
+#                    the table gives each share's mean over the rounds.
 #   BENCH_REDIS_URL  benchmark with Redis.
 #   STOA_API_BIN     benchmark another build of the server instead of this checkout's.
 # stoa-load starts stoa-bare (the bare-handler limit) itself, in every run.
@@ -98,9 +100,22 @@ bench_one() {
   SERVER_PID=
 }
 
-bench_one "$SERVER" "this build" "$WORK/current.json" "$@"
-if [ -n "$BASELINE_BIN" ]; then
-  bench_one "$BASELINE_BIN" "baseline $BASELINE" "$WORK/baseline.json" "$@"
-  echo
-  python3 scripts/bench-compare.py "$WORK/current.json" "$WORK/baseline.json" "$BASELINE"
+if [ -z "$BASELINE_BIN" ]; then
+  bench_one "$SERVER" "this build" "$WORK/current-1.json" "$@"
+  exit 0
 fi
+# Rounds alternate which build runs first (ABBA...): the second run of a pair measured
+# consistently faster here, whichever build it was.
+ROUNDS=${BENCH_ROUNDS:-1}
+for round in $(seq 1 "$ROUNDS"); do
+  if [ $((round % 2)) = 1 ]; then
+    bench_one "$SERVER" "this build, round $round" "$WORK/current-$round.json" "$@"
+    bench_one "$BASELINE_BIN" "baseline $BASELINE, round $round" "$WORK/baseline-$round.json" "$@"
+  else
+    bench_one "$BASELINE_BIN" "baseline $BASELINE, round $round" "$WORK/baseline-$round.json" "$@"
+    bench_one "$SERVER" "this build, round $round" "$WORK/current-$round.json" "$@"
+  fi
+done
+echo
+python3 scripts/bench-compare.py --label "$BASELINE" \
+    --current "$WORK"/current-*.json --baseline "$WORK"/baseline-*.json
