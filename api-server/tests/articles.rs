@@ -4,7 +4,7 @@ mod common;
 use common::{TestApp, db, errors};
 use reqwest::StatusCode;
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn create_returns_the_full_article(pool: PgPool) {
@@ -630,6 +630,74 @@ async fn tags_follow_every_change_to_articles(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(kept, recount);
+}
+
+/// Writers on many connections at once (each counting into its backend's shard, creating
+/// and deleting) leave the article count and every tag's count exact.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn counts_stay_exact_under_concurrent_writers(pool: PgPool) {
+    let author: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO users (username, email, password_hash) VALUES ('w', 'w@example.com', 'x')
+         RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let inserted = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+    let writers = (0..8).map(|w| {
+        let (pool, inserted) = (pool.clone(), inserted.clone());
+        tokio::spawn(async move {
+            // Its own connection for the whole run (one backend, so one shard), outside the
+            // test pool, which may hold fewer than 8.
+            let mut conn = sqlx::postgres::PgConnection::connect_with(&pool.connect_options())
+                .await
+                .unwrap();
+            for i in 0..40 {
+                let tags = if i % 2 == 0 {
+                    vec!["hot", "even"]
+                } else {
+                    vec!["hot"]
+                };
+                sqlx::query(
+                    "INSERT INTO articles (slug, author_id, title, description, body, tag_list)
+                     VALUES ($1, $2, 't', 'd', 'b', $3)",
+                )
+                .bind(format!("w{w}-{i}"))
+                .bind(author)
+                .bind(&tags)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            }
+            // Delete some another writer created (once all have): counted out of a shard
+            // that never counted them in.
+            inserted.wait().await;
+            sqlx::query("DELETE FROM articles WHERE slug LIKE $1 AND slug LIKE '%0'")
+                .bind(format!("w{}-%", (w + 1) % 8))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        })
+    });
+    for writer in futures::future::join_all(writers).await {
+        writer.unwrap();
+    }
+    let (articles, kept): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM articles), (SELECT article_count FROM article_stats)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((articles, kept), (8 * 36, 8 * 36));
+    let tags: Vec<(String, i64)> =
+        sqlx::query_as("SELECT tag, articles::bigint FROM tag_counts ORDER BY tag")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        tags,
+        [("even".to_owned(), 8 * 16), ("hot".to_owned(), 8 * 36)]
+    );
 }
 
 async fn post_article(

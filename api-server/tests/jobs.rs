@@ -437,6 +437,7 @@ async fn the_recount_repairs_drifted_counters_and_leaves_right_ones(pool: PgPool
         .execute(&pool)
         .await
         .unwrap();
+    // Through the view, as the previous release's recount sets it.
     sqlx::query("UPDATE article_stats SET article_count = 40")
         .execute(&pool)
         .await

@@ -149,7 +149,7 @@ pub struct Repaired {
     pub tag_entries: u64,
 }
 
-/// Triggers keep `articles.favorites_count`, `tag_counts`, `article_stats`,
+/// Triggers keep `articles.favorites_count`, `tag_counts`, the article count's shards,
 /// `author_article_counts` and `article_tags` exact; this proves it and repairs what a bug or a manual edit
 /// broke. Each count is compared under a SHARE lock on the table it counts: writers wait
 /// (briefly) instead of committing between the count and the repair, which would make the
@@ -187,13 +187,18 @@ pub async fn recount_counters(tx: &mut PgConnection) -> Result<Repaired, sqlx::E
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    let article_count = sqlx::query(
-        "UPDATE article_stats SET article_count = (SELECT count(*) FROM articles)
-          WHERE article_count <> (SELECT count(*) FROM articles)",
+    // The article count's shards that sum to the wrong count: all of it goes to shard 0.
+    let article_count: i64 = sqlx::query_scalar(
+        "WITH repaired AS (
+             UPDATE article_count_shards
+                SET articles = CASE WHEN shard = 0 THEN (SELECT count(*) FROM articles) ELSE 0 END
+              WHERE (SELECT sum(articles) FROM article_count_shards)
+                    <> (SELECT count(*) FROM articles)
+             RETURNING 1)
+         SELECT LEAST(count(*), 1) FROM repaired",
     )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .fetch_one(&mut *tx)
+    .await?;
     let author_counts = sqlx::query(
         "WITH actual AS (
              SELECT author_id, count(*) AS n FROM articles GROUP BY author_id),
@@ -237,7 +242,7 @@ pub async fn recount_counters(tx: &mut PgConnection) -> Result<Repaired, sqlx::E
     Ok(Repaired {
         favorites_counts,
         tag_counts,
-        article_count,
+        article_count: article_count.unsigned_abs(),
         author_counts,
         tag_entries: tag_entries.unsigned_abs(),
     })

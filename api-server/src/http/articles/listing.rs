@@ -158,14 +158,17 @@ impl ListShape {
         self.tag && !(self.author || self.favorited || self.feed || self.search)
     }
 
-    /// The total of matches: maintained counters for the whole table, one tag's articles
+    /// The total of matches: maintained counters for the whole table (the sum of its
+    /// shards: migration `20261205000004_article_count_shards`), one tag's articles
     /// (`tag_counts`), one author's (`author_article_counts`) and the feed (the sum over
     /// the followed authors); a count of the matches otherwise.
     fn total(self, filter: &Filter, viewer: Option<&str>) -> String {
         // The tag and the author are the filter's; a kept count covers at most one of them.
         let counted = !(self.favorited || self.feed || self.search);
         match (&filter.tag, &filter.author, viewer) {
-            (None, None, _) if counted => "(SELECT article_count FROM article_stats)".to_owned(),
+            (None, None, _) if counted => {
+                "(SELECT COALESCE(sum(articles), 0)::bigint FROM article_count_shards)".to_owned()
+            }
             (Some(tag), None, _) if counted => format!(
                 "(SELECT COALESCE(sum(c.articles), 0)::bigint FROM tag_counts c WHERE c.tag = {tag})"
             ),
