@@ -24,6 +24,13 @@ ADMIN_PORT=${BENCH_ADMIN_PORT:-19090}
 WORK=$(mktemp -d)
 trap '[ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 
+# The many_* scenarios hold 10,000 connections: the harness and the server it starts need a
+# descriptor each (plus their own). Raised here, for this run only, never in the product.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10500 ]; then
+  echo "note: open-file limit $(ulimit -n): the many_* scenarios need about 10,500 (pass --many-connections lower, or raise the hard limit)"
+fi
+
 cargo build --release -q -p stoa-api -p stoa-tests --bin stoa-api --bin stoa-load --bin stoa-bare
 # wrk sends every scenario (a C client costs the shared CPUs far less than the harness's
 # own); installed from Debian where possible, else the harness sends them.
@@ -94,7 +101,9 @@ bench_one() {
   echo "server RSS at idle (before load): $(($(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB"
   ./target/release/stoa-load --url "http://127.0.0.1:$PORT" --database-url "$PG/$DB" \
       --metrics-url "http://127.0.0.1:$ADMIN_PORT/metrics" --engine "$ENGINE" --json "$json" "$@"
-  echo "server RSS after the run: $(($(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB"
+  echo "server RSS after the run: $(($(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB (peak $(($(awk '/VmHWM/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB)"
+  sleep "${BENCH_SETTLE:-0}"
+  [ "${BENCH_SETTLE:-0}" != 0 ] && echo "server RSS ${BENCH_SETTLE}s later: $(($(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB"
   kill "$SERVER_PID"
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=

@@ -18,6 +18,7 @@ use crate::auth::sealing::SecretSealer;
 use crate::auth::tokens::{KeyRing, TokenService};
 use crate::config::Config;
 use crate::config::DatabaseUrlSource;
+use crate::http::connections::{Connections, Peer};
 use crate::db::Db;
 use crate::keys::{KeySetFile, generate_keyset};
 use crate::kv::Kv;
@@ -62,12 +63,23 @@ fn load_sealer(config: &Config) -> anyhow::Result<(SecretSealer, Option<Vec<u8>>
     }
 }
 
+/// A listener on `addr` with room for `backlog` connections not yet accepted.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted server can listen again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 impl App {
     /// Builds everything that can fail at start-up, so `serve` either runs or exits with a
     /// clear error. `pool` overrides the configured database (tests pass their own).
     pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<App> {
-        let listener = TcpListener::bind(config.http.listen_addr)
-            .await
+        let listener = listen(config.http.listen_addr, config.http.listen_backlog)
             .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;
         let admin_listener = TcpListener::bind(config.http.admin_addr)
             .await
@@ -300,10 +312,15 @@ impl App {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
-        let api = axum::serve(
+        let connections = Connections::new(
             self.listener,
+            state.config.http.max_connections,
+            state.metrics.http_connections.clone(),
+        );
+        let api = axum::serve(
+            connections,
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
+                Peer,
             >(crate::http::service(state.clone())),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()));

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<HttpLabels, Histogram>,
     pub http_in_flight: Gauge,
+    /// Client connections open now (at most `STOA_MAX_CONNECTIONS`).
+    pub http_connections: Gauge,
     /// Seconds spent serving requests (its rate is the average concurrency).
     pub http_busy: Counter<f64, AtomicU64>,
     pub db_pool_size: Gauge,
@@ -369,6 +371,12 @@ impl Metrics {
             "HTTP requests being served now",
             http_in_flight.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "Client connections open now; at STOA_MAX_CONNECTIONS new ones wait to be accepted",
+            http_connections.clone(),
+        );
         let http_busy = Counter::<f64, AtomicU64>::default();
         registry.register_with_unit(
             "http_busy",
@@ -518,6 +526,7 @@ impl Metrics {
             http_requests,
             http_duration,
             http_in_flight,
+            http_connections,
             http_busy,
             db_pool_size,
             db_pool_idle,

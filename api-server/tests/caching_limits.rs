@@ -658,3 +658,37 @@ async fn replicas_leasing_one_budget_never_exceed_it(pool: PgPool) {
     let calls = redis.calls("evalsha").await - before;
     assert!(calls < 200, "{calls} Redis calls for 400 requests");
 }
+
+/// A busy client's concurrent requests share each refill of its lease: while one request
+/// asks Redis for the key's next cells, the others wait for them instead of each asking
+/// (and each replacing the lease the others were granted). 64 requests at once then cost
+/// a Redis call or two, not one each.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn concurrent_requests_of_one_client_share_each_refill_of_its_lease(pool: PgPool) {
+    let (redis, app) = with_redis(
+        pool,
+        &[
+            ("STOA_RATE_LIMIT_PER_IP", "1000000/1m"),
+            ("STOA_REDIS_TIMEOUT", "10s"),
+        ],
+    )
+    .await;
+    // In sequence, the lease grows to its cap (64 cells).
+    for _ in 0..20 {
+        assert_eq!(app.get("/api/tags", None).await.status, StatusCode::OK);
+    }
+    let before = redis.calls("evalsha").await;
+    let mut answered = 0;
+    for _ in 0..10 {
+        let batch = (0..64).map(|_| app.get("/api/tags", None));
+        for res in futures::future::join_all(batch).await {
+            assert_eq!(res.status, StatusCode::OK);
+            answered += 1;
+        }
+    }
+    let calls = redis.calls("evalsha").await - before;
+    assert!(
+        calls <= 40,
+        "{calls} rate-limit calls to Redis for {answered} requests"
+    );
+}

@@ -514,3 +514,61 @@ async fn refused_requests_are_counted_by_reason_and_known_series_start_at_zero(p
         "{shed} shed requests, metrics:\n{metrics}"
     );
 }
+
+/// Sends a GET for `/healthz` on an open connection and reads the status line, or `None`
+/// when nothing arrives within `wait`.
+async fn healthz_on(stream: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: stoa\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(wait, stream.read(&mut answer)).await.ok()?;
+    let n = read.unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    text.lines().next().map(str::to_owned)
+}
+
+/// Open connections hold memory whatever they send, so their number is bounded
+/// (`STOA_MAX_CONNECTIONS`): past it a new connection waits to be accepted (it is not
+/// refused, and nothing already open is disturbed) and is served as soon as another
+/// closes; the number open is a metric.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn connections_past_the_limit_wait_until_one_closes(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &[("STOA_MAX_CONNECTIONS", "2")]).await;
+    let mut first = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    for stream in [&mut first, &mut second] {
+        let status = healthz_on(stream, Duration::from_secs(10)).await;
+        assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
+    }
+    assert!(
+        app.metrics()
+            .await
+            .contains("stoa_http_connections_open 2")
+    );
+
+    // The kernel completes the handshake (the accept queue), the server does not accept.
+    let mut third = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    assert_eq!(
+        healthz_on(&mut third, Duration::from_millis(500)).await,
+        None,
+        "a third connection was served past a limit of two"
+    );
+    // The open ones keep being served.
+    let status = healthz_on(&mut first, Duration::from_secs(10)).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
+
+    drop(second);
+    // Its request was already sent: it is answered once the third is accepted.
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut third, &mut answer),
+    )
+    .await
+    .expect("the waiting connection is served once another closes")
+    .unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200 OK"));
+}

@@ -38,8 +38,8 @@ where
     let limits = &state.config.rate_limits;
     let peer = request
         .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+        .get::<axum::extract::ConnectInfo<crate::http::connections::Peer>>()
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.0.ip());
     let forwarded = request
         .headers()
         .get_all("x-forwarded-for")

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod articles;
 pub mod auth;
 pub mod comments;
+pub mod connections;
 pub mod cursor;
 pub mod export;
 pub mod extract;

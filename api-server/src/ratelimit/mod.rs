@@ -202,9 +202,25 @@ impl RateLimiter {
         };
         let keys = charges.map(|charge| charge.storage_key());
         let quotas = charges.map(|charge| charge.quota);
-        if let Some(decisions) = self.leases.spend(&keys, quotas) {
-            return (decisions, None);
+        let mut may_wait = true;
+        loop {
+            let refilled = self.leases.refilled();
+            tokio::pin!(refilled);
+            refilled.as_mut().enable();
+            match self.leases.claim(&keys, quotas, may_wait) {
+                lease::Claim::Spent(decisions) => return (decisions, None),
+                lease::Claim::Wait => {
+                    may_wait = false;
+                    let _ = tokio::time::timeout(lease::REFILL_WAIT, refilled).await;
+                }
+                lease::Claim::Ask => break,
+            }
         }
+        // Ends the refill however this request ends, cancelled included.
+        let _refill = Refill {
+            leases: &self.leases,
+            keys: &keys,
+        };
         let wanted: [u32; N] = std::array::from_fn(|i| self.leases.want(&keys[i], quotas[i]));
         let script = self.script.clone();
         let fetching = fetch.is_some();
@@ -245,17 +261,31 @@ impl RateLimiter {
         });
         let allowed = decisions.iter().all(|d| d.allowed);
         if allowed {
-            for (i, key) in keys.into_iter().enumerate() {
+            for (i, key) in keys.iter().enumerate() {
                 let (_, remaining, reset_ms, _, granted) = answers[i];
                 let in_redis = Decision {
                     remaining: remaining.min(u64::from(u32::MAX)) as u32,
                     reset: Duration::from_millis(reset_ms),
                     ..decisions[i]
                 };
-                self.leases.granted(key, wanted[i], granted, &in_redis);
+                self.leases
+                    .granted(key.clone(), wanted[i], granted, &in_redis);
             }
         }
         (decisions, (fetching && allowed).then_some(cached))
+    }
+}
+
+/// A refill in progress: its keys are released (and the requests waiting for it woken)
+/// when it is dropped.
+struct Refill<'a> {
+    leases: &'a lease::Leases,
+    keys: &'a [String],
+}
+
+impl Drop for Refill<'_> {
+    fn drop(&mut self) {
+        self.leases.refill_ended(self.keys);
     }
 }
 

@@ -51,6 +51,7 @@ macro_rules! article_columns {
 }
 
 mod favorites;
+mod feed_plan;
 mod listing;
 
 const GET_ARTICLE: &str = concat!(

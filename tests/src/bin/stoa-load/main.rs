@@ -14,6 +14,8 @@
 //!     --connections 64 --duration 10s --database-url postgres://postgres@127.0.0.1/stoa_bench
 //! ```
 
+mod many;
+
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +76,13 @@ struct Args {
     /// threads). Writes always use reqwest.
     #[arg(long, value_enum, default_value_t = Engine::Reqwest)]
     engine: Engine,
+    /// Connections held open by the `many_*` scenarios (the file-descriptor limit of this
+    /// process and of the server must exceed it: `ulimit -n`).
+    #[arg(long, default_value_t = 10_000)]
+    many_connections: usize,
+    /// Requests per second offered by `many_open`, spread over its connections.
+    #[arg(long, default_value_t = 20_000.0)]
+    many_rate: f64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +148,14 @@ const SCENARIOS: &[(&str, &str)] = &[
         "POST then DELETE /api/articles/:slug/favorite",
     ),
     ("article_create", "POST /api/articles"),
+    (
+        "many_open",
+        "GET /api/tags over --many-connections (10,000) keep-alive connections, open loop at --many-rate (20,000/s) in all: each connection idle between its requests",
+    ),
+    (
+        "many_closed",
+        "GET /api/tags over 10,000 connections, closed loop (each sends again once answered): more than the server admits, so it sheds; admitted and shed answers timed apart",
+    ),
 ];
 
 /// What the seeding step produced, shared by all workers.
@@ -803,6 +820,84 @@ async fn transactions(pool: &Option<sqlx::PgPool>) -> Option<i64> {
         .ok()
 }
 
+/// Whether `name` is one of the many-connection scenarios, and if so whether it is the
+/// open-loop one.
+fn many_scenario(name: &str) -> Option<bool> {
+    match name {
+        "many_open" => Some(true),
+        "many_closed" => Some(false),
+        _ => None,
+    }
+}
+
+/// Runs a many-connection scenario and prints its line (latency of the admitted requests;
+/// errors: no answer or an unexpected status, and in the open loop every shed request)
+/// and, for shed requests, a second line with their own latency.
+async fn run_many(
+    base: &str,
+    name: &str,
+    open: bool,
+    args: &Args,
+    bare: Option<f64>,
+) -> anyhow::Result<Value> {
+    let server = reqwest::Url::parse(base)?
+        .socket_addrs(|| None)?
+        .into_iter()
+        .next()
+        .context("the server's address")?;
+    let plan = many::Plan {
+        connections: args.many_connections,
+        rate: open.then_some(args.many_rate),
+        warm_up: Duration::from_secs(1),
+        duration: args.duration,
+        path: "/api/tags".to_owned(),
+    };
+    let outcome = many::run(server, &plan).await?;
+    let rps = outcome.answered() as f64 / outcome.seconds;
+    let errors = outcome.failed + outcome.other_status + if open { outcome.shed.len() } else { 0 };
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let admitted = &outcome.admitted;
+    let share_of_bare = bare.map(|b| rps / b * 100.0);
+    println!(
+        "{:20} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9}   ({} connections opened in {:.1} s{})",
+        name,
+        rps,
+        ms(admitted, 0.5),
+        ms(admitted, 0.9),
+        ms(admitted, 0.99),
+        admitted.max() as f64 / 1000.0,
+        errors,
+        share_of_bare.map_or_else(|| "-".into(), |s| format!("{s:.1}%")),
+        plan.connections,
+        outcome.connect_seconds,
+        plan.rate.map_or_else(String::new, |r| format!(", {r:.0} req/s offered")),
+    );
+    let shed = &outcome.shed;
+    if !shed.is_empty() {
+        println!(
+            "{:20} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}   (answered 503: {:.1}% of answers; {} without Retry-After)",
+            "  shed (503)",
+            shed.len() as f64 / outcome.seconds,
+            ms(shed, 0.5),
+            ms(shed, 0.9),
+            ms(shed, 0.99),
+            shed.max() as f64 / 1000.0,
+            shed.len() as f64 * 100.0 / outcome.answered().max(1) as f64,
+            outcome.shed_without_retry_after,
+        );
+    }
+    Ok(json!({
+        "scenario": name, "requests_per_second": rps,
+        "p50_ms": ms(admitted, 0.5), "p90_ms": ms(admitted, 0.9), "p99_ms": ms(admitted, 0.99),
+        "max_ms": admitted.max() as f64 / 1000.0, "errors": errors, "engine": "stoa-load",
+        "ratio_to_bare": share_of_bare.map(|s| s / 100.0),
+        "connections": plan.connections, "offered_rate": plan.rate,
+        "shed": shed.len(), "shed_p50_ms": ms(shed, 0.5), "shed_p99_ms": ms(shed, 0.99),
+        "shed_without_retry_after": outcome.shed_without_retry_after,
+        "failed": outcome.failed, "other_status": outcome.other_status,
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -893,6 +988,11 @@ async fn main() -> anyhow::Result<()> {
             ("bare", None) => continue,
             _ => base.as_str(),
         };
+        if let Some(open) = many_scenario(name) {
+            let result = run_many(&base, name, open, &args, limit).await?;
+            results.push(result);
+            continue;
+        }
         let tx_before = transactions(&pool).await;
         let cache_before = cache_lookups(&client, args.metrics_url.as_deref()).await;
         let by_wrk = match (args.engine, wrk_requests(name, &seed)) {
