@@ -18,8 +18,8 @@ use crate::auth::sealing::SecretSealer;
 use crate::auth::tokens::{KeyRing, TokenService};
 use crate::config::Config;
 use crate::config::DatabaseUrlSource;
-use crate::http::connections::{Connections, Peer};
 use crate::db::Db;
+use crate::http::connections::{Connections, Peer};
 use crate::keys::{KeySetFile, generate_keyset};
 use crate::kv::Kv;
 use crate::metrics::Metrics;
@@ -319,9 +319,9 @@ impl App {
         );
         let api = axum::serve(
             connections,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                Peer,
-            >(crate::http::service(state.clone())),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<Peer>(
+                crate::http::service(state.clone()),
+            ),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()));
         let admin = axum::serve(self.admin_listener, admin_router(state.clone()))

@@ -318,7 +318,7 @@ impl SecurityEvent {
 
 /// Label values known in advance. Their series are created at zero on start-up, so a
 /// dashboard shows 0 rather than "no data" and `rate()` sees the first increment.
-pub const CACHE_KINDS: [&str; 3] = ["article", "list", "tags"];
+pub const CACHE_KINDS: [&str; 4] = ["article", "list", "tags", "feed"];
 pub const CACHE_OUTCOMES: [&str; 3] = ["hit", "miss", "unavailable"];
 pub const CREDENTIAL_RELOAD_OUTCOMES: [&str; 2] = ["swapped", "rejected"];
 

@@ -692,3 +692,101 @@ async fn concurrent_requests_of_one_client_share_each_refill_of_its_lease(pool: 
         "{calls} rate-limit calls to Redis for {answered} requests"
     );
 }
+
+/// The titles on `reader`'s feed as `app` answers it.
+async fn feed_titles(app: &TestApp, reader: &str) -> Vec<String> {
+    let res = app.get("/api/articles/feed", Some(reader)).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+    res.body["articles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["title"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// With Redis, a reader's feed is answered from the replica's own copy after the first
+/// request, and every change that could alter it reaches every replica's copy: a new
+/// article by a followed author, a favorite (counts and the reader's flag), following and
+/// unfollowing, each made on the other replica.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn feeds_are_kept_per_replica_and_follow_every_change_on_any_replica(pool: PgPool) {
+    let (_redis, a, b) = two_replicas(pool, &[]).await;
+    let author = a.register("author").await;
+    let other = a.register("other").await;
+    let reader = a.register("reader").await;
+    a.article(&author, "First", &[]).await;
+    a.article(&other, "Elsewhere", &[]).await;
+    let followed = a
+        .post("/api/profiles/author/follow", Some(&reader), json!({}))
+        .await;
+    assert_eq!(followed.status, StatusCode::OK);
+    // The replicas here have key sets of their own: the reader signs in on B too.
+    let reader_on_a = reader;
+    let (reader, _) = common::login(&b, "reader").await;
+
+    assert_eq!(feed_titles(&b, &reader).await, ["First"]);
+    let before = hits(&b.metrics().await, "feed");
+    let again = b.get("/api/articles/feed", Some(&reader)).await;
+    assert_eq!(again.body["articles"][0]["title"], "First");
+    assert_eq!(
+        hits(&b.metrics().await, "feed"),
+        before + 1,
+        "the second read was answered from B's own copy"
+    );
+
+    // Each change is made on A; B must show it within 250 ms.
+    let within = |what: &'static str, expected: Vec<&'static str>| {
+        let (b, reader) = (&b, &reader);
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                if feed_titles(b, reader).await == expected {
+                    return;
+                }
+                assert!(
+                    started.elapsed() < std::time::Duration::from_millis(250),
+                    "B's feed did not follow {what}"
+                );
+            }
+        }
+    };
+    let slug = a.article(&author, "Second", &[]).await;
+    within("a new article", vec!["Second", "First"]).await;
+
+    let favorited = a
+        .post(
+            &format!("/api/articles/{slug}/favorite"),
+            Some(&reader_on_a),
+            json!({}),
+        )
+        .await;
+    assert_eq!(favorited.status, StatusCode::OK);
+    let started = std::time::Instant::now();
+    loop {
+        let res = b.get("/api/articles/feed", Some(&reader)).await;
+        let article = &res.body["articles"][0];
+        if article["favorited"] == true && article["favoritesCount"] == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(250),
+            "B's feed did not follow the favorite: {article}"
+        );
+    }
+
+    assert_eq!(
+        a.post("/api/profiles/other/follow", Some(&reader_on_a), json!({}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    within("a follow", vec!["Second", "Elsewhere", "First"]).await;
+    assert_eq!(
+        a.delete("/api/profiles/author/follow", Some(&reader_on_a))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    within("an unfollow", vec!["Elsewhere"]).await;
+}

@@ -524,7 +524,9 @@ async fn healthz_on(stream: &mut tokio::net::TcpStream, wait: Duration) -> Optio
         .await
         .unwrap();
     let mut answer = vec![0u8; 4096];
-    let read = tokio::time::timeout(wait, stream.read(&mut answer)).await.ok()?;
+    let read = tokio::time::timeout(wait, stream.read(&mut answer))
+        .await
+        .ok()?;
     let n = read.unwrap();
     let text = String::from_utf8_lossy(&answer[..n]);
     text.lines().next().map(str::to_owned)
@@ -543,11 +545,7 @@ async fn connections_past_the_limit_wait_until_one_closes(pool: PgPool) {
         let status = healthz_on(stream, Duration::from_secs(10)).await;
         assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
     }
-    assert!(
-        app.metrics()
-            .await
-            .contains("stoa_http_connections_open 2")
-    );
+    assert!(app.metrics().await.contains("stoa_http_connections_open 2"));
 
     // The kernel completes the handshake (the accept queue), the server does not accept.
     let mut third = tokio::net::TcpStream::connect(app.addr).await.unwrap();

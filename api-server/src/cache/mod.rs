@@ -9,7 +9,11 @@
 //! could not be invalidated across replicas.
 //!
 //! In front of Redis, each replica keeps its own copy of the hottest entries (`near`),
-//! used only while it follows the invalidations every replica publishes.
+//! used only while it follows the invalidations every replica publishes. Signed-in
+//! readers' feeds (first pages) are kept there only, never in Redis: each is one reader's,
+//! so a replica's copy serves the reader's next page loads, and any write that could
+//! change any feed drops them all (`FEEDS`), a change of whom a reader follows that
+//! reader's.
 
 pub mod near;
 
@@ -19,6 +23,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use redis::{AsyncCommands, Script};
 
+use crate::feed::Followed;
 use crate::kv::Kv;
 use crate::metrics::{CacheLabels, Metrics};
 use near::NearCache;
@@ -26,6 +31,8 @@ use near::NearCache;
 const LISTS: &str = "stoa:c:lists";
 const ARTICLES: &str = "stoa:c:articles";
 const TAGS: &str = "stoa:c:tags";
+/// Every reader's feed, in the replicas' own copies.
+const FEEDS: &str = "stoa:c:feed:*";
 
 // Deletes every key in the sets given as KEYS, then the sets themselves.
 const DROP_TRACKED_LUA: &str = r"
@@ -46,6 +53,8 @@ pub enum Change<'a> {
     Articles { slugs: &'a [&'a str], tags: bool },
     /// Author details embedded everywhere (username, bio, image).
     Everything,
+    /// Whom this reader follows: their feed.
+    Follows(uuid::Uuid),
 }
 
 #[derive(Clone)]
@@ -65,6 +74,12 @@ pub enum Key {
 
 /// Anonymous list pages with an offset below this are cached ("the first pages").
 pub const CACHED_OFFSETS: i64 = 100;
+
+/// The key of a reader's feed page (first pages only, as for lists), in the replicas'
+/// own copies.
+pub fn feed_key(reader: uuid::Uuid, limit: i64, offset: i64) -> Option<String> {
+    (offset < CACHED_OFFSETS).then(|| format!("stoa:c:feed:{reader}:{limit}:{offset}"))
+}
 
 /// The key of an anonymous list page, from its validated parameters.
 pub fn list_key(
@@ -190,6 +205,23 @@ impl Cache {
         self.kv.is_some()
     }
 
+    /// A reader's feed page from this replica's copy (see [`feed_key`]). `Err` carries
+    /// the generation to fill it in after a miss; `None` when there is no copy to use.
+    pub fn feed_lookup(&self, key: &str) -> Option<Result<Bytes, u64>> {
+        let near = self.near.as_ref().filter(|near| near.is_live())?;
+        let seen = near.generation();
+        match near.get(key) {
+            Some(body) => {
+                self.count("feed", "hit");
+                Some(Ok(body))
+            }
+            None => {
+                self.count("feed", "miss");
+                Some(Err(seen))
+            }
+        }
+    }
+
     fn count(&self, kind: &'static str, outcome: &'static str) {
         self.metrics
             .cache_requests
@@ -281,8 +313,13 @@ impl Cache {
                 (vec![LISTS], keys, "stoa:c:list:*")
             }
             Change::Everything => (vec![LISTS, ARTICLES], vec![TAGS.to_owned()], "stoa:c:*"),
+            Change::Follows(reader) => {
+                return self
+                    .announce(&near::message([format!("stoa:c:feed:{reader}:*").as_str()]))
+                    .await;
+            }
         };
-        let message = near::message(keys.iter().map(String::as_str).chain([lists]));
+        let message = near::message(keys.iter().map(String::as_str).chain([lists, FEEDS]));
         let script = self.drop_tracked.clone();
         let published = message.clone();
         let done = kv
@@ -309,6 +346,24 @@ impl Cache {
             // Redis missed this invalidation; the resync on recovery flushes the cache,
             // and the replicas' copies are emptied when their subscriptions drop.
             tracing::warn!("cache invalidation skipped: redis unavailable");
+        }
+    }
+}
+
+impl Cache {
+    /// Publishes an invalidation of entries kept only in the replicas' copies (nothing to
+    /// delete in Redis), and applies it here at once.
+    async fn announce(&self, message: &str) {
+        let Some(kv) = &self.kv else { return };
+        let published = message.to_owned();
+        let done = kv
+            .run(|mut conn| async move { conn.publish::<_, _, ()>(near::CHANNEL, published).await })
+            .await;
+        if let Some(near) = &self.near {
+            near.invalidate(message);
+        }
+        if done.is_none() {
+            tracing::warn!("cache invalidation not published: redis unavailable");
         }
     }
 }

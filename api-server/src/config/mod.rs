@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod container;
 mod settings;
 
 pub use settings::PublicOrigin;
@@ -491,8 +492,7 @@ impl Config {
             // A burst of new connections beyond the queue is dropped by the kernel and the
             // clients retry their SYN after a second: tokio's default of 1024 turned the
             // first second of 10,000 connecting clients into p99 latencies over 1 s.
-            listen_backlog: s
-                .read(Setting::new("STOA_LISTEN_BACKLOG", 4096u32).at_least(1))?,
+            listen_backlog: s.read(Setting::new("STOA_LISTEN_BACKLOG", 4096u32).at_least(1))?,
             admin_addr: s.read(Setting::new(
                 "STOA_ADMIN_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 9090)),
@@ -520,8 +520,14 @@ impl Config {
             hsts_max_age: s.read(Setting::new("STOA_HSTS_MAX_AGE", secs(2 * 365 * 86400)))?,
             max_concurrent_requests: s
                 .read(Setting::new("STOA_MAX_CONCURRENT_REQUESTS", 4096usize).at_least(1))?,
-            max_connections: s
-                .read(Setting::new("STOA_MAX_CONNECTIONS", 4096usize).at_least(1))?,
+            // As many as fit the container's memory limit beside everything else.
+            max_connections: s.read(
+                Setting::new(
+                    "STOA_MAX_CONNECTIONS",
+                    container::connections_within(container::memory_limit()),
+                )
+                .at_least(1),
+            )?,
             access_log_every: s.read(Setting::new("STOA_ACCESS_LOG_EVERY", 1u64).at_least(1))?,
         };
 

@@ -1,9 +1,9 @@
 //! The public listener: at most `STOA_MAX_CONNECTIONS` client connections open at once.
 //!
 //! Each open connection holds memory whether or not it is sending anything (hyper's read
-//! and write buffers and the connection's task: about 20 KiB each under load here), so
+//! and write buffers and the connection's task: about 24 KiB each under load here), so
 //! their number, not the request rate, is what would take a replica past its container's
-//! memory limit. At the limit the listener stops accepting: new connections wait in the
+//! memory limit; the default limit follows that limit (`config::container`). At the limit the listener stops accepting: new connections wait in the
 //! kernel's accept queue (`STOA_LISTEN_BACKLOG`) until one closes, and the clients see a
 //! slow connect instead of an out-of-memory kill of every connection at once.
 

@@ -6,6 +6,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
+use crate::cache::Change;
 use crate::error::{ApiError, ApiResult};
 use crate::http::types::{Profile, ProfileResponse};
 use crate::reads::Reader;
@@ -78,6 +79,7 @@ async fn follow(
             "you cannot follow yourself",
         ));
     }
+    state.cache.invalidate(Change::Follows(auth.id)).await;
     Ok(axum::Json(ProfileResponse {
         profile: target.profile,
     }))
@@ -105,6 +107,7 @@ async fn unfollow(
     .fetch_optional(&**state.db())
     .await?
     .ok_or(ApiError::NotFound("profile"))?;
+    state.cache.invalidate(Change::Follows(auth.id)).await;
     Ok(axum::Json(ProfileResponse {
         profile: target.profile,
     }))

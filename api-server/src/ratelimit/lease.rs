@@ -88,11 +88,8 @@ impl Leases {
     ) -> Claim<N> {
         let now = Instant::now();
         let mut map = self.lock();
-        let spendable =
-            |lease: &Lease| lease.left > 0 && now < lease.ends;
-        let all = keys
-            .iter()
-            .all(|key| map.get(key).is_some_and(spendable));
+        let spendable = |lease: &Lease| lease.left > 0 && now < lease.ends;
+        let all = keys.iter().all(|key| map.get(key).is_some_and(spendable));
         if !all {
             let refilling = keys.iter().any(|key| {
                 map.get(key)
@@ -262,7 +259,10 @@ mod tests {
         let leases = Leases::new(64);
         let (a, b) = ("a".to_owned(), "b".to_owned());
         leases.granted(a.clone(), 2, 2, &decision(10));
-        assert_eq!(spend(&leases, &[a.clone(), b.clone()], [quota(100); 2]), None);
+        assert_eq!(
+            spend(&leases, &[a.clone(), b.clone()], [quota(100); 2]),
+            None
+        );
         // `a` kept its cell.
         assert!(spend(&leases, &[a], [quota(100)]).is_some());
     }
@@ -271,18 +271,36 @@ mod tests {
     fn one_request_refills_a_lease_while_the_others_wait_for_it() {
         let leases = Leases::new(64);
         let key = ["k".to_owned()];
-        assert!(matches!(leases.claim(&key, [quota(1000)], true), Claim::Ask));
+        assert!(matches!(
+            leases.claim(&key, [quota(1000)], true),
+            Claim::Ask
+        ));
         // A second request waits for the first one's refill ...
-        assert!(matches!(leases.claim(&key, [quota(1000)], true), Claim::Wait));
+        assert!(matches!(
+            leases.claim(&key, [quota(1000)], true),
+            Claim::Wait
+        ));
         // ... but not for ever: after its wait it asks too.
-        assert!(matches!(leases.claim(&key, [quota(1000)], false), Claim::Ask));
+        assert!(matches!(
+            leases.claim(&key, [quota(1000)], false),
+            Claim::Ask
+        ));
         leases.granted(key[0].clone(), 8, 8, &decision(100));
         leases.refill_ended(&key);
-        assert!(matches!(leases.claim(&key, [quota(1000)], true), Claim::Spent(_)));
+        assert!(matches!(
+            leases.claim(&key, [quota(1000)], true),
+            Claim::Spent(_)
+        ));
         // A refill that failed (Redis unavailable) lets the waiters go too.
         let other = ["o".to_owned()];
-        assert!(matches!(leases.claim(&other, [quota(1000)], true), Claim::Ask));
+        assert!(matches!(
+            leases.claim(&other, [quota(1000)], true),
+            Claim::Ask
+        ));
         leases.refill_ended(&other);
-        assert!(matches!(leases.claim(&other, [quota(1000)], true), Claim::Ask));
+        assert!(matches!(
+            leases.claim(&other, [quota(1000)], true),
+            Claim::Ask
+        ));
     }
 }

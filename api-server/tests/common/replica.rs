@@ -5,23 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::tls::{as_server_user, initdb, is_root};
+use super::tls::{as_server_user, initdb, owned_by_server_user};
 
 pub struct ReplicatedPostgres {
     pub primary: u16,
     pub standby: u16,
     servers: Vec<Child>,
     _dir: tempfile::TempDir,
-}
-
-fn owned_by_server_user(path: &Path) {
-    if is_root() {
-        Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(path)
-            .status()
-            .unwrap();
-    }
 }
 
 fn start_server(bin: &Path, data: &Path, port: u16) -> Child {

@@ -48,6 +48,18 @@ impl ThrowawayCa {
     }
 }
 
+/// Hands `path` (recursively) to the PostgreSQL server's user when the tests run as root,
+/// which PostgreSQL refuses to run as.
+pub fn owned_by_server_user(path: &Path) {
+    if is_root() {
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .unwrap();
+    }
+}
+
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -104,20 +116,11 @@ impl Postgres {
     /// `configure` may write into its data directory first (as the server's user).
     pub fn start(bin: &Path, settings: &[&str], configure: impl FnOnce(&Path)) -> Postgres {
         let data = tempfile::tempdir().unwrap();
-        let chown = |path: &Path| {
-            if is_root() {
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(path)
-                    .status()
-                    .unwrap();
-            }
-        };
-        chown(data.path());
+        owned_by_server_user(data.path());
         let pgdata = data.path().join("pgdata");
         initdb(bin, &pgdata);
         configure(&pgdata);
-        chown(&pgdata);
+        owned_by_server_user(&pgdata);
         let mut server = Postgres {
             port: super::free_port(),
             bin: bin.to_owned(),

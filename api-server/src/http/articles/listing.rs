@@ -595,14 +595,38 @@ pub(super) async fn feed(
     State(state): State<AppState>,
     auth: AuthUser,
     ApiQuery(page): ApiQuery<CursorPagination>,
-) -> ApiResult<axum::Json<ArticlesResponse>> {
-    let resolved = page.pagination().resolve()?;
+) -> ApiResult<Response> {
+    let (limit, offset) = page.pagination().resolve()?;
+    // First pages are kept in this replica's copy (with Redis: `cache` module comment).
+    let cached = page
+        .cursor
+        .as_deref()
+        .is_none_or(str::is_empty)
+        .then(|| crate::cache::feed_key(auth.id, limit, offset))
+        .flatten()
+        .and_then(|key| Some((state.cache.feed_lookup(&key)?, key)));
+    let seen = match cached {
+        Some((Ok(body), _)) => return Ok(json_bytes(body)),
+        Some((Err(seen), key)) => Some((seen, key)),
+        None => None,
+    };
     let query = ListQuery {
         cursor: page.cursor,
         ..ListQuery::default()
     };
-    let list = fetch_list(&state, Reader::Caller(auth.id), query, resolved, true).await?;
-    Ok(axum::Json(list))
+    let list = fetch_list(
+        &state,
+        Reader::Caller(auth.id),
+        query,
+        (limit, offset),
+        true,
+    )
+    .await?;
+    let body = to_json_bytes(&list)?;
+    if let Some((seen, key)) = seen {
+        state.cache.near_fill(&key, &body, seen);
+    }
+    Ok(json_bytes(body))
 }
 
 #[cfg(test)]
@@ -740,7 +764,10 @@ mod tests {
         .fetch_one(&mut *conn)
         .await
         .unwrap();
-        assert!(generic > 0, "planned for the reader's values every time:\n{sql}");
+        assert!(
+            generic > 0,
+            "planned for the reader's values every time:\n{sql}"
+        );
     }
 
     /// Article rows the page's scans in `plan` produced (the total, an init plan, and

@@ -15,6 +15,7 @@
 //! ```
 
 mod many;
+mod seed;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -24,10 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use rand::Rng;
-use rand::seq::SliceRandom;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
+
+use seed::{Seed, TAGS, call, seed};
 
 #[derive(Parser, Debug)]
 #[command(about = "Load harness for stoa-api")]
@@ -157,241 +158,6 @@ const SCENARIOS: &[(&str, &str)] = &[
         "GET /api/tags over 10,000 connections, closed loop (each sends again once answered): more than the server admits, so it sheds; admitted and shed answers timed apart",
     ),
 ];
-
-/// What the seeding step produced, shared by all workers.
-struct Seed {
-    tokens: Vec<String>,
-    /// Readers who follow only the prolific authors.
-    prolific_readers: Vec<String>,
-    usernames: Vec<String>,
-    slugs: Vec<String>,
-    popular_tag: String,
-    /// How many articles precede the deep page, and the cursor that points there.
-    deep_offset: usize,
-    deep_cursor: String,
-}
-
-const TAGS: &[&str] = &[
-    "rust",
-    "kubernetes",
-    "postgres",
-    "redis",
-    "axum",
-    "tokio",
-    "web",
-    "ops",
-    "security",
-    "sre",
-    "api",
-    "design",
-    "testing",
-    "performance",
-    "databases",
-    "networking",
-    "observability",
-    "cloud",
-    "linux",
-    "career",
-];
-
-/// Authors each user follows: the feed's wide shape.
-const FOLLOWS_PER_USER: usize = 20;
-/// Articles each user favorites.
-const FAVORITES_PER_USER: usize = 12;
-/// The prolific authors, and the readers who follow only them.
-const PROLIFIC_AUTHORS: usize = 3;
-const PROLIFIC_READERS: usize = 4;
-
-async fn call(
-    client: &Client,
-    method: Method,
-    url: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> anyhow::Result<(StatusCode, Value)> {
-    let mut req = client.request(method, url);
-    if let Some(token) = token {
-        req = req.header("Authorization", format!("Token {token}"));
-    }
-    if let Some(body) = body {
-        req = req.json(body);
-    }
-    let res = req.send().await?;
-    let status = res.status();
-    let value = res.json().await.unwrap_or(Value::Null);
-    Ok((status, value))
-}
-
-/// Registers a user; returns its token.
-async fn register(client: &Client, base: &str, username: &str) -> anyhow::Result<String> {
-    let body = json!({"user": {"username": username, "email": format!("{username}@load.example"), "password": "load-test-password"}});
-    let (status, value) = call(
-        client,
-        Method::POST,
-        &format!("{base}/api/users"),
-        None,
-        Some(&body),
-    )
-    .await?;
-    if status != StatusCode::CREATED {
-        bail!("registering {username}: {status} {value}");
-    }
-    Ok(value["user"]["token"].as_str().context("token")?.to_owned())
-}
-
-/// Publishes article `i` (1-3 tags) as `token`; returns its slug.
-async fn publish(
-    client: &Client,
-    base: &str,
-    token: &str,
-    i: usize,
-    rng: &mut impl Rng,
-) -> anyhow::Result<String> {
-    let count = rng.gen_range(1..=3);
-    let tags: Vec<&str> = TAGS.choose_multiple(rng, count).copied().collect();
-    let body = json!({"article": {
-        "title": format!("Load article {i} about {}", tags[0]),
-        "description": "A realistic description of a realistic article, one sentence long.",
-        "body": "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(20),
-        "tagList": tags,
-    }});
-    let (status, value) = call(
-        client,
-        Method::POST,
-        &format!("{base}/api/articles"),
-        Some(token),
-        Some(&body),
-    )
-    .await?;
-    if status != StatusCode::CREATED {
-        bail!("creating article {i}: {status} {value}");
-    }
-    Ok(value["article"]["slug"]
-        .as_str()
-        .context("slug")?
-        .to_owned())
-}
-
-async fn follow(client: &Client, base: &str, token: &str, username: &str) -> anyhow::Result<()> {
-    let (status, value) = call(
-        client,
-        Method::POST,
-        &format!("{base}/api/profiles/{username}/follow"),
-        Some(token),
-        Some(&json!({})),
-    )
-    .await?;
-    if status != StatusCode::OK {
-        bail!("following {username}: {status} {value}");
-    }
-    Ok(())
-}
-
-/// The bench data: `users` users who each follow the next 20 and favorite 12 articles,
-/// `articles` articles by them in turn, a comment on 3 in 10; before those, 3 prolific
-/// authors' older articles, followed (only) by 4 more readers.
-async fn seed(
-    client: &Client,
-    base: &str,
-    users: usize,
-    articles: usize,
-    prolific_articles: usize,
-) -> anyhow::Result<Seed> {
-    let started = Instant::now();
-    let run = rand::random::<u32>();
-    let mut rng = rand::thread_rng();
-    let mut slugs = Vec::with_capacity(articles + PROLIFIC_AUTHORS * prolific_articles);
-    let mut prolific = Vec::with_capacity(PROLIFIC_AUTHORS);
-    for p in 0..PROLIFIC_AUTHORS {
-        let username = format!("load{run:x}p{p}");
-        prolific.push((register(client, base, &username).await?, username));
-    }
-    for i in 0..PROLIFIC_AUTHORS * prolific_articles {
-        let (token, _) = &prolific[i % PROLIFIC_AUTHORS];
-        slugs.push(publish(client, base, token, i, &mut rng).await?);
-    }
-    let mut prolific_readers = Vec::with_capacity(PROLIFIC_READERS);
-    for r in 0..PROLIFIC_READERS {
-        let token = register(client, base, &format!("load{run:x}r{r}")).await?;
-        for (_, author) in &prolific {
-            follow(client, base, &token, author).await?;
-        }
-        prolific_readers.push(token);
-    }
-    let mut tokens = Vec::with_capacity(users);
-    let mut usernames = Vec::with_capacity(users);
-    for i in 0..users {
-        let username = format!("load{run:x}u{i}");
-        tokens.push(register(client, base, &username).await?);
-        usernames.push(username);
-    }
-    for i in 0..articles {
-        let offset = slugs.len();
-        slugs.push(publish(client, base, &tokens[i % users], offset + i, &mut rng).await?);
-    }
-    let follows = FOLLOWS_PER_USER.min(users - 1);
-    for (i, token) in tokens.iter().enumerate() {
-        for k in 1..=follows {
-            follow(client, base, token, &usernames[(i + k) % users]).await?;
-        }
-        for slug in slugs.choose_multiple(&mut rng, FAVORITES_PER_USER) {
-            call(
-                client,
-                Method::POST,
-                &format!("{base}/api/articles/{slug}/favorite"),
-                Some(token),
-                Some(&json!({})),
-            )
-            .await?;
-        }
-    }
-    for (i, slug) in slugs.iter().rev().enumerate().take(articles * 3 / 10) {
-        let body = json!({"comment": {"body": "Thoughtful comment."}});
-        call(
-            client,
-            Method::POST,
-            &format!("{base}/api/articles/{slug}/comments"),
-            Some(&tokens[i % users]),
-            Some(&body),
-        )
-        .await?;
-    }
-    eprintln!(
-        "seeded {} users, {} articles ({} by {PROLIFIC_AUTHORS} prolific authors), {} follows, {} favorites in {:.1}s",
-        users + PROLIFIC_AUTHORS + PROLIFIC_READERS,
-        slugs.len(),
-        PROLIFIC_AUTHORS * prolific_articles,
-        users * follows + PROLIFIC_READERS * PROLIFIC_AUTHORS,
-        users * FAVORITES_PER_USER,
-        started.elapsed().as_secs_f64()
-    );
-    // The cursor after the first 90% of the articles, by paging there (100 at a time).
-    let deep_offset = slugs.len() * 9 / 10;
-    let mut deep_cursor = String::new();
-    let mut walked = 0;
-    while walked < deep_offset {
-        let limit = (deep_offset - walked).min(100);
-        let mut url = format!("{base}/api/articles?limit={limit}");
-        if !deep_cursor.is_empty() {
-            url.push_str(&format!("&cursor={deep_cursor}"));
-        }
-        let (_, page) = call(client, Method::GET, &url, None, None).await?;
-        deep_cursor = page["nextCursor"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("no nextCursor after {walked} articles: {page}"))?
-            .to_owned();
-        walked += limit;
-    }
-    Ok(Seed {
-        tokens,
-        prolific_readers,
-        usernames,
-        slugs,
-        popular_tag: TAGS[0].to_owned(),
-        deep_offset,
-        deep_cursor,
-    })
-}
 
 struct Stats {
     histogram: Histogram<u64>,
@@ -870,7 +636,8 @@ async fn run_many(
         share_of_bare.map_or_else(|| "-".into(), |s| format!("{s:.1}%")),
         plan.connections,
         outcome.connect_seconds,
-        plan.rate.map_or_else(String::new, |r| format!(", {r:.0} req/s offered")),
+        plan.rate
+            .map_or_else(String::new, |r| format!(", {r:.0} req/s offered")),
     );
     let shed = &outcome.shed;
     if !shed.is_empty() {

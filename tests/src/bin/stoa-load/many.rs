@@ -126,7 +126,10 @@ pub async fn run(server: SocketAddr, plan: &Plan) -> anyhow::Result<Outcome> {
         .ok()
         .context("every connection's task has finished")?;
     Ok(Outcome {
-        admitted: tally.admitted.into_inner().unwrap_or_else(|e| e.into_inner()),
+        admitted: tally
+            .admitted
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner()),
         shed: tally.shed.into_inner().unwrap_or_else(|e| e.into_inner()),
         shed_without_retry_after: tally.shed_without_retry_after.into_inner(),
         other_status: tally.other_status.into_inner(),
