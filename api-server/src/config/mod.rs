@@ -477,8 +477,11 @@ impl Config {
             )?,
             mfa_per_account: quota(&mut s, "STOA_RATE_LIMIT_MFA", Quota::per(10, secs(15 * 60)))?,
             trusted_proxy_hops: s.read(Setting::new("STOA_TRUSTED_PROXY_HOPS", 0usize))?,
+            // Binds only budgets above 16 × this per period (a lease is also at most 1/16 of
+            // its budget's burst). At 64, one client's 68k cached reads a second spent a
+            // lease a millisecond and waited on a Redis round trip each time (80k at 1024).
             lease_max: s.read(
-                Setting::new("STOA_RATE_LIMIT_LEASE_MAX", 64u32)
+                Setting::new("STOA_RATE_LIMIT_LEASE_MAX", 1024u32)
                     .at_least(1)
                     .at_most(4096, "leased cells unspent when a lease ends are lost"),
             )?,

@@ -1,7 +1,7 @@
 //! The public listener: at most `STOA_MAX_CONNECTIONS` client connections open at once.
 //!
 //! Each open connection holds memory whether or not it is sending anything (hyper's read
-//! and write buffers and the connection's task: about 24 KiB each under load here), so
+//! and write buffers and the connection's task: 17–31 KiB each under load here), so
 //! their number, not the request rate, is what would take a replica past its container's
 //! memory limit; the default limit follows that limit (`config::container`). At the limit the listener stops accepting: new connections wait in the
 //! kernel's accept queue (`STOA_LISTEN_BACKLOG`) until one closes, and the clients see a
