@@ -74,15 +74,74 @@ struct Filter {
     tag: Option<String>,
     /// The author's id (a subquery on the username parameter).
     author: Option<String>,
+    /// The search query's placeholder.
+    search: Option<String>,
 }
 
-/// Numbers query parameters in the order they are bound.
-struct Params(usize);
+/// A value a list statement takes. Each statement is built together with the list of its
+/// parameters in the order its text numbers them, and values are bound from that list
+/// by name ([`ListValues::bind`]): no numbering is kept by hand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Param {
+    Offset,
+    Viewer,
+    Tag,
+    Author,
+    Favorited,
+    Search,
+    AfterAt,
+    AfterId,
+}
+
+/// The parameters of a statement being built, in order.
+#[derive(Default)]
+struct Params(Vec<Param>);
 
 impl Params {
-    fn next(&mut self) -> String {
-        self.0 += 1;
-        format!("${}", self.0)
+    /// The placeholder of `param`, numbered after those before it.
+    fn next(&mut self, param: Param) -> String {
+        self.0.push(param);
+        format!("${}", self.0.len())
+    }
+}
+
+/// A list statement and what each of its parameters is, in order.
+struct ListStatement {
+    sql: Arc<str>,
+    params: Vec<Param>,
+}
+
+/// The values a list's parameters are bound from.
+struct ListValues<'a> {
+    offset: i64,
+    viewer: Option<Uuid>,
+    tag: Option<&'a str>,
+    author: Option<&'a str>,
+    favorited: Option<&'a str>,
+    search: Option<&'a str>,
+    after: Option<cursor::Position>,
+}
+
+impl<'a> ListValues<'a> {
+    /// `statement`, with each parameter bound to its value.
+    fn bind(
+        &self,
+        statement: &ListStatement,
+    ) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.sql.clone()));
+        for param in &statement.params {
+            query = match param {
+                Param::Offset => query.bind(self.offset),
+                Param::Viewer => query.bind(self.viewer),
+                Param::Tag => query.bind(self.tag),
+                Param::Author => query.bind(self.author),
+                Param::Favorited => query.bind(self.favorited),
+                Param::Search => query.bind(self.search),
+                Param::AfterAt => query.bind(self.after.map(|p| p.created_at)),
+                Param::AfterId => query.bind(self.after.map(|p| p.id)),
+            };
+        }
+        query
     }
 }
 
@@ -118,27 +177,31 @@ impl ListShape {
     /// The WHERE clause over `a` (articles); filter values take the next parameters.
     fn filter(self, params: &mut Params, viewer: Option<&str>) -> Filter {
         let mut conditions = Vec::new();
-        let tag = self.tag.then(|| params.next());
+        let tag = self.tag.then(|| params.next(Param::Tag));
         if let Some(tag) = &tag {
             conditions.push(format!("a.tag_list @> ARRAY[{tag}::text]"));
         }
-        let author = self
-            .author
-            .then(|| format!("(SELECT id FROM users WHERE username = {})", params.next()));
+        let author = self.author.then(|| {
+            format!(
+                "(SELECT id FROM users WHERE username = {})",
+                params.next(Param::Author)
+            )
+        });
         if let Some(author) = &author {
             conditions.push(format!("a.author_id = {author}"));
         }
         if self.favorited {
             conditions.push(format!(
                 "a.id IN (SELECT fv.article_id FROM favorites fv JOIN users fu ON fu.id = fv.user_id WHERE fu.username = {})",
-                params.next()
+                params.next(Param::Favorited)
             ));
         }
         if let (true, Some(viewer)) = (self.feed, viewer) {
             conditions.push(format!("a.author_id IN (SELECT followed_id FROM follows WHERE follower_id = {viewer}::uuid)"));
         }
-        if self.search {
-            conditions.push(format!("a.search @@ {}", search_query(&params.next())));
+        let search = self.search.then(|| params.next(Param::Search));
+        if let Some(search) = &search {
+            conditions.push(format!("a.search @@ {}", search_query(search)));
         }
         let condition = if conditions.is_empty() {
             "true".to_owned()
@@ -149,6 +212,7 @@ impl ListShape {
             condition,
             tag,
             author,
+            search,
         }
     }
 
@@ -199,8 +263,7 @@ impl ListShape {
         }
     }
 
-    /// The page with its total on every row. Parameters: the offset (`with_offset`), then
-    /// the viewer (unless anonymous), then the filter values, then a cursor's position.
+    /// The page with its total on every row, and its parameters in order.
     ///
     /// The limit is written into the text and the offset is left out of first pages: bound
     /// as parameters, PostgreSQL estimates a generic plan for an unknown limit and offset
@@ -213,9 +276,9 @@ impl ListShape {
     /// no row would carry the total; its query joins the page to the total, so it still
     /// answers one row (with a NULL article) and every list stays one round trip. First
     /// pages use the cheaper form.
-    fn page_sql(self, with_offset: bool, limit: i64) -> String {
-        let mut params = Params(0);
-        let offset_param = with_offset.then(|| params.next());
+    fn page_sql(self, with_offset: bool, limit: i64) -> ListStatement {
+        let mut params = Params::default();
+        let offset_param = with_offset.then(|| params.next(Param::Offset));
         let offset = offset_param
             .as_ref()
             .map_or_else(String::new, |p| format!(" OFFSET {p}"));
@@ -223,13 +286,12 @@ impl ListShape {
         // viewer's follows was estimated cheaper than the plan for any viewer for a reader
         // of a few authors, so PostgreSQL never kept a generic plan for them and planned
         // the feed on every execution (0.62 ms against 0.22 ms on the bench data).
-        let viewer = (!self.anonymous).then(|| format!("(SELECT {}::uuid)", params.next()));
+        let viewer =
+            (!self.anonymous).then(|| format!("(SELECT {}::uuid)", params.next(Param::Viewer)));
         let filter = self.filter(&mut params, viewer.as_deref());
-        // The search query is the filter's last parameter.
-        let search_param = format!("${}", params.0);
         // The cursor narrows the page, never the total.
         let position = self.after.then(|| {
-            let (at, id) = (params.next(), params.next());
+            let (at, id) = (params.next(Param::AfterAt), params.next(Param::AfterId));
             format!("({at}::timestamptz, {id}::bigint)")
         });
         let page_filter = match &position {
@@ -278,13 +340,10 @@ impl ListShape {
                  EXISTS (SELECT 1 FROM follows fo WHERE fo.followed_id = a.author_id AND fo.follower_id = {v}::uuid) AS following"
             ),
         };
-        // A search ranks matches (its query is the last parameter); lists are newest first.
-        let (rank, order, outer_order) = if self.search {
+        // A search ranks matches; lists are newest first.
+        let (rank, order, outer_order) = if let Some(search) = &filter.search {
             (
-                format!(
-                    ", ts_rank(a.search, {}) AS rank",
-                    search_query(&search_param)
-                ),
+                format!(", ts_rank(a.search, {}) AS rank", search_query(search)),
                 "rank DESC, a.created_at DESC, a.id DESC",
                 "p.rank DESC, p.created_at DESC, p.id DESC",
             )
@@ -315,7 +374,7 @@ impl ListShape {
              LIMIT {limit}{offset}"
         );
         let total = self.total(&filter, viewer.as_deref());
-        if with_offset || self.after {
+        let sql = if with_offset || self.after {
             format!(
                 "SELECT t.total, p.* FROM (SELECT {total} AS total) t
                  LEFT JOIN LATERAL ({page}) p ON true
@@ -323,6 +382,10 @@ impl ListShape {
             )
         } else {
             page.replacen("SELECT ", &format!("SELECT {total} AS total, "), 1)
+        };
+        ListStatement {
+            sql: Arc::from(sql),
+            params: params.0,
         }
     }
 }
@@ -409,14 +472,14 @@ fn search_query(param: &str) -> String {
 /// The statements built so far, by shape, offset or not, and limit (a few in practice:
 /// clients keep to one or two page sizes); bounded, as every limit up to the maximum is
 /// allowed.
-static LIST_SQL: LazyLock<quick_cache::sync::Cache<(usize, bool, i64), Arc<str>>> =
+static LIST_SQL: LazyLock<quick_cache::sync::Cache<(usize, bool, i64), Arc<ListStatement>>> =
     LazyLock::new(|| quick_cache::sync::Cache::new(1024));
 
-fn list_sql(shape: ListShape, with_offset: bool, limit: i64) -> Arc<str> {
-    let Ok(sql) = LIST_SQL.get_or_insert_with(&(shape.index(), with_offset, limit), || {
-        Ok::<_, Infallible>(Arc::from(shape.page_sql(with_offset, limit)))
+fn list_sql(shape: ListShape, with_offset: bool, limit: i64) -> Arc<ListStatement> {
+    let Ok(statement) = LIST_SQL.get_or_insert_with(&(shape.index(), with_offset, limit), || {
+        Ok::<_, Infallible>(Arc::new(shape.page_sql(with_offset, limit)))
     });
-    sql
+    statement
 }
 
 /// Which list a cursor belongs to: the feed is per viewer; other lists by their filters.
@@ -466,22 +529,16 @@ async fn fetch_list(
         ..shape
     };
     // Built from this module's own fragments and a validated integer: nothing of the caller's.
-    let mut page = sqlx::query(sqlx::AssertSqlSafe(list_sql(shape, with_offset, limit)));
-    if with_offset {
-        page = page.bind(offset);
-    }
-    if let Some(viewer) = viewer {
-        page = page.bind(viewer);
-    }
-    for value in [query.tag, query.author, query.favorited, query.q]
-        .into_iter()
-        .flatten()
-    {
-        page = page.bind(value);
-    }
-    if let Some(after) = after {
-        page = page.bind(after.created_at).bind(after.id);
-    }
+    let values = ListValues {
+        offset,
+        viewer,
+        tag: query.tag.as_deref(),
+        author: query.author.as_deref(),
+        favorited: query.favorited.as_deref(),
+        search: query.q.as_deref(),
+        after,
+    };
+    let page = values.bind(&list_sql(shape, with_offset, limit));
     let rows: Vec<PgRow> = page.fetch_all(&**state.read_db(reader)).await?;
     let articles_count = match rows.first() {
         Some(row) => row.try_get("total")?,
@@ -635,6 +692,11 @@ mod tests {
 
     use super::*;
 
+    /// A list statement's text.
+    fn sql_of(shape: ListShape, with_offset: bool, limit: i64) -> Arc<str> {
+        list_sql(shape, with_offset, limit).sql.clone()
+    }
+
     /// Parameters `fetch_list` binds for a shape, with an offset or not.
     fn bound(shape: ListShape, with_offset: bool) -> usize {
         usize::from(with_offset)
@@ -658,7 +720,7 @@ mod tests {
                 &[false, true]
             };
             for &with_offset in offsets {
-                let sql = list_sql(shape, with_offset, 20);
+                let sql = sql_of(shape, with_offset, 20);
                 let prepared = conn
                     .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(
                         sql.clone(),
@@ -671,6 +733,12 @@ mod tests {
                     Some(bound(shape, with_offset)),
                     "shape {i}:\n{sql}"
                 );
+                // Each value is bound once, by name, from the statement's own list.
+                let named = &list_sql(shape, with_offset, 20).params;
+                assert_eq!(named.len(), bound(shape, with_offset), "shape {i}");
+                for (k, param) in named.iter().enumerate() {
+                    assert!(!named[..k].contains(param), "shape {i}: {param:?} twice");
+                }
             }
         }
     }
@@ -691,7 +759,7 @@ mod tests {
             ..signed_in
         };
         for shape in [signed_in, feed, tagged] {
-            let sql = list_sql(shape, false, 20);
+            let sql = sql_of(shape, false, 20);
             for _ in 0..8 {
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(Uuid::new_v4());
                 if shape.tag {
@@ -748,7 +816,7 @@ mod tests {
             feed: true,
             ..ListShape::from_index(0)
         };
-        let sql = list_sql(feed, false, 20);
+        let sql = sql_of(feed, false, 20);
         let mut conn = pool.acquire().await.unwrap();
         for _ in 0..8 {
             sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
@@ -839,7 +907,7 @@ mod tests {
         for (i, (shape, offset, tag)) in cases.into_iter().enumerate() {
             let prepare = format!(
                 "PREPARE page_{i} AS {}",
-                list_sql(shape, offset.is_some(), 20)
+                sql_of(shape, offset.is_some(), 20)
             );
             sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
                 .execute(&mut *conn)
@@ -865,7 +933,7 @@ mod tests {
         let page = |offset: i64, tag: &'static str| {
             let pool = pool.clone();
             async move {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(list_sql(tagged, true, 20)))
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql_of(tagged, true, 20)))
                     .bind(offset)
                     .bind(tag)
                     .fetch_all(&pool)
@@ -932,7 +1000,7 @@ mod tests {
         for with_offset in [false, true] {
             let sql = format!(
                 "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-                list_sql(feed, with_offset, 20)
+                sql_of(feed, with_offset, 20)
             );
             let mut explain = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(sql));
             if with_offset {
@@ -998,7 +1066,7 @@ mod tests {
         let page = |shape: ListShape, viewer: Uuid| {
             let pool = pool.clone();
             async move {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(list_sql(shape, false, 20)))
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql_of(shape, false, 20)))
                     .bind(viewer)
                     .fetch_all(&pool)
                     .await
@@ -1038,5 +1106,108 @@ mod tests {
         assert_eq!(by_author.len(), 20);
         assert_eq!(page(walk, users[6]).await.0, by_author);
         assert!(!shape.walk(), "{shape:?}");
+    }
+
+    /// The titles of an anonymous first page with these filters, bound as a request's are.
+    async fn titles(
+        pool: &PgPool,
+        tag: Option<&str>,
+        author: Option<&str>,
+        favorited: Option<&str>,
+        search: Option<&str>,
+    ) -> Vec<String> {
+        let shape = ListShape {
+            tag: tag.is_some(),
+            author: author.is_some(),
+            favorited: favorited.is_some(),
+            search: search.is_some(),
+            anonymous: true,
+            ..ListShape::from_index(0)
+        };
+        let values = ListValues {
+            offset: 0,
+            viewer: None,
+            tag,
+            author,
+            favorited,
+            search,
+            after: None,
+        };
+        let rows = values
+            .bind(&list_sql(shape, false, 20))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        let mut titles: Vec<String> = rows.iter().map(|r| r.get("title")).collect();
+        titles.sort();
+        titles
+    }
+
+    /// Every filter reaches its own parameter: each pair of text filters below gives a
+    /// different page if their values were bound to each other's places.
+    #[sqlx::test(migrator = "crate::db::MIGRATOR")]
+    async fn filters_are_bound_to_their_own_parameters(pool: PgPool) {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO users (username, email, password_hash)
+             VALUES ('jake', 'jake@example.com', 'x'), ('jane', 'jane@example.com', 'x')
+             RETURNING id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let (jake, jane) = (ids[0], ids[1]);
+        for (slug, author, title, tag) in [
+            ("r1", jake, "Alpha rust", "rust"),
+            ("g1", jake, "Alpha go", "go"),
+            ("r2", jane, "Beta rust", "rust"),
+        ] {
+            sqlx::query(
+                "INSERT INTO articles (slug, author_id, title, description, body, tag_list)
+                 VALUES ($1, $2, $3, 'd', 'b', ARRAY[$4])",
+            )
+            .bind(slug)
+            .bind(author)
+            .bind(title)
+            .bind(tag)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        for (user, slug) in [(jake, "r2"), (jane, "g1")] {
+            sqlx::query(
+                "INSERT INTO favorites (user_id, article_id) SELECT $1, id FROM articles WHERE slug = $2",
+            )
+            .bind(user)
+            .bind(slug)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        let p = &pool;
+        // Swapped, each would find nothing or another article.
+        assert_eq!(
+            titles(p, Some("rust"), Some("jane"), None, None).await,
+            ["Beta rust"]
+        );
+        assert_eq!(
+            titles(p, None, Some("jake"), Some("jane"), None).await,
+            ["Alpha go"]
+        );
+        assert_eq!(
+            titles(p, Some("rust"), None, Some("jake"), None).await,
+            ["Beta rust"]
+        );
+        assert_eq!(
+            titles(p, Some("rust"), None, None, Some("alpha")).await,
+            ["Alpha rust"]
+        );
+        assert_eq!(
+            titles(p, None, Some("jake"), None, Some("alpha")).await,
+            ["Alpha go", "Alpha rust"]
+        );
+        assert_eq!(
+            titles(p, Some("go"), Some("jake"), Some("jane"), Some("alpha")).await,
+            ["Alpha go"]
+        );
     }
 }
