@@ -279,6 +279,311 @@ fn invalid(name: &'static str, value: impl fmt::Display, reason: impl Into<Strin
     }
 }
 
+/// Threads the machine (or the container's CPU quota) allows: pool and hashing defaults.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// `STOA_DATABASE_URL` and the pools (`STOA_DB_*`).
+fn database_config<F: Fn(&str) -> Option<String>>(
+    s: &mut Reader<'_, F>,
+    dev: bool,
+) -> Result<DatabaseConfig, ConfigError> {
+    let secs = Duration::from_secs;
+    let (url, url_file) =
+        match s.secret_url("STOA_DATABASE_URL", &["postgres", "postgresql"], "")? {
+            Some(found) => found,
+            None if dev => {
+                let url = Secret::new(DEV_DATABASE_URL);
+                s.show_secret_url("STOA_DATABASE_URL", Some((&url, None)), "");
+                (url, None)
+            }
+            None => {
+                return Err(ConfigError::Missing {
+                    name: "STOA_DATABASE_URL",
+                    hint: " (or STOA_DATABASE_URL_FILE), e.g. postgres://user:pass@host:5432/stoa",
+                });
+            }
+        };
+    // Measured on 2 cores with PostgreSQL beside the server (README, "Pool size"):
+    // reads are flat from 4 to 8 connections and their tails grow beyond; writes gain
+    // up to 8, as a commit waits on the disk with its connection held.
+    let cpus = cpus();
+    let max_connections =
+        s.read(Setting::new("STOA_DB_MAX_CONNECTIONS", (4 * cpus as u32).max(4)).at_least(1))?;
+    let min_connections = s.read(Setting::new("STOA_DB_MIN_CONNECTIONS", 1u32))?;
+    if min_connections > max_connections {
+        return Err(invalid(
+            "STOA_DB_MIN_CONNECTIONS",
+            min_connections,
+            format!("must be ≤ STOA_DB_MAX_CONNECTIONS ({max_connections})"),
+        ));
+    }
+    let database = DatabaseConfig {
+        url_source: match url_file {
+            Some(path) => DatabaseUrlSource::File(path),
+            None => DatabaseUrlSource::Value(url.clone()),
+        },
+        url,
+        max_connections,
+        min_connections,
+        acquire_timeout: s.read(Setting::new("STOA_DB_ACQUIRE_TIMEOUT", secs(5)))?,
+        statement_timeout: s.read(Setting::new("STOA_DB_STATEMENT_TIMEOUT", secs(10)))?,
+        drain_grace: s.read(Setting::new("STOA_DB_DRAIN_GRACE", secs(5)))?,
+        application_name: s.read(Setting::new(
+            "STOA_DB_APPLICATION_NAME",
+            "stoa-api".to_owned(),
+        ))?,
+        read: read_replica(s, max_connections)?,
+    };
+    Ok(database)
+}
+
+/// `STOA_SENTRY_DSN` and the environment its events are filed under.
+fn error_tracking<F: Fn(&str) -> Option<String>>(
+    s: &mut Reader<'_, F>,
+    dev: bool,
+) -> Result<(Option<Secret>, String), ConfigError> {
+    let sentry_dsn = s
+        .secret_url(
+            "STOA_SENTRY_DSN",
+            &["https", "http"],
+            "(not set: no error tracking)",
+        )?
+        .map(|(secret, _)| secret);
+    if let Some(dsn) = &sentry_dsn
+        && dsn.expose().parse::<sentry::types::Dsn>().is_err()
+    {
+        return Err(ConfigError::Invalid {
+            name: "STOA_SENTRY_DSN",
+            value: "<redacted>".into(),
+            reason: "is not a Sentry DSN (https://<public key>@<host>/<project id>)".into(),
+        });
+    }
+    let sentry_environment = s.read(Setting::new(
+        "STOA_SENTRY_ENVIRONMENT",
+        if dev { "development" } else { "production" }.to_owned(),
+    ))?;
+    Ok((sentry_dsn, sentry_environment))
+}
+
+/// `STOA_RATE_LIMIT_*` and `STOA_TRUSTED_PROXY_HOPS`.
+fn rate_limit_config<F: Fn(&str) -> Option<String>>(
+    s: &mut Reader<'_, F>,
+) -> Result<RateLimitConfig, ConfigError> {
+    let secs = Duration::from_secs;
+    let quota = |s: &mut Reader<'_, F>, name, default: Quota| s.read(Setting::new(name, default));
+    let rate_limits = RateLimitConfig {
+        enabled: s.read(Setting::new("STOA_RATE_LIMIT_ENABLED", true))?,
+        per_ip: quota(s, "STOA_RATE_LIMIT_PER_IP", Quota::per(1200, secs(60)))?,
+        per_user: quota(s, "STOA_RATE_LIMIT_PER_USER", Quota::per(1200, secs(60)))?,
+        auth: quota(s, "STOA_RATE_LIMIT_AUTH", Quota::per(20, secs(60)))?,
+        login_per_account: quota(
+            s,
+            "STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT",
+            Quota::per(10, secs(15 * 60)),
+        )?,
+        login_account_ceiling: quota(
+            s,
+            "STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEILING",
+            Quota::per(100, secs(15 * 60)),
+        )?,
+        mfa_per_account: quota(s, "STOA_RATE_LIMIT_MFA", Quota::per(10, secs(15 * 60)))?,
+        trusted_proxy_hops: s.read(Setting::new("STOA_TRUSTED_PROXY_HOPS", 0usize))?,
+        // Binds only budgets above 16 × this per period (a lease is also at most 1/16 of
+        // its budget's burst). At 64, one client's 68k cached reads a second spent a
+        // lease a millisecond and waited on a Redis round trip each time (80k at 1024).
+        lease_max: s.read(
+            Setting::new("STOA_RATE_LIMIT_LEASE_MAX", 1024u32)
+                .at_least(1)
+                .at_most(4096, "leased cells unspent when a lease ends are lost"),
+        )?,
+    };
+    Ok(rate_limits)
+}
+
+/// The listeners, limits and browser-facing settings of the public port.
+fn http_config<F: Fn(&str) -> Option<String>>(
+    s: &mut Reader<'_, F>,
+    dev: bool,
+) -> Result<HttpConfig, ConfigError> {
+    let secs = Duration::from_secs;
+    let http = HttpConfig {
+        listen_addr: s.read(Setting::new(
+            "STOA_LISTEN_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+        ))?,
+        // A burst of new connections beyond the queue is dropped by the kernel and the
+        // clients retry their SYN after a second: tokio's default of 1024 turned the
+        // first second of 10,000 connecting clients into p99 latencies over 1 s.
+        listen_backlog: s.read(Setting::new("STOA_LISTEN_BACKLOG", 4096u32).at_least(1))?,
+        admin_addr: s.read(Setting::new(
+            "STOA_ADMIN_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], 9090)),
+        ))?,
+        // Room for the largest valid article (131072 characters of up to 4 bytes each,
+        // plus the other fields), so a request the API document allows always fits.
+        body_limit_bytes: s
+            .read(Setting::new("STOA_BODY_LIMIT_BYTES", 1024 * 1024usize).at_least(1024))?,
+        request_timeout: s.read(Setting::new("STOA_REQUEST_TIMEOUT", secs(30)))?,
+        shutdown_delay: s.read(Setting::new(
+            "STOA_SHUTDOWN_DELAY",
+            if dev { Duration::ZERO } else { secs(5) },
+        ))?,
+        shutdown_timeout: s.read(Setting::new("STOA_SHUTDOWN_TIMEOUT", secs(20)))?,
+        cors_allowed_origins: s
+            .read(Setting::new(
+                "STOA_CORS_ALLOWED_ORIGINS",
+                Origins::default(),
+            ))?
+            .0,
+        public_origin: s.optional::<PublicOrigin>(
+            "STOA_PUBLIC_URL",
+            "(unset: cookie mode trusts the request's own host over https; no HSTS)",
+        )?,
+        hsts_max_age: s.read(Setting::new("STOA_HSTS_MAX_AGE", secs(2 * 365 * 86400)))?,
+        max_concurrent_requests: s
+            .read(Setting::new("STOA_MAX_CONCURRENT_REQUESTS", 4096usize).at_least(1))?,
+        // As many as fit the container's memory limit beside everything else.
+        max_connections: s.read(
+            Setting::new(
+                "STOA_MAX_CONNECTIONS",
+                container::connections_within(container::memory_limit()),
+            )
+            .at_least(1),
+        )?,
+        access_log_every: s.read(Setting::new("STOA_ACCESS_LOG_EVERY", 1u64).at_least(1))?,
+    };
+    Ok(http)
+}
+
+/// Key sets, token lifetimes, MFA and password hashing. Longer than most: one read per
+/// field of `AuthConfig`, each with its bounds beside it, and the check of the hash
+/// parameters together.
+fn auth_config<F: Fn(&str) -> Option<String>>(
+    s: &mut Reader<'_, F>,
+    dev: bool,
+    require_keys: bool,
+) -> Result<AuthConfig, ConfigError> {
+    let secs = Duration::from_secs;
+    let keys_dir = s.optional::<PathBuf>("STOA_JWT_KEYS_DIR", "(dev: generated at start)")?;
+    if keys_dir.is_none() && !dev && require_keys {
+        return Err(ConfigError::Missing {
+            name: "STOA_JWT_KEYS_DIR",
+            hint: " (a directory with keyset.json; create one with `stoa-api keys generate --dir DIR`)",
+        });
+    }
+    let mfa_keys_dir =
+        s.optional::<PathBuf>("STOA_MFA_KEYS_DIR", "(dev: a fixed development key)")?;
+    if mfa_keys_dir.is_none() && !dev && require_keys {
+        return Err(ConfigError::Missing {
+            name: "STOA_MFA_KEYS_DIR",
+            hint: " (a directory with mfa-keys.json; create one with `stoa-api mfa-keys generate --dir DIR`)",
+        });
+    }
+    let access_token_ttl =
+        s.read(Setting::new("STOA_ACCESS_TOKEN_TTL", secs(15 * 60)).at_least(secs(10)))?;
+    let auth = AuthConfig {
+        keys_dir,
+        mfa_keys_dir,
+        issuer: s.read(Setting::new("STOA_JWT_ISSUER", "stoa".to_owned()))?,
+        audience: s.read(Setting::new("STOA_JWT_AUDIENCE", "stoa-api".to_owned()))?,
+        access_token_ttl,
+        refresh_token_ttl: s.read(Setting::new("STOA_REFRESH_TOKEN_TTL", secs(7 * 86400)))?,
+        session_max_lifetime: s.read(
+            Setting::new("STOA_SESSION_MAX_LIFETIME", secs(30 * 86400)).at_least(access_token_ttl),
+        )?,
+        refresh_reuse_grace: s.read(
+            Setting::new("STOA_REFRESH_REUSE_GRACE", secs(10))
+                .at_most(secs(60), "a replayed token is honoured that long"),
+        )?,
+        purge_interval: s
+            .read(Setting::new("STOA_PURGE_INTERVAL", secs(3600)).at_least(secs(1)))?,
+        mfa_challenge_ttl: s.read(
+            Setting::new("STOA_MFA_CHALLENGE_TTL", secs(5 * 60))
+                .at_least(secs(30))
+                .at_most(secs(3600), "a password alone opens the challenge that long"),
+        )?,
+        mfa_challenge_attempts: s.read(
+            Setting::new("STOA_MFA_CHALLENGE_ATTEMPTS", 5)
+                .at_least(1)
+                .at_most(20, "each attempt is a guess at the code"),
+        )?,
+        // Tokens verify until `exp` + leeway: a long leeway quietly extends every token
+        // (and every revocation the mirror must keep).
+        leeway: s.read(
+            Setting::new("STOA_JWT_LEEWAY", secs(30))
+                .at_most(MAX_JWT_LEEWAY, "it extends every token's lifetime"),
+        )?,
+        token_cache_entries: s.read(
+            Setting::new("STOA_TOKEN_CACHE_ENTRIES", 65_536usize)
+                .at_least(1)
+                .at_most(16_777_216, "memory: about 200 bytes per entry"),
+        )?,
+        argon2_memory_kib: s.read(Setting::new(
+            "STOA_ARGON2_MEMORY_KIB",
+            argon2::Params::DEFAULT_M_COST,
+        ))?,
+        argon2_iterations: s.read(Setting::new(
+            "STOA_ARGON2_ITERATIONS",
+            argon2::Params::DEFAULT_T_COST,
+        ))?,
+        argon2_parallelism: s.read(Setting::new(
+            "STOA_ARGON2_PARALLELISM",
+            argon2::Params::DEFAULT_P_COST,
+        ))?,
+        hash_concurrency: s.read(Setting::new("STOA_HASH_CONCURRENCY", cpus()).at_least(1))?,
+    };
+    if let Err(e) = argon2::Params::new(
+        auth.argon2_memory_kib,
+        auth.argon2_iterations,
+        auth.argon2_parallelism,
+        None,
+    ) {
+        let params = format!(
+            "m={} t={} p={}",
+            auth.argon2_memory_kib, auth.argon2_iterations, auth.argon2_parallelism
+        );
+        return Err(invalid("STOA_ARGON2_MEMORY_KIB", params, e.to_string()));
+    }
+    Ok(auth)
+}
+
+/// The job queue's worker (`STOA_WORKER_*`, `STOA_JOB_*`).
+fn worker_config<F: Fn(&str) -> Option<String>>(
+    s: &mut Reader<'_, F>,
+    dev: bool,
+) -> Result<WorkerConfig, ConfigError> {
+    let secs = Duration::from_secs;
+    let backoff_base =
+        s.read(Setting::new("STOA_JOB_BACKOFF_BASE", secs(2)).at_least(Duration::from_millis(10)))?;
+    let worker = WorkerConfig {
+        in_process: s.read(Setting::new("STOA_WORKER_IN_PROCESS", dev))?,
+        concurrency: s.read(
+            Setting::new("STOA_WORKER_CONCURRENCY", 4usize)
+                .at_least(1)
+                .at_most(256, "each running job holds a database connection"),
+        )?,
+        poll_interval: s.read(
+            Setting::new("STOA_WORKER_POLL_INTERVAL", secs(1)).at_least(Duration::from_millis(10)),
+        )?,
+        lease: s.read(Setting::new("STOA_WORKER_LEASE", secs(30)).at_least(secs(1)))?,
+        job_timeout: s.read(Setting::new("STOA_JOB_TIMEOUT", secs(300)).at_least(secs(1)))?,
+        max_attempts: s.read(
+            Setting::new("STOA_JOB_MAX_ATTEMPTS", 5u32)
+                .at_least(1)
+                .at_most(100, "a failing job is retried that many times"),
+        )?,
+        backoff_base,
+        backoff_max: s
+            .read(Setting::new("STOA_JOB_BACKOFF_MAX", secs(600)).at_least(backoff_base))?,
+        retention: s.read(Setting::new("STOA_JOB_RETENTION", secs(7 * 86400)))?,
+        recount_interval: s
+            .read(Setting::new("STOA_RECOUNT_INTERVAL", secs(6 * 3600)).at_least(secs(1)))?,
+    };
+    Ok(worker)
+}
+
 /// `STOA_DATABASE_READ_URL` and the settings that only matter with it.
 fn read_replica<F: Fn(&str) -> Option<String>>(
     s: &mut Reader<'_, F>,
@@ -375,56 +680,7 @@ impl Config {
         let secs = Duration::from_secs;
         s.show("mode", if dev { "dev" } else { "production" });
 
-        let (url, url_file) = match s.secret_url(
-            "STOA_DATABASE_URL",
-            &["postgres", "postgresql"],
-            "",
-        )? {
-            Some(found) => found,
-            None if dev => {
-                let url = Secret::new(DEV_DATABASE_URL);
-                s.show_secret_url("STOA_DATABASE_URL", Some((&url, None)), "");
-                (url, None)
-            }
-            None => {
-                return Err(ConfigError::Missing {
-                    name: "STOA_DATABASE_URL",
-                    hint: " (or STOA_DATABASE_URL_FILE), e.g. postgres://user:pass@host:5432/stoa",
-                });
-            }
-        };
-        // Measured on 2 cores with PostgreSQL beside the server (README, "Pool size"):
-        // reads are flat from 4 to 8 connections and their tails grow beyond; writes gain
-        // up to 8, as a commit waits on the disk with its connection held.
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let max_connections =
-            s.read(Setting::new("STOA_DB_MAX_CONNECTIONS", (4 * cpus as u32).max(4)).at_least(1))?;
-        let min_connections = s.read(Setting::new("STOA_DB_MIN_CONNECTIONS", 1u32))?;
-        if min_connections > max_connections {
-            return Err(invalid(
-                "STOA_DB_MIN_CONNECTIONS",
-                min_connections,
-                format!("must be ≤ STOA_DB_MAX_CONNECTIONS ({max_connections})"),
-            ));
-        }
-        let database = DatabaseConfig {
-            url_source: match url_file {
-                Some(path) => DatabaseUrlSource::File(path),
-                None => DatabaseUrlSource::Value(url.clone()),
-            },
-            url,
-            max_connections,
-            min_connections,
-            acquire_timeout: s.read(Setting::new("STOA_DB_ACQUIRE_TIMEOUT", secs(5)))?,
-            statement_timeout: s.read(Setting::new("STOA_DB_STATEMENT_TIMEOUT", secs(10)))?,
-            drain_grace: s.read(Setting::new("STOA_DB_DRAIN_GRACE", secs(5)))?,
-            application_name: s.read(Setting::new(
-                "STOA_DB_APPLICATION_NAME",
-                "stoa-api".to_owned(),
-            ))?,
-            read: read_replica(&mut s, max_connections)?,
-        };
-
+        let database = database_config(&mut s, dev)?;
         let redis_url = s
             .secret_url(
                 "STOA_REDIS_URL",
@@ -433,217 +689,11 @@ impl Config {
             )?
             .map(|(secret, _)| secret);
         let redis_ca_file = s.optional::<PathBuf>("STOA_REDIS_CA_FILE", "(system roots)")?;
-        let sentry_dsn = s
-            .secret_url(
-                "STOA_SENTRY_DSN",
-                &["https", "http"],
-                "(not set: no error tracking)",
-            )?
-            .map(|(secret, _)| secret);
-        if let Some(dsn) = &sentry_dsn
-            && dsn.expose().parse::<sentry::types::Dsn>().is_err()
-        {
-            return Err(ConfigError::Invalid {
-                name: "STOA_SENTRY_DSN",
-                value: "<redacted>".into(),
-                reason: "is not a Sentry DSN (https://<public key>@<host>/<project id>)".into(),
-            });
-        }
-        let sentry_environment = s.read(Setting::new(
-            "STOA_SENTRY_ENVIRONMENT",
-            if dev { "development" } else { "production" }.to_owned(),
-        ))?;
-
-        let quota =
-            |s: &mut Reader<'_, F>, name, default: Quota| s.read(Setting::new(name, default));
-        let rate_limits = RateLimitConfig {
-            enabled: s.read(Setting::new("STOA_RATE_LIMIT_ENABLED", true))?,
-            per_ip: quota(&mut s, "STOA_RATE_LIMIT_PER_IP", Quota::per(1200, secs(60)))?,
-            per_user: quota(
-                &mut s,
-                "STOA_RATE_LIMIT_PER_USER",
-                Quota::per(1200, secs(60)),
-            )?,
-            auth: quota(&mut s, "STOA_RATE_LIMIT_AUTH", Quota::per(20, secs(60)))?,
-            login_per_account: quota(
-                &mut s,
-                "STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT",
-                Quota::per(10, secs(15 * 60)),
-            )?,
-            login_account_ceiling: quota(
-                &mut s,
-                "STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEILING",
-                Quota::per(100, secs(15 * 60)),
-            )?,
-            mfa_per_account: quota(&mut s, "STOA_RATE_LIMIT_MFA", Quota::per(10, secs(15 * 60)))?,
-            trusted_proxy_hops: s.read(Setting::new("STOA_TRUSTED_PROXY_HOPS", 0usize))?,
-            // Binds only budgets above 16 × this per period (a lease is also at most 1/16 of
-            // its budget's burst). At 64, one client's 68k cached reads a second spent a
-            // lease a millisecond and waited on a Redis round trip each time (80k at 1024).
-            lease_max: s.read(
-                Setting::new("STOA_RATE_LIMIT_LEASE_MAX", 1024u32)
-                    .at_least(1)
-                    .at_most(4096, "leased cells unspent when a lease ends are lost"),
-            )?,
-        };
-
-        let http = HttpConfig {
-            listen_addr: s.read(Setting::new(
-                "STOA_LISTEN_ADDR",
-                SocketAddr::from(([127, 0, 0, 1], 8080)),
-            ))?,
-            // A burst of new connections beyond the queue is dropped by the kernel and the
-            // clients retry their SYN after a second: tokio's default of 1024 turned the
-            // first second of 10,000 connecting clients into p99 latencies over 1 s.
-            listen_backlog: s.read(Setting::new("STOA_LISTEN_BACKLOG", 4096u32).at_least(1))?,
-            admin_addr: s.read(Setting::new(
-                "STOA_ADMIN_ADDR",
-                SocketAddr::from(([127, 0, 0, 1], 9090)),
-            ))?,
-            // Room for the largest valid article (131072 characters of up to 4 bytes each,
-            // plus the other fields), so a request the API document allows always fits.
-            body_limit_bytes: s
-                .read(Setting::new("STOA_BODY_LIMIT_BYTES", 1024 * 1024usize).at_least(1024))?,
-            request_timeout: s.read(Setting::new("STOA_REQUEST_TIMEOUT", secs(30)))?,
-            shutdown_delay: s.read(Setting::new(
-                "STOA_SHUTDOWN_DELAY",
-                if dev { Duration::ZERO } else { secs(5) },
-            ))?,
-            shutdown_timeout: s.read(Setting::new("STOA_SHUTDOWN_TIMEOUT", secs(20)))?,
-            cors_allowed_origins: s
-                .read(Setting::new(
-                    "STOA_CORS_ALLOWED_ORIGINS",
-                    Origins::default(),
-                ))?
-                .0,
-            public_origin: s.optional::<PublicOrigin>(
-                "STOA_PUBLIC_URL",
-                "(unset: cookie mode trusts the request's own host over https; no HSTS)",
-            )?,
-            hsts_max_age: s.read(Setting::new("STOA_HSTS_MAX_AGE", secs(2 * 365 * 86400)))?,
-            max_concurrent_requests: s
-                .read(Setting::new("STOA_MAX_CONCURRENT_REQUESTS", 4096usize).at_least(1))?,
-            // As many as fit the container's memory limit beside everything else.
-            max_connections: s.read(
-                Setting::new(
-                    "STOA_MAX_CONNECTIONS",
-                    container::connections_within(container::memory_limit()),
-                )
-                .at_least(1),
-            )?,
-            access_log_every: s.read(Setting::new("STOA_ACCESS_LOG_EVERY", 1u64).at_least(1))?,
-        };
-
-        let keys_dir = s.optional::<PathBuf>("STOA_JWT_KEYS_DIR", "(dev: generated at start)")?;
-        if keys_dir.is_none() && !dev && require_keys {
-            return Err(ConfigError::Missing {
-                name: "STOA_JWT_KEYS_DIR",
-                hint: " (a directory with keyset.json; create one with `stoa-api keys generate --dir DIR`)",
-            });
-        }
-        let mfa_keys_dir =
-            s.optional::<PathBuf>("STOA_MFA_KEYS_DIR", "(dev: a fixed development key)")?;
-        if mfa_keys_dir.is_none() && !dev && require_keys {
-            return Err(ConfigError::Missing {
-                name: "STOA_MFA_KEYS_DIR",
-                hint: " (a directory with mfa-keys.json; create one with `stoa-api mfa-keys generate --dir DIR`)",
-            });
-        }
-        let access_token_ttl =
-            s.read(Setting::new("STOA_ACCESS_TOKEN_TTL", secs(15 * 60)).at_least(secs(10)))?;
-        let auth = AuthConfig {
-            keys_dir,
-            mfa_keys_dir,
-            issuer: s.read(Setting::new("STOA_JWT_ISSUER", "stoa".to_owned()))?,
-            audience: s.read(Setting::new("STOA_JWT_AUDIENCE", "stoa-api".to_owned()))?,
-            access_token_ttl,
-            refresh_token_ttl: s.read(Setting::new("STOA_REFRESH_TOKEN_TTL", secs(7 * 86400)))?,
-            session_max_lifetime: s.read(
-                Setting::new("STOA_SESSION_MAX_LIFETIME", secs(30 * 86400))
-                    .at_least(access_token_ttl),
-            )?,
-            refresh_reuse_grace: s.read(
-                Setting::new("STOA_REFRESH_REUSE_GRACE", secs(10))
-                    .at_most(secs(60), "a replayed token is honoured that long"),
-            )?,
-            purge_interval: s
-                .read(Setting::new("STOA_PURGE_INTERVAL", secs(3600)).at_least(secs(1)))?,
-            mfa_challenge_ttl: s.read(
-                Setting::new("STOA_MFA_CHALLENGE_TTL", secs(5 * 60))
-                    .at_least(secs(30))
-                    .at_most(secs(3600), "a password alone opens the challenge that long"),
-            )?,
-            mfa_challenge_attempts: s.read(
-                Setting::new("STOA_MFA_CHALLENGE_ATTEMPTS", 5)
-                    .at_least(1)
-                    .at_most(20, "each attempt is a guess at the code"),
-            )?,
-            // Tokens verify until `exp` + leeway: a long leeway quietly extends every token
-            // (and every revocation the mirror must keep).
-            leeway: s.read(
-                Setting::new("STOA_JWT_LEEWAY", secs(30))
-                    .at_most(MAX_JWT_LEEWAY, "it extends every token's lifetime"),
-            )?,
-            token_cache_entries: s.read(
-                Setting::new("STOA_TOKEN_CACHE_ENTRIES", 65_536usize)
-                    .at_least(1)
-                    .at_most(16_777_216, "memory: about 200 bytes per entry"),
-            )?,
-            argon2_memory_kib: s.read(Setting::new(
-                "STOA_ARGON2_MEMORY_KIB",
-                argon2::Params::DEFAULT_M_COST,
-            ))?,
-            argon2_iterations: s.read(Setting::new(
-                "STOA_ARGON2_ITERATIONS",
-                argon2::Params::DEFAULT_T_COST,
-            ))?,
-            argon2_parallelism: s.read(Setting::new(
-                "STOA_ARGON2_PARALLELISM",
-                argon2::Params::DEFAULT_P_COST,
-            ))?,
-            hash_concurrency: s.read(Setting::new("STOA_HASH_CONCURRENCY", cpus).at_least(1))?,
-        };
-        if let Err(e) = argon2::Params::new(
-            auth.argon2_memory_kib,
-            auth.argon2_iterations,
-            auth.argon2_parallelism,
-            None,
-        ) {
-            let params = format!(
-                "m={} t={} p={}",
-                auth.argon2_memory_kib, auth.argon2_iterations, auth.argon2_parallelism
-            );
-            return Err(invalid("STOA_ARGON2_MEMORY_KIB", params, e.to_string()));
-        }
-
-        let backoff_base = s.read(
-            Setting::new("STOA_JOB_BACKOFF_BASE", secs(2)).at_least(Duration::from_millis(10)),
-        )?;
-        let worker = WorkerConfig {
-            in_process: s.read(Setting::new("STOA_WORKER_IN_PROCESS", dev))?,
-            concurrency: s.read(
-                Setting::new("STOA_WORKER_CONCURRENCY", 4usize)
-                    .at_least(1)
-                    .at_most(256, "each running job holds a database connection"),
-            )?,
-            poll_interval: s.read(
-                Setting::new("STOA_WORKER_POLL_INTERVAL", secs(1))
-                    .at_least(Duration::from_millis(10)),
-            )?,
-            lease: s.read(Setting::new("STOA_WORKER_LEASE", secs(30)).at_least(secs(1)))?,
-            job_timeout: s.read(Setting::new("STOA_JOB_TIMEOUT", secs(300)).at_least(secs(1)))?,
-            max_attempts: s.read(
-                Setting::new("STOA_JOB_MAX_ATTEMPTS", 5u32)
-                    .at_least(1)
-                    .at_most(100, "a failing job is retried that many times"),
-            )?,
-            backoff_base,
-            backoff_max: s
-                .read(Setting::new("STOA_JOB_BACKOFF_MAX", secs(600)).at_least(backoff_base))?,
-            retention: s.read(Setting::new("STOA_JOB_RETENTION", secs(7 * 86400)))?,
-            recount_interval: s
-                .read(Setting::new("STOA_RECOUNT_INTERVAL", secs(6 * 3600)).at_least(secs(1)))?,
-        };
+        let (sentry_dsn, sentry_environment) = error_tracking(&mut s, dev)?;
+        let rate_limits = rate_limit_config(&mut s)?;
+        let http = http_config(&mut s, dev)?;
+        let auth = auth_config(&mut s, dev, require_keys)?;
+        let worker = worker_config(&mut s, dev)?;
 
         let log_format = s.read(Setting::new(
             "STOA_LOG_FORMAT",
