@@ -98,6 +98,8 @@ impl Leases {
             if refilling && may_wait {
                 return Claim::Wait;
             }
+            // A placeholder per new key: refused and failed refills leave theirs behind.
+            bound(&mut map, now);
             for key in keys {
                 map.entry(key.clone())
                     .or_insert(Lease {
@@ -168,10 +170,7 @@ impl Leases {
     pub fn granted(&self, key: String, asked: u32, granted: u32, decision: &Decision) {
         let now = Instant::now();
         let mut map = self.lock();
-        // Bound memory: drop leases that have ended.
-        if map.len() > 100_000 {
-            map.retain(|_, lease| lease.ends > now);
-        }
+        bound(&mut map, now);
         map.insert(
             key,
             Lease {
@@ -183,6 +182,13 @@ impl Leases {
                 refilling: false,
             },
         );
+    }
+}
+
+/// Bounds memory before an insert: past 100,000 keys, leases that have ended go.
+fn bound(map: &mut HashMap<String, Lease>, now: Instant) {
+    if map.len() > 100_000 {
+        map.retain(|_, lease| lease.ends > now);
     }
 }
 
