@@ -301,7 +301,9 @@ impl Cache {
     /// Drops what `change` made stale, in Redis and in every replica's own copy.
     pub async fn invalidate(&self, change: Change<'_>) {
         let Some(kv) = &self.kv else { return };
-        let (sets, keys, lists): (Vec<&str>, Vec<String>, &str) = match change {
+        // The tracked sets and keys to delete in Redis, and the prefixes of what only the
+        // replicas' copies hold (or what the sets' members share) for them to drop.
+        let (sets, keys, prefixes): (Vec<&str>, Vec<String>, Vec<String>) = match change {
             Change::Articles { slugs, tags } => {
                 let mut keys: Vec<String> = slugs
                     .iter()
@@ -310,16 +312,21 @@ impl Cache {
                 if tags {
                     keys.push(TAGS.to_owned());
                 }
-                (vec![LISTS], keys, "stoa:c:list:*")
+                (
+                    vec![LISTS],
+                    keys,
+                    vec!["stoa:c:list:*".into(), FEEDS.into()],
+                )
             }
-            Change::Everything => (vec![LISTS, ARTICLES], vec![TAGS.to_owned()], "stoa:c:*"),
-            Change::Follows(reader) => {
-                return self
-                    .announce(&near::message([format!("stoa:c:feed:{reader}:*").as_str()]))
-                    .await;
-            }
+            Change::Everything => (
+                vec![LISTS, ARTICLES],
+                vec![TAGS.to_owned()],
+                vec!["stoa:c:*".into(), FEEDS.into()],
+            ),
+            // A reader's feed lives only in the replicas' copies: nothing to delete.
+            Change::Follows(reader) => (vec![], vec![], vec![format!("stoa:c:feed:{reader}:*")]),
         };
-        let message = near::message(keys.iter().map(String::as_str).chain([lists, FEEDS]));
+        let message = near::message(keys.iter().chain(&prefixes).map(String::as_str));
         let script = self.drop_tracked.clone();
         let published = message.clone();
         let done = kv
@@ -327,11 +334,13 @@ impl Cache {
                 if !keys.is_empty() {
                     conn.del::<_, ()>(keys).await?;
                 }
-                let mut invocation = script.prepare_invoke();
-                for set in sets {
-                    invocation.key(set);
+                if !sets.is_empty() {
+                    let mut invocation = script.prepare_invoke();
+                    for set in sets {
+                        invocation.key(set);
+                    }
+                    invocation.invoke_async::<()>(&mut conn).await?;
                 }
-                invocation.invoke_async::<()>(&mut conn).await?;
                 // After the deletions: a replica that refills from Redis on this message
                 // reads the new state.
                 conn.publish::<_, _, ()>(near::CHANNEL, published).await
@@ -346,24 +355,6 @@ impl Cache {
             // Redis missed this invalidation; the resync on recovery flushes the cache,
             // and the replicas' copies are emptied when their subscriptions drop.
             tracing::warn!("cache invalidation skipped: redis unavailable");
-        }
-    }
-}
-
-impl Cache {
-    /// Publishes an invalidation of entries kept only in the replicas' copies (nothing to
-    /// delete in Redis), and applies it here at once.
-    async fn announce(&self, message: &str) {
-        let Some(kv) = &self.kv else { return };
-        let published = message.to_owned();
-        let done = kv
-            .run(|mut conn| async move { conn.publish::<_, _, ()>(near::CHANNEL, published).await })
-            .await;
-        if let Some(near) = &self.near {
-            near.invalidate(message);
-        }
-        if done.is_none() {
-            tracing::warn!("cache invalidation not published: redis unavailable");
         }
     }
 }
