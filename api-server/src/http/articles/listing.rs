@@ -692,6 +692,30 @@ mod tests {
 
     use super::*;
 
+    /// Users `u<first>` to `u<last>`, created in that order.
+    async fn numbered_users(pool: &PgPool, first: i32, last: i32) -> Vec<Uuid> {
+        sqlx::query_scalar(
+            "INSERT INTO users (username, email, password_hash)
+             SELECT 'u' || n, 'u' || n || '@example.com', 'x' FROM generate_series($1, $2) n
+             ORDER BY n
+             RETURNING id",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    }
+
+    async fn follow(pool: &PgPool, follower: Uuid, followed: Uuid) {
+        sqlx::query("INSERT INTO follows (follower_id, followed_id) VALUES ($1, $2)")
+            .bind(follower)
+            .bind(followed)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
     /// A list statement's text.
     fn sql_of(shape: ListShape, with_offset: bool, limit: i64) -> Arc<str> {
         list_sql(shape, with_offset, limit).sql.clone()
@@ -783,14 +807,7 @@ mod tests {
     /// the generic one, and so planned it anew on every request).
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
     async fn the_feed_keeps_a_generic_plan_for_a_reader_of_few_authors(pool: PgPool) {
-        let users: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO users (username, email, password_hash)
-             SELECT 'u' || n, 'u' || n || '@example.com', 'x' FROM generate_series(1, 60) n
-             RETURNING id",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+        let users = numbered_users(&pool, 1, 60).await;
         // Each follows the next 20, except the last, who follows 3.
         sqlx::query(
             "INSERT INTO follows (follower_id, followed_id)
@@ -956,22 +973,10 @@ mod tests {
     /// The feed costs what the followed authors wrote, not what the whole site wrote since.
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
     async fn the_feed_reads_a_page_per_followed_author_whatever_others_wrote(pool: PgPool) {
-        let users: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO users (username, email, password_hash)
-             SELECT 'u' || n, 'u' || n || '@example.com', 'x' FROM generate_series(1, 4) n
-             RETURNING id",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+        let users = numbered_users(&pool, 1, 4).await;
         let (viewer, followed, other) = (users[0], &users[1..3], users[3]);
         for author in followed {
-            sqlx::query("INSERT INTO follows (follower_id, followed_id) VALUES ($1, $2)")
-                .bind(viewer)
-                .bind(author)
-                .execute(&pool)
-                .await
-                .unwrap();
+            follow(&pool, viewer, *author).await;
         }
         // 30 older articles by each followed author, then 20 000 newer by someone else.
         sqlx::query(
@@ -1021,14 +1026,7 @@ mod tests {
     /// per-author read where they did not.
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
     async fn both_feed_plans_read_the_same_page_and_the_data_chooses(pool: PgPool) {
-        let users: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO users (username, email, password_hash)
-             SELECT 'u' || n, 'u' || n || '@example.com', 'x' FROM generate_series(0, 6) n
-             RETURNING id",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+        let users = numbered_users(&pool, 0, 6).await;
         let (active, quiet) = (&users[1..5], users[5]);
         // A quiet author wrote long ago.
         sqlx::query(
@@ -1083,12 +1081,7 @@ mod tests {
         // Following the four active authors: the walk.
         let reader = users[0];
         for author in active {
-            sqlx::query("INSERT INTO follows (follower_id, followed_id) VALUES ($1, $2)")
-                .bind(reader)
-                .bind(author)
-                .execute(&pool)
-                .await
-                .unwrap();
+            follow(&pool, reader, *author).await;
         }
         let (by_author, shape) = page(per_author, reader).await;
         assert_eq!(by_author.len(), 20);
@@ -1096,12 +1089,7 @@ mod tests {
         assert!(shape.walk(), "{shape:?}");
         // Following only the quiet author, whose articles lie behind everything newer: per
         // author (the walk would pass every other article first).
-        sqlx::query("INSERT INTO follows (follower_id, followed_id) VALUES ($1, $2)")
-            .bind(users[6])
-            .bind(quiet)
-            .execute(&pool)
-            .await
-            .unwrap();
+        follow(&pool, users[6], quiet).await;
         let (by_author, shape) = page(per_author, users[6]).await;
         assert_eq!(by_author.len(), 20);
         assert_eq!(page(walk, users[6]).await.0, by_author);
