@@ -202,19 +202,8 @@ impl RateLimiter {
         };
         let keys = charges.map(|charge| charge.storage_key());
         let quotas = charges.map(|charge| charge.quota);
-        let mut may_wait = true;
-        loop {
-            let refilled = self.leases.refilled();
-            tokio::pin!(refilled);
-            refilled.as_mut().enable();
-            match self.leases.claim(&keys, quotas, may_wait) {
-                lease::Claim::Spent(decisions) => return (decisions, None),
-                lease::Claim::Wait => {
-                    may_wait = false;
-                    let _ = tokio::time::timeout(lease::REFILL_WAIT, refilled).await;
-                }
-                lease::Claim::Ask => break,
-            }
+        if let Some(decisions) = self.spend_leased(&keys, quotas).await {
+            return (decisions, None);
         }
         // Ends the refill however this request ends, cancelled included.
         let _refill = Refill {
@@ -273,6 +262,31 @@ impl RateLimiter {
             }
         }
         (decisions, (fetching && allowed).then_some(cached))
+    }
+}
+
+impl RateLimiter {
+    /// Spends from the replica's leases, waiting once for another request's refill of
+    /// them; `None` when this request must ask Redis (its keys are then marked refilling).
+    async fn spend_leased<const N: usize>(
+        &self,
+        keys: &[String; N],
+        quotas: [Quota; N],
+    ) -> Option<[Decision; N]> {
+        let mut may_wait = true;
+        loop {
+            let refilled = self.leases.refilled();
+            tokio::pin!(refilled);
+            refilled.as_mut().enable();
+            match self.leases.claim(keys, quotas, may_wait) {
+                lease::Claim::Spent(decisions) => return Some(decisions),
+                lease::Claim::Wait => {
+                    may_wait = false;
+                    let _ = tokio::time::timeout(lease::REFILL_WAIT, refilled).await;
+                }
+                lease::Claim::Ask => return None,
+            }
+        }
     }
 }
 

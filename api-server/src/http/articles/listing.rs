@@ -276,6 +276,9 @@ impl ListShape {
     /// no row would carry the total; its query joins the page to the total, so it still
     /// answers one row (with a NULL article) and every list stays one round trip. First
     /// pages use the cheaper form.
+    ///
+    /// Longer than most: one statement's text, put together in the order it reads; its
+    /// parts are the helpers around it (`filter`, `total`, the `*_ids` page choosers).
     fn page_sql(self, with_offset: bool, limit: i64) -> ListStatement {
         let mut params = Params::default();
         let offset_param = with_offset.then(|| params.next(Param::Offset));
@@ -495,6 +498,22 @@ fn list_fingerprint(query: &ListQuery, feed: Option<Uuid>) -> [u8; 8] {
     }
 }
 
+/// What a feed's first page reports for the reader's next plan ([`feed_plan`]): its first
+/// row carries the site's newest id and the followed authors, its last row (if the page
+/// was full) where it ended.
+fn reported_shape(
+    first: &PgRow,
+    last: &PgRow,
+    full: bool,
+) -> Result<feed_plan::Shape, sqlx::Error> {
+    let last_id = full.then(|| last.try_get::<i64, _>("id")).transpose()?;
+    Ok(feed_plan::Shape::of(
+        first.try_get("newest_id")?,
+        first.try_get("followed_authors")?,
+        last_id,
+    ))
+}
+
 /// Always one round trip: the page, its authors, tags, counts, the caller's flags and the
 /// total of matches.
 /// `limit` and `offset` are the callers' validated `Pagination`.
@@ -556,15 +575,7 @@ async fn fetch_list(
     }
     if let (Some(viewer), Some(first), Some(last)) = (feed_viewer, rows.first(), last) {
         let full = articles.len() as i64 == limit;
-        let last_id = full.then(|| last.try_get::<i64, _>("id")).transpose()?;
-        feed_plan::learn(
-            viewer,
-            feed_plan::Shape::of(
-                first.try_get("newest_id")?,
-                first.try_get("followed_authors")?,
-                last_id,
-            ),
-        );
+        feed_plan::learn(viewer, reported_shape(first, last, full)?);
     }
     // A full page may have more after it; a search is ranked, not positioned.
     let next_cursor = match last {

@@ -665,6 +665,8 @@ async fn run_many(
     }))
 }
 
+/// Longer than most: the run in the order it prints (set-up, then each scenario's line),
+/// each step a call to the helpers above.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
