@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export DATABASE_URL
 
-.PHONY: run test lint fmt services bench bench-worker crds validate fuzz monitoring images e2e
+.PHONY: run test lint fmt services bench bench-worker crds validate fuzz monitoring images e2e docs coverage
 
 services:
 	@scripts/ensure-services.sh
@@ -14,12 +14,23 @@ run: services
 ifneq ($(DEMO),)
 	$(CARGO) run -p stoa-api -- seed --dev --if-empty
 endif
+	@echo "The book (how to use, run and operate Stoa): make docs, then target/book/html/index.html"
 	$(CARGO) run -p stoa-api -- serve --dev
 
 ## Run the whole test suite (unit, integration over HTTP with real PostgreSQL and Redis).
 test: services
 	@scripts/ensure-services.sh --with-test-tools
 	$(CARGO) test --workspace
+
+## The book (docs/): references regenerated from the code, built into target/book/html
+## with every internal link checked.
+docs:
+	scripts/docs.sh
+
+## Line coverage per crate of the whole test suite (cargo-tarpaulin), into target/coverage-report.
+coverage: services
+	@scripts/ensure-services.sh --with-test-tools
+	scripts/coverage.sh
 
 lint:
 	$(CARGO) fmt --all --check

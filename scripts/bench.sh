@@ -77,7 +77,7 @@ export STOA_RATE_LIMIT_AUTH=${STOA_RATE_LIMIT_AUTH:-1000000000/1m}
 export STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT=${STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT:-1000000000/1m}
 export STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEILING=${STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEILING:-1000000000/1m}
 # The many_* scenarios hold 10,000 connections; the default (4096) would keep the rest
-# waiting to be accepted. Each costs about 20 KiB while in use (README, "Memory budget").
+# waiting to be accepted. Each costs about 20 KiB while in use (docs/benchmarks.md, "Memory budget").
 export STOA_MAX_CONNECTIONS=${STOA_MAX_CONNECTIONS:-12000}
 [ -n "${BENCH_REDIS_URL:-}" ] && export STOA_REDIS_URL="$BENCH_REDIS_URL"
 

@@ -224,7 +224,7 @@ fn spawn_background_tasks(
                 );
             }
         }
-        None => crate::auth::pg_feed::spawn(
+        None => crate::auth::revocations_listen::spawn(
             local,
             state.database.clone(),
             window,
@@ -249,7 +249,7 @@ fn spawn_background_tasks(
         }
     }
     crate::watch::publish_credentials(&state.database, &state.metrics);
-    crate::limits::spawn_reader(state.clone());
+    crate::server_limits::spawn_reader(state.clone());
     if let (Some(dir), Some(loaded)) = (keys_dir, keyset_bytes) {
         crate::watch::spawn_keyset_watcher(state.clone(), dir, loaded);
     }

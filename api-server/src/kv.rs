@@ -217,7 +217,7 @@ impl Kv {
 
     /// Refuses to trust a Redis whose eviction policy could drop revocations while keeping
     /// the marker. A Redis that does not allow `CONFIG GET` (some managed services) is
-    /// trusted with a warning: the README says to configure `noeviction` there.
+    /// trusted with a warning: docs/running/redis.md says to configure `noeviction` there.
     async fn check_eviction_policy(&self, conn: &mut ConnectionManager) -> Result<(), String> {
         let answer = tokio::time::timeout(
             self.timeout,

@@ -9,10 +9,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use stoa_api::app::{App, shutdown_signal};
 use stoa_api::config::Config;
-use stoa_api::credentials::{self, CredentialError};
+use stoa_api::database_roles::{self, CredentialError};
 use stoa_api::schema::{self, MigrationError};
 use stoa_api::{db, keys, telemetry};
-use stoa_contract::credentials::{CredentialReport, EXIT_SESSIONS_REMAIN};
+use stoa_contract::credential_rotation::{CredentialReport, EXIT_SESSIONS_REMAIN};
 use stoa_contract::migration::{self, MigrationReport, Phase};
 
 /// mimalloc returns freed memory to the OS promptly; with glibc's allocator the large
@@ -75,6 +75,11 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Print the settings reference (Markdown; `make docs` writes it into the book).
+    Reference {
+        #[command(subcommand)]
+        what: ReferenceCommand,
+    },
     /// Load a small, fixed demo data set for front-end work (users with the password
     /// `stoa-demo-password`, articles with tags, follows, favorites, comments) through the
     /// API's own handlers. Refuses a database that already has users, unless --force.
@@ -109,6 +114,12 @@ enum Command {
         #[arg(long, global = true)]
         report_file: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum ReferenceCommand {
+    /// Every `STOA_*` setting: default, bounds, meaning.
+    Settings,
 }
 
 #[derive(Subcommand)]
@@ -332,6 +343,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Openapi => {
             println!("{}", stoa_api::http::openapi_document().to_pretty_json()?);
+            Ok(())
+        }
+        Command::Reference {
+            what: ReferenceCommand::Settings,
+        } => {
+            print!("{}", stoa_api::config::settings_reference()?);
             Ok(())
         }
         Command::Credentials {
@@ -560,15 +577,15 @@ async fn credentials(
             } => {
                 let password = std::fs::read_to_string(&password_file)
                     .with_context(|| format!("cannot read {}", password_file.display()))?;
-                credentials::publish(&mut conn, &group, &role, password.trim()).await?;
+                database_roles::publish(&mut conn, &group, &role, password.trim()).await?;
                 format!("{role} (in {group}) has the new password")
             }
             CredentialsCommand::Expire { role, wait_seconds } => {
-                credentials::expire(&mut conn, &role, Duration::from_secs(wait_seconds)).await?;
+                database_roles::expire(&mut conn, &role, Duration::from_secs(wait_seconds)).await?;
                 format!("{role} has no session left and no password")
             }
             CredentialsCommand::Drop { group } => {
-                credentials::drop_roles(&mut conn, &group).await?;
+                database_roles::drop_roles(&mut conn, &group).await?;
                 format!("dropped {group} and its login roles")
             }
         };

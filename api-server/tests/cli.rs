@@ -209,7 +209,7 @@ async fn the_expand_phase_leaves_contract_steps_for_after_the_rollout(pool: PgPo
 fn credentials(
     admin_url: &str,
     args: &[&str],
-) -> (i32, stoa_contract::credentials::CredentialReport) {
+) -> (i32, stoa_contract::credential_rotation::CredentialReport) {
     let report = tempfile::NamedTempFile::new().unwrap();
     let out = stoa_api()
         .arg("credentials")
@@ -231,11 +231,11 @@ fn credentials(
 async fn credential_steps_create_grant_expire_and_drop_the_roles(pool: PgPool) {
     let admin = url_of(&pool);
     let group = format!("stoa_t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let [role_a, _role_b] = stoa_contract::credentials::login_roles(&group);
+    let [role_a, _role_b] = stoa_contract::credential_rotation::login_roles(&group);
     let password = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         password.path(),
-        stoa_contract::credentials::generate_password(),
+        stoa_contract::credential_rotation::generate_password(),
     )
     .unwrap();
     let password_path = password.path().to_str().unwrap();
@@ -285,7 +285,10 @@ async fn credential_steps_create_grant_expire_and_drop_the_roles(pool: PgPool) {
         &admin,
         &["expire", "--role", &role_a, "--wait-seconds", "1"],
     );
-    assert_eq!(code, stoa_contract::credentials::EXIT_SESSIONS_REMAIN);
+    assert_eq!(
+        code,
+        stoa_contract::credential_rotation::EXIT_SESSIONS_REMAIN
+    );
     assert_eq!(report.remaining, ["api-7d9f"]);
     as_a.close().await;
     let (code, report) = credentials(

@@ -44,7 +44,7 @@ pub struct Policy {
     /// PostgreSQL connections left for migrations and admin sessions.
     pub reserved_connections: u32,
     /// PostgreSQL connections per pod: its pool (`spec.database.maxConnections`), plus,
-    /// without Redis, the one its revocation feed listens on (stoa-api's `auth::pg_feed`).
+    /// without Redis, the one its revocation feed listens on (stoa-api's `auth::revocations_listen`).
     pub connections_per_pod: u32,
 }
 

@@ -86,30 +86,40 @@ pub struct StoaSpec {
     /// Container resources; defaults suit a small service (100m CPU, 64Mi–256Mi memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// The PostgreSQL database: its URL Secret, pool size, TLS, read replica and credential rotation.
     pub database: DatabaseSpec,
+    /// Redis (optional): cache, shared rate limits, revocation mirror.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
+    /// Token lifetimes and signing-key rotation.
     #[serde(default)]
     pub auth: AuthSpec,
+    /// An Ingress for the API (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+    /// How migrations gate each rollout.
     #[serde(default)]
     pub migrations: MigrationsSpec,
+    /// How the replica count is decided: `Disabled` (spec.replicas), `Hpa` or `Concurrency`.
     #[serde(default)]
     pub autoscaling: AutoscalingSpec,
+    /// The API pods' PodDisruptionBudget.
     #[serde(default)]
     pub pod_disruption_budget: PodDisruptionBudgetSpec,
+    /// ServiceMonitor, dashboards and error tracking.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+    /// A NetworkPolicy that admits only the ingress controller and the operator (optional).
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
     /// The job worker (`stoa-api worker`): its own Deployment, scaled on the queue.
     #[serde(default)]
     pub worker: WorkerSpec,
-    /// Settings passed to stoa-api as environment (see its README); for secrets use
+    /// Settings passed to stoa-api as environment (the book's settings reference); for secrets use
     /// `valueFrom.secretKeyRef`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// What the API and worker pods get beyond the operator's own settings (labels, scheduling, pull secrets).
     #[serde(default)]
     pub pod: PodSpecOverrides,
     /// Stop all changes to this service's objects (status is still reported).
@@ -168,6 +178,7 @@ pub enum PullPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
+    /// The Secret's name.
     pub name: String,
     /// Defaults to `url`.
     #[serde(default = "default_url_key")]
@@ -196,7 +207,7 @@ pub struct DatabaseSpec {
     pub ca_secret_ref: Option<SecretKeyRef>,
     /// Optional streaming replica (a Secret key holding its PostgreSQL URL) for the API's
     /// content reads; writes and the security paths stay on the primary, and a caller who
-    /// wrote reads the primary until the replica has their write (stoa-api's README, "Read
+    /// wrote reads the primary until the replica has their write (the book: "Read
     /// replicas"). A URL without a user name logs in with the primary's credential and so
     /// follows its rotation. Mounted into API pods only (the worker writes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +226,7 @@ pub struct DatabaseSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialRotationSpec {
+    /// Rotate the credential on schedule (needs `adminSecretRef`).
     #[serde(default = "yes")]
     pub enabled: bool,
     /// How long one login role's password lives before the other role takes over, e.g.
@@ -254,10 +266,11 @@ pub enum MigrationMode {
     Disabled,
 }
 
-/// How database migrations gate rollouts (see the README, "Rollouts and migrations").
+/// How database migrations gate rollouts (the book: "Rollouts and migrations").
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationsSpec {
+    /// `Auto` (default): a migration Job for each new image runs before the Deployment gets it; `Disabled`: you migrate yourself.
     #[serde(default)]
     pub mode: MigrationMode,
     /// Approve a rollback to this image although the database holds contract migrations
@@ -307,6 +320,7 @@ pub struct AuthSpec {
     #[serde(default = "default_refresh_ttl")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub refresh_token_ttl: String,
+    /// When the active signing key is replaced.
     #[serde(default)]
     pub key_rotation: KeyRotationSpec,
 }
@@ -365,6 +379,7 @@ fn default_rotation() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
+    /// The host name the Ingress serves.
     pub host: String,
     /// IngressClass; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,6 +387,7 @@ pub struct IngressSpec {
     /// A Secret with the TLS certificate for `host`; plain HTTP when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_name: Option<String>,
+    /// Annotations for the Ingress (e.g. the ingress controller's settings).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
@@ -392,10 +408,14 @@ pub enum AutoscalingMode {
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingSpec {
     #[serde(default)]
+    /// `Disabled` (default: `spec.replicas`), `Hpa` (a HorizontalPodAutoscaler on CPU) or
+    /// `Concurrency` (the operator scales on requests in flight).
     pub mode: AutoscalingMode,
+    /// The fewest replicas the autoscaler keeps.
     #[serde(default = "default_min")]
     #[schemars(range(min = 1))]
     pub min_replicas: i32,
+    /// The most replicas the autoscaler asks for (the database and Redis may bound it lower).
     #[serde(default = "default_max")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
@@ -509,6 +529,7 @@ pub struct WorkerSpec {
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 1000))]
     pub min_replicas: i32,
+    /// The most worker replicas.
     #[serde(default = "default_worker_max")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
@@ -552,12 +573,15 @@ fn default_worker_concurrency() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerStatus {
+    /// The worker replicas decided.
     pub desired_replicas: i32,
+    /// Worker replicas ready.
     #[serde(default)]
     pub ready_replicas: i32,
     /// Jobs due and waiting, and running, as the workers last read the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued: Option<i64>,
+    /// Jobs running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<i64>,
     /// `Queue` (following it), `NoMetrics` (no worker reported: the count holds),
@@ -569,8 +593,10 @@ pub struct WorkerStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodDisruptionBudgetSpec {
+    /// Create the PodDisruptionBudget.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Pods kept available during voluntary disruptions (lowered to minReplicas − 1 under an autoscaler, so nodes can drain).
     #[serde(default = "one")]
     #[schemars(range(min = 0))]
     pub min_available: i32,
@@ -651,18 +677,25 @@ pub struct NetworkPolicySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpecOverrides {
+    /// Annotations for the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Labels for the pods (the operator's own labels win).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Node selector for the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for the pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Affinity for the pods (topology spread across nodes is set either way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// Secrets to pull the image with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// The pods' PriorityClass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
 }
@@ -693,10 +726,13 @@ pub struct StoaStatus {
     /// The current or last migration Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationStatus>,
+    /// API pods (the Deployment's `status.replicas`).
     #[serde(default)]
     pub replicas: i32,
+    /// API pods ready.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// API pods running the current template.
     #[serde(default)]
     pub updated_replicas: i32,
     /// Label selector of the pods (for the scale subresource).
@@ -722,6 +758,7 @@ pub struct StoaStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingStatus {
+    /// The replica count decided.
     pub desired_replicas: i32,
     /// What the load asks for before the bounds.
     pub wanted_replicas: i32,
@@ -750,6 +787,7 @@ pub struct CredentialRotationStatus {
     /// The login role in the published connection Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// When the connection Secret last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_at: Option<String>,
     /// The next scheduled rotation (`Idle`).
@@ -758,6 +796,7 @@ pub struct CredentialRotationStatus {
     /// Ready pods that do not use the published credential yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
+    /// What the rotation waits for, or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -769,6 +808,7 @@ pub struct KeyRotationStatus {
     /// every ready pod to load it), `Stalled` (past `confirmTimeout`; see `waitingFor`) or
     /// `Retiring` (the previous key verifies until `nextStepAt`).
     pub phase: String,
+    /// The kid of the key that signs now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_kid: Option<String>,
     /// Since when the active key signs (its age is the `Key Age` column).
@@ -780,6 +820,7 @@ pub struct KeyRotationStatus {
     /// Ready pods that have not loaded the new key yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
+    /// What the rotation waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -789,6 +830,7 @@ pub struct KeyRotationStatus {
 pub struct MigrationStatus {
     /// The Job's name (its logs: `kubectl logs job/<job>`).
     pub job: String,
+    /// The image the Job migrates for.
     pub image: String,
     /// `Expand` (before the rollout) or `Contract` (after it).
     pub phase: String,
@@ -796,6 +838,7 @@ pub struct MigrationStatus {
     pub state: String,
     /// Attempts for this image and phase so far.
     pub attempts: i32,
+    /// The last failure's message (from the Job's termination message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -803,8 +846,11 @@ pub struct MigrationStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyStatus {
+    /// The key's id (`kid` in token headers).
     pub kid: String,
+    /// `next` (verifies only), `active` (signs) or `retiring` (verifies only).
     pub state: String,
+    /// When the key was created (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     /// When the key entered its state (`active`, `retiring`: the last promotion).

@@ -7,7 +7,7 @@
 //! reports (the fingerprint of the URL it uses). The controller observes, calls
 //! [`decide`], and applies.
 //!
-//! Two login roles share one group (`stoa_contract::credentials`); each rotation moves to
+//! Two login roles share one group (`stoa_contract::credential_rotation`); each rotation moves to
 //! the idle one:
 //! 1. **Begin**: pick the idle role, generate its password, store both in the Secret
 //!    (not yet in `url`).
@@ -26,7 +26,7 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use stoa_contract::credentials::login_roles;
+use stoa_contract::credential_rotation::login_roles;
 
 use crate::crd::{self, Stoa};
 use crate::jobs::backoff;
@@ -278,7 +278,7 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
 }
 
 /// `url` with its user and password replaced (host, port, database and parameters kept).
-/// Roles and generated passwords need no escaping (`stoa_contract::credentials`).
+/// Roles and generated passwords need no escaping (`stoa_contract::credential_rotation`).
 pub fn with_credentials(url: &str, user: &str, password: &str) -> Option<String> {
     let (scheme, rest) = url.trim().split_once("://")?;
     let host_and_rest = match rest.split_once('/') {
@@ -545,7 +545,10 @@ mod tests {
         assert_eq!(a, "stoa_shop_api");
         assert_ne!(a, group_role("blog", "api"));
         let long = group_role("a-very-long-namespace-name", "and-a-very-long-stoa-name");
-        assert!(stoa_contract::credentials::valid_role(&long), "{long}");
+        assert!(
+            stoa_contract::credential_rotation::valid_role(&long),
+            "{long}"
+        );
         assert!(long.len() <= 40);
     }
 }

@@ -1,6 +1,7 @@
 //! The operator's one error type (its names become metric labels and condition reasons),
 //! and the field managers it writes as.
 
+use crate::conditions::degraded;
 use crate::resources::BuildError;
 
 pub const FIELD_MANAGER: &str = "stoa-operator";
@@ -24,16 +25,24 @@ pub enum Error {
          over objects it did not create: rename or delete it"
     )]
     NotOwned { kind: &'static str, name: String },
+    #[error(
+        "the reconcile step {step:?} ran before the step that gives it {input} (an operator bug)"
+    )]
+    OutOfOrder {
+        step: crate::controller::pass::Step,
+        input: &'static str,
+    },
 }
 
 impl Error {
     /// Every value [`Error::metric_label`] returns (their series start at zero).
-    pub const METRIC_LABELS: [&'static str; 5] = [
+    pub const METRIC_LABELS: [&'static str; 6] = [
         "api_error",
         "client_error",
         "invalid_spec",
         "no_identity",
         "name_conflict",
+        "internal",
     ];
 
     /// A bounded label for metrics.
@@ -44,17 +53,21 @@ impl Error {
             Error::Build(_) | Error::Serialize(_) | Error::InvalidSpec(_) => "invalid_spec",
             Error::NoIdentity => "no_identity",
             Error::NotOwned { .. } => "name_conflict",
+            Error::OutOfOrder { .. } => "internal",
         }
     }
 
     /// The `Degraded` reason this error is reported under.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(e)) if e.code == 403 => "Forbidden",
-            Error::Kube(_) => "KubernetesApiError",
-            Error::Build(_) | Error::Serialize(_) | Error::InvalidSpec(_) => "InvalidSpec",
-            Error::NoIdentity => "InvalidSpec",
-            Error::NotOwned { .. } => "NameConflict",
+            Error::Kube(kube::Error::Api(e)) if e.code == 403 => degraded::FORBIDDEN.name,
+            Error::Kube(_) => degraded::KUBERNETES_API_ERROR.name,
+            Error::Build(_) | Error::Serialize(_) | Error::InvalidSpec(_) => {
+                degraded::INVALID_SPEC.name
+            }
+            Error::NoIdentity => degraded::INVALID_SPEC.name,
+            Error::NotOwned { .. } => degraded::NAME_CONFLICT.name,
+            Error::OutOfOrder { .. } => degraded::INTERNAL_ERROR.name,
         }
     }
 }

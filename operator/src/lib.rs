@@ -2,8 +2,10 @@
 
 pub mod apply;
 pub mod autoscale;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod crd_reference;
 pub mod credential_rotation;
 pub mod error;
 pub mod jobs;

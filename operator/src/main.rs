@@ -30,6 +30,11 @@ struct Cli {
 enum Command {
     /// Run the controller (the default).
     Run(RunArgs),
+    /// Print a reference page of the book (Markdown; `make docs` writes them).
+    Reference {
+        #[command(subcommand)]
+        what: ReferenceCommand,
+    },
     /// Print the Stoa CustomResourceDefinition as YAML.
     Crd {
         /// Print the Helm chart's template (upgradable, kept on uninstall) instead.
@@ -58,6 +63,14 @@ enum Command {
         #[arg(long)]
         service_monitors: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ReferenceCommand {
+    /// Every field of the `Stoa` resource, from the CRD's schema.
+    Crd,
+    /// Every condition and reason the operator reports.
+    Conditions,
 }
 
 #[derive(Parser, Clone)]
@@ -128,6 +141,16 @@ fn render(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Reference { what }) = &cli.command {
+        print!(
+            "{}",
+            match what {
+                ReferenceCommand::Crd => stoa_operator::crd_reference::reference(),
+                ReferenceCommand::Conditions => stoa_operator::conditions::reference(),
+            }
+        );
+        return ExitCode::SUCCESS;
+    }
     if let Some(Command::Crd { helm }) = cli.command {
         let yaml = if helm {
             stoa_operator::crd_helm_template()

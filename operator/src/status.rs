@@ -5,6 +5,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::EventType;
 
+use crate::conditions::{Reason, degraded, paused, progressing, ready, rollback_blocked};
 use crate::crd::{
     AutoscalingStatus, CredentialRotationStatus, KeyRotationStatus, KeyStatus, MigrationStatus,
     Stoa, StoaStatus, WorkerStatus,
@@ -41,7 +42,7 @@ pub struct Facts<'a> {
 pub struct CredentialRotationFacts {
     pub status: CredentialRotationStatus,
     /// `(reason, message)` for `Degraded` (stalled, or a failing step).
-    pub degraded: Option<(&'static str, String)>,
+    pub degraded: Option<(&'static Reason, String)>,
 }
 
 pub struct KeyRotationFacts {
@@ -62,9 +63,9 @@ pub fn deployment_image(deployment: &Deployment) -> Option<String> {
 pub fn with_failure(stoa: &Stoa, failure: &Failure) -> StoaStatus {
     let previous = stoa.status.clone().unwrap_or_default();
     let mut next = previous.clone();
-    next.conditions.retain(|c| c.type_ != "Degraded");
+    next.conditions.retain(|c| c.type_ != degraded::TYPE);
     next.conditions.push(condition(
-        "Degraded",
+        degraded::TYPE,
         "True",
         failure.reason,
         failure.message.clone(),
@@ -150,8 +151,18 @@ fn condition(
     }
 }
 
-fn yes_no(value: bool) -> &'static str {
-    if value { "True" } else { "False" }
+/// A condition of `type_` giving `reason` (and the status that reason comes with).
+fn because(type_: &str, reason: &Reason, message: String, generation: Option<i64>) -> Condition {
+    condition(type_, reason.status(), reason.name, message, generation)
+}
+
+/// What every condition is computed from.
+struct Observed<'a> {
+    stoa: &'a Stoa,
+    facts: &'a Facts<'a>,
+    deployment: &'a DeploymentState,
+    activity: Option<&'a Activity>,
+    generation: Option<i64>,
 }
 
 /// The status for these facts; `previous` supplies what a reconcile that decided nothing
@@ -160,156 +171,26 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
     let generation = stoa.metadata.generation;
     let previous = stoa.status.clone().unwrap_or_default();
     let deployment = deployment_state(stoa, facts.deployment);
-    let activity = facts.plan.map(|p| &p.activity);
+    let observed = Observed {
+        stoa,
+        facts,
+        deployment: &deployment,
+        activity: facts.plan.map(|p| &p.activity),
+        generation,
+    };
     let last_message = previous
         .migration
         .as_ref()
         .and_then(|m| m.message.clone())
         .unwrap_or_default();
-
-    let mut conditions = Vec::with_capacity(5);
-    let available = facts.deployment.is_some()
-        && (deployment.ready >= deployment.desired.max(1) || deployment.desired == 0);
-    conditions.push(condition(
-        "Ready",
-        yes_no(available),
-        if available {
-            "Available"
-        } else if facts.deployment.is_none() && matches!(activity, Some(Activity::Running { .. })) {
-            "Migrating"
-        } else {
-            "Unavailable"
-        },
-        format!("{}/{} replicas ready", deployment.ready, deployment.desired),
-        generation,
-    ));
-
-    let (progressing, reason, message) = match activity {
-        _ if facts.paused => (
-            "False",
-            "Paused",
-            "spec.paused is true: changes are not applied".to_owned(),
-        ),
-        Some(Activity::Running {
-            step: resources::Step::Expand,
-            job,
-            ..
-        }) => (
-            "True",
-            "Migrating",
-            format!(
-                "Job {job} is migrating the database for image {}; the Deployment stays on {}",
-                stoa.spec.image,
-                facts
-                    .plan
-                    .and_then(|p| p.deploy_image.as_deref())
-                    .unwrap_or("nothing yet")
-            ),
-        ),
-        Some(Activity::Running {
-            step: resources::Step::Contract,
-            job,
-            ..
-        }) => (
-            "True",
-            "Contracting",
-            format!("rollout complete; Job {job} applies the release's contract migrations"),
-        ),
-        Some(Activity::Blocked { message, .. }) => ("False", "RollbackBlocked", message.clone()),
-        Some(Activity::Failed { message, .. }) => ("False", "MigrationFailed", message.clone()),
-        _ => match &deployment.failed {
-            Some((reason, message)) if reason == "ProgressDeadlineExceeded" => {
-                ("False", "ProgressDeadlineExceeded", message.clone())
-            }
-            _ if facts.deployment.is_some() && !deployment.rolled_out => (
-                "True",
-                "RollingOut",
-                format!(
-                    "{}/{} replicas updated",
-                    deployment.updated, deployment.desired
-                ),
-            ),
-            _ => (
-                "False",
-                "Complete",
-                format!(
-                    "{}/{} replicas updated",
-                    deployment.updated, deployment.desired
-                ),
-            ),
-        },
-    };
-    conditions.push(condition(
-        "Progressing",
-        progressing,
-        reason,
-        message,
-        generation,
-    ));
-
-    let degraded = match activity {
-        Some(Activity::Failed { message, .. }) => Some(("MigrationFailed".into(), message.clone())),
-        Some(Activity::Running { job, attempt, .. }) if *attempt > 1 => Some((
-            "MigrationFailed".into(),
-            format!("retrying: Job {job} is attempt {attempt}; last failure: {last_message}"),
-        )),
-        _ => match facts.key_rotation.as_ref().and_then(|r| r.stalled.clone()) {
-            Some(message) => Some(("RotationStalled".into(), message)),
-            None => match facts
-                .credential_rotation
-                .as_ref()
-                .and_then(|r| r.degraded.clone())
-            {
-                Some((reason, message)) => Some((reason.to_owned(), message)),
-                None if !facts.conflicts.is_empty() => {
-                    Some(("NameConflict".into(), facts.conflicts.join("; ")))
-                }
-                None => deployment.failed.clone(),
-            },
-        },
-    };
-    conditions.push(match degraded {
-        Some((reason, message)) => condition("Degraded", "True", &reason, message, generation),
-        None => condition(
-            "Degraded",
-            "False",
-            "AsExpected",
-            "no failures observed".into(),
-            generation,
-        ),
-    });
-
-    conditions.push(match activity {
-        Some(Activity::Blocked { message, .. }) => condition(
-            "RollbackBlocked",
-            "True",
-            "NewerContractApplied",
-            message.clone(),
-            generation,
-        ),
-        _ => condition(
-            "RollbackBlocked",
-            "False",
-            "NotBlocked",
-            "no rollback is waiting for approval".into(),
-            generation,
-        ),
-    });
-    conditions.push(condition(
-        "Paused",
-        yes_no(facts.paused),
-        if facts.paused {
-            "SpecPaused"
-        } else {
-            "NotPaused"
-        },
-        if facts.paused {
-            "spec.paused is true: the operator reports status but changes nothing".into()
-        } else {
-            "changes are applied".into()
-        },
-        generation,
-    ));
+    // The order of `conditions::ALL`.
+    let conditions = vec![
+        ready(&observed),
+        progressing(&observed),
+        degraded(&observed, &last_message),
+        rollback_blocked(&observed),
+        paused(&observed),
+    ];
 
     let mut next = StoaStatus {
         observed_generation: generation,
@@ -343,6 +224,154 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
     };
     carry_transition_times(&previous, &mut next);
     next
+}
+
+fn ready(o: &Observed<'_>) -> Condition {
+    let available = o.facts.deployment.is_some()
+        && (o.deployment.ready >= o.deployment.desired.max(1) || o.deployment.desired == 0);
+    let reason = if available {
+        &ready::AVAILABLE
+    } else if o.facts.deployment.is_none() && matches!(o.activity, Some(Activity::Running { .. })) {
+        &ready::MIGRATING
+    } else {
+        &ready::UNAVAILABLE
+    };
+    let message = format!(
+        "{}/{} replicas ready",
+        o.deployment.ready, o.deployment.desired
+    );
+    because(ready::TYPE, reason, message, o.generation)
+}
+
+fn progressing(o: &Observed<'_>) -> Condition {
+    let (reason, message) = match o.activity {
+        _ if o.facts.paused => (
+            &progressing::PAUSED,
+            "spec.paused is true: changes are not applied".to_owned(),
+        ),
+        Some(Activity::Running {
+            step: resources::Step::Expand,
+            job,
+            ..
+        }) => (
+            &progressing::MIGRATING,
+            format!(
+                "Job {job} is migrating the database for image {}; the Deployment stays on {}",
+                o.stoa.spec.image,
+                o.facts
+                    .plan
+                    .and_then(|p| p.deploy_image.as_deref())
+                    .unwrap_or("nothing yet")
+            ),
+        ),
+        Some(Activity::Running {
+            step: resources::Step::Contract,
+            job,
+            ..
+        }) => (
+            &progressing::CONTRACTING,
+            format!("rollout complete; Job {job} applies the release's contract migrations"),
+        ),
+        Some(Activity::Blocked { message, .. }) => {
+            (&progressing::ROLLBACK_BLOCKED, message.clone())
+        }
+        Some(Activity::Failed { message, .. }) => (&progressing::MIGRATION_FAILED, message.clone()),
+        _ => {
+            let updated = format!(
+                "{}/{} replicas updated",
+                o.deployment.updated, o.deployment.desired
+            );
+            match &o.deployment.failed {
+                Some((reason, message))
+                    if reason == progressing::PROGRESS_DEADLINE_EXCEEDED.name =>
+                {
+                    (&progressing::PROGRESS_DEADLINE_EXCEEDED, message.clone())
+                }
+                _ if o.facts.deployment.is_some() && !o.deployment.rolled_out => {
+                    (&progressing::ROLLING_OUT, updated)
+                }
+                _ => (&progressing::COMPLETE, updated),
+            }
+        }
+    };
+    because(progressing::TYPE, reason, message, o.generation)
+}
+
+/// The first failure found, in order of what a human should fix first.
+fn degraded(o: &Observed<'_>, last_migration_message: &str) -> Condition {
+    let (reason, message) = match o.activity {
+        Some(Activity::Failed { message, .. }) => (&degraded::MIGRATION_FAILED, message.clone()),
+        Some(Activity::Running { job, attempt, .. }) if *attempt > 1 => (
+            &degraded::MIGRATION_FAILED,
+            format!(
+                "retrying: Job {job} is attempt {attempt}; last failure: {last_migration_message}"
+            ),
+        ),
+        _ => {
+            let key_rotation = o
+                .facts
+                .key_rotation
+                .as_ref()
+                .and_then(|r| r.stalled.clone());
+            let credentials = o
+                .facts
+                .credential_rotation
+                .as_ref()
+                .and_then(|r| r.degraded.clone());
+            match (key_rotation, credentials) {
+                (Some(message), _) => (&degraded::ROTATION_STALLED, message),
+                (None, Some((reason, message))) => (reason, message),
+                (None, None) if !o.facts.conflicts.is_empty() => {
+                    (&degraded::NAME_CONFLICT, o.facts.conflicts.join("; "))
+                }
+                (None, None) => match &o.deployment.failed {
+                    // The Deployment's own reason, passed through (see `conditions::ALL`).
+                    Some((reason, message)) => {
+                        return condition(
+                            degraded::TYPE,
+                            "True",
+                            reason,
+                            message.clone(),
+                            o.generation,
+                        );
+                    }
+                    None => (&degraded::AS_EXPECTED, "no failures observed".to_owned()),
+                },
+            }
+        }
+    };
+    because(degraded::TYPE, reason, message, o.generation)
+}
+
+fn rollback_blocked(o: &Observed<'_>) -> Condition {
+    match o.activity {
+        Some(Activity::Blocked { message, .. }) => because(
+            rollback_blocked::TYPE,
+            &rollback_blocked::NEWER_CONTRACT_APPLIED,
+            message.clone(),
+            o.generation,
+        ),
+        _ => because(
+            rollback_blocked::TYPE,
+            &rollback_blocked::NOT_BLOCKED,
+            rollback_blocked::NOT_BLOCKED.meaning.to_owned(),
+            o.generation,
+        ),
+    }
+}
+
+fn paused(o: &Observed<'_>) -> Condition {
+    let reason = if o.facts.paused {
+        &paused::SPEC_PAUSED
+    } else {
+        &paused::NOT_PAUSED
+    };
+    let message = if o.facts.paused {
+        "spec.paused is true: the operator reports status but changes nothing"
+    } else {
+        "changes are applied"
+    };
+    because(paused::TYPE, reason, message.to_owned(), o.generation)
 }
 
 fn migration_status(

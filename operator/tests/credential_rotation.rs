@@ -146,7 +146,9 @@ async fn the_first_rotation_publishes_a_managed_role_set_by_a_job_with_the_admin
         Some("stoa_shop_api_a")
     );
     let password = String::from_utf8(secret.data.as_ref().unwrap()["password"].0.clone()).unwrap();
-    assert!(stoa_contract::credentials::valid_password(&password));
+    assert!(stoa_contract::credential_rotation::valid_password(
+        &password
+    ));
     assert_eq!(phase(&first), "Publishing");
 
     let publishing = pass(&client, None).await;

@@ -11,7 +11,7 @@
 //!   migration is marked as a contract step.
 //! - [`pod`]: what a running pod reports about itself (loaded keys, credential, load).
 
-pub mod credentials;
+pub mod credential_rotation;
 pub mod env;
 pub mod keys;
 pub mod mfa_keys;

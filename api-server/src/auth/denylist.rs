@@ -2,7 +2,7 @@
 //! network round trip.
 //!
 //! Kept current by a feed: Redis pub/sub when Redis is configured (here), PostgreSQL
-//! `LISTEN`/`NOTIFY` otherwise ([`crate::auth::pg_feed`]). With Redis, every revocation is published on [`CHANNEL`] after it is
+//! `LISTEN`/`NOTIFY` otherwise ([`crate::auth::revocations_listen`]). With Redis, every revocation is published on [`CHANNEL`] after it is
 //! committed to PostgreSQL (by the replica that made it, or by the catch-up of any replica
 //! when the one that made it could not reach Redis). The feed subscribes first and then
 //! loads every revocation that can still matter from PostgreSQL, so nothing committed
@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::db::Pool;
-use crate::feed::Followed;
 use crate::metrics::Metrics;
+use crate::subscription::Followed;
 
 pub const CHANNEL: &str = "stoa:revocations";
 
@@ -213,7 +213,7 @@ pub fn spawn(
     timeout: Duration,
     metrics: Arc<Metrics>,
 ) {
-    crate::feed::keep_following(
+    crate::subscription::keep_following(
         list.clone(),
         metrics.clone(),
         || false,
@@ -241,7 +241,7 @@ async fn follow(
         tracing::info!("revocation feed live: revocations are checked locally");
         Ok(())
     };
-    crate::feed::follow_redis_channel(
+    crate::subscription::follow_redis_channel(
         client,
         CHANNEL,
         timeout,

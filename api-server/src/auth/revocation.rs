@@ -9,7 +9,7 @@
 //! resynced after an outage). In the common case neither is asked: each replica keeps a
 //! local copy ([`crate::auth::denylist`]) fed by Redis pub/sub (every revocation is
 //! published after it is mirrored) or, without Redis, by PostgreSQL notifications sent as
-//! revocations commit ([`crate::auth::pg_feed`]).
+//! revocations commit ([`crate::auth::revocations_listen`]).
 
 use std::sync::Arc;
 

@@ -77,7 +77,10 @@ pub fn generate_recovery_codes() -> Vec<(String, Vec<u8>)> {
     (0..RECOVERY_CODES)
         .map(|_| {
             let bytes: [u8; 10] = rand::random();
-            let plain = data_encoding::BASE32_NOPAD.encode(&bytes);
+            // totp-rs's Base32 (RFC 4648, unpadded), the one that encodes TOTP secrets too.
+            let plain = totp_rs::Secret::Raw(bytes.to_vec())
+                .to_encoded()
+                .to_string();
             let shown = plain
                 .as_bytes()
                 .chunks(4)

@@ -23,9 +23,9 @@ use std::time::Duration;
 use axum::body::Bytes;
 use redis::{AsyncCommands, Script};
 
-use crate::feed::Followed;
 use crate::kv::Kv;
 use crate::metrics::{CacheLabels, Metrics};
+use crate::subscription::Followed;
 use near::NearCache;
 
 const LISTS: &str = "stoa:c:lists";

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 
-use crate::feed::Followed;
 use crate::metrics::Metrics;
+use crate::subscription::Followed;
 
 /// The Redis channel invalidations are published on.
 pub const CHANNEL: &str = "stoa:cache:invalidations";
@@ -139,7 +139,7 @@ pub fn spawn(
     timeout: Duration,
     metrics: Arc<Metrics>,
 ) {
-    crate::feed::keep_following(
+    crate::subscription::keep_following(
         near.clone(),
         metrics.clone(),
         || false,
@@ -161,7 +161,7 @@ async fn follow(
         near.set_live(true, metrics);
         Ok(())
     };
-    crate::feed::follow_redis_channel(
+    crate::subscription::follow_redis_channel(
         client,
         CHANNEL,
         timeout,

@@ -11,8 +11,8 @@ pub const RESERVED_BYTES: u64 = 96 << 20;
 
 /// What an open connection holds at worst: hyper's read and write buffers (8 KiB each), its
 /// task, and a request in flight. Measured with 10,000 connections: 17 KiB each at two
-/// requests a second, 31 KiB each with a request in flight on every one (README, "Memory
-/// budget").
+/// requests a second, 31 KiB each with a request in flight on every one (docs/benchmarks.md,
+/// "Memory budget").
 pub const BYTES_PER_CONNECTION: u64 = 32 << 10;
 
 /// The default connection limit without a memory limit, or with room for more.

@@ -179,6 +179,22 @@ pub(super) struct Setting<T> {
     name: &'static str,
     default: T,
     checks: Vec<Check<T>>,
+    /// The checks in words, for the settings reference.
+    bounds: Vec<String>,
+}
+
+/// A setting as declared, whatever the environment holds: what the settings reference
+/// (`stoa-api reference settings`) is generated from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// The part of `Config::build` that reads it.
+    pub section: &'static str,
+    pub name: &'static str,
+    /// The default as it prints (for a value without one, what its absence means).
+    pub default: String,
+    pub bounds: Vec<String>,
+    /// Also accepted as a file named by `<NAME>_FILE` (secrets).
+    pub file: bool,
 }
 
 impl<T: Value + 'static> Setting<T> {
@@ -187,6 +203,7 @@ impl<T: Value + 'static> Setting<T> {
             name,
             default,
             checks: Vec::new(),
+            bounds: Vec::new(),
         }
     }
 
@@ -194,6 +211,7 @@ impl<T: Value + 'static> Setting<T> {
     where
         T: PartialOrd,
     {
+        self.bounds.push(format!("at least {}", min.show()));
         self.checks.push(Box::new(move |v| {
             if *v >= min {
                 Ok(())
@@ -209,6 +227,7 @@ impl<T: Value + 'static> Setting<T> {
     where
         T: PartialOrd,
     {
+        self.bounds.push(format!("at most {} ({why})", max.show()));
         self.checks.push(Box::new(move |v| {
             if *v <= max {
                 Ok(())
@@ -221,17 +240,36 @@ impl<T: Value + 'static> Setting<T> {
 }
 
 /// Reads settings from an environment and records what each one resolved to.
-pub(super) struct Reader<'e, F: Fn(&str) -> Option<String>> {
+pub(super) struct EnvReader<'e, F: Fn(&str) -> Option<String>> {
     lookup: &'e F,
     shown: BTreeMap<&'static str, String>,
+    section: &'static str,
+    declared: Vec<Declared>,
 }
 
-impl<'e, F: Fn(&str) -> Option<String>> Reader<'e, F> {
+impl<'e, F: Fn(&str) -> Option<String>> EnvReader<'e, F> {
     pub fn new(lookup: &'e F) -> Self {
-        Reader {
+        EnvReader {
             lookup,
             shown: BTreeMap::new(),
+            section: "General",
+            declared: Vec::new(),
         }
+    }
+
+    /// Files the settings read from now on under `section` in the reference.
+    pub fn section(&mut self, section: &'static str) {
+        self.section = section;
+    }
+
+    fn declare(&mut self, name: &'static str, default: String, bounds: Vec<String>, file: bool) {
+        self.declared.push(Declared {
+            section: self.section,
+            name,
+            default,
+            bounds,
+            file,
+        });
     }
 
     fn raw(&self, name: &str) -> Option<String> {
@@ -246,7 +284,9 @@ impl<'e, F: Fn(&str) -> Option<String>> Reader<'e, F> {
             name,
             default,
             checks,
+            bounds,
         } = setting;
+        self.declare(name, default.show(), bounds, false);
         let value = match self.raw(name) {
             None => default,
             Some(raw) => T::parse(&raw).map_err(|reason| ConfigError::Invalid {
@@ -272,6 +312,7 @@ impl<'e, F: Fn(&str) -> Option<String>> Reader<'e, F> {
         name: &'static str,
         unset: &'static str,
     ) -> Result<Option<T>, ConfigError> {
+        self.declare(name, unset.to_owned(), Vec::new(), false);
         let value = self
             .raw(name)
             .map(|raw| {
@@ -295,6 +336,7 @@ impl<'e, F: Fn(&str) -> Option<String>> Reader<'e, F> {
         schemes: &[&str],
         unset: &'static str,
     ) -> Result<Option<(Secret, Option<PathBuf>)>, ConfigError> {
+        self.declare(name, unset.to_owned(), Vec::new(), true);
         let found = match (self.raw(name), self.raw(&format!("{name}_FILE"))) {
             (Some(_), Some(_)) => return Err(ConfigError::Ambiguous { name }),
             (Some(value), None) => Some((Secret::new(value), None)),
@@ -356,9 +398,10 @@ impl<'e, F: Fn(&str) -> Option<String>> Reader<'e, F> {
         self.shown.insert(name, value.to_string());
     }
 
-    /// Every setting read, with its effective value; secrets are redacted.
-    pub fn into_shown(self) -> BTreeMap<&'static str, String> {
-        self.shown
+    /// Every setting read, with its effective value (secrets redacted), and every
+    /// setting declared.
+    pub fn finish(self) -> (BTreeMap<&'static str, String>, Vec<Declared>) {
+        (self.shown, self.declared)
     }
 }
 

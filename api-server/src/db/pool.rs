@@ -4,8 +4,8 @@
 //! sqlx's pool pings every connection it takes back (a `Sync`, then a wait for PostgreSQL's
 //! `ReadyForQuery`; `PoolConnection::return_to_pool`, unconditional in sqlx 0.9, no option
 //! turns it off) before lending it again: a second round trip on every request (handing
-//! connections over instead gave point reads 32–43% more throughput on the bench; README,
-//! "Benchmarks"). The ping is there to drain what a
+//! connections over instead gave point reads 32–43% more throughput on the bench;
+//! docs/benchmarks.md). The ping is there to drain what a
 //! cancelled query or a dropped transaction left on the connection and to notice a dead one.
 //! A connection whose statement just completed has nothing to drain and has just answered,
 //! so while another task waits for a connection, it is handed over as it is.
@@ -377,6 +377,53 @@ mod tests {
         while pool.sqlx().num_idle() == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// `Pool::begin` relies on sqlx's undocumented `Transaction::begin` (sqlx is pinned
+    /// exactly for it): a transaction commits, rolls back when dropped or asked, and gives
+    /// its connection back either way.
+    #[sqlx::test(migrations = false)]
+    async fn transactions_begin_commit_and_roll_back_on_our_pool(
+        _: PgPoolOptions,
+        options: PgConnectOptions,
+    ) {
+        let (pool, _) = counted_pool(&options, 1).await;
+        sqlx::query("CREATE TABLE contract (x int)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let insert = |x: i32| sqlx::query("INSERT INTO contract VALUES ($1)").bind(x);
+        let rows = || async {
+            let within = Duration::from_secs(5);
+            let count =
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM contract").fetch_one(&pool);
+            tokio::time::timeout(within, count)
+                .await
+                .expect("the transaction kept the pool's only connection")
+                .unwrap()
+        };
+
+        let mut tx = pool.begin().await.unwrap();
+        insert(1).execute(&mut *tx).await.unwrap();
+        let in_transaction: bool =
+            sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert!(in_transaction, "statements ran outside a transaction");
+        tx.commit().await.unwrap();
+        assert_eq!(rows().await, 1);
+
+        let mut tx = pool.begin().await.unwrap();
+        insert(2).execute(&mut *tx).await.unwrap();
+        drop(tx);
+        assert_eq!(rows().await, 1, "a dropped transaction must roll back");
+
+        let mut tx = pool.begin().await.unwrap();
+        insert(3).execute(&mut *tx).await.unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(rows().await, 1);
+        pool.close().await;
     }
 
     #[sqlx::test(migrations = false)]

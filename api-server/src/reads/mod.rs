@@ -326,7 +326,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::Followed;
+    use crate::subscription::Followed;
 
     fn routing_with(max_lag: Duration) -> Routing {
         let config = ReadReplicaConfig {

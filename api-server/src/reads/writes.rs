@@ -15,9 +15,9 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
-use crate::feed::Followed;
 use crate::metrics::Metrics;
 use crate::reads::Routing;
+use crate::subscription::Followed;
 
 pub const CHANNEL: &str = "stoa:writes";
 
@@ -50,7 +50,7 @@ impl Followed for Routing {
 /// Follows the writes channel for as long as the process runs.
 pub fn spawn(routing: Arc<Routing>, client: redis::Client, timeout: Duration) {
     let metrics = routing.metrics.clone();
-    crate::feed::keep_following(
+    crate::subscription::keep_following(
         routing.clone(),
         metrics,
         || false,
@@ -70,7 +70,7 @@ async fn follow(
         routing.set_live(true, &routing.metrics);
         Ok(())
     };
-    crate::feed::follow_redis_channel(
+    crate::subscription::follow_redis_channel(
         client,
         CHANNEL,
         timeout,

@@ -10,11 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -22,22 +19,23 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::apply::{self, ensure, ensure_current};
+use crate::apply::{self, ensure};
 use crate::crd::{AutoscalingMode, MigrationMode, Stoa, StoaStatus};
 use crate::metrics::Metrics;
 use crate::observe::{HttpProbe, PodProbe, PodReading};
 use crate::resources::{self, Names};
 use crate::rollout::{self, Observed, Plan};
-use crate::status::{self, Facts, Failure, KeyRotationFacts, Notice};
+use crate::status::{self, Facts, Failure, Notice};
 
 pub use crate::error::{Error, FIELD_MANAGER, HANDOVER_MANAGER, Result};
 
-mod credentials;
+mod credential_rotator;
 mod keys;
+pub mod pass;
 pub mod scaling;
 mod workers;
 
-use keys::{ensure_key_secret, ensure_mfa_key_secret, key_status};
+use keys::key_status;
 
 /// A pod that has not answered within this is not confirmed.
 const POD_READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -215,10 +213,12 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
     if stoa.metadata.deletion_timestamp.is_some() {
         ctx.metrics.forget(&target.namespace, &stoa.name_any());
         // Only the database roles live outside Kubernetes: drop them, then let go.
-        return Ok(match credentials::finalize(ctx, stoa, &target).await? {
-            Some(requeue) => Action::requeue(requeue),
-            None => Action::await_change(),
-        });
+        return Ok(
+            match credential_rotator::finalize(ctx, stoa, &target).await? {
+                Some(requeue) => Action::requeue(requeue),
+                None => Action::await_change(),
+            },
+        );
     }
     let client = &ctx.client;
     let deployments: Api<Deployment> = target.api(client);
@@ -244,166 +244,10 @@ async fn reconcile_inner(stoa: &Stoa, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
 
-    let keys = ensure_key_secret(ctx, stoa, &target).await?;
-    ensure_mfa_key_secret(ctx, stoa, &target).await?;
-    let ready = ReadyPods::new(ctx, stoa, &target);
-    let rotation = keys::rotate_keys(ctx, stoa, &target, keys, &ready).await?;
-    let credential_pass = credentials::rotate_credentials(ctx, stoa, &target, &ready).await?;
-    ensure_current(
-        &target.api::<ServiceAccount>(client),
-        resources::service_account(stoa)?,
-        &target.uid,
-        "ServiceAccount",
-    )
-    .await?;
-    let config = resources::config_map(stoa)?;
-    ensure_current(
-        &target.api::<ConfigMap>(client),
-        config.clone(),
-        &target.uid,
-        "ConfigMap",
-    )
-    .await?;
-
-    let plan = plan_rollout(ctx, stoa, &target, deployment.as_ref()).await?;
-    if let Some(request) = &plan.create {
-        create_job(ctx, &target, &resources::migration_job(stoa, request)?).await?;
-    }
-    let frozen_by = freeze_reason(
-        &plan,
-        &rotation.status.phase,
-        &credential_pass.facts.status.phase,
-    );
-    let scale_pass =
-        scaling::scale(ctx, stoa, deployment.as_ref(), frozen_by.clone(), &ready).await?;
-    let deployment = match &plan.deploy_image {
-        Some(image) => {
-            let desired = resources::scaled_deployment(stoa, &config, image, scale_pass.replicas)?;
-            Some(apply_deployment(ctx, stoa, &target, deployment, desired).await?)
-        }
-        // First install: nothing runs until the first migration succeeded.
-        None => deployment,
-    };
-    let worker_pass = workers::reconcile_workers(
-        ctx,
-        stoa,
-        &target,
-        &config,
-        plan.deploy_image.as_deref(),
-        frozen_by.is_some(),
-        &ready,
-    )
-    .await?;
-
-    ensure_current(
-        &target.api::<Service>(client),
-        resources::service(stoa)?,
-        &target.uid,
-        "Service",
-    )
-    .await?;
-    // An optional object whose name an object of someone else's holds is reported
-    // (Degraded/NameConflict) and skipped: everything else is still applied, and the
-    // status still written.
-    let mut conflicts = Vec::new();
-    tolerate_conflict(
-        &mut conflicts,
-        apply::reconcile_optional(
-            &target.api::<Service>(client),
-            &target.names.worker,
-            resources::worker_metrics_service(stoa)?,
-            &target.uid,
-            "Service",
-        )
-        .await,
-    )?;
-    tolerate_conflict(
-        &mut conflicts,
-        target
-            .reconcile_optional::<PodDisruptionBudget>(
-                client,
-                resources::pod_disruption_budget(stoa)?,
-                "PodDisruptionBudget",
-            )
-            .await,
-    )?;
-    tolerate_conflict(
-        &mut conflicts,
-        target
-            .reconcile_optional::<Ingress>(client, resources::ingress(stoa)?, "Ingress")
-            .await,
-    )?;
-    tolerate_conflict(
-        &mut conflicts,
-        target
-            .reconcile_optional::<NetworkPolicy>(
-                client,
-                resources::network_policy(stoa, ctx.operator_namespace.as_deref())?,
-                "NetworkPolicy",
-            )
-            .await,
-    )?;
-    if stoa.spec.autoscaling.mode != AutoscalingMode::Hpa {
-        // The Deployment carries spec.replicas again (applied above) before the autoscaler
-        // goes, so the count never falls back to a default in between.
-        tolerate_conflict(
-            &mut conflicts,
-            target
-                .reconcile_optional::<HorizontalPodAutoscaler>(
-                    client,
-                    None,
-                    "HorizontalPodAutoscaler",
-                )
-                .await,
-        )?;
-    }
-    if ctx.service_monitors {
-        tolerate_conflict(
-            &mut conflicts,
-            reconcile_service_monitor(ctx, stoa, &target).await,
-        )?;
-    }
-
-    let facts = Facts {
-        conflicts,
-        deployment: deployment.as_ref(),
-        keys: key_status(&rotation.secret),
-        paused: false,
-        plan: Some(&plan),
-        key_rotation: Some(KeyRotationFacts {
-            status: rotation.status.clone(),
-            stalled: rotation.stalled.clone(),
-        }),
-        credential_rotation: Some(credential_pass.facts),
-        autoscaling: scale_pass.status,
-        worker: Some(worker_pass.status),
-    };
-    let next = status::status(stoa, &facts);
-    for notice in status::migration_notices(
-        stoa.status.as_ref().and_then(|s| s.migration.as_ref()),
-        next.migration.as_ref(),
-    ) {
-        event(ctx, stoa, notice).await;
-    }
-    let ready = status::condition_true(&next, "Ready");
-    let migrating = status::condition_true(&next, "Progressing");
-    write_status(ctx, stoa, &target, next).await?;
-    // Owned objects wake us on change; these are safety nets (and the migration retry).
-    let fallback = if migrating {
-        Duration::from_secs(30)
-    } else if ready {
-        Duration::from_secs(300)
-    } else {
-        Duration::from_secs(60)
-    };
-    Ok(Action::requeue(
-        plan.requeue
-            .map_or(fallback, |r| r.min(fallback))
-            .min(rotation.requeue)
-            .min(credential_pass.requeue)
-            .min(scale_pass.requeue)
-            .min(worker_pass.requeue),
-    ))
+    let requeue = pass::Pass::new(ctx, stoa, &target, deployment)
+        .run()
+        .await?;
+    Ok(Action::requeue(requeue))
 }
 
 /// What the Stoa's ready pods report, read at most once per reconcile: the key rotation,

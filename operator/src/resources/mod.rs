@@ -22,9 +22,9 @@ use stoa_contract::paths::{MIGRATION_DATABASE_MOUNT, TERMINATION_LOG, URL_FILE};
 
 use crate::crd::{AutoscalingMode, Stoa};
 
-mod credentials;
+mod credential_jobs;
 
-pub use credentials::*;
+pub use credential_jobs::*;
 
 pub const API_PORT: i32 = 8080;
 pub const METRICS_PORT: i32 = 9090;
@@ -259,7 +259,7 @@ pub fn service_account(stoa: &Stoa) -> Result<ServiceAccount> {
     })
 }
 
-/// Non-secret settings of stoa-api (see its README for each variable).
+/// Non-secret settings of stoa-api (docs/reference/settings.md has each variable).
 pub fn config_map(stoa: &Stoa) -> Result<ConfigMap> {
     let spec = &stoa.spec;
     let mut data = BTreeMap::from([

@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use serde_json::json;
-use stoa_contract::credentials::CredentialCommand;
+use stoa_contract::credential_rotation::CredentialCommand;
 use stoa_contract::env;
 use stoa_contract::paths::{MIGRATION_DATABASE_MOUNT, TERMINATION_LOG, URL_FILE};
 

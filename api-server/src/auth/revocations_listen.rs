@@ -19,8 +19,8 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use crate::auth::denylist::{self, Denied, LocalDenylist, MirrorWindow};
 use crate::db::Db;
-use crate::feed::Followed;
 use crate::metrics::Metrics;
+use crate::subscription::Followed;
 
 pub const CHANNEL: &str = "stoa_revocations";
 
@@ -41,7 +41,7 @@ pub fn spawn(
         let database = database.clone();
         move || database.pool().sqlx().is_closed()
     };
-    crate::feed::keep_following(list.clone(), metrics.clone(), closed, move || {
+    crate::subscription::keep_following(list.clone(), metrics.clone(), closed, move || {
         let (list, database, metrics) = (list.clone(), database.clone(), metrics.clone());
         async move { follow(&list, &database, window, timeout, &metrics).await }
     });

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::conditions::{Reason, degraded};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -15,7 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use serde_json::json;
-use stoa_contract::credentials::{CredentialCommand, CredentialReport, generate_password};
+use stoa_contract::credential_rotation::{CredentialCommand, CredentialReport, generate_password};
 use stoa_contract::pod::credential_fingerprint;
 
 use super::{Context, ReadyPods, Target, event, notice};
@@ -256,13 +257,13 @@ pub(super) async fn rotate_credentials(
     let (status, degraded) = report(&step, &connection, &timing);
     let newly = previous.is_none_or(|p| p.phase != status.phase);
     if let (true, Some((reason, message))) = (newly, &degraded) {
-        if *reason == "CredentialRotationStalled" {
+        if *reason == &degraded::CREDENTIAL_ROTATION_STALLED {
             ctx.metrics.observe_rotation("credentials", "stalled");
         }
         event(
             ctx,
             stoa,
-            notice(EventType::Warning, reason, message.clone()),
+            notice(EventType::Warning, reason.name, message.clone()),
         )
         .await;
     }
@@ -277,7 +278,7 @@ fn report(
     step: &Step,
     connection: &Connection,
     timing: &Timing,
-) -> (CredentialRotationStatus, Option<(&'static str, String)>) {
+) -> (CredentialRotationStatus, Option<(&'static Reason, String)>) {
     let mut status = CredentialRotationStatus {
         role: connection.role.clone(),
         published_at: connection.published_at.map(|t| t.to_string()),
@@ -319,7 +320,7 @@ fn report(
                     humantime::format_duration(timing.confirm_timeout)
                 );
                 status.message = Some(message.clone());
-                degraded = Some(("CredentialRotationStalled", message));
+                degraded = Some((&degraded::CREDENTIAL_ROTATION_STALLED, message));
                 "Stalled"
             } else {
                 "Confirming"
@@ -351,7 +352,7 @@ fn report(
                 humantime::format_duration(Duration::from_secs(retry_in.as_secs()))
             );
             status.message = Some(text.clone());
-            degraded = Some(("CredentialRotationFailed", text));
+            degraded = Some((&degraded::CREDENTIAL_ROTATION_FAILED, text));
             "Failed"
         }
     }

@@ -1,5 +1,5 @@
-//! `stoa-api credentials`: the database side of credential rotation, run by the operator
-//! as Jobs with the admin credential (see `stoa_contract::credentials` for the protocol).
+//! `stoa-api credentials`: the database roles of credential rotation, run by the operator
+//! as Jobs with the admin credential (see `stoa_contract::credential_rotation` for the protocol).
 //!
 //! The group role holds the application's privileges rather than owning the tables: the
 //! migrations run as the admin role and must own what they alter, so the admin role keeps
@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
-use stoa_contract::credentials::{login_roles, valid_password, valid_role};
+use stoa_contract::credential_rotation::{login_roles, valid_password, valid_role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
