@@ -8,14 +8,13 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use serde_json::json;
 use stoa_contract::credential_rotation::CredentialCommand;
-use stoa_contract::env;
-use stoa_contract::paths::{MIGRATION_DATABASE_MOUNT, TERMINATION_LOG, URL_FILE};
+use stoa_contract::paths::TERMINATION_LOG;
 
+use super::pod::{read_only_mount, secret_volume};
+use super::workloads::{OneShot, database_job_mounts, one_shot_job};
 use super::{
-    ATTEMPT_ANNOTATION, BuildError, COMPONENT_LABEL, IMAGE_ANNOTATION, Names, OneShot, Result,
-    labels, meta, one_shot_job,
+    ATTEMPT_ANNOTATION, BuildError, COMPONENT_LABEL, IMAGE_ANNOTATION, Names, Result, labels, meta,
 };
 use crate::crd::Stoa;
 
@@ -118,18 +117,17 @@ pub fn credential_job(stoa: &Stoa, request: &CredentialJobRequest) -> Result<Job
         (IMAGE_ANNOTATION.to_owned(), request.image.clone()),
         (ATTEMPT_ANNOTATION.to_owned(), request.attempt.to_string()),
     ]));
-    let mut volumes = vec![json!({"name": "admin", "secret": {
-        "secretName": admin.name,
-        "items": [{"key": admin.key, "path": URL_FILE}],
-        "defaultMode": 0o440}})];
-    let mut mounts =
-        vec![json!({"name": "admin", "mountPath": MIGRATION_DATABASE_MOUNT, "readOnly": true})];
+    let mut mounted = database_job_mounts(admin, "admin");
     if let CredentialCommand::Publish { .. } = request.command {
-        volumes.push(json!({"name": "password", "secret": {
-            "secretName": Names::of(stoa).credentials,
-            "items": [{"key": PASSWORD_KEY, "path": PASSWORD_KEY}],
-            "defaultMode": 0o440}}));
-        mounts.push(json!({"name": "password", "mountPath": PASSWORD_MOUNT, "readOnly": true}));
+        mounted.volumes.push(secret_volume(
+            "password",
+            &Names::of(stoa).credentials,
+            Some((PASSWORD_KEY, PASSWORD_KEY)),
+            0o440,
+        ));
+        mounted
+            .mounts
+            .push(read_only_mount("password", PASSWORD_MOUNT));
     }
     one_shot_job(
         stoa,
@@ -142,12 +140,7 @@ pub fn credential_job(stoa: &Stoa, request: &CredentialJobRequest) -> Result<Job
             // Expiry waits for sessions to end (up to its own bound) before this.
             deadline_seconds: 600,
             failure_policy: None,
-            volumes,
-            mounts,
-            env: vec![
-                json!({"name": env::DATABASE_URL_FILE, "value": format!("{MIGRATION_DATABASE_MOUNT}/{URL_FILE}")}),
-                json!({"name": env::LOG_FORMAT, "value": "json"}),
-            ],
+            mounted,
         },
     )
 }
