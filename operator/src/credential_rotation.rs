@@ -177,7 +177,8 @@ pub struct Observed<'a> {
     pub request: Option<&'a str>,
 }
 
-/// The next step of the protocol.
+/// The next step of the protocol. Over ~80 lines: the protocol's states in the order
+/// they are checked, each a few lines; split, the precedence between them would hide.
 pub fn decide(timing: &Timing, group: &str, observed: &Observed<'_>, now: Timestamp) -> Step {
     let Observed {
         connection,

@@ -26,12 +26,9 @@ pub enum Error {
     )]
     NotOwned { kind: &'static str, name: String },
     #[error(
-        "the reconcile step {step:?} ran before the step that gives it {input} (an operator bug)"
+        "the reconcile step {step} ran before the step that gives it {input} (an operator bug)"
     )]
-    OutOfOrder {
-        step: crate::controller::pass::Step,
-        input: &'static str,
-    },
+    OutOfOrder { step: String, input: &'static str },
 }
 
 impl Error {

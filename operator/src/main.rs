@@ -215,6 +215,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// Waits until this replica holds the Lease. Losing it later, or no longer being sure of
+/// it, ends the process (reconciles in flight stop with it); the next leader takes over
+/// cleanly. The returned task keeps renewing the Lease.
+async fn lead(
+    client: &Client,
+    args: &RunArgs,
+    metrics: &Metrics,
+) -> anyhow::Result<
+    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+> {
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&args.pod_name)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .context("cannot set up leader election")?;
+    let (mut leading, task) = manager.watch().await;
+    tracing::info!(lease = %args.lease_name, "waiting for leadership");
+    while !*leading.borrow_and_update() {
+        leading.changed().await.context("leader election stopped")?;
+    }
+    metrics.leader.set(1);
+    tracing::info!("became leader");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
+    let (name, identity) = (args.lease_name.clone(), args.pod_name.clone());
+    tokio::spawn(async move {
+        let why =
+            stoa_operator::leader::lost(leading, leases, &name, &identity, Duration::from_secs(5))
+                .await;
+        tracing::error!(reason = %why, "stopped leading; exiting");
+        std::process::exit(1);
+    });
+    Ok(task)
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
@@ -253,39 +290,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Leader election: only the holder of the Lease reconciles.
     let _lease = if args.leader_election {
-        let manager =
-            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-                .with_namespace(&args.lease_namespace)
-                .with_identity(&args.pod_name)
-                .with_duration(15)
-                .with_grace(5)
-                .build()
-                .await
-                .context("cannot set up leader election")?;
-        let (mut leading, task) = manager.watch().await;
-        tracing::info!(lease = %args.lease_name, "waiting for leadership");
-        while !*leading.borrow_and_update() {
-            leading.changed().await.context("leader election stopped")?;
-        }
-        metrics.leader.set(1);
-        tracing::info!("became leader");
-        // Losing the lease, or no longer being sure of it, ends the process (reconciles in
-        // flight stop with it); the next leader takes over cleanly.
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
-        let (name, identity) = (args.lease_name.clone(), args.pod_name.clone());
-        tokio::spawn(async move {
-            let why = stoa_operator::leader::lost(
-                leading,
-                leases,
-                &name,
-                &identity,
-                Duration::from_secs(5),
-            )
-            .await;
-            tracing::error!(reason = %why, "stopped leading; exiting");
-            std::process::exit(1);
-        });
-        Some(task)
+        Some(lead(&client, &args, &metrics).await?)
     } else {
         None
     };

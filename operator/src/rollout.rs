@@ -243,7 +243,8 @@ pub fn plan(stoa: &Stoa, observed: &Observed) -> Plan {
     plan
 }
 
-/// Advances one step. Returns `Some(report)` once its Job succeeded.
+/// Advances one step. Returns `Some(report)` once its Job succeeded. Over ~80 lines: one
+/// arm per state of the step's Job, read top to bottom as the protocol is written.
 fn step(
     stoa: &Stoa,
     observed: &Observed,

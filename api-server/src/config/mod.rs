@@ -346,6 +346,7 @@ fn error_tracking<F: Fn(&str) -> Option<String>>(
     s: &mut EnvReader<'_, F>,
     dev: bool,
 ) -> Result<(Option<Secret>, String), ConfigError> {
+    s.section("Logs and error tracking");
     let sentry_dsn = s
         .secret_url(
             "STOA_SENTRY_DSN",
@@ -639,6 +640,36 @@ fn read_replica<F: Fn(&str) -> Option<String>>(
     }))
 }
 
+/// How logs are written (`STOA_LOG_*`): format, filter, and the writer's queue.
+fn log_config<F: Fn(&str) -> Option<String>>(
+    s: &mut EnvReader<'_, F>,
+    env: &Env<F>,
+    dev: bool,
+) -> Result<(LogFormat, String, usize), ConfigError> {
+    s.section("Logs and error tracking");
+    let format = s.read(Setting::new(
+        "STOA_LOG_FORMAT",
+        if dev {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        },
+    ))?;
+    // `RUST_LOG` is the ecosystem's name for the same thing; `STOA_LOG` wins.
+    let filter = s.read(Setting::new(
+        "STOA_LOG",
+        (env.lookup)("RUST_LOG")
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "info,sqlx=warn".into()),
+    ))?;
+    let queue_lines = s.read(
+        Setting::new("STOA_LOG_QUEUE_LINES", 16_384usize)
+            .at_least(16)
+            .at_most(1_048_576, "memory: each queued line is a few hundred bytes"),
+    )?;
+    Ok((format, filter, queue_lines))
+}
+
 impl Config {
     pub fn from_process_env(dev: bool) -> Result<Config, ConfigError> {
         Config::from_env(&Env::process(), dev)
@@ -712,7 +743,6 @@ impl Config {
             Setting::new("STOA_CACHE_LOCAL_BYTES", 8u64 << 20)
                 .at_most(1 << 30, "memory: the copy lives in each replica"),
         )?;
-        s.section("Logs and error tracking");
         let (sentry_dsn, sentry_environment) = error_tracking(&mut s, dev)?;
         s.section("Rate limits");
         let rate_limits = rate_limit_config(&mut s)?;
@@ -723,28 +753,7 @@ impl Config {
         s.section("Background jobs");
         let worker = worker_config(&mut s, dev)?;
 
-        s.section("Logs and error tracking");
-        let log_format = s.read(Setting::new(
-            "STOA_LOG_FORMAT",
-            if dev {
-                LogFormat::Pretty
-            } else {
-                LogFormat::Json
-            },
-        ))?;
-        // `RUST_LOG` is the ecosystem's name for the same thing; `STOA_LOG` wins.
-        let log_filter = s.read(Setting::new(
-            "STOA_LOG",
-            (env.lookup)("RUST_LOG")
-                .filter(|v| !v.trim().is_empty())
-                .unwrap_or_else(|| "info,sqlx=warn".into()),
-        ))?;
-
-        let log_queue_lines = s.read(
-            Setting::new("STOA_LOG_QUEUE_LINES", 16_384usize)
-                .at_least(16)
-                .at_most(1_048_576, "memory: each queued line is a few hundred bytes"),
-        )?;
+        let (log_format, log_filter, log_queue_lines) = log_config(&mut s, env, dev)?;
         s.section("Live reloads");
         let reload_interval = s.read(
             Setting::new("STOA_RELOAD_INTERVAL", secs(1)).at_least(Duration::from_millis(10)),

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::auth::refresh;
+use crate::auth::tokens::KeyRing;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
@@ -101,10 +102,51 @@ async fn rotate(
         return Err(ApiError::Unavailable("no signing key loaded"));
     };
     let next = refresh::successor(active_secret, token);
+    if let Some(rotated) = spend(state, &presented, &next, client).await? {
+        return session_response(
+            state,
+            rotated.user,
+            Some(rotated.family_id),
+            Some(next.token),
+        );
+    }
+    let Some(mut replayed) = replayed(state, &presented, client).await? else {
+        security_event(state, SecurityEvent::RefreshTokenInvalid);
+        return Err(ApiError::Unauthorized(
+            "refresh token is invalid or expired",
+        ));
+    };
+    match replayed.grace_successor.take() {
+        Some(successor_hash) => hand_out_again(state, ip, token, &ring, &successor_hash, replayed),
+        None => {
+            tracing::warn!(
+                target: "stoa::security",
+                event = "refresh_token_reuse",
+                user_id = %replayed.user_id,
+                family_id = %replayed.family_id,
+                client_ip = %ip.0,
+                "spent refresh token presented again: family revoked"
+            );
+            security_event(state, SecurityEvent::RefreshTokenReuse);
+            state.revocations.mirror(None, &[replayed.family_id]).await;
+            Err(ApiError::Unauthorized(
+                "refresh token was already used; the session is revoked",
+            ))
+        }
+    }
+}
+
+/// Spends the presented token and stores its successor, in one statement: two concurrent
+/// uses of one token cannot both win. The successor never outlives the session's absolute
+/// end. `None`: the token is not spendable.
+async fn spend(
+    state: &AppState,
+    presented: &[u8],
+    next: &refresh::NewRefreshToken,
+    client: &[u8],
+) -> ApiResult<Option<Rotated>> {
     let expires_at = Utc::now() + state.config.auth.refresh_token_ttl;
-    // Spend and replace in one statement: two concurrent uses of one token cannot both win.
-    // The successor never outlives the session's absolute end.
-    let rotated: Option<Rotated> = sqlx::query_as(
+    let rotated = sqlx::query_as(
         "WITH spent AS (
              UPDATE refresh_tokens SET spent_at = now(), successor_hash = $2, spent_by = $4
              WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > now()
@@ -121,34 +163,36 @@ async fn rotate(
          SELECT u.id, u.email, u.username, u.bio, u.image, u.role, next.family_id
          FROM next JOIN users u ON u.id = next.user_id",
     )
-    .bind(&presented)
+    .bind(presented)
     .bind(&next.hash)
     .bind(expires_at)
     .bind(client)
     .fetch_optional(&**state.db())
     .await?;
-    if let Some(rotated) = rotated {
-        return session_response(
-            state,
-            rotated.user,
-            Some(rotated.family_id),
-            Some(next.token),
-        );
-    }
+    Ok(rotated)
+}
 
-    // Not spendable. Spent moments ago by the same client (User-Agent) and its successor
-    // still unused: a second tab lost the race, and gets the same successor. Spent earlier,
-    // by another client, or its successor already used: someone is replaying it, so the
-    // whole family is revoked, in this statement.
-    #[derive(sqlx::FromRow)]
-    struct Replayed {
-        family_id: Uuid,
-        user_id: Uuid,
-        grace_successor: Option<Vec<u8>>,
-        #[sqlx(flatten)]
-        user: SessionRow,
-    }
-    let replayed: Option<Replayed> = sqlx::query_as(
+/// A spent token presented again.
+#[derive(sqlx::FromRow)]
+struct Replayed {
+    family_id: Uuid,
+    user_id: Uuid,
+    /// Its successor, when the reuse falls within the grace (below).
+    grace_successor: Option<Vec<u8>>,
+    #[sqlx(flatten)]
+    user: SessionRow,
+}
+
+/// A token that was not spendable. Spent moments ago by the same client (User-Agent) and
+/// its successor still unused: a second tab lost the race, and gets the same successor.
+/// Spent earlier, by another client, or its successor already used: someone is replaying
+/// it, so the whole family is revoked, in this statement. `None`: never issued.
+async fn replayed(
+    state: &AppState,
+    presented: &[u8],
+    client: &[u8],
+) -> ApiResult<Option<Replayed>> {
+    let replayed = sqlx::query_as(
         "WITH presented AS (
              SELECT family_id, user_id, spent_at, revoked_at, successor_hash, spent_by
              FROM refresh_tokens WHERE token_hash = $1 AND spent_at IS NOT NULL),
@@ -167,60 +211,49 @@ async fn rotate(
                 u.id, u.email, u.username, u.bio, u.image, u.role
          FROM presented p JOIN users u ON u.id = p.user_id",
     )
-    .bind(&presented)
+    .bind(presented)
     .bind(state.config.auth.refresh_reuse_grace.as_secs_f64())
     .bind(client)
     .fetch_optional(&**state.db())
     .await?;
-    let Some(replayed) = replayed else {
-        security_event(state, SecurityEvent::RefreshTokenInvalid);
-        return Err(ApiError::Unauthorized(
-            "refresh token is invalid or expired",
-        ));
+    Ok(replayed)
+}
+
+/// Within the grace: the same successor again, derived under one of the loaded keys (the
+/// active one when it was first handed out).
+fn hand_out_again(
+    state: &AppState,
+    ip: ClientIp,
+    token: &str,
+    ring: &KeyRing,
+    successor_hash: &[u8],
+    replayed: Replayed,
+) -> ApiResult<UserResponse> {
+    let same = ring
+        .successor_secrets()
+        .iter()
+        .map(|secret| refresh::successor(secret, token))
+        .find(|candidate| candidate.hash == successor_hash);
+    let Some(successor) = same else {
+        return Err(ApiError::Unauthorized("refresh token was already used"));
     };
-    if let Some(successor_hash) = &replayed.grace_successor {
-        // The successor was derived under one of the loaded keys (the active one then).
-        let same = ring
-            .successor_secrets()
-            .iter()
-            .map(|secret| refresh::successor(secret, token))
-            .find(|candidate| &candidate.hash == successor_hash);
-        return match same {
-            Some(successor) => {
-                // Not an attack by itself (two tabs), but whoever held the spent token now
-                // holds the session too: recorded, so a pattern of it can be seen.
-                tracing::info!(
-                    target: "stoa::security",
-                    event = "refresh_grace_used",
-                    user_id = %replayed.user_id,
-                    family_id = %replayed.family_id,
-                    client_ip = %ip.0,
-                    "spent refresh token presented again within the grace by the same client: same successor handed out"
-                );
-                security_event(state, SecurityEvent::RefreshGraceUsed);
-                session_response(
-                    state,
-                    replayed.user,
-                    Some(replayed.family_id),
-                    Some(successor.token),
-                )
-            }
-            None => Err(ApiError::Unauthorized("refresh token was already used")),
-        };
-    }
-    tracing::warn!(
+    // Not an attack by itself (two tabs), but whoever held the spent token now holds the
+    // session too: recorded, so a pattern of it can be seen.
+    tracing::info!(
         target: "stoa::security",
-        event = "refresh_token_reuse",
+        event = "refresh_grace_used",
         user_id = %replayed.user_id,
         family_id = %replayed.family_id,
         client_ip = %ip.0,
-        "spent refresh token presented again: family revoked"
+        "spent refresh token presented again within the grace by the same client: same successor handed out"
     );
-    security_event(state, SecurityEvent::RefreshTokenReuse);
-    state.revocations.mirror(None, &[replayed.family_id]).await;
-    Err(ApiError::Unauthorized(
-        "refresh token was already used; the session is revoked",
-    ))
+    security_event(state, SecurityEvent::RefreshGraceUsed);
+    session_response(
+        state,
+        replayed.user,
+        Some(replayed.family_id),
+        Some(successor.token),
+    )
 }
 
 /// Revoke the presented access token and its refresh-token family.

@@ -144,71 +144,15 @@ pub async fn pod_state(State(state): State<AppState>) -> axum::Json<PodState> {
 
 /// Runs every readiness check.
 pub async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
-    let started = Instant::now();
-    let pool = state.db().clone();
-    let (database, schema) =
-        match tokio::time::timeout(DB_CHECK_TIMEOUT, SchemaState::read(&*pool)).await {
-            Ok(Ok(found)) => {
-                let mut database = Check::ok("up", None);
-                database.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-                state
-                    .metrics
-                    .schema_version
-                    .set(found.version().unwrap_or(0));
-                (database, schema_check(found.status()))
-            }
-            Ok(Err(e)) => (
-                Check::failed("down", crate::db::describe_error(&e)),
-                Check::failed("unknown", "database unreachable"),
-            ),
-            Err(_) => (
-                Check::failed("down", "timed out"),
-                Check::failed("unknown", "database unreachable"),
-            ),
-        };
+    let (database, schema) = database_checks(state).await;
     state.metrics.set_dependency_up("postgres", database.ok);
-
-    let ring = state.tokens.ring();
-    let active = ring
-        .kids()
-        .iter()
-        .find(|(_, s)| *s == KeyState::Active)
-        .map(|(k, _)| k.clone());
-    let signing_keys = match active {
-        Some(kid) => Check::ok(
-            "loaded",
-            Some(format!("active kid {kid}, {} keys", ring.kids().len())),
-        ),
-        None => Check::failed("missing", "no active signing key"),
-    };
-    let redis = match &state.kv {
-        None => Check::ok(
-            "disabled",
-            Some("not configured; in-process fallbacks".into()),
-        ),
-        Some(kv) if kv.is_up() => Check::ok("up", None),
-        Some(_) => Check::ok(
-            "degraded",
-            Some("unreachable; using PostgreSQL and in-process fallbacks, no cache".into()),
-        ),
-    };
-    let read_replica = state.reads.replica_status().map(|(current, staleness)| {
-        let behind = staleness.map_or_else(
-            || "not seen caught up yet".to_owned(),
-            |s| format!("at most {} ms behind", s.as_millis()),
-        );
-        if current {
-            Check::ok("current", Some(behind))
-        } else {
-            Check::ok("behind", Some(format!("{behind}; reads go to the primary")))
-        }
-    });
+    let signing_keys = signing_key_check(state);
     let lifecycle = if state.is_shutting_down() {
         Check::failed("draining", "shutting down")
     } else {
         Check::ok("serving", None)
     };
-
+    // Redis and the read replica never make a pod unready: it serves without them.
     let ready = database.ok && schema.ok && signing_keys.ok && lifecycle.ok;
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" },
@@ -216,8 +160,8 @@ pub async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
             database,
             schema,
             signing_keys,
-            redis,
-            read_replica,
+            redis: redis_check(state),
+            read_replica: read_replica_check(state),
             lifecycle,
         },
     };
@@ -227,6 +171,75 @@ pub async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, body)
+}
+
+/// The database (reachable within the check's timeout, and how fast) and its schema.
+async fn database_checks(state: &AppState) -> (Check, Check) {
+    let started = Instant::now();
+    let pool = state.db().clone();
+    match tokio::time::timeout(DB_CHECK_TIMEOUT, SchemaState::read(&*pool)).await {
+        Ok(Ok(found)) => {
+            let mut database = Check::ok("up", None);
+            database.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            state
+                .metrics
+                .schema_version
+                .set(found.version().unwrap_or(0));
+            (database, schema_check(found.status()))
+        }
+        Ok(Err(e)) => (
+            Check::failed("down", crate::db::describe_error(&e)),
+            Check::failed("unknown", "database unreachable"),
+        ),
+        Err(_) => (
+            Check::failed("down", "timed out"),
+            Check::failed("unknown", "database unreachable"),
+        ),
+    }
+}
+
+fn signing_key_check(state: &AppState) -> Check {
+    let ring = state.tokens.ring();
+    let active = ring
+        .kids()
+        .iter()
+        .find(|(_, s)| *s == KeyState::Active)
+        .map(|(k, _)| k.clone());
+    match active {
+        Some(kid) => Check::ok(
+            "loaded",
+            Some(format!("active kid {kid}, {} keys", ring.kids().len())),
+        ),
+        None => Check::failed("missing", "no active signing key"),
+    }
+}
+
+fn redis_check(state: &AppState) -> Check {
+    match &state.kv {
+        None => Check::ok(
+            "disabled",
+            Some("not configured; in-process fallbacks".into()),
+        ),
+        Some(kv) if kv.is_up() => Check::ok("up", None),
+        Some(_) => Check::ok(
+            "degraded",
+            Some("unreachable; using PostgreSQL and in-process fallbacks, no cache".into()),
+        ),
+    }
+}
+
+fn read_replica_check(state: &AppState) -> Option<Check> {
+    state.reads.replica_status().map(|(current, staleness)| {
+        let behind = staleness.map_or_else(
+            || "not seen caught up yet".to_owned(),
+            |s| format!("at most {} ms behind", s.as_millis()),
+        );
+        if current {
+            Check::ok("current", Some(behind))
+        } else {
+            Check::ok("behind", Some(format!("{behind}; reads go to the primary")))
+        }
+    })
 }
 
 /// The schema check: the version found, the version this binary needs, and what else the

@@ -15,11 +15,13 @@ use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
 use crate::http::session_cookie::Delivery;
 use crate::http::sessions::{
-    Credentials, SessionRow, UserRow, credentials_of, deliver, limit_credentials,
+    Credentials, NewSession, SessionRow, UserRow, credentials_of, deliver, limit_credentials,
     limit_login_attempts, new_session, security_event, session_response, start_session,
     user_response, verify_current_password,
 };
-use crate::http::types::{LoginRequest, NewUserRequest, UpdateUserRequest, UserResponse};
+use crate::http::types::{
+    LoginRequest, NewUserRequest, UpdateUser, UpdateUserRequest, UserResponse,
+};
 use crate::http::validate;
 use crate::metrics::SecurityEvent;
 use crate::reads::{Reader, Writer};
@@ -282,6 +284,64 @@ async fn update_user(
     let delivery = Delivery::of(&headers)?;
     let username = user.username.as_deref().map(str::trim);
     let email = user.email.as_deref().map(str::trim);
+    validate_update(&user, username, email)?;
+    let UpdateUser {
+        password,
+        current_password,
+        bio,
+        image,
+        ..
+    } = user;
+    if password.is_some() || email.is_some() {
+        confirm_current_password(&state, ip, &auth, email, current_password).await?;
+    }
+    let password_hash = match password {
+        Some(password) => Some(state.passwords.hash(password).await?),
+        None => None,
+    };
+    // A password change ends every session of the user and starts a new one for the caller.
+    let session = password_hash.as_ref().map(|_| new_session(&state));
+    let write = UserWrite {
+        id: auth.id,
+        username,
+        email,
+        password_hash,
+        // Empty strings clear bio/image, like null does.
+        bio: cleared(bio),
+        image: cleared(image),
+        session: session.as_ref(),
+    };
+    let updated = write.store(&state).await?;
+
+    if !updated.revoked_families.is_empty() {
+        state
+            .revocations
+            .mirror(None, &updated.revoked_families)
+            .await;
+        tracing::info!(target: "stoa::security", event = "password_changed", user_id = %auth.id,
+            sessions_revoked = updated.revoked_families.len(), "password changed; other sessions revoked");
+    }
+    if write.username.is_some() || write.bio.is_some() || write.image.is_some() {
+        // The author's name and details are embedded in cached articles and lists.
+        state.cache.invalidate(Change::Everything).await;
+    }
+    let response = match session {
+        Some(session) => session_response(
+            &state,
+            updated.user,
+            Some(session.family),
+            Some(session.refresh.token),
+        )?,
+        None => user_response(updated.user.user, auth.token().to_owned(), None),
+    };
+    Ok(deliver(&state, delivery, StatusCode::OK, response))
+}
+
+fn validate_update(
+    user: &UpdateUser,
+    username: Option<&str>,
+    email: Option<&str>,
+) -> ApiResult<()> {
     let nothing = username.is_none()
         && email.is_none()
         && user.password.is_none()
@@ -321,96 +381,80 @@ async fn update_user(
             "image",
             validate::IMAGE_RULE,
         )
-        .finish()?;
+        .finish()
+}
 
-    if user.password.is_some() || email.is_some() {
-        confirm_current_password(&state, ip, &auth, email, user.current_password).await?;
-    }
-    let password_hash = match user.password {
-        Some(password) => Some(state.passwords.hash(password).await?),
-        None => None,
-    };
-    // Empty strings clear bio/image, like null does.
-    let (set_bio, bio) = match user.bio {
-        Some(bio) => (true, bio.filter(|b| !b.trim().is_empty())),
-        None => (false, None),
-    };
-    let (set_image, image) = match user.image {
-        Some(image) => (true, image.filter(|i| !i.trim().is_empty())),
-        None => (false, None),
-    };
-    // A password change ends every session of the user and starts a new one for the caller.
-    let session = password_hash.as_ref().map(|_| new_session(&state));
-    #[derive(sqlx::FromRow)]
-    struct Updated {
-        #[sqlx(flatten)]
-        user: SessionRow,
-        revoked_families: Vec<Uuid>,
-    }
-    let updated: Updated = sqlx::query_as(
-        "WITH u AS (
-             UPDATE users SET
-                 username = COALESCE($2, username),
-                 email = COALESCE($3, email),
-                 password_hash = COALESCE($4, password_hash),
-                 bio = CASE WHEN $5 THEN $6 ELSE bio END,
-                 image = CASE WHEN $7 THEN $8 ELSE image END,
-                 updated_at = now()
-             WHERE id = $1
-             RETURNING id, email, username, bio, image, role),
-          revoked AS (
-             UPDATE refresh_tokens SET revoked_at = now()
-             WHERE user_id IN (SELECT id FROM u) AND $4::text IS NOT NULL AND revoked_at IS NULL
-             RETURNING family_id),
-          -- A sign-in that proved the old password and waits for its second factor must
-          -- not complete after the password changed.
-          challenges AS (
-             DELETE FROM mfa_challenges
-             WHERE user_id IN (SELECT id FROM u) AND $4::text IS NOT NULL),
-          session AS (
-             INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
-             SELECT $9, $10, id, $11, $12 FROM u WHERE $4::text IS NOT NULL)
-         SELECT u.*, ARRAY(SELECT DISTINCT family_id FROM revoked) AS revoked_families FROM u",
-    )
-    .bind(auth.id)
-    .bind(username)
-    .bind(email)
-    .bind(password_hash)
-    .bind(set_bio)
-    .bind(bio)
-    .bind(set_image)
-    .bind(image)
-    .bind(session.as_ref().map(|s| s.refresh.hash.clone()))
-    .bind(session.as_ref().map(|s| s.family))
-    .bind(session.as_ref().map(|s| s.expires_at))
-    .bind(session.as_ref().map(|s| s.session_expires_at))
-    .fetch_optional(&**state.db())
-    .await
-    .on_constraint("users_username_key", taken("username"))
-    .on_constraint("users_username_lower_key", taken("username"))
-    .on_constraint("users_email_key", taken("email"))?
-    .ok_or(ApiError::Unauthorized("belongs to no user"))?;
+/// `Some(None)` (clear it) for an empty or blank value, as for `null`.
+fn cleared(field: Option<Option<String>>) -> Option<Option<String>> {
+    field.map(|value| value.filter(|v| !v.trim().is_empty()))
+}
 
-    if !updated.revoked_families.is_empty() {
-        state
-            .revocations
-            .mirror(None, &updated.revoked_families)
-            .await;
-        tracing::info!(target: "stoa::security", event = "password_changed", user_id = %auth.id,
-            sessions_revoked = updated.revoked_families.len(), "password changed; other sessions revoked");
+/// What an update writes: `None` leaves a field as it is; `Some(None)` clears bio or image.
+struct UserWrite<'a> {
+    id: Uuid,
+    username: Option<&'a str>,
+    email: Option<&'a str>,
+    password_hash: Option<String>,
+    bio: Option<Option<String>>,
+    image: Option<Option<String>>,
+    /// With a new password: the caller's new session.
+    session: Option<&'a NewSession>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Updated {
+    #[sqlx(flatten)]
+    user: SessionRow,
+    revoked_families: Vec<Uuid>,
+}
+
+impl UserWrite<'_> {
+    /// One statement: the user's row, and with a new password the end of every other
+    /// session and pending second-factor sign-in, and the caller's new session.
+    async fn store(&self, state: &AppState) -> ApiResult<Updated> {
+        let session = self.session;
+        sqlx::query_as(
+            "WITH u AS (
+                 UPDATE users SET
+                     username = COALESCE($2, username),
+                     email = COALESCE($3, email),
+                     password_hash = COALESCE($4, password_hash),
+                     bio = CASE WHEN $5 THEN $6 ELSE bio END,
+                     image = CASE WHEN $7 THEN $8 ELSE image END,
+                     updated_at = now()
+                 WHERE id = $1
+                 RETURNING id, email, username, bio, image, role),
+              revoked AS (
+                 UPDATE refresh_tokens SET revoked_at = now()
+                 WHERE user_id IN (SELECT id FROM u) AND $4::text IS NOT NULL AND revoked_at IS NULL
+                 RETURNING family_id),
+              -- A sign-in that proved the old password and waits for its second factor must
+              -- not complete after the password changed.
+              challenges AS (
+                 DELETE FROM mfa_challenges
+                 WHERE user_id IN (SELECT id FROM u) AND $4::text IS NOT NULL),
+              session AS (
+                 INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, session_expires_at)
+                 SELECT $9, $10, id, $11, $12 FROM u WHERE $4::text IS NOT NULL)
+             SELECT u.*, ARRAY(SELECT DISTINCT family_id FROM revoked) AS revoked_families FROM u",
+        )
+        .bind(self.id)
+        .bind(self.username)
+        .bind(self.email)
+        .bind(self.password_hash.as_deref())
+        .bind(self.bio.is_some())
+        .bind(self.bio.clone().flatten())
+        .bind(self.image.is_some())
+        .bind(self.image.clone().flatten())
+        .bind(session.map(|s| s.refresh.hash.clone()))
+        .bind(session.map(|s| s.family))
+        .bind(session.map(|s| s.expires_at))
+        .bind(session.map(|s| s.session_expires_at))
+        .fetch_optional(&**state.db())
+        .await
+        .on_constraint("users_username_key", taken("username"))
+        .on_constraint("users_username_lower_key", taken("username"))
+        .on_constraint("users_email_key", taken("email"))?
+        .ok_or(ApiError::Unauthorized("belongs to no user"))
     }
-    if username.is_some() || set_bio || set_image {
-        // The author's name and details are embedded in cached articles and lists.
-        state.cache.invalidate(Change::Everything).await;
-    }
-    let response = match session {
-        Some(session) => session_response(
-            &state,
-            updated.user,
-            Some(session.family),
-            Some(session.refresh.token),
-        )?,
-        None => user_response(updated.user.user, auth.token().to_owned(), None),
-    };
-    Ok(deliver(&state, delivery, StatusCode::OK, response))
 }

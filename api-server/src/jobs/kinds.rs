@@ -154,6 +154,8 @@ pub struct Repaired {
 /// broke. Each count is compared under a SHARE lock on the table it counts: writers wait
 /// (briefly) instead of committing between the count and the repair, which would make the
 /// repair itself wrong.
+/// It stays whole (over ~80 lines): one lock, then one check-and-repair statement per
+/// counter, in the order the locks allow; split, the lock would no longer be visibly held.
 pub async fn recount_counters(tx: &mut PgConnection) -> Result<Repaired, sqlx::Error> {
     sqlx::query("LOCK TABLE favorites, articles IN SHARE MODE")
         .execute(&mut *tx)

@@ -87,174 +87,37 @@ pub(super) async fn rotate_credentials(
     let timing = Timing::of(stoa).map_err(Error::InvalidSpec)?;
     ensure_finalizer(ctx, stoa, target).await?;
     let secret = ensure_connection_secret(ctx, stoa, target).await?;
-    let connection = connection_of(&secret);
+    let mut connection = connection_of(&secret);
     let group = credential_rotation::group_role(&target.namespace, &stoa.name_any());
     let (publish, expire) = observe_jobs(ctx, stoa, target, connection.generation).await?;
-    // Workers hold sessions of the role too: they must follow before it expires.
-    let pods = if connection.previous.is_some() && connection.pending.is_none() {
-        ready
-            .get()
-            .await?
-            .iter()
-            .chain(ready.workers().await?)
-            .map(|reading| PodCredential {
-                pod: reading.pod.clone(),
-                fingerprint: reading
-                    .state
-                    .as_ref()
-                    .map(|s| s.database.fingerprint.clone()),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let request = stoa
-        .annotations()
-        .get(ROTATE_ANNOTATION)
-        .map(String::as_str);
+    let pods = pods_to_confirm(ready, &connection).await?;
     let now = Timestamp::now();
     let observed = credential_rotation::Observed {
         connection: &connection,
         publish: publish.as_ref(),
         expire: expire.as_ref(),
         pods: &pods,
-        request,
+        request: stoa
+            .annotations()
+            .get(ROTATE_ANNOTATION)
+            .map(String::as_str),
     };
     let step = credential_rotation::decide(&timing, &group, &observed, now);
+    let rotator = Rotator {
+        ctx,
+        stoa,
+        target,
+        secret: &secret,
+        group,
+        now,
+    };
+    let requeue = rotator.apply(&step, &mut connection).await?;
+
+    let (status, degraded) = report(&step, &connection, &timing);
     let previous = stoa
         .status
         .as_ref()
         .and_then(|s| s.credential_rotation.as_ref());
-    let mut connection = connection;
-    let requeue = match &step {
-        Step::Begin { role, request } => {
-            let mut changes = annotations_with(&[
-                (PENDING_ANNOTATION, Some(role.clone())),
-                (
-                    GENERATION_ANNOTATION,
-                    Some((connection.generation + 1).to_string()),
-                ),
-            ]);
-            if let Some(request) = request {
-                changes.insert(HANDLED_REQUEST_ANNOTATION.into(), Some(request.clone()));
-            }
-            let data = BTreeMap::from([(PASSWORD_KEY, Some(generate_password()))]);
-            if write(ctx, target, &secret, &data, &changes).await? {
-                ctx.metrics.observe_rotation("credentials", "started");
-                let why = request.as_ref().map_or_else(
-                    || "scheduled".to_owned(),
-                    |v| format!("requested by {ROTATE_ANNOTATION}={v}"),
-                );
-                let note = format!("rotating the database credential to role {role} ({why})");
-                event(
-                    ctx,
-                    stoa,
-                    notice(EventType::Normal, "CredentialRotationStarted", note),
-                )
-                .await;
-                connection.pending = Some(role.clone());
-            }
-            Duration::from_secs(1)
-        }
-        Step::Run {
-            kind,
-            role,
-            attempt,
-        } => {
-            let command = match kind {
-                JobKind::Publish => CredentialCommand::Publish {
-                    group: group.clone(),
-                    role: role.clone(),
-                    password_file: format!("{PASSWORD_MOUNT}/{PASSWORD_KEY}"),
-                },
-                JobKind::Expire => CredentialCommand::Expire {
-                    role: role.clone(),
-                    wait_seconds: EXPIRE_WAIT_SECONDS,
-                },
-            };
-            let request = CredentialJobRequest {
-                generation: connection.generation,
-                kind: *kind,
-                attempt: *attempt,
-                command,
-                image: job_image(stoa),
-            };
-            super::create_job(ctx, target, &resources::credential_job(stoa, &request)?).await?;
-            POLL
-        }
-        Step::Publish { role } => {
-            let password = secret_value(&secret, PASSWORD_KEY).unwrap_or_default();
-            let current = secret_value(&secret, URL_KEY).unwrap_or_default();
-            let url = credential_rotation::with_credentials(&current, role, &password).ok_or_else(
-                || {
-                    Error::InvalidSpec(format!(
-                        "Secret {} holds no valid database URL to derive the new one from",
-                        target.names.credentials
-                    ))
-                },
-            )?;
-            let changes = annotations_with(&[
-                (ROLE_ANNOTATION, Some(role.clone())),
-                (PREVIOUS_ANNOTATION, connection.role.clone()),
-                (PENDING_ANNOTATION, None),
-                (PUBLISHED_AT_ANNOTATION, Some(now.to_string())),
-            ]);
-            let data = BTreeMap::from([(URL_KEY, Some(url.clone())), (PASSWORD_KEY, None)]);
-            if write(ctx, target, &secret, &data, &changes).await? {
-                ctx.metrics.observe_rotation("credentials", "published");
-                let note = format!(
-                    "published role {role}'s credential; pods switch as the kubelet refreshes \
-                     the mounted Secret{}",
-                    connection
-                        .role
-                        .as_ref()
-                        .map(|old| format!(", then {old}'s password expires"))
-                        .unwrap_or_default()
-                );
-                event(
-                    ctx,
-                    stoa,
-                    notice(EventType::Normal, "CredentialPublished", note),
-                )
-                .await;
-                connection.previous = connection.role.take();
-                connection.role = Some(role.clone());
-                connection.pending = None;
-                connection.published_at = Some(now);
-            }
-            Duration::from_secs(1)
-        }
-        Step::Expired { role } => {
-            let changes = annotations_with(&[(PREVIOUS_ANNOTATION, None)]);
-            if write(ctx, target, &secret, &BTreeMap::new(), &changes).await? {
-                ctx.metrics.observe_rotation("credentials", "expired");
-                if let Some(at) = connection.published_at {
-                    let waited = Duration::try_from(now.duration_since(at)).unwrap_or_default();
-                    ctx.metrics.observe_confirmation("credentials", waited);
-                }
-                let note = format!(
-                    "role {role}'s password expired after every pod switched and its last \
-                     session ended: rotation complete"
-                );
-                event(
-                    ctx,
-                    stoa,
-                    notice(EventType::Normal, "CredentialRotated", note),
-                )
-                .await;
-                connection.previous = None;
-            }
-            Duration::from_secs(1)
-        }
-        Step::Waiting { .. } => POLL,
-        Step::Confirming { .. } => CONFIRM_POLL,
-        Step::Failed { retry_in, .. } => (*retry_in).max(Duration::from_secs(1)),
-        Step::Idle { due } => Duration::try_from(due.duration_since(now))
-            .unwrap_or_default()
-            .max(Duration::from_secs(1)),
-    };
-
-    let (status, degraded) = report(&step, &connection, &timing);
     let newly = previous.is_none_or(|p| p.phase != status.phase);
     if let (true, Some((reason, message))) = (newly, &degraded) {
         if *reason == &degraded::CREDENTIAL_ROTATION_STALLED {
@@ -273,7 +136,210 @@ pub(super) async fn rotate_credentials(
     })
 }
 
-/// Status and `Degraded` for a step (after it was applied).
+/// What each ready pod (API and worker: workers hold sessions of the role too) says it
+/// connects with, while a published credential waits for them; nothing otherwise.
+async fn pods_to_confirm(
+    ready: &ReadyPods<'_>,
+    connection: &Connection,
+) -> Result<Vec<PodCredential>> {
+    if connection.previous.is_none() || connection.pending.is_some() {
+        return Ok(Vec::new());
+    }
+    Ok(ready
+        .get()
+        .await?
+        .iter()
+        .chain(ready.workers().await?)
+        .map(|reading| PodCredential {
+            pod: reading.pod.clone(),
+            fingerprint: reading
+                .state
+                .as_ref()
+                .map(|s| s.database.fingerprint.clone()),
+        })
+        .collect())
+}
+
+/// Carries out one decision of the rotation protocol on the connection Secret and Jobs.
+struct Rotator<'a> {
+    ctx: &'a Context,
+    stoa: &'a Stoa,
+    target: &'a Target,
+    secret: &'a Secret,
+    group: String,
+    now: Timestamp,
+}
+
+impl Rotator<'_> {
+    /// Applies `step`, updating `connection` to what the Secret now says; returns when
+    /// to look again.
+    async fn apply(&self, step: &Step, connection: &mut Connection) -> Result<Duration> {
+        Ok(match step {
+            Step::Begin { role, request } => {
+                self.begin(role, request.as_deref(), connection).await?;
+                Duration::from_secs(1)
+            }
+            Step::Run {
+                kind,
+                role,
+                attempt,
+            } => {
+                self.run_job(*kind, role, *attempt, connection.generation)
+                    .await?;
+                POLL
+            }
+            Step::Publish { role } => {
+                self.publish(role, connection).await?;
+                Duration::from_secs(1)
+            }
+            Step::Expired { role } => {
+                self.expired(role, connection).await?;
+                Duration::from_secs(1)
+            }
+            Step::Waiting { .. } => POLL,
+            Step::Confirming { .. } => CONFIRM_POLL,
+            Step::Failed { retry_in, .. } => (*retry_in).max(Duration::from_secs(1)),
+            Step::Idle { due } => Duration::try_from(due.duration_since(self.now))
+                .unwrap_or_default()
+                .max(Duration::from_secs(1)),
+        })
+    }
+
+    async fn note(&self, reason: &'static str, note: String) {
+        event(self.ctx, self.stoa, notice(EventType::Normal, reason, note)).await;
+    }
+
+    /// A new password for the idle role, marked pending in the Secret.
+    async fn begin(
+        &self,
+        role: &str,
+        request: Option<&str>,
+        connection: &mut Connection,
+    ) -> Result<()> {
+        let mut changes = annotations_with(&[
+            (PENDING_ANNOTATION, Some(role.to_owned())),
+            (
+                GENERATION_ANNOTATION,
+                Some((connection.generation + 1).to_string()),
+            ),
+        ]);
+        if let Some(request) = request {
+            changes.insert(HANDLED_REQUEST_ANNOTATION.into(), Some(request.to_owned()));
+        }
+        let data = BTreeMap::from([(PASSWORD_KEY, Some(generate_password()))]);
+        if write(self.ctx, self.target, self.secret, &data, &changes).await? {
+            self.ctx.metrics.observe_rotation("credentials", "started");
+            let why = request.map_or_else(
+                || "scheduled".to_owned(),
+                |v| format!("requested by {ROTATE_ANNOTATION}={v}"),
+            );
+            let note = format!("rotating the database credential to role {role} ({why})");
+            self.note("CredentialRotationStarted", note).await;
+            connection.pending = Some(role.to_owned());
+        }
+        Ok(())
+    }
+
+    /// The Job of a database step: give `role` the password, or expire it.
+    async fn run_job(
+        &self,
+        kind: JobKind,
+        role: &str,
+        attempt: i32,
+        generation: u32,
+    ) -> Result<()> {
+        let command = match kind {
+            JobKind::Publish => CredentialCommand::Publish {
+                group: self.group.clone(),
+                role: role.to_owned(),
+                password_file: format!("{PASSWORD_MOUNT}/{PASSWORD_KEY}"),
+            },
+            JobKind::Expire => CredentialCommand::Expire {
+                role: role.to_owned(),
+                wait_seconds: EXPIRE_WAIT_SECONDS,
+            },
+        };
+        let request = CredentialJobRequest {
+            generation,
+            kind,
+            attempt,
+            command,
+            image: job_image(self.stoa),
+        };
+        let job = resources::credential_job(self.stoa, &request)?;
+        super::create_job(self.ctx, self.target, &job).await
+    }
+
+    /// The URL with `role`'s credential becomes the one the pods mount.
+    async fn publish(&self, role: &str, connection: &mut Connection) -> Result<()> {
+        let password = secret_value(self.secret, PASSWORD_KEY).unwrap_or_default();
+        let current = secret_value(self.secret, URL_KEY).unwrap_or_default();
+        let url =
+            credential_rotation::with_credentials(&current, role, &password).ok_or_else(|| {
+                Error::InvalidSpec(format!(
+                    "Secret {} holds no valid database URL to derive the new one from",
+                    self.target.names.credentials
+                ))
+            })?;
+        let changes = annotations_with(&[
+            (ROLE_ANNOTATION, Some(role.to_owned())),
+            (PREVIOUS_ANNOTATION, connection.role.clone()),
+            (PENDING_ANNOTATION, None),
+            (PUBLISHED_AT_ANNOTATION, Some(self.now.to_string())),
+        ]);
+        let data = BTreeMap::from([(URL_KEY, Some(url)), (PASSWORD_KEY, None)]);
+        if write(self.ctx, self.target, self.secret, &data, &changes).await? {
+            self.ctx
+                .metrics
+                .observe_rotation("credentials", "published");
+            let note = format!(
+                "published role {role}'s credential; pods switch as the kubelet refreshes \
+                 the mounted Secret{}",
+                connection
+                    .role
+                    .as_ref()
+                    .map(|old| format!(", then {old}'s password expires"))
+                    .unwrap_or_default()
+            );
+            self.note("CredentialPublished", note).await;
+            connection.previous = connection.role.take();
+            connection.role = Some(role.to_owned());
+            connection.pending = None;
+            connection.published_at = Some(self.now);
+        }
+        Ok(())
+    }
+
+    /// The previous role's password expired: the rotation is complete.
+    async fn expired(&self, role: &str, connection: &mut Connection) -> Result<()> {
+        let changes = annotations_with(&[(PREVIOUS_ANNOTATION, None)]);
+        if write(
+            self.ctx,
+            self.target,
+            self.secret,
+            &BTreeMap::new(),
+            &changes,
+        )
+        .await?
+        {
+            self.ctx.metrics.observe_rotation("credentials", "expired");
+            if let Some(at) = connection.published_at {
+                let waited = Duration::try_from(self.now.duration_since(at)).unwrap_or_default();
+                self.ctx.metrics.observe_confirmation("credentials", waited);
+            }
+            let note = format!(
+                "role {role}'s password expired after every pod switched and its last \
+                 session ended: rotation complete"
+            );
+            self.note("CredentialRotated", note).await;
+            connection.previous = None;
+        }
+        Ok(())
+    }
+}
+
+/// Status and `Degraded` for a step (after it was applied). Over ~80 lines: one arm per
+/// step of the protocol.
 fn report(
     step: &Step,
     connection: &Connection,

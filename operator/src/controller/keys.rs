@@ -201,20 +201,7 @@ pub(super) async fn rotate_keys(
     let mut secret = secret;
     if step.writes() {
         let keys = key_rotation::apply(&step, &file.keys, now);
-        let mut changes = Vec::new();
-        if let Step::Add {
-            request: Some(request),
-            ..
-        } = &step
-        {
-            changes.push((HANDLED_REQUEST_ANNOTATION, request.clone()));
-        }
-        if matches!(step, Step::Promote { .. }) {
-            changes.push((PROMOTED_AT_ANNOTATION, now.to_string()));
-        }
-        if matches!(step, Step::PromotionConfirmed { .. }) {
-            changes.push((PROMOTION_CONFIRMED_AT_ANNOTATION, now.to_string()));
-        }
+        let changes = step_annotations(&step, now);
         match write_key_set(ctx, target, &secret, keys, &changes).await? {
             Some(written) => {
                 secret = written;
@@ -247,18 +234,40 @@ pub(super) async fn rotate_keys(
         )
         .await;
     }
-    let requeue = match &step {
-        _ if step.writes() => Duration::from_secs(1),
-        Step::Confirming { .. } | Step::ConfirmingPromotion { .. } => CONFIRM_POLL,
-        Step::Holding { until } | Step::Idle { due: until } => until_then(now, *until),
-        _ => CONFIRM_POLL,
-    };
     Ok(Rotation {
         secret,
         status,
         stalled,
-        requeue,
+        requeue: look_again(&step, now),
     })
+}
+
+/// The annotations a step records on the key Secret beside the key set.
+fn step_annotations(step: &Step, now: Timestamp) -> Vec<(&'static str, String)> {
+    let mut changes = Vec::new();
+    if let Step::Add {
+        request: Some(request),
+        ..
+    } = step
+    {
+        changes.push((HANDLED_REQUEST_ANNOTATION, request.clone()));
+    }
+    if matches!(step, Step::Promote { .. }) {
+        changes.push((PROMOTED_AT_ANNOTATION, now.to_string()));
+    }
+    if matches!(step, Step::PromotionConfirmed { .. }) {
+        changes.push((PROMOTION_CONFIRMED_AT_ANNOTATION, now.to_string()));
+    }
+    changes
+}
+
+fn look_again(step: &Step, now: Timestamp) -> Duration {
+    match step {
+        _ if step.writes() => Duration::from_secs(1),
+        Step::Confirming { .. } | Step::ConfirmingPromotion { .. } => CONFIRM_POLL,
+        Step::Holding { until } | Step::Idle { due: until } => until_then(now, *until),
+        _ => CONFIRM_POLL,
+    }
 }
 
 /// The key Secret as the protocol reads it.

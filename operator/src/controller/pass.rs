@@ -154,7 +154,10 @@ pub(super) struct Pass<'a> {
 
 /// An input a step needs from an earlier one (absent only if `ORDER` were wrong).
 fn need<'v, T>(value: &'v Option<T>, step: Step, input: &'static str) -> Result<&'v T> {
-    value.as_ref().ok_or(Error::OutOfOrder { step, input })
+    value.as_ref().ok_or_else(|| Error::OutOfOrder {
+        step: format!("{step:?}"),
+        input,
+    })
 }
 
 impl<'a> Pass<'a> {

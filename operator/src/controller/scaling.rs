@@ -4,6 +4,7 @@
 //! a restart (or a leader change) the window refills, and meanwhile the count holds
 //! ("no metrics" never scales down).
 
+use crate::observe::PodReading;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
@@ -70,39 +71,7 @@ pub(super) async fn scale(
     let decision = {
         let mut scalers = ctx.scalers();
         let memory = scalers.entry(key(stoa)).or_default();
-        let mut reporting = 0;
-        let mut concurrency = 0.0;
-        for reading in readings {
-            let Some(state) = &reading.state else {
-                continue;
-            };
-            let previous = memory
-                .busy
-                .insert(reading.pod.clone(), (state.busy_seconds, now));
-            if let Some((busy, at)) = previous {
-                let seconds = now.duration_since(at).as_secs_f64();
-                if seconds > 0.0 && state.busy_seconds >= busy {
-                    reporting += 1;
-                    concurrency += (state.busy_seconds - busy) / seconds;
-                }
-            }
-        }
-        // Forget pods that are gone.
-        memory
-            .busy
-            .retain(|pod, _| readings.iter().any(|r| r.pod == *pod));
-        memory.samples.push_back(Sample {
-            at: now,
-            ready: u32::try_from(readings.len()).unwrap_or(u32::MAX),
-            reporting,
-            concurrency,
-        });
-        let keep_since = now
-            .checked_sub(policy.stable_window + SAMPLE_PERIOD)
-            .unwrap_or(Timestamp::MIN);
-        while memory.samples.front().is_some_and(|s| s.at < keep_since) {
-            memory.samples.pop_front();
-        }
+        memory.record(readings, now, policy.stable_window);
         let samples: Vec<Sample> = memory.samples.iter().copied().collect();
         let mut decision =
             autoscale::decide(&policy, &samples, current, &limits, memory.panic, now);
@@ -114,7 +83,71 @@ pub(super) async fn scale(
         }
         decision
     };
+    announce(ctx, stoa, &policy, &decision, current).await;
+    Ok(ScalePass {
+        replicas: Replicas::Operator(decision.desired),
+        status: Some(AutoscalingStatus {
+            desired_replicas: decision.desired,
+            wanted_replicas: decision.wanted,
+            effective_max_replicas: decision.effective_max,
+            limited_by: decision.limited_by.as_str().to_owned(),
+            // Rounded: the exact mean changes with every reading (metrics carry it).
+            observed_in_flight: decision.observed.map(crate::triggers::two_digits_f64),
+            reason: decision.reason.to_owned(),
+            frozen_by,
+        }),
+        requeue: SAMPLE_PERIOD,
+    })
+}
 
+impl ScalerMemory {
+    /// Adds a sample from the pods' readings: each pod's busy time since its previous
+    /// reading, over the time between them, is its average concurrency. Pods that are gone
+    /// and samples older than the stable window are forgotten.
+    fn record(&mut self, readings: &[PodReading], now: Timestamp, stable_window: Duration) {
+        let mut reporting = 0;
+        let mut concurrency = 0.0;
+        for reading in readings {
+            let Some(state) = &reading.state else {
+                continue;
+            };
+            let previous = self
+                .busy
+                .insert(reading.pod.clone(), (state.busy_seconds, now));
+            if let Some((busy, at)) = previous {
+                let seconds = now.duration_since(at).as_secs_f64();
+                if seconds > 0.0 && state.busy_seconds >= busy {
+                    reporting += 1;
+                    concurrency += (state.busy_seconds - busy) / seconds;
+                }
+            }
+        }
+        self.busy
+            .retain(|pod, _| readings.iter().any(|r| r.pod == *pod));
+        self.samples.push_back(Sample {
+            at: now,
+            ready: u32::try_from(readings.len()).unwrap_or(u32::MAX),
+            reporting,
+            concurrency,
+        });
+        let keep_since = now
+            .checked_sub(stable_window + SAMPLE_PERIOD)
+            .unwrap_or(Timestamp::MIN);
+        while self.samples.front().is_some_and(|s| s.at < keep_since) {
+            self.samples.pop_front();
+        }
+    }
+}
+
+/// Events for a change of count (`Scaled`), and a Warning when a backing store first
+/// bounds what the load asks for (`ScaleBounded`).
+async fn announce(
+    ctx: &Context,
+    stoa: &Stoa,
+    policy: &Policy,
+    decision: &autoscale::Decision,
+    current: i32,
+) {
     let previous = stoa.status.as_ref().and_then(|s| s.autoscaling.as_ref());
     if decision.desired != current {
         let observed = decision
@@ -152,18 +185,4 @@ pub(super) async fn scale(
         );
         event(ctx, stoa, notice(EventType::Warning, "ScaleBounded", note)).await;
     }
-    Ok(ScalePass {
-        replicas: Replicas::Operator(decision.desired),
-        status: Some(AutoscalingStatus {
-            desired_replicas: decision.desired,
-            wanted_replicas: decision.wanted,
-            effective_max_replicas: decision.effective_max,
-            limited_by: decision.limited_by.as_str().to_owned(),
-            // Rounded: the exact mean changes with every reading (metrics carry it).
-            observed_in_flight: decision.observed.map(crate::triggers::two_digits_f64),
-            reason: decision.reason.to_owned(),
-            frozen_by,
-        }),
-        requeue: SAMPLE_PERIOD,
-    })
 }

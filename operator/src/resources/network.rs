@@ -283,7 +283,6 @@ pub fn horizontal_pod_autoscaler(stoa: &Stoa) -> Result<Option<HorizontalPodAuto
                         scaling_policy("Pods", 4, 30),
                     ]),
                     select_policy: Some("Max".into()),
-                    ..HPAScalingRules::default()
                 }),
             }),
         }),

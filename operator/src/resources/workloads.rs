@@ -221,6 +221,35 @@ fn volumes(stoa: &Stoa, program: &mut Program) -> Vec<EnvVar> {
         .collect()
 }
 
+/// The program's one container: `stoa-api <args>` with the ConfigMap's settings, `env`,
+/// the program's mounts, the hardened security context and the health probes.
+fn container(stoa: &Stoa, image: &str, program: &mut Program, env: Vec<EnvVar>) -> Container {
+    let probe_port = program.probe_port;
+    Container {
+        name: program.component.label().into(),
+        image: Some(image.into()),
+        image_pull_policy: pull_policy(stoa.spec.image_pull_policy),
+        args: Some(vec![program.args.into()]),
+        ports: Some(std::mem::take(&mut program.ports)),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: Names::of(stoa).config,
+                optional: None,
+            }),
+            ..EnvFromSource::default()
+        }]),
+        env: Some(env),
+        resources: program.resources.take(),
+        volume_mounts: Some(std::mem::take(&mut program.mounted.mounts)),
+        security_context: Some(container_security()),
+        startup_probe: Some(http_probe("/healthz", probe_port, 2, None, 30)),
+        liveness_probe: Some(http_probe("/healthz", probe_port, 10, Some(2), 3)),
+        readiness_probe: Some(http_probe("/readyz", probe_port, 5, Some(3), 2)),
+        lifecycle: program.lifecycle.take(),
+        ..Container::default()
+    }
+}
+
 fn program_deployment(
     stoa: &Stoa,
     config: &ConfigMap,
@@ -228,7 +257,6 @@ fn program_deployment(
     mut program: Program,
 ) -> Result<Deployment> {
     let spec = &stoa.spec;
-    let names = Names::of(stoa);
     let selector = component_selector_labels(stoa, program.component);
     let mut pod_labels = labels(stoa);
     pod_labels.extend(spec.pod.labels.clone());
@@ -240,29 +268,7 @@ fn program_deployment(
     let ca_env = volumes(stoa, &mut program);
     let mut env = container_env(stoa, program.component, ca_env);
     env.append(&mut program.mounted.env);
-    let container = Container {
-        name: program.component.label().into(),
-        image: Some(image.into()),
-        image_pull_policy: pull_policy(spec.image_pull_policy),
-        args: Some(vec![program.args.into()]),
-        ports: Some(program.ports),
-        env_from: Some(vec![EnvFromSource {
-            config_map_ref: Some(ConfigMapEnvSource {
-                name: names.config.clone(),
-                optional: None,
-            }),
-            ..EnvFromSource::default()
-        }]),
-        env: Some(env),
-        resources: program.resources,
-        volume_mounts: Some(program.mounted.mounts),
-        security_context: Some(container_security()),
-        startup_probe: Some(http_probe("/healthz", program.probe_port, 2, None, 30)),
-        liveness_probe: Some(http_probe("/healthz", program.probe_port, 10, Some(2), 3)),
-        readiness_probe: Some(http_probe("/readyz", program.probe_port, 5, Some(3), 2)),
-        lifecycle: program.lifecycle,
-        ..Container::default()
-    };
+    let container = container(stoa, image, &mut program, env);
     let spread = |key: &str| TopologySpreadConstraint {
         max_skew: 1,
         topology_key: key.into(),

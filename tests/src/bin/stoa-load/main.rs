@@ -165,7 +165,8 @@ struct Stats {
     errors: u64,
 }
 
-/// The request a scenario sends as its `i`-th call from `worker`.
+/// The request a scenario sends as its `i`-th call from `worker`. Over ~80 lines: one arm
+/// per scenario, the table of what each one measures.
 fn request_for<'a>(
     name: &str,
     seed: &'a Seed,
