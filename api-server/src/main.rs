@@ -271,6 +271,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes a command's output; a reader that went away (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// One arm per subcommand, each a call or two: it stays whole so the command line reads
 /// as one table (over ~80 lines for that reason).
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -283,11 +292,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => migrate(phase.into(), allow_newer_contract, report_file).await,
         Command::CheckConfig { dev } => {
             let config = Config::from_process_env(dev)?;
+            let mut text = String::new();
             for (key, value) in config.redacted() {
-                println!("{key}={value}");
+                text.push_str(&format!("{key}={value}\n"));
             }
-            println!("# configuration is valid");
-            Ok(())
+            text.push_str("# configuration is valid\n");
+            emit(&text)
         }
         Command::Keys {
             command: KeysCommand::Generate { dir, force },
@@ -343,16 +353,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             seed(dev, when).await
         }
-        Command::Openapi => {
-            println!("{}", stoa_api::http::openapi_document().to_pretty_json()?);
-            Ok(())
-        }
+        Command::Openapi => emit(&format!(
+            "{}\n",
+            stoa_api::http::openapi_document().to_pretty_json()?
+        )),
         Command::Reference {
             what: ReferenceCommand::Settings,
-        } => {
-            print!("{}", stoa_api::config::settings_reference()?);
-            Ok(())
-        }
+        } => emit(&stoa_api::config::settings_reference()?),
         Command::Credentials {
             command,
             report_file,

@@ -603,3 +603,21 @@ async fn serve_dev_tolerates_a_database_ahead_by_an_expand_step(pool: PgPool) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn output_piped_into_a_reader_that_stops_early_is_not_a_crash() {
+    use std::process::Stdio;
+    // The reader is gone before the command writes (it takes a few milliseconds to start),
+    // as with `stoa-api openapi | head` once head has its lines.
+    let mut child = stoa_api()
+        .arg("openapi")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

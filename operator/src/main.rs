@@ -139,17 +139,25 @@ fn render(
     stoa_operator::render::render_documents(&input, existing.as_deref(), namespace, options)
 }
 
+/// Writes a command's output; a reader that went away (`| head`) is not a failure.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write the output: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Reference { what }) = &cli.command {
-        print!(
-            "{}",
-            match what {
-                ReferenceCommand::Crd => stoa_operator::crd_reference::reference(),
-                ReferenceCommand::Conditions => stoa_operator::conditions::reference(),
-            }
-        );
-        return ExitCode::SUCCESS;
+        return emit(&match what {
+            ReferenceCommand::Crd => stoa_operator::crd_reference::reference(),
+            ReferenceCommand::Conditions => stoa_operator::conditions::reference(),
+        });
     }
     if let Some(Command::Crd { helm }) = cli.command {
         let yaml = if helm {
@@ -158,10 +166,7 @@ fn main() -> ExitCode {
             stoa_operator::crd_yaml()
         };
         return match yaml {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
+            Ok(yaml) => emit(&yaml),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
@@ -181,10 +186,7 @@ fn main() -> ExitCode {
             operator_namespace: Some(operator_namespace),
         };
         return match render(&file, existing.as_deref(), &namespace, &options) {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
+            Ok(yaml) => emit(&yaml),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
