@@ -250,6 +250,23 @@ fn container(stoa: &Stoa, image: &str, program: &mut Program, env: Vec<EnvVar>) 
     }
 }
 
+/// The Deployment's own metadata: the Stoa's labels (and the worker's component), and who
+/// owns its replica count.
+fn deployment_meta(stoa: &Stoa, program: &Program, replicas_owner: &str) -> Result<ObjectMeta> {
+    let mut metadata = meta(stoa, &program.name)?;
+    if program.component == Component::Worker {
+        metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(COMPONENT_LABEL.into(), program.component.label().into());
+    }
+    metadata.annotations = Some(BTreeMap::from([(
+        REPLICAS_OWNER_ANNOTATION.to_owned(),
+        replicas_owner.to_owned(),
+    )]));
+    Ok(metadata)
+}
+
 fn program_deployment(
     stoa: &Stoa,
     config: &ConfigMap,
@@ -285,6 +302,7 @@ fn program_deployment(
         Replicas::Operator(count) => (Some(count), REPLICAS_OWNER_OPERATOR),
         Replicas::Autoscaler => (None, REPLICAS_OWNER_AUTOSCALER),
     };
+    let metadata = deployment_meta(stoa, &program, replicas_owner)?;
     let deployment_spec = DeploymentSpec {
         replicas,
         selector: LabelSelector {
@@ -318,17 +336,6 @@ fn program_deployment(
         },
         ..DeploymentSpec::default()
     };
-    let mut metadata = meta(stoa, &program.name)?;
-    if program.component == Component::Worker {
-        metadata
-            .labels
-            .get_or_insert_with(BTreeMap::new)
-            .insert(COMPONENT_LABEL.into(), program.component.label().into());
-    }
-    metadata.annotations = Some(BTreeMap::from([(
-        REPLICAS_OWNER_ANNOTATION.to_owned(),
-        replicas_owner.to_owned(),
-    )]));
     Ok(Deployment {
         metadata,
         spec: Some(deployment_spec),
