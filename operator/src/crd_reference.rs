@@ -11,7 +11,8 @@ use kube::CustomResourceExt;
 
 use crate::crd::Stoa;
 
-/// The reference as Markdown: one table for `spec`, one for `status`.
+/// The reference as Markdown: a part for `spec` and one for `status`, a section per
+/// top-level field (a link target, e.g. `crd.md#specautoscaling`), a line per field below.
 pub fn reference() -> String {
     let crd = Stoa::crd();
     let mut out = format!(
@@ -46,15 +47,39 @@ pub fn reference() -> String {
         };
         let _ = write!(
             out,
-            "\n## `{part}`\n\n{}\n\n| field | type | default | description |\n|---|---|---|---|\n",
+            "\n## `{part}`\n\n{}\n",
             one_line(schema.description.as_deref().unwrap_or(""))
         );
-        fields(&mut out, part, schema);
+        let required = schema.required.as_deref().unwrap_or_default();
+        for (name, property) in schema.properties.iter().flatten() {
+            let field = format!("{part}.{name}");
+            let _ = write!(out, "\n### `{field}`\n\n");
+            line(&mut out, &field, property, required.contains(name));
+            fields(&mut out, &field, property);
+        }
     }
     out
 }
 
-/// A row per property under `schema`, depth first, in the schema's (alphabetical) order.
+/// One field: path, type, whether it is required, its default and description.
+fn line(out: &mut String, field: &str, property: &JSONSchemaProps, required: bool) {
+    let mut kind = type_name(property);
+    if required {
+        kind.push_str(", required");
+    }
+    // An object's default is its fields' defaults, given on their own lines.
+    let default = match &property.default {
+        Some(d) if !d.0.is_object() => format!(", default `{}`", d.0),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "- `{field}` ({kind}{default}): {}",
+        one_line(property.description.as_deref().unwrap_or(""))
+    );
+}
+
+/// A line per property under `schema`, depth first, in the schema's (alphabetical) order.
 fn fields(out: &mut String, path: &str, schema: &JSONSchemaProps) {
     let Some(properties) = &schema.properties else {
         if let Some(items) = array_items(schema) {
@@ -65,20 +90,7 @@ fn fields(out: &mut String, path: &str, schema: &JSONSchemaProps) {
     let required = schema.required.as_deref().unwrap_or_default();
     for (name, property) in properties {
         let field = format!("{path}.{name}");
-        let mut kind = type_name(property);
-        if required.contains(name) {
-            kind.push_str(", required");
-        }
-        // An object's default is its fields' defaults, listed on their own rows.
-        let default = match &property.default {
-            Some(d) if !d.0.is_object() => format!("`{}`", d.0),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            out,
-            "| `{field}` | {kind} | {default} | {} |",
-            one_line(property.description.as_deref().unwrap_or(""))
-        );
+        line(out, &field, property, required.contains(name));
         fields(out, &field, property);
     }
 }
@@ -112,12 +124,11 @@ fn type_name(schema: &JSONSchemaProps) -> String {
     }
 }
 
-/// A description in one table cell: lines joined; pipes and brackets (not links here) escaped.
+/// A description on one line: lines joined; brackets (never links here) escaped.
 fn one_line(text: &str) -> String {
     text.split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
-        .replace('|', "\\|")
         .replace('[', "\\[")
 }
 
@@ -128,9 +139,12 @@ mod tests {
     #[test]
     fn every_spec_field_is_listed_with_its_type_and_default() {
         let reference = reference();
-        assert!(reference.contains("| `spec.image` | string, required |"));
-        assert!(reference.contains("| `spec.autoscaling.mode` | string: "));
-        assert!(reference.contains("| `status.conditions[].type` | string, required |"));
+        assert!(reference.contains("- `spec.image` (string, required): "));
+        assert!(reference.contains("- `spec.autoscaling.mode` (string: `\"Disabled\"`, "));
+        assert!(
+            reference.contains("- `spec.autoscaling.minReplicas` (integer (int32), default `2`): ")
+        );
+        assert!(reference.contains("- `status.conditions[].type` (string, required): "));
     }
 
     #[test]

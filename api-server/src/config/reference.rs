@@ -403,8 +403,9 @@ pub fn settings_reference() -> Result<String, ConfigError> {
          Every setting is an environment variable, read and validated once at start-up: a \
          value out of bounds stops the process with a message naming the variable. \
          `stoa-api check-config` prints the effective values, secrets redacted. A variable \
-         marked `_FILE` may instead name a file holding the value (how the operator mounts \
-         secrets). Defaults differ in `--dev` mode (`make run`) where the table says so.\n",
+         that says so may instead be given as a file named by `<NAME>_FILE` (how the \
+         operator mounts secrets). Defaults differ in `--dev` mode (`make run`) where an \
+         entry says so.\n",
     );
     // Sections in the order they are first read; a section read in two places is one.
     let mut sections: Vec<&str> = Vec::new();
@@ -414,12 +415,9 @@ pub fn settings_reference() -> Result<String, ConfigError> {
         }
     }
     for section in sections {
-        let _ = write!(
-            out,
-            "\n## {section}\n\n| variable | default | accepted | meaning |\n|---|---|---|---|\n"
-        );
+        let _ = writeln!(out, "\n## {section}");
         for setting in production.iter().filter(|s| s.section == section) {
-            row(
+            entry(
                 &mut out,
                 setting,
                 meanings.get(setting.name),
@@ -430,22 +428,39 @@ pub fn settings_reference() -> Result<String, ConfigError> {
     Ok(out)
 }
 
-fn row(out: &mut String, setting: &Declared, meaning: Option<&&Meaning>, dev: Option<&Declared>) {
-    let variable = if setting.file {
-        format!("`{}` / `_FILE`", setting.name)
-    } else {
-        format!("`{}`", setting.name)
-    };
+/// One setting: a heading (a link target: `settings.md#stoa_log_format`), what it means,
+/// its default and what it accepts.
+fn entry(out: &mut String, setting: &Declared, meaning: Option<&&Meaning>, dev: Option<&Declared>) {
     let default = match meaning.and_then(|m| m.default) {
         Some(text) => text.to_owned(),
         None => shown_default(setting, dev),
     };
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "| {variable} | {default} | {} | {} |",
-        setting.bounds.join("; "),
-        meaning.map_or("", |m| m.meaning)
+        "\n### `{}`\n\n{}\n\nDefault: {default}.",
+        setting.name,
+        sentence(meaning.map_or("", |m| m.meaning))
     );
+    if !setting.bounds.is_empty() {
+        let _ = write!(out, " Accepted: {}.", setting.bounds.join("; "));
+    }
+    if setting.file {
+        let _ = write!(out, " Or as a file: `{}_FILE`.", setting.name);
+    }
+    out.push('\n');
+}
+
+/// A meaning as a sentence: capitalised, with a full stop.
+fn sentence(meaning: &str) -> String {
+    let mut chars = meaning.chars();
+    let mut text: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => return String::new(),
+    };
+    if !text.ends_with('.') {
+        text.push('.');
+    }
+    text
 }
 
 fn shown_default(production: &Declared, dev: Option<&Declared>) -> String {
@@ -505,14 +520,13 @@ mod tests {
     #[test]
     fn the_reference_gives_declared_defaults_and_bounds() {
         let reference = settings_reference().unwrap();
-        assert!(
-            reference
-                .contains("| `STOA_LOG_FORMAT` | `json` (`--dev`: `pretty`) |  | log format |")
-        );
         assert!(reference.contains(
-            "| `STOA_JWT_LEEWAY` | `30s` | at most 5m (it extends every token's lifetime) |"
+            "### `STOA_LOG_FORMAT`\n\nLog format.\n\nDefault: `json` (`--dev`: `pretty`).\n"
         ));
-        assert!(reference.contains("| `STOA_REDIS_URL` / `_FILE` | unset"));
+        assert!(reference.contains(
+            "Default: `30s`. Accepted: at most 5m (it extends every token's lifetime).\n"
+        ));
+        assert!(reference.contains("Or as a file: `STOA_REDIS_URL_FILE`."));
     }
 
     #[test]
