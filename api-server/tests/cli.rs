@@ -621,3 +621,66 @@ fn output_piped_into_a_reader_that_stops_early_is_not_a_crash() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `make run` on a fresh machine: `serve --dev` creates its database (a name that needs
+/// quoting here) and migrates it before it starts.
+#[sqlx::test(migrations = false)]
+async fn serve_dev_creates_and_migrates_a_missing_database(pool: PgPool) {
+    use tokio::io::AsyncBufReadExt;
+    let options = pool.connect_options();
+    let name = format!("stoa-dev-{}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\""
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = format!(
+        "postgres://{}@{}:{}/{name}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port()
+    );
+    let mut child = tokio::process::Command::from(stoa_api())
+        .args(["serve", "--dev"])
+        .env("STOA_DATABASE_URL", &url)
+        .env("STOA_LISTEN_ADDR", "127.0.0.1:0")
+        .env("STOA_ADMIN_ADDR", "127.0.0.1:0")
+        .env("STOA_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(r#""message":"starting""#) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let _ = child.start_kill();
+    let output = child.wait_with_output().await.unwrap();
+    assert!(
+        started,
+        "serve --dev did not start: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created = sqlx::PgPool::connect(&url).await.unwrap();
+    let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&created)
+        .await
+        .unwrap();
+    created.close().await;
+    assert!(migrations > 10, "{migrations} migrations applied");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+}
