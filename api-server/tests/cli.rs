@@ -560,22 +560,13 @@ async fn dead_jobs_are_listed_and_retried_from_the_command_line(pool: PgPool) {
     );
 }
 
-/// `serve --dev` migrates like `stoa-api migrate`: a development database that is ahead
-/// by an expand step (another branch's migration) is tolerated, not refused with
-/// "previously applied but is missing".
-#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
-async fn serve_dev_tolerates_a_database_ahead_by_an_expand_step(pool: PgPool) {
+/// Runs `serve --dev` on `url` until it logs that it is starting (its migrations done),
+/// then stops it; fails the test, with the server's stderr, if it does not start.
+async fn serve_dev_starts(url: &str) {
     use tokio::io::AsyncBufReadExt;
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
-         VALUES (29991231000001, 'a later branch adds a column', true, '\\x00', 0)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
     let mut child = tokio::process::Command::from(stoa_api())
         .args(["serve", "--dev"])
-        .env("STOA_DATABASE_URL", url_of(&pool))
+        .env("STOA_DATABASE_URL", url)
         .env("STOA_LISTEN_ADDR", "127.0.0.1:0")
         .env("STOA_ADMIN_ADDR", "127.0.0.1:0")
         .env("STOA_LOG_FORMAT", "json")
@@ -602,6 +593,21 @@ async fn serve_dev_tolerates_a_database_ahead_by_an_expand_step(pool: PgPool) {
         "serve --dev did not start: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// `serve --dev` migrates like `stoa-api migrate`: a development database that is ahead
+/// by an expand step (another branch's migration) is tolerated, not refused with
+/// "previously applied but is missing".
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn serve_dev_tolerates_a_database_ahead_by_an_expand_step(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000001, 'a later branch adds a column', true, '\\x00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    serve_dev_starts(&url_of(&pool)).await;
 }
 
 #[test]
@@ -626,7 +632,6 @@ fn output_piped_into_a_reader_that_stops_early_is_not_a_crash() {
 /// quoting here) and migrates it before it starts.
 #[sqlx::test(migrations = false)]
 async fn serve_dev_creates_and_migrates_a_missing_database(pool: PgPool) {
-    use tokio::io::AsyncBufReadExt;
     let options = pool.connect_options();
     let name = format!("stoa-dev-{}", std::process::id());
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -641,35 +646,7 @@ async fn serve_dev_creates_and_migrates_a_missing_database(pool: PgPool) {
         options.get_host(),
         options.get_port()
     );
-    let mut child = tokio::process::Command::from(stoa_api())
-        .args(["serve", "--dev"])
-        .env("STOA_DATABASE_URL", &url)
-        .env("STOA_LISTEN_ADDR", "127.0.0.1:0")
-        .env("STOA_ADMIN_ADDR", "127.0.0.1:0")
-        .env("STOA_LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let started = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains(r#""message":"starting""#) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    let _ = child.start_kill();
-    let output = child.wait_with_output().await.unwrap();
-    assert!(
-        started,
-        "serve --dev did not start: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    serve_dev_starts(&url).await;
     let created = sqlx::PgPool::connect(&url).await.unwrap();
     let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&created)

@@ -361,15 +361,13 @@ fn rollback_blocked(o: &Observed<'_>) -> Condition {
 }
 
 fn paused(o: &Observed<'_>) -> Condition {
-    let reason = if o.facts.paused {
-        &paused::SPEC_PAUSED
+    let (reason, message) = if o.facts.paused {
+        (
+            &paused::SPEC_PAUSED,
+            "spec.paused is true: the operator reports status but changes nothing",
+        )
     } else {
-        &paused::NOT_PAUSED
-    };
-    let message = if o.facts.paused {
-        "spec.paused is true: the operator reports status but changes nothing"
-    } else {
-        "changes are applied"
+        (&paused::NOT_PAUSED, "changes are applied")
     };
     because(paused::TYPE, reason, message.to_owned(), o.generation)
 }

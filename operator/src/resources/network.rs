@@ -40,6 +40,7 @@ pub(super) fn both_programs(stoa: &Stoa) -> LabelSelector {
     }
 }
 
+/// A TCP port of a Service, forwarded to the pods' port of the same name.
 fn service_port(name: &str, port: i32) -> ServicePort {
     ServicePort {
         name: Some(name.into()),
@@ -57,13 +58,7 @@ pub fn service(stoa: &Stoa) -> Result<Service> {
             type_: Some("ClusterIP".into()),
             selector: Some(selector_labels(stoa)),
             ports: Some(vec![
-                ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    target_port: Some(IntOrString::String("http".into())),
-                    protocol: Some("TCP".into()),
-                    ..ServicePort::default()
-                },
+                service_port("http", 80),
                 service_port("metrics", METRICS_PORT),
             ]),
             ..ServiceSpec::default()

@@ -17,8 +17,10 @@ use stoa_contract::paths::URL_FILE;
 use super::{CA_FILE, DATABASE_CA_MOUNT, Names, REDIS_CA_MOUNT, RUN_AS};
 use crate::crd::{PullPolicy, SecretKeyRef, Stoa};
 
-/// `Some` unless empty: an applied object claims only the fields it sets (server-side
-/// apply makes the operator the owner of every field it sends, empty ones included).
+/// `Some` unless empty: an applied object claims only the fields it sets. Server-side apply
+/// makes the applier the owner of every field in the object it sends, empty lists and
+/// maps included (Kubernetes docs, "Server-Side Apply", "Field management"), and a field
+/// the operator owns but leaves empty would be reset by its next apply if a user filled it.
 pub(super) fn non_empty_map(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
     (!map.is_empty()).then(|| map.clone())
 }
