@@ -4,7 +4,7 @@
 #   their own instances; `make run` uses one on 127.0.0.1:6379 if present).
 # Starts what is installed but stopped, installs what is missing when it can (Debian,
 # as root), and otherwise stops with a message that says what to do.
-# --with-test-tools: also Prometheus/promtool and Chromium (used by `make test`).
+# --with-test-tools: also Prometheus/promtool, Chromium and PgBouncer (used by `make test`).
 set -euo pipefail
 
 PGHOST=${PGHOST:-127.0.0.1}
@@ -77,6 +77,8 @@ ensure_tools() {
   local missing=()
   command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  # The data-tier tests start their own PgBouncer in front of PostgreSQL.
+  [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
   # CI checks the shell scripts (the kind suite included) with it.
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
   local browser
@@ -93,8 +95,10 @@ ensure_tools() {
   [ ${#missing[@]} -eq 0 ] && return
   if can_install; then
     apt_install --no-install-recommends "${missing[@]}"
-    # The package's own Prometheus service is not wanted (and would hold port 9090).
+    # The packages' own Prometheus and PgBouncer services are not wanted (they would
+    # hold ports 9090 and 6432).
     pkill -x prometheus 2>/dev/null || true
+    if [[ " ${missing[*]} " == *" pgbouncer "* ]]; then pkill -x pgbouncer 2>/dev/null || true; fi
   else
     say "WARNING: ${missing[*]} not installed (Debian packages); the monitoring and docs page tests will be skipped."
   fi

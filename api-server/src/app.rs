@@ -130,10 +130,10 @@ fn assemble(
     );
     let passwords = PasswordHashing::new(&config.auth)?;
     let pool = match pool {
-        Some(pool) => pool,
-        None => crate::db::pool(&config.database.url, &config.database)
-            .context("invalid database URL")?,
-    };
+        Some(pool) => crate::db::pool_over(pool, &config.database),
+        None => crate::db::pool(&config.database.url, &config.database),
+    }
+    .context("invalid database URL")?;
     let database = Arc::new(
         Db::new(pool, &config.database.url)
             .with_replica(&config.database, &config.database.url)

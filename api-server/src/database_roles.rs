@@ -107,6 +107,18 @@ async fn sessions(conn: &mut PgConnection, login: &str) -> Result<Vec<String>, C
     .await?)
 }
 
+/// What [`expire`] does with the old role's idle sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleSessions {
+    /// Wait for them to end like the others (clients connect directly: an idle session is
+    /// a pod's pool connection, which goes when the pod's old pool is drained).
+    Wait,
+    /// End them (`pg_terminate_backend`): behind a transaction pooler, once every pod uses
+    /// the new role, an idle session of the old one is the pooler's server connection, which
+    /// no client holds between transactions; the pooler opens another when it needs one.
+    End,
+}
+
 /// Waits until no session of `login` remains, then removes its password and its right to
 /// log in (nothing connected is cut off; `publish` gives both back at the next rotation).
 /// `NOLOGIN` holds even where `pg_hba.conf` trusts the network, which a password does not.
@@ -114,10 +126,14 @@ pub async fn expire(
     conn: &mut PgConnection,
     login: &str,
     wait: Duration,
+    idle: IdleSessions,
 ) -> Result<(), CredentialError> {
     let login_q = role(login)?;
     let started = Instant::now();
     loop {
+        if idle == IdleSessions::End {
+            end_idle_sessions(conn, login).await?;
+        }
         let remaining = sessions(conn, login).await?;
         if remaining.is_empty() {
             break;
@@ -136,6 +152,25 @@ pub async fn expire(
         format!("ALTER ROLE {login_q} WITH NOLOGIN PASSWORD NULL;"),
     )
     .await
+}
+
+/// Ends the sessions of `login` that are idle between transactions.
+async fn end_idle_sessions(conn: &mut PgConnection, login: &str) -> Result<(), CredentialError> {
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE usename = $1 AND state = 'idle'",
+    )
+    .bind(login)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !ended.is_empty() {
+        tracing::info!(
+            role = login,
+            sessions = ended.len(),
+            "ended idle sessions of the old role"
+        );
+    }
+    Ok(())
 }
 
 /// Drops both login roles and the group, with the privileges granted to them.

@@ -140,6 +140,11 @@ enum CredentialsCommand {
         role: String,
         #[arg(long, default_value_t = 60)]
         wait_seconds: u64,
+        /// End ROLE's idle sessions instead of waiting for them: behind a transaction
+        /// pooler they are the pooler's server connections, kept after every client moved
+        /// to the new role (PgBouncer keeps one for `server_idle_timeout`, 10 min by default).
+        #[arg(long)]
+        end_idle_sessions: bool,
     },
     /// Drop the login roles and the group.
     Drop {
@@ -417,7 +422,7 @@ async fn mfa_keys(command: MfaKeysCommand) -> anyhow::Result<()> {
         MfaKeysCommand::Drop { dir, kid } => drop_mfa_key(read(&dir)?, &dir, &kid).await?,
         MfaKeysCommand::Status => {
             let pool = database().await?;
-            for (kid, rows) in sealing::rows_per_key(pool.sqlx()).await? {
+            for (kid, rows) in sealing::rows_per_key(&pool).await? {
                 println!("{}\t{rows}", kid.as_deref().unwrap_or("(in the clear)"));
             }
         }
@@ -434,7 +439,7 @@ async fn drop_mfa_key(
 ) -> anyhow::Result<()> {
     let config = Config::from_process_env_for_migrate()?;
     let pool = command_pool(&config).await?;
-    let sealed = stoa_api::auth::sealing::rows_per_key(pool.sqlx())
+    let sealed = stoa_api::auth::sealing::rows_per_key(&pool)
         .await?
         .into_iter()
         .find(|(key, _)| key.as_deref() == Some(kid))
@@ -465,7 +470,7 @@ async fn reseal_mfa_secrets() -> anyhow::Result<()> {
     let (file, _) = stoa_contract::mfa_keys::MfaKeySetFile::read_dir_with_bytes(&dir)?;
     let sealer = SecretSealer::from_file(&file)?;
     let pool = command_pool(&config).await?;
-    let report = sealing::reseal_all(pool.sqlx(), &sealer).await?;
+    let report = sealing::reseal_all(&pool, &sealer).await?;
     println!(
         "resealed {} under {}; {} sealed under keys not in this set",
         report.resealed,
@@ -589,8 +594,18 @@ async fn credentials(
                 database_roles::publish(&mut conn, &group, &role, password.trim()).await?;
                 format!("{role} (in {group}) has the new password")
             }
-            CredentialsCommand::Expire { role, wait_seconds } => {
-                database_roles::expire(&mut conn, &role, Duration::from_secs(wait_seconds)).await?;
+            CredentialsCommand::Expire {
+                role,
+                wait_seconds,
+                end_idle_sessions,
+            } => {
+                let idle = if end_idle_sessions {
+                    database_roles::IdleSessions::End
+                } else {
+                    database_roles::IdleSessions::Wait
+                };
+                database_roles::expire(&mut conn, &role, Duration::from_secs(wait_seconds), idle)
+                    .await?;
                 format!("{role} has no session left and no password")
             }
             CredentialsCommand::Drop { group } => {

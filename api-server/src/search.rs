@@ -32,24 +32,24 @@ pub async fn set_language(pool: &Pool, language: &str) -> Result<u64, SearchErro
     let known: Option<String> =
         sqlx::query_scalar("SELECT oid::regconfig::text FROM pg_ts_config WHERE cfgname = $1")
             .bind(language)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut tx)
             .await?;
     let Some(config) = known else {
         return Err(SearchError::UnknownLanguage(language.to_owned()));
     };
     // Writers that read the old language in the trigger must commit before the rewrite.
     sqlx::query("LOCK TABLE articles IN SHARE ROW EXCLUSIVE MODE")
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
     sqlx::query("UPDATE search_settings SET language = $1::regconfig")
         .bind(&config)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
     let rewritten = sqlx::query(
         "UPDATE articles SET search = stoa_search_vector($1::regconfig, title, description, body)",
     )
     .bind(&config)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?
     .rows_affected();
     tx.commit().await?;

@@ -10,12 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
-
 use crate::auth::sealing::reseal_all;
 use crate::auth::tokens::KeyRing;
 use crate::config::{Config, DatabaseConfig, Secret, read_secret_file};
-use crate::db::Db;
+use crate::db::{Db, Pool};
 use crate::keys::{KEYSET_FILE, KeySetFile};
 use crate::metrics::{CredentialLabels, Metrics, OutcomeLabels};
 use crate::state::AppState;
@@ -143,7 +141,7 @@ pub fn spawn_credentials_watcher(
     });
 }
 
-async fn connect_checked(config: &DatabaseConfig, url: &Secret) -> Result<PgPool, sqlx::Error> {
+async fn connect_checked(config: &DatabaseConfig, url: &Secret) -> Result<Pool, sqlx::Error> {
     let pool = crate::db::pool(url, config)?;
     sqlx::query("SELECT 1").execute(&pool).await?;
     Ok(pool)
@@ -187,7 +185,7 @@ pub fn spawn_mfa_keys_watcher(state: AppState, dir: PathBuf, loaded: Vec<u8>) {
 pub fn spawn_reseal(state: AppState) {
     tokio::spawn(async move {
         loop {
-            let pool = state.db().sqlx().clone();
+            let pool = state.db().clone();
             match reseal_all(&pool, &state.sealer).await {
                 Ok(report) => {
                     if report.resealed > 0 || report.unreadable > 0 {

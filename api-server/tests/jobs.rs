@@ -209,7 +209,7 @@ async fn a_failing_job_backs_off_then_is_kept_dead_until_retried(pool: PgPool) {
     // A payload no handler accepts fails every attempt.
     let mut conn = pool.acquire().await.unwrap();
     let id = queue::enqueue(
-        &mut conn,
+        &mut *conn,
         Kind::ExportAccount,
         &json!({"userId": 7}),
         None,
@@ -228,7 +228,7 @@ async fn a_failing_job_backs_off_then_is_kept_dead_until_retried(pool: PgPool) {
     ]);
     let metrics = Arc::new(Metrics::new(0));
     let worker = Worker::new(
-        Arc::new(Db::new(pool.clone(), &config.database.url)),
+        Arc::new(Db::new(db(&pool), &config.database.url)),
         metrics.clone(),
         &config,
     );
@@ -286,7 +286,7 @@ async fn concurrent_claims_never_take_the_same_job(pool: PgPool) {
     let mut conn = pool.acquire().await.unwrap();
     for n in 0..40 {
         queue::enqueue(
-            &mut conn,
+            &mut *conn,
             Kind::RecountCounters,
             &json!({}),
             Some(&format!("k{n}")),
@@ -298,7 +298,7 @@ async fn concurrent_claims_never_take_the_same_job(pool: PgPool) {
     }
     // A queued key is enqueued once.
     assert_eq!(
-        queue::enqueue(&mut conn, Kind::RecountCounters, &json!({}), Some("k0"), 5)
+        queue::enqueue(&mut *conn, Kind::RecountCounters, &json!({}), Some("k0"), 5)
             .await
             .unwrap(),
         None
@@ -333,7 +333,7 @@ async fn concurrent_claims_never_take_the_same_job(pool: PgPool) {
     // A running job's key may be queued again (the running one may have read old state).
     let mut conn = pool.acquire().await.unwrap();
     assert!(
-        queue::enqueue(&mut conn, Kind::RecountCounters, &json!({}), Some("k0"), 5)
+        queue::enqueue(&mut *conn, Kind::RecountCounters, &json!({}), Some("k0"), 5)
             .await
             .unwrap()
             .is_some()
@@ -417,7 +417,7 @@ async fn the_recount_repairs_drifted_counters_and_leaves_right_ones(pool: PgPool
         json!({}),
     )
     .await;
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = db(&pool).begin().await.unwrap();
     assert_eq!(
         kinds::recount_counters(&mut tx).await.unwrap(),
         kinds::Repaired::default(),
@@ -455,7 +455,7 @@ async fn the_recount_repairs_drifted_counters_and_leaves_right_ones(pool: PgPool
         .execute(&pool)
         .await
         .unwrap();
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = db(&pool).begin().await.unwrap();
     let repaired = kinds::recount_counters(&mut tx).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
@@ -488,7 +488,7 @@ async fn the_recount_repairs_drifted_counters_and_leaves_right_ones(pool: PgPool
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn a_failed_job_whose_key_was_queued_again_leaves_the_work_to_the_newer_one(pool: PgPool) {
     let mut conn = pool.acquire().await.unwrap();
-    let first = queue::enqueue(&mut conn, Kind::RecountCounters, &json!({}), Some("k"), 5)
+    let first = queue::enqueue(&mut *conn, Kind::RecountCounters, &json!({}), Some("k"), 5)
         .await
         .unwrap()
         .unwrap();
@@ -500,7 +500,7 @@ async fn a_failed_job_whose_key_was_queued_again_leaves_the_work_to_the_newer_on
     };
     assert_eq!(job.id, first);
     // While it runs, the same work is asked for again: a new job queues.
-    let second = queue::enqueue(&mut conn, Kind::RecountCounters, &json!({}), Some("k"), 5)
+    let second = queue::enqueue(&mut *conn, Kind::RecountCounters, &json!({}), Some("k"), 5)
         .await
         .unwrap()
         .unwrap();
@@ -533,7 +533,7 @@ async fn a_failed_job_whose_key_was_queued_again_leaves_the_work_to_the_newer_on
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn a_running_job_is_its_workers_past_the_lease_until_its_transaction_ends(pool: PgPool) {
     let mut conn = pool.acquire().await.unwrap();
-    queue::enqueue(&mut conn, Kind::RecountCounters, &json!({}), None, 5)
+    queue::enqueue(&mut *conn, Kind::RecountCounters, &json!({}), None, 5)
         .await
         .unwrap();
     drop(conn);
@@ -542,7 +542,7 @@ async fn a_running_job_is_its_workers_past_the_lease_until_its_transaction_ends(
         panic!("nothing claimed");
     };
     let mut running = pool.begin().await.unwrap();
-    assert!(queue::hold(&mut running, &job, "a").await.unwrap());
+    assert!(queue::hold(&mut *running, &job, "a").await.unwrap());
     tokio::time::sleep(lease * 2).await;
     // A long job outlives its lease: the row lock keeps everyone else off it.
     assert!(matches!(
@@ -557,5 +557,5 @@ async fn a_running_job_is_its_workers_past_the_lease_until_its_transaction_ends(
     assert_eq!((again.id, again.attempt), (job.id, 2));
     // The first worker, back from the dead, finds the job is no longer its own.
     let mut late = pool.begin().await.unwrap();
-    assert!(!queue::hold(&mut late, &job, "a").await.unwrap());
+    assert!(!queue::hold(&mut *late, &job, "a").await.unwrap());
 }

@@ -489,7 +489,7 @@ async fn expired_sessions_and_revocations_are_purged(pool: PgPool) {
         access_ttl: std::time::Duration::from_secs(900),
         leeway: std::time::Duration::from_secs(30),
     };
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = common::db(&pool).begin().await.unwrap();
     let purged = purge_expired(&mut tx, window).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!((purged.refresh_tokens, purged.revocations), (1, 1));

@@ -96,7 +96,7 @@ pub async fn change(
         "FROM users WHERE username = $1 FOR UPDATE"
     ))
     .bind(username)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut tx)
     .await?
     .ok_or_else(|| AccountError::UnknownUser(username.to_owned()))?;
     // Only a change that takes something away ends sessions: a new admin gets the role
@@ -129,7 +129,7 @@ pub async fn change(
     .bind(before.id)
     .bind(disabled)
     .bind(role.as_str())
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut tx)
     .await?;
     let revoked_families = if takes_away {
         end_sessions(&mut tx, before.id).await?
@@ -156,7 +156,7 @@ pub async fn reset_mfa(
     let mut tx = pool.begin().await?;
     let id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE username = $1 FOR UPDATE")
         .bind(username)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await?
         .ok_or_else(|| AccountError::UnknownUser(username.to_owned()))?;
     let removed = sqlx::query(
@@ -165,7 +165,7 @@ pub async fn reset_mfa(
          DELETE FROM user_totp WHERE user_id = $1",
     )
     .bind(id)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?
     .rows_affected();
     if removed == 0 {
@@ -179,16 +179,13 @@ pub async fn reset_mfa(
 
 /// Revokes every live session (refresh-token family) of `user_id` in `tx`; the families,
 /// each once, for the caller to mirror once committed.
-async fn end_sessions(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    user_id: Uuid,
-) -> Result<Vec<Uuid>, sqlx::Error> {
+async fn end_sessions(tx: &mut crate::db::Tx, user_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
     let mut families: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE refresh_tokens SET revoked_at = now()
          WHERE user_id = $1 AND revoked_at IS NULL RETURNING family_id",
     )
     .bind(user_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     families.sort_unstable();
     families.dedup();

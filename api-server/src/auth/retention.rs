@@ -3,7 +3,7 @@
 //! challenges (second factor). The worker runs it as the `purge_expired` job, on the
 //! schedule `STOA_PURGE_INTERVAL` (`crate::jobs::schedule`).
 
-use sqlx::PgConnection;
+use crate::db::Tx;
 
 use crate::auth::revocation::MirrorWindow;
 
@@ -15,10 +15,7 @@ pub struct Purged {
 }
 
 /// One purge, in the caller's transaction.
-pub async fn purge_expired(
-    conn: &mut PgConnection,
-    window: MirrorWindow,
-) -> Result<Purged, sqlx::Error> {
+pub async fn purge_expired(conn: &mut Tx, window: MirrorWindow) -> Result<Purged, sqlx::Error> {
     // A refresh row also records its family's revocation, which access tokens issued with
     // it rely on until they expire (plus the leeway): keep the row that long.
     let refresh_tokens = sqlx::query(

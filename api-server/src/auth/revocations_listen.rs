@@ -60,7 +60,7 @@ async fn follow(
     let own = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(timeout)
-        .connect_lazy_with(pool.sqlx().connect_options().as_ref().clone());
+        .connect_lazy_with(pool.session_options().clone());
     let mut listener = tokio::time::timeout(timeout, PgListener::connect_with(&own)).await??;
     // A lost connection ends this feed (and the list's liveness) instead of reconnecting
     // quietly: what was sent meanwhile is only recovered by a new load.

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::db::Pool;
 use arc_swap::ArcSwap;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use sqlx::PgPool;
 use stoa_contract::mfa_keys::{MfaKeySetError, MfaKeySetFile, MfaKeyState};
 use uuid::Uuid;
 
@@ -189,7 +189,7 @@ pub struct ResealReport {
 /// Seals every row that is in the clear or under a key other than the active one, in
 /// batches of one transaction each. Replicas may run it at once: rows another replica has
 /// locked are skipped (it reseals them), and each pass visits every row once.
-pub async fn reseal_all(pool: &PgPool, sealer: &SecretSealer) -> Result<ResealReport, sqlx::Error> {
+pub async fn reseal_all(pool: &Pool, sealer: &SecretSealer) -> Result<ResealReport, sqlx::Error> {
     let mut report = ResealReport::default();
     let mut after = Uuid::nil();
     loop {
@@ -209,7 +209,7 @@ pub async fn reseal_all(pool: &PgPool, sealer: &SecretSealer) -> Result<ResealRe
         .bind(after)
         .bind(&active)
         .bind(RESEAL_BATCH)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut tx)
         .await?;
         let Some(last) = rows.last() else {
             return Ok(report);
@@ -239,7 +239,7 @@ pub async fn reseal_all(pool: &PgPool, sealer: &SecretSealer) -> Result<ResealRe
         .bind(&ids)
         .bind(&sealed)
         .bind(&kids)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         report.resealed += updated.rows_affected();
@@ -248,7 +248,7 @@ pub async fn reseal_all(pool: &PgPool, sealer: &SecretSealer) -> Result<ResealRe
 
 /// Second-factor secrets per sealing key (`None`: still in the clear), for
 /// `stoa-api mfa-keys status`: a retired key can be dropped once it has no rows.
-pub async fn rows_per_key(pool: &PgPool) -> Result<Vec<(Option<String>, i64)>, sqlx::Error> {
+pub async fn rows_per_key(pool: &Pool) -> Result<Vec<(Option<String>, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT CASE WHEN secret IS NOT NULL THEN NULL ELSE secret_key_id END AS kid, count(*)
          FROM user_totp GROUP BY 1 ORDER BY 1 NULLS FIRST",

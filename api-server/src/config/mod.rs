@@ -91,6 +91,11 @@ pub struct DatabaseConfig {
     pub application_name: String,
     /// A streaming replica for reads (`crate::reads`); `None`: every read on the primary.
     pub read: Option<ReadReplicaConfig>,
+    /// A transaction-mode pooler in front of PostgreSQL (`crate::db::pooler`): requests go
+    /// through it, `url` stays the direct connection for migrations and `LISTEN`. Without a
+    /// user name in it, it is logged into with `url`'s credentials (and follows their
+    /// rotation). `None`: requests connect directly.
+    pub pooler: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +342,7 @@ fn database_config<F: Fn(&str) -> Option<String>>(
             "stoa-api".to_owned(),
         ))?,
         read: read_replica(s, max_connections)?,
+        pooler: pooler_url(s)?,
     };
     Ok(database)
 }
@@ -586,6 +592,32 @@ fn worker_config<F: Fn(&str) -> Option<String>>(
             .read(Setting::new("STOA_RECOUNT_INTERVAL", secs(6 * 3600)).at_least(secs(1)))?,
     };
     Ok(worker)
+}
+
+/// `STOA_DATABASE_POOLER_URL`.
+fn pooler_url<F: Fn(&str) -> Option<String>>(
+    s: &mut EnvReader<'_, F>,
+) -> Result<Option<Secret>, ConfigError> {
+    let Some((url, _)) = s.secret_url(
+        "STOA_DATABASE_POOLER_URL",
+        &["postgres", "postgresql"],
+        "(not set: requests connect to PostgreSQL directly)",
+    )?
+    else {
+        return Ok(None);
+    };
+    if url
+        .expose()
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .is_err()
+    {
+        return Err(ConfigError::Invalid {
+            name: "STOA_DATABASE_POOLER_URL",
+            value: "<redacted>".into(),
+            reason: "is not a valid PostgreSQL URL".into(),
+        });
+    }
+    Ok(Some(url))
 }
 
 /// `STOA_DATABASE_READ_URL` and the settings that only matter with it.

@@ -44,6 +44,11 @@ const MEANINGS: &[Meaning] = &[
         meaning: r#"PostgreSQL `statement_timeout`"#,
     },
     Meaning {
+        name: "STOA_DATABASE_POOLER_URL",
+        default: None,
+        meaning: r#"a transaction-mode pooler in front of PostgreSQL, such as PgBouncer (see [Scaling the data tier](../running/data-tier.md)): requests go through it, each statement unnamed inside a transaction; `STOA_DATABASE_URL` stays the direct connection for migrations and `LISTEN`. Without a user name in it, it is logged into with `STOA_DATABASE_URL`'s credentials and follows their rotation. The read replica's pool is run the same way"#,
+    },
+    Meaning {
         name: "STOA_DATABASE_READ_URL",
         default: None,
         meaning: r#"a streaming replica for content reads (see [Read replicas](../running/tls-and-replicas.md#read-replicas)); without a user name in it, it is logged into with `STOA_DATABASE_URL`'s credentials and follows their rotation"#,

@@ -14,8 +14,10 @@ use stoa_contract::pod::{LoadedCredential, credential_fingerprint};
 use crate::config::{DatabaseConfig, ReadReplicaConfig, Secret};
 
 mod pool;
+mod pooler;
 
 pub use pool::Pool;
+pub use pooler::Tx;
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -39,26 +41,68 @@ pub fn migration_connect_options(url: &Secret) -> Result<PgConnectOptions, sqlx:
     Ok(options.application_name("stoa-api-migrate"))
 }
 
-/// A lazily connecting pool: the server starts (and reports not-ready) even while the
-/// database is unreachable, and connects as soon as it can.
-pub fn pool(url: &Secret, config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
-    lazy_pool(url, config, config.max_connections)
+/// The server's request pool, lazily connecting: the server starts (and reports not-ready)
+/// even while the database is unreachable, and connects as soon as it can. Through the
+/// pooler when one is configured (`STOA_DATABASE_POOLER_URL`), logged in as `url` says.
+pub fn pool(url: &Secret, config: &DatabaseConfig) -> Result<Pool, sqlx::Error> {
+    let direct = connect_options(url, config)?;
+    match &config.pooler {
+        None => Ok(Pool::new(lazy_pool(direct, config, config.max_connections))),
+        Some(pooler) => pooled(
+            &with_credentials_of(pooler, url),
+            direct,
+            config,
+            config.max_connections,
+        ),
+    }
 }
 
-/// A lazily connecting pool of at most `max_connections` for `url`, with `config`'s other
-/// settings.
-fn lazy_pool(
+/// `direct` as the server's request pool (tests pass their own database's pool), or, with a
+/// pooler configured, a pool through the pooler whose sessions go to `direct`'s database.
+pub fn pool_over(direct: PgPool, config: &DatabaseConfig) -> Result<Pool, sqlx::Error> {
+    match &config.pooler {
+        None => Ok(Pool::new(direct)),
+        Some(pooler) => pooled(
+            &with_credentials_of(pooler, &config.url),
+            direct.connect_options().as_ref().clone(),
+            config,
+            config.max_connections,
+        ),
+    }
+}
+
+/// A pool of at most `max_connections` through the transaction pooler at `url`
+/// (`pooler`): no startup parameter PgBouncer refuses (`options`, `extra_float_digits`),
+/// no statement cache, the statement timeout set in every transaction instead.
+fn pooled(
     url: &Secret,
+    sessions: PgConnectOptions,
     config: &DatabaseConfig,
     max_connections: u32,
-) -> Result<PgPool, sqlx::Error> {
-    Ok(PgPoolOptions::new()
+) -> Result<Pool, sqlx::Error> {
+    let options: PgConnectOptions = url.expose().parse()?;
+    let options = options
+        .application_name(&config.application_name)
+        .extra_float_digits(None)
+        .statement_cache_capacity(0)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
+    Ok(Pool::behind_pooler(
+        lazy_pool(options, config, max_connections),
+        pooler::begin_statement(config.statement_timeout),
+        sessions,
+    ))
+}
+
+/// A lazily connecting pool of at most `max_connections` with `options`, with `config`'s
+/// other settings.
+fn lazy_pool(options: PgConnectOptions, config: &DatabaseConfig, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(config.min_connections.min(max_connections))
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .test_before_acquire(false)
-        .connect_lazy_with(connect_options(url, config)?))
+        .connect_lazy_with(options)
 }
 
 /// Creates the database named in `url` if it does not exist (used by `serve --dev` only).
@@ -142,9 +186,9 @@ pub struct Replaced {
 }
 
 impl Db {
-    pub fn new(pool: PgPool, url: &Secret) -> Self {
+    pub fn new(pool: Pool, url: &Secret) -> Self {
         Db {
-            pool: ArcSwap::from_pointee(Pool::new(pool)),
+            pool: ArcSwap::from_pointee(pool),
             credential: ArcSwap::from_pointee(credential_of(url)),
             replica: None,
         }
@@ -160,7 +204,7 @@ impl Db {
         if let Some(read) = &config.read {
             let pool = replica_pool(read, config, primary_url)?;
             self.replica = Some(Replica {
-                pool: ArcSwap::from_pointee(Pool::new(pool)),
+                pool: ArcSwap::from_pointee(pool),
                 config: read.clone(),
                 database: config.clone(),
             });
@@ -181,15 +225,15 @@ impl Db {
     /// Installs a new pool for `url` (and, when the replica follows the primary's
     /// credentials, a new replica pool logged in the same way) and returns the previous
     /// ones for the caller to drain.
-    pub fn replace(&self, pool: PgPool, url: &Secret) -> Replaced {
-        let primary = self.pool.swap(Arc::new(Pool::new(pool)));
+    pub fn replace(&self, pool: Pool, url: &Secret) -> Replaced {
+        let primary = self.pool.swap(Arc::new(pool));
         self.credential.store(Arc::new(credential_of(url)));
         let replica = self
             .replica
             .as_ref()
             .filter(|r| !has_credentials(&r.config.url))
             .and_then(|r| match replica_pool(&r.config, &r.database, url) {
-                Ok(pool) => Some(r.pool.swap(Arc::new(Pool::new(pool)))),
+                Ok(pool) => Some(r.pool.swap(Arc::new(pool))),
                 // Unreachable in practice: both URLs parsed before.
                 Err(error) => {
                     tracing::error!(error = %error, "cannot build the read replica's pool with the new credentials; keeping the previous one");
@@ -213,16 +257,19 @@ impl Db {
     }
 }
 
+/// The replica's pool; run for a pooler when the primary's is (the replica may well be
+/// behind one too, and unnamed statements in transactions are correct on either).
 fn replica_pool(
     read: &ReadReplicaConfig,
     config: &DatabaseConfig,
     primary_url: &Secret,
-) -> Result<PgPool, sqlx::Error> {
-    lazy_pool(
-        &replica_url(&read.url, primary_url),
-        config,
-        read.max_connections,
-    )
+) -> Result<Pool, sqlx::Error> {
+    let url = with_credentials_of(&read.url, primary_url);
+    let direct = connect_options(&url, config)?;
+    match config.pooler {
+        None => Ok(Pool::new(lazy_pool(direct, config, read.max_connections))),
+        Some(_) => pooled(&url, direct, config, read.max_connections),
+    }
 }
 
 /// Whether a PostgreSQL URL names its user (`postgres://user[:password]@host/…`).
@@ -241,19 +288,19 @@ fn authority(url: &str) -> Option<(Option<&str>, &str)> {
     })
 }
 
-/// The URL the replica is logged into: its own, or, when it names no user, its own with the
-/// primary's user and password (a physical standby has the primary's roles, so a rotated
-/// credential works on both).
-fn replica_url(read: &Secret, primary: &Secret) -> Secret {
-    if has_credentials(read) {
-        return read.clone();
+/// The URL a replica or a pooler is logged into: its own, or, when it names no user, its
+/// own with the primary's user and password (a physical standby has the primary's roles,
+/// and a pooler authenticates against them, so a rotated credential works on all three).
+fn with_credentials_of(url: &Secret, primary: &Secret) -> Secret {
+    if has_credentials(url) {
+        return url.clone();
     }
     let Some((Some(userinfo), _)) = authority(primary.expose()) else {
-        return read.clone();
+        return url.clone();
     };
-    match read.expose().split_once("://") {
+    match url.expose().split_once("://") {
         Some((scheme, rest)) => Secret::new(format!("{scheme}://{userinfo}@{rest}")),
-        None => read.clone(),
+        None => url.clone(),
     }
 }
 
@@ -281,7 +328,7 @@ mod tests {
     fn a_replica_url_without_a_user_takes_the_primarys_credentials() {
         let primary = url("postgres://stoa_a:s3cret@primary:5432/stoa?sslmode=verify-full");
         assert_eq!(
-            replica_url(
+            with_credentials_of(
                 &url("postgres://standby:5432/stoa?sslmode=verify-full"),
                 &primary
             )
@@ -289,7 +336,7 @@ mod tests {
             "postgres://stoa_a:s3cret@standby:5432/stoa?sslmode=verify-full"
         );
         assert_eq!(
-            replica_url(&url("postgresql://standby"), &primary).expose(),
+            with_credentials_of(&url("postgresql://standby"), &primary).expose(),
             "postgresql://stoa_a:s3cret@standby"
         );
     }
@@ -298,18 +345,18 @@ mod tests {
     fn a_replica_url_with_its_own_user_is_used_as_given() {
         let primary = url("postgres://stoa_a:s3cret@primary/stoa");
         let own = url("postgres://reader:pw@standby/stoa");
-        assert_eq!(replica_url(&own, &primary).expose(), own.expose());
+        assert_eq!(with_credentials_of(&own, &primary).expose(), own.expose());
         assert!(has_credentials(&own));
         // An `@` after the host (in a query value) is not user info.
         let odd = url("postgres://standby/stoa?options=a@b");
         assert!(!has_credentials(&odd));
         assert_eq!(
-            replica_url(&odd, &primary).expose(),
+            with_credentials_of(&odd, &primary).expose(),
             "postgres://stoa_a:s3cret@standby/stoa?options=a@b"
         );
         // A primary without credentials (trust, or PGPASSWORD) gives none.
         assert_eq!(
-            replica_url(
+            with_credentials_of(
                 &url("postgres://standby/stoa"),
                 &url("postgres://primary/stoa")
             )

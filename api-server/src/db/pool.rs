@@ -31,10 +31,12 @@ use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use sqlx::pool::{MaybePoolConnection, PoolConnection};
-use sqlx::postgres::{PgQueryResult, PgRow, PgStatement, PgTypeInfo};
+use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Describe, Either, Execute, Executor, PgPool, Postgres, SqlStr};
 use sqlx::{Error, Transaction};
 use tokio::sync::oneshot;
+
+use super::pooler::{Tx, Unnamed, named_statement_refused};
 
 /// Consecutive hand-offs after which a connection goes back through sqlx's pool (one ping,
 /// and its age checked against the pool's maximum lifetime), so that under sustained load
@@ -54,6 +56,11 @@ impl std::fmt::Debug for Pool {
 struct Shared {
     sqlx: PgPool,
     waiting: Mutex<Waiting>,
+    /// Behind a transaction pooler: the statement every transaction begins with (see
+    /// `super::pooler`). `None`: connected directly.
+    pooler_begin: Option<SqlStr>,
+    /// Where a connection that holds a session (`LISTEN`) goes: PostgreSQL itself.
+    session_options: PgConnectOptions,
 }
 
 /// Tasks waiting for a connection, oldest first.
@@ -70,11 +77,38 @@ struct Held {
 }
 
 impl Pool {
+    /// A pool connected directly to PostgreSQL.
     pub fn new(sqlx: PgPool) -> Self {
+        let session_options = sqlx.connect_options().as_ref().clone();
         Pool(Arc::new(Shared {
             sqlx,
             waiting: Mutex::default(),
+            pooler_begin: None,
+            session_options,
         }))
+    }
+
+    /// A pool whose connections go through a transaction pooler: every statement in a
+    /// transaction that begins with `begin`, unnamed (`super::pooler`). Sessions connect
+    /// with `session_options`, directly.
+    pub fn behind_pooler(sqlx: PgPool, begin: SqlStr, session_options: PgConnectOptions) -> Self {
+        Pool(Arc::new(Shared {
+            sqlx,
+            waiting: Mutex::default(),
+            pooler_begin: Some(begin),
+            session_options,
+        }))
+    }
+
+    /// Whether statements go through a transaction pooler.
+    pub fn is_behind_pooler(&self) -> bool {
+        self.0.pooler_begin.is_some()
+    }
+
+    /// How to open a connection that holds a session of its own (`LISTEN`): directly to
+    /// PostgreSQL, whether or not requests go through a pooler.
+    pub fn session_options(&self) -> &PgConnectOptions {
+        &self.0.session_options
     }
 
     /// The sqlx pool underneath: for its size and state, and to close it.
@@ -83,16 +117,20 @@ impl Pool {
     }
 
     /// A connection for several statements. It goes back through sqlx's pool when dropped.
+    /// Behind a pooler its statements are not made safe: use [`Pool::begin`] there.
     pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, Error> {
         Ok(self.take().await?.conn)
     }
 
     /// A transaction on a connection of its own.
-    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
+    pub async fn begin(&self) -> Result<Tx, Error> {
         let conn = self.acquire().await?;
         // What sqlx's own `Pool::begin` does (`Transaction::begin` is public, hidden from
         // its documentation).
-        Transaction::begin(MaybePoolConnection::PoolConnection(conn), None).await
+        let begin = self.0.pooler_begin.clone();
+        let unnamed = begin.is_some();
+        let inner = Transaction::begin(MaybePoolConnection::PoolConnection(conn), begin).await?;
+        Ok(Tx::new(inner, unnamed))
     }
 
     /// Closes the pool: waits for every connection to come back, and closes them.
@@ -234,14 +272,31 @@ impl<'p> Executor<'p> for &'_ Pool {
         let pool = self.clone();
         Box::pin(async_stream::try_stream! {
             let mut held = pool.take().await?;
-            {
-                let mut results = held.conn.fetch_many(query);
-                while let Some(result) = results.try_next().await? {
-                    yield result;
+            match pool.0.pooler_begin.clone() {
+                None => {
+                    let mut results = held.conn.fetch_many(query);
+                    while let Some(result) = results.try_next().await? {
+                        yield result;
+                    }
+                }
+                Some(begin) => {
+                    let mut tx = Transaction::<Postgres>::begin(
+                        MaybePoolConnection::Connection(&mut *held.conn),
+                        Some(begin),
+                    )
+                    .await?;
+                    {
+                        let mut results = (&mut *tx).fetch_many(Unnamed(query));
+                        while let Some(result) = results.try_next().await? {
+                            yield result;
+                        }
+                    }
+                    tx.commit().await?;
                 }
             }
             // The stream ran to PostgreSQL's `ReadyForQuery`: nothing is left to read. (A
-            // stream dropped early or failed drops `held` instead, back to sqlx's pool.)
+            // stream dropped early or failed drops `held` instead, back to sqlx's pool,
+            // which also rolls back a transaction left open behind a pooler.)
             pool.completed(held);
         })
     }
@@ -254,7 +309,19 @@ impl<'p> Executor<'p> for &'_ Pool {
         Box::pin(async move {
             let mut held = pool.take().await?;
             // sqlx reads every response up to `ReadyForQuery` before it returns the row.
-            let row = held.conn.fetch_optional(query).await?;
+            let row = match pool.0.pooler_begin.clone() {
+                None => held.conn.fetch_optional(query).await?,
+                Some(begin) => {
+                    let mut tx = Transaction::<Postgres>::begin(
+                        MaybePoolConnection::Connection(&mut *held.conn),
+                        Some(begin),
+                    )
+                    .await?;
+                    let row = (&mut *tx).fetch_optional(Unnamed(query)).await?;
+                    tx.commit().await?;
+                    row
+                }
+            };
             pool.completed(held);
             Ok(row)
         })
@@ -269,7 +336,12 @@ impl<'p> Executor<'p> for &'_ Pool {
         'p: 'e,
     {
         let pool = self.clone();
-        Box::pin(async move { pool.acquire().await?.prepare_with(sql, parameters).await })
+        Box::pin(async move {
+            if pool.is_behind_pooler() {
+                return Err(named_statement_refused());
+            }
+            pool.acquire().await?.prepare_with(sql, parameters).await
+        })
     }
 
     fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<Describe<Postgres>, Error>> {
@@ -404,10 +476,10 @@ mod tests {
         };
 
         let mut tx = pool.begin().await.unwrap();
-        insert(1).execute(&mut *tx).await.unwrap();
+        insert(1).execute(&mut tx).await.unwrap();
         let in_transaction: bool =
             sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut tx)
                 .await
                 .unwrap();
         assert!(in_transaction, "statements ran outside a transaction");
@@ -415,12 +487,12 @@ mod tests {
         assert_eq!(rows().await, 1);
 
         let mut tx = pool.begin().await.unwrap();
-        insert(2).execute(&mut *tx).await.unwrap();
+        insert(2).execute(&mut tx).await.unwrap();
         drop(tx);
         assert_eq!(rows().await, 1, "a dropped transaction must roll back");
 
         let mut tx = pool.begin().await.unwrap();
-        insert(3).execute(&mut *tx).await.unwrap();
+        insert(3).execute(&mut tx).await.unwrap();
         tx.rollback().await.unwrap();
         assert_eq!(rows().await, 1);
         pool.close().await;
@@ -499,7 +571,7 @@ mod tests {
         let mut tx = pool.begin().await.unwrap();
         let passed = done.load(Ordering::SeqCst) - asked;
         let in_tx: i32 = sqlx::query_scalar("SELECT 2")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -636,7 +708,7 @@ mod tests {
         // before the connection serves anyone else.
         let mut tx = pool.begin().await.unwrap();
         sqlx::query("INSERT INTO notes VALUES (1)")
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .unwrap();
         drop(tx);

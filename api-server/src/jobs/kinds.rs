@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, types::Uuid};
+use sqlx::types::Uuid;
+
+use crate::db::Tx;
 
 use crate::auth::revocation::MirrorWindow;
 
@@ -61,7 +63,7 @@ pub struct ExportPayload {
 
 /// Runs one job in `tx`; the returned JSON is logged with the job's completion.
 pub async fn run(
-    tx: &mut PgConnection,
+    tx: &mut Tx,
     kind: Kind,
     payload: &serde_json::Value,
     context: Context,
@@ -92,7 +94,7 @@ pub async fn run(
 /// Writes the account's export document: profile, articles, comments, favorites and
 /// follows, built in one statement. Nothing to do when the account (and so its export
 /// request) is gone.
-async fn export_account(tx: &mut PgConnection, user_id: Uuid) -> Result<bool, sqlx::Error> {
+async fn export_account(tx: &mut Tx, user_id: Uuid) -> Result<bool, sqlx::Error> {
     let written = sqlx::query(
         "UPDATE account_exports e SET ready_at = now(), revision = e.revision + 1, document = (
             SELECT jsonb_build_object(
@@ -124,10 +126,7 @@ async fn export_account(tx: &mut PgConnection, user_id: Uuid) -> Result<bool, sq
     Ok(written > 0)
 }
 
-async fn purge_finished_jobs(
-    tx: &mut PgConnection,
-    retention: Duration,
-) -> Result<u64, sqlx::Error> {
+async fn purge_finished_jobs(tx: &mut Tx, retention: Duration) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "DELETE FROM jobs WHERE state = 'done' AND finished_at < now() - make_interval(secs => $1)",
     )
@@ -156,7 +155,7 @@ pub struct Repaired {
 /// repair itself wrong.
 /// It stays whole (over ~80 lines): one lock, then one check-and-repair statement per
 /// counter, in the order the locks allow; split, the lock would no longer be visibly held.
-pub async fn recount_counters(tx: &mut PgConnection) -> Result<Repaired, sqlx::Error> {
+pub async fn recount_counters(tx: &mut Tx) -> Result<Repaired, sqlx::Error> {
     sqlx::query("LOCK TABLE favorites, articles IN SHARE MODE")
         .execute(&mut *tx)
         .await?;

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgConnection;
+use sqlx::PgExecutor;
 
 use crate::db::Pool;
 
@@ -42,7 +42,7 @@ pub enum Claim {
 /// returns its id when it was added. Runs on the caller's connection, so a job enqueued in
 /// a transaction exists exactly when the transaction commits.
 pub async fn enqueue(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     kind: Kind,
     payload: &serde_json::Value,
     key: Option<&str>,
@@ -122,7 +122,7 @@ pub async fn claim(pool: &Pool, worker: &str, lease: Duration) -> Result<Claim, 
 /// runs. `false` when the job is no longer this worker's (its lease ran out and another
 /// worker took it).
 pub async fn hold(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     job: &Claimed,
     worker: &str,
 ) -> Result<bool, sqlx::Error> {
@@ -137,7 +137,7 @@ pub async fn hold(
 }
 
 /// In the job's transaction, after its handler: the job is done when it commits.
-pub async fn finish(conn: &mut PgConnection, job: &Claimed) -> Result<(), sqlx::Error> {
+pub async fn finish(conn: impl PgExecutor<'_>, job: &Claimed) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE jobs SET state = 'done', finished_at = now(), locked_by = NULL, last_error = NULL
           WHERE id = $1",

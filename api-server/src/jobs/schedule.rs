@@ -35,7 +35,7 @@ pub async fn tick(
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(SCHEDULER_LOCK)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await?;
     if !locked {
         tx.rollback().await?;
@@ -50,7 +50,7 @@ pub async fn tick(
         )
         .bind(schedule.kind.as_str())
         .bind(schedule.every.as_secs_f64())
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?
         .rows_affected()
             > 0;

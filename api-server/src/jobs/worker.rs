@@ -240,7 +240,7 @@ impl Worker {
         // The pool's statement timeout is the API's; a job has its own deadline.
         sqlx::query("SELECT set_config('statement_timeout', $1, true)")
             .bind(format!("{}ms", self.config.job_timeout.as_millis()))
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         if !queue::hold(&mut tx, job, &self.id).await? {
             return Ok(None);
@@ -276,7 +276,7 @@ impl Worker {
         let pool = self.database.pool().clone();
         let own = PgPoolOptions::new()
             .max_connections(1)
-            .connect_lazy_with(pool.sqlx().connect_options().as_ref().clone());
+            .connect_lazy_with(pool.session_options().clone());
         let mut listener = PgListener::connect_with(&own).await?;
         listener.listen(CHANNEL).await?;
         loop {

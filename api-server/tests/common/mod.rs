@@ -2,6 +2,7 @@
 //! `#[sqlx::test]`), driven over HTTP.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod pgbouncer;
 pub mod replica;
 pub mod tls;
 
