@@ -12,6 +12,10 @@
 #   BENCH_ROUNDS     rounds of both builds, alternating which runs first (default 1);
 #                    the table gives each share's mean over the rounds.
 #   BENCH_REDIS_URL  benchmark with Redis.
+#   BENCH_PGBOUNCER  1: requests through a PgBouncer in transaction mode (Debian's
+#                    pgbouncer, 8 server connections, the pool's default size) that this
+#                    script starts on BENCH_PGBOUNCER_PORT (default 16432); migrations and
+#                    LISTEN stay direct.
 #   STOA_API_BIN     benchmark another build of the server instead of this checkout's.
 # stoa-load starts stoa-bare (the bare-handler limit) itself, in every run.
 set -euo pipefail
@@ -22,7 +26,7 @@ DB=stoa_bench
 PORT=${BENCH_PORT:-18080}
 ADMIN_PORT=${BENCH_ADMIN_PORT:-19090}
 WORK=$(mktemp -d)
-trap '[ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap '[ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; [ -f "$WORK/bouncer/pgbouncer.pid" ] && kill "$(cat "$WORK/bouncer/pgbouncer.pid")" 2>/dev/null; rm -rf "$WORK"' EXIT
 
 # The many_* scenarios hold 10,000 connections: the harness and the server it starts need a
 # descriptor each (plus their own). Raised here, for this run only, never in the product.
@@ -80,6 +84,35 @@ export STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEILING=${STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEI
 # waiting to be accepted. Each costs about 20 KiB while in use (docs/benchmarks.md, "Memory budget").
 export STOA_MAX_CONNECTIONS=${STOA_MAX_CONNECTIONS:-12000}
 [ -n "${BENCH_REDIS_URL:-}" ] && export STOA_REDIS_URL="$BENCH_REDIS_URL"
+if [ "${BENCH_PGBOUNCER:-}" = 1 ]; then
+  BOUNCER_PORT=${BENCH_PGBOUNCER_PORT:-16432}
+  mkdir -p "$WORK/bouncer"
+  cat >"$WORK/bouncer/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=5432
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+pool_mode = transaction
+auth_type = trust
+auth_file = $WORK/bouncer/userlist.txt
+max_client_conn = 1000
+default_pool_size = 8
+logfile = $WORK/bouncer/pgbouncer.log
+pidfile = $WORK/bouncer/pgbouncer.pid
+INI
+  echo '"postgres" ""' >"$WORK/bouncer/userlist.txt"
+  # PgBouncer refuses to run as root.
+  if [ "$(id -u)" = 0 ]; then
+    chown -R postgres "$WORK"
+    runuser -u postgres -- /usr/sbin/pgbouncer -d "$WORK/bouncer/pgbouncer.ini"
+  else
+    /usr/sbin/pgbouncer -d "$WORK/bouncer/pgbouncer.ini"
+  fi
+  export STOA_DATABASE_POOLER_URL="postgres://postgres@127.0.0.1:$BOUNCER_PORT/$DB"
+  echo "requests through PgBouncer (transaction mode) on 127.0.0.1:$BOUNCER_PORT"
+fi
 
 # One build on a fresh database: start it, seed and measure, stop it. $1: the server
 # binary, $2: a label, $3: where the results go (JSON); the rest: stoa-load's arguments.

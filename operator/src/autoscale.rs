@@ -17,6 +17,8 @@
 //!   maximum is the least of `maxReplicas`, what PostgreSQL's `max_connections` allows at
 //!   this pool size (plus the revocation listener's connection without Redis) after the
 //!   reserve and the minimum of workers' connections, and what Redis's `maxclients` allows.
+//!   With a pooler in front (`spec.database.pooler`), the pools count against the pooler's
+//!   client limit instead, and PostgreSQL only against the direct `LISTEN` sessions.
 
 use std::time::Duration;
 
@@ -43,9 +45,21 @@ pub struct Policy {
     pub max: i32,
     /// PostgreSQL connections left for migrations and admin sessions.
     pub reserved_connections: u32,
-    /// PostgreSQL connections per pod: its pool (`spec.database.maxConnections`), plus,
-    /// without Redis, the one its revocation feed listens on (stoa-api's `auth::revocations_listen`).
+    /// PostgreSQL connections per pod: its pool (`spec.database.maxConnections`) unless
+    /// it goes through a pooler, plus, without Redis, the one its revocation feed listens
+    /// on (stoa-api's `auth::revocations_listen`, always direct).
     pub connections_per_pod: u32,
+    /// With a pooler in front: what its client-connection limit allows.
+    pub pooler: Option<PoolerBound>,
+}
+
+/// The pooler's share of the bound: pods' pools count against its client limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolerBound {
+    /// `spec.database.pooler.maxClientConnections` less the workers' minimum pools.
+    pub usable: u32,
+    /// Pool connections per API pod (`spec.database.maxConnections`).
+    pub per_pod: u32,
 }
 
 impl Policy {
@@ -59,6 +73,23 @@ impl Policy {
         if concurrency.target < 1 {
             return Err("autoscaling.concurrency.target must be at least 1".into());
         }
+        let pool = u32::try_from(stoa.spec.database.max_connections)
+            .unwrap_or(1)
+            .max(1);
+        let workers = u32::try_from(crate::resources::worker_reserve(stoa)).unwrap_or(0);
+        let listener = u32::from(stoa.spec.redis.is_none());
+        let pooler = stoa
+            .spec
+            .database
+            .pooler
+            .as_ref()
+            .map(|pooler| PoolerBound {
+                usable: u32::try_from(pooler.max_client_connections)
+                    .unwrap_or(0)
+                    .saturating_sub(workers),
+                per_pod: pool,
+            });
+        let reserved = u32::try_from(scaling.reserved_connections).unwrap_or(0);
         Ok(Policy {
             target: f64::from(concurrency.target),
             stable_window,
@@ -67,13 +98,11 @@ impl Policy {
             max_scale_down_rate: f64::from(concurrency.max_scale_down_rate.max(1)),
             min: scaling.min_replicas,
             max: scaling.max_replicas,
-            // The workers' minimum always runs: its connections are not the API's to take.
-            reserved_connections: u32::try_from(scaling.reserved_connections).unwrap_or(0)
-                + u32::try_from(crate::resources::worker_reserve(stoa)).unwrap_or(0),
-            connections_per_pod: u32::try_from(stoa.spec.database.max_connections)
-                .unwrap_or(1)
-                .max(1)
-                + u32::from(stoa.spec.redis.is_none()),
+            // The workers' minimum always runs: its connections are not the API's to take
+            // (behind a pooler they are the pooler's clients instead).
+            reserved_connections: reserved + if pooler.is_some() { 0 } else { workers },
+            connections_per_pod: if pooler.is_some() { 0 } else { pool } + listener,
+            pooler,
         })
     }
 }
@@ -109,6 +138,7 @@ pub struct PanicState {
 pub enum Limit {
     Spec,
     Postgres,
+    Pooler,
     Redis,
 }
 
@@ -117,6 +147,7 @@ impl Limit {
         match self {
             Limit::Spec => "maxReplicas",
             Limit::Postgres => "postgres",
+            Limit::Pooler => "pooler",
             Limit::Redis => "redis",
         }
     }
@@ -125,17 +156,29 @@ impl Limit {
 /// The most pods the backing stores can serve, and which limit sets it.
 pub fn effective_max(policy: &Policy, limits: &[ServerLimits]) -> (i32, Limit) {
     let mut bound = (policy.max, Limit::Spec);
+    let pods_of = |usable: u32, per_pod: u32| {
+        i32::try_from(usable / per_pod.max(1))
+            .unwrap_or(i32::MAX)
+            .max(1)
+    };
+    if let Some(pooler) = policy.pooler {
+        let pods = pods_of(pooler.usable, pooler.per_pod);
+        if pods < bound.0 {
+            bound = (pods, Limit::Pooler);
+        }
+    }
     // The strictest limit any pod reports (they share the servers).
     for limit in limits {
-        let usable = limit
-            .postgres_max_connections
-            .saturating_sub(limit.postgres_reserved_connections)
-            .saturating_sub(policy.reserved_connections);
-        let pods = i32::try_from(usable / policy.connections_per_pod)
-            .unwrap_or(i32::MAX)
-            .max(1);
-        if pods < bound.0 {
-            bound = (pods, Limit::Postgres);
+        // Behind a pooler with Redis, a pod holds no direct connection at all.
+        if policy.connections_per_pod > 0 {
+            let usable = limit
+                .postgres_max_connections
+                .saturating_sub(limit.postgres_reserved_connections)
+                .saturating_sub(policy.reserved_connections);
+            let pods = pods_of(usable, policy.connections_per_pod);
+            if pods < bound.0 {
+                bound = (pods, Limit::Postgres);
+            }
         }
         if let Some(clients) = limit.redis_max_clients {
             let pods = i32::try_from(clients / REDIS_CONNECTIONS_PER_POD)
@@ -280,6 +323,7 @@ mod tests {
             max: 20,
             reserved_connections: 10,
             connections_per_pod: 8,
+            pooler: None,
         }
     }
 
@@ -421,6 +465,56 @@ spec:
         let without = Policy::of(&stoa("")).unwrap();
         assert_eq!(without.connections_per_pod, 10);
         assert_eq!(effective_max(&without, &[limits]).0, 9);
+    }
+
+    /// Behind a pooler the pools are the pooler's clients: its limit bounds the count, and
+    /// PostgreSQL only the direct `LISTEN` sessions (none with Redis).
+    #[test]
+    fn behind_a_pooler_its_client_limit_bounds_the_count() {
+        let stoa = |redis: &str| -> Stoa {
+            serde_norway::from_str(&format!(
+                "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {{name: api}}
+spec:
+  image: stoa-api
+  database:
+    urlSecretRef: {{name: db}}
+    maxConnections: 9
+    pooler: {{urlSecretRef: {{name: pooler}}, maxClientConnections: 500}}
+  {redis}
+  autoscaling: {{mode: Concurrency, reservedConnections: 7, maxReplicas: 100}}
+  worker: {{minReplicas: 2, concurrency: 4}}"
+            ))
+            .unwrap()
+        };
+        // PostgreSQL's limit alone would allow (100 - 3 - 7) / 9 = 10 pods.
+        let limits = ServerLimits {
+            postgres_max_connections: 100,
+            postgres_reserved_connections: 3,
+            redis_max_clients: None,
+        };
+        let with_redis = Policy::of(&stoa("redis: {urlSecretRef: {name: r}}")).unwrap();
+        assert_eq!(with_redis.connections_per_pod, 0);
+        // Two workers of 4 + 3 connections: (500 - 14) / 9 = 54 pods.
+        assert_eq!(
+            with_redis.pooler,
+            Some(PoolerBound {
+                usable: 486,
+                per_pod: 9
+            })
+        );
+        assert_eq!(effective_max(&with_redis, &[limits]), (54, Limit::Pooler));
+        // Without Redis each pod listens on one direct connection: (100 - 3 - 7) / 1 = 90
+        // pods, still above the pooler's 54.
+        let without = Policy::of(&stoa("")).unwrap();
+        assert_eq!(without.connections_per_pod, 1);
+        assert_eq!(effective_max(&without, &[limits]), (54, Limit::Pooler));
+        let small = ServerLimits {
+            postgres_max_connections: 50,
+            ..limits
+        };
+        assert_eq!(effective_max(&without, &[small]), (40, Limit::Postgres));
     }
 
     #[test]

@@ -59,6 +59,7 @@ use serde::{Deserialize, Serialize};
         type_ = "integer",
         json_path = ".status.readyReplicas"
     ),
+    printcolumn(name = "Data Tier", type_ = "string", json_path = ".status.dataTier"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -148,6 +149,7 @@ impl Default for StoaSpec {
                 admin_secret_ref: None,
                 ca_secret_ref: None,
                 read_url_secret_ref: None,
+                pooler: None,
                 max_connections: default_pool(),
                 credential_rotation: CredentialRotationSpec::default(),
             },
@@ -212,7 +214,12 @@ pub struct DatabaseSpec {
     /// follows its rotation. Mounted into API pods only (the worker writes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_url_secret_ref: Option<SecretKeyRef>,
-    /// Connections per pod.
+    /// A connection pooler in front of PostgreSQL in transaction (or session) mode:
+    /// PgBouncer, CloudNativePG's Pooler, Zalando's connection pooler. The pods' requests
+    /// go through it; migrations and the pods' `LISTEN` sessions stay on `urlSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooler: Option<PoolerSpec>,
+    /// Connections per pod (to the pooler, when there is one).
     #[serde(default = "default_pool")]
     #[schemars(range(min = 1, max = 500))]
     pub max_connections: i32,
@@ -221,6 +228,23 @@ pub struct DatabaseSpec {
     /// `status.credentialRotation` says so.
     #[serde(default)]
     pub credential_rotation: CredentialRotationSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolerSpec {
+    /// Secret key holding the pooler's PostgreSQL URL (e.g.
+    /// `postgres://stoa-pooler-rw:5432/stoa?sslmode=require`). Without a user name in it,
+    /// pods log in with `urlSecretRef`'s credentials and follow their rotation; the pooler
+    /// must then authenticate against PostgreSQL's roles (PgBouncer's `auth_query`, as
+    /// CloudNativePG's Pooler does).
+    pub url_secret_ref: SecretKeyRef,
+    /// The pooler's limit on client connections for Stoa (PgBouncer's `max_client_conn`,
+    /// less what other clients of the pooler use): autoscaling keeps API pods ×
+    /// `maxConnections` (plus the workers' pools) under it, instead of PostgreSQL's
+    /// `max_connections`.
+    #[schemars(range(min = 1))]
+    pub max_client_connections: i32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -753,6 +777,9 @@ pub struct StoaStatus {
     /// The job workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<WorkerStatus>,
+    /// The data tier the pods use, e.g. `PostgreSQL via pooler, Redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_tier: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]

@@ -221,9 +221,30 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
         },
         autoscaling: facts.autoscaling.clone(),
         worker: facts.worker.clone().or_else(|| previous.worker.clone()),
+        data_tier: Some(data_tier(stoa)),
     };
     carry_transition_times(&previous, &mut next);
     next
+}
+
+/// What the pods connect to, in words: `PostgreSQL` or `PostgreSQL via pooler`, a read
+/// replica, and Redis or its absence.
+pub fn data_tier(stoa: &Stoa) -> String {
+    let database = &stoa.spec.database;
+    let mut tier = String::from(if database.pooler.is_some() {
+        "PostgreSQL via pooler"
+    } else {
+        "PostgreSQL"
+    });
+    if database.read_url_secret_ref.is_some() {
+        tier.push_str(" + read replica");
+    }
+    tier.push_str(if stoa.spec.redis.is_some() {
+        ", Redis"
+    } else {
+        ", no Redis"
+    });
+    tier
 }
 
 fn ready(o: &Observed<'_>) -> Condition {
@@ -237,8 +258,10 @@ fn ready(o: &Observed<'_>) -> Condition {
         &ready::UNAVAILABLE
     };
     let message = format!(
-        "{}/{} replicas ready",
-        o.deployment.ready, o.deployment.desired
+        "{}/{} replicas ready; data tier: {}",
+        o.deployment.ready,
+        o.deployment.desired,
+        data_tier(o.stoa)
     );
     because(ready::TYPE, reason, message, o.generation)
 }

@@ -787,3 +787,47 @@ fn the_crd_refuses_a_name_its_service_and_labels_could_not_carry() {
         assert!(!admits(bad), "{bad}");
     }
 }
+
+/// A pooler's URL reaches both programs (the worker's job transactions go through it too),
+/// and the Stoa's status names the tier.
+#[test]
+fn a_pooler_url_is_mounted_into_api_and_worker_pods() {
+    let s = with_spec(stoa("api"), |spec| {
+        spec.database.pooler = Some(
+            serde_json::from_value(json!({
+                "urlSecretRef": {"name": "db-pooler", "key": "url"},
+                "maxClientConnections": 400
+            }))
+            .unwrap(),
+        );
+    });
+    let cm = resources::config_map(&s).unwrap();
+    let pod_of = |deployment: k8s_openapi::api::apps::v1::Deployment| {
+        deployment.spec.unwrap().template.spec.unwrap()
+    };
+    let api = pod_of(resources::deployment(&s, &cm, "img").unwrap());
+    let worker = pod_of(resources::worker_deployment(&s, &cm, "img", 1).unwrap());
+    for pod in [&api, &worker] {
+        assert_eq!(
+            env_of(pod, stoa_contract::env::DATABASE_POOLER_URL_FILE).as_deref(),
+            Some("/var/run/stoa/database-pooler/url")
+        );
+        assert_eq!(
+            secret_of(pod, "database-pooler"),
+            Some(("db-pooler".into(), "url".into(), "url".into()))
+        );
+        assert!(mounted_read_only(pod, "/var/run/stoa/database-pooler"));
+    }
+    assert_eq!(
+        stoa_contract::env::DATABASE_POOLER_URL_FILE,
+        "STOA_DATABASE_POOLER_URL_FILE"
+    );
+    assert_eq!(
+        stoa_operator::status::data_tier(&s),
+        "PostgreSQL via pooler, no Redis"
+    );
+    assert_eq!(
+        stoa_operator::status::data_tier(&stoa("api")),
+        "PostgreSQL, no Redis"
+    );
+}

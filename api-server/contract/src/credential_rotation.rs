@@ -62,8 +62,15 @@ pub enum CredentialCommand {
         password_file: String,
     },
     /// Wait (at most `wait_seconds`) until no session of `role` remains, then remove its
-    /// password; exit [`EXIT_SESSIONS_REMAIN`] if sessions remain.
-    Expire { role: String, wait_seconds: u64 },
+    /// password; exit [`EXIT_SESSIONS_REMAIN`] if sessions remain. With
+    /// `end_idle_sessions` (a pooler in front), the role's idle sessions, which are the
+    /// pooler's server connections once every pod has moved on, are ended rather than
+    /// waited for.
+    Expire {
+        role: String,
+        wait_seconds: u64,
+        end_idle_sessions: bool,
+    },
     /// Drop the login roles and the group (the Stoa is being deleted).
     Drop { group: String },
 }
@@ -85,13 +92,22 @@ impl CredentialCommand {
                 "--password-file".into(),
                 password_file.clone(),
             ]),
-            CredentialCommand::Expire { role, wait_seconds } => args.extend([
-                "expire".into(),
-                "--role".into(),
-                role.clone(),
-                "--wait-seconds".into(),
-                wait_seconds.to_string(),
-            ]),
+            CredentialCommand::Expire {
+                role,
+                wait_seconds,
+                end_idle_sessions,
+            } => {
+                args.extend([
+                    "expire".into(),
+                    "--role".into(),
+                    role.clone(),
+                    "--wait-seconds".into(),
+                    wait_seconds.to_string(),
+                ]);
+                if *end_idle_sessions {
+                    args.push("--end-idle-sessions".into());
+                }
+            }
             CredentialCommand::Drop { group } => {
                 args.extend(["drop".into(), "--group".into(), group.clone()]);
             }
@@ -129,11 +145,12 @@ mod tests {
 
     #[test]
     fn commands_name_their_arguments() {
-        let args = CredentialCommand::Expire {
+        let expire = |end_idle_sessions| CredentialCommand::Expire {
             role: "g_a".into(),
             wait_seconds: 60,
-        }
-        .args("/dev/termination-log");
+            end_idle_sessions,
+        };
+        let args = expire(false).args("/dev/termination-log");
         assert_eq!(
             args,
             [
@@ -146,6 +163,10 @@ mod tests {
                 "--report-file",
                 "/dev/termination-log"
             ]
+        );
+        assert_eq!(
+            expire(true).args("/r")[5..],
+            ["60", "--end-idle-sessions", "--report-file", "/r"]
         );
     }
 }

@@ -13,6 +13,8 @@ pub const DATABASE_URL_FILE: &str = "STOA_DATABASE_URL_FILE";
 pub const DB_MAX_CONNECTIONS: &str = "STOA_DB_MAX_CONNECTIONS";
 /// A streaming replica for content reads, as a mounted file.
 pub const DATABASE_READ_URL_FILE: &str = "STOA_DATABASE_READ_URL_FILE";
+/// A transaction-mode pooler in front of PostgreSQL, as a mounted file.
+pub const DATABASE_POOLER_URL_FILE: &str = "STOA_DATABASE_POOLER_URL_FILE";
 /// The session name in `pg_stat_activity`; the operator sets the pod's name.
 pub const DB_APPLICATION_NAME: &str = "STOA_DB_APPLICATION_NAME";
 pub const REDIS_URL: &str = "STOA_REDIS_URL";

@@ -12,6 +12,8 @@ pub const MIGRATION_DATABASE_MOUNT: &str = "/var/run/stoa/migration-database";
 pub const REDIS_MOUNT: &str = "/var/run/stoa/redis";
 /// The read replica's URL Secret key (`spec.database.readUrlSecretRef`), API pods only.
 pub const DATABASE_READ_MOUNT: &str = "/var/run/stoa/database-read";
+/// The pooler's URL (`spec.database.pooler.urlSecretRef`).
+pub const DATABASE_POOLER_MOUNT: &str = "/var/run/stoa/database-pooler";
 /// The CA certificates of PostgreSQL's and Redis's server certificates (TLS to a private
 /// CA), each mounted as `<mount>/<CA_FILE>`.
 pub const DATABASE_CA_MOUNT: &str = "/var/run/stoa/database-ca";

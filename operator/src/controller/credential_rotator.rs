@@ -36,6 +36,17 @@ use crate::status::CredentialRotationFacts;
 
 /// How long an expire Job waits for the previous role's sessions to end.
 const EXPIRE_WAIT_SECONDS: u64 = 60;
+
+/// The expiry of `role`. Behind a pooler its idle sessions are ended rather than waited
+/// for: the pooler keeps idle server connections of the old role long after the pods moved
+/// on (PgBouncer: `server_idle_timeout`, 10 min by default, beyond the wait).
+fn expire_command(stoa: &Stoa, role: &str) -> CredentialCommand {
+    CredentialCommand::Expire {
+        role: role.to_owned(),
+        wait_seconds: EXPIRE_WAIT_SECONDS,
+        end_idle_sessions: stoa.spec.database.pooler.is_some(),
+    }
+}
 const POLL: Duration = Duration::from_secs(2);
 const CONFIRM_POLL: Duration = Duration::from_secs(5);
 
@@ -254,10 +265,7 @@ impl Rotator<'_> {
                 role: role.to_owned(),
                 password_file: format!("{PASSWORD_MOUNT}/{PASSWORD_KEY}"),
             },
-            JobKind::Expire => CredentialCommand::Expire {
-                role: role.to_owned(),
-                wait_seconds: EXPIRE_WAIT_SECONDS,
-            },
+            JobKind::Expire => expire_command(self.stoa, role),
         };
         let request = CredentialJobRequest {
             generation,
@@ -827,4 +835,34 @@ async fn remove_finalizer(ctx: &Context, stoa: &Stoa, target: &Target) -> Result
         .cloned()
         .collect();
     set_finalizers(ctx, stoa, target, rest).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behind_a_pooler_the_expiry_ends_the_old_roles_idle_sessions() {
+        let stoa = |pooler: &str| -> Stoa {
+            serde_norway::from_str(&format!(
+                "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {{name: api}}
+spec:
+  image: stoa-api
+  database: {{urlSecretRef: {{name: db}}, adminSecretRef: {{name: admin}}{pooler}}}"
+            ))
+            .unwrap()
+        };
+        let ends = |stoa: &Stoa| match expire_command(stoa, "g_a") {
+            CredentialCommand::Expire {
+                end_idle_sessions, ..
+            } => end_idle_sessions,
+            other => panic!("{other:?}"),
+        };
+        assert!(!ends(&stoa("")));
+        assert!(ends(&stoa(
+            ", pooler: {urlSecretRef: {name: p, key: url}, maxClientConnections: 100}"
+        )));
+    }
 }

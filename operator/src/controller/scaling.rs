@@ -173,6 +173,12 @@ async fn announce(
                  the {} reserved",
                 decision.effective_max, policy.connections_per_pod, policy.reserved_connections
             ),
+            Limit::Pooler => format!(
+                "the pooler's maxClientConnections leaves room for {} pods of {} connections \
+                 after the workers'",
+                decision.effective_max,
+                policy.pooler.map_or(0, |p| p.per_pod)
+            ),
             Limit::Redis => format!(
                 "Redis's maxclients leaves room for {} pods",
                 decision.effective_max

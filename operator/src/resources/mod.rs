@@ -30,8 +30,8 @@ pub use workloads::migration_job;
 pub const API_PORT: i32 = 8080;
 pub const METRICS_PORT: i32 = 9090;
 pub use stoa_contract::paths::{
-    CA_FILE, DATABASE_CA_MOUNT, DATABASE_MOUNT, DATABASE_READ_MOUNT, KEYS_MOUNT, MFA_KEYS_MOUNT,
-    REDIS_CA_MOUNT, REDIS_MOUNT,
+    CA_FILE, DATABASE_CA_MOUNT, DATABASE_MOUNT, DATABASE_POOLER_MOUNT, DATABASE_READ_MOUNT,
+    KEYS_MOUNT, MFA_KEYS_MOUNT, REDIS_CA_MOUNT, REDIS_MOUNT,
 };
 pub const CONFIG_HASH_ANNOTATION: &str = "stoa.dev/config-hash";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";

@@ -28,11 +28,11 @@ use super::pod::{
 };
 use super::{
     API_PORT, ATTEMPT_ANNOTATION, COMPONENT_LABEL, CONFIG_HASH_ANNOTATION, Component,
-    DATABASE_MOUNT, DATABASE_READ_MOUNT, IMAGE_ANNOTATION, JobRequest, KEYS_MOUNT, METRICS_PORT,
-    MFA_KEYS_MOUNT, MIGRATION_JOB_LABEL, MIGRATION_KEY_LABEL, MIGRATION_STEP_LABEL, Names,
-    REDIS_MOUNT, REPLICAS_OWNER_ANNOTATION, REPLICAS_OWNER_AUTOSCALER, REPLICAS_OWNER_OPERATOR,
-    Replicas, Result, URL_KEY, component_selector_labels, config_hash, labels, meta,
-    migration_labels, rotation_enabled,
+    DATABASE_MOUNT, DATABASE_POOLER_MOUNT, DATABASE_READ_MOUNT, IMAGE_ANNOTATION, JobRequest,
+    KEYS_MOUNT, METRICS_PORT, MFA_KEYS_MOUNT, MIGRATION_JOB_LABEL, MIGRATION_KEY_LABEL,
+    MIGRATION_STEP_LABEL, Names, REDIS_MOUNT, REPLICAS_OWNER_ANNOTATION, REPLICAS_OWNER_AUTOSCALER,
+    REPLICAS_OWNER_OPERATOR, Replicas, Result, URL_KEY, component_selector_labels, config_hash,
+    labels, meta, migration_labels, rotation_enabled,
 };
 use crate::crd::Stoa;
 
@@ -140,6 +140,13 @@ fn container_env(stoa: &Stoa, component: Component, ca_env: Vec<EnvVar>) -> Vec<
     // hold the old role.
     let mut vars = vec![env_field(env::DB_APPLICATION_NAME, "metadata.name")];
     vars.extend(ca_env);
+    // Both programs' requests go through the pooler (the worker's job transactions too).
+    if spec.database.pooler.is_some() {
+        vars.push(env_value(
+            env::DATABASE_POOLER_URL_FILE,
+            format!("{DATABASE_POOLER_MOUNT}/{URL_FILE}"),
+        ));
+    }
     if let Some(tracking) = &spec.monitoring.error_tracking {
         vars.push(env_secret(env::SENTRY_DSN, &tracking.dsn_secret_ref));
         if let Some(environment) = &tracking.environment {
@@ -179,7 +186,7 @@ fn container_env(stoa: &Stoa, component: Component, ca_env: Vec<EnvVar>) -> Vec<
 }
 
 /// Volumes and mounts in the order the pods get them: the program's own, the database URL,
-/// `/tmp`, the read replica's URL (API), Redis's URL, the CA files.
+/// `/tmp`, the pooler's URL, the read replica's URL (API), Redis's URL, the CA files.
 fn volumes(stoa: &Stoa, program: &mut Program) -> Vec<EnvVar> {
     let spec = &stoa.spec;
     let names = Names::of(stoa);
@@ -207,6 +214,15 @@ fn volumes(stoa: &Stoa, program: &mut Program) -> Vec<EnvVar> {
         mount_path: "/tmp".into(),
         ..VolumeMount::default()
     });
+    if let Some(pooler) = &spec.database.pooler {
+        let secret = &pooler.url_secret_ref;
+        mounted.url_secret(
+            "database-pooler",
+            &secret.name,
+            &secret.key,
+            DATABASE_POOLER_MOUNT,
+        );
+    }
     if let (Component::Api, Some(read)) = (program.component, &spec.database.read_url_secret_ref) {
         mounted.url_secret("database-read", &read.name, &read.key, DATABASE_READ_MOUNT);
     }
