@@ -364,6 +364,25 @@ impl Drop for KilledOnDrop {
     }
 }
 
+/// Signs in through the pooler as `user_info` (`user:password`) and runs one statement:
+/// "ok", or the error. Without `extra_float_digits`, which PgBouncer would refuse before
+/// it even looks at the password.
+async fn through(bouncer: &PgBouncer, user_info: &str, database: &str) -> String {
+    let options: sqlx::postgres::PgConnectOptions =
+        bouncer.url(Some(user_info), database).parse().unwrap();
+    let connected = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.extra_float_digits(None))
+        .await;
+    match connected {
+        Ok(pool) => match sqlx::query("SELECT 1").execute(&pool).await {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    }
+}
+
 /// `stoa-api credentials` as the operator's Jobs run it, with the admin URL.
 fn credentials(admin_url: &str, args: &[&str]) -> std::process::Output {
     common::stoa_api()
@@ -434,10 +453,15 @@ async fn a_credential_rotation_follows_through_pgbouncer_with_auth_query(pool: P
     let token = app.register("jake").await;
     let slug = app.article(&token, "Rotated", &[]).await;
     // A wrong password is refused by the pooler itself (it checks the role's secret).
-    let wrong = sqlx::postgres::PgPoolOptions::new()
-        .connect(&bouncer.url(Some(&format!("{role_a}:wrong-password")), &database))
-        .await;
-    assert!(wrong.is_err(), "PgBouncer accepted a wrong password");
+    let wrong = through(&bouncer, &format!("{role_a}:wrong-password"), &database).await;
+    assert!(
+        wrong.contains("authentication failed"),
+        "PgBouncer: {wrong}"
+    );
+    assert_eq!(
+        through(&bouncer, &format!("{role_a}:{password_a}"), &database).await,
+        "ok"
+    );
 
     let load = {
         let (app, token, slug) = (app.clone(), token.clone(), slug.clone());
@@ -512,12 +536,14 @@ async fn a_credential_rotation_follows_through_pgbouncer_with_auth_query(pool: P
     );
 
     // Role a no longer logs in through the pooler; role b does, and serves requests.
-    let old = sqlx::postgres::PgPoolOptions::new()
-        .connect(&bouncer.url(Some(&format!("{role_a}:{password_a}")), &database))
-        .await;
-    assert!(
-        old.is_err(),
+    let old = through(&bouncer, &format!("{role_a}:{password_a}"), &database).await;
+    assert_ne!(
+        old, "ok",
         "the expired role still logs in through PgBouncer"
+    );
+    assert_eq!(
+        through(&bouncer, &format!("{role_b}:{password_b}"), &database).await,
+        "ok"
     );
     assert_eq!(app.get("/api/articles", None).await.status, StatusCode::OK);
     let pools = bouncer.show("POOLS");

@@ -43,7 +43,6 @@ impl PgBouncer {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = super::free_port();
         let (auth_type, auth_query) = match auth {
             Auth::Trust => ("trust", ""),
             Auth::AuthQuery => (
@@ -51,40 +50,49 @@ impl PgBouncer {
                 "auth_user = postgres\nauth_query = SELECT usename, passwd FROM pg_shadow WHERE usename = $1",
             ),
         };
-        let config = format!(
-            "[databases]\n\
-             * = host=127.0.0.1 port=5432\n\
-             [pgbouncer]\n\
-             listen_addr = 127.0.0.1\n\
-             listen_port = {port}\n\
-             unix_socket_dir =\n\
-             pool_mode = transaction\n\
-             auth_type = {auth_type}\n\
-             auth_file = {dir}/userlist.txt\n\
-             {auth_query}\n\
-             admin_users = postgres\n\
-             max_client_conn = 1000\n\
-             default_pool_size = {server_connections}\n\
-             logfile = {dir}/pgbouncer.log\n",
-            dir = dir.path().display(),
-        );
-        std::fs::write(dir.path().join("pgbouncer.ini"), config).unwrap();
         // The admin console's user (and `auth_query`'s); PostgreSQL itself trusts it.
         std::fs::write(
             dir.path().join("userlist.txt"),
             format!("\"postgres\" \"{ADMIN_PASSWORD}\"\n"),
         )
         .unwrap();
-        // PgBouncer refuses to run as root.
-        owned_by_server_user(dir.path());
-        let child = as_server_user(bin)
-            .arg(dir.path().join("pgbouncer.ini"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        super::wait_for_port(port, "the test's PgBouncer");
-        Some(PgBouncer { port, dir, child })
+        // A free port can be taken again before PgBouncer binds it (tests run in
+        // parallel): then it says so in its log and exits, and another port is tried.
+        for _ in 0..5 {
+            let port = super::free_port();
+            let config = format!(
+                "[databases]\n\
+                 * = host=127.0.0.1 port=5432\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 pool_mode = transaction\n\
+                 auth_type = {auth_type}\n\
+                 auth_file = {dir}/userlist.txt\n\
+                 {auth_query}\n\
+                 admin_users = postgres\n\
+                 max_client_conn = 1000\n\
+                 default_pool_size = {server_connections}\n\
+                 logfile = {dir}/pgbouncer-{port}.log\n",
+                dir = dir.path().display(),
+            );
+            std::fs::write(dir.path().join("pgbouncer.ini"), config).unwrap();
+            // PgBouncer refuses to run as root.
+            owned_by_server_user(dir.path());
+            let mut child = as_server_user(bin)
+                .arg(dir.path().join("pgbouncer.ini"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let log = dir.path().join(format!("pgbouncer-{port}.log"));
+            if came_up(&mut child, &log) {
+                return Some(PgBouncer { port, dir, child });
+            }
+            stop(&mut child);
+        }
+        panic!("PgBouncer did not start in 5 attempts")
     }
 
     /// A URL through the pooler to `database`, as `user` (no password) or, with `None`,
@@ -147,8 +155,33 @@ impl PgBouncer {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("pgbouncer-{}.log", self.port)))
+            .unwrap_or_default()
     }
+}
+
+/// Waits up to 10 s for PgBouncer's own word that it listens ("process up", after
+/// "listening on"); `false` if it exits or cannot listen.
+fn came_up(child: &mut Child, log: &Path) -> bool {
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("cannot listen") || child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if text.contains("process up") {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+/// Stops PgBouncer; `kill` reaches it through runuser.
+fn stop(child: &mut Child) {
+    let pid = child.id().to_string();
+    let _ = Command::new("pkill").args(["-INT", "-P", &pid]).status();
+    let _ = Command::new("kill").args(["-INT", &pid]).status();
+    let _ = child.wait();
 }
 
 /// Where Debian's package puts it.
@@ -156,10 +189,6 @@ const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
-        // `kill` reaches PgBouncer through runuser.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("pkill").args(["-INT", "-P", &pid]).status();
-        let _ = Command::new("kill").args(["-INT", &pid]).status();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
