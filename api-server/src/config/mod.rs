@@ -594,6 +594,19 @@ fn worker_config<F: Fn(&str) -> Option<String>>(
     Ok(worker)
 }
 
+/// `url`, refused unless sqlx can connect with it (the error names the setting, never the
+/// URL: it may carry a password).
+fn postgres_url(name: &'static str, url: Secret) -> Result<Secret, ConfigError> {
+    match url.expose().parse::<sqlx::postgres::PgConnectOptions>() {
+        Ok(_) => Ok(url),
+        Err(_) => Err(ConfigError::Invalid {
+            name,
+            value: "<redacted>".into(),
+            reason: "is not a valid PostgreSQL URL".into(),
+        }),
+    }
+}
+
 /// `STOA_DATABASE_POOLER_URL`.
 fn pooler_url<F: Fn(&str) -> Option<String>>(
     s: &mut EnvReader<'_, F>,
@@ -606,18 +619,7 @@ fn pooler_url<F: Fn(&str) -> Option<String>>(
     else {
         return Ok(None);
     };
-    if url
-        .expose()
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .is_err()
-    {
-        return Err(ConfigError::Invalid {
-            name: "STOA_DATABASE_POOLER_URL",
-            value: "<redacted>".into(),
-            reason: "is not a valid PostgreSQL URL".into(),
-        });
-    }
-    Ok(Some(url))
+    postgres_url("STOA_DATABASE_POOLER_URL", url).map(Some)
 }
 
 /// `STOA_DATABASE_READ_URL` and the settings that only matter with it.
@@ -653,19 +655,8 @@ fn read_replica<F: Fn(&str) -> Option<String>>(
     let Some((url, _)) = url else {
         return Ok(None);
     };
-    if url
-        .expose()
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .is_err()
-    {
-        return Err(ConfigError::Invalid {
-            name: "STOA_DATABASE_READ_URL",
-            value: "<redacted>".into(),
-            reason: "is not a valid PostgreSQL URL".into(),
-        });
-    }
     Ok(Some(ReadReplicaConfig {
-        url,
+        url: postgres_url("STOA_DATABASE_READ_URL", url)?,
         max_connections,
         max_lag,
         lag_check_interval,
@@ -931,6 +922,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_pooler_url_is_checked_and_never_echoed() {
+        let config = Config::from_env(
+            &env(&[("STOA_DATABASE_POOLER_URL", "postgres://pgbouncer:6432/stoa")]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            config.database.pooler.as_ref().map(Secret::expose),
+            Some("postgres://pgbouncer:6432/stoa")
+        );
+        assert!(
+            Config::from_env(&env(&[]), true)
+                .unwrap()
+                .database
+                .pooler
+                .is_none()
+        );
+        let bad = "postgres://u:hunter2@pgbouncer:notaport/stoa";
+        let err = Config::from_env(&env(&[("STOA_DATABASE_POOLER_URL", bad)]), true).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("STOA_DATABASE_POOLER_URL"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
     }
 
     #[test]
