@@ -140,8 +140,8 @@ async fn the_realworld_flows_run_through_pgbouncer_in_transaction_mode(pool: PgP
     assert_eq!(users, 8);
     let served = bouncer.transactions(&database_of(&pool));
     assert!(served > 200, "PgBouncer served {served} transactions");
-    // Nothing left prepared on the servers: every statement went unnamed.
-    let prepared: i64 = sqlx::query_scalar(
+    // No transaction left open on a server connection (the wrapping always ends its own).
+    let open: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
            AND backend_type = 'client backend' AND state = 'idle in transaction'",
     )
@@ -149,7 +149,7 @@ async fn the_realworld_flows_run_through_pgbouncer_in_transaction_mode(pool: PgP
     .await
     .unwrap();
     assert_eq!(
-        prepared, 0,
+        open, 0,
         "a transaction was left open on a server connection"
     );
     assert_eq!(app.admin_get("/readyz").await.status, StatusCode::OK);

@@ -163,6 +163,7 @@ struct Observed<'a> {
     deployment: &'a DeploymentState,
     activity: Option<&'a Activity>,
     generation: Option<i64>,
+    data_tier: &'a str,
 }
 
 /// The status for these facts; `previous` supplies what a reconcile that decided nothing
@@ -171,12 +172,14 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
     let generation = stoa.metadata.generation;
     let previous = stoa.status.clone().unwrap_or_default();
     let deployment = deployment_state(stoa, facts.deployment);
+    let tier = data_tier(stoa);
     let observed = Observed {
         stoa,
         facts,
         deployment: &deployment,
         activity: facts.plan.map(|p| &p.activity),
         generation,
+        data_tier: &tier,
     };
     let last_message = previous
         .migration
@@ -221,7 +224,7 @@ pub fn status(stoa: &Stoa, facts: &Facts<'_>) -> StoaStatus {
         },
         autoscaling: facts.autoscaling.clone(),
         worker: facts.worker.clone().or_else(|| previous.worker.clone()),
-        data_tier: Some(data_tier(stoa)),
+        data_tier: Some(tier),
     };
     carry_transition_times(&previous, &mut next);
     next
@@ -259,9 +262,7 @@ fn ready(o: &Observed<'_>) -> Condition {
     };
     let message = format!(
         "{}/{} replicas ready; data tier: {}",
-        o.deployment.ready,
-        o.deployment.desired,
-        data_tier(o.stoa)
+        o.deployment.ready, o.deployment.desired, o.data_tier
     );
     because(ready::TYPE, reason, message, o.generation)
 }

@@ -36,7 +36,7 @@ use sqlx::{Describe, Either, Execute, Executor, PgPool, Postgres, SqlStr};
 use sqlx::{Error, Transaction};
 use tokio::sync::oneshot;
 
-use super::pooler::{Tx, Unnamed, named_statement_refused};
+use super::pooler::{Tx, Unnamed, begin_on, named_statement_refused};
 
 /// Consecutive hand-offs after which a connection goes back through sqlx's pool (one ping,
 /// and its age checked against the pool's maximum lifetime), so that under sustained load
@@ -280,11 +280,7 @@ impl<'p> Executor<'p> for &'_ Pool {
                     }
                 }
                 Some(begin) => {
-                    let mut tx = Transaction::<Postgres>::begin(
-                        MaybePoolConnection::Connection(&mut *held.conn),
-                        Some(begin),
-                    )
-                    .await?;
+                    let mut tx = begin_on(&mut held.conn, begin).await?;
                     {
                         let mut results = (&mut *tx).fetch_many(Unnamed(query));
                         while let Some(result) = results.try_next().await? {
@@ -312,11 +308,7 @@ impl<'p> Executor<'p> for &'_ Pool {
             let row = match pool.0.pooler_begin.clone() {
                 None => held.conn.fetch_optional(query).await?,
                 Some(begin) => {
-                    let mut tx = Transaction::<Postgres>::begin(
-                        MaybePoolConnection::Connection(&mut *held.conn),
-                        Some(begin),
-                    )
-                    .await?;
+                    let mut tx = begin_on(&mut held.conn, begin).await?;
                     let row = (&mut *tx).fetch_optional(Unnamed(query)).await?;
                     tx.commit().await?;
                     row

@@ -17,23 +17,36 @@
 //! - what needs a session (`LISTEN`, the migrator's advisory lock) connects directly
 //!   ([`super::Pool::session_options`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use sqlx::error::BoxDynError;
+use sqlx::pool::MaybePoolConnection;
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{AssertSqlSafe, Describe, Either, Error, Execute, Executor, Postgres};
-use sqlx::{SqlSafeStr, SqlStr, Transaction};
+use sqlx::{PgConnection, SqlSafeStr, SqlStr, Transaction};
 
 /// The statement that opens every transaction behind a pooler: one round trip (sqlx sends a
-/// custom `BEGIN` as a simple query, which may hold several statements).
+/// custom `BEGIN` as a simple query, which may hold several statements). Shared (`Arc`):
+/// the pool hands a clone to every statement, and a `SqlStr` made from a `String` would
+/// copy the text at each clone.
 pub fn begin_statement(statement_timeout: Duration) -> SqlStr {
-    AssertSqlSafe(format!(
+    let sql: Arc<str> = format!(
         "BEGIN; SET LOCAL statement_timeout = {}",
         statement_timeout.as_millis()
-    ))
-    .into_sql_str()
+    )
+    .into();
+    AssertSqlSafe(sql).into_sql_str()
+}
+
+/// Opens a transaction on `conn` with `begin` (from [`begin_statement`]).
+pub async fn begin_on(
+    conn: &mut PgConnection,
+    begin: SqlStr,
+) -> Result<Transaction<'_, Postgres>, Error> {
+    Transaction::begin(MaybePoolConnection::Connection(conn), Some(begin)).await
 }
 
 /// A query sent as an unnamed statement: parsed, bound and run without a name the server
