@@ -139,16 +139,16 @@ fn assemble(
             .with_replica(&config.database, &config.database.url)
             .context("invalid read replica URL")?,
     );
-    let kv = match &config.redis_url {
-        Some(url) => Some(Kv::start(
-            url,
+    let kv = match &config.redis {
+        Some(target) => Some(Kv::start(
+            target,
             config.redis_ca_file.as_deref(),
             config.redis_timeout,
             metrics.clone(),
         )?),
         None => {
             tracing::info!(
-                "no STOA_REDIS_URL: rate limits and revocation checks run without Redis; no response cache"
+                "no Redis (STOA_REDIS_URL, _SENTINELS or _CLUSTER): rate limits and revocation checks run without Redis; no response cache"
             );
             None
         }
@@ -210,19 +210,13 @@ fn spawn_background_tasks(
             let database = state.database.clone();
             crate::auth::denylist::spawn(
                 local,
-                kv.client(),
+                kv.clone(),
                 move || database.pool().as_ref().clone(),
                 window,
-                kv.timeout(),
                 state.metrics.clone(),
             );
             if let Some(near) = state.cache.near() {
-                crate::cache::near::spawn(
-                    near.clone(),
-                    kv.client(),
-                    kv.timeout(),
-                    state.metrics.clone(),
-                );
+                crate::cache::near::spawn(near.clone(), kv.clone(), state.metrics.clone());
             }
         }
         None => crate::auth::revocations_listen::spawn(
@@ -243,7 +237,7 @@ fn spawn_background_tasks(
             state.config.database.acquire_timeout,
         );
         match &state.kv {
-            Some(kv) => crate::reads::writes::spawn(routing.clone(), kv.client(), kv.timeout()),
+            Some(kv) => crate::reads::writes::spawn(routing.clone(), kv.clone()),
             None => tracing::warn!(
                 "read replica without STOA_REDIS_URL: pods cannot tell each other who wrote, so signed-in reads stay on the primary"
             ),

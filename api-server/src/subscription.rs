@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+use crate::kv::Kv;
 use crate::metrics::Metrics;
 
 /// How often a quiet Redis subscription is pinged; a ping unanswered within the Redis
@@ -17,17 +18,18 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// Subscribes to the Redis `channel`, then runs `subscribed` (load what came before, mark
 /// the copy live), then hands every message's payload to `on_message` and pings the
 /// connection every second (calling `after_ping` on each answer), until the connection
-/// fails or ends. `subscribed` runs only once the subscription is in place, so nothing
-/// published after it is missed.
+/// fails or ends or the primary moves. `subscribed` runs only once the subscription is in
+/// place, so nothing published after it is missed.
 pub async fn follow_redis_channel(
-    client: &redis::Client,
+    kv: &Kv,
     channel: &str,
-    timeout: Duration,
     subscribed: impl Future<Output = anyhow::Result<()>>,
     mut on_message: impl FnMut(&[u8]),
     mut after_ping: impl FnMut(),
 ) -> anyhow::Result<()> {
-    let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
+    let timeout = kv.timeout();
+    let (server, mut moved) = kv.subscription_target(channel).await?;
+    let pubsub = tokio::time::timeout(timeout, server.get_async_pubsub()).await??;
     let (mut sink, mut stream) = pubsub.split();
     tokio::time::timeout(timeout, sink.subscribe(channel)).await??;
     subscribed.await?;
@@ -43,6 +45,9 @@ pub async fn follow_redis_channel(
                 tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await??;
                 after_ping();
             }
+            // The old primary may live on as a replica: its messages would still arrive,
+            // but this copy must start over from the new one.
+            _ = moved.changed() => return Ok(()),
         }
     }
 }
@@ -61,11 +66,13 @@ pub trait Followed: Send + Sync + 'static {
 }
 
 /// Runs `follow` (subscribe, load, follow) again and again until `stopped`; after any
-/// failure the copy is not live until the next subscription succeeds.
+/// failure the copy is not live until the next subscription succeeds. A change on `wake`
+/// (Redis's primary moved) cuts the wait between attempts short.
 pub fn keep_following<Copy, Follow, Following>(
     copy: Arc<Copy>,
     metrics: Arc<Metrics>,
     stopped: impl Fn() -> bool + Send + 'static,
+    mut wake: Option<tokio::sync::watch::Receiver<u64>>,
     mut follow: Follow,
 ) where
     Copy: Followed,
@@ -98,7 +105,15 @@ pub fn keep_following<Copy, Follow, Following>(
                 Err(e) => tracing::debug!(error = %e, "{} still down", Copy::NAME),
                 Ok(()) => tracing::info!("{} ended; reconnecting", Copy::NAME),
             }
-            tokio::time::sleep(backoff).await;
+            match &mut wake {
+                Some(wake) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = wake.changed() => backoff = Duration::from_millis(100),
+                    }
+                }
+                None => tokio::time::sleep(backoff).await,
+            }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     });

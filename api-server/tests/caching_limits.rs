@@ -583,7 +583,7 @@ async fn replicas_answer_hot_reads_from_their_own_copy_until_any_replica_writes(
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let deleted: u64 = redis::cmd("DEL")
-        .arg(format!("stoa:c:article:{slug}"))
+        .arg(format!("stoa:{{c}}:article:{slug}"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -595,7 +595,7 @@ async fn replicas_answer_hot_reads_from_their_own_copy_until_any_replica_writes(
         assert_eq!(res.body["article"]["title"], "Near");
     }
     let read: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(format!("stoa:c:article:{slug}"))
+        .arg(format!("stoa:{{c}}:article:{slug}"))
         .query_async(&mut conn)
         .await
         .unwrap();

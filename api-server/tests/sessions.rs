@@ -442,7 +442,7 @@ async fn mirrored_revocations_outlive_the_tokens_they_deny_including_the_leeway(
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("stoa:revoked:*")
+        .arg("stoa:{revoked}:[jf]*") // jti: and fam:, not the marker
         .query_async(&mut conn)
         .await
         .unwrap();

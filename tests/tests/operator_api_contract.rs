@@ -81,7 +81,10 @@ fn the_operators_config_map_is_a_valid_stoa_api_configuration() {
         config.rate_limits.trusted_proxy_hops, 1,
         "behind the Ingress"
     );
-    assert!(config.redis_url.is_some());
+    assert!(matches!(
+        config.redis,
+        Some(stoa_api::config::RedisTarget::Single(_))
+    ));
     assert_eq!(config.log_format, stoa_api::config::LogFormat::Json);
 }
 

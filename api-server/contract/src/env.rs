@@ -19,6 +19,12 @@ pub const DATABASE_POOLER_URL_FILE: &str = "STOA_DATABASE_POOLER_URL_FILE";
 pub const DB_APPLICATION_NAME: &str = "STOA_DB_APPLICATION_NAME";
 pub const REDIS_URL: &str = "STOA_REDIS_URL";
 pub const REDIS_URL_FILE: &str = "STOA_REDIS_URL_FILE";
+/// Redis behind Sentinel (`spec.redis.sentinel`): the sentinels and the primary's name.
+pub const REDIS_SENTINELS_FILE: &str = "STOA_REDIS_SENTINELS_FILE";
+/// The sentinels' own password.
+pub const REDIS_SENTINEL_PASSWORD_FILE: &str = "STOA_REDIS_SENTINEL_PASSWORD_FILE";
+/// A Redis Cluster's seed nodes (`spec.redis.cluster`).
+pub const REDIS_CLUSTER_FILE: &str = "STOA_REDIS_CLUSTER_FILE";
 pub const ACCESS_TOKEN_TTL: &str = "STOA_ACCESS_TOKEN_TTL";
 pub const REFRESH_TOKEN_TTL: &str = "STOA_REFRESH_TOKEN_TTL";
 pub const SHUTDOWN_DELAY: &str = "STOA_SHUTDOWN_DELAY";

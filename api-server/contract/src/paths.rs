@@ -9,7 +9,11 @@ pub const MFA_KEYS_MOUNT: &str = "/var/run/stoa/mfa-keys";
 pub const DATABASE_MOUNT: &str = "/var/run/stoa/database";
 /// The migration credential (admin URL when given), mounted only into migration Jobs.
 pub const MIGRATION_DATABASE_MOUNT: &str = "/var/run/stoa/migration-database";
+/// The Redis URL (or the Sentinel or Cluster node list), as `<REDIS_MOUNT>/<URL_FILE>`.
 pub const REDIS_MOUNT: &str = "/var/run/stoa/redis";
+/// The sentinels' password, as `<REDIS_SENTINEL_PASSWORD_MOUNT>/<PASSWORD_FILE>`.
+pub const REDIS_SENTINEL_PASSWORD_MOUNT: &str = "/var/run/stoa/redis-sentinel-password";
+pub const PASSWORD_FILE: &str = "password";
 /// The read replica's URL Secret key (`spec.database.readUrlSecretRef`), API pods only.
 pub const DATABASE_READ_MOUNT: &str = "/var/run/stoa/database-read";
 /// The pooler's URL (`spec.database.pooler.urlSecretRef`).

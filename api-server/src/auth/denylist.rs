@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::db::Pool;
+use crate::kv::Kv;
 use crate::metrics::Metrics;
 use crate::subscription::Followed;
 
@@ -207,30 +208,28 @@ impl Followed for LocalDenylist {
 /// Keeps `list` current from Redis for as long as the process runs.
 pub fn spawn(
     list: Arc<LocalDenylist>,
-    client: redis::Client,
+    kv: Arc<Kv>,
     pool: impl Fn() -> Pool + Send + 'static,
     window: MirrorWindow,
-    timeout: Duration,
     metrics: Arc<Metrics>,
 ) {
     crate::subscription::keep_following(
         list.clone(),
         metrics.clone(),
         || false,
+        Some(kv.moves()),
         move || {
-            let (list, client, metrics, db) =
-                (list.clone(), client.clone(), metrics.clone(), pool());
-            async move { follow(&list, &client, &db, window, timeout, &metrics).await }
+            let (list, kv, metrics, db) = (list.clone(), kv.clone(), metrics.clone(), pool());
+            async move { follow(&list, &kv, &db, window, &metrics).await }
         },
     );
 }
 
 async fn follow(
     list: &LocalDenylist,
-    client: &redis::Client,
+    kv: &Kv,
     db: &Pool,
     window: MirrorWindow,
-    timeout: Duration,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     // Subscribed: from here every revocation arrives as a message; everything committed
@@ -242,9 +241,8 @@ async fn follow(
         Ok(())
     };
     crate::subscription::follow_redis_channel(
-        client,
+        kv,
         CHANNEL,
-        timeout,
         subscribed,
         |payload| match std::str::from_utf8(payload).ok().and_then(parse) {
             Some((denied, until)) => list.add(denied, until),

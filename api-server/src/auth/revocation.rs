@@ -15,21 +15,22 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 pub use crate::auth::denylist::MirrorWindow;
 use crate::auth::denylist::{self, Denied, LocalDenylist};
 use crate::db::Pool;
-use crate::kv::Kv;
+use crate::kv::{Connection, Kv};
 use crate::metrics::Metrics;
 
+// One hash tag for every revocation key and the synced marker: in a cluster they share a
+// node, so a check's `MGET` (marker and keys) is one slot and that node's data loss shows.
 fn jti_key(jti: Uuid) -> String {
-    format!("stoa:revoked:jti:{jti}")
+    format!("stoa:{{revoked}}:jti:{jti}")
 }
 
 fn family_key(family: Uuid) -> String {
-    format!("stoa:revoked:fam:{family}")
+    format!("stoa:{{revoked}}:fam:{family}")
 }
 
 #[derive(Clone)]
@@ -123,12 +124,12 @@ impl Revocations {
         }
         let Some(kv) = &self.kv else { return };
         let mirrored = kv
-            .run_despite_breaker(|mut conn| async move {
-                let mut pipe = redis::pipe();
+            .run_despite_breaker(|conn| async move {
+                let mut mirror = Mirror::default();
                 for (what, until) in denied {
-                    mirror_into(&mut pipe, what, until, now);
+                    mirror.add(what, until, now);
                 }
-                pipe.query_async::<()>(&mut conn).await
+                mirror.send(&conn).await
             })
             .await;
         if mirrored.is_none() {
@@ -137,22 +138,49 @@ impl Revocations {
     }
 }
 
-/// A revocation's mirror key, kept until `until`, and its announcement to every replica's
-/// local copy; nothing once `until` has passed.
-fn mirror_into(pipe: &mut redis::Pipeline, denied: Denied, until: i64, now: DateTime<Utc>) {
-    let Some(ttl) = u64::try_from(until - now.timestamp())
-        .ok()
-        .filter(|ttl| *ttl > 0)
-    else {
-        return;
-    };
-    let key = match denied {
-        Denied::Token(jti) => jti_key(jti),
-        Denied::Family(family) => family_key(family),
-    };
-    pipe.set_ex(key, 1, ttl).ignore();
-    pipe.publish(denylist::CHANNEL, denylist::message(denied, until))
-        .ignore();
+/// Revocations' mirror keys and their announcements to every replica's local copy, as two
+/// pipelines: in a Redis Cluster a pipeline goes to one node, and `PUBLISH` is routed by
+/// the channel's slot, not the keys' (`{revoked}`). Receivers take a revocation from its
+/// announcement alone, so the two need no order.
+#[derive(Default)]
+struct Mirror {
+    keys: redis::Pipeline,
+    announcements: redis::Pipeline,
+}
+
+impl Mirror {
+    /// A revocation kept until `until`; nothing once `until` has passed.
+    fn add(&mut self, denied: Denied, until: i64, now: DateTime<Utc>) {
+        let Some(ttl) = u64::try_from(until - now.timestamp())
+            .ok()
+            .filter(|ttl| *ttl > 0)
+        else {
+            return;
+        };
+        let key = match denied {
+            Denied::Token(jti) => jti_key(jti),
+            Denied::Family(family) => family_key(family),
+        };
+        self.keys.set_ex(key, 1, ttl).ignore();
+        self.announcements
+            .publish(denylist::CHANNEL, denylist::message(denied, until))
+            .ignore();
+    }
+
+    /// Both at once and each whatever becomes of the other: in a cluster the keys' node
+    /// may be down while the channel's is up, and every copy subscribed there must still
+    /// hear of the revocation.
+    async fn send(self, conn: &Connection) -> redis::RedisResult<()> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let (mut keys_conn, mut announce_conn) = (conn.clone(), conn.clone());
+        let (keys, announced) = futures::join!(
+            self.keys.query_async::<()>(&mut keys_conn),
+            self.announcements.query_async::<()>(&mut announce_conn)
+        );
+        keys.and(announced)
+    }
 }
 
 /// Copies the revocations made since `since` (minus a margin for clock skew between the
@@ -161,7 +189,7 @@ fn mirror_into(pipe: &mut redis::Pipeline, denied: Denied, until: i64, now: Date
 /// not mirror reaches Redis within a probe interval through any replica that can.
 pub async fn catch_up(
     db: &Pool,
-    mut conn: ConnectionManager,
+    conn: Connection,
     window: MirrorWindow,
     since: DateTime<Utc>,
 ) -> anyhow::Result<DateTime<Utc>> {
@@ -181,24 +209,14 @@ pub async fn catch_up(
             .bind(&jtis)
             .fetch_all(db)
             .await?;
-    let mut pipe = redis::pipe();
+    let mut mirror = Mirror::default();
     for (jti, expires_at) in expiries {
-        mirror_into(
-            &mut pipe,
-            Denied::Token(jti),
-            window.jti_until(expires_at),
-            now,
-        );
+        mirror.add(Denied::Token(jti), window.jti_until(expires_at), now);
     }
     for family in families {
-        mirror_into(
-            &mut pipe,
-            Denied::Family(family),
-            window.family_until(now),
-            now,
-        );
+        mirror.add(Denied::Family(family), window.family_until(now), now);
     }
-    pipe.query_async::<()>(&mut conn).await?;
+    mirror.send(&conn).await?;
     Ok(now)
 }
 
@@ -206,7 +224,7 @@ pub async fn catch_up(
 /// Redis is trusted again after an outage or a data loss).
 pub async fn resync(
     db: &Pool,
-    mut conn: ConnectionManager,
+    mut conn: Connection,
     window: MirrorWindow,
 ) -> anyhow::Result<usize> {
     let jtis: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(

@@ -41,7 +41,7 @@ pub fn spawn(
         let database = database.clone();
         move || database.pool().sqlx().is_closed()
     };
-    crate::subscription::keep_following(list.clone(), metrics.clone(), closed, move || {
+    crate::subscription::keep_following(list.clone(), metrics.clone(), closed, None, move || {
         let (list, database, metrics) = (list.clone(), database.clone(), metrics.clone());
         async move { follow(&list, &database, window, timeout, &metrics).await }
     });

@@ -28,11 +28,14 @@ use crate::metrics::{CacheLabels, Metrics};
 use crate::subscription::Followed;
 use near::NearCache;
 
-const LISTS: &str = "stoa:c:lists";
-const ARTICLES: &str = "stoa:c:articles";
-const TAGS: &str = "stoa:c:tags";
+// Every cache key carries the hash tag `{c}`: in a Redis Cluster the entries and the sets
+// tracking them share a slot, so an entry and its set change in one transaction and the
+// invalidation script sees every key it deletes.
+const LISTS: &str = "stoa:{c}:lists";
+const ARTICLES: &str = "stoa:{c}:articles";
+const TAGS: &str = "stoa:{c}:tags";
 /// Every reader's feed, in the replicas' own copies.
-const FEEDS: &str = "stoa:c:feed:*";
+const FEEDS: &str = "stoa:{c}:feed:*";
 
 // Deletes every key in the sets given as KEYS, then the sets themselves.
 const DROP_TRACKED_LUA: &str = r"
@@ -78,7 +81,7 @@ pub const CACHED_OFFSETS: i64 = 100;
 /// The key of a reader's feed page (first pages only, as for lists), in the replicas'
 /// own copies.
 pub fn feed_key(reader: uuid::Uuid, limit: i64, offset: i64) -> Option<String> {
-    (offset < CACHED_OFFSETS).then(|| format!("stoa:c:feed:{reader}:{limit}:{offset}"))
+    (offset < CACHED_OFFSETS).then(|| format!("stoa:{{c}}:feed:{reader}:{limit}:{offset}"))
 }
 
 /// The key of an anonymous list page, from its validated parameters.
@@ -155,8 +158,8 @@ impl Key {
 
     pub fn redis_key(&self) -> String {
         match self {
-            Key::Article(slug) => format!("stoa:c:article:{slug}"),
-            Key::List(query) => format!("stoa:c:list:{query}"),
+            Key::Article(slug) => format!("stoa:{{c}}:article:{slug}"),
+            Key::List(query) => format!("stoa:{{c}}:list:{query}"),
             Key::Tags => TAGS.to_owned(),
         }
     }
@@ -315,35 +318,52 @@ impl Cache {
                 (
                     vec![LISTS],
                     keys,
-                    vec!["stoa:c:list:*".into(), FEEDS.into()],
+                    vec!["stoa:{c}:list:*".into(), FEEDS.into()],
                 )
             }
             Change::Everything => (
                 vec![LISTS, ARTICLES],
                 vec![TAGS.to_owned()],
-                vec!["stoa:c:*".into(), FEEDS.into()],
+                vec!["stoa:{c}:*".into(), FEEDS.into()],
             ),
             // A reader's feed lives only in the replicas' copies: nothing to delete.
-            Change::Follows(reader) => (vec![], vec![], vec![format!("stoa:c:feed:{reader}:*")]),
+            Change::Follows(reader) => {
+                (vec![], vec![], vec![format!("stoa:{{c}}:feed:{reader}:*")])
+            }
         };
         let message = near::message(keys.iter().chain(&prefixes).map(String::as_str));
         let script = self.drop_tracked.clone();
         let published = message.clone();
+        let deadline = kv.timeout();
         let done = kv
             .run(|mut conn| async move {
-                if !keys.is_empty() {
-                    conn.del::<_, ()>(keys).await?;
-                }
-                if !sets.is_empty() {
-                    let mut invocation = script.prepare_invoke();
-                    for set in sets {
-                        invocation.key(set);
+                // Half the deadline at most, so that the announcement is still sent when
+                // the entries' node hangs.
+                let deleted = tokio::time::timeout(deadline / 2, async {
+                    if !keys.is_empty() {
+                        conn.del::<_, ()>(keys).await?;
                     }
-                    invocation.invoke_async::<()>(&mut conn).await?;
-                }
+                    if !sets.is_empty() {
+                        let mut invocation = script.prepare_invoke();
+                        for set in sets {
+                            invocation.key(set);
+                        }
+                        invocation.invoke_async::<()>(&mut conn).await?;
+                    }
+                    Ok::<_, redis::RedisError>(())
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    )))
+                });
                 // After the deletions: a replica that refills from Redis on this message
-                // reads the new state.
-                conn.publish::<_, _, ()>(near::CHANNEL, published).await
+                // reads the new state. Sent even when they failed (in a cluster the
+                // channel's node may be up): the copies must drop the entries, and Redis
+                // is resynced (flushed) before it is trusted again.
+                let published = conn.publish::<_, _, ()>(near::CHANNEL, published).await;
+                deleted.and(published)
             })
             .await;
         // This replica's own copy at once (its subscription would drop it a moment
@@ -361,7 +381,7 @@ impl Cache {
 
 /// Drops the whole cache (run on Redis recovery: writes during the outage could not
 /// invalidate anything).
-pub async fn flush(mut conn: redis::aio::ConnectionManager) -> anyhow::Result<()> {
+pub async fn flush(mut conn: crate::kv::Connection) -> anyhow::Result<()> {
     Script::new(DROP_TRACKED_LUA)
         .key(LISTS)
         .key(ARTICLES)

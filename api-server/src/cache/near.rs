@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 
+use crate::kv::Kv;
 use crate::metrics::Metrics;
 use crate::subscription::Followed;
 
@@ -133,38 +134,28 @@ impl Followed for NearCache {
 
 /// Follows the invalidation channel for as long as the process runs, reconnecting after
 /// a failure (the copy is unused until the subscription is back).
-pub fn spawn(
-    near: Arc<NearCache>,
-    client: redis::Client,
-    timeout: Duration,
-    metrics: Arc<Metrics>,
-) {
+pub fn spawn(near: Arc<NearCache>, kv: Arc<Kv>, metrics: Arc<Metrics>) {
     crate::subscription::keep_following(
         near.clone(),
         metrics.clone(),
         || false,
+        Some(kv.moves()),
         move || {
-            let (near, client, metrics) = (near.clone(), client.clone(), metrics.clone());
-            async move { follow(&near, &client, timeout, &metrics).await }
+            let (near, kv, metrics) = (near.clone(), kv.clone(), metrics.clone());
+            async move { follow(&near, &kv, &metrics).await }
         },
     );
 }
 
-async fn follow(
-    near: &NearCache,
-    client: &redis::Client,
-    timeout: Duration,
-    metrics: &Metrics,
-) -> anyhow::Result<()> {
+async fn follow(near: &NearCache, kv: &Kv, metrics: &Metrics) -> anyhow::Result<()> {
     // Subscribed: every invalidation from now on arrives here; the copy starts empty.
     let subscribed = async {
         near.set_live(true, metrics);
         Ok(())
     };
     crate::subscription::follow_redis_channel(
-        client,
+        kv,
         CHANNEL,
-        timeout,
         subscribed,
         |payload| match std::str::from_utf8(payload) {
             Ok(keys) => near.invalidate(keys),

@@ -11,9 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod container;
+mod redis_target;
 mod reference;
 mod settings;
 
+pub use redis_target::{Nodes, RedisTarget, SentinelTarget};
 pub use reference::settings_reference;
 pub use settings::PublicOrigin;
 pub use settings::read_secret_file;
@@ -229,7 +231,8 @@ pub struct WorkerConfig {
 pub struct Config {
     pub dev: bool,
     pub database: DatabaseConfig,
-    pub redis_url: Option<Secret>,
+    /// Redis, if any: one server, Sentinel or a cluster.
+    pub redis: Option<RedisTarget>,
     /// PEM file of the CA that signed Redis's certificate (`rediss://` to a private CA);
     /// without it, the system's roots.
     pub redis_ca_file: Option<PathBuf>,
@@ -749,13 +752,7 @@ impl Config {
         s.section("Database");
         let database = database_config(&mut s, dev)?;
         s.section("Redis and caching");
-        let redis_url = s
-            .secret_url(
-                "STOA_REDIS_URL",
-                &["redis", "rediss"],
-                "(not set: in-process fallbacks)",
-            )?
-            .map(|(secret, _)| secret);
+        let redis = redis_target::read_target(&mut s)?;
         let redis_ca_file = s.optional::<PathBuf>("STOA_REDIS_CA_FILE", "(system roots)")?;
         let redis_timeout = s.read(Setting::new(
             "STOA_REDIS_TIMEOUT",
@@ -787,7 +784,7 @@ impl Config {
             database,
             sentry_dsn,
             sentry_environment,
-            redis_url,
+            redis,
             redis_ca_file,
             redis_timeout,
             cache_ttl,

@@ -74,6 +74,21 @@ const MEANINGS: &[Meaning] = &[
         meaning: r#"Redis (optional): cache, shared rate limits, revocation mirror; `rediss://user:password@host:port` for TLS and an ACL user"#,
     },
     Meaning {
+        name: "STOA_REDIS_SENTINELS",
+        default: None,
+        meaning: r#"Redis behind Sentinel, instead of `STOA_REDIS_URL`: `redis[s]://[user:password@]sentinel-0:26379,sentinel-1:26379,…/<master name>`; the credentials and TLS are the data nodes', the primary is followed across failovers (see [Scaling the data tier](../running/data-tier.md))"#,
+    },
+    Meaning {
+        name: "STOA_REDIS_SENTINEL_PASSWORD",
+        default: None,
+        meaning: r#"the sentinels' own password (`requirepass` in sentinel.conf), when they ask for one"#,
+    },
+    Meaning {
+        name: "STOA_REDIS_CLUSTER",
+        default: None,
+        meaning: r#"a Redis Cluster, instead of `STOA_REDIS_URL`: `redis[s]://[user:password@]node-0:6379,node-1:6379,…`, some of its nodes (the rest are discovered)"#,
+    },
+    Meaning {
         name: "STOA_REDIS_CA_FILE",
         default: None,
         meaning: r#"PEM of the CA that signed Redis's certificate, for `rediss://` to a private CA"#,

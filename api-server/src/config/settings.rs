@@ -337,20 +337,7 @@ impl<'e, F: Fn(&str) -> Option<String>> EnvReader<'e, F> {
         unset: &'static str,
     ) -> Result<Option<(Secret, Option<PathBuf>)>, ConfigError> {
         self.declare(name, unset.to_owned(), Vec::new(), true);
-        let found = match (self.raw(name), self.raw(&format!("{name}_FILE"))) {
-            (Some(_), Some(_)) => return Err(ConfigError::Ambiguous { name }),
-            (Some(value), None) => Some((Secret::new(value), None)),
-            (None, Some(path)) => {
-                let value =
-                    read_secret_file(&path).map_err(|reason| ConfigError::UnreadableFile {
-                        name,
-                        path: path.clone(),
-                        reason,
-                    })?;
-                Some((value, Some(PathBuf::from(path))))
-            }
-            (None, None) => None,
-        };
+        let found = self.secret_value(name)?;
         if let Some((url, _)) = &found {
             let ok = schemes
                 .iter()
@@ -370,6 +357,45 @@ impl<'e, F: Fn(&str) -> Option<String>> EnvReader<'e, F> {
             unset,
         );
         Ok(found)
+    }
+
+    /// A secret that is not a URL (a password), given as `<NAME>` or as a file
+    /// `<NAME>_FILE`. Printed as `<redacted>`.
+    pub fn secret(
+        &mut self,
+        name: &'static str,
+        unset: &'static str,
+    ) -> Result<Option<Secret>, ConfigError> {
+        self.declare(name, unset.to_owned(), Vec::new(), true);
+        let found = self.secret_value(name)?;
+        let shown = match &found {
+            None => unset.to_owned(),
+            Some((_, None)) => "<redacted>".to_owned(),
+            Some((_, Some(file))) => format!("<redacted> (from file {})", file.display()),
+        };
+        self.shown.insert(name, shown);
+        Ok(found.map(|(secret, _)| secret))
+    }
+
+    /// `<NAME>` or the contents of the file `<NAME>_FILE`, with the file's path.
+    fn secret_value(
+        &self,
+        name: &'static str,
+    ) -> Result<Option<(Secret, Option<PathBuf>)>, ConfigError> {
+        Ok(match (self.raw(name), self.raw(&format!("{name}_FILE"))) {
+            (Some(_), Some(_)) => return Err(ConfigError::Ambiguous { name }),
+            (Some(value), None) => Some((Secret::new(value), None)),
+            (None, Some(path)) => {
+                let value =
+                    read_secret_file(&path).map_err(|reason| ConfigError::UnreadableFile {
+                        name,
+                        path: path.clone(),
+                        reason,
+                    })?;
+                Some((value, Some(PathBuf::from(path))))
+            }
+            (None, None) => None,
+        })
     }
 
     /// Records a secret URL's redacted form (also used for defaults filled in later).

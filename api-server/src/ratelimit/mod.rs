@@ -82,8 +82,10 @@ pub struct Charge<'a> {
 }
 
 impl Charge<'_> {
+    /// One hash tag, `{rl}`, for every budget: the budgets of one request are charged by
+    /// one script, which in a Redis Cluster must find all its keys in one slot.
     fn storage_key(&self) -> String {
-        format!("stoa:rl:{}:{}", self.bucket.as_str(), self.key)
+        format!("stoa:{{rl}}:{}:{}", self.bucket.as_str(), self.key)
     }
 }
 
@@ -212,6 +214,9 @@ impl RateLimiter {
         };
         let wanted: [u32; N] = std::array::from_fn(|i| self.leases.want(&keys[i], quotas[i]));
         let script = self.script.clone();
+        // In a cluster the entry lives in another slot than the budgets (`{c}`, not
+        // `{rl}`): the cache reads it itself.
+        let fetch = fetch.filter(|_| !kv.is_cluster());
         let fetching = fetch.is_some();
         let sent_keys = keys.clone();
         let answer = kv

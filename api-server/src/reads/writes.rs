@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use redis::AsyncCommands;
 use uuid::Uuid;
 
+use crate::kv::{Connection, Kv};
 use crate::metrics::Metrics;
 use crate::reads::Routing;
 use crate::subscription::Followed;
@@ -22,10 +22,7 @@ use crate::subscription::Followed;
 pub const CHANNEL: &str = "stoa:writes";
 
 /// Publishes `user`'s write.
-pub async fn announce(
-    mut conn: redis::aio::ConnectionManager,
-    user: Uuid,
-) -> redis::RedisResult<()> {
+pub async fn announce(mut conn: Connection, user: Uuid) -> redis::RedisResult<()> {
     let mut buffer = Uuid::encode_buffer();
     let id = user.hyphenated().encode_lower(&mut buffer);
     conn.publish(CHANNEL, &*id).await
@@ -48,32 +45,28 @@ impl Followed for Routing {
 }
 
 /// Follows the writes channel for as long as the process runs.
-pub fn spawn(routing: Arc<Routing>, client: redis::Client, timeout: Duration) {
+pub fn spawn(routing: Arc<Routing>, kv: Arc<Kv>) {
     let metrics = routing.metrics.clone();
     crate::subscription::keep_following(
         routing.clone(),
         metrics,
         || false,
+        Some(kv.moves()),
         move || {
-            let (routing, client) = (routing.clone(), client.clone());
-            async move { follow(&routing, &client, timeout).await }
+            let (routing, kv) = (routing.clone(), kv.clone());
+            async move { follow(&routing, &kv).await }
         },
     );
 }
 
-async fn follow(
-    routing: &Routing,
-    client: &redis::Client,
-    timeout: Duration,
-) -> anyhow::Result<()> {
+async fn follow(routing: &Routing, kv: &Kv) -> anyhow::Result<()> {
     let subscribed = async {
         routing.set_live(true, &routing.metrics);
         Ok(())
     };
     crate::subscription::follow_redis_channel(
-        client,
+        kv,
         CHANNEL,
-        timeout,
         subscribed,
         |payload| {
             let user = std::str::from_utf8(payload)

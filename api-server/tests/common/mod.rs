@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod pgbouncer;
+pub mod redis_ha;
 pub mod replica;
 pub mod tls;
 

@@ -1,0 +1,387 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! Highly available Redis: two replicas of stoa-api behind real sentinels (and a real
+//! cluster), the primary killed under signed-in load. Nothing may fail, no revoked token
+//! may pass, and the time until both replicas trust Redis again is printed.
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::redis_ha::{RedisCluster, SENTINEL_PASSWORD, SentinelSet};
+use common::{FEED_LIVE, TestApp, eventually, shared_keys};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+const REDIS_UP: &str = r#"stoa_dependency_up{dependency="redis"} 1"#;
+
+async fn trusts_redis(app: &TestApp) -> bool {
+    let metrics = app.metrics().await;
+    metrics.contains(REDIS_UP) && metrics.contains(FEED_LIVE)
+}
+
+/// What the load saw.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicU64,
+    failed: AtomicU64,
+    revoked_checks: AtomicU64,
+    revoked_accepted: AtomicU64,
+}
+
+/// Signed-in reads on both replicas, as fast as they answer, until `stop`: each valid
+/// token must get 200, each token in `revoked` must get 401.
+fn load(
+    apps: [Arc<TestApp>; 2],
+    valid: Vec<String>,
+    revoked: Arc<std::sync::Mutex<Vec<String>>>,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (i, token) in valid.into_iter().enumerate() {
+        let (app, tally, stop) = (apps[i % 2].clone(), tally.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let paths = ["/api/user", "/api/articles/feed"];
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let res = app.get(paths[n % 2], Some(&token)).await;
+                n += 1;
+                tally.requests.fetch_add(1, Ordering::Relaxed);
+                if res.status != StatusCode::OK {
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed: {} {}", res.status, res.text);
+                }
+            }
+        }));
+    }
+    for app in apps {
+        let (revoked, tally, stop) = (revoked.clone(), tally.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let tokens = revoked.lock().unwrap().clone();
+                for token in tokens {
+                    let res = app.get("/api/user", Some(&token)).await;
+                    tally.revoked_checks.fetch_add(1, Ordering::Relaxed);
+                    if res.status != StatusCode::UNAUTHORIZED {
+                        tally.revoked_accepted.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("revoked token answered {}", res.status);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tasks
+}
+
+async fn logout(app: &TestApp, token: &str) {
+    let res = app.post("/api/auth/logout", Some(token), json!({})).await;
+    assert_eq!(res.status, StatusCode::NO_CONTENT, "{}", res.text);
+}
+
+/// The primary dies under load: the sentinels promote the replica, both stoa-api
+/// replicas follow it, resync it and resubscribe. Tokens revoked just before the kill
+/// (perhaps never replicated) and while no primary exists are refused throughout.
+#[sqlx::test(migrations = "../migrations")]
+async fn sentinel_failover_under_load_loses_no_request_and_no_revocation(pool: PgPool) {
+    let mut set = SentinelSet::start().await;
+    let keys = shared_keys();
+    let setting = set.stoa_setting();
+    let env = [
+        ("STOA_REDIS_SENTINELS", setting.as_str()),
+        ("STOA_REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD),
+        ("STOA_JWT_KEYS_DIR", keys.path().to_str().unwrap()),
+    ];
+    let a = Arc::new(TestApp::spawn_with(pool.clone(), &env).await);
+    let b = Arc::new(TestApp::spawn_with(pool, &env).await);
+    for app in [&a, &b] {
+        eventually("redis trusted through the sentinels", || trusts_redis(app)).await;
+    }
+
+    let mut valid = Vec::new();
+    for i in 0..6 {
+        valid.push(a.register(&format!("reader{i}")).await);
+    }
+    let before = a.register("before").await;
+    let during = b.register("during").await;
+
+    let revoked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(
+        [a.clone(), b.clone()],
+        valid,
+        revoked.clone(),
+        tally.clone(),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Revoked on one replica, then the primary dies at once: the mirror key may never
+    // have reached the replica that will be promoted.
+    logout(&a, &before).await;
+    revoked.lock().unwrap().push(before);
+    eventually("the revocation reaches the replica", || async {
+        let mut everywhere = true;
+        for port in set.data_ports() {
+            everywhere &= set.count_on(port, "stoa:{revoked}:jti:*").await == 1;
+        }
+        everywhere
+    })
+    .await;
+    let old_primary = set.kill_primary().await;
+    let killed = Instant::now();
+    // What asynchronous replication can lose when a primary dies.
+    assert_eq!(set.lose_unreplicated("stoa:{revoked}:jti:*").await, 1);
+
+    // Revoked while there is no primary at all (the sentinels wait 1 s to agree).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    logout(&b, &during).await;
+    revoked.lock().unwrap().push(during);
+
+    eventually("the sentinels promote the replica", || async {
+        set.primary_port().await.is_some_and(|p| p != old_primary)
+    })
+    .await;
+    let promoted = killed.elapsed();
+    for app in [&a, &b] {
+        common::eventually_within(
+            Duration::from_secs(20),
+            "both replicas trust the new primary",
+            || trusts_redis(app),
+        )
+        .await;
+    }
+    let recovered = killed.elapsed();
+    // Load on the recovered tier for a moment more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let new_primary = set.primary_port().await.unwrap();
+    eprintln!(
+        "sentinel failover: promoted after {promoted:?}, both replicas trusting the new primary after {recovered:?}; {} requests, {} failed, {} checks of revoked tokens, {} accepted",
+        tally.requests.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+        tally.revoked_checks.load(Ordering::Relaxed),
+        tally.revoked_accepted.load(Ordering::Relaxed),
+    );
+    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "failed requests");
+    assert_eq!(
+        tally.revoked_accepted.load(Ordering::Relaxed),
+        0,
+        "revoked tokens accepted"
+    );
+    assert!(tally.requests.load(Ordering::Relaxed) > 100);
+    assert!(tally.revoked_checks.load(Ordering::Relaxed) > 10);
+    // The resync restored what replication lost, and what was revoked without a primary.
+    assert!(set.exists_on(new_primary, "stoa:{revoked}:synced").await);
+    assert!(
+        set.count_on(new_primary, "stoa:{revoked}:jti:*").await >= 2,
+        "the revocations made before and during the failover are on the new primary"
+    );
+    // And the replicas write there: a logout now lands on it.
+    let after = a.register("after").await;
+    let jtis = set.count_on(new_primary, "stoa:{revoked}:jti:*").await;
+    logout(&a, &after).await;
+    assert_eq!(
+        set.count_on(new_primary, "stoa:{revoked}:jti:*").await,
+        jtis + 1
+    );
+    assert_eq!(
+        b.get("/api/user", Some(&after)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn cluster_replicas(
+    cluster: &RedisCluster,
+    pool: PgPool,
+    extra: &[(&str, &str)],
+) -> (Arc<TestApp>, Arc<TestApp>, tempfile::TempDir) {
+    let keys = shared_keys();
+    let setting = cluster.stoa_setting();
+    let mut env = vec![
+        ("STOA_REDIS_CLUSTER", setting.as_str()),
+        ("STOA_JWT_KEYS_DIR", keys.path().to_str().unwrap()),
+    ];
+    env.extend_from_slice(extra);
+    let a = Arc::new(TestApp::spawn_with(pool.clone(), &env).await);
+    let b = Arc::new(TestApp::spawn_with(pool, &env).await);
+    for app in [&a, &b] {
+        eventually("redis cluster trusted", || trusts_redis(app)).await;
+    }
+    (a, b, keys)
+}
+
+/// Each kind of key lives where its hash tag puts it, and everything that spans keys
+/// works: the budgets charged together, the cache entry and its tracking set, the
+/// revocation check's marker and keys, and pub/sub between replicas on different nodes.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_cluster_serves_limits_cache_and_revocations_across_replicas(pool: PgPool) {
+    let cluster = RedisCluster::start().await;
+    let (a, b, _keys) =
+        cluster_replicas(&cluster, pool, &[("STOA_RATE_LIMIT_PER_USER", "5/1m")]).await;
+
+    // One budget across both replicas, charged with the per-IP budget in one script.
+    let token = a.register("spender").await;
+    let mut allowed = 0;
+    let mut refused = 0;
+    for i in 0..10 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        match app.get("/api/user", Some(&token)).await.status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        (1..=5).contains(&allowed),
+        "allowed {allowed} of a budget of 5"
+    );
+    assert_eq!(allowed + refused, 10);
+    let budgets = cluster.primary_for("stoa:{rl}:").await.unwrap();
+    assert_eq!(
+        cluster.count_on(budgets, "stoa:{rl}:user:*").await,
+        1,
+        "the user's budget is on the node its hash tag names"
+    );
+
+    // A cached read, and its invalidation by a write on the other replica.
+    let writer = b.register("writer").await;
+    b.article(&writer, "First", &["one"]).await;
+    let tags = a.get("/api/tags", None).await;
+    assert_eq!(tags.body["tags"], json!(["one"]));
+    let entries = cluster.primary_for("stoa:{c}:").await.unwrap();
+    eventually("the tags are cached in the cluster", || async {
+        cluster.count_on(entries, "stoa:{c}:tags").await == 1
+    })
+    .await;
+    b.article(&writer, "Second", &["two"]).await;
+    eventually(
+        "the write on one replica invalidates the other's cache",
+        || async {
+            let tags = a.get("/api/tags", None).await;
+            tags.body["tags"].as_array().is_some_and(|t| t.len() == 2)
+        },
+    )
+    .await;
+
+    // A logout on one replica is refused by the other.
+    let leaving = a.register("leaving").await;
+    logout(&a, &leaving).await;
+    assert!(
+        a.metrics()
+            .await
+            .contains("stoa_revocation_mirror_failures_total 0"),
+        "mirrored and announced"
+    );
+    assert_eq!(
+        b.get("/api/user", Some(&leaving)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let revocations = cluster.primary_for("stoa:{revoked}:").await.unwrap();
+    assert_eq!(
+        cluster.count_on(revocations, "stoa:{revoked}:jti:*").await,
+        1
+    );
+}
+
+/// The cluster fails over the primary that holds the revocations, under load: nothing
+/// fails, no revoked token passes, and both replicas resync the promoted replica.
+#[sqlx::test(migrations = "../migrations")]
+async fn cluster_failover_of_the_revocations_node_loses_no_request_and_no_revocation(pool: PgPool) {
+    cluster_failover_under_load(pool, "stoa:{revoked}:").await;
+}
+
+/// The same with the primary that carries the revocation channel (where the replicas'
+/// copies subscribe): their feeds drop with it, so none stays live while missing an
+/// announcement.
+#[sqlx::test(migrations = "../migrations")]
+async fn cluster_failover_of_the_revocation_channels_node_loses_no_revocation(pool: PgPool) {
+    cluster_failover_under_load(pool, "stoa:revocations").await;
+}
+
+/// Kills the primary serving `victim`'s slot under signed-in load, with a logout just
+/// before and one during the failover.
+async fn cluster_failover_under_load(pool: PgPool, victim: &str) {
+    let mut cluster = RedisCluster::start().await;
+    let (a, b, _keys) = cluster_replicas(&cluster, pool, &[]).await;
+    let mut valid = Vec::new();
+    for i in 0..6 {
+        valid.push(a.register(&format!("reader{i}")).await);
+    }
+    let before = a.register("before").await;
+    let during = b.register("during").await;
+    let revoked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(
+        [a.clone(), b.clone()],
+        valid,
+        revoked.clone(),
+        tally.clone(),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    logout(&a, &before).await;
+    revoked.lock().unwrap().push(before);
+    let old_primary = cluster.kill_primary_for(victim).await;
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    logout(&b, &during).await;
+    revoked.lock().unwrap().push(during);
+
+    let promotion = Instant::now() + Duration::from_secs(20);
+    while cluster
+        .primary_for(victim)
+        .await
+        .is_none_or(|p| p == old_primary)
+    {
+        assert!(
+            Instant::now() < promotion,
+            "no replica promoted in place of {old_primary}:\n{}",
+            cluster.describe().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let promoted = killed.elapsed();
+    for app in [&a, &b] {
+        common::eventually_within(
+            Duration::from_secs(20),
+            "both replicas trust the cluster again",
+            || trusts_redis(app),
+        )
+        .await;
+    }
+    let recovered = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    eprintln!(
+        "cluster failover of the node serving {victim}: promoted after {promoted:?}, both replicas trusting the cluster after {recovered:?}; {} requests, {} failed, {} checks of revoked tokens, {} accepted",
+        tally.requests.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+        tally.revoked_checks.load(Ordering::Relaxed),
+        tally.revoked_accepted.load(Ordering::Relaxed),
+    );
+    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "failed requests");
+    assert_eq!(
+        tally.revoked_accepted.load(Ordering::Relaxed),
+        0,
+        "revoked tokens accepted"
+    );
+    assert!(tally.requests.load(Ordering::Relaxed) > 100);
+    let new_primary = cluster.primary_for("stoa:{revoked}:").await.unwrap();
+    assert!(
+        cluster.count_on(new_primary, "stoa:{revoked}:jti:*").await >= 2,
+        "the revocations made before and during the failover are on the promoted replica"
+    );
+}
