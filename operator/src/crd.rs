@@ -322,15 +322,87 @@ fn default_migration_deadline() -> i64 {
     600
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("[has(self.urlSecretRef), has(self.sentinel), has(self.cluster)].filter(x, x).size() == 1").message("redis: set exactly one of urlSecretRef (one server), sentinel and cluster"))]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
-    /// Secret key holding the Redis URL (`rediss://user:password@host:port` for TLS).
-    pub url_secret_ref: SecretKeyRef,
+    /// One Redis server: a Secret key holding its URL (`rediss://user:password@host:port`
+    /// for TLS and an ACL user). Set exactly one of `urlSecretRef`, `sentinel` and
+    /// `cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+    /// Redis behind Sentinel: the pods follow the primary the sentinels name across
+    /// failovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<RedisSentinelSpec>,
+    /// A Redis Cluster (cluster mode enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<RedisClusterSpec>,
     /// The CA that signed Redis's certificate (a Secret key holding PEM), for `rediss://`
     /// to a private CA: mounted into the pods and named by `STOA_REDIS_CA_FILE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSentinelSpec {
+    /// Secret key holding the sentinels and the primary's name:
+    /// `redis[s]://[user:password@]sentinel-0:26379,sentinel-1:26379,…/<master name>`. The
+    /// user, password and TLS are the data nodes' (`STOA_REDIS_SENTINELS`).
+    pub url_secret_ref: SecretKeyRef,
+    /// Secret key holding the sentinels' own password (`requirepass` in sentinel.conf),
+    /// when they ask for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisClusterSpec {
+    /// Secret key holding some of the cluster's nodes (the rest are discovered):
+    /// `redis[s]://[user:password@]node-0:6379,node-1:6379,…` (`STOA_REDIS_CLUSTER`).
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// Which Redis the pods are given, from [`RedisSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisEndpoint<'a> {
+    Server(&'a SecretKeyRef),
+    Sentinel(&'a RedisSentinelSpec),
+    Cluster(&'a RedisClusterSpec),
+}
+
+impl RedisEndpoint<'_> {
+    /// The Secret key the pods read the Redis URL (or list) from.
+    pub fn url_secret_ref(&self) -> &SecretKeyRef {
+        match self {
+            RedisEndpoint::Server(secret) => secret,
+            RedisEndpoint::Sentinel(sentinel) => &sentinel.url_secret_ref,
+            RedisEndpoint::Cluster(cluster) => &cluster.url_secret_ref,
+        }
+    }
+
+    /// How `kubectl get st` names it.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            RedisEndpoint::Server(_) => "Redis",
+            RedisEndpoint::Sentinel(_) => "Redis Sentinel",
+            RedisEndpoint::Cluster(_) => "Redis Cluster",
+        }
+    }
+}
+
+impl RedisSpec {
+    /// The one endpoint set; `None` when the CRD's rule was bypassed (none or several).
+    pub fn endpoint(&self) -> Option<RedisEndpoint<'_>> {
+        match (&self.url_secret_ref, &self.sentinel, &self.cluster) {
+            (Some(url), None, None) => Some(RedisEndpoint::Server(url)),
+            (None, Some(sentinel), None) => Some(RedisEndpoint::Sentinel(sentinel)),
+            (None, None, Some(cluster)) => Some(RedisEndpoint::Cluster(cluster)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -8,7 +8,7 @@ use kube::runtime::events::EventType;
 use crate::conditions::{Reason, degraded, paused, progressing, ready, rollback_blocked};
 use crate::crd::{
     AutoscalingStatus, CredentialRotationStatus, KeyRotationStatus, KeyStatus, MigrationStatus,
-    Stoa, StoaStatus, WorkerStatus,
+    RedisSpec, Stoa, StoaStatus, WorkerStatus,
 };
 use crate::resources;
 use crate::rollout::{Activity, Plan};
@@ -242,10 +242,11 @@ pub fn data_tier(stoa: &Stoa) -> String {
     if database.read_url_secret_ref.is_some() {
         tier.push_str(" + read replica");
     }
-    tier.push_str(if stoa.spec.redis.is_some() {
-        ", Redis"
-    } else {
-        ", no Redis"
+    tier.push_str(", ");
+    tier.push_str(match stoa.spec.redis.as_ref().map(RedisSpec::endpoint) {
+        None => "no Redis",
+        Some(Some(endpoint)) => endpoint.describe(),
+        Some(None) => "Redis (invalid)",
     });
     tier
 }

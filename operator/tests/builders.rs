@@ -5,7 +5,7 @@ mod fixtures;
 use fixtures::{container, full, stoa, with_spec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
-use stoa_operator::crd::AutoscalingMode;
+use stoa_operator::crd::{AutoscalingMode, Stoa};
 use stoa_operator::resources;
 
 #[test]
@@ -830,4 +830,115 @@ fn a_pooler_url_is_mounted_into_api_and_worker_pods() {
         stoa_operator::status::data_tier(&stoa("api")),
         "PostgreSQL, no Redis"
     );
+}
+
+/// `spec.redis` names one Redis: a server, Sentinel or a cluster. The CRD's rule, run by a
+/// CEL interpreter as the API server runs it at `kubectl apply`.
+#[test]
+fn the_crd_takes_exactly_one_kind_of_redis() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(stoa_operator::crd::Stoa::crd()).unwrap();
+    let redis = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/redis")
+        .unwrap();
+    let rules: Vec<&str> = redis["x-kubernetes-validations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["rule"].as_str())
+        .collect();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let program = cel::Program::compile(rules[0]).unwrap();
+    let admits = |redis: serde_json::Value| {
+        let mut context = cel::Context::default();
+        context.add_variable("self", redis).unwrap();
+        program.execute(&context).unwrap() == cel::Value::Bool(true)
+    };
+    let secret = serde_json::json!({"name": "r", "key": "url"});
+    assert!(admits(serde_json::json!({"urlSecretRef": secret})));
+    assert!(admits(
+        serde_json::json!({"sentinel": {"urlSecretRef": secret}, "caSecretRef": secret})
+    ));
+    assert!(admits(
+        serde_json::json!({"cluster": {"urlSecretRef": secret}})
+    ));
+    assert!(!admits(serde_json::json!({})));
+    assert!(!admits(serde_json::json!({"caSecretRef": secret})));
+    assert!(!admits(
+        serde_json::json!({"urlSecretRef": secret, "cluster": {"urlSecretRef": secret}})
+    ));
+    assert!(!admits(serde_json::json!({
+        "urlSecretRef": secret,
+        "sentinel": {"urlSecretRef": secret},
+        "cluster": {"urlSecretRef": secret}
+    })));
+}
+
+/// Sentinel: the list and the sentinels' password are mounted from their Secrets and named
+/// by the variables stoa-api reads; `kubectl get st` names the tier. A spec that names no
+/// Redis (an API server without the CRD's rules let it through) is refused, not guessed.
+#[test]
+fn a_sentinel_redis_is_mounted_and_named_and_an_empty_one_is_refused() {
+    let s: Stoa = serde_norway::from_str(
+        "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {name: api, namespace: shop, uid: 11111111-2222-3333-4444-555555555555}
+spec:
+  image: stoa-api:test
+  database: {urlSecretRef: {name: api-db}}
+  redis:
+    sentinel:
+      urlSecretRef: {name: redis-sentinels, key: list}
+      passwordSecretRef: {name: redis-sentinels, key: sentinel-password}
+",
+    )
+    .unwrap();
+    let cm = resources::config_map(&s).unwrap();
+    let data = cm.data.clone().unwrap();
+    assert_eq!(data["STOA_REDIS_SENTINELS_FILE"], "/var/run/stoa/redis/url");
+    assert_eq!(
+        data["STOA_REDIS_SENTINEL_PASSWORD_FILE"],
+        "/var/run/stoa/redis-sentinel-password/password"
+    );
+    assert!(!data.contains_key("STOA_REDIS_URL_FILE"));
+    let d = resources::deployment(&s, &cm, &s.spec.image).unwrap();
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    assert!(mounted_read_only(&pod, "/var/run/stoa/redis"));
+    assert!(mounted_read_only(
+        &pod,
+        "/var/run/stoa/redis-sentinel-password"
+    ));
+    let projected: Vec<(String, String)> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref())
+        .flat_map(|s| {
+            s.items.iter().flatten().map(|i| {
+                (
+                    format!("{}/{}", s.secret_name.as_deref().unwrap(), i.key),
+                    i.path.clone(),
+                )
+            })
+        })
+        .collect();
+    assert!(projected.contains(&("redis-sentinels/list".into(), "url".into())));
+    assert!(projected.contains(&(
+        "redis-sentinels/sentinel-password".into(),
+        "password".into()
+    )));
+    assert_eq!(
+        stoa_operator::status::data_tier(&s),
+        "PostgreSQL, Redis Sentinel"
+    );
+
+    let mut empty = s.clone();
+    empty.spec.redis = Some(stoa_operator::crd::RedisSpec {
+        url_secret_ref: None,
+        sentinel: None,
+        cluster: None,
+        ca_secret_ref: None,
+    });
+    let refused = resources::config_map(&empty).unwrap_err();
+    assert!(refused.to_string().contains("exactly one"), "{refused}");
 }

@@ -157,3 +157,109 @@ async fn stoa_api_serves_with_the_key_secret_the_operator_creates(pool: PgPool) 
     assert_eq!(kid.as_deref(), Some(mfa_file.keys[0].kid.as_str()));
     let _ = stop.send(());
 }
+
+/// Each Redis tier the CRD offers reaches stoa-api as the setting it reads: the operator's
+/// ConfigMap names files, the Deployment mounts Secret keys as those files, and stoa-api
+/// parses what the Secrets hold. Files are laid out as the kubelet would, under a
+/// temporary root.
+#[test]
+fn each_redis_tier_reaches_stoa_api_as_the_setting_it_reads() {
+    use stoa_api::config::RedisTarget;
+    let secrets: HashMap<(&str, &str), &str> = [
+        (("api-db", "url"), "postgres://stoa:pw@postgres:5432/stoa"),
+        (
+            ("redis-sentinels", "url"),
+            "rediss://stoa:data-pw@sentinel-0:26379,sentinel-1:26379,sentinel-2:26379/mymaster",
+        ),
+        (("redis-sentinels", "sentinel-password"), "sentinel-pw"),
+        (
+            ("redis-cluster", "nodes"),
+            "redis://:pw@redis-cluster-0:6379,redis-cluster-1:6379",
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let tiers = [
+        "sentinel: {urlSecretRef: {name: redis-sentinels}, passwordSecretRef: {name: redis-sentinels, key: sentinel-password}}",
+        "cluster: {urlSecretRef: {name: redis-cluster, key: nodes}}",
+    ];
+    for tier in tiers {
+        let s: Stoa = serde_norway::from_str(&format!(
+            "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {{name: api, namespace: shop, uid: 11111111-2222-3333-4444-555555555555}}
+spec:
+  image: stoa-api:test
+  database: {{urlSecretRef: {{name: api-db}}, credentialRotation: {{enabled: false}}}}
+  redis: {{{tier}}}
+"
+        ))
+        .unwrap();
+        let config_map = resources::config_map(&s).unwrap();
+        let deployment = resources::deployment(&s, &config_map, "stoa-api:test").unwrap();
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        let root = tempfile::tempdir().unwrap();
+        // The kubelet: every Secret volume's keys, projected under its mount path.
+        for mount in pod.containers[0].volume_mounts.iter().flatten() {
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .unwrap();
+            let Some(secret) = &volume.secret else {
+                continue;
+            };
+            let name = secret.secret_name.as_deref().unwrap();
+            for item in secret.items.iter().flatten() {
+                let Some(value) = secrets.get(&(name, item.key.as_str())) else {
+                    continue;
+                };
+                let dir = root.path().join(mount.mount_path.trim_start_matches('/'));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(&item.path), format!("{value}\n")).unwrap();
+            }
+        }
+        let env: HashMap<String, String> = config_map
+            .data
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                let v = if k.ends_with("_FILE") {
+                    root.path()
+                        .join(v.trim_start_matches('/'))
+                        .to_str()
+                        .unwrap()
+                        .to_owned()
+                } else {
+                    v
+                };
+                (k, v)
+            })
+            .collect();
+        let config = Config::from_env(&Env::new(move |k| env.get(k).cloned()), false)
+            .unwrap_or_else(|e| panic!("{tier}: {e}"));
+        match (tier.split(':').next().unwrap(), config.redis.unwrap()) {
+            ("sentinel", RedisTarget::Sentinel(sentinel)) => {
+                assert_eq!(sentinel.master, "mymaster");
+                assert!(sentinel.nodes.tls);
+                assert_eq!(sentinel.nodes.addresses.len(), 3);
+                assert_eq!(sentinel.nodes.username.as_deref(), Some("stoa"));
+                assert_eq!(
+                    sentinel.sentinel_password.as_ref().map(|p| p.expose()),
+                    Some("sentinel-pw")
+                );
+            }
+            ("cluster", RedisTarget::Cluster(nodes)) => {
+                assert_eq!(
+                    nodes.addresses,
+                    vec![
+                        ("redis-cluster-0".to_owned(), 6379),
+                        ("redis-cluster-1".to_owned(), 6379)
+                    ]
+                );
+            }
+            (tier, other) => panic!("{tier} became {}", other.kind()),
+        }
+    }
+}

@@ -16,7 +16,7 @@ use stoa_contract::env;
 use stoa_contract::migration::Phase;
 use stoa_contract::paths::URL_FILE;
 
-use crate::crd::{AutoscalingMode, Stoa};
+use crate::crd::{AutoscalingMode, RedisEndpoint, Stoa};
 
 mod credential_jobs;
 mod network;
@@ -31,7 +31,8 @@ pub const API_PORT: i32 = 8080;
 pub const METRICS_PORT: i32 = 9090;
 pub use stoa_contract::paths::{
     CA_FILE, DATABASE_CA_MOUNT, DATABASE_MOUNT, DATABASE_POOLER_MOUNT, DATABASE_READ_MOUNT,
-    KEYS_MOUNT, MFA_KEYS_MOUNT, REDIS_CA_MOUNT, REDIS_MOUNT,
+    KEYS_MOUNT, MFA_KEYS_MOUNT, PASSWORD_FILE, REDIS_CA_MOUNT, REDIS_MOUNT,
+    REDIS_SENTINEL_PASSWORD_MOUNT,
 };
 pub const CONFIG_HASH_ANNOTATION: &str = "stoa.dev/config-hash";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
@@ -57,6 +58,9 @@ pub enum BuildError {
         kind: &'static str,
         source: serde_json::Error,
     },
+    /// What the CRD's rules refuse, met anyway (an API server that does not run them).
+    #[error("{0}")]
+    Spec(&'static str),
 }
 
 type Result<T> = std::result::Result<T, BuildError>;
@@ -298,11 +302,24 @@ pub fn config_map(stoa: &Stoa) -> Result<ConfigMap> {
             format!("{scheme}://{}", ingress.host),
         );
     }
-    if spec.redis.is_some() {
-        data.insert(
-            env::REDIS_URL_FILE.into(),
-            format!("{REDIS_MOUNT}/{URL_FILE}"),
-        );
+    if let Some(redis) = &spec.redis {
+        let endpoint = redis.endpoint().ok_or(BuildError::Spec(
+            "redis: set exactly one of urlSecretRef, sentinel and cluster",
+        ))?;
+        let variable = match endpoint {
+            RedisEndpoint::Server(_) => env::REDIS_URL_FILE,
+            RedisEndpoint::Sentinel(_) => env::REDIS_SENTINELS_FILE,
+            RedisEndpoint::Cluster(_) => env::REDIS_CLUSTER_FILE,
+        };
+        data.insert(variable.into(), format!("{REDIS_MOUNT}/{URL_FILE}"));
+        if let RedisEndpoint::Sentinel(sentinel) = endpoint
+            && sentinel.password_secret_ref.is_some()
+        {
+            data.insert(
+                env::REDIS_SENTINEL_PASSWORD_FILE.into(),
+                format!("{REDIS_SENTINEL_PASSWORD_MOUNT}/{PASSWORD_FILE}"),
+            );
+        }
     }
     Ok(ConfigMap {
         metadata: meta(stoa, &Names::of(stoa).config)?,

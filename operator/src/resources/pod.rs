@@ -116,8 +116,13 @@ impl Mounted {
     /// A URL Secret key as the volume `name` (the key projected to `<mount>/<URL_FILE>`,
     /// readable by the pod's group only) and its read-only mount.
     pub fn url_secret(&mut self, name: &str, secret: &str, key: &str, mount: &str) {
+        self.secret_file(name, secret, key, mount, URL_FILE);
+    }
+
+    /// A Secret key projected to `<mount>/<file>`, as [`Mounted::url_secret`] does.
+    pub fn secret_file(&mut self, name: &str, secret: &str, key: &str, mount: &str, file: &str) {
         self.volumes
-            .push(secret_volume(name, secret, Some((key, URL_FILE)), 0o440));
+            .push(secret_volume(name, secret, Some((key, file)), 0o440));
         self.mounts.push(read_only_mount(name, mount));
     }
 }

@@ -30,11 +30,12 @@ use super::{
     API_PORT, ATTEMPT_ANNOTATION, COMPONENT_LABEL, CONFIG_HASH_ANNOTATION, Component,
     DATABASE_MOUNT, DATABASE_POOLER_MOUNT, DATABASE_READ_MOUNT, IMAGE_ANNOTATION, JobRequest,
     KEYS_MOUNT, METRICS_PORT, MFA_KEYS_MOUNT, MIGRATION_JOB_LABEL, MIGRATION_KEY_LABEL,
-    MIGRATION_STEP_LABEL, Names, REDIS_MOUNT, REPLICAS_OWNER_ANNOTATION, REPLICAS_OWNER_AUTOSCALER,
-    REPLICAS_OWNER_OPERATOR, Replicas, Result, URL_KEY, component_selector_labels, config_hash,
-    labels, meta, migration_labels, rotation_enabled,
+    MIGRATION_STEP_LABEL, Names, PASSWORD_FILE, REDIS_MOUNT, REDIS_SENTINEL_PASSWORD_MOUNT,
+    REPLICAS_OWNER_ANNOTATION, REPLICAS_OWNER_AUTOSCALER, REPLICAS_OWNER_OPERATOR, Replicas,
+    Result, URL_KEY, component_selector_labels, config_hash, labels, meta, migration_labels,
+    rotation_enabled,
 };
-use crate::crd::Stoa;
+use crate::crd::{RedisEndpoint, RedisSpec, Stoa};
 
 /// What the API and the worker Deployments differ in.
 struct Program {
@@ -186,7 +187,8 @@ fn container_env(stoa: &Stoa, component: Component, ca_env: Vec<EnvVar>) -> Vec<
 }
 
 /// Volumes and mounts in the order the pods get them: the program's own, the database URL,
-/// `/tmp`, the pooler's URL, the read replica's URL (API), Redis's URL, the CA files.
+/// `/tmp`, the pooler's URL, the read replica's URL (API), Redis's URL (and the sentinels'
+/// password), the CA files.
 fn volumes(stoa: &Stoa, program: &mut Program) -> Vec<EnvVar> {
     let spec = &stoa.spec;
     let names = Names::of(stoa);
@@ -226,9 +228,20 @@ fn volumes(stoa: &Stoa, program: &mut Program) -> Vec<EnvVar> {
     if let (Component::Api, Some(read)) = (program.component, &spec.database.read_url_secret_ref) {
         mounted.url_secret("database-read", &read.name, &read.key, DATABASE_READ_MOUNT);
     }
-    if let Some(redis) = &spec.redis {
-        let secret = &redis.url_secret_ref;
+    if let Some(endpoint) = spec.redis.as_ref().and_then(RedisSpec::endpoint) {
+        let secret = endpoint.url_secret_ref();
         mounted.url_secret("redis", &secret.name, &secret.key, REDIS_MOUNT);
+        if let RedisEndpoint::Sentinel(sentinel) = endpoint
+            && let Some(password) = &sentinel.password_secret_ref
+        {
+            mounted.secret_file(
+                "redis-sentinel-password",
+                &password.name,
+                &password.key,
+                REDIS_SENTINEL_PASSWORD_MOUNT,
+                PASSWORD_FILE,
+            );
+        }
     }
     [CaMount::database(stoa), CaMount::redis(stoa)]
         .into_iter()
