@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::redis_ha::{RedisCluster, SENTINEL_PASSWORD, SentinelSet};
+use common::tls::ThrowawayCa;
 use common::{FEED_LIVE, TestApp, eventually, shared_keys};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -196,6 +197,71 @@ async fn sentinel_failover_under_load_loses_no_request_and_no_revocation(pool: P
         b.get("/api/user", Some(&after)).await.status,
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// `rediss://` to the sentinels and the data nodes, verified against the CA in
+/// `STOA_REDIS_CA_FILE`, with an ACL user on the data nodes: the pods find the primary,
+/// use it, and follow a failover. Without the CA they trust none of it.
+#[sqlx::test(migrations = "../migrations")]
+async fn sentinels_over_tls_with_an_acl_user_are_followed_across_a_failover(pool: PgPool) {
+    let ca = ThrowawayCa::new();
+    let mut set = SentinelSet::start_with(Some(&ca)).await;
+    let setting = set.stoa_setting();
+    assert!(setting.starts_with("rediss://stoa:"), "{setting}");
+    let ca_file = ca.ca.to_str().unwrap().to_owned();
+    let app = TestApp::spawn_with(
+        pool.clone(),
+        &[
+            ("STOA_REDIS_SENTINELS", setting.as_str()),
+            ("STOA_REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD),
+            ("STOA_REDIS_CA_FILE", ca_file.as_str()),
+        ],
+    )
+    .await;
+    eventually("redis trusted over TLS", || trusts_redis(&app)).await;
+    let token = app.register("tls").await;
+    logout(&app, &token).await;
+    let primary = set.primary_port().await.unwrap();
+    assert_eq!(set.count_on(primary, "stoa:{revoked}:jti:*").await, 1);
+
+    let old_primary = set.kill_primary().await;
+    common::eventually_within(Duration::from_secs(20), "a new primary", || async {
+        set.primary_port().await.is_some_and(|p| p != old_primary)
+    })
+    .await;
+    common::eventually_within(Duration::from_secs(20), "the new primary trusted", || {
+        trusts_redis(&app)
+    })
+    .await;
+    let new_primary = set.primary_port().await.unwrap();
+    assert!(set.exists_on(new_primary, "stoa:{revoked}:synced").await);
+    assert_eq!(
+        app.get("/api/user", Some(&token)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The system's roots do not know the throw-away CA: nothing is trusted, and the
+    // server still serves.
+    drop(app);
+    // A pool of its own: the test database's pool is small.
+    let own_pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let stranger = TestApp::spawn_with(
+        own_pool,
+        &[
+            ("STOA_REDIS_SENTINELS", setting.as_str()),
+            ("STOA_REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !stranger.metrics().await.contains(REDIS_UP),
+        "a certificate from an unknown CA was accepted"
+    );
+    assert_eq!(stranger.get("/api/tags", None).await.status, StatusCode::OK);
 }
 
 async fn cluster_replicas(

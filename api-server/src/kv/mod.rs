@@ -373,6 +373,8 @@ impl Kv {
     /// Refuses to trust a Redis whose eviction policy could drop revocations while keeping
     /// the marker. A Redis that does not allow `CONFIG GET` (some managed services) is
     /// trusted with a warning: docs/running/redis.md says to configure `noeviction` there.
+    /// A cluster answers `CONFIG GET` from a node of its choosing, so every probe checks
+    /// one node and, over a few seconds, all of them.
     async fn check_eviction_policy(&self, conn: &mut Connection) -> Result<(), String> {
         let answer = tokio::time::timeout(
             self.timeout,

@@ -3,17 +3,20 @@
 //! ports, in a temporary directory, stopped on drop.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::free_port;
+use super::tls::ThrowawayCa;
 
 pub const MASTER_NAME: &str = "stoa";
 /// The data nodes' password (`requirepass`, and `masterauth` to replicate).
 pub const DATA_PASSWORD: &str = "data-secret";
 /// The sentinels' own password.
 pub const SENTINEL_PASSWORD: &str = "sentinel-secret";
+/// The data nodes' ACL user when they speak TLS (their default user is off then).
+pub const DATA_USER: &str = "stoa";
 
 struct Process {
     port: u16,
@@ -50,10 +53,18 @@ impl Drop for Process {
     }
 }
 
-fn data_node_args(dir: &Path, port: u16, extra: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--port",
-        &port.to_string(),
+/// A data node's arguments: a password for the default user; or, with `tls`, TLS only
+/// (replication too), an ACL user and the default user off.
+fn data_node_args(
+    dir: &Path,
+    port: u16,
+    tls: Option<&ThrowawayCa>,
+    extra: &[String],
+) -> Vec<String> {
+    let port = port.to_string();
+    let log = dir.join(format!("{port}.log"));
+    let user = format!(">{DATA_PASSWORD}");
+    let mut args: Vec<&str> = vec![
         "--bind",
         "127.0.0.1",
         "--save",
@@ -62,25 +73,75 @@ fn data_node_args(dir: &Path, port: u16, extra: &[String]) -> Vec<String> {
         "no",
         "--dir",
         dir.to_str().unwrap(),
-        "--requirepass",
-        DATA_PASSWORD,
-        "--masterauth",
-        DATA_PASSWORD,
         "--logfile",
-        dir.join(format!("{port}.log")).to_str().unwrap(),
+        log.to_str().unwrap(),
         // A replica that has not finished its first sync cannot be promoted: no delay.
         "--repl-diskless-sync-delay",
         "0",
-    ]
-    .iter()
-    .map(|a| (*a).to_owned())
-    .collect();
+        "--masterauth",
+        DATA_PASSWORD,
+    ];
+    match tls {
+        None => args.extend(["--port", &port, "--requirepass", DATA_PASSWORD]),
+        Some(ca) => args.extend([
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            ca.cert.to_str().unwrap(),
+            "--tls-key-file",
+            ca.key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            ca.ca.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+            "--tls-replication",
+            "yes",
+            "--user",
+            "default",
+            "off",
+            "--user",
+            DATA_USER,
+            "on",
+            &user,
+            "~*",
+            "&*",
+            "+@all",
+            "--masteruser",
+            DATA_USER,
+        ]),
+    }
+    let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
     args.extend_from_slice(extra);
     args
 }
 
+/// A client for `url`, trusting `ca` for `rediss://`.
+fn client(url: &str, ca: Option<&Path>) -> Option<redis::Client> {
+    match ca {
+        None => redis::Client::open(url).ok(),
+        Some(ca) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(ca).ok()?),
+            },
+        )
+        .ok(),
+    }
+}
+
 async fn query<T: redis::FromRedisValue>(url: &str, command: &mut redis::Cmd) -> Option<T> {
-    let client = redis::Client::open(url).ok()?;
+    query_with(None, url, command).await
+}
+
+async fn query_with<T: redis::FromRedisValue>(
+    ca: Option<&Path>,
+    url: &str,
+    command: &mut redis::Cmd,
+) -> Option<T> {
+    let client = client(url, ca)?;
     let mut conn = tokio::time::timeout(
         Duration::from_secs(1),
         client.get_multiplexed_async_connection(),
@@ -96,19 +157,31 @@ pub struct SentinelSet {
     _dir: tempfile::TempDir,
     nodes: Vec<Process>,
     sentinels: Vec<Process>,
+    /// The CA of every node's and sentinel's certificate, when they speak TLS.
+    ca: Option<PathBuf>,
 }
 
 impl SentinelSet {
     pub async fn start() -> SentinelSet {
+        SentinelSet::start_with(None).await
+    }
+
+    /// With `tls`: every node and sentinel speaks TLS only (a certificate `tls` signed),
+    /// and the data nodes have an ACL user instead of the default user's password.
+    pub async fn start_with(tls: Option<&ThrowawayCa>) -> SentinelSet {
         let dir = tempfile::tempdir().unwrap();
         let primary_port = free_port();
-        let primary = Process::spawn(primary_port, &data_node_args(dir.path(), primary_port, &[]));
+        let primary = Process::spawn(
+            primary_port,
+            &data_node_args(dir.path(), primary_port, tls, &[]),
+        );
         let replica_port = free_port();
         let replica = Process::spawn(
             replica_port,
             &data_node_args(
                 dir.path(),
                 replica_port,
+                tls,
                 &[
                     "--replicaof".into(),
                     "127.0.0.1".into(),
@@ -124,10 +197,21 @@ impl SentinelSet {
             let port = free_port();
             // Sentinels rewrite their configuration file: one each, writable.
             let conf = dir.path().join(format!("sentinel-{i}.conf"));
+            let listen = match tls {
+                None => format!("port {port}\n"),
+                Some(ca) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n\
+                     sentinel auth-user {MASTER_NAME} {DATA_USER}\n",
+                    ca.cert.display(),
+                    ca.key.display(),
+                    ca.ca.display()
+                ),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                    "{listen}bind 127.0.0.1\ndir {dir}\n\
                      requirepass {SENTINEL_PASSWORD}\nsentinel sentinel-pass {SENTINEL_PASSWORD}\n\
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
                      sentinel auth-pass {MASTER_NAME} {DATA_PASSWORD}\n\
@@ -147,9 +231,18 @@ impl SentinelSet {
             _dir: dir,
             nodes: vec![primary, replica],
             sentinels,
+            ca: tls.map(|ca| ca.ca.clone()),
         };
         set.wait_until_watched().await;
         set
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        url: &str,
+        command: &mut redis::Cmd,
+    ) -> Option<T> {
+        query_with(self.ca.as_deref(), url, command).await
     }
 
     /// Until every sentinel knows the replica and the two other sentinels: only then can
@@ -160,18 +253,20 @@ impl SentinelSet {
             let mut ready = true;
             for sentinel in &self.sentinels {
                 let url = self.sentinel_url(sentinel.port);
-                let replicas: Vec<redis::Value> = query(
-                    &url,
-                    redis::cmd("SENTINEL").arg("REPLICAS").arg(MASTER_NAME),
-                )
-                .await
-                .unwrap_or_default();
-                let others: Vec<redis::Value> = query(
-                    &url,
-                    redis::cmd("SENTINEL").arg("SENTINELS").arg(MASTER_NAME),
-                )
-                .await
-                .unwrap_or_default();
+                let replicas: Vec<redis::Value> = self
+                    .query(
+                        &url,
+                        redis::cmd("SENTINEL").arg("REPLICAS").arg(MASTER_NAME),
+                    )
+                    .await
+                    .unwrap_or_default();
+                let others: Vec<redis::Value> = self
+                    .query(
+                        &url,
+                        redis::cmd("SENTINEL").arg("SENTINELS").arg(MASTER_NAME),
+                    )
+                    .await
+                    .unwrap_or_default();
                 ready &= replicas.len() == 1 && others.len() == 2;
             }
             if ready {
@@ -185,8 +280,20 @@ impl SentinelSet {
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.ca.is_some() { "rediss" } else { "redis" }
+    }
+
     fn sentinel_url(&self, port: u16) -> String {
-        format!("redis://:{SENTINEL_PASSWORD}@127.0.0.1:{port}")
+        format!("{}://:{SENTINEL_PASSWORD}@127.0.0.1:{port}", self.scheme())
+    }
+
+    /// The data nodes' user and password, as a URL's userinfo.
+    fn data_credentials(&self) -> String {
+        match self.ca {
+            None => format!(":{DATA_PASSWORD}"),
+            Some(_) => format!("{DATA_USER}:{DATA_PASSWORD}"),
+        }
     }
 
     /// `STOA_REDIS_SENTINELS` for this set.
@@ -196,7 +303,12 @@ impl SentinelSet {
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
-        format!("redis://:{DATA_PASSWORD}@{}/{MASTER_NAME}", hosts.join(","))
+        format!(
+            "{}://{}@{}/{MASTER_NAME}",
+            self.scheme(),
+            self.data_credentials(),
+            hosts.join(",")
+        )
     }
 
     /// The primary's port as the first sentinel that answers names it.
@@ -205,13 +317,14 @@ impl SentinelSet {
             if sentinel.child.is_none() {
                 continue;
             }
-            let answer: Option<(String, u16)> = query(
-                &self.sentinel_url(sentinel.port),
-                redis::cmd("SENTINEL")
-                    .arg("GET-MASTER-ADDR-BY-NAME")
-                    .arg(MASTER_NAME),
-            )
-            .await;
+            let answer: Option<(String, u16)> = self
+                .query(
+                    &self.sentinel_url(sentinel.port),
+                    redis::cmd("SENTINEL")
+                        .arg("GET-MASTER-ADDR-BY-NAME")
+                        .arg(MASTER_NAME),
+                )
+                .await;
             if let Some((_, port)) = answer {
                 return Some(port);
             }
@@ -220,7 +333,11 @@ impl SentinelSet {
     }
 
     pub fn data_url(&self, port: u16) -> String {
-        format!("redis://:{DATA_PASSWORD}@127.0.0.1:{port}")
+        format!(
+            "{}://{}@127.0.0.1:{port}",
+            self.scheme(),
+            self.data_credentials()
+        )
     }
 
     /// Kills the current primary (SIGKILL); returns its port.
@@ -233,13 +350,11 @@ impl SentinelSet {
 
     /// Whether `key` exists on the node at `port`.
     pub async fn exists_on(&self, port: u16, key: &str) -> bool {
-        query::<bool>(&self.data_url(port), redis::cmd("EXISTS").arg(key))
+        self.query::<bool>(&self.data_url(port), redis::cmd("EXISTS").arg(key))
             .await
             .unwrap_or(false)
     }
-}
 
-impl SentinelSet {
     /// Deletes the keys matching `pattern` from every surviving node, as if asynchronous
     /// replication had not carried the primary's last writes before it died; returns how
     /// many were deleted.
@@ -247,9 +362,15 @@ impl SentinelSet {
         let mut lost = 0;
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
             let url = self.data_url(node.port);
-            let keys: Vec<String> = query(&url, redis::cmd("KEYS").arg(pattern)).await.unwrap();
+            let keys: Vec<String> = self
+                .query(&url, redis::cmd("KEYS").arg(pattern))
+                .await
+                .unwrap();
             if !keys.is_empty() {
-                let _: () = query(&url, redis::cmd("DEL").arg(&keys)).await.unwrap();
+                let _: () = self
+                    .query(&url, redis::cmd("DEL").arg(&keys))
+                    .await
+                    .unwrap();
             }
             lost += keys.len();
         }
@@ -267,7 +388,7 @@ impl SentinelSet {
 
     /// How many keys match `pattern` on the node at `port`.
     pub async fn count_on(&self, port: u16, pattern: &str) -> usize {
-        query::<Vec<String>>(&self.data_url(port), redis::cmd("KEYS").arg(pattern))
+        self.query::<Vec<String>>(&self.data_url(port), redis::cmd("KEYS").arg(pattern))
             .await
             .unwrap_or_default()
             .len()
@@ -310,7 +431,7 @@ impl RedisCluster {
             ];
             nodes.push(Process::spawn(
                 port,
-                &data_node_args(dir.path(), port, &extra),
+                &data_node_args(dir.path(), port, None, &extra),
             ));
         }
         let addresses: Vec<String> = nodes
