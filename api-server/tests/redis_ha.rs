@@ -355,6 +355,37 @@ async fn a_cluster_serves_limits_cache_and_revocations_across_replicas(pool: PgP
         cluster.count_on(revocations, "stoa:{revoked}:jti:*").await,
         1
     );
+
+    // One primary that may evict (not even the revocations' node) is enough for Redis
+    // not to be trusted: every primary is asked, on every probe.
+    let other = cluster
+        .primaries()
+        .await
+        .into_iter()
+        .find(|p| *p != revocations)
+        .unwrap();
+    cluster
+        .config_set(other, "maxmemory-policy", "allkeys-lru")
+        .await;
+    for app in [&a, &b] {
+        eventually("an evicting primary is distrusted", || async {
+            !app.metrics().await.contains(REDIS_UP)
+        })
+        .await;
+    }
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !a.metrics().await.contains(REDIS_UP),
+            "trusted again while a primary may evict"
+        );
+    }
+    cluster
+        .config_set(other, "maxmemory-policy", "noeviction")
+        .await;
+    for app in [&a, &b] {
+        eventually("trusted again", || trusts_redis(app)).await;
+    }
 }
 
 /// The cluster fails over the primary that holds the revocations, under load: nothing

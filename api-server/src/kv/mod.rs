@@ -373,24 +373,16 @@ impl Kv {
     /// Refuses to trust a Redis whose eviction policy could drop revocations while keeping
     /// the marker. A Redis that does not allow `CONFIG GET` (some managed services) is
     /// trusted with a warning: docs/running/redis.md says to configure `noeviction` there.
-    /// A cluster answers `CONFIG GET` from a node of its choosing, so every probe checks
-    /// one node and, over a few seconds, all of them.
     async fn check_eviction_policy(&self, conn: &mut Connection) -> Result<(), String> {
-        let answer = tokio::time::timeout(
-            self.timeout,
-            redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory-policy")
-                .query_async::<Vec<String>>(conn),
-        )
-        .await
-        .map_err(|_| "timeout".to_owned())?;
+        let answer = tokio::time::timeout(self.timeout, eviction_policies(conn))
+            .await
+            .map_err(|_| "timeout".to_owned())?;
         match answer {
-            Ok(pair) => match pair.get(1) {
-                Some(policy) if policy != SAFE_EVICTION_POLICY => Err(format!(
+            Ok(policies) => match policies.iter().find(|p| *p != SAFE_EVICTION_POLICY) {
+                Some(policy) => Err(format!(
                     "maxmemory-policy is {policy}: Redis could evict revocations; set noeviction"
                 )),
-                _ => Ok(()),
+                None => Ok(()),
             },
             Err(e) => {
                 if !self.policy_unknown_warned.swap(true, Ordering::Relaxed) {
@@ -446,6 +438,37 @@ fn own_address(nodes: &str) -> Option<(String, u16)> {
     let (host, port) = address.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     (!host.is_empty()).then(|| Some((host.to_owned(), port.parse().ok()?)))?
+}
+
+/// `maxmemory-policy` of the server, or of every primary of a cluster: a cluster would
+/// answer `CONFIG GET` from one node of its choosing, so that one node with `allkeys-*`
+/// would be caught only now and then, and Redis trusted in between.
+async fn eviction_policies(conn: &mut Connection) -> redis::RedisResult<Vec<String>> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+    let command = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .clone();
+    let answers = match conn {
+        Connection::Server(_) => vec![command.query_async::<Vec<String>>(conn).await?],
+        Connection::Cluster(cluster) => {
+            // Without a response policy, one answer per node, keyed by its address.
+            let by_node = cluster
+                .route_command(
+                    command,
+                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                )
+                .await?;
+            redis::from_redis_value::<Vec<(String, Vec<String>)>>(by_node)?
+                .into_iter()
+                .map(|(_, pair)| pair)
+                .collect()
+        }
+    };
+    Ok(answers
+        .into_iter()
+        .filter_map(|pair| pair.into_iter().nth(1))
+        .collect())
 }
 
 #[cfg(test)]

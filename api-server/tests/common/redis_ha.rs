@@ -552,6 +552,32 @@ impl RedisCluster {
         views
     }
 
+    /// `CONFIG SET name value` on the node at `port`.
+    pub async fn config_set(&self, port: u16, name: &str, value: &str) {
+        let _: () = query(
+            &self.url_of(port),
+            redis::cmd("CONFIG").arg("SET").arg(name).arg(value),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// The live primaries' ports.
+    pub async fn primaries(&self) -> Vec<u16> {
+        let mut ports = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let role: Option<String> = query(
+                &self.url_of(node.port),
+                redis::cmd("INFO").arg("replication"),
+            )
+            .await;
+            if role.is_some_and(|r| r.contains("role:master")) {
+                ports.push(node.port);
+            }
+        }
+        ports
+    }
+
     /// Kills the primary serving `key`; returns its port.
     pub async fn kill_primary_for(&mut self, key: &str) -> u16 {
         let port = self.primary_for(key).await.expect("a primary for the key");
