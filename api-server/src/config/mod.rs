@@ -947,6 +947,66 @@ mod tests {
     }
 
     #[test]
+    fn one_way_to_redis_is_taken_and_its_secrets_are_never_echoed() {
+        let sentinels = "rediss://stoa:hunter2@s-0:26379,s-1:26379/mymaster";
+        let config = Config::from_env(
+            &env(&[
+                ("STOA_REDIS_SENTINELS", sentinels),
+                ("STOA_REDIS_SENTINEL_PASSWORD", "sentinel-hunter3"),
+            ]),
+            true,
+        )
+        .unwrap();
+        match &config.redis {
+            Some(RedisTarget::Sentinel(target)) => {
+                assert_eq!(target.master, "mymaster");
+                assert_eq!(target.nodes.addresses.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let shown = format!("{:?}", config.redacted());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+        assert!(matches!(
+            Config::from_env(
+                &env(&[("STOA_REDIS_CLUSTER", "redis://a:7000,b:7001")]),
+                true
+            )
+            .unwrap()
+            .redis,
+            Some(RedisTarget::Cluster(_))
+        ));
+        for (settings, named) in [
+            (
+                vec![
+                    ("STOA_REDIS_URL", "redis://:hunter2@r:6379"),
+                    ("STOA_REDIS_CLUSTER", "redis://:hunter2@a:7000"),
+                ],
+                "STOA_REDIS_URL",
+            ),
+            (
+                vec![("STOA_REDIS_SENTINELS", "redis://:hunter2@s-0:26379")],
+                "STOA_REDIS_SENTINELS",
+            ),
+            (
+                vec![("STOA_REDIS_CLUSTER", "redis://:hunter2@a:7000/0")],
+                "STOA_REDIS_CLUSTER",
+            ),
+            (
+                vec![("STOA_REDIS_SENTINEL_PASSWORD", "hunter2")],
+                "STOA_REDIS_SENTINEL_PASSWORD",
+            ),
+        ] {
+            let err = Config::from_env(&env(&settings), true).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(named), "{settings:?}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
     fn the_jwt_leeway_is_bounded() {
         let err = Config::from_env(&env(&[("STOA_JWT_LEEWAY", "10m")]), true).unwrap_err();
         assert!(err.to_string().contains("STOA_JWT_LEEWAY"), "{err}");
