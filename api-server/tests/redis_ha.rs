@@ -31,50 +31,124 @@ struct Tally {
     revoked_accepted: AtomicU64,
 }
 
-/// Signed-in reads on both replicas, as fast as they answer, until `stop`: each valid
-/// token must get 200, each token in `revoked` must get 401.
-fn load(
-    apps: [Arc<TestApp>; 2],
-    valid: Vec<String>,
+/// Signed-in load on two replicas around a failover: readers as fast as the replicas
+/// answer (each must get 200), and checks on both replicas of every token revoked so far
+/// (each must get 401). One user is logged out just before the kill, one during it.
+struct Drill {
+    a: Arc<TestApp>,
+    b: Arc<TestApp>,
+    before: String,
+    during: String,
     revoked: Arc<std::sync::Mutex<Vec<String>>>,
     tally: Arc<Tally>,
     stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for (i, token) in valid.into_iter().enumerate() {
-        let (app, tally, stop) = (apps[i % 2].clone(), tally.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let paths = ["/api/user", "/api/articles/feed"];
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let res = app.get(paths[n % 2], Some(&token)).await;
-                n += 1;
-                tally.requests.fetch_add(1, Ordering::Relaxed);
-                if res.status != StatusCode::OK {
-                    tally.failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("failed: {} {}", res.status, res.text);
-                }
-            }
-        }));
-    }
-    for app in apps {
-        let (revoked, tally, stop) = (revoked.clone(), tally.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let tokens = revoked.lock().unwrap().clone();
-                for token in tokens {
-                    let res = app.get("/api/user", Some(&token)).await;
-                    tally.revoked_checks.fetch_add(1, Ordering::Relaxed);
-                    if res.status != StatusCode::UNAUTHORIZED {
-                        tally.revoked_accepted.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("revoked token answered {}", res.status);
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drill {
+    /// Registers six readers and the two users to log out, and runs the load for 500 ms.
+    async fn start(a: &Arc<TestApp>, b: &Arc<TestApp>) -> Drill {
+        let mut valid = Vec::new();
+        for i in 0..6 {
+            valid.push(a.register(&format!("reader{i}")).await);
+        }
+        let mut drill = Drill {
+            a: a.clone(),
+            b: b.clone(),
+            before: a.register("before").await,
+            during: b.register("during").await,
+            revoked: Arc::default(),
+            tally: Arc::default(),
+            stop: Arc::default(),
+            tasks: Vec::new(),
+        };
+        for (i, token) in valid.into_iter().enumerate() {
+            let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (tally, stop) = (drill.tally.clone(), drill.stop.clone());
+            drill.tasks.push(tokio::spawn(async move {
+                let paths = ["/api/user", "/api/articles/feed"];
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let res = app.get(paths[n % 2], Some(&token)).await;
+                    n += 1;
+                    tally.requests.fetch_add(1, Ordering::Relaxed);
+                    if res.status != StatusCode::OK {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("failed: {} {}", res.status, res.text);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
+            }));
+        }
+        for app in [a.clone(), b.clone()] {
+            let (revoked, tally, stop) = (
+                drill.revoked.clone(),
+                drill.tally.clone(),
+                drill.stop.clone(),
+            );
+            drill.tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let tokens = revoked.lock().unwrap().clone();
+                    for token in tokens {
+                        let res = app.get("/api/user", Some(&token)).await;
+                        tally.revoked_checks.fetch_add(1, Ordering::Relaxed);
+                        if res.status != StatusCode::UNAUTHORIZED {
+                            tally.revoked_accepted.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("revoked token answered {}", res.status);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drill
     }
-    tasks
+
+    /// Logs `before` out on the first replica; checked from then on.
+    async fn revoke_before(&self) {
+        logout(&self.a, &self.before).await;
+        self.revoked.lock().unwrap().push(self.before.clone());
+    }
+
+    /// 300 ms after the kill (no primary yet): logs `during` out on the second replica.
+    async fn revoke_during(&self) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        logout(&self.b, &self.during).await;
+        self.revoked.lock().unwrap().push(self.during.clone());
+    }
+
+    /// Until both replicas trust Redis again (20 s at most).
+    async fn wait_for_trust(&self, what: &str) {
+        for app in [&self.a, &self.b] {
+            common::eventually_within(Duration::from_secs(20), what, || trusts_redis(app)).await;
+        }
+    }
+
+    /// Runs 500 ms more on the recovered tier, stops, prints what the load saw after
+    /// `label`, and asserts that nothing failed and no revoked token passed.
+    async fn finish(self, label: &str) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let tally = &self.tally;
+        eprintln!(
+            "{label}; {} requests, {} failed, {} checks of revoked tokens, {} accepted",
+            tally.requests.load(Ordering::Relaxed),
+            tally.failed.load(Ordering::Relaxed),
+            tally.revoked_checks.load(Ordering::Relaxed),
+            tally.revoked_accepted.load(Ordering::Relaxed),
+        );
+        assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "failed requests");
+        assert_eq!(
+            tally.revoked_accepted.load(Ordering::Relaxed),
+            0,
+            "revoked tokens accepted"
+        );
+        assert!(tally.requests.load(Ordering::Relaxed) > 100);
+        assert!(tally.revoked_checks.load(Ordering::Relaxed) > 10);
+    }
 }
 
 async fn logout(app: &TestApp, token: &str) {
@@ -100,30 +174,11 @@ async fn sentinel_failover_under_load_loses_no_request_and_no_revocation(pool: P
     for app in [&a, &b] {
         eventually("redis trusted through the sentinels", || trusts_redis(app)).await;
     }
-
-    let mut valid = Vec::new();
-    for i in 0..6 {
-        valid.push(a.register(&format!("reader{i}")).await);
-    }
-    let before = a.register("before").await;
-    let during = b.register("during").await;
-
-    let revoked = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(
-        [a.clone(), b.clone()],
-        valid,
-        revoked.clone(),
-        tally.clone(),
-        stop.clone(),
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let drill = Drill::start(&a, &b).await;
 
     // Revoked on one replica, then the primary dies at once: the mirror key may never
     // have reached the replica that will be promoted.
-    logout(&a, &before).await;
-    revoked.lock().unwrap().push(before);
+    drill.revoke_before().await;
     eventually("the revocation reaches the replica", || async {
         let mut everywhere = true;
         for port in set.data_ports() {
@@ -138,47 +193,24 @@ async fn sentinel_failover_under_load_loses_no_request_and_no_revocation(pool: P
     assert_eq!(set.lose_unreplicated("stoa:{revoked}:jti:*").await, 1);
 
     // Revoked while there is no primary at all (the sentinels wait 1 s to agree).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    logout(&b, &during).await;
-    revoked.lock().unwrap().push(during);
+    drill.revoke_during().await;
 
     eventually("the sentinels promote the replica", || async {
         set.primary_port().await.is_some_and(|p| p != old_primary)
     })
     .await;
     let promoted = killed.elapsed();
-    for app in [&a, &b] {
-        common::eventually_within(
-            Duration::from_secs(20),
-            "both replicas trust the new primary",
-            || trusts_redis(app),
-        )
+    drill
+        .wait_for_trust("both replicas trust the new primary")
         .await;
-    }
     let recovered = killed.elapsed();
-    // Load on the recovered tier for a moment more.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
+    drill
+        .finish(&format!(
+            "sentinel failover: promoted after {promoted:?}, both replicas trusting the new primary after {recovered:?}"
+        ))
+        .await;
 
     let new_primary = set.primary_port().await.unwrap();
-    eprintln!(
-        "sentinel failover: promoted after {promoted:?}, both replicas trusting the new primary after {recovered:?}; {} requests, {} failed, {} checks of revoked tokens, {} accepted",
-        tally.requests.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed),
-        tally.revoked_checks.load(Ordering::Relaxed),
-        tally.revoked_accepted.load(Ordering::Relaxed),
-    );
-    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "failed requests");
-    assert_eq!(
-        tally.revoked_accepted.load(Ordering::Relaxed),
-        0,
-        "revoked tokens accepted"
-    );
-    assert!(tally.requests.load(Ordering::Relaxed) > 100);
-    assert!(tally.revoked_checks.load(Ordering::Relaxed) > 10);
     // The resync restored what replication lost, and what was revoked without a primary.
     assert!(set.exists_on(new_primary, "stoa:{revoked}:synced").await);
     assert!(
@@ -408,31 +440,12 @@ async fn cluster_failover_of_the_revocation_channels_node_loses_no_revocation(po
 async fn cluster_failover_under_load(pool: PgPool, victim: &str) {
     let mut cluster = RedisCluster::start().await;
     let (a, b, _keys) = cluster_replicas(&cluster, pool, &[]).await;
-    let mut valid = Vec::new();
-    for i in 0..6 {
-        valid.push(a.register(&format!("reader{i}")).await);
-    }
-    let before = a.register("before").await;
-    let during = b.register("during").await;
-    let revoked = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(
-        [a.clone(), b.clone()],
-        valid,
-        revoked.clone(),
-        tally.clone(),
-        stop.clone(),
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let drill = Drill::start(&a, &b).await;
 
-    logout(&a, &before).await;
-    revoked.lock().unwrap().push(before);
+    drill.revoke_before().await;
     let old_primary = cluster.kill_primary_for(victim).await;
     let killed = Instant::now();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    logout(&b, &during).await;
-    revoked.lock().unwrap().push(during);
+    drill.revoke_during().await;
 
     let promotion = Instant::now() + Duration::from_secs(20);
     while cluster
@@ -448,34 +461,15 @@ async fn cluster_failover_under_load(pool: PgPool, victim: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let promoted = killed.elapsed();
-    for app in [&a, &b] {
-        common::eventually_within(
-            Duration::from_secs(20),
-            "both replicas trust the cluster again",
-            || trusts_redis(app),
-        )
+    drill
+        .wait_for_trust("both replicas trust the cluster again")
         .await;
-    }
     let recovered = killed.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
-    eprintln!(
-        "cluster failover of the node serving {victim}: promoted after {promoted:?}, both replicas trusting the cluster after {recovered:?}; {} requests, {} failed, {} checks of revoked tokens, {} accepted",
-        tally.requests.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed),
-        tally.revoked_checks.load(Ordering::Relaxed),
-        tally.revoked_accepted.load(Ordering::Relaxed),
-    );
-    assert_eq!(tally.failed.load(Ordering::Relaxed), 0, "failed requests");
-    assert_eq!(
-        tally.revoked_accepted.load(Ordering::Relaxed),
-        0,
-        "revoked tokens accepted"
-    );
-    assert!(tally.requests.load(Ordering::Relaxed) > 100);
+    drill
+        .finish(&format!(
+            "cluster failover of the node serving {victim}: promoted after {promoted:?}, both replicas trusting the cluster after {recovered:?}"
+        ))
+        .await;
     let new_primary = cluster.primary_for("stoa:{revoked}:").await.unwrap();
     assert!(
         cluster.count_on(new_primary, "stoa:{revoked}:jti:*").await >= 2,
