@@ -61,11 +61,8 @@ impl Locator {
         };
         Ok(match target {
             RedisTarget::Single(url) => Locator::Server(
-                match certificates {
-                    Some(certificates) => redis::Client::build_with_tls(url.expose(), certificates),
-                    None => redis::Client::open(url.expose()),
-                }
-                .map_err(|e| invalid("STOA_REDIS_URL", e))?,
+                open_client(url.expose(), certificates.as_ref())
+                    .map_err(|e| invalid("STOA_REDIS_URL", e))?,
             ),
             RedisTarget::Sentinel(target) => Locator::Sentinel(tokio::sync::Mutex::new(
                 sentinel_client(target, certificates)
@@ -216,38 +213,42 @@ impl NodeSettings {
     }
 
     fn client(&self, host: &str, port: u16) -> redis::RedisResult<redis::Client> {
-        let info = self.info(host, port)?;
-        match &self.certificates {
-            Some(certificates) if self.nodes.tls => {
-                redis::Client::build_with_tls(info, certificates.clone())
-            }
-            _ => redis::Client::open(info),
-        }
+        open_client(self.info(host, port)?, self.tls_certificates())
+    }
+
+    /// The CA to verify the nodes against, when they speak TLS.
+    fn tls_certificates(&self) -> Option<&TlsCertificates> {
+        self.certificates.as_ref().filter(|_| self.nodes.tls)
+    }
+}
+
+/// A client for `info`, verifying TLS against `certificates` when given (else the
+/// system's roots).
+fn open_client(
+    info: impl IntoConnectionInfo,
+    certificates: Option<&TlsCertificates>,
+) -> redis::RedisResult<redis::Client> {
+    match certificates {
+        Some(certificates) => redis::Client::build_with_tls(info, certificates.clone()),
+        None => redis::Client::open(info),
     }
 }
 
 fn cluster_client(settings: &NodeSettings, timeout: Duration) -> redis::RedisResult<ClusterClient> {
-    let nodes = &settings.nodes;
-    let seeds = nodes
+    let seeds = settings
+        .nodes
         .addresses
         .iter()
         .map(|(host, port)| settings.info(host, *port))
         .collect::<redis::RedisResult<Vec<_>>>()?;
+    // The user, password and TLS mode come from the seeds' own connection info (the
+    // builder takes the first node's); only the CA needs saying.
     let mut builder = ClusterClientBuilder::new(seeds)
         .connection_timeout(timeout)
         .response_timeout(timeout)
         .retries(2);
-    if let Some(username) = &nodes.username {
-        builder = builder.username(username);
-    }
-    if let Some(password) = &nodes.password {
-        builder = builder.password(password.expose());
-    }
-    if nodes.tls {
-        builder = builder.tls(TlsMode::Secure);
-        if let Some(certificates) = &settings.certificates {
-            builder = builder.certs(certificates.clone());
-        }
+    if let Some(certificates) = settings.tls_certificates() {
+        builder = builder.certs(certificates.clone());
     }
     builder.build()
 }
