@@ -388,8 +388,17 @@ async fn a_cluster_serves_limits_cache_and_revocations_across_replicas(pool: PgP
         1
     );
 
-    // One primary that may evict (not even the revocations' node) is enough for Redis
-    // not to be trusted: every primary is asked, on every probe.
+    an_evicting_primary_keeps_the_cluster_untrusted(&cluster, revocations, [&a, &b]).await;
+}
+
+/// One primary that may evict (not `revocations`, the revocations' node) is enough for
+/// Redis not to be trusted: every primary is asked, on every probe. Trusted again once it
+/// is `noeviction`.
+async fn an_evicting_primary_keeps_the_cluster_untrusted(
+    cluster: &RedisCluster,
+    revocations: u16,
+    apps: [&TestApp; 2],
+) {
     let other = cluster
         .primaries()
         .await
@@ -399,7 +408,7 @@ async fn a_cluster_serves_limits_cache_and_revocations_across_replicas(pool: PgP
     cluster
         .config_set(other, "maxmemory-policy", "allkeys-lru")
         .await;
-    for app in [&a, &b] {
+    for app in apps {
         eventually("an evicting primary is distrusted", || async {
             !app.metrics().await.contains(REDIS_UP)
         })
@@ -408,14 +417,14 @@ async fn a_cluster_serves_limits_cache_and_revocations_across_replicas(pool: PgP
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
-            !a.metrics().await.contains(REDIS_UP),
+            !apps[0].metrics().await.contains(REDIS_UP),
             "trusted again while a primary may evict"
         );
     }
     cluster
         .config_set(other, "maxmemory-policy", "noeviction")
         .await;
-    for app in [&a, &b] {
+    for app in apps {
         eventually("trusted again", || trusts_redis(app)).await;
     }
 }
