@@ -10,6 +10,9 @@ mod harness;
 use std::collections::HashMap;
 use std::path::Path;
 
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+
 use serde_json::json;
 use sqlx::PgPool;
 use stoa_api::config::{Config, Env};
@@ -160,25 +163,46 @@ async fn stoa_api_serves_with_the_key_secret_the_operator_creates(pool: PgPool) 
 
 /// Each Redis tier the CRD offers reaches stoa-api as the setting it reads: the operator's
 /// ConfigMap names files, the Deployment mounts Secret keys as those files, and stoa-api
-/// parses what the Secrets hold. Files are laid out as the kubelet would, under a
-/// temporary root.
+/// parses what the Secrets hold. Files are projected as the kubelet would
+/// (`harness::kubelet`), under a temporary root.
 #[test]
 fn each_redis_tier_reaches_stoa_api_as_the_setting_it_reads() {
     use stoa_api::config::RedisTarget;
-    let secrets: HashMap<(&str, &str), &str> = [
-        (("api-db", "url"), "postgres://stoa:pw@postgres:5432/stoa"),
-        (
-            ("redis-sentinels", "url"),
-            "rediss://stoa:data-pw@sentinel-0:26379,sentinel-1:26379,sentinel-2:26379/mymaster",
+    let secret = |name: &str, data: &[(&str, &str)]| Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(format!("{v}\n").into_bytes())))
+                .collect(),
         ),
-        (("redis-sentinels", "sentinel-password"), "sentinel-pw"),
-        (
-            ("redis-cluster", "nodes"),
-            "redis://:pw@redis-cluster-0:6379,redis-cluster-1:6379",
+        ..Default::default()
+    };
+    let secrets = [
+        secret(
+            "api-db",
+            &[("url", "postgres://stoa:pw@postgres:5432/stoa")],
         ),
-    ]
-    .into_iter()
-    .collect();
+        secret(
+            "redis-sentinels",
+            &[
+                (
+                    "url",
+                    "rediss://stoa:data-pw@sentinel-0:26379,sentinel-1:26379,sentinel-2:26379/mymaster",
+                ),
+                ("sentinel-password", "sentinel-pw"),
+            ],
+        ),
+        secret(
+            "redis-cluster",
+            &[(
+                "nodes",
+                "redis://:pw@redis-cluster-0:6379,redis-cluster-1:6379",
+            )],
+        ),
+    ];
     let tiers = [
         "sentinel: {urlSecretRef: {name: redis-sentinels}, passwordSecretRef: {name: redis-sentinels, key: sentinel-password}}",
         "cluster: {urlSecretRef: {name: redis-cluster, key: nodes}}",
@@ -197,40 +221,19 @@ spec:
         .unwrap();
         let config_map = resources::config_map(&s).unwrap();
         let deployment = resources::deployment(&s, &config_map, "stoa-api:test").unwrap();
-        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        let template = deployment.spec.unwrap().template;
+        let container = template.spec.as_ref().unwrap().containers[0].clone();
         let root = tempfile::tempdir().unwrap();
-        // The kubelet: every Secret volume's keys, projected under its mount path.
-        for mount in pod.containers[0].volume_mounts.iter().flatten() {
-            let volume = pod
-                .volumes
-                .iter()
-                .flatten()
-                .find(|v| v.name == mount.name)
-                .unwrap();
-            let Some(secret) = &volume.secret else {
-                continue;
-            };
-            let name = secret.secret_name.as_deref().unwrap();
-            for item in secret.items.iter().flatten() {
-                let Some(value) = secrets.get(&(name, item.key.as_str())) else {
-                    continue;
-                };
-                let dir = root.path().join(mount.mount_path.trim_start_matches('/'));
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(dir.join(&item.path), format!("{value}\n")).unwrap();
-            }
-        }
+        harness::kubelet::project_secrets(&template, &container, root.path(), &secrets);
         let env: HashMap<String, String> = config_map
             .data
             .unwrap()
             .into_iter()
             .map(|(k, v)| {
                 let v = if k.ends_with("_FILE") {
-                    root.path()
-                        .join(v.trim_start_matches('/'))
-                        .to_str()
-                        .unwrap()
-                        .to_owned()
+                    harness::kubelet::in_root(root.path(), &v)
+                        .display()
+                        .to_string()
                 } else {
                     v
                 };

@@ -71,7 +71,26 @@ fn secret_mounts(
         .collect()
 }
 
-fn in_root(root: &Path, absolute: &str) -> PathBuf {
+/// Projects `secrets` into every Secret volume that `container` mounts, as the kubelet
+/// does before the container starts (for tests that render a pod without an API server).
+pub fn project_secrets(
+    template: &PodTemplateSpec,
+    container: &Container,
+    root: &Path,
+    secrets: &[Secret],
+) {
+    for mount in secret_mounts(template, container, root) {
+        let secret = secrets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(mount.secret.as_str()));
+        if let Some(data) = secret.and_then(|s| s.data.as_ref()) {
+            project(&mount.path, data, mount.items.as_deref());
+        }
+    }
+}
+
+/// Where a path inside the pod (`/var/run/…`) is under the harness's `root`.
+pub fn in_root(root: &Path, absolute: &str) -> PathBuf {
     root.join(absolute.trim_start_matches('/'))
 }
 
