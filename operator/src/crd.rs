@@ -322,6 +322,11 @@ fn default_migration_deadline() -> i64 {
     600
 }
 
+// The API server evaluates this rule when the Stoa is created or updated (Kubernetes
+// docs, "Extend the Kubernetes API with CustomResourceDefinitions", "Validation rules":
+// `x-kubernetes-validations`, GA in 1.29). A test runs it with a CEL interpreter; a spec
+// that reaches the operator without it (an older API server) is refused as InvalidSpec
+// by `RedisSpec::endpoint`'s callers, never guessed.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[x_kube(validation = Rule::new("[has(self.urlSecretRef), has(self.sentinel), has(self.cluster)].filter(x, x).size() == 1").message("redis: set exactly one of urlSecretRef (one server), sentinel and cluster"))]
 #[serde(rename_all = "camelCase")]
