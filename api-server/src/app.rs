@@ -183,6 +183,7 @@ fn assemble(
             })
         }));
     }
+    let providers = crate::oauth::Providers::new(&config.sign_in, config.auth.leeway)?;
     let state = AppState::new(Parts {
         config,
         database,
@@ -191,6 +192,7 @@ fn assemble(
         passwords,
         metrics,
         kv,
+        providers,
     });
     Ok(state)
 }

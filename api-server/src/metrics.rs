@@ -284,10 +284,19 @@ pub enum SecurityEvent {
     MfaFailed,
     /// A sign-in completed with a recovery code (one fewer left).
     RecoveryCodeUsed,
+    /// A sign-in with an identity provider reached Stoa's tokens or second factor.
+    ProviderSignIn,
+    /// A provider sign-in or link failed: wrong state, a refused code, an invalid ID
+    /// token, an unverified email, an identity of another account.
+    ProviderSignInFailed,
+    /// A provider identity was linked to an account.
+    IdentityLinked,
+    /// A provider identity was unlinked from an account.
+    IdentityUnlinked,
 }
 
 impl SecurityEvent {
-    pub const ALL: [SecurityEvent; 10] = [
+    pub const ALL: [SecurityEvent; 14] = [
         SecurityEvent::LoginFailed,
         SecurityEvent::CurrentPasswordRejected,
         SecurityEvent::RefreshTokenInvalid,
@@ -298,6 +307,10 @@ impl SecurityEvent {
         SecurityEvent::AdminAction,
         SecurityEvent::MfaFailed,
         SecurityEvent::RecoveryCodeUsed,
+        SecurityEvent::ProviderSignIn,
+        SecurityEvent::ProviderSignInFailed,
+        SecurityEvent::IdentityLinked,
+        SecurityEvent::IdentityUnlinked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -312,6 +325,10 @@ impl SecurityEvent {
             SecurityEvent::AdminAction => "admin_action",
             SecurityEvent::MfaFailed => "mfa_failed",
             SecurityEvent::RecoveryCodeUsed => "recovery_code_used",
+            SecurityEvent::ProviderSignIn => "provider_sign_in",
+            SecurityEvent::ProviderSignInFailed => "provider_sign_in_failed",
+            SecurityEvent::IdentityLinked => "identity_linked",
+            SecurityEvent::IdentityUnlinked => "identity_unlinked",
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::db::{Db, Pool};
 use crate::error::ApiError;
 use crate::kv::Kv;
 use crate::metrics::{Bucket, Metrics};
+use crate::oauth::Providers;
 use crate::ratelimit::{Quota, RateLimiter};
 use crate::reads::{Reader, Reads};
 
@@ -30,6 +31,8 @@ pub struct Inner {
     pub passwords: PasswordHashing,
     pub metrics: Arc<Metrics>,
     pub kv: Option<Arc<Kv>>,
+    /// Identity providers for sign-in (`crate::oauth`).
+    pub providers: Providers,
     pub revocations: Revocations,
     pub limiter: RateLimiter,
     pub cache: Cache,
@@ -54,6 +57,7 @@ pub struct Parts {
     pub passwords: PasswordHashing,
     pub metrics: Arc<Metrics>,
     pub kv: Option<Arc<Kv>>,
+    pub providers: Providers,
 }
 
 impl AppState {
@@ -66,6 +70,7 @@ impl AppState {
             passwords,
             metrics,
             kv,
+            providers,
         } = parts;
         AppState(Arc::new(Inner {
             reads: Reads::new(config.database.read.as_ref(), kv.clone(), metrics.clone()),
@@ -88,6 +93,7 @@ impl AppState {
             passwords,
             metrics,
             kv,
+            providers,
             server_limits: arc_swap::ArcSwapOption::empty(),
             shutting_down: AtomicBool::new(false),
         }))

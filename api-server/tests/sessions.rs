@@ -500,6 +500,51 @@ async fn expired_sessions_and_revocations_are_purged(pool: PgPool) {
     assert_eq!(left, 1, "the register session is still live");
 }
 
+/// Provider sign-ins never finished (flows, one-time codes, link tickets) are purged once
+/// expired; live ones stay.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn unfinished_provider_sign_ins_are_purged_once_expired(pool: PgPool) {
+    use stoa_api::auth::retention::purge_expired;
+    use stoa_api::auth::revocation::MirrorWindow;
+    let app = TestApp::spawn(pool.clone()).await;
+    app.register("jake").await;
+    for (age, tag) in [
+        ("- interval '1 minute'", "old"),
+        ("+ interval '5 minutes'", "new"),
+    ] {
+        let statements = [
+            format!("INSERT INTO oauth_flows (state_hash, browser_hash, provider, nonce, pkce_verifier, return_to, expires_at)
+                     VALUES ('{tag}'::bytea, 'b'::bytea, 'google', 'n', 'v', 'https://app.example.com/', now() {age})"),
+            format!("INSERT INTO oauth_handoffs (code_hash, user_id, provider, expires_at)
+                     SELECT '{tag}'::bytea, id, 'google', now() {age} FROM users"),
+            format!("INSERT INTO oauth_link_tickets (ticket_hash, user_id, provider, expires_at)
+                     SELECT '{tag}'::bytea, id, 'google', now() {age} FROM users"),
+        ];
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
+    let window = MirrorWindow {
+        access_ttl: std::time::Duration::from_secs(900),
+        leeway: std::time::Duration::from_secs(30),
+    };
+    let mut tx = common::db(&pool).begin().await.unwrap();
+    let purged = purge_expired(&mut tx, window).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(purged.sign_in_flows, 3);
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM oauth_flows) + (SELECT count(*) FROM oauth_handoffs)
+              + (SELECT count(*) FROM oauth_link_tickets)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 3, "the live ones stay");
+}
+
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn a_redis_that_lost_its_data_is_never_read_as_not_revoked(pool: PgPool) {
     let redis = RedisServer::start().await;

@@ -72,6 +72,8 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("self.autoscaling.mode == 'Disabled' || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas").message("autoscaling.minReplicas must be ≤ autoscaling.maxReplicas"))]
 #[x_kube(validation = Rule::new("!has(self.podDisruptionBudget) || !self.podDisruptionBudget.enabled || self.autoscaling.mode != 'Disabled' || self.podDisruptionBudget.minAvailable < self.replicas || self.replicas == 0").message("podDisruptionBudget.minAvailable must be below replicas, or no pod could ever be evicted"))]
+// Providers call back to the Ingress's host, and send browsers back to `returnTo`.
+#[x_kube(validation = Rule::new("!has(self.auth) || !has(self.auth.providers) || size(self.auth.providers) == 0 || (has(self.ingress) && has(self.auth.returnTo) && size(self.auth.returnTo) > 0)").message("auth.providers needs spec.ingress (providers call back to its host) and auth.returnTo"))]
 #[serde(rename_all = "camelCase")]
 pub struct StoaSpec {
     /// The stoa-api container image, e.g. `ghcr.io/stoa-dev/stoa-api:0.1.0`.
@@ -410,7 +412,7 @@ impl RedisSpec {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
     /// Access token lifetime (Go-style duration, e.g. `15m`).
@@ -424,6 +426,93 @@ pub struct AuthSpec {
     /// When the active signing key is replaced.
     #[serde(default)]
     pub key_rotation: KeyRotationSpec,
+    /// Identity providers users may sign in with (Google, Microsoft, GitHub, any OpenID
+    /// Connect issuer). Each calls back to `https://<ingress.host>/api/auth/oauth/<name>/callback`,
+    /// so providers need `spec.ingress` and `returnTo`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("auth.providers: each name once"))]
+    #[schemars(length(max = 16))]
+    pub providers: Vec<IdentityProviderSpec>,
+    /// The front-end addresses a provider sign-in may send the browser back to, compared
+    /// exactly (no prefixes or patterns); the first is the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub return_to: Vec<String>,
+}
+
+/// One identity provider (stoa-api's `STOA_AUTH_PROVIDERS` entry). Its client secret is
+/// mounted as a file and read at each sign-in, so a changed Secret is used without a
+/// restart.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'oidc' ? has(self.issuer) : !has(self.issuer)").message("issuer is required for type oidc and only used with it"))]
+#[x_kube(validation = Rule::new("self.type == 'microsoft' || !has(self.tenant)").message("tenant is only used with type microsoft"))]
+#[x_kube(validation = Rule::new("self.type == 'github' || (!has(self.authorizationUrl) && !has(self.tokenUrl) && !has(self.apiUrl))").message("authorizationUrl, tokenUrl and apiUrl are only used with type github"))]
+pub struct IdentityProviderSpec {
+    /// In URLs (`/api/auth/oauth/<name>/…`) and stored with each linked account: keep it
+    /// stable.
+    #[schemars(regex(pattern = r"^[a-z0-9-]{1,32}$"))]
+    pub name: String,
+    /// `google`, `microsoft` (its `common` tenant unless `tenant` says otherwise), `github`,
+    /// or `oidc` (any OpenID Connect issuer, set up by discovery from `issuer`).
+    #[serde(rename = "type")]
+    pub kind: IdentityProviderType,
+    /// The OAuth client id registered with the provider.
+    #[schemars(length(min = 1))]
+    pub client_id: String,
+    /// The Secret key holding the client secret.
+    pub client_secret_ref: SecretKeyRef,
+    /// Shown on "Sign in with …" buttons; the provider's name for the presets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// `type: oidc` only: the issuer URL (https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// `type: microsoft` only: `common` (default), `organizations`, `consumers` or a tenant id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Scopes to ask for; `openid email profile` (GitHub: `read:user user:email`) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// `false` keeps the provider configured but off.
+    #[serde(default = "enabled", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+    /// `type: github` only, for GitHub Enterprise Server: its endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityProviderType {
+    Google,
+    Microsoft,
+    #[serde(rename = "github")]
+    GitHub,
+    Oidc,
+}
+
+impl IdentityProviderType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityProviderType::Google => "google",
+            IdentityProviderType::Microsoft => "microsoft",
+            IdentityProviderType::GitHub => "github",
+            IdentityProviderType::Oidc => "oidc",
+        }
+    }
 }
 
 impl Default for AuthSpec {
@@ -432,6 +521,8 @@ impl Default for AuthSpec {
             access_token_ttl: default_access_ttl(),
             refresh_token_ttl: default_refresh_ttl(),
             key_rotation: KeyRotationSpec::default(),
+            providers: Vec::new(),
+            return_to: Vec::new(),
         }
     }
 }

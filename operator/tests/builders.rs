@@ -942,3 +942,188 @@ spec:
     let refused = resources::config_map(&empty).unwrap_err();
     assert!(refused.to_string().contains("exactly one"), "{refused}");
 }
+
+/// Identity providers: each client secret is mounted from its Secret into API pods only
+/// (a worker signs nobody in), and `STOA_AUTH_PROVIDERS` names each mounted file; a
+/// disabled provider is neither mounted nor listed.
+#[test]
+fn identity_providers_are_mounted_into_api_pods_only_and_named_in_the_setting() {
+    let s = with_spec(stoa("api"), |spec| {
+        spec.ingress = Some(serde_json::from_value(json!({"host": "api.example.com"})).unwrap());
+        spec.auth = serde_json::from_value(json!({
+            "providers": [
+                {"name": "google", "type": "google", "clientId": "g-id.apps.googleusercontent.com",
+                 "clientSecretRef": {"name": "oauth-google", "key": "client-secret"}},
+                {"name": "github", "type": "github", "clientId": "Iv1.abc",
+                 "clientSecretRef": {"name": "oauth-github", "key": "secret"}},
+                {"name": "corp", "type": "oidc", "issuer": "https://sso.corp.example", "clientId": "stoa",
+                 "clientSecretRef": {"name": "oauth-corp", "key": "secret"}, "enabled": false}
+            ],
+            "returnTo": ["https://app.example.com/oauth", "https://app.example.com/settings"]
+        }))
+        .unwrap();
+    });
+    let cm = resources::config_map(&s).unwrap();
+    assert!(
+        cm.data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("STOA_AUTH_"))
+    );
+    let pod_of = |deployment: k8s_openapi::api::apps::v1::Deployment| {
+        deployment.spec.unwrap().template.spec.unwrap()
+    };
+    let api = pod_of(resources::deployment(&s, &cm, "img").unwrap());
+    let worker = pod_of(resources::worker_deployment(&s, &cm, "img", 1).unwrap());
+
+    let providers: serde_json::Value =
+        serde_json::from_str(&env_of(&api, "STOA_AUTH_PROVIDERS").unwrap()).unwrap();
+    assert_eq!(
+        providers,
+        json!([
+            {"name": "google", "type": "google", "clientId": "g-id.apps.googleusercontent.com",
+             "clientSecretFile": "/var/run/stoa/auth-providers/google/client-secret"},
+            {"name": "github", "type": "github", "clientId": "Iv1.abc",
+             "clientSecretFile": "/var/run/stoa/auth-providers/github/client-secret"}
+        ])
+    );
+    assert_eq!(
+        env_of(&api, "STOA_AUTH_RETURN_TO").as_deref(),
+        Some("https://app.example.com/oauth,https://app.example.com/settings")
+    );
+    assert_eq!(
+        secret_of(&api, "auth-provider-google"),
+        Some((
+            "oauth-google".into(),
+            "client-secret".into(),
+            "client-secret".into()
+        ))
+    );
+    assert_eq!(
+        secret_of(&api, "auth-provider-github"),
+        Some((
+            "oauth-github".into(),
+            "secret".into(),
+            "client-secret".into()
+        ))
+    );
+    assert_eq!(secret_of(&api, "auth-provider-corp"), None);
+    assert!(mounted_read_only(
+        &api,
+        "/var/run/stoa/auth-providers/google"
+    ));
+    // The whole directory, never a subPath: the kubelet then replaces the file when the
+    // Secret changes, and stoa-api reads it at each sign-in.
+    assert!(
+        api.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.sub_path.is_none())
+    );
+    assert_eq!(env_of(&worker, "STOA_AUTH_PROVIDERS"), None);
+    assert_eq!(secret_of(&worker, "auth-provider-google"), None);
+    assert_eq!(stoa_contract::env::AUTH_PROVIDERS, "STOA_AUTH_PROVIDERS");
+    // Without providers, nothing is set.
+    let plain = pod_of(resources::deployment(&stoa("api"), &cm, "img").unwrap());
+    assert_eq!(env_of(&plain, "STOA_AUTH_PROVIDERS"), None);
+}
+
+/// The CRD's rules for providers, run by a CEL interpreter as the API server runs them at
+/// `kubectl apply`: a provider needs the Ingress (its callback host) and `returnTo`;
+/// names are unique; `issuer` goes with `oidc` only, `tenant` with `microsoft` only.
+#[test]
+fn the_crd_checks_identity_providers_at_admission() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(stoa_operator::crd::Stoa::crd()).unwrap();
+    let schema = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec")
+        .unwrap();
+    let rules_at = |node: &serde_json::Value| -> Vec<cel::Program> {
+        node["x-kubernetes-validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| cel::Program::compile(r["rule"].as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let admits = |programs: &[cel::Program], value: serde_json::Value| {
+        programs.iter().all(|program| {
+            let mut context = cel::Context::default();
+            context.add_variable("self", value.clone()).unwrap();
+            program.execute(&context).unwrap() == cel::Value::Bool(true)
+        })
+    };
+    let spec_rules = rules_at(schema);
+    let secret = json!({"name": "s", "key": "k"});
+    let google =
+        json!({"name": "google", "type": "google", "clientId": "c", "clientSecretRef": secret});
+    let base = json!({"image": "i", "replicas": 2, "autoscaling": {"mode": "Disabled", "minReplicas": 1, "maxReplicas": 2}});
+    let with = |extra: serde_json::Value| {
+        let mut spec = base.clone();
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        spec
+    };
+    assert!(admits(&spec_rules, with(json!({"auth": {}}))));
+    assert!(admits(
+        &spec_rules,
+        with(json!({
+            "auth": {"providers": [google], "returnTo": ["https://app.example.com/oauth"]},
+            "ingress": {"host": "api.example.com"}
+        }))
+    ));
+    assert!(!admits(
+        &spec_rules,
+        with(json!({
+            "auth": {"providers": [google], "returnTo": ["https://app.example.com/oauth"]}
+        }))
+    ));
+    assert!(!admits(
+        &spec_rules,
+        with(json!({
+            "auth": {"providers": [google]}, "ingress": {"host": "api.example.com"}
+        }))
+    ));
+
+    let providers = &schema["properties"]["auth"]["properties"]["providers"];
+    let list_rules = rules_at(providers);
+    assert!(admits(&list_rules, json!([google])));
+    assert!(!admits(&list_rules, json!([google, google])));
+    let provider_rules = rules_at(&providers["items"]);
+    let provider = |extra: serde_json::Value| {
+        let mut p = google.clone();
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        p
+    };
+    assert!(admits(&provider_rules, provider(json!({}))));
+    assert!(admits(
+        &provider_rules,
+        provider(json!({"type": "oidc", "issuer": "https://sso.example"}))
+    ));
+    assert!(!admits(&provider_rules, provider(json!({"type": "oidc"}))));
+    assert!(!admits(
+        &provider_rules,
+        provider(json!({"issuer": "https://sso.example"}))
+    ));
+    assert!(admits(
+        &provider_rules,
+        provider(json!({"type": "microsoft", "tenant": "organizations"}))
+    ));
+    assert!(!admits(
+        &provider_rules,
+        provider(json!({"tenant": "organizations"}))
+    ));
+    assert!(admits(
+        &provider_rules,
+        provider(json!({"type": "github", "apiUrl": "https://ghe.example/api/v3"}))
+    ));
+    assert!(!admits(
+        &provider_rules,
+        provider(json!({"apiUrl": "https://ghe.example/api/v3"}))
+    ));
+}

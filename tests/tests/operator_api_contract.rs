@@ -266,3 +266,117 @@ spec:
         }
     }
 }
+
+/// `spec.auth.providers` reaches stoa-api as `STOA_AUTH_PROVIDERS` in the API container,
+/// each client secret mounted where the setting says and readable there; callbacks are
+/// at the Ingress's host.
+#[test]
+fn identity_providers_reach_stoa_api_with_their_mounted_client_secrets() {
+    use stoa_api::config::Protocol;
+    let s: Stoa = serde_norway::from_str(
+        "apiVersion: stoa.dev/v1alpha1
+kind: Stoa
+metadata: {name: api, namespace: shop, uid: 11111111-2222-3333-4444-555555555555}
+spec:
+  image: stoa-api:test
+  database: {urlSecretRef: {name: api-db}, credentialRotation: {enabled: false}}
+  ingress: {host: api.example.com, tlsSecretName: api-tls}
+  auth:
+    returnTo: [https://app.example.com/oauth]
+    providers:
+      - {name: google, type: google, clientId: g.apps.googleusercontent.com, clientSecretRef: {name: oauth, key: google}}
+      - {name: microsoft, type: microsoft, tenant: organizations, clientId: ms-app, clientSecretRef: {name: oauth, key: microsoft}}
+      - {name: github, type: github, clientId: Iv1.gh, clientSecretRef: {name: oauth, key: github}}
+",
+    )
+    .unwrap();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("oauth".into()),
+            ..Default::default()
+        },
+        data: Some(
+            [
+                ("google", "g-secret"),
+                ("microsoft", "ms-secret"),
+                ("github", "gh-secret"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), ByteString(format!("{v}\n").into_bytes())))
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    let db = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("api-db".into()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "url".to_owned(),
+                ByteString(b"postgres://stoa:pw@postgres/stoa".to_vec()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let config_map = resources::config_map(&s).unwrap();
+    let deployment = resources::deployment(&s, &config_map, "stoa-api:test").unwrap();
+    let template = deployment.spec.unwrap().template;
+    let container = template.spec.as_ref().unwrap().containers[0].clone();
+    let root = tempfile::tempdir().unwrap();
+    harness::kubelet::project_secrets(&template, &container, root.path(), &[secret, db]);
+    let in_root = |path: &str| {
+        harness::kubelet::in_root(root.path(), path)
+            .display()
+            .to_string()
+    };
+    let mut env: HashMap<String, String> = config_map.data.unwrap().into_iter().collect();
+    for var in container.env.iter().flatten() {
+        if let Some(value) = &var.value {
+            env.insert(var.name.clone(), value.clone());
+        }
+    }
+    for value in env
+        .iter_mut()
+        .filter(|(k, _)| k.ends_with("_FILE"))
+        .map(|(_, v)| v)
+    {
+        *value = in_root(value);
+    }
+    // The files the provider list names, under the same root.
+    let mut providers: serde_json::Value =
+        serde_json::from_str(&env["STOA_AUTH_PROVIDERS"]).unwrap();
+    for provider in providers.as_array_mut().unwrap() {
+        let file = provider["clientSecretFile"].as_str().unwrap().to_owned();
+        provider["clientSecretFile"] = in_root(&file).into();
+    }
+    env.insert("STOA_AUTH_PROVIDERS".into(), providers.to_string());
+
+    let config = Config::from_env(&Env::new(move |k| env.get(k).cloned()), false).unwrap();
+    let sign_in = &config.sign_in;
+    assert_eq!(sign_in.return_to, ["https://app.example.com/oauth"]);
+    assert_eq!(
+        sign_in.callback_url("google").as_deref(),
+        Some("https://api.example.com/api/auth/oauth/google/callback")
+    );
+    let secret_of = |name: &str| {
+        let provider = sign_in.provider(name).unwrap();
+        std::fs::read_to_string(&provider.client_secret_file)
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(secret_of("google"), "g-secret");
+    assert_eq!(secret_of("microsoft"), "ms-secret");
+    assert_eq!(secret_of("github"), "gh-secret");
+    assert!(matches!(
+        &sign_in.provider("microsoft").unwrap().protocol,
+        Protocol::Oidc { issuer, .. } if issuer == "https://login.microsoftonline.com/organizations/v2.0"
+    ));
+    assert!(matches!(
+        sign_in.provider("github").unwrap().protocol,
+        Protocol::GitHub { .. }
+    ));
+}

@@ -44,6 +44,11 @@ pub const REDIS_CA_FILE: &str = "STOA_REDIS_CA_FILE";
 /// Jobs one worker runs at once; the operator sets it from `spec.worker.concurrency`.
 pub const WORKER_CONCURRENCY: &str = "STOA_WORKER_CONCURRENCY";
 
+/// Identity providers for sign-in (JSON; each entry names its client secret's file), and
+/// the front-end addresses a sign-in may return to. API pods only.
+pub const AUTH_PROVIDERS: &str = "STOA_AUTH_PROVIDERS";
+pub const AUTH_RETURN_TO: &str = "STOA_AUTH_RETURN_TO";
+
 /// The suffix of the file form of a secret variable.
 pub const FILE_SUFFIX: &str = "_FILE";
 

@@ -18,6 +18,9 @@ pub const PASSWORD_FILE: &str = "password";
 pub const DATABASE_READ_MOUNT: &str = "/var/run/stoa/database-read";
 /// The pooler's URL (`spec.database.pooler.urlSecretRef`).
 pub const DATABASE_POOLER_MOUNT: &str = "/var/run/stoa/database-pooler";
+/// Each identity provider's client secret, as `<AUTH_PROVIDERS_MOUNT>/<name>/<CLIENT_SECRET_FILE>`.
+pub const AUTH_PROVIDERS_MOUNT: &str = "/var/run/stoa/auth-providers";
+pub const CLIENT_SECRET_FILE: &str = "client-secret";
 /// The CA certificates of PostgreSQL's and Redis's server certificates (TLS to a private
 /// CA), each mounted as `<mount>/<CA_FILE>`.
 pub const DATABASE_CA_MOUNT: &str = "/var/run/stoa/database-ca";

@@ -1,7 +1,7 @@
 //! Deleting what can no longer matter: refresh tokens long past their expiry,
-//! revocations of access tokens that can no longer verify, and expired sign-in
-//! challenges (second factor). The worker runs it as the `purge_expired` job, on the
-//! schedule `STOA_PURGE_INTERVAL` (`crate::jobs::schedule`).
+//! revocations of access tokens that can no longer verify, expired sign-in challenges
+//! (second factor) and provider sign-ins never finished. The worker runs it as the
+//! `purge_expired` job, on the schedule `STOA_PURGE_INTERVAL` (`crate::jobs::schedule`).
 
 use crate::db::Tx;
 
@@ -12,6 +12,8 @@ pub struct Purged {
     pub refresh_tokens: u64,
     pub revocations: u64,
     pub mfa_challenges: u64,
+    /// Provider sign-ins never finished: flows, one-time codes and link tickets.
+    pub sign_in_flows: u64,
 }
 
 /// One purge, in the caller's transaction.
@@ -36,9 +38,21 @@ pub async fn purge_expired(conn: &mut Tx, window: MirrorWindow) -> Result<Purged
         .execute(&mut *conn)
         .await?
         .rows_affected();
+    let mut sign_in_flows = 0;
+    for statement in [
+        "DELETE FROM oauth_flows WHERE expires_at < now()",
+        "DELETE FROM oauth_handoffs WHERE expires_at < now()",
+        "DELETE FROM oauth_link_tickets WHERE expires_at < now()",
+    ] {
+        sign_in_flows += sqlx::query(statement)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+    }
     Ok(Purged {
         refresh_tokens,
         revocations,
         mfa_challenges,
+        sign_in_flows,
     })
 }

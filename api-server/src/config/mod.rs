@@ -11,10 +11,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod container;
+mod providers;
 mod redis_target;
 mod reference;
 mod settings;
 
+pub use providers::{EmailTrust, Protocol, ProviderConfig, SignInConfig};
 pub use redis_target::{Nodes, RedisTarget, SentinelTarget};
 pub use reference::settings_reference;
 pub use settings::PublicOrigin;
@@ -247,6 +249,8 @@ pub struct Config {
     pub reload_interval: Duration,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    /// Sign-in with identity providers (`crate::oauth`).
+    pub sign_in: SignInConfig,
     pub worker: WorkerConfig,
     pub log_format: LogFormat,
     pub log_filter: String,
@@ -770,6 +774,8 @@ impl Config {
         let http = http_config(&mut s, dev)?;
         s.section("Authentication");
         let auth = auth_config(&mut s, dev, require_keys)?;
+        s.section("Sign-in with identity providers");
+        let sign_in = providers::read(&mut s, http.public_origin.as_ref())?;
         s.section("Background jobs");
         let worker = worker_config(&mut s, dev)?;
 
@@ -793,6 +799,7 @@ impl Config {
             reload_interval,
             http,
             auth,
+            sign_in,
             worker,
             log_format,
             log_filter,

@@ -224,6 +224,41 @@ const MEANINGS: &[Meaning] = &[
         meaning: r#"codes tried against one sign-in challenge before it is void"#,
     },
     Meaning {
+        name: "STOA_AUTH_PROVIDERS",
+        default: None,
+        meaning: r#"identity providers for sign-in, as a JSON array: each `{"name", "type": "google" | "microsoft" | "github" | "oidc", "clientId", "clientSecretFile"}`, with `issuer` for `oidc`, `tenant` for `microsoft` (default `common`), optional `displayName`, `scopes`, `enabled` (see [Sign-in with identity providers](../running/identity-providers.md)). The client secret is read from its file at each sign-in, so a rotated Secret is used at once"#,
+    },
+    Meaning {
+        name: "STOA_AUTH_RETURN_TO",
+        default: Some(r#"none (required with providers)"#),
+        meaning: r#"comma-separated front-end addresses a provider sign-in may return to, compared exactly (`returnTo`); the first is the default"#,
+    },
+    Meaning {
+        name: "STOA_AUTH_FLOW_TTL",
+        default: None,
+        meaning: r#"how long a browser has to come back from the provider (the flow's state, nonce and PKCE verifier live that long)"#,
+    },
+    Meaning {
+        name: "STOA_AUTH_HANDOFF_TTL",
+        default: None,
+        meaning: r#"how long the one-time `stoa_code` a sign-in returns with may be exchanged"#,
+    },
+    Meaning {
+        name: "STOA_AUTH_RECENT_SIGN_IN",
+        default: None,
+        meaning: r#"an account without a password may set one, change its email or manage MFA only from a session started by a provider sign-in this recent"#,
+    },
+    Meaning {
+        name: "STOA_AUTH_PROVIDER_TIMEOUT",
+        default: None,
+        meaning: r#"each call to a provider (discovery, keys, token, user info)"#,
+    },
+    Meaning {
+        name: "STOA_AUTH_PROVIDER_METADATA_TTL",
+        default: None,
+        meaning: r#"how long a provider's discovery document and keys are reused; an ID token signed with a key not among them fetches them again at once"#,
+    },
+    Meaning {
         name: "STOA_REFRESH_REUSE_GRACE",
         default: None,
         meaning: r#"a refresh token spent this recently, whose successor is unused, yields that same successor (two tabs refreshing at once); `0s` turns it off"#,

@@ -63,6 +63,9 @@ pub struct MfaStatusResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PasswordConfirmation {
+    /// Empty or absent for an account without a password (it needs a recent provider
+    /// sign-in instead).
+    #[serde(default)]
     pub current_password: String,
 }
 
@@ -95,6 +98,8 @@ pub struct RecoveryCodesResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DisableRequest {
+    /// Empty or absent for an account without a password (as for enrolment).
+    #[serde(default)]
     pub current_password: String,
     /// A current code or an unused recovery code.
     pub code: String,
@@ -189,6 +194,7 @@ async fn enroll_totp(
     verify_current_password(
         &state,
         ip,
+        &auth,
         &email,
         hash,
         Some(body.current_password),
@@ -288,6 +294,7 @@ async fn disable_totp(
     verify_current_password(
         &state,
         ip,
+        &auth,
         &email,
         hash,
         Some(body.current_password),

@@ -11,9 +11,11 @@ pub mod export;
 pub mod extract;
 pub mod front_door;
 pub mod health;
+pub mod identities;
 pub mod index;
 pub mod mfa;
 pub mod middleware;
+pub mod oauth;
 pub mod openapi;
 pub mod profiles;
 pub mod session_cookie;
@@ -55,6 +57,8 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(auth::router().layer(no_store()))
         .merge(admin::router().layer(no_store()))
         .merge(mfa::router().layer(no_store()))
+        .merge(oauth::router().layer(no_store()))
+        .merge(identities::router().layer(no_store()))
         .merge(export::router().layer(no_store()))
         .merge(profiles::router())
         .merge(articles::router())

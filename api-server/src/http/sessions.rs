@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::auth::Role;
+use crate::auth::{AuthUser, Role};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -136,18 +136,20 @@ pub async fn start_session(state: &AppState, user_id: Uuid) -> ApiResult<NewSess
 pub struct Credentials {
     pub email: String,
     pub username: String,
-    pub password_hash: String,
+    /// `None` for an account that signs in only with identity providers.
+    pub password_hash: Option<String>,
 }
 
 /// The signed-in account's email, username and password hash (401 when the account is
 /// gone: its token outlived it).
 pub async fn credentials_of(state: &AppState, user_id: uuid::Uuid) -> ApiResult<Credentials> {
-    let (email, username, password_hash): (String, String, String) =
-        sqlx::query_as("SELECT email, username, password_hash FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(&**state.db())
-            .await?
-            .ok_or(ApiError::Unauthorized("belongs to no user"))?;
+    let (email, username, password_hash): (String, String, Option<String>) = sqlx::query_as(
+        "SELECT email, username, NULLIF(password_hash, '') FROM users WHERE id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(&**state.db())
+    .await?
+    .ok_or(ApiError::Unauthorized("belongs to no user"))?;
     Ok(Credentials {
         email,
         username,
@@ -157,15 +159,21 @@ pub async fn credentials_of(state: &AppState, user_id: uuid::Uuid) -> ApiResult<
 
 /// The account's current password, for a change a stolen access token alone must not
 /// make (OWASP ASVS 6.2.3): a 403 on `currentPassword` when missing (`missing` says what
-/// for) or wrong; wrong guesses count against the account's login throttle.
+/// for) or wrong; wrong guesses count against the account's login throttle. An account
+/// without a password (it signs in with identity providers only) proves itself instead
+/// with a session started by a provider sign-in within `STOA_AUTH_RECENT_SIGN_IN`.
 pub async fn verify_current_password(
     state: &AppState,
     client: ClientIp,
+    auth: &AuthUser,
     email: &str,
-    hash: String,
+    hash: Option<String>,
     current: Option<String>,
     missing: &'static str,
 ) -> ApiResult<()> {
+    let Some(hash) = hash else {
+        return require_recent_sign_in(state, auth).await;
+    };
     let Some(current) = current.filter(|p| !p.is_empty()) else {
         return Err(ApiError::forbidden_field("currentPassword", missing));
     };
@@ -177,6 +185,34 @@ pub async fn verify_current_password(
         return Err(ApiError::forbidden_field("currentPassword", "is incorrect"));
     }
     Ok(())
+}
+
+/// For an account without a password: the caller's session must have started within
+/// `STOA_AUTH_RECENT_SIGN_IN` (such an account's sessions all start with a provider).
+async fn require_recent_sign_in(state: &AppState, auth: &AuthUser) -> ApiResult<()> {
+    let recent: bool = match auth.claims.fam {
+        None => false,
+        Some(family) => {
+            sqlx::query_scalar(
+                "SELECT coalesce(min(created_at) > now() - make_interval(secs => $3), false)
+             FROM refresh_tokens WHERE family_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(family)
+            .bind(auth.id)
+            .bind(state.config.sign_in.recent_sign_in.as_secs_f64())
+            .fetch_one(&**state.db())
+            .await?
+        }
+    };
+    if recent {
+        Ok(())
+    } else {
+        security_event(state, SecurityEvent::CurrentPasswordRejected);
+        Err(ApiError::forbidden_field(
+            "currentPassword",
+            "cannot be checked: this account has no password. Sign in again with your identity provider, then retry",
+        ))
+    }
 }
 
 /// The strict per-IP budget shared by login, register and refresh.

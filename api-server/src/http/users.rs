@@ -143,12 +143,13 @@ async fn login(
     struct Credentials {
         #[sqlx(flatten)]
         user: SessionRow,
-        password_hash: String,
+        /// `None`: the account signs in with identity providers only.
+        password_hash: Option<String>,
         disabled: bool,
         mfa: bool,
     }
     let found: Option<Credentials> = sqlx::query_as(
-        "SELECT id, email, username, bio, image, role, password_hash, disabled_at IS NOT NULL AS disabled,
+        "SELECT id, email, username, bio, image, role, NULLIF(password_hash, '') AS password_hash, disabled_at IS NOT NULL AS disabled,
                 EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS mfa
          FROM users WHERE lower(email) = lower($1)",
     )
@@ -157,7 +158,7 @@ async fn login(
     .await?;
 
     let (row, hash, disabled, mfa) = match found {
-        Some(c) => (Some(c.user), Some(c.password_hash), c.disabled, c.mfa),
+        Some(c) => (Some(c.user), c.password_hash, c.disabled, c.mfa),
         None => (None, None, false, false),
     };
     let stale = hash
@@ -262,6 +263,7 @@ async fn confirm_current_password(
     verify_current_password(
         state,
         client,
+        auth,
         &email,
         hash,
         current_password,

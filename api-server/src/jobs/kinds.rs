@@ -81,6 +81,7 @@ pub async fn run(
                 "refreshTokens": purged.refresh_tokens,
                 "revocations": purged.revocations,
                 "mfaChallenges": purged.mfa_challenges,
+                "signInFlows": purged.sign_in_flows,
                 "jobs": jobs,
             }))
         }

@@ -2,6 +2,7 @@
 //! `#[sqlx::test]`), driven over HTTP.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod oidc;
 pub mod pgbouncer;
 pub mod redis_ha;
 pub mod replica;

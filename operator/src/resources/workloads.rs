@@ -20,7 +20,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use stoa_contract::env;
 use stoa_contract::migration::{EXIT_NEWER_CONTRACT, MigrateCommand};
-use stoa_contract::paths::{MIGRATION_DATABASE_MOUNT, TERMINATION_LOG, URL_FILE};
+use stoa_contract::paths::{
+    AUTH_PROVIDERS_MOUNT, CLIENT_SECRET_FILE, MIGRATION_DATABASE_MOUNT, TERMINATION_LOG, URL_FILE,
+};
 
 use super::pod::{
     CaMount, Mounted, container_security, default_resources, env_field, env_secret, env_value,
@@ -163,6 +165,14 @@ fn container_env(stoa: &Stoa, component: Component, ca_env: Vec<EnvVar>) -> Vec<
                     format!("{DATABASE_READ_MOUNT}/{URL_FILE}"),
                 ));
             }
+            // Only API pods sign users in: a worker neither reads nor mounts the secrets.
+            if let Some(providers) = identity_providers(stoa) {
+                vars.push(env_value(env::AUTH_PROVIDERS, providers));
+                vars.push(env_value(
+                    env::AUTH_RETURN_TO,
+                    spec.auth.return_to.join(","),
+                ));
+            }
         }
         Component::Worker => {
             // A worker's pool and concurrency follow spec.worker; the user's env cannot
@@ -228,6 +238,18 @@ fn volumes(stoa: &Stoa, program: &mut Program) -> Vec<EnvVar> {
     if let (Component::Api, Some(read)) = (program.component, &spec.database.read_url_secret_ref) {
         mounted.url_secret("database-read", &read.name, &read.key, DATABASE_READ_MOUNT);
     }
+    if program.component == Component::Api {
+        for provider in spec.auth.providers.iter().filter(|p| p.enabled) {
+            let secret = &provider.client_secret_ref;
+            mounted.secret_file(
+                &format!("auth-provider-{}", provider.name),
+                &secret.name,
+                &secret.key,
+                &format!("{AUTH_PROVIDERS_MOUNT}/{}", provider.name),
+                CLIENT_SECRET_FILE,
+            );
+        }
+    }
     if let Some(endpoint) = spec.redis.as_ref().and_then(RedisSpec::endpoint) {
         let secret = endpoint.url_secret_ref();
         mounted.url_secret("redis", &secret.name, &secret.key, REDIS_MOUNT);
@@ -248,6 +270,49 @@ fn volumes(stoa: &Stoa, program: &mut Program) -> Vec<EnvVar> {
         .flatten()
         .map(|ca| ca.add_to(mounted))
         .collect()
+}
+
+/// `STOA_AUTH_PROVIDERS` for `spec.auth.providers` (the enabled ones), each naming its
+/// mounted client secret; `None` without any.
+///
+/// The secret is a projected Secret volume, not a `subPath` mount, so the kubelet
+/// replaces the file when the Secret changes (Kubernetes docs, "Secrets", "Mounted Secrets
+/// are updated automatically"), and stoa-api reads it at each sign-in: a rotated client
+/// secret is used without a rollout.
+pub(super) fn identity_providers(stoa: &Stoa) -> Option<String> {
+    let providers: Vec<serde_json::Value> = stoa
+        .spec
+        .auth
+        .providers
+        .iter()
+        .filter(|p| p.enabled)
+        .map(|p| {
+            let mut entry = serde_json::json!({
+                "name": p.name,
+                "type": p.kind.as_str(),
+                "clientId": p.client_id,
+                "clientSecretFile": format!("{AUTH_PROVIDERS_MOUNT}/{}/{CLIENT_SECRET_FILE}", p.name),
+            });
+            let optional = [
+                ("displayName", p.display_name.clone().map(serde_json::Value::from)),
+                ("issuer", p.issuer.clone().map(serde_json::Value::from)),
+                ("tenant", p.tenant.clone().map(serde_json::Value::from)),
+                ("scopes", p.scopes.clone().map(serde_json::Value::from)),
+                ("authorizationUrl", p.authorization_url.clone().map(serde_json::Value::from)),
+                ("tokenUrl", p.token_url.clone().map(serde_json::Value::from)),
+                ("apiUrl", p.api_url.clone().map(serde_json::Value::from)),
+            ];
+            if let Some(entry) = entry.as_object_mut() {
+                entry.extend(
+                    optional
+                        .into_iter()
+                        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))),
+                );
+            }
+            entry
+        })
+        .collect();
+    (!providers.is_empty()).then(|| serde_json::Value::from(providers).to_string())
 }
 
 /// The program's one container: `stoa-api <args>` with the ConfigMap's settings, `env`,

@@ -1,0 +1,204 @@
+//! The signed-in user's provider identities: list, link, unlink. An account keeps at
+//! least one way to sign in: its last identity cannot be unlinked while it has no password.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::AuthUser;
+use crate::auth::refresh;
+use crate::error::{ApiError, ApiResult};
+use crate::http::oauth::allowed_return_to;
+use crate::http::sessions::security_event;
+use crate::http::types::Timestamp;
+use crate::metrics::SecurityEvent;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_identities))
+        .routes(routes!(start_link, unlink))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    pub provider: String,
+    /// What the provider last said (for display).
+    pub email: Option<String>,
+    pub linked_at: Timestamp,
+    pub last_used_at: Timestamp,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitiesResponse {
+    pub identities: Vec<Identity>,
+    /// Whether the account also signs in with a password.
+    pub has_password: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct IdentityRow {
+    provider: String,
+    email: Option<String>,
+    linked_at: chrono::DateTime<chrono::Utc>,
+    last_used_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The identity providers linked to the current user.
+#[utoipa::path(get, path = "/api/user/identities", tag = "users",
+    security(("token" = [])),
+    responses((status = 200, body = IdentitiesResponse), (status = 401)))]
+async fn list_identities(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> ApiResult<axum::Json<IdentitiesResponse>> {
+    let rows: Vec<IdentityRow> = sqlx::query_as(
+        "SELECT provider, email, linked_at, last_used_at FROM user_identities
+         WHERE user_id = $1 ORDER BY linked_at",
+    )
+    .bind(auth.id)
+    .fetch_all(&**state.db())
+    .await?;
+    let has_password: bool =
+        sqlx::query_scalar("SELECT password_hash <> '' FROM users WHERE id = $1")
+            .bind(auth.id)
+            .fetch_optional(&**state.db())
+            .await?
+            .ok_or(ApiError::Unauthorized("belongs to no user"))?;
+    Ok(axum::Json(IdentitiesResponse {
+        identities: rows
+            .into_iter()
+            .map(|r| Identity {
+                provider: r.provider,
+                email: r.email,
+                linked_at: Timestamp(r.linked_at),
+                last_used_at: Timestamp(r.last_used_at),
+            })
+            .collect(),
+        has_password,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkRequest {
+    /// One of `STOA_AUTH_RETURN_TO`; the first when absent.
+    #[serde(default)]
+    pub return_to: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStart {
+    /// Navigate the browser here (single use, valid `STOA_AUTH_FLOW_TTL`); it comes
+    /// back to `returnTo` with `stoa_linked` or `stoa_error`.
+    pub authorize_url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LinkResponse {
+    pub link: LinkStart,
+}
+
+/// Start linking a provider to the current user. A browser navigation carries no bearer
+/// token, so this returns a single-use address that does.
+#[utoipa::path(post, path = "/api/user/identities/{provider}", tag = "users",
+    security(("token" = [])),
+    params(("provider" = String, Path)),
+    request_body = LinkRequest,
+    responses((status = 200, body = LinkResponse), (status = 401), (status = 404, description = "no such provider"), (status = 422)))]
+async fn start_link(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(provider): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::Json<LinkResponse>> {
+    let config = &state.config.sign_in;
+    if state.providers.get(&provider).is_none() {
+        return Err(ApiError::NotFound("provider"));
+    }
+    // The body is optional: no body means the default return address.
+    let LinkRequest { return_to } = if body.is_empty() {
+        LinkRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|_| ApiError::field("body", "is not a valid link request"))?
+    };
+    let return_to = allowed_return_to(config, return_to.as_deref())?;
+    let ticket = refresh::generate();
+    sqlx::query(
+        "INSERT INTO oauth_link_tickets (ticket_hash, user_id, provider, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+    )
+    .bind(&ticket.hash)
+    .bind(auth.id)
+    .bind(&provider)
+    .bind(config.flow_ttl.as_secs_f64())
+    .execute(&**state.db())
+    .await?;
+    let origin = config
+        .public_origin
+        .as_ref()
+        .map(|o| o.origin.as_str())
+        .unwrap_or_default();
+    let mut url = url::Url::parse(&format!("{origin}/api/auth/oauth/{provider}/authorize"))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    url.query_pairs_mut()
+        .append_pair("link", &ticket.token)
+        .append_pair("returnTo", &return_to);
+    Ok(axum::Json(LinkResponse {
+        link: LinkStart {
+            authorize_url: url.into(),
+        },
+    }))
+}
+
+/// Unlink a provider from the current user; refused (409) when it is the account's
+/// last way to sign in.
+#[utoipa::path(delete, path = "/api/user/identities/{provider}", tag = "users",
+    security(("token" = [])),
+    params(("provider" = String, Path)),
+    responses((status = 204), (status = 401), (status = 404, description = "not linked"), (status = 409, description = "the last way to sign in: set a password first")))]
+async fn unlink(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(provider): Path<String>,
+) -> ApiResult<StatusCode> {
+    let mut tx = state.db().begin().await?;
+    // The account's row, locked: two unlinks at once must not both see the other's
+    // identity as the way that remains.
+    let has_password: bool =
+        sqlx::query_scalar("SELECT password_hash <> '' FROM users WHERE id = $1 FOR UPDATE")
+            .bind(auth.id)
+            .fetch_optional(&mut tx)
+            .await?
+            .ok_or(ApiError::Unauthorized("belongs to no user"))?;
+    let linked: Vec<String> =
+        sqlx::query_scalar("SELECT provider FROM user_identities WHERE user_id = $1")
+            .bind(auth.id)
+            .fetch_all(&mut tx)
+            .await?;
+    if !linked.contains(&provider) {
+        return Err(ApiError::NotFound("identity"));
+    }
+    if !has_password && linked.len() == 1 {
+        return Err(ApiError::conflict(
+            "identity",
+            "is your only way to sign in: set a password or link another provider first",
+        ));
+    }
+    sqlx::query("DELETE FROM user_identities WHERE user_id = $1 AND provider = $2")
+        .bind(auth.id)
+        .bind(&provider)
+        .execute(&mut tx)
+        .await?;
+    tx.commit().await?;
+    security_event(&state, SecurityEvent::IdentityUnlinked);
+    tracing::info!(target: "stoa::security", event = "identity_unlinked", provider = %provider, user_id = %auth.id, "identity unlinked");
+    Ok(StatusCode::NO_CONTENT)
+}
