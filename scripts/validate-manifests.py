@@ -197,6 +197,9 @@ def check_render() -> None:
         approved["spec"]["networkPolicy"] = {"enabled": True}
         approved["status"] = {"approvedImage": stoa["spec"]["image"], "contractedImage": stoa["spec"]["image"]}
         variants[f"running, autoscaling {mode}"] = approved
+    # Identity providers: the client secrets mounted into the API pods.
+    variants["sign-in with Google and GitHub"] = yaml.safe_load(
+        (ROOT / "helm" / "stoa-operator" / "examples" / "stoa-sign-in.yaml").read_text())
     for label, doc in variants.items():
         result = subprocess.run(
             [*operator_command(), "render", "-f", "-", "--namespace", "demo", "--service-monitors"],

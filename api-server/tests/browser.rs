@@ -2,7 +2,9 @@
 //! In a real browser (headless Chromium from Debian `chromium`, through playwright-core,
 //! scripts in tests/browser) against a live server: the documentation page
 //! (`docs-page.mjs`: every operation of the OpenAPI document listed, one "Try it out"
-//! request run) and a browser app's cookie session (`cookie-session.mjs`). Without node,
+//! request run), a browser app's cookie session (`cookie-session.mjs`) and the book's
+//! "Sign in with …" example page against a real OpenID Provider (`provider-sign-in.mjs`).
+//! Without node,
 //! Chromium or `npm ci` in tests/browser they say SKIP, unless STOA_REQUIRE_TOOLS=1 (as
 //! in CI).
 mod common;
@@ -110,4 +112,56 @@ async fn a_browser_app_keeps_its_session_in_the_cookie_in_chromium(pool: PgPool)
     assert_eq!(seen["cookie"]["httpOnly"], true);
     assert_eq!(seen["refresh"], 200);
     assert_eq!(seen["logout"], 204);
+}
+
+/// The book's "Sign in with …" example page (docs/examples/sign-in.html) works in a real
+/// browser: it lists the providers, the provider (node-oidc-provider) signs the user in,
+/// and the page exchanges the one-time code it came back with and shows the user.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn the_example_sign_in_page_signs_in_with_a_provider_in_chromium(pool: PgPool) {
+    if !browser_available() || !common::oidc::available() {
+        return;
+    }
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (api_port, app_port) = (free(), free());
+    let api_url = format!("http://localhost:{api_port}");
+    let page = format!("http://localhost:{app_port}/sign-in.html");
+    let provider = common::oidc::TestProvider::start(
+        &[format!("{api_url}/api/auth/oauth/test/callback")],
+        serde_json::json!({"alice": {"email": "alice@example.com", "email_verified": true}}),
+    )
+    .await;
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), common::oidc::CLIENT_SECRET).unwrap();
+    let providers = serde_json::json!([{
+        "name": "test", "type": "oidc", "displayName": "Test OP", "issuer": provider.issuer,
+        "clientId": common::oidc::CLIENT_ID, "clientSecretFile": secret.path(),
+    }])
+    .to_string();
+    let listen = format!("127.0.0.1:{api_port}");
+    let origin = format!("http://localhost:{app_port}");
+    let _api = TestApp::spawn_with(
+        pool,
+        &[
+            ("STOA_LISTEN_ADDR", &listen),
+            ("STOA_PUBLIC_URL", &api_url),
+            ("STOA_AUTH_PROVIDERS", &providers),
+            ("STOA_AUTH_RETURN_TO", &page),
+            ("STOA_CORS_ALLOWED_ORIGINS", &origin),
+        ],
+    )
+    .await;
+    let seen = run_script(
+        "provider-sign-in.mjs",
+        &[api_url, app_port.to_string(), "alice".into()],
+    )
+    .await;
+    assert_eq!(seen["status"], "Signed in as alice", "{seen}");
+    assert_eq!(seen["flowCookie"]["sameSite"], "Lax");
 }

@@ -282,6 +282,10 @@ async fn id_tokens_that_fail_validation_are_refused(pool: PgPool) {
     let setup = Setup::start(pool, users()).await;
     let mut browser = Browser::default();
     let cases = [
+        (
+            "another issuer",
+            json!({"iss": "https://accounts.evil.example"}),
+        ),
         ("wrong audience", json!({"aud": "someone-else"})),
         (
             "an extra untrusted audience",

@@ -13,7 +13,7 @@
 //   POST /__test/rotate   signs with a new key from now on (the JWKS publishes it, and
 //                         keeps the old one when ?keep=1)
 //   POST /__test/tamper   the next token response's ID token is re-signed with changes:
-//                         {"aud": "...", "exp": -60, "iat": -3600, "nonce": "...",
+//                         {"iss": "...", "aud": "...", "exp": -60, "iat": -3600, "nonce": "...",
 //                          "at_hash": "...", "azp": "...", "foreignKey": true}
 import http from 'node:http';
 import { generateKeyPair, exportJWK, importJWK, SignJWT, decodeJwt, decodeProtectedHeader } from 'jose';
@@ -81,6 +81,7 @@ async function tamperIdToken(ctx, next) {
   const claims = decodeJwt(ctx.body.id_token);
   const header = decodeProtectedHeader(ctx.body.id_token);
   const now = Math.floor(Date.now() / 1000);
+  if (changes.iss !== undefined) claims.iss = changes.iss;
   if (changes.aud !== undefined) claims.aud = changes.aud;
   if (changes.azp !== undefined) claims.azp = changes.azp;
   if (changes.nonce !== undefined) claims.nonce = changes.nonce;

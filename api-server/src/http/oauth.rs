@@ -84,6 +84,7 @@ async fn list_providers(State(state): State<AppState>) -> axum::Json<ProvidersRe
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizeParams {
     /// One of `STOA_AUTH_RETURN_TO`, exactly; the first one when absent.
@@ -166,6 +167,7 @@ async fn authorize(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CallbackParams {
     pub code: Option<String>,
     pub state: Option<String>,

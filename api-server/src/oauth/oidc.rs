@@ -244,19 +244,7 @@ impl Oidc {
             }
         })?;
         if multi_tenant {
-            let tenant = payload
-                .get("tid")
-                .and_then(serde_json::Value::as_str)
-                .ok_or(Invalid::Claims(
-                    "a multi-tenant token names no tenant (tid)".into(),
-                ))?;
-            let expected = bound.issuer.replace(TENANT_PLACEHOLDER, tenant);
-            if claims.issuer().as_str() != expected {
-                return Err(Invalid::Claims(format!(
-                    "issuer {:?} is not {expected:?}",
-                    claims.issuer().as_str()
-                )));
-            }
+            check_tenant_issuer(&bound.issuer, claims.issuer().as_str(), &payload)?;
         }
         // azp (3.1.3.7 steps 4 and 5), which the library leaves to its callers.
         match claims.authorized_party() {
@@ -391,6 +379,30 @@ enum Invalid {
     Claims(String),
 }
 
+/// A multi-tenant token's `iss` must be the templated issuer with the token's own tenant
+/// (`tid`) in place of the placeholder (Microsoft identity platform, "Validate the issuer").
+fn check_tenant_issuer(
+    template: &str,
+    issuer: &str,
+    payload: &serde_json::Value,
+) -> Result<(), Invalid> {
+    let tenant = payload
+        .get("tid")
+        .and_then(serde_json::Value::as_str)
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+        .ok_or(Invalid::Claims(
+            "a multi-tenant token names no tenant (tid)".into(),
+        ))?;
+    let expected = template.replace(TENANT_PLACEHOLDER, tenant);
+    if issuer == expected {
+        Ok(())
+    } else {
+        Err(Invalid::Claims(format!(
+            "issuer {issuer:?} is not {expected:?}"
+        )))
+    }
+}
+
 /// The claims of a compact JWS, decoded (only after its signature was checked, or to
 /// read what the library has checked already).
 fn payload_of(jwt: &str) -> Option<serde_json::Value> {
@@ -409,5 +421,40 @@ fn truthy(value: Option<&serde_json::Value>) -> bool {
         Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true") || s == "1",
         Some(serde_json::Value::Number(n)) => n.as_u64() == Some(1),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEMPLATE: &str = "https://login.microsoftonline.com/{tenantid}/v2.0";
+
+    #[test]
+    fn a_multi_tenant_issuer_must_name_the_tokens_own_tenant() {
+        let tid = "9188040d-6c67-4c5b-b112-36a304b66dad";
+        let payload = serde_json::json!({ "tid": tid });
+        let own = format!("https://login.microsoftonline.com/{tid}/v2.0");
+        assert!(check_tenant_issuer(TEMPLATE, &own, &payload).is_ok());
+        // Another tenant's issuer, with this token's tid: refused.
+        let other = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0";
+        assert!(check_tenant_issuer(TEMPLATE, other, &payload).is_err());
+        // The template itself, or no tenant at all: refused.
+        assert!(check_tenant_issuer(TEMPLATE, TEMPLATE, &payload).is_err());
+        assert!(check_tenant_issuer(TEMPLATE, &own, &serde_json::json!({})).is_err());
+        let sneaky = serde_json::json!({ "tid": "x/v2.0/../evil" });
+        let forged = "https://login.microsoftonline.com/x/v2.0/../evil/v2.0";
+        assert!(check_tenant_issuer(TEMPLATE, forged, &sneaky).is_err());
+    }
+
+    #[test]
+    fn microsoft_email_trust_reads_xms_edov_in_its_several_spellings() {
+        assert!(truthy(Some(&serde_json::json!(true))));
+        assert!(truthy(Some(&serde_json::json!("true"))));
+        assert!(truthy(Some(&serde_json::json!("1"))));
+        assert!(truthy(Some(&serde_json::json!(1))));
+        assert!(!truthy(Some(&serde_json::json!(false))));
+        assert!(!truthy(Some(&serde_json::json!("false"))));
+        assert!(!truthy(None));
     }
 }
