@@ -81,6 +81,13 @@ async fn a_worker_killed_mid_job_leaves_no_effect_and_the_job_finishes_once(pool
     let app = TestApp::spawn(pool.clone()).await;
     let token = app.register("jake").await;
     app.article(&token, "Exported", &["kept"]).await;
+    sqlx::query(
+        "INSERT INTO user_identities (provider, subject, user_id, email, email_verified)
+         SELECT 'github', '583231', id, 'jake@example.com', true FROM users",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let requested = app.post("/api/user/export", Some(&token), json!({})).await;
     assert_eq!(requested.status, StatusCode::ACCEPTED, "{}", requested.text);
     assert_eq!(requested.body["export"]["status"], "pending");
@@ -132,6 +139,8 @@ async fn a_worker_killed_mid_job_leaves_no_effect_and_the_job_finishes_once(pool
     assert_eq!(document["user"]["username"], "jake");
     assert_eq!(document["articles"][0]["title"], "Exported");
     assert_eq!(document["articles"][0]["tagList"], json!(["kept"]));
+    assert_eq!(document["identities"][0]["provider"], "github");
+    assert_eq!(document["identities"][0]["subject"], "583231");
 
     // The worker reports what it did on its admin port.
     let metrics = second.get("/metrics").await.unwrap();

@@ -591,3 +591,24 @@ async fn mfa_still_applies_after_a_provider_sign_in(pool: PgPool) {
     assert_eq!(done.status, StatusCode::OK, "{}", done.text);
     assert_eq!(done.body["user"]["username"], "alice");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_disabled_account_cannot_sign_in_with_a_provider(pool: PgPool) {
+    if !oidc::available() {
+        return;
+    }
+    let setup = Setup::start(pool, users()).await;
+    let mut browser = Browser::default();
+    assert_eq!(
+        setup.sign_in(&mut browser, "alice").await.status,
+        StatusCode::OK
+    );
+    sqlx::query("UPDATE users SET disabled_at = now()")
+        .execute(&setup.app.pool)
+        .await
+        .unwrap();
+    let res = setup.sign_in(&mut browser, "alice").await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN, "{}", res.text);
+    assert!(common::errors(&res, "account")[0].contains("disabled"));
+    assert_eq!(setup.security_events("provider_sign_in").await, 1);
+}

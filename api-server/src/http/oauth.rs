@@ -103,6 +103,7 @@ pub struct AuthorizeParams {
         (status = 503, description = "the provider cannot be reached")))]
 async fn authorize(
     State(state): State<AppState>,
+    Extension(ip): Extension<ClientIp>,
     Path(name): Path<String>,
     Query(params): Query<AuthorizeParams>,
     headers: HeaderMap,
@@ -112,6 +113,8 @@ async fn authorize(
         .providers
         .get(&name)
         .ok_or(ApiError::NotFound("provider"))?;
+    // Each start stores a flow: the sign-in budget per address bounds them.
+    limit_credentials(&state, ip).await?;
     let return_to = allowed_return_to(config, params.return_to.as_deref())?;
     let link_user = match params.link {
         None => None,
@@ -355,12 +358,19 @@ async fn exchange(
         )
         .await?;
     }
-    security_event(&state, SecurityEvent::ProviderSignIn);
-    tracing::info!(target: "stoa::security", event = "provider_sign_in", provider = %handed.provider, user_id = %user_id, "signed in with a provider");
+    let provider = handed.provider;
+    let signed_in = || {
+        security_event(&state, SecurityEvent::ProviderSignIn);
+        tracing::info!(target: "stoa::security", event = "provider_sign_in", provider = %provider, user_id = %user_id, "signed in with a provider");
+    };
     if handed.mfa {
-        return crate::http::mfa::challenge(&state, user_id).await;
+        let challenge = crate::http::mfa::challenge(&state, user_id).await?;
+        signed_in();
+        return Ok(challenge);
     }
+    // 403 for a disabled account.
     let session = start_session(&state, user_id).await?;
+    signed_in();
     let response = session_response(
         &state,
         handed.user,

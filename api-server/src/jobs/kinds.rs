@@ -116,7 +116,11 @@ async fn export_account(tx: &mut Tx, user_id: Uuid) -> Result<bool, sqlx::Error>
                     WHERE f.user_id = u.id), '[]'),
                 'following', COALESCE((SELECT jsonb_agg(v.username ORDER BY f.created_at, v.username)
                     FROM follows f JOIN users v ON v.id = f.followed_id
-                    WHERE f.follower_id = u.id), '[]'))
+                    WHERE f.follower_id = u.id), '[]'),
+                'identities', COALESCE((SELECT jsonb_agg(jsonb_build_object('provider', i.provider,
+                    'subject', i.subject, 'email', i.email, 'linkedAt', i.linked_at,
+                    'lastUsedAt', i.last_used_at) ORDER BY i.linked_at, i.provider)
+                    FROM user_identities i WHERE i.user_id = u.id), '[]'))
             FROM users u WHERE u.id = e.user_id)
          WHERE e.user_id = $1",
     )
