@@ -20,7 +20,12 @@ struct Setup {
 }
 
 impl Setup {
-    async fn start(pool: PgPool, users: Value) -> Setup {
+    /// `None` (the test says SKIP) where node or the provider is not installed.
+    async fn start(pool: PgPool) -> Option<Setup> {
+        if !oidc::available() {
+            return None;
+        }
+        let users = users();
         let port = free_port();
         let callback = format!("http://127.0.0.1:{port}/api/auth/oauth/test/callback");
         let provider = TestProvider::start(&[callback], users).await;
@@ -32,12 +37,12 @@ impl Setup {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let app = TestApp::spawn_with(pool, &settings).await;
-        Setup {
+        Some(Setup {
             app,
             provider,
             port,
             _secret: secret,
-        }
+        })
     }
 
     fn authorize(&self) -> String {
@@ -81,10 +86,9 @@ fn error_of(landing: &Landing) -> Option<String> {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_first_sign_in_creates_the_account_and_later_ones_sign_in_to_it(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let app = &setup.app;
 
     let listed = app.get("/api/auth/providers", None).await;
@@ -158,10 +162,9 @@ async fn a_first_sign_in_creates_the_account_and_later_ones_sign_in_to_it(pool: 
 
 #[sqlx::test(migrations = "../migrations")]
 async fn return_addresses_are_exact_and_unknown_providers_are_404(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let mut browser = Browser::default();
     for evil in [
         "https://evil.example/oauth",
@@ -202,10 +205,9 @@ fn urlencode(s: &str) -> String {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn state_is_single_use_and_bound_to_the_browser_that_started(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let mut browser = Browser::default();
     let stoa_host = format!("127.0.0.1:{}", setup.port);
 
@@ -276,10 +278,9 @@ async fn state_is_single_use_and_bound_to_the_browser_that_started(pool: PgPool)
 
 #[sqlx::test(migrations = "../migrations")]
 async fn id_tokens_that_fail_validation_are_refused(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let mut browser = Browser::default();
     let cases = [
         (
@@ -329,10 +330,9 @@ async fn id_tokens_that_fail_validation_are_refused(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn rotated_provider_keys_are_fetched_again(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let mut browser = Browser::default();
     assert_eq!(
         setup.sign_in(&mut browser, "alice").await.status,
@@ -349,10 +349,9 @@ async fn rotated_provider_keys_are_fetched_again(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn an_unverified_email_never_matches_nor_makes_an_account(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let app = &setup.app;
     app.register("carol").await;
     let mut browser = Browser::default();
@@ -373,10 +372,9 @@ async fn an_unverified_email_never_matches_nor_makes_an_account(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_verified_email_of_an_account_links_only_with_its_password(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let app = &setup.app;
     app.register("bob").await; // bob@example.com, password-bob
     let mut browser = Browser::default();
@@ -420,10 +418,9 @@ async fn a_verified_email_of_an_account_links_only_with_its_password(pool: PgPoo
 
 #[sqlx::test(migrations = "../migrations")]
 async fn users_link_and_unlink_but_keep_one_way_to_sign_in(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let app = &setup.app;
     let carol = app.register("carol").await;
     let mut browser = Browser::default();
@@ -514,10 +511,9 @@ async fn users_link_and_unlink_but_keep_one_way_to_sign_in(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_passwordless_account_needs_a_recent_provider_sign_in_to_set_a_password(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let app = &setup.app;
     let mut browser = Browser::default();
     let res = setup.sign_in(&mut browser, "alice").await;
@@ -548,10 +544,9 @@ async fn a_passwordless_account_needs_a_recent_provider_sign_in_to_set_a_passwor
 
 #[sqlx::test(migrations = "../migrations")]
 async fn mfa_still_applies_after_a_provider_sign_in(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let app = &setup.app;
     let mut browser = Browser::default();
     let res = setup.sign_in(&mut browser, "alice").await;
@@ -594,10 +589,9 @@ async fn mfa_still_applies_after_a_provider_sign_in(pool: PgPool) {
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_disabled_account_cannot_sign_in_with_a_provider(pool: PgPool) {
-    if !oidc::available() {
+    let Some(setup) = Setup::start(pool).await else {
         return;
-    }
-    let setup = Setup::start(pool, users()).await;
+    };
     let mut browser = Browser::default();
     assert_eq!(
         setup.sign_in(&mut browser, "alice").await.status,

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use crate::auth::AuthUser;
 use crate::auth::refresh;
 use crate::error::{ApiError, ApiResult};
-use crate::http::oauth::allowed_return_to;
+use crate::http::oauth::{allowed_return_to, provider_named};
 use crate::http::sessions::security_event;
 use crate::http::types::Timestamp;
 use crate::metrics::SecurityEvent;
@@ -119,9 +119,7 @@ async fn start_link(
     body: axum::body::Bytes,
 ) -> ApiResult<axum::Json<LinkResponse>> {
     let config = &state.config.sign_in;
-    if state.providers.get(&provider).is_none() {
-        return Err(ApiError::NotFound("provider"));
-    }
+    provider_named(&state, &provider)?;
     // The body is optional: no body means the default return address.
     let LinkRequest { return_to } = if body.is_empty() {
         LinkRequest::default()

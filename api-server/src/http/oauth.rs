@@ -109,10 +109,7 @@ async fn authorize(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let config = &state.config.sign_in;
-    let provider = state
-        .providers
-        .get(&name)
-        .ok_or(ApiError::NotFound("provider"))?;
+    let provider = provider_named(&state, &name)?;
     // Each start stores a flow: the sign-in budget per address bounds them.
     limit_credentials(&state, ip).await?;
     let return_to = allowed_return_to(config, params.return_to.as_deref())?;
@@ -202,10 +199,7 @@ async fn callback(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let config = &state.config.sign_in;
-    let provider = state
-        .providers
-        .get(&name)
-        .ok_or(ApiError::NotFound("provider"))?;
+    let provider = provider_named(&state, &name)?;
     let fallback = config.return_to.first().cloned().unwrap_or_default();
     let fail = |return_to: &str, code: &str, why: &dyn std::fmt::Display| {
         security_event(&state, SecurityEvent::ProviderSignInFailed);
@@ -456,6 +450,17 @@ async fn take_link_ticket(
     .bind(provider)
     .fetch_optional(&**state.db())
     .await?)
+}
+
+/// The configured provider `name` (404 for any other).
+pub fn provider_named<'s>(
+    state: &'s AppState,
+    name: &str,
+) -> ApiResult<&'s std::sync::Arc<crate::oauth::Provider>> {
+    state
+        .providers
+        .get(name)
+        .ok_or(ApiError::NotFound("provider"))
 }
 
 /// `returnTo` if it is one of the allowed addresses exactly (no prefix or pattern, so no
