@@ -499,6 +499,76 @@ mod tests {
         }
     }
 
+    /// The whole configuration in dev mode with `pairs` set.
+    fn config(pairs: &[(&str, String)]) -> Result<crate::config::Config, ConfigError> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        crate::config::Config::from_env(
+            &crate::config::Env::new(move |k| map.get(k).cloned()),
+            true,
+        )
+    }
+
+    #[test]
+    fn providers_need_a_public_url_a_return_address_and_a_readable_secret() {
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), "s3cret\n").unwrap();
+        let providers = |file: &str| {
+            format!(
+                r#"[{{"name":"google","type":"google","clientId":"c","clientSecretFile":"{file}"}}]"#
+            )
+        };
+        let file = secret.path().display().to_string();
+        let public = ("STOA_PUBLIC_URL", "https://api.example.com".to_owned());
+        let back = (
+            "STOA_AUTH_RETURN_TO",
+            "https://app.example.com/oauth".to_owned(),
+        );
+
+        let missing = |e: Result<_, ConfigError>| match e {
+            Err(ConfigError::Missing { name, .. }) => name,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            missing(config(&[
+                ("STOA_AUTH_PROVIDERS", providers(&file)),
+                back.clone()
+            ])),
+            "STOA_PUBLIC_URL"
+        );
+        assert_eq!(
+            missing(config(&[
+                ("STOA_AUTH_PROVIDERS", providers(&file)),
+                public.clone()
+            ])),
+            "STOA_AUTH_RETURN_TO"
+        );
+        let unreadable = config(&[
+            ("STOA_AUTH_PROVIDERS", providers("/nonexistent/secret")),
+            public.clone(),
+            back.clone(),
+        ]);
+        let error = unreadable.unwrap_err().to_string();
+        assert!(
+            error.contains("cannot read clientSecretFile /nonexistent/secret"),
+            "{error}"
+        );
+
+        let ok = config(&[("STOA_AUTH_PROVIDERS", providers(&file)), public, back]).unwrap();
+        assert_eq!(ok.sign_in.providers.len(), 1);
+        assert_eq!(
+            ok.sign_in.callback_url("google").as_deref(),
+            Some("https://api.example.com/api/auth/oauth/google/callback")
+        );
+        // What check-config prints names the provider, never its secret.
+        let shown = ok.redacted();
+        assert!(!format!("{shown:?}").contains("s3cret"));
+        // Without providers, none of it is needed.
+        assert!(config(&[]).unwrap().sign_in.providers.is_empty());
+    }
+
     #[test]
     fn return_addresses_are_exact_urls() {
         assert_eq!(
