@@ -25,4 +25,5 @@ pub mod server_limits;
 pub mod state;
 pub mod subscription;
 pub mod telemetry;
+pub mod validate;
 pub mod watch;

@@ -433,7 +433,7 @@ async fn nul_characters_are_refused_not_a_server_error(pool: PgPool) {
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn the_openapi_document_carries_the_rules_the_handlers_enforce(pool: PgPool) {
-    use stoa_api::http::validate;
+    use stoa_api::validate;
     let app = TestApp::spawn(pool).await;
     let doc = app.get("/api/openapi.json", None).await.body;
     let schemas = &doc["components"]["schemas"];

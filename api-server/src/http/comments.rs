@@ -13,9 +13,9 @@ use crate::error::{ApiError, ApiResult, Validator};
 use crate::http::cursor;
 use crate::http::extract::{ApiJson, ApiQuery, CursorPagination};
 use crate::http::types::{Comment, CommentResponse, CommentsResponse, NewCommentRequest};
-use crate::http::validate;
 use crate::reads::Reader;
 use crate::state::AppState;
+use crate::validate;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -25,7 +25,6 @@ pub mod tags;
 pub mod trailing_slash;
 pub mod types;
 pub mod users;
-pub mod validate;
 
 use std::time::Duration;
 

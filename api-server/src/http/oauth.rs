@@ -395,7 +395,7 @@ async fn link_with_password(
         ));
     };
     limit_login_attempts(state, email, ip).await?;
-    let within = crate::http::validate::within(&password, crate::http::validate::PASSWORD_MAX);
+    let within = crate::validate::within(&password, crate::validate::PASSWORD_MAX);
     if !within || !state.passwords.verify(password, hash).await? {
         security_event(state, SecurityEvent::LoginFailed);
         return Err(ApiError::InvalidCredentials);

@@ -56,9 +56,9 @@ const fn rule(min: Option<usize>, max: usize, pattern: Option<&'static str>) -> 
 }
 
 /// The request schemas' constraints, from the same constants and patterns the handlers
-/// validate with (`http::validate`), so the document says what the server enforces.
+/// validate with (`crate::validate`), so the document says what the server enforces.
 fn input_rules() -> Vec<(&'static str, &'static str, Rule)> {
-    use crate::http::validate::*;
+    use crate::validate::*;
     let username = rule(Some(1), USERNAME_MAX, Some(USERNAME_PATTERN));
     let email = || rule(Some(3), EMAIL_MAX, Some(EMAIL_PATTERN));
     let new_password = || rule(Some(PASSWORD_MIN), PASSWORD_MAX, None);
@@ -136,12 +136,12 @@ impl Modify for InputRules {
             };
             if let Some(RefOr::T(Schema::Array(tags))) = object.properties.get_mut("tagList") {
                 tags.schema_type = SchemaType::Type(Type::Array);
-                tags.max_items = Some(crate::http::validate::TAGS_MAX);
+                tags.max_items = Some(crate::validate::TAGS_MAX);
                 if let ArrayItems::RefOrSchema(item) = &mut tags.items
                     && let RefOr::T(Schema::Object(tag)) = item.as_mut()
                 {
-                    tag.max_length = Some(crate::http::validate::TAG_MAX);
-                    tag.pattern = Some(crate::http::validate::TAG_PATTERN.to_owned());
+                    tag.max_length = Some(crate::validate::TAG_MAX);
+                    tag.pattern = Some(crate::validate::TAG_PATTERN.to_owned());
                 }
             }
         }
@@ -176,9 +176,7 @@ impl Modify for CommonResponses {
                     if let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut()
                         && matches!(&schema.schema_type, SchemaType::Type(Type::String))
                     {
-                        use crate::http::validate::{
-                            NO_NUL_PATTERN, NOT_BLANK_PATTERN, SEARCH_MAX,
-                        };
+                        use crate::validate::{NO_NUL_PATTERN, NOT_BLANK_PATTERN, SEARCH_MAX};
                         // A search must not be blank (the handler's rule).
                         if path == "/api/articles" && parameter.name == "q" {
                             schema.min_length = Some(1);

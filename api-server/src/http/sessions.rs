@@ -13,9 +13,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::middleware::ClientIp;
 use crate::http::session_cookie::{self, Delivery};
 use crate::http::types::{User, UserResponse};
-use crate::http::validate;
 use crate::metrics::{Bucket, SecurityEvent};
 use crate::state::AppState;
+use crate::validate;
 
 #[derive(sqlx::FromRow)]
 pub struct UserRow {

@@ -22,10 +22,10 @@ use crate::http::sessions::{
 use crate::http::types::{
     LoginRequest, NewUserRequest, UpdateUser, UpdateUserRequest, UserResponse,
 };
-use crate::http::validate;
 use crate::metrics::SecurityEvent;
 use crate::reads::{Reader, Writer};
 use crate::state::AppState;
+use crate::validate;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

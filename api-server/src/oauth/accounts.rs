@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::ProviderIdentity;
 use crate::db::Pool;
 use crate::error::{ApiError, ApiResult, ResultExt};
-use crate::http::validate;
+use crate::validate;
 
 /// What the callback does with a provider's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]

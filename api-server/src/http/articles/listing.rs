@@ -20,9 +20,10 @@ use crate::error::{ApiError, ApiResult, Validator};
 use crate::http::cursor;
 use crate::http::extract::{ApiQuery, CursorPagination, Pagination};
 use crate::http::types::{Article, ArticlesResponse};
-use crate::http::{json_bytes, to_json_bytes, validate};
+use crate::http::{json_bytes, to_json_bytes};
 use crate::reads::Reader;
 use crate::state::AppState;
+use crate::validate;
 
 use super::feed_plan;
 

@@ -16,9 +16,10 @@ use crate::error::{ApiError, ApiResult, Validator};
 use crate::http::extract::ApiJson;
 use crate::http::slug::{self, belongs_to, slugify};
 use crate::http::types::{Article, ArticleResponse, NewArticleRequest, UpdateArticleRequest};
-use crate::http::{json_bytes, to_json_bytes, validate};
+use crate::http::{json_bytes, to_json_bytes};
 use crate::reads::Reader;
 use crate::state::AppState;
+use crate::validate;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -1,5 +1,6 @@
-//! Input rules shared by the handlers. Limits are generous but bounded, so a single
-//! request can never store an unbounded amount of data.
+//! Input rules for what users may store: the handlers check them, the OpenAPI document
+//! states them, and accounts made from a provider's profile follow them. Limits are
+//! generous but bounded, so a single request can never store an unbounded amount of data.
 
 pub const USERNAME_RULE: &str = "must be 1-64 characters without whitespace or '/'";
 pub const EMAIL_RULE: &str = "is invalid";
