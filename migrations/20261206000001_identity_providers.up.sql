@@ -36,15 +36,19 @@ CREATE TABLE oauth_flows (
 );
 CREATE INDEX oauth_flows_expires_idx ON oauth_flows (expires_at);
 
--- The end of a sign-in, handed to the front end as a one-time code it exchanges for
--- tokens. `pending_identity` is set when the provider's verified email matches an account
--- the identity is not linked to: the exchange then needs that account's password.
+-- The end of a provider flow, handed to the front end as a one-time code.
+-- `sign_in`: exchanged for tokens; `pending_identity` is set when the provider's verified
+-- email matches an account the identity is not linked to (the exchange then needs that
+-- account's password). `link`: the identity to link, made only when the account that
+-- started the link confirms it with its own token.
 CREATE TABLE oauth_handoffs (
     code_hash        bytea PRIMARY KEY,
+    purpose          text NOT NULL CHECK (purpose IN ('sign_in', 'link')),
     user_id          uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     provider         text NOT NULL,
     pending_identity jsonb,
-    expires_at       timestamptz NOT NULL
+    expires_at       timestamptz NOT NULL,
+    CHECK (purpose = 'sign_in' OR pending_identity IS NOT NULL)
 );
 CREATE INDEX oauth_handoffs_expires_idx ON oauth_handoffs (expires_at);
 

@@ -440,11 +440,30 @@ async fn users_link_and_unlink_but_keep_one_way_to_sign_in(pool: PgPool) {
         .to_owned();
     let landing = browser.sign_in(&start, "carol-work").await;
     assert_eq!(
-        landing.param("stoa_linked").as_deref(),
+        landing.param("stoa_link").as_deref(),
         Some("test"),
         "{landing:?}"
     );
     assert!(landing.url.as_str().starts_with(OTHER_RETURN_TO));
+    // Nothing is linked until carol confirms with her own token.
+    let linked = app.get("/api/user/identities", Some(&carol)).await;
+    assert_eq!(linked.body["identities"], json!([]));
+    let code = landing.param("stoa_code").unwrap();
+    let confirm = |code: String, token: String| async move {
+        app.post(
+            "/api/user/identities/test/confirm",
+            Some(&token),
+            json!({ "code": code }),
+        )
+        .await
+    };
+    let res = confirm(code.clone(), carol.clone()).await;
+    assert_eq!(res.status, StatusCode::NO_CONTENT, "{}", res.text);
+    assert_eq!(
+        confirm(code, carol.clone()).await.status,
+        StatusCode::UNAUTHORIZED,
+        "once"
+    );
     // The ticket was single use.
     let landing = browser.get(&start).await;
     let location = landing.headers()["location"].to_str().unwrap().to_owned();
@@ -466,6 +485,43 @@ async fn users_link_and_unlink_but_keep_one_way_to_sign_in(pool: PgPool) {
         .await;
     assert_eq!(error_of(&landing).as_deref(), Some("identity_taken"));
 
+    // A link started by carol but finished in bob's browser with bob's provider account
+    // (a link address he was tricked into opening) links nothing: bob's app confirms with
+    // bob's token, which is not carol's.
+    app.delete("/api/user/identities/test", Some(&carol)).await;
+    let bob = app.register("bob-local").await;
+    let link = app
+        .post("/api/user/identities/test", Some(&carol), json!({}))
+        .await;
+    let mut bobs_browser = Browser::default();
+    let landing = bobs_browser
+        .sign_in(
+            link.body["link"]["authorizeUrl"].as_str().unwrap(),
+            "carol-work",
+        )
+        .await;
+    let res = confirm(landing.param("stoa_code").unwrap(), bob).await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN, "{}", res.text);
+    let identities: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM user_identities WHERE provider = 'test' AND subject = 'carol-work'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(identities, 0);
+    // Relinked by carol herself, for what follows.
+    let link = app
+        .post("/api/user/identities/test", Some(&carol), json!({}))
+        .await;
+    let landing = browser
+        .sign_in(
+            link.body["link"]["authorizeUrl"].as_str().unwrap(),
+            "carol-work",
+        )
+        .await;
+    let res = confirm(landing.param("stoa_code").unwrap(), carol.clone()).await;
+    assert_eq!(res.status, StatusCode::NO_CONTENT);
+
     // carol has a password, so she may unlink her only identity.
     let res = app.delete("/api/user/identities/test", Some(&carol)).await;
     assert_eq!(res.status, StatusCode::NO_CONTENT);
@@ -475,7 +531,9 @@ async fn users_link_and_unlink_but_keep_one_way_to_sign_in(pool: PgPool) {
             .status,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(setup.security_events("identity_unlinked").await, 1);
+    // Twice now: once before the relink above.
+    assert_eq!(setup.security_events("identity_unlinked").await, 2);
+    assert_eq!(setup.security_events("identity_linked").await, 2);
 
     // alice has no password: her provider is her only way in.
     let alice = setup.sign_in(&mut browser, "alice").await;

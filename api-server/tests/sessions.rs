@@ -515,8 +515,8 @@ async fn unfinished_provider_sign_ins_are_purged_once_expired(pool: PgPool) {
         let statements = [
             format!("INSERT INTO oauth_flows (state_hash, browser_hash, provider, nonce, pkce_verifier, return_to, expires_at)
                      VALUES ('{tag}'::bytea, 'b'::bytea, 'google', 'n', 'v', 'https://app.example.com/', now() {age})"),
-            format!("INSERT INTO oauth_handoffs (code_hash, user_id, provider, expires_at)
-                     SELECT '{tag}'::bytea, id, 'google', now() {age} FROM users"),
+            format!("INSERT INTO oauth_handoffs (code_hash, purpose, user_id, provider, expires_at)
+                     SELECT '{tag}'::bytea, 'sign_in', id, 'google', now() {age} FROM users"),
             format!("INSERT INTO oauth_link_tickets (ticket_hash, user_id, provider, expires_at)
                      SELECT '{tag}'::bytea, id, 'google', now() {age} FROM users"),
         ];

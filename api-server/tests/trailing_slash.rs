@@ -98,6 +98,12 @@ fn steps() -> Vec<Step> {
             "/api/user/identities/google",
             none,
         ),
+        step(
+            M::POST,
+            "/api/user/identities/{provider}/confirm",
+            "/api/user/identities/google/confirm",
+            |_| Some(json!({"code": "not-a-code"})),
+        ),
         step(M::GET, "/api/auth/providers", "/api/auth/providers", none),
         step(
             M::GET,

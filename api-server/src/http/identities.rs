@@ -11,16 +11,19 @@ use utoipa_axum::routes;
 use crate::auth::AuthUser;
 use crate::auth::refresh;
 use crate::error::{ApiError, ApiResult};
+use crate::http::extract::ApiJson;
 use crate::http::oauth::{allowed_return_to, provider_named};
 use crate::http::sessions::security_event;
 use crate::http::types::Timestamp;
 use crate::metrics::SecurityEvent;
+use crate::oauth::accounts;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_identities))
         .routes(routes!(start_link, unlink))
+        .routes(routes!(confirm_link))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -154,6 +157,66 @@ async fn start_link(
             authorize_url: url.into(),
         },
     }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ConfirmLinkRequest {
+    /// `stoa_code` from the redirect that also said `stoa_link`.
+    pub code: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct PendingLink {
+    user_id: uuid::Uuid,
+    pending_identity: sqlx::types::Json<crate::oauth::ProviderIdentity>,
+    live: bool,
+}
+
+/// Finish linking a provider: the one-time code the link flow came back with, confirmed
+/// by the account that started it (anyone else's token is refused, so a link cannot be
+/// completed in another person's browser).
+#[utoipa::path(post, path = "/api/user/identities/{provider}/confirm", tag = "users",
+    security(("token" = [])),
+    params(("provider" = String, Path)),
+    request_body = ConfirmLinkRequest,
+    responses(
+        (status = 204, description = "linked"),
+        (status = 401, description = "the code is invalid, expired or used, or not signed in"),
+        (status = 403, description = "another account started this link"),
+        (status = 409, description = "the identity is another account's, or this account has one of the provider's")))]
+async fn confirm_link(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(provider): Path<String>,
+    ApiJson(body): ApiJson<ConfirmLinkRequest>,
+) -> ApiResult<StatusCode> {
+    let pending: Option<PendingLink> = sqlx::query_as(
+        "DELETE FROM oauth_handoffs WHERE code_hash = $1 AND purpose = 'link' AND provider = $2
+         RETURNING user_id, pending_identity, expires_at > now() AS live",
+    )
+    .bind(refresh::hash(&body.code))
+    .bind(&provider)
+    .fetch_optional(&**state.db())
+    .await?;
+    let Some(pending) = pending.filter(|p| p.live) else {
+        security_event(&state, SecurityEvent::ProviderSignInFailed);
+        return Err(ApiError::InvalidCode);
+    };
+    if pending.user_id != auth.id {
+        security_event(&state, SecurityEvent::ProviderSignInFailed);
+        tracing::warn!(target: "stoa::security", event = "provider_sign_in_failed", provider = %provider, user_id = %auth.id, "a link started by another account was presented");
+        return Err(ApiError::forbidden_field(
+            "code",
+            "belongs to a link another account started",
+        ));
+    }
+    let identity = pending.pending_identity.0;
+    let mut tx = state.db().begin().await?;
+    accounts::link(&mut tx, &provider, &identity, auth.id).await?;
+    tx.commit().await?;
+    security_event(&state, SecurityEvent::IdentityLinked);
+    tracing::info!(target: "stoa::security", event = "identity_linked", provider = %provider, user_id = %auth.id, "identity linked");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Unlink a provider from the current user; refused (409) when it is the account's

@@ -264,20 +264,26 @@ async fn callback(
     let resolution = accounts::resolve(&state.db(), &name, &identity, flow.link_user_id).await?;
     match resolution {
         Resolution::Refused(refusal) => Ok(fail(&flow.return_to, refusal.code(), &refusal.code())),
-        Resolution::Linked { user_id } => {
-            security_event(&state, SecurityEvent::IdentityLinked);
-            tracing::info!(target: "stoa::security", event = "identity_linked", provider = %name, user_id = %user_id, "identity linked");
-            Ok(back(&flow.return_to, &[("stoa_linked", &name)]))
+        Resolution::AlreadyLinked { .. } => Ok(back(&flow.return_to, &[("stoa_linked", &name)])),
+        // Linked only when the account that asked confirms with its own token
+        // (`POST /api/user/identities/{provider}/confirm`): a link started by one account
+        // and completed in someone else's browser links nothing.
+        Resolution::ConfirmLink { user_id } => {
+            let code = hand_off(&state, Purpose::Link, user_id, &name, Some(&identity)).await?;
+            Ok(back(
+                &flow.return_to,
+                &[("stoa_code", &code), ("stoa_link", &name)],
+            ))
         }
         Resolution::SignIn { user_id, created } => {
             if created {
                 tracing::info!(user_id = %user_id, provider = %name, "user registered with a provider");
             }
-            let code = hand_off(&state, user_id, &name, None).await?;
+            let code = hand_off(&state, Purpose::SignIn, user_id, &name, None).await?;
             Ok(back(&flow.return_to, &[("stoa_code", &code)]))
         }
         Resolution::NeedsPassword { user_id } => {
-            let code = hand_off(&state, user_id, &name, Some(&identity)).await?;
+            let code = hand_off(&state, Purpose::SignIn, user_id, &name, Some(&identity)).await?;
             Ok(back(
                 &flow.return_to,
                 &[("stoa_code", &code), ("stoa_error", "account_exists")],
@@ -325,7 +331,7 @@ async fn exchange(
     let delivery = Delivery::of(&headers)?;
     limit_credentials(&state, ip).await?;
     let handed: Option<HandedOff> = sqlx::query_as(
-        "WITH h AS (DELETE FROM oauth_handoffs WHERE code_hash = $1 RETURNING *)
+        "WITH h AS (DELETE FROM oauth_handoffs WHERE code_hash = $1 AND purpose = 'sign_in' RETURNING *)
          SELECT u.id, u.email, u.username, u.bio, u.image, u.role,
                 NULLIF(u.password_hash, '') AS password_hash, h.provider, h.pending_identity,
                 EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = u.id AND t.confirmed_at IS NOT NULL) AS mfa
@@ -401,33 +407,46 @@ async fn link_with_password(
         return Err(ApiError::InvalidCredentials);
     }
     let mut tx = state.db().begin().await?;
-    accounts::link(
-        &mut tx,
-        provider,
-        identity,
-        identity.email.as_deref(),
-        user_id,
-    )
-    .await?;
+    accounts::link(&mut tx, provider, identity, user_id).await?;
     tx.commit().await?;
     security_event(state, SecurityEvent::IdentityLinked);
     tracing::info!(target: "stoa::security", event = "identity_linked", provider = %provider, user_id = %user_id, "identity linked after the account's password");
     Ok(())
 }
 
-/// A one-time code for the front end to exchange (only its hash is stored).
+/// What a one-time code is for.
+#[derive(Clone, Copy)]
+pub enum Purpose {
+    /// Exchanged for tokens (`POST /api/auth/oauth/exchange`).
+    SignIn,
+    /// Confirmed by the account that asked (`POST /api/user/identities/{provider}/confirm`).
+    Link,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::SignIn => "sign_in",
+            Purpose::Link => "link",
+        }
+    }
+}
+
+/// A one-time code for the front end (only its hash is stored).
 async fn hand_off(
     state: &AppState,
+    purpose: Purpose,
     user_id: Uuid,
     provider: &str,
     pending: Option<&ProviderIdentity>,
 ) -> ApiResult<String> {
     let code = refresh::generate();
     sqlx::query(
-        "INSERT INTO oauth_handoffs (code_hash, user_id, provider, pending_identity, expires_at)
-         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+        "INSERT INTO oauth_handoffs (code_hash, purpose, user_id, provider, pending_identity, expires_at)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
     )
     .bind(&code.hash)
+    .bind(purpose.as_str())
     .bind(user_id)
     .bind(provider)
     .bind(pending.map(sqlx::types::Json))

@@ -2,7 +2,9 @@
 //!
 //! - an identity already linked signs in to its account;
 //! - a signed-in user linking a provider gets the identity on their account, unless it is
-//!   someone else's;
+//!   someone else's, and only once that same user confirms it with their own token (so a
+//!   link started by one account cannot be finished in another person's browser with
+//!   their provider account);
 //! - a verified email that matches an account is never linked silently: the sign-in stops
 //!   until that account's password is proven (or its owner links while signed in);
 //! - an unverified email is never matched, nor used for a new account;
@@ -24,8 +26,13 @@ pub enum Resolution {
         user_id: Uuid,
         created: bool,
     },
-    /// Linked to the signed-in user who asked.
-    Linked {
+    /// Linking: the identity is free and the account has none of this provider; it is
+    /// linked once the account confirms.
+    ConfirmLink {
+        user_id: Uuid,
+    },
+    /// Linking: the identity is this account's already.
+    AlreadyLinked {
         user_id: Uuid,
     },
     /// The verified email is this account's, not linked to the identity: the account's
@@ -57,8 +64,8 @@ impl Refusal {
     }
 }
 
-/// Decides, and writes what the decision needs (a new account with its identity, a link,
-/// the identity's last use), in one transaction.
+/// Decides, and writes what the decision needs (a new account with its identity, the
+/// identity's last use), in one transaction.
 pub async fn resolve(
     db: &Pool,
     provider: &str,
@@ -83,7 +90,7 @@ async fn resolve_once(
     link_to: Option<Uuid>,
 ) -> ApiResult<Resolution> {
     let mut tx = db.begin().await?;
-    let email = identity.email.as_deref().filter(|e| validate::email(e));
+    let email = valid_email(identity);
     let linked: Option<Uuid> = sqlx::query_scalar(
         "UPDATE user_identities SET last_used_at = now(), email = $3, email_verified = $4
          WHERE provider = $1 AND subject = $2 RETURNING user_id",
@@ -96,19 +103,23 @@ async fn resolve_once(
     .await?;
     let resolution = match (linked, link_to) {
         (Some(owner), Some(user)) if owner != user => Resolution::Refused(Refusal::IdentityTaken),
-        (Some(owner), Some(_)) => Resolution::Linked { user_id: owner },
+        (Some(owner), Some(_)) => Resolution::AlreadyLinked { user_id: owner },
         (Some(owner), None) => Resolution::SignIn {
             user_id: owner,
             created: false,
         },
         (None, Some(user)) => {
-            let inserted = link(&mut tx, provider, identity, email, user).await;
-            match inserted {
-                Ok(()) => Resolution::Linked { user_id: user },
-                Err(ApiError::Conflict(errors)) if errors.contains_key("provider") => {
-                    Resolution::Refused(Refusal::ProviderAlreadyLinked)
-                }
-                Err(e) => return Err(e),
+            let has_one: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM user_identities WHERE user_id = $1 AND provider = $2)",
+            )
+            .bind(user)
+            .bind(provider)
+            .fetch_one(&mut tx)
+            .await?;
+            if has_one {
+                Resolution::Refused(Refusal::ProviderAlreadyLinked)
+            } else {
+                Resolution::ConfirmLink { user_id: user }
             }
         }
         (None, None) => match email.filter(|_| identity.email_verified) {
@@ -123,7 +134,7 @@ async fn resolve_once(
                     Some(user_id) => Resolution::NeedsPassword { user_id },
                     None => {
                         let user_id = create_account(&mut tx, identity, email).await?;
-                        link(&mut tx, provider, identity, Some(email), user_id).await?;
+                        link(&mut tx, provider, identity, user_id).await?;
                         Resolution::SignIn {
                             user_id,
                             created: true,
@@ -137,12 +148,12 @@ async fn resolve_once(
     Ok(resolution)
 }
 
-/// Links the identity to `user_id`, in the caller's transaction.
+/// Links the identity to `user_id`, in the caller's transaction (409 on `identity` when
+/// another account has it, on `provider` when this one has another of the provider's).
 pub async fn link(
     tx: &mut crate::db::Tx,
     provider: &str,
     identity: &ProviderIdentity,
-    email: Option<&str>,
     user_id: Uuid,
 ) -> ApiResult<()> {
     sqlx::query(
@@ -152,7 +163,7 @@ pub async fn link(
     .bind(provider)
     .bind(&identity.subject)
     .bind(user_id)
-    .bind(email)
+    .bind(valid_email(identity))
     .bind(identity.email_verified)
     .execute(&mut *tx)
     .await
@@ -163,6 +174,11 @@ pub async fn link(
         ApiError::conflict("provider", "is already linked to this account")
     })?;
     Ok(())
+}
+
+/// The provider's email, if it is one Stoa could store.
+fn valid_email(identity: &ProviderIdentity) -> Option<&str> {
+    identity.email.as_deref().filter(|e| validate::email(e))
 }
 
 /// A new account without a password, named after the profile: the hint as it is if free,
