@@ -107,6 +107,9 @@ ROWS = [
           ("required", f"max (stoa_schema_required_version{{{API}}})")]),
         ("Security events", "reqps", "Failed logins, rejected current passwords, invalid and reused refresh tokens.",
          [("{{event}}", rate("stoa_security_events_total", by="event"))]),
+        ("Sign-in with identity providers", "reqps",
+         "Flows back from each provider by outcome: signed_in, link_pending, or the error the browser returned with (see StoaProviderSignInFailing).",
+         [("{{provider}} {{outcome}}", rate("stoa_provider_sign_ins_total", by="provider, outcome"))]),
     ]),
     ("Jobs", [
         ("Jobs by state", "short",

@@ -184,6 +184,7 @@ fn assemble(
         }));
     }
     let providers = crate::oauth::Providers::new(&config.sign_in, config.auth.leeway)?;
+    metrics.create_provider_series(config.sign_in.providers.iter().map(|p| p.name.as_str()));
     let state = AppState::new(Parts {
         config,
         database,

@@ -55,6 +55,32 @@ pub struct EventLabels {
     pub event: &'static str,
 }
 
+/// A provider flow's outcome at the callback: `provider` is a configured provider's name
+/// (never a name from the request), `outcome` one of [`PROVIDER_OUTCOMES`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+    pub outcome: &'static str,
+}
+
+/// How a provider flow ends at the callback: a one-time code for a sign-in (`signed_in`),
+/// a link to confirm (`link_pending`) or one already made (`already_linked`), or the
+/// `stoa_error` the browser goes back with.
+pub const PROVIDER_OUTCOMES: [&str; 12] = [
+    "signed_in",
+    "link_pending",
+    "already_linked",
+    "account_exists",
+    "access_denied",
+    "invalid_state",
+    "invalid_link",
+    "provider_error",
+    "invalid_token",
+    "email_not_verified",
+    "identity_taken",
+    "provider_already_linked",
+];
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -72,6 +98,7 @@ pub struct Metrics {
     pub keyset_generation: Gauge<u64, AtomicU64>,
     pub dependency_up: Family<DependencyLabels, Gauge>,
     pub security_events: Family<EventLabels, Counter>,
+    pub provider_sign_ins: Family<ProviderLabels, Counter>,
     pub cache_requests: Family<CacheLabels, Counter>,
     pub rate_limited: Family<BucketLabels, Counter>,
     pub refused: Family<RefusalLabels, Counter>,
@@ -451,6 +478,12 @@ impl Metrics {
             "Security-relevant events, by kind",
             security_events.clone(),
         );
+        let provider_sign_ins = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "provider_sign_ins",
+            "Sign-in and link flows back from an identity provider, by provider and outcome",
+            provider_sign_ins.clone(),
+        );
         let cache_requests = Family::<CacheLabels, Counter>::default();
         registry.register(
             "cache_requests",
@@ -555,6 +588,7 @@ impl Metrics {
             keyset_generation,
             dependency_up,
             security_events,
+            provider_sign_ins,
             cache_requests,
             rate_limited,
             refused,
@@ -586,6 +620,31 @@ impl Metrics {
                 event: event.as_str(),
             })
             .inc();
+    }
+
+    /// A provider flow came back to the callback with `outcome` ([`PROVIDER_OUTCOMES`]).
+    pub fn count_provider_outcome(&self, provider: &str, outcome: &'static str) {
+        self.provider_sign_ins
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Creates every provider's outcome series at zero (the providers are configuration,
+    /// known at start-up).
+    pub fn create_provider_series<'a>(&self, providers: impl IntoIterator<Item = &'a str>) {
+        for provider in providers {
+            for outcome in PROVIDER_OUTCOMES {
+                self.provider_sign_ins
+                    .get_or_create(&ProviderLabels {
+                        provider: provider.to_owned(),
+                        outcome,
+                    })
+                    .inc_by(0);
+            }
+        }
     }
 
     fn create_known_series(&self) {

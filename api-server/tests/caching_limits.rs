@@ -686,9 +686,12 @@ async fn concurrent_requests_of_one_client_share_each_refill_of_its_lease(pool: 
             answered += 1;
         }
     }
+    // One call per request (640) without the sharing; one or two per batch with it. The
+    // bound leaves room for a loaded machine (a CI run measured 46 with other builds
+    // beside it), where a batch can outlast the lease it started with.
     let calls = redis.calls("evalsha").await - before;
     assert!(
-        calls <= 40,
+        calls <= 80,
         "{calls} rate-limit calls to Redis for {answered} requests"
     );
 }

@@ -62,12 +62,27 @@ impl Setup {
     }
 
     async fn security_events(&self, event: &str) -> u64 {
+        self.counter(&format!("stoa_security_events_total{{event=\"{event}\"}}"))
+            .await
+            .unwrap_or(0)
+    }
+
+    /// `stoa_provider_sign_ins_total` for the test provider and `outcome`; `None` when
+    /// the series does not exist.
+    async fn outcomes(&self, outcome: &str) -> Option<u64> {
+        self.counter(&format!(
+            "stoa_provider_sign_ins_total{{provider=\"test\",outcome=\"{outcome}\"}}"
+        ))
+        .await
+    }
+
+    async fn counter(&self, series: &str) -> Option<u64> {
         let metrics = self.app.metrics().await;
-        let line = format!("stoa_security_events_total{{event=\"{event}\"}} ");
+        let prefix = format!("{series} ");
         metrics
             .lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .map_or(0, |v| v.trim().parse().unwrap())
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().parse().unwrap())
     }
 }
 
@@ -321,6 +336,14 @@ async fn id_tokens_that_fail_validation_are_refused(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(accounts, 0, "no refused sign-in made an account");
+    // SREs see each refusal by provider and outcome.
+    assert_eq!(setup.outcomes("invalid_token").await, Some(10));
+    assert_eq!(
+        setup.outcomes("signed_in").await,
+        Some(0),
+        "created at zero"
+    );
+    assert_eq!(setup.outcomes("identity_taken").await, Some(0));
 
     // Expired by less than the leeway (30 s): accepted.
     setup.provider.tamper(json!({"exp": -5})).await;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::load::Load;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 fn root() -> PathBuf {
@@ -317,11 +317,31 @@ async fn every_dashboard_query_and_alert_reads_series_a_real_prometheus_scraped(
     let Some(prometheus_binary) = tool("prometheus") else {
         return;
     };
+    // Pools of 4, the default reserve, two pods that stay two (the autoscaler's decisions
+    // are published without pods coming and going under the scraper); an identity
+    // provider configured (never contacted), so its sign-in series exist.
+    let mut stoa = harness::autoscaled_stoa(4, 10, 2, 2);
+    stoa.spec.ingress = Some(serde_json::from_value(json!({"host": "api.example.com"})).unwrap());
+    stoa.spec.auth = serde_json::from_value(json!({
+        "returnTo": ["https://app.example.com/oauth"],
+        "providers": [{"name": "corp", "type": "oidc", "issuer": "https://sso.example.com",
+                       "clientId": "stoa", "clientSecretRef": {"name": "api-oauth", "key": "secret"}}]
+    }))
+    .unwrap();
+    let mut client_secret = harness::database_secret("api-oauth", "");
+    client_secret.data = Some(
+        [(
+            "secret".to_owned(),
+            k8s_openapi::ByteString(b"client-secret".to_vec()),
+        )]
+        .into(),
+    );
     let mut cluster = harness::install(
-        // Pools of 4, the default reserve, two pods that stay two (the autoscaler's
-        // decisions are published without pods coming and going under the scraper).
-        &harness::autoscaled_stoa(4, 10, 2, 2),
-        vec![harness::database_secret("api-db", &common::url_of(&pool))],
+        &stoa,
+        vec![
+            harness::database_secret("api-db", &common::url_of(&pool)),
+            client_secret,
+        ],
     )
     .await;
 

@@ -201,7 +201,10 @@ async fn callback(
     let config = &state.config.sign_in;
     let provider = provider_named(&state, &name)?;
     let fallback = config.return_to.first().cloned().unwrap_or_default();
-    let fail = |return_to: &str, code: &str, why: &dyn std::fmt::Display| {
+    // `name` is a configured provider's from here on: a safe metrics label.
+    let outcome = |outcome: &'static str| state.metrics.count_provider_outcome(&name, outcome);
+    let fail = |return_to: &str, code: &'static str, why: &dyn std::fmt::Display| {
+        outcome(code);
         security_event(&state, SecurityEvent::ProviderSignInFailed);
         tracing::info!(target: "stoa::security", event = "provider_sign_in_failed", provider = %name, reason = %why, "provider sign-in failed");
         back(return_to, &[("stoa_error", code)])
@@ -264,12 +267,16 @@ async fn callback(
     let resolution = accounts::resolve(&state.db(), &name, &identity, flow.link_user_id).await?;
     match resolution {
         Resolution::Refused(refusal) => Ok(fail(&flow.return_to, refusal.code(), &refusal.code())),
-        Resolution::AlreadyLinked { .. } => Ok(back(&flow.return_to, &[("stoa_linked", &name)])),
+        Resolution::AlreadyLinked { .. } => {
+            outcome("already_linked");
+            Ok(back(&flow.return_to, &[("stoa_linked", &name)]))
+        }
         // Linked only when the account that asked confirms with its own token
         // (`POST /api/user/identities/{provider}/confirm`): a link started by one account
         // and completed in someone else's browser links nothing.
         Resolution::ConfirmLink { user_id } => {
             let code = hand_off(&state, Purpose::Link, user_id, &name, Some(&identity)).await?;
+            outcome("link_pending");
             Ok(back(
                 &flow.return_to,
                 &[("stoa_code", &code), ("stoa_link", &name)],
@@ -280,10 +287,12 @@ async fn callback(
                 tracing::info!(user_id = %user_id, provider = %name, "user registered with a provider");
             }
             let code = hand_off(&state, Purpose::SignIn, user_id, &name, None).await?;
+            outcome("signed_in");
             Ok(back(&flow.return_to, &[("stoa_code", &code)]))
         }
         Resolution::NeedsPassword { user_id } => {
             let code = hand_off(&state, Purpose::SignIn, user_id, &name, Some(&identity)).await?;
+            outcome("account_exists");
             Ok(back(
                 &flow.return_to,
                 &[("stoa_code", &code), ("stoa_error", "account_exists")],

@@ -252,6 +252,11 @@ async fn environment(
         .map(|(name, value)| {
             let value = if value.starts_with("/var/run/") || value.starts_with("/dev/") {
                 in_root(root, &value).display().to_string()
+            } else if value.starts_with('[') || value.starts_with('{') {
+                // A JSON setting naming mounted files (`STOA_AUTH_PROVIDERS`'s
+                // `clientSecretFile`): each such path, under the root too.
+                let under = in_root(root, "/var/run/").display().to_string();
+                value.replace("\"/var/run/", &format!("\"{under}"))
             } else {
                 value
             };
