@@ -153,6 +153,15 @@ pub struct AuthConfig {
     pub hash_concurrency: usize,
 }
 
+/// The admin console's sessions (`crate::http::console`).
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// A session unused this long ends.
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in, however busy.
+    pub session_lifetime: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen_addr: SocketAddr,
@@ -251,6 +260,7 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Sign-in with identity providers (`crate::oauth`).
     pub sign_in: SignInConfig,
+    pub console: ConsoleConfig,
     pub worker: WorkerConfig,
     pub log_format: LogFormat,
     pub log_filter: String,
@@ -776,6 +786,26 @@ impl Config {
         let auth = auth_config(&mut s, dev, require_keys)?;
         s.section("Sign-in with identity providers");
         let sign_in = providers::read(&mut s, http.public_origin.as_ref())?;
+        s.section("Admin console");
+        let session_idle = s.read(
+            Setting::new("STOA_CONSOLE_SESSION_IDLE", secs(30 * 60))
+                .at_least(secs(60))
+                .at_most(
+                    secs(24 * 3600),
+                    "an unattended admin session stays open that long",
+                ),
+        )?;
+        let console = ConsoleConfig {
+            session_idle,
+            session_lifetime: s.read(
+                Setting::new("STOA_CONSOLE_SESSION_LIFETIME", secs(8 * 3600))
+                    .at_least(session_idle)
+                    .at_most(
+                        secs(7 * 86400),
+                        "an admin signs in again at least this often",
+                    ),
+            )?,
+        };
         s.section("Background jobs");
         let worker = worker_config(&mut s, dev)?;
 
@@ -800,6 +830,7 @@ impl Config {
             http,
             auth,
             sign_in,
+            console,
             worker,
             log_format,
             log_filter,

@@ -259,6 +259,16 @@ const MEANINGS: &[Meaning] = &[
         meaning: r#"how long a provider's discovery document and keys are reused; an ID token signed with a key not among them fetches them again at once"#,
     },
     Meaning {
+        name: "STOA_CONSOLE_SESSION_IDLE",
+        default: None,
+        meaning: r#"an admin console session unused this long ends (the admin signs in again)"#,
+    },
+    Meaning {
+        name: "STOA_CONSOLE_SESSION_LIFETIME",
+        default: None,
+        meaning: r#"an admin console session ends this long after sign-in, however busy"#,
+    },
+    Meaning {
         name: "STOA_REFRESH_REUSE_GRACE",
         default: None,
         meaning: r#"a refresh token spent this recently, whose successor is unused, yields that same successor (two tabs refreshing at once); `0s` turns it off"#,

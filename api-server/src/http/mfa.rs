@@ -129,6 +129,14 @@ pub struct ChallengeAnswer {
 
 /// The second factor is due: a challenge for `user_id`, answered 202.
 pub async fn challenge(state: &AppState, user_id: Uuid) -> ApiResult<Response> {
+    let challenge = new_challenge(state, user_id).await?;
+    let body = ChallengeResponse { challenge };
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// A second-factor challenge for `user_id`, who just proved the password (the API's
+/// login and the admin console's).
+pub async fn new_challenge(state: &AppState, user_id: Uuid) -> ApiResult<Challenge> {
     let token = refresh::generate();
     let expires_at = chrono::Utc::now() + state.config.auth.mfa_challenge_ttl;
     sqlx::query("INSERT INTO mfa_challenges (token_hash, user_id, expires_at) VALUES ($1, $2, $3)")
@@ -137,13 +145,36 @@ pub async fn challenge(state: &AppState, user_id: Uuid) -> ApiResult<Response> {
         .bind(expires_at)
         .execute(&**state.db())
         .await?;
-    let body = ChallengeResponse {
-        challenge: Challenge {
-            token: token.token,
-            expires_at: Timestamp(expires_at),
-        },
-    };
-    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+    Ok(Challenge {
+        token: token.token,
+        expires_at: Timestamp(expires_at),
+    })
+}
+
+/// Answers a challenge with a code (or a recovery code): the account, once the code is
+/// right; the challenge is then spent. Each answer spends one of the challenge's
+/// attempts, right or wrong (401 once none is left, or when it expired).
+pub async fn answer_challenge(state: &AppState, challenge: &str, code: &str) -> ApiResult<Uuid> {
+    if challenge.is_empty() || challenge.len() > 128 {
+        return Err(ApiError::Unauthorized("challenge is invalid or expired"));
+    }
+    let challenge = refresh::hash(challenge);
+    let user_id: Uuid = sqlx::query_scalar(
+        "UPDATE mfa_challenges SET attempts = attempts + 1
+         WHERE token_hash = $1 AND expires_at > now() AND attempts < $2
+         RETURNING user_id",
+    )
+    .bind(&challenge)
+    .bind(i32::try_from(state.config.auth.mfa_challenge_attempts).unwrap_or(i32::MAX))
+    .fetch_optional(&**state.db())
+    .await?
+    .ok_or(ApiError::Unauthorized("challenge is invalid or expired"))?;
+    second_factor(state, user_id, code).await?;
+    sqlx::query("DELETE FROM mfa_challenges WHERE token_hash = $1")
+        .bind(&challenge)
+        .execute(&**state.db())
+        .await?;
+    Ok(user_id)
 }
 
 /// Whether MFA is on, and how many recovery codes are left.
@@ -333,31 +364,13 @@ async fn complete_login(
 ) -> ApiResult<Response> {
     let delivery = Delivery::of(&headers)?;
     limit_credentials(&state, ip).await?;
-    if body.challenge.is_empty() || body.challenge.len() > 128 {
-        return Err(ApiError::Unauthorized("challenge is invalid or expired"));
-    }
-    let challenge = refresh::hash(&body.challenge);
-    // Each answer spends one of the challenge's attempts, right or wrong.
-    let user_id: Uuid = sqlx::query_scalar(
-        "UPDATE mfa_challenges SET attempts = attempts + 1
-         WHERE token_hash = $1 AND expires_at > now() AND attempts < $2
-         RETURNING user_id",
-    )
-    .bind(&challenge)
-    .bind(i32::try_from(state.config.auth.mfa_challenge_attempts).unwrap_or(i32::MAX))
-    .fetch_optional(&**state.db())
-    .await?
-    .ok_or(ApiError::Unauthorized("challenge is invalid or expired"))?;
-    second_factor(&state, user_id, &body.code).await?;
+    let user_id = answer_challenge(&state, &body.challenge, &body.code).await?;
     let session = start_session(&state, user_id).await?;
-    let row: SessionRow = sqlx::query_as(
-        "WITH spent AS (DELETE FROM mfa_challenges WHERE token_hash = $2)
-         SELECT id, email, username, bio, image, role FROM users WHERE id = $1",
-    )
-    .bind(user_id)
-    .bind(&challenge)
-    .fetch_one(&**state.db())
-    .await?;
+    let row: SessionRow =
+        sqlx::query_as("SELECT id, email, username, bio, image, role FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(&**state.db())
+            .await?;
     let response = session_response(
         &state,
         row,

@@ -6,6 +6,8 @@ pub mod articles;
 pub mod auth;
 pub mod comments;
 pub mod connections;
+pub mod console;
+pub mod cookies;
 pub mod cursor;
 pub mod export;
 pub mod extract;
@@ -110,6 +112,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", axum::routing::get(index::index))
         .merge(api.with_state(state.clone()))
+        .merge(console::router().with_state(state.clone()))
         .merge(docs)
         .fallback(|| async { ApiError::NotFound("route").into_response() })
         .method_not_allowed_fallback(|| async {

@@ -227,8 +227,9 @@ async fn callback(
             &"unknown, used or expired state",
         ));
     };
-    let same_browser = flow_cookie(&headers)
-        .is_some_and(|browser| constant_time_eq(&refresh::hash(browser), &flow.browser_hash));
+    let same_browser = flow_cookie(&headers).is_some_and(|browser| {
+        crate::http::cookies::constant_time_eq(&refresh::hash(browser), &flow.browser_hash)
+    });
     if !same_browser {
         return Ok(fail(
             &fallback,
@@ -538,16 +539,5 @@ fn redirect(location: &str) -> Response {
 }
 
 fn flow_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == FLOW_COOKIE)
-        .map(|(_, value)| value)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::http::cookies::value(headers, FLOW_COOKIE)
 }

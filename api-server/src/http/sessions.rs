@@ -215,6 +215,91 @@ async fn require_recent_sign_in(state: &AppState, auth: &AuthUser) -> ApiResult<
     }
 }
 
+/// An account whose password was just proven.
+pub struct PasswordChecked {
+    pub row: SessionRow,
+    /// A second factor is on: the sign-in continues with a challenge.
+    pub mfa: bool,
+}
+
+/// The password sign-in shared by the API's login and the admin console: the account's
+/// login budget, then the password (the same answer, and the same work, whether or not
+/// the account exists: 401), then (only for the right password, so a guesser learns
+/// nothing) a disabled account's 403. A hash made with older parameters is replaced in
+/// the background.
+pub async fn check_password(
+    state: &AppState,
+    client: ClientIp,
+    email: &str,
+    password: String,
+) -> ApiResult<PasswordChecked> {
+    limit_login_attempts(state, email, client).await?;
+    #[derive(sqlx::FromRow)]
+    struct Found {
+        #[sqlx(flatten)]
+        user: SessionRow,
+        /// `None`: the account signs in with identity providers only.
+        password_hash: Option<String>,
+        disabled: bool,
+        mfa: bool,
+    }
+    let found: Option<Found> = sqlx::query_as(
+        "SELECT id, email, username, bio, image, role, NULLIF(password_hash, '') AS password_hash, disabled_at IS NOT NULL AS disabled,
+                EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS mfa
+         FROM users WHERE lower(email) = lower($1)",
+    )
+    .bind(email.trim())
+    .fetch_optional(&**state.db())
+    .await?;
+    let (row, hash, disabled, mfa) = match found {
+        Some(f) => (Some(f.user), f.password_hash, f.disabled, f.mfa),
+        None => (None, None, false, false),
+    };
+    let stale = hash
+        .as_deref()
+        .is_some_and(|h| state.passwords.needs_rehash(h))
+        .then(|| (hash.clone(), password.clone()));
+    let matched = state.passwords.verify(password, hash).await?;
+    let row = match row {
+        Some(row) if matched => row,
+        _ => {
+            security_event(state, SecurityEvent::LoginFailed);
+            return Err(ApiError::InvalidCredentials);
+        }
+    };
+    if disabled {
+        security_event(state, SecurityEvent::DisabledAccountLogin);
+        return Err(ApiError::forbidden_field("account", "is disabled"));
+    }
+    if let Some((Some(old_hash), password)) = stale {
+        upgrade_hash(state, row.user.id, old_hash, password);
+    }
+    Ok(PasswordChecked { row, mfa })
+}
+
+/// Replaces a hash made with older parameters, after a successful login, in the
+/// background (the login does not wait for a second hash). Only if the stored hash is
+/// still the one verified: a password change meanwhile wins.
+fn upgrade_hash(state: &AppState, user_id: Uuid, old_hash: String, password: String) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let result = async {
+            let new_hash = state.passwords.hash(password).await?;
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3")
+                .bind(new_hash)
+                .bind(user_id)
+                .bind(old_hash)
+                .execute(&**state.db())
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(user_id = %user_id, error = %e, "could not upgrade a password hash; retried at the next login");
+        }
+    });
+}
+
 /// The strict per-IP budget shared by login, register and refresh.
 pub async fn limit_credentials(state: &AppState, ip: ClientIp) -> ApiResult<()> {
     state

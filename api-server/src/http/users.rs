@@ -15,14 +15,13 @@ use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
 use crate::http::session_cookie::Delivery;
 use crate::http::sessions::{
-    Credentials, NewSession, SessionRow, UserRow, credentials_of, deliver, limit_credentials,
-    limit_login_attempts, new_session, security_event, session_response, start_session,
-    user_response, verify_current_password,
+    Credentials, NewSession, PasswordChecked, SessionRow, UserRow, check_password, credentials_of,
+    deliver, limit_credentials, new_session, session_response, start_session, user_response,
+    verify_current_password,
 };
 use crate::http::types::{
     LoginRequest, NewUserRequest, UpdateUser, UpdateUserRequest, UserResponse,
 };
-use crate::metrics::SecurityEvent;
 use crate::reads::{Reader, Writer};
 use crate::state::AppState;
 use crate::validate;
@@ -137,50 +136,8 @@ async fn login(
             "is too long",
         )
         .finish()?;
-    limit_login_attempts(&state, &user.email, ip).await?;
-
-    #[derive(sqlx::FromRow)]
-    struct Credentials {
-        #[sqlx(flatten)]
-        user: SessionRow,
-        /// `None`: the account signs in with identity providers only.
-        password_hash: Option<String>,
-        disabled: bool,
-        mfa: bool,
-    }
-    let found: Option<Credentials> = sqlx::query_as(
-        "SELECT id, email, username, bio, image, role, NULLIF(password_hash, '') AS password_hash, disabled_at IS NOT NULL AS disabled,
-                EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) AS mfa
-         FROM users WHERE lower(email) = lower($1)",
-    )
-    .bind(user.email.trim())
-    .fetch_optional(&**state.db())
-    .await?;
-
-    let (row, hash, disabled, mfa) = match found {
-        Some(c) => (Some(c.user), c.password_hash, c.disabled, c.mfa),
-        None => (None, None, false, false),
-    };
-    let stale = hash
-        .as_deref()
-        .is_some_and(|h| state.passwords.needs_rehash(h))
-        .then(|| (hash.clone(), user.password.clone()));
-    let matched = state.passwords.verify(user.password, hash).await?;
-    let row = match row {
-        Some(row) if matched => row,
-        _ => {
-            security_event(&state, SecurityEvent::LoginFailed);
-            return Err(ApiError::InvalidCredentials);
-        }
-    };
-    // Only after the password matched: a disabled account is not revealed to a guesser.
-    if disabled {
-        security_event(&state, SecurityEvent::DisabledAccountLogin);
-        return Err(ApiError::forbidden_field("account", "is disabled"));
-    }
-    if let Some((Some(old_hash), password)) = stale {
-        upgrade_hash(&state, row.user.id, old_hash, password);
-    }
+    let PasswordChecked { row, mfa } =
+        check_password(&state, ip, &user.email, user.password).await?;
     if mfa {
         return crate::http::mfa::challenge(&state, row.user.id).await;
     }
@@ -217,29 +174,6 @@ async fn current_user(
 }
 
 /// Update the current user.
-/// Replaces a hash made with older parameters, after a successful login, in the
-/// background (the login does not wait for a second hash). Only if the stored hash is
-/// still the one verified: a password change meanwhile wins.
-fn upgrade_hash(state: &AppState, user_id: Uuid, old_hash: String, password: String) {
-    let state = state.clone();
-    tokio::spawn(async move {
-        let result = async {
-            let new_hash = state.passwords.hash(password).await?;
-            sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3")
-                .bind(new_hash)
-                .bind(user_id)
-                .bind(old_hash)
-                .execute(&**state.db())
-                .await?;
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(user_id = %user_id, error = %e, "could not upgrade a password hash; retried at the next login");
-        }
-    });
-}
-
 /// Changing the password or the email needs the current password (OWASP ASVS 6.2.3): an
 /// access token alone, if stolen, must not take over the account. RealWorld clients send
 /// the unchanged email with every settings update, so an email equal to the current one

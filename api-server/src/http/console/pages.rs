@@ -1,0 +1,85 @@
+//! The console's page frame and its error pages. Pages are HTML rendered on the server
+//! (maud: checked and escaped at compile time) with one stylesheet and no script at all,
+//! under a Content-Security-Policy that allows nothing else.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use maud::{DOCTYPE, Markup, html};
+
+use crate::error::ApiError;
+
+use super::session::ConsoleAdmin;
+
+/// The console's Content-Security-Policy: its own stylesheet, forms posting to itself,
+/// nothing else (no script, no frames, no other origin).
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// A whole page: `title`, the signed-in admin's bar (with "sign out everywhere") when
+/// there is one, and `body`.
+pub fn page(title: &str, admin: Option<&ConsoleAdmin>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Stoa admin" }
+                link rel="stylesheet" href="/admin/assets/console.css";
+                link rel="icon" href="/admin/assets/icon.svg" type="image/svg+xml";
+            }
+            body {
+                header {
+                    a.brand href="/admin" { "Stoa admin" }
+                    @if let Some(admin) = admin {
+                        nav aria-label="Console" {
+                            a href="/admin" { "Overview" }
+                        }
+                        form.signout method="post" action="/admin/logout" {
+                            input type="hidden" name="csrf" value=(admin.csrf);
+                            span { "Signed in as " strong { (admin.username) } }
+                            button type="submit" { "Sign out everywhere" }
+                        }
+                    }
+                }
+                main { h1 { (title) } (body) }
+            }
+        }
+    }
+}
+
+/// A page answered with `status`.
+pub fn respond(status: StatusCode, markup: Markup) -> Response {
+    (status, markup).into_response()
+}
+
+/// A refusal or failure as a page: what the API would say, in words for a person.
+pub fn failure(error: &ApiError) -> Response {
+    let status = error.status();
+    let message = match error {
+        ApiError::InvalidCredentials => "Wrong email or password.",
+        ApiError::InvalidCode => "That code is wrong, expired or already used.",
+        ApiError::Unauthorized(_) => "That sign-in expired. Start again.",
+        ApiError::RateLimited { .. } => "Too many attempts. Wait a few minutes, then try again.",
+        ApiError::ForbiddenField(_) => "This account is disabled.",
+        ApiError::Unavailable(_) => "A dependency is unavailable. Try again shortly.",
+        _ if status.is_server_error() => "Something went wrong on the server. It has been logged.",
+        _ => "The request could not be completed.",
+    };
+    if status.is_server_error() {
+        tracing::error!(error = %error, "admin console request failed");
+    }
+    let body = html! {
+        p role="alert" { (message) }
+        p { a href="/admin/login" { "Back to sign-in" } }
+    };
+    respond(status, page("Not done", None, body))
+}
+
+/// A form posted without its session's CSRF token.
+pub fn csrf_refused() -> Response {
+    tracing::warn!(target: "stoa::security", event = "console_csrf_refused", "admin console form without its CSRF token");
+    let body = html! {
+        p role="alert" { "This form expired or did not come from the console. Reload the page and try again." }
+    };
+    respond(StatusCode::FORBIDDEN, page("Refused", None, body))
+}

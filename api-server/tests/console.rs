@@ -1,0 +1,318 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! The admin console over HTTP, as a browser uses it: sign-in for admins only (password,
+//! then the TOTP step when the account has one), the session cookie and its limits, CSRF
+//! tokens on every form, sign-out everywhere. (`browser.rs` runs it in Chromium.)
+mod common;
+
+use common::TestApp;
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+/// A browser on the console: its cookies (one site), redirects not followed.
+struct Console<'a> {
+    app: &'a TestApp,
+    http: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+struct Page {
+    status: StatusCode,
+    location: Option<String>,
+    headers: reqwest::header::HeaderMap,
+    html: String,
+}
+
+impl Page {
+    /// The value of the form field `name` on the page.
+    fn field(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = self
+            .html
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {name} in {}", self.html))
+            + marker.len();
+        let end = self.html[start..].find('"').unwrap() + start;
+        self.html[start..end].to_owned()
+    }
+}
+
+impl<'a> Console<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        Console {
+            app,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: Default::default(),
+        }
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let cookies = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let res = request.header("cookie", cookies).send().await.unwrap();
+        for value in res.headers().get_all("set-cookie") {
+            let value = value.to_str().unwrap();
+            let (name, rest) = value.split_once('=').unwrap();
+            let content = rest.split(';').next().unwrap();
+            if content.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), content.to_owned());
+            }
+        }
+        Page {
+            status: res.status(),
+            location: res
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_owned()),
+            headers: res.headers().clone(),
+            html: res.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let request = self.http.get(self.app.url(path));
+        self.send(request).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let request = self.http.post(self.app.url(path)).form(form);
+        self.send(request).await
+    }
+
+    /// The password step, as the sign-in form posts it.
+    async fn password(&mut self, email: &str, password: &str) -> Page {
+        let form = self.get("/admin/login").await;
+        assert_eq!(form.status, StatusCode::OK);
+        let csrf = form.field("csrf");
+        self.post(
+            "/admin/login",
+            &[("email", email), ("password", password), ("csrf", &csrf)],
+        )
+        .await
+    }
+
+    async fn sign_in(&mut self, name: &str) -> Page {
+        let page = self
+            .password(&format!("{name}@example.com"), &format!("password-{name}"))
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert_eq!(page.location.as_deref(), Some("/admin"));
+        self.get("/admin").await
+    }
+}
+
+async fn admin(app: &TestApp, name: &str) -> String {
+    let token = app.register(name).await;
+    sqlx::query("UPDATE users SET role = 'admin' WHERE username = $1")
+        .bind(name)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    token
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn an_admin_signs_in_sees_the_overview_and_signs_out_everywhere(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    admin(&app, "root").await;
+    app.register("jake").await;
+
+    let mut first = Console::new(&app);
+    let before = first.get("/admin").await;
+    assert_eq!(before.status, StatusCode::SEE_OTHER);
+    assert_eq!(before.location.as_deref(), Some("/admin/login"));
+
+    let overview = first.sign_in("root").await;
+    assert_eq!(overview.status, StatusCode::OK);
+    assert!(
+        overview.html.contains("<h1>Overview</h1>"),
+        "{}",
+        overview.html
+    );
+    assert!(overview.html.contains("Signed in as <strong>root</strong>"));
+    // Two users, one signed up today: counted.
+    assert!(
+        overview
+            .html
+            .contains(r#"<span class="value">2</span><span class="label">Users</span>"#),
+        "{}",
+        overview.html
+    );
+    assert_eq!(
+        overview.headers["content-security-policy"],
+        stoa_api::http::console::CSP
+    );
+    assert_eq!(overview.headers["cache-control"], "no-store");
+    let cookie = first.cookies.get("__Secure-stoa-console").unwrap().clone();
+    assert!(
+        !overview.html.contains(&cookie),
+        "the session token never reaches the page"
+    );
+    let css = first.get("/admin/assets/console.css").await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert!(
+        css.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+
+    // A second device; signing out everywhere from the first ends both.
+    let mut second = Console::new(&app);
+    assert_eq!(second.sign_in("root").await.status, StatusCode::OK);
+    let csrf = overview.field("csrf");
+    let out = first.post("/admin/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(!first.cookies.contains_key("__Secure-stoa-console"));
+    assert_eq!(second.get("/admin").await.status, StatusCode::SEE_OTHER);
+    first.cookies.insert("__Secure-stoa-console".into(), cookie);
+    assert_eq!(
+        first.get("/admin").await.status,
+        StatusCode::SEE_OTHER,
+        "the old cookie is dead"
+    );
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn non_admins_wrong_passwords_and_forms_without_their_token_are_refused(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    admin(&app, "root").await;
+    app.register("jake").await;
+    let mut console = Console::new(&app);
+
+    let wrong = console
+        .password("root@example.com", "not-the-password")
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.html.contains("Wrong email or password."));
+
+    let jake = console.password("jake@example.com", "password-jake").await;
+    assert_eq!(jake.status, StatusCode::FORBIDDEN);
+    assert!(jake.html.contains("This account is not an admin."));
+    assert!(!console.cookies.contains_key("__Secure-stoa-console"));
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"stoa_security_events_total{event="admin_denied"} 1"#)
+    );
+
+    // The sign-in form without the token its page set (a form on another site).
+    let mut elsewhere = Console::new(&app);
+    let forged = elsewhere
+        .post(
+            "/admin/login",
+            &[
+                ("email", "root@example.com"),
+                ("password", "password-root"),
+                ("csrf", "guess"),
+            ],
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(!elsewhere.cookies.contains_key("__Secure-stoa-console"));
+
+    // Signed in, a form with a wrong token changes nothing.
+    let overview = console.sign_in("root").await;
+    let refused = console
+        .post("/admin/logout", &[("csrf", "not-the-token")])
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        console.get("/admin").await.status,
+        StatusCode::OK,
+        "still signed in"
+    );
+    assert_ne!(overview.field("csrf"), "not-the-token");
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn sessions_end_when_idle_at_their_end_and_when_the_admin_is_demoted(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    admin(&app, "root").await;
+    let ends = [
+        "UPDATE console_sessions SET last_seen_at = now() - interval '31 minutes'",
+        "UPDATE console_sessions SET expires_at = now() - interval '1 second'",
+        "UPDATE users SET role = 'user'",
+        "UPDATE users SET disabled_at = now()",
+    ];
+    for end in ends {
+        sqlx::query("UPDATE users SET role = 'admin', disabled_at = NULL")
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        let mut console = Console::new(&app);
+        assert_eq!(console.sign_in("root").await.status, StatusCode::OK);
+        sqlx::query(end).execute(&app.pool).await.unwrap();
+        let page = console.get("/admin").await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{end}");
+        assert_eq!(page.location.as_deref(), Some("/admin/login"));
+    }
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn an_admin_with_mfa_passes_the_totp_step(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let token = admin(&app, "root").await;
+    let enrol = app
+        .post(
+            "/api/user/mfa/totp",
+            Some(&token),
+            json!({"currentPassword": "password-root"}),
+        )
+        .await;
+    let uri = enrol.body["totp"]["uri"].as_str().unwrap().to_owned();
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
+    let code_at = |t: u64| totp_rs::TOTP::from_url(&uri).unwrap().generate(t);
+    let confirm = app
+        .post(
+            "/api/user/mfa/totp/confirm",
+            Some(&token),
+            json!({"code": code_at(now - 30)}),
+        )
+        .await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text);
+
+    let mut console = Console::new(&app);
+    let step = console.password("root@example.com", "password-root").await;
+    assert_eq!(step.status, StatusCode::OK);
+    assert!(step.html.contains("<h1>Second factor</h1>"));
+    assert!(
+        !console.cookies.contains_key("__Secure-stoa-console"),
+        "no session before the code"
+    );
+    let (challenge, csrf) = (step.field("challenge"), step.field("csrf"));
+
+    let wrong = console
+        .post(
+            "/admin/login/mfa",
+            &[
+                ("challenge", &challenge),
+                ("code", "000000"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.html.contains("That code is wrong"));
+    let right = console
+        .post(
+            "/admin/login/mfa",
+            &[
+                ("challenge", &challenge),
+                ("code", &code_at(now)),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(right.status, StatusCode::SEE_OTHER, "{}", right.html);
+    assert_eq!(console.get("/admin").await.status, StatusCode::OK);
+}
