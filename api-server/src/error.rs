@@ -151,7 +151,8 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> FieldErrors {
+    /// What the error says, field by field (the API answers it as `{"errors": …}`).
+    pub fn body(&self) -> FieldErrors {
         let one = |field: &'static str, message: &'static str| one_error(field, message);
         match self {
             ApiError::Unauthorized(reason) => one("token", reason),

@@ -3,7 +3,8 @@
 //! scripts in tests/browser) against a live server: the documentation page
 //! (`docs-page.mjs`: every operation of the OpenAPI document listed, one "Try it out"
 //! request run), a browser app's cookie session (`cookie-session.mjs`) and the book's
-//! "Sign in with …" example page against a real OpenID Provider (`provider-sign-in.mjs`).
+//! "Sign in with …" example page against a real OpenID Provider (`provider-sign-in.mjs`),
+//! and the admin console (`console.mjs`).
 //! Without node,
 //! Chromium or `npm ci` in tests/browser they say SKIP, unless STOA_REQUIRE_TOOLS=1 (as
 //! in CI).
@@ -168,16 +169,18 @@ async fn the_example_sign_in_page_signs_in_with_a_provider_in_chromium(pool: PgP
 
 /// The admin console in Chromium: an admin with TOTP signs in by the labelled fields and
 /// reaches the overview; the session cookie is HttpOnly, `SameSite=Strict` and scoped to
-/// `/admin`; the keyboard reaches "Sign out everywhere"; no page logs a console error
-/// (a CSP violation would) or asks another origin for anything.
+/// `/admin`; they find a user and disable them, and the API refuses that user's token;
+/// the keyboard reaches "Sign out everywhere"; no page logs a console error (a CSP
+/// violation would) or asks another origin for anything.
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn an_admin_signs_in_to_the_console_with_totp_in_chromium(pool: PgPool) {
     if !browser_available() {
         return;
     }
     let app = TestApp::spawn(pool).await;
+    let jake = app.register("jake").await;
     let token = app.register("root").await;
-    sqlx::query("UPDATE users SET role = 'admin'")
+    sqlx::query("UPDATE users SET role = 'admin' WHERE username = 'root'")
         .execute(&app.pool)
         .await
         .unwrap();
@@ -207,10 +210,16 @@ async fn an_admin_signs_in_to_the_console_with_totp_in_chromium(pool: PgPool) {
             "root@example.com".into(),
             "password-root".into(),
             code_at(now),
+            "jake".into(),
         ],
     )
     .await;
     assert_eq!(seen["heading"], "Overview", "{seen}");
+    // Disabled in the console: the API refuses jake's token.
+    assert_eq!(
+        app.get("/api/user", Some(&jake)).await.status,
+        reqwest::StatusCode::UNAUTHORIZED
+    );
     assert_eq!(seen["cookie"]["sameSite"], "Strict");
     assert_eq!(seen["otherOrigins"], serde_json::json!([]));
 }

@@ -316,3 +316,94 @@ async fn an_admin_with_mfa_passes_the_totp_step(pool: PgPool) {
     assert_eq!(right.status, StatusCode::SEE_OTHER, "{}", right.html);
     assert_eq!(console.get("/admin").await.status, StatusCode::OK);
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn admins_find_users_and_act_on_them_through_the_apis_own_paths(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    admin(&app, "root").await;
+    let jake = app.register("jake").await;
+    app.register("jane").await;
+    app.register("per%cent").await;
+    let mut console = Console::new(&app);
+    console.sign_in("root").await;
+
+    let all = console.get("/admin/users").await;
+    assert_eq!(all.status, StatusCode::OK);
+    for name in ["root", "jake", "jane"] {
+        assert!(
+            all.html.contains(&format!(">{name}</a>")),
+            "{name}: {}",
+            all.html
+        );
+    }
+    let search = console.get("/admin/users?q=JA").await;
+    assert!(search.html.contains(">jake</a>") && search.html.contains(">jane</a>"));
+    assert!(!search.html.contains(">root</a>"));
+    // `%` is matched literally, not as a wildcard.
+    let literal = console.get("/admin/users?q=%25").await;
+    assert!(literal.html.contains(">per%cent</a>") && !literal.html.contains(">jake</a>"));
+    let admins = console.get("/admin/users?only=admins").await;
+    assert!(admins.html.contains(">root</a>") && !admins.html.contains(">jake</a>"));
+
+    let page = console.get("/admin/users/jake").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.html.contains("<h1>jake</h1>"));
+    assert!(page.html.contains("Sessions (1)"), "{}", page.html);
+    let csrf = page.field("csrf");
+
+    // Without the session's token: refused, nothing changed.
+    let forged = console
+        .post("/admin/users/jake/disable", &[("csrf", "x")])
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.get("/api/user", Some(&jake)).await.status,
+        StatusCode::OK
+    );
+
+    let done = console
+        .post("/admin/users/jake/disable", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    let page = console.get(done.location.as_deref().unwrap()).await;
+    assert!(
+        page.html
+            .contains("The account is disabled and its sessions ended.")
+    );
+    assert!(page.html.contains("disabled since"));
+    // The API refuses jake's token at once, as after `POST /api/admin/users/jake/disable`.
+    assert_eq!(
+        app.get("/api/user", Some(&jake)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"stoa_security_events_total{event="admin_action"} 1"#)
+    );
+
+    let back = console
+        .post("/admin/users/jake/enable", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER);
+    let (token, _) = common::login(&app, "jake").await;
+    let ended = console
+        .post("/admin/users/jake/end-sessions", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(ended.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.get("/api/user", Some(&token)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // An admin cannot disable themselves (another admin or the command line can).
+    let own = console
+        .post("/admin/users/root/disable", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(own.status, StatusCode::FORBIDDEN);
+    assert!(own.html.contains("is your own account"), "{}", own.html);
+    let unknown = console
+        .post("/admin/users/nobody/disable", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}

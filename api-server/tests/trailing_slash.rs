@@ -233,6 +233,12 @@ fn steps() -> Vec<Step> {
         ),
         step(
             M::POST,
+            "/api/admin/users/{username}/sessions/end",
+            "/api/admin/users/erin/sessions/end",
+            none,
+        ),
+        step(
+            M::POST,
             "/api/admin/users/{username}/mfa/reset",
             "/api/admin/users/erin/mfa/reset",
             none,

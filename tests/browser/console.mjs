@@ -1,13 +1,14 @@
 // The admin console in headless Chromium: an admin signs in with a password and a TOTP
-// code and reaches the overview; the pages load nothing from another origin and log no
-// console error (a CSP violation would be one).
-//   node tests/browser/console.mjs BASE_URL EMAIL PASSWORD CODE
+// code, reaches the overview, finds USER on the Users page and disables them; the pages
+// load nothing from another origin and log no console error (a CSP violation would be
+// one).
+//   node tests/browser/console.mjs BASE_URL EMAIL PASSWORD CODE USER
 // Prints one JSON line with what it saw; exits non-zero with the reason on failure.
 import { chromium } from "playwright-core";
 
-const [base, email, password, code] = process.argv.slice(2);
-if (!base || !email || !password || !code) {
-  console.error("usage: console.mjs BASE_URL EMAIL PASSWORD CODE");
+const [base, email, password, code, user] = process.argv.slice(2);
+if (!base || !email || !password || !code || !user) {
+  console.error("usage: console.mjs BASE_URL EMAIL PASSWORD CODE USER");
   process.exit(2);
 }
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
@@ -49,6 +50,18 @@ try {
     `session cookie: ${JSON.stringify(seen.cookie)}`);
   seen.scriptReadable = await page.evaluate(() => document.cookie.includes("stoa-console"));
   check(!seen.scriptReadable, "page scripts can read the session cookie");
+
+  // Users: search by name, open the user, disable them.
+  await page.getByRole("link", { name: "Users" }).click();
+  await page.getByLabel("Name or email contains").fill(user);
+  await page.getByRole("button", { name: "Search" }).click();
+  await page.waitForLoadState();
+  await page.getByRole("link", { name: user, exact: true }).click();
+  await page.waitForLoadState();
+  await page.getByRole("button", { name: "Disable the account" }).click();
+  await page.waitForLoadState();
+  seen.afterDisable = await page.textContent("[role=status]").catch(() => null);
+  check(seen.afterDisable?.includes("disabled"), `after disabling: ${JSON.stringify(seen.afterDisable)}`);
 
   // Keyboard only: Tab reaches the sign-out button, Enter signs out.
   let focused = "";

@@ -177,6 +177,23 @@ pub async fn reset_mfa(
     Ok((id, Some(families)))
 }
 
+/// Ends every session of `username` (a lost or stolen device): the account's id and the
+/// sessions ended, for the caller to mirror.
+pub async fn end_all_sessions(
+    pool: &Pool,
+    username: &str,
+) -> Result<(Uuid, Vec<Uuid>), AccountError> {
+    let mut tx = pool.begin().await?;
+    let id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE username = $1 FOR UPDATE")
+        .bind(username)
+        .fetch_optional(&mut tx)
+        .await?
+        .ok_or_else(|| AccountError::UnknownUser(username.to_owned()))?;
+    let families = end_sessions(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok((id, families))
+}
+
 /// Revokes every live session (refresh-token family) of `user_id` in `tx`; the families,
 /// each once, for the caller to mirror once committed.
 async fn end_sessions(tx: &mut crate::db::Tx, user_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {

@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(disable_user))
         .routes(routes!(enable_user))
         .routes(routes!(reset_mfa))
+        .routes(routes!(end_sessions))
         .routes(routes!(remove_article))
         .routes(routes!(remove_comment))
 }
@@ -129,6 +130,21 @@ async fn change_account(
     username: &str,
     change: Change,
 ) -> ApiResult<axum::Json<AdminUserResponse>> {
+    let changed = apply_change(state, admin, username, change).await?;
+    Ok(axum::Json(AdminUserResponse {
+        user: changed.account.into(),
+    }))
+}
+
+/// An admin's change to an account, as the API and the console make it: the change
+/// (`accounts::change`), the ended sessions refused on every replica at once, and the
+/// security event with the acting admin.
+pub async fn apply_change(
+    state: &AppState,
+    admin: Uuid,
+    username: &str,
+    change: Change,
+) -> ApiResult<accounts::Changed> {
     let changed = accounts::change(&state.db(), username, change, Some(admin)).await?;
     state
         .revocations
@@ -143,9 +159,7 @@ async fn change_account(
             user_id = %changed.account.id, sessions_revoked = changed.revoked_families.len(),
             "account changed by an admin");
     }
-    Ok(axum::Json(AdminUserResponse {
-        user: changed.account.into(),
-    }))
+    Ok(changed)
 }
 
 /// Turn off a user's second factor (lost authenticator and recovery codes) and end their
@@ -159,7 +173,48 @@ async fn reset_mfa(
     AdminUser(admin): AdminUser,
     Path(username): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let (user_id, ended) = accounts::reset_mfa(&state.db(), &username).await?;
+    apply_mfa_reset(&state, admin.id, &username).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionsEnded {
+    pub sessions_ended: usize,
+}
+
+/// End every session of a user (a lost or stolen device): each access and refresh token
+/// is refused on every replica at once; the account stays enabled.
+#[utoipa::path(post, path = "/api/admin/users/{username}/sessions/end", tag = "admin",
+    security(("token" = [])),
+    params(("username" = String, Path)),
+    responses((status = 200, body = SessionsEnded), (status = 401), (status = 403, description = "not an admin"), (status = 404, description = "no such user")))]
+async fn end_sessions(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(username): Path<String>,
+) -> ApiResult<axum::Json<SessionsEnded>> {
+    let sessions_ended = apply_end_sessions(&state, admin.id, &username).await?;
+    Ok(axum::Json(SessionsEnded { sessions_ended }))
+}
+
+/// An admin ending an account's sessions, as the API and the console do it.
+pub async fn apply_end_sessions(state: &AppState, admin: Uuid, username: &str) -> ApiResult<usize> {
+    let (user_id, families) = accounts::end_all_sessions(&state.db(), username).await?;
+    state.revocations.mirror(None, &families).await;
+    state
+        .metrics
+        .count_security_event(SecurityEvent::AdminAction);
+    tracing::info!(target: "stoa::security", event = "admin_action", action = "end_sessions",
+        admin_id = %admin, user_id = %user_id, sessions_revoked = families.len(),
+        "sessions ended by an admin");
+    Ok(families.len())
+}
+
+/// An admin's reset of an account's second factor, as the API and the console make it
+/// (409 when MFA was not on).
+pub async fn apply_mfa_reset(state: &AppState, admin: Uuid, username: &str) -> ApiResult<()> {
+    let (user_id, ended) = accounts::reset_mfa(&state.db(), username).await?;
     let Some(families) = ended else {
         return Err(ApiError::conflict("mfa", "is not on for this user"));
     };
@@ -168,9 +223,9 @@ async fn reset_mfa(
         .metrics
         .count_security_event(SecurityEvent::AdminAction);
     tracing::info!(target: "stoa::security", event = "admin_action", action = "reset_mfa",
-        admin_id = %admin.id, user_id = %user_id, sessions_revoked = families.len(),
+        admin_id = %admin, user_id = %user_id, sessions_revoked = families.len(),
         "second factor reset by an admin");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Remove any article, with its comments and favorites.

@@ -8,6 +8,7 @@ mod overview;
 mod pages;
 pub mod session;
 mod sign_in;
+mod users;
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
@@ -25,6 +26,9 @@ pub fn router() -> Router<AppState> {
         .route("/admin/login", get(sign_in::form).post(sign_in::password))
         .route("/admin/login/mfa", post(sign_in::code))
         .route("/admin/logout", post(sign_in::sign_out))
+        .route("/admin/users", get(users::list))
+        .route("/admin/users/{username}", get(users::detail))
+        .route("/admin/users/{username}/{action}", post(users::act))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
@@ -43,8 +47,14 @@ pub fn router() -> Router<AppState> {
 async fn icon() -> impl axum::response::IntoResponse {
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml")),
-            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("image/svg+xml"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=86400"),
+            ),
         ],
         r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#2f6f4f"/><path d="M4 4h8v2H4zm0 3h8v2H4zm0 3h8v2H4z" fill="#fff"/></svg>"##,
     )

@@ -33,6 +33,7 @@ pub fn page(title: &str, admin: Option<&ConsoleAdmin>, body: Markup) -> Markup {
                     @if let Some(admin) = admin {
                         nav aria-label="Console" {
                             a href="/admin" { "Overview" }
+                            a href="/admin/users" { "Users" }
                         }
                         form.signout method="post" action="/admin/logout" {
                             input type="hidden" name="csrf" value=(admin.csrf);
@@ -60,17 +61,27 @@ pub fn failure(error: &ApiError) -> Response {
         ApiError::InvalidCode => "That code is wrong, expired or already used.",
         ApiError::Unauthorized(_) => "That sign-in expired. Start again.",
         ApiError::RateLimited { .. } => "Too many attempts. Wait a few minutes, then try again.",
-        ApiError::ForbiddenField(_) => "This account is disabled.",
         ApiError::Unavailable(_) => "A dependency is unavailable. Try again shortly.",
         _ if status.is_server_error() => "Something went wrong on the server. It has been logged.",
-        _ => "The request could not be completed.",
+        _ => "",
+    };
+    // Field errors (a refused change, say) read as the API words them: "account is disabled".
+    let message = if message.is_empty() {
+        error
+            .body()
+            .iter()
+            .flat_map(|(field, messages)| messages.iter().map(move |m| format!("{field} {m}")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    } else {
+        message.to_owned()
     };
     if status.is_server_error() {
         tracing::error!(error = %error, "admin console request failed");
     }
     let body = html! {
         p role="alert" { (message) }
-        p { a href="/admin/login" { "Back to sign-in" } }
+        p { a href="/admin" { "Back to the console" } }
     };
     respond(status, page("Not done", None, body))
 }

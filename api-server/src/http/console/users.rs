@@ -1,0 +1,342 @@
+//! Users: search by name or email, filter (disabled, admins, MFA on), page by cursor; a
+//! user's page with their sessions and linked identities; and the admin actions, each
+//! through the same functions as `/api/admin/*` (`http::admin`).
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use chrono::{DateTime, Utc};
+use maud::html;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::auth::Role;
+use crate::auth::accounts::Change;
+use crate::error::ApiError;
+use crate::http::admin::{apply_change, apply_end_sessions, apply_mfa_reset};
+use crate::state::AppState;
+
+use super::pages::{csrf_refused, failure, page, respond};
+use super::session::ConsoleAdmin;
+
+/// Users per page.
+const PAGE: i64 = 50;
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    /// Part of a username or email.
+    #[serde(default)]
+    q: Option<String>,
+    /// `disabled`, `admins` or `mfa`.
+    #[serde(default)]
+    only: Option<String>,
+    /// The last user of the previous page (its id).
+    #[serde(default)]
+    after: Option<Uuid>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    username: String,
+    email: String,
+    role: String,
+    disabled_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    mfa: bool,
+}
+
+/// `%…%` for ILIKE, with the pattern characters in `q` matched literally.
+fn contains_pattern(q: &str) -> String {
+    let escaped = q
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    admin: ConsoleAdmin,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let q = query
+        .q
+        .as_deref()
+        .map(str::trim)
+        .filter(|q| !q.is_empty() && q.len() <= 254);
+    let only = query.only.as_deref().unwrap_or("");
+    // Newest first; the next page starts after the last row (created_at, id), so pages
+    // stay stable while users sign up.
+    let rows: Result<Vec<Row>, _> = sqlx::query_as(
+        "SELECT u.id, u.username, u.email, u.role, u.disabled_at, u.created_at,
+                EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = u.id AND t.confirmed_at IS NOT NULL) AS mfa
+         FROM users u
+         WHERE ($1::text IS NULL OR u.username ILIKE $1 OR u.email ILIKE $1)
+           AND ($2 <> 'disabled' OR u.disabled_at IS NOT NULL)
+           AND ($2 <> 'admins' OR u.role = 'admin')
+           AND ($2 <> 'mfa' OR EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = u.id AND t.confirmed_at IS NOT NULL))
+           AND ($3::uuid IS NULL OR (u.created_at, u.id) < (SELECT created_at, id FROM users WHERE id = $3))
+         ORDER BY u.created_at DESC, u.id DESC
+         LIMIT $4",
+    )
+    .bind(q.map(contains_pattern))
+    .bind(only)
+    .bind(query.after)
+    .bind(PAGE + 1)
+    .fetch_all(&**state.db())
+    .await;
+    let mut rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => return failure(&e.into()),
+    };
+    let more = rows.len() > usize::try_from(PAGE).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(PAGE).unwrap_or(usize::MAX));
+    let next = more.then(|| {
+        let mut url = url::Url::parse("http://console/admin/users").ok()?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            if let Some(q) = q {
+                pairs.append_pair("q", q);
+            }
+            if !only.is_empty() {
+                pairs.append_pair("only", only);
+            }
+            pairs.append_pair("after", &rows.last()?.id.to_string());
+        }
+        Some(format!(
+            "{}?{}",
+            url.path(),
+            url.query().unwrap_or_default()
+        ))
+    });
+    let filters = [
+        ("", "All"),
+        ("disabled", "Disabled"),
+        ("admins", "Admins"),
+        ("mfa", "MFA on"),
+    ];
+    let body = html! {
+        form.search method="get" action="/admin/users" role="search" {
+            label for="q" { "Name or email contains" }
+            input #q type="search" name="q" value=(q.unwrap_or(""));
+            label for="only" { "Show" }
+            select #only name="only" {
+                @for (value, label) in filters {
+                    option value=(value) selected[value == only] { (label) }
+                }
+            }
+            button type="submit" { "Search" }
+        }
+        @if rows.is_empty() {
+            p { "No user matches." }
+        } @else {
+            table {
+                thead { tr {
+                    th scope="col" { "Username" } th scope="col" { "Email" } th scope="col" { "Role" }
+                    th scope="col" { "MFA" } th scope="col" { "State" } th scope="col" { "Joined" }
+                } }
+                tbody {
+                    @for row in &rows {
+                        tr {
+                            th scope="row" { a href=(format!("/admin/users/{}", urlencode(&row.username))) { (row.username) } }
+                            td { (row.email) }
+                            td { (row.role) }
+                            td { @if row.mfa { "on" } @else { "off" } }
+                            td class=(if row.disabled_at.is_some() { "bad" } else { "" }) {
+                                @if row.disabled_at.is_some() { "disabled" } @else { "enabled" }
+                            }
+                            td { (row.created_at.format("%Y-%m-%d %H:%M")) }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(Some(next)) = next {
+            p { a href=(next) rel="next" { "Next page" } }
+        }
+    };
+    respond(StatusCode::OK, page("Users", Some(&admin), body))
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct Detail {
+    id: Uuid,
+    username: String,
+    email: String,
+    role: String,
+    disabled_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    mfa: bool,
+    has_password: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct Session {
+    started: DateTime<Utc>,
+    last_refresh: DateTime<Utc>,
+    ends: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct DetailQuery {
+    /// The action just done, to confirm it.
+    #[serde(default)]
+    done: Option<String>,
+}
+
+pub async fn detail(
+    State(state): State<AppState>,
+    admin: ConsoleAdmin,
+    Path(username): Path<String>,
+    Query(query): Query<DetailQuery>,
+) -> Response {
+    let found: Result<Option<Detail>, _> = sqlx::query_as(
+        "SELECT u.id, u.username, u.email, u.role, u.disabled_at, u.created_at,
+                EXISTS (SELECT 1 FROM user_totp t WHERE t.user_id = u.id AND t.confirmed_at IS NOT NULL) AS mfa,
+                u.password_hash <> '' AS has_password
+         FROM users u WHERE u.username = $1",
+    )
+    .bind(&username)
+    .fetch_optional(&**state.db())
+    .await;
+    let user = match found {
+        Ok(Some(user)) => user,
+        Ok(None) => return failure(&ApiError::NotFound("user")),
+        Err(e) => return failure(&e.into()),
+    };
+    // Live sessions: refresh-token families not revoked and not expired.
+    let sessions: Result<Vec<Session>, _> = sqlx::query_as(
+        "SELECT min(created_at) AS started, max(created_at) AS last_refresh, max(session_expires_at) AS ends
+         FROM refresh_tokens WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()
+         GROUP BY family_id ORDER BY max(created_at) DESC LIMIT 50",
+    )
+    .bind(user.id)
+    .fetch_all(&**state.db())
+    .await;
+    let identities: Result<Vec<(String, Option<String>)>, _> = sqlx::query_as(
+        "SELECT provider, email FROM user_identities WHERE user_id = $1 ORDER BY linked_at",
+    )
+    .bind(user.id)
+    .fetch_all(&**state.db())
+    .await;
+    let (sessions, identities) = match (sessions, identities) {
+        (Ok(s), Ok(i)) => (s, i),
+        (Err(e), _) | (_, Err(e)) => return failure(&e.into()),
+    };
+    let own = user.id == admin.user_id;
+    let path = format!("/admin/users/{}", urlencode(&user.username));
+    let action = |name: &str| format!("{path}/{name}");
+    let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+    let body = html! {
+        @if let Some(done) = query.done.as_deref().and_then(confirmation) {
+            p.done role="status" { (done) }
+        }
+        dl {
+            dt { "Email" } dd { (user.email) }
+            dt { "Role" } dd { (user.role) }
+            dt { "State" } dd { @if let Some(at) = user.disabled_at { "disabled since " (time(&at)) } @else { "enabled" } }
+            dt { "Second factor" } dd { @if user.mfa { "on" } @else { "off" } }
+            dt { "Password" } dd { @if user.has_password { "set" } @else { "none (signs in with a provider)" } }
+            dt { "Joined" } dd { (time(&user.created_at)) }
+        }
+        h2 { "Sessions (" (sessions.len()) ")" }
+        @if sessions.is_empty() { p { "No live session." } } @else {
+            table {
+                thead { tr { th scope="col" { "Signed in" } th scope="col" { "Last refresh" } th scope="col" { "Ends" } } }
+                tbody { @for s in &sessions { tr {
+                    td { (time(&s.started)) } td { (time(&s.last_refresh)) }
+                    td { (s.ends.as_ref().map(time).unwrap_or_default()) }
+                } } }
+            }
+        }
+        h2 { "Identity providers" }
+        @if identities.is_empty() { p { "None linked." } } @else {
+            ul { @for (provider, email) in &identities { li { (provider) @if let Some(email) = email { " (" (email) ")" } } } }
+        }
+        h2 { "Actions" }
+        @if own {
+            p { "This is your own account: another admin disables or demotes it." }
+        }
+        div.actions {
+            @let forms: Vec<(&str, &str, bool)> = vec![
+                ("disable", "Disable the account", user.disabled_at.is_none() && !own),
+                ("enable", "Enable the account", user.disabled_at.is_some()),
+                ("grant-admin", "Make admin", user.role != "admin"),
+                ("revoke-admin", "Withdraw admin", user.role == "admin" && !own),
+                ("reset-mfa", "Reset the second factor", user.mfa),
+                ("end-sessions", "End all sessions", !sessions.is_empty()),
+            ];
+            @for (name, label, shown) in forms {
+                @if shown {
+                    form method="post" action=(action(name)) {
+                        input type="hidden" name="csrf" value=(admin.csrf);
+                        button type="submit" { (label) }
+                    }
+                }
+            }
+        }
+    };
+    respond(StatusCode::OK, page(&user.username, Some(&admin), body))
+}
+
+/// What the page says after `action` (only the known ones: the address is not trusted).
+fn confirmation(action: &str) -> Option<&'static str> {
+    Some(match action {
+        "disable" => "The account is disabled and its sessions ended.",
+        "enable" => "The account is enabled.",
+        "grant-admin" => "The account is an admin now (from its next sign-in or refresh).",
+        "revoke-admin" => "The account is no longer an admin; its sessions ended.",
+        "reset-mfa" => "The second factor is off and the sessions ended.",
+        "end-sessions" => "Every session of the account ended.",
+        _ => return None,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ActionForm {
+    csrf: String,
+}
+
+/// One of the user page's actions; back to the page, which confirms it.
+pub async fn act(
+    State(state): State<AppState>,
+    admin: ConsoleAdmin,
+    Path((username, action)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if !admin.csrf_matches(&form.csrf) {
+        return csrf_refused();
+    }
+    let who = admin.user_id;
+    let result = match action.as_str() {
+        "disable" => apply_change(&state, who, &username, Change::Disable)
+            .await
+            .map(drop),
+        "enable" => apply_change(&state, who, &username, Change::Enable)
+            .await
+            .map(drop),
+        "grant-admin" => apply_change(&state, who, &username, Change::SetRole(Role::Admin))
+            .await
+            .map(drop),
+        "revoke-admin" => apply_change(&state, who, &username, Change::SetRole(Role::User))
+            .await
+            .map(drop),
+        "reset-mfa" => apply_mfa_reset(&state, who, &username).await,
+        "end-sessions" => apply_end_sessions(&state, who, &username).await.map(drop),
+        _ => Err(ApiError::NotFound("action")),
+    };
+    match result {
+        Ok(()) => Redirect::to(&format!(
+            "/admin/users/{}?done={action}",
+            urlencode(&username)
+        ))
+        .into_response(),
+        Err(e) => failure(&e),
+    }
+}
