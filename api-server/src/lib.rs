@@ -14,6 +14,7 @@ pub mod jobs;
 pub use stoa_contract::keys;
 pub mod kv;
 pub mod metrics;
+pub mod moderation;
 pub mod oauth;
 pub mod paging;
 pub mod ratelimit;

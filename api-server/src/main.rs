@@ -553,7 +553,7 @@ async fn reset_mfa(username: String) -> anyhow::Result<()> {
     let config = Config::from_process_env_for_migrate()?;
     let _logging = telemetry::init(&config);
     let pool = command_pool(&config).await?;
-    let (user_id, ended) = stoa_api::auth::accounts::reset_mfa(&pool, &username).await?;
+    let (user_id, ended) = stoa_api::auth::accounts::reset_mfa(&pool, &username, None).await?;
     match ended {
         None => println!("{username} has no second factor; nothing changed"),
         Some(families) => {

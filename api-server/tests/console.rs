@@ -407,3 +407,147 @@ async fn admins_find_users_and_act_on_them_through_the_apis_own_paths(pool: PgPo
         .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn content_is_removed_with_a_reason_the_audit_log_keeps(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    admin(&app, "root").await;
+    let jake = app.register("jake").await;
+    let slug = app.article(&jake, "Buy cheap watches", &["spam"]).await;
+    let kept = app.article(&jake, "A fine essay", &[]).await;
+    let comments = format!("/api/articles/{slug}/comments");
+    let comment = app
+        .post(
+            &comments,
+            Some(&jake),
+            json!({"comment": {"body": "<script>alert(1)</script> click here"}}),
+        )
+        .await;
+    let comment_id = comment.body["comment"]["id"].as_i64().unwrap();
+    let mut console = Console::new(&app);
+    console.sign_in("root").await;
+
+    let found = console.get("/admin/articles?q=watches").await;
+    assert!(
+        found.html.contains(">Buy cheap watches</a>"),
+        "{}",
+        found.html
+    );
+    assert!(!found.html.contains("A fine essay"));
+    let view = console.get(&format!("/admin/articles/{slug}")).await;
+    assert_eq!(view.status, StatusCode::OK);
+    // User content is shown as text, never as markup.
+    assert!(
+        view.html
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt; click here")
+    );
+    assert!(!view.html.contains("<script>"));
+    let csrf = view.field("csrf");
+
+    let removed = console
+        .post(
+            &format!("/admin/articles/{slug}/comments/{comment_id}/remove"),
+            &[("csrf", &csrf), ("reason", "link spam")],
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::SEE_OTHER, "{}", removed.html);
+    assert_eq!(app.get(&comments, None).await.body["commentsCount"], 0);
+
+    let no_reason = console
+        .post(
+            &format!("/admin/articles/{slug}/remove"),
+            &[("csrf", &csrf), ("reason", " ")],
+        )
+        .await;
+    assert_eq!(no_reason.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(no_reason.html.contains("reason is required"));
+    assert_eq!(
+        app.get(&format!("/api/articles/{slug}"), None).await.status,
+        StatusCode::OK
+    );
+    let removed = console
+        .post(
+            &format!("/admin/articles/{slug}/remove"),
+            &[("csrf", &csrf), ("reason", "spam")],
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        app.get(&format!("/api/articles/{slug}"), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The API's removal is recorded the same way, with its optional reason (a token
+    // issued since the role was granted carries it).
+    let (root, _) = common::login(&app, "root").await;
+    let api = app
+        .delete(
+            &format!("/api/admin/articles/{kept}?reason=duplicate"),
+            Some(&root),
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::NO_CONTENT);
+
+    let log = console.get("/admin/audit").await;
+    assert_eq!(log.status, StatusCode::OK);
+    for expected in [
+        "<td>remove_comment</td><td>buy-cheap-watches#",
+        "<td>link spam</td>",
+        "<td>remove_article</td><td>buy-cheap-watches</td><td>spam</td>",
+        "<td>duplicate</td>",
+    ] {
+        assert!(log.html.contains(expected), "{expected}: {}", log.html);
+    }
+    assert!(
+        log.html.contains("<td>root</td>"),
+        "the acting admin is named"
+    );
+    let filtered = console.get("/admin/audit?action=remove_comment").await;
+    assert!(filtered.html.contains("link spam") && !filtered.html.contains("<td>duplicate</td>"));
+}
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn dead_jobs_are_retried_or_discarded(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    admin(&app, "root").await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, state, attempts, max_attempts, last_error, finished_at)
+         VALUES ('purge_expired', 'dead', 5, 5, 'statement timeout', now()),
+                ('recount_counters', 'dead', 5, 5, 'deadlock detected', now())
+         RETURNING id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let mut console = Console::new(&app);
+    console.sign_in("root").await;
+    let page = console.get("/admin/jobs").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.html.contains("statement timeout") && page.html.contains("deadlock detected"));
+    let csrf = page.field("csrf");
+
+    let retried = console
+        .post(&format!("/admin/jobs/{}/retry", ids[0]), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(retried.status, StatusCode::SEE_OTHER);
+    let discarded = console
+        .post(
+            &format!("/admin/jobs/{}/discard", ids[1]),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(discarded.status, StatusCode::SEE_OTHER);
+    let states: Vec<(i64, String, i32)> =
+        sqlx::query_as("SELECT id, state, attempts FROM jobs ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(states, vec![(ids[0], "queued".to_owned(), 0)]);
+    // Only a dead job can be retried or discarded.
+    let again = console
+        .post(&format!("/admin/jobs/{}/retry", ids[0]), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    let log = console.get("/admin/audit").await;
+    assert!(log.html.contains("<td>retry_job</td>") && log.html.contains("<td>discard_job</td>"));
+}

@@ -136,6 +136,7 @@ pub async fn change(
     } else {
         Vec::new()
     };
+    super::audit::record(&mut tx, actor, change.action(), username, None).await?;
     tx.commit().await?;
     Ok(Changed {
         account,
@@ -152,6 +153,7 @@ pub async fn change(
 pub async fn reset_mfa(
     pool: &Pool,
     username: &str,
+    actor: Option<Uuid>,
 ) -> Result<(Uuid, Option<Vec<Uuid>>), AccountError> {
     let mut tx = pool.begin().await?;
     let id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE username = $1 FOR UPDATE")
@@ -173,6 +175,7 @@ pub async fn reset_mfa(
         return Ok((id, None));
     }
     let families = end_sessions(&mut tx, id).await?;
+    super::audit::record(&mut tx, actor, "reset_mfa", username, None).await?;
     tx.commit().await?;
     Ok((id, Some(families)))
 }
@@ -182,6 +185,7 @@ pub async fn reset_mfa(
 pub async fn end_all_sessions(
     pool: &Pool,
     username: &str,
+    actor: Option<Uuid>,
 ) -> Result<(Uuid, Vec<Uuid>), AccountError> {
     let mut tx = pool.begin().await?;
     let id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE username = $1 FOR UPDATE")
@@ -190,6 +194,7 @@ pub async fn end_all_sessions(
         .await?
         .ok_or_else(|| AccountError::UnknownUser(username.to_owned()))?;
     let families = end_sessions(&mut tx, id).await?;
+    super::audit::record(&mut tx, actor, "end_sessions", username, None).await?;
     tx.commit().await?;
     Ok((id, families))
 }

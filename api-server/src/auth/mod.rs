@@ -2,6 +2,7 @@
 //! the caller's identity.
 
 pub mod accounts;
+pub mod audit;
 pub mod denylist;
 pub mod extract;
 pub mod password;

@@ -200,7 +200,8 @@ async fn end_sessions(
 
 /// An admin ending an account's sessions, as the API and the console do it.
 pub async fn apply_end_sessions(state: &AppState, admin: Uuid, username: &str) -> ApiResult<usize> {
-    let (user_id, families) = accounts::end_all_sessions(&state.db(), username).await?;
+    let (user_id, families) =
+        accounts::end_all_sessions(&state.db(), username, Some(admin)).await?;
     state.revocations.mirror(None, &families).await;
     state
         .metrics
@@ -214,7 +215,7 @@ pub async fn apply_end_sessions(state: &AppState, admin: Uuid, username: &str) -
 /// An admin's reset of an account's second factor, as the API and the console make it
 /// (409 when MFA was not on).
 pub async fn apply_mfa_reset(state: &AppState, admin: Uuid, username: &str) -> ApiResult<()> {
-    let (user_id, ended) = accounts::reset_mfa(&state.db(), username).await?;
+    let (user_id, ended) = accounts::reset_mfa(&state.db(), username, Some(admin)).await?;
     let Some(families) = ended else {
         return Err(ApiError::conflict("mfa", "is not on for this user"));
     };
@@ -228,26 +229,63 @@ pub async fn apply_mfa_reset(state: &AppState, admin: Uuid, username: &str) -> A
     Ok(())
 }
 
+/// Why an admin removes something, kept in the admin audit log.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RemovalReason {
+    /// Why (kept in the admin audit log); at most 1000 characters.
+    #[param(max_length = 1000)]
+    pub reason: Option<String>,
+}
+
+impl RemovalReason {
+    /// The reason, blank as none; 422 when too long.
+    pub fn checked(&self) -> ApiResult<Option<&str>> {
+        let reason = self
+            .reason
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty());
+        if reason.is_some_and(|r| !crate::validate::within(r, crate::auth::audit::REASON_MAX)) {
+            return Err(ApiError::field(
+                "reason",
+                "is too long (at most 1000 characters)",
+            ));
+        }
+        Ok(reason)
+    }
+}
+
 /// Remove any article, with its comments and favorites.
 #[utoipa::path(delete, path = "/api/admin/articles/{slug}", tag = "admin",
     security(("token" = [])),
-    params(("slug" = String, Path)),
+    params(("slug" = String, Path), RemovalReason),
     responses((status = 204), (status = 401), (status = 403, description = "not an admin"), (status = 404)))]
 async fn remove_article(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
     Path(slug): Path<String>,
+    ApiQuery(reason): ApiQuery<RemovalReason>,
 ) -> ApiResult<StatusCode> {
-    let author: Uuid =
-        sqlx::query_scalar("DELETE FROM articles WHERE slug = $1 RETURNING author_id")
-            .bind(&slug)
-            .fetch_optional(&**state.db())
-            .await?
-            .ok_or(ApiError::NotFound("article"))?;
+    apply_article_removal(&state, admin.id, &slug, reason.checked()?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An admin removing an article, as the API and the console do it: the removal and its
+/// audit row, the caches, the security event.
+pub async fn apply_article_removal(
+    state: &AppState,
+    admin: Uuid,
+    slug: &str,
+    reason: Option<&str>,
+) -> ApiResult<()> {
+    let author = crate::moderation::remove_article(&state.db(), slug, Some(admin), reason)
+        .await?
+        .ok_or(ApiError::NotFound("article"))?;
     state
         .cache
         .invalidate(cache::Change::Articles {
-            slugs: &[&slug],
+            slugs: &[slug],
             tags: true,
         })
         .await;
@@ -255,36 +293,42 @@ async fn remove_article(
         .metrics
         .count_security_event(SecurityEvent::AdminAction);
     tracing::info!(target: "stoa::security", event = "admin_action", action = "remove_article",
-        admin_id = %admin.id, author_id = %author, slug = %slug, "article removed by an admin");
-    Ok(StatusCode::NO_CONTENT)
+        admin_id = %admin, author_id = %author, slug = %slug, "article removed by an admin");
+    Ok(())
 }
 
 /// Remove any comment.
 #[utoipa::path(delete, path = "/api/admin/articles/{slug}/comments/{id}", tag = "admin",
     security(("token" = [])),
-    params(("slug" = String, Path), ("id" = i64, Path)),
+    params(("slug" = String, Path), ("id" = i64, Path), RemovalReason),
     responses((status = 204), (status = 401), (status = 403, description = "not an admin"), (status = 404)))]
 async fn remove_comment(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
     Path((slug, id)): Path<(String, String)>,
+    ApiQuery(reason): ApiQuery<RemovalReason>,
 ) -> ApiResult<StatusCode> {
     let id: i64 = id.parse().map_err(|_| ApiError::NotFound("comment"))?;
-    let author: Uuid = sqlx::query_scalar(
-        "DELETE FROM comments c USING articles a
-         WHERE a.id = c.article_id AND a.slug = $1 AND c.id = $2
-         RETURNING c.author_id",
-    )
-    .bind(&slug)
-    .bind(id)
-    .fetch_optional(&**state.db())
-    .await?
-    .ok_or(ApiError::NotFound("comment"))?;
+    apply_comment_removal(&state, admin.id, &slug, id, reason.checked()?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An admin removing a comment, as the API and the console do it.
+pub async fn apply_comment_removal(
+    state: &AppState,
+    admin: Uuid,
+    slug: &str,
+    id: i64,
+    reason: Option<&str>,
+) -> ApiResult<()> {
+    let author = crate::moderation::remove_comment(&state.db(), slug, id, Some(admin), reason)
+        .await?
+        .ok_or(ApiError::NotFound("comment"))?;
     state
         .metrics
         .count_security_event(SecurityEvent::AdminAction);
     tracing::info!(target: "stoa::security", event = "admin_action", action = "remove_comment",
-        admin_id = %admin.id, author_id = %author, slug = %slug, comment_id = id,
+        admin_id = %admin, author_id = %author, slug = %slug, comment_id = id,
         "comment removed by an admin");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

@@ -281,17 +281,29 @@ pub async fn list(pool: &Pool, dead_only: bool, limit: i64) -> Result<Vec<Listed
 }
 
 /// Queues a dead job again with a fresh set of attempts; `false` if `id` is not dead.
-pub async fn retry_dead(pool: &Pool, id: i64) -> Result<bool, sqlx::Error> {
+pub async fn retry_dead(conn: impl PgExecutor<'_>, id: i64) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE jobs SET state = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
                 locked_by = NULL
           WHERE id = $1 AND state = 'dead'",
     )
     .bind(id)
-    .execute(pool)
+    .execute(conn)
     .await?
     .rows_affected()
         > 0)
+}
+
+/// Deletes a dead job someone decided not to run again; `false` if `id` is not dead.
+pub async fn discard_dead(conn: impl PgExecutor<'_>, id: i64) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM jobs WHERE id = $1 AND state = 'dead'")
+            .bind(id)
+            .execute(conn)
+            .await?
+            .rows_affected()
+            > 0,
+    )
 }
 
 #[cfg(test)]

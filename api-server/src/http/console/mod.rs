@@ -4,6 +4,9 @@
 //! own cookie (`session`). Every action goes through the code the API and the command
 //! line use.
 
+mod audit;
+mod content;
+mod jobs;
 mod overview;
 mod pages;
 pub mod session;
@@ -29,6 +32,19 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users", get(users::list))
         .route("/admin/users/{username}", get(users::detail))
         .route("/admin/users/{username}/{action}", post(users::act))
+        .route("/admin/articles", get(content::list))
+        .route("/admin/articles/{slug}", get(content::view))
+        .route(
+            "/admin/articles/{slug}/remove",
+            post(content::remove_article),
+        )
+        .route(
+            "/admin/articles/{slug}/comments/{id}/remove",
+            post(content::remove_comment),
+        )
+        .route("/admin/jobs", get(jobs::list))
+        .route("/admin/jobs/{id}/{action}", post(jobs::act))
+        .route("/admin/audit", get(audit::log))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),

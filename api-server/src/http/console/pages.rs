@@ -34,6 +34,9 @@ pub fn page(title: &str, admin: Option<&ConsoleAdmin>, body: Markup) -> Markup {
                         nav aria-label="Console" {
                             a href="/admin" { "Overview" }
                             a href="/admin/users" { "Users" }
+                            a href="/admin/articles" { "Articles" }
+                            a href="/admin/jobs" { "Jobs" }
+                            a href="/admin/audit" { "Audit log" }
                         }
                         form.signout method="post" action="/admin/logout" {
                             input type="hidden" name="csrf" value=(admin.csrf);

@@ -48,7 +48,7 @@ struct Row {
 }
 
 /// `%…%` for ILIKE, with the pattern characters in `q` matched literally.
-fn contains_pattern(q: &str) -> String {
+pub(super) fn contains_pattern(q: &str) -> String {
     let escaped = q
         .replace('\\', "\\\\")
         .replace('%', "\\%")
@@ -160,7 +160,7 @@ pub async fn list(
     respond(StatusCode::OK, page("Users", Some(&admin), body))
 }
 
-fn urlencode(s: &str) -> String {
+pub(super) fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
