@@ -204,6 +204,7 @@ fn spawn_background_tasks(
     keyset_bytes: Option<Vec<u8>>,
     mfa_keys_bytes: Option<Vec<u8>>,
 ) {
+    state.security_log.spawn_writer(state.database.clone());
     let keys_dir = state.config.auth.keys_dir.clone();
     let url_source = state.config.database.url_source.clone();
     let initial_url = state.config.database.url.clone();

@@ -99,6 +99,9 @@ pub struct Metrics {
     pub dependency_up: Family<DependencyLabels, Gauge>,
     pub security_events: Family<EventLabels, Counter>,
     pub provider_sign_ins: Family<ProviderLabels, Counter>,
+    /// Security events counted but not stored for the console (queue full, or a batch the
+    /// database refused).
+    pub security_events_dropped: Counter,
     pub cache_requests: Family<CacheLabels, Counter>,
     pub rate_limited: Family<BucketLabels, Counter>,
     pub refused: Family<RefusalLabels, Counter>,
@@ -478,6 +481,12 @@ impl Metrics {
             "Security-relevant events, by kind",
             security_events.clone(),
         );
+        let security_events_dropped = Counter::default();
+        registry.register(
+            "security_events_dropped",
+            "Security events counted but not stored for the admin console (queue full or database refused)",
+            security_events_dropped.clone(),
+        );
         let provider_sign_ins = Family::<ProviderLabels, Counter>::default();
         registry.register(
             "provider_sign_ins",
@@ -589,6 +598,7 @@ impl Metrics {
             dependency_up,
             security_events,
             provider_sign_ins,
+            security_events_dropped,
             cache_requests,
             rate_limited,
             refused,

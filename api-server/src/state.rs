@@ -8,6 +8,7 @@ use arc_swap::Guard;
 use crate::auth::password::PasswordHashing;
 use crate::auth::revocation::Revocations;
 use crate::auth::sealing::SecretSealer;
+use crate::auth::security_log::SecurityLog;
 use crate::auth::tokens::TokenService;
 use crate::cache::Cache;
 use crate::config::Config;
@@ -33,6 +34,8 @@ pub struct Inner {
     pub kv: Option<Arc<Kv>>,
     /// Identity providers for sign-in (`crate::oauth`).
     pub providers: Providers,
+    /// Security events, counted and kept for the console.
+    pub security_log: SecurityLog,
     pub revocations: Revocations,
     pub limiter: RateLimiter,
     pub cache: Cache,
@@ -80,6 +83,7 @@ impl AppState {
                 metrics.clone(),
             ),
             limiter: RateLimiter::new(kv.clone(), config.rate_limits.lease_max),
+            security_log: SecurityLog::new(metrics.clone()),
             cache: Cache::new(
                 kv.clone(),
                 config.cache_ttl,

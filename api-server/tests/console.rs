@@ -551,3 +551,57 @@ async fn dead_jobs_are_retried_or_discarded(pool: PgPool) {
     let log = console.get("/admin/audit").await;
     assert!(log.html.contains("<td>retry_job</td>") && log.html.contains("<td>discard_job</td>"));
 }
+
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn security_events_are_kept_and_shown_by_event_and_account(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    admin(&app, "root").await;
+    app.register("jake").await;
+    for _ in 0..2 {
+        let wrong = app
+            .post(
+                "/api/users/login",
+                None,
+                json!({"user": {"email": "jake@example.com", "password": "not-jakes"}}),
+            )
+            .await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    }
+    // An unknown account's failure is kept too, without an account.
+    app.post(
+        "/api/users/login",
+        None,
+        json!({"user": {"email": "nobody@example.com", "password": "whatever1"}}),
+    )
+    .await;
+    // Stored in the background: wait for the writer.
+    common::eventually("the events are stored", || async {
+        let stored: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM security_events WHERE event = 'login_failed'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        stored == 3
+    })
+    .await;
+
+    let mut console = Console::new(&app);
+    console.sign_in("root").await;
+    let all = console.get("/admin/events?event=login_failed").await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(
+        all.html.matches("<td>login_failed</td>").count(),
+        3,
+        "{}",
+        all.html
+    );
+    let jakes = console.get("/admin/events?user=jake").await;
+    assert_eq!(jakes.html.matches("<td>login_failed</td>").count(), 2);
+    let page = console.get("/admin/users/jake").await;
+    assert_eq!(page.html.matches("<td>login_failed</td>").count(), 2);
+    assert!(
+        app.metrics()
+            .await
+            .contains("stoa_security_events_dropped_total 0")
+    );
+}

@@ -568,3 +568,41 @@ async fn a_running_job_is_its_workers_past_the_lease_until_its_transaction_ends(
     let mut late = pool.begin().await.unwrap();
     assert!(!queue::hold(&mut *late, &job, "a").await.unwrap());
 }
+
+/// The purge deletes stored security events past `STOA_SECURITY_EVENT_RETENTION` and
+/// keeps the newer ones.
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn the_purge_deletes_security_events_past_their_retention(pool: PgPool) {
+    use stoa_api::jobs::kinds::{Context, run};
+    sqlx::query(
+        "INSERT INTO security_events (at, event) VALUES
+           (now() - interval '91 days', 'login_failed'), (now() - interval '1 day', 'login_failed')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let context = Context {
+        mirror: stoa_api::auth::revocation::MirrorWindow {
+            access_ttl: std::time::Duration::from_secs(900),
+            leeway: std::time::Duration::from_secs(30),
+        },
+        retention: std::time::Duration::from_secs(7 * 86400),
+        security_event_retention: std::time::Duration::from_secs(90 * 86400),
+    };
+    let mut tx = common::db(&pool).begin().await.unwrap();
+    let report = run(
+        &mut tx,
+        stoa_api::jobs::Kind::PurgeExpired,
+        &json!({}),
+        context,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(report["securityEvents"], 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM security_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1);
+}

@@ -133,6 +133,7 @@ try {
     articles: "/admin/articles",
     article: `/admin/articles/${scenario.article}`,
     jobs: "/admin/jobs",
+    events: "/admin/events",
     audit: "/admin/audit",
   };
   for (const [name, path] of Object.entries(screens)) {

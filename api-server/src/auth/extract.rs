@@ -164,8 +164,8 @@ impl FromRequestParts<AppState> for AdminUser {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if user.claims.role != Role::Admin {
             state
-                .metrics
-                .count_security_event(SecurityEvent::AdminDenied);
+                .security_log
+                .record(SecurityEvent::AdminDenied, Some(user.id));
             tracing::warn!(target: "stoa::security", event = "admin_denied", user_id = %user.id,
                 path = %parts.uri.path(), "admin route refused to a non-admin");
             return Err(ApiError::forbidden_field("role", "must be admin"));

@@ -12,6 +12,7 @@ pub mod revocation;
 pub mod revocations_listen;
 pub mod role;
 pub mod sealing;
+pub mod security_log;
 pub mod tokens;
 pub mod totp;
 

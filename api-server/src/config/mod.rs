@@ -234,6 +234,8 @@ pub struct WorkerConfig {
     pub backoff_max: Duration,
     /// How long finished jobs are kept (dead ones are kept until retried or deleted).
     pub retention: Duration,
+    /// How long stored security events are kept (the admin console shows them).
+    pub security_event_retention: Duration,
     /// Schedule of the derived counters' check-and-repair.
     pub recount_interval: Duration,
 }
@@ -605,6 +607,9 @@ fn worker_config<F: Fn(&str) -> Option<String>>(
         backoff_max: s
             .read(Setting::new("STOA_JOB_BACKOFF_MAX", secs(600)).at_least(backoff_base))?,
         retention: s.read(Setting::new("STOA_JOB_RETENTION", secs(7 * 86400)))?,
+        security_event_retention: s.read(
+            Setting::new("STOA_SECURITY_EVENT_RETENTION", secs(90 * 86400)).at_least(secs(3600)),
+        )?,
         recount_interval: s
             .read(Setting::new("STOA_RECOUNT_INTERVAL", secs(6 * 3600)).at_least(secs(1)))?,
     };

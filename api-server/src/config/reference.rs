@@ -259,6 +259,11 @@ const MEANINGS: &[Meaning] = &[
         meaning: r#"how long a provider's discovery document and keys are reused; an ID token signed with a key not among them fetches them again at once"#,
     },
     Meaning {
+        name: "STOA_SECURITY_EVENT_RETENTION",
+        default: None,
+        meaning: r#"how long security events are kept for the admin console (the `purge_expired` job deletes older ones; `stoa_security_events_total` counts them regardless)"#,
+    },
+    Meaning {
         name: "STOA_CONSOLE_SESSION_IDLE",
         default: None,
         meaning: r#"an admin console session unused this long ends (the admin signs in again)"#,

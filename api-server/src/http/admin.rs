@@ -17,6 +17,7 @@ use crate::auth::accounts::{self, Account, Change};
 use crate::cache;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiQuery, Pagination};
+use crate::http::sessions::security_event;
 use crate::http::types::Timestamp;
 use crate::metrics::SecurityEvent;
 use crate::state::AppState;
@@ -152,9 +153,7 @@ pub async fn apply_change(
         .await;
     if changed.changed {
         let action = change.action();
-        state
-            .metrics
-            .count_security_event(SecurityEvent::AdminAction);
+        security_event(state, SecurityEvent::AdminAction, Some(admin));
         tracing::info!(target: "stoa::security", event = "admin_action", action, admin_id = %admin,
             user_id = %changed.account.id, sessions_revoked = changed.revoked_families.len(),
             "account changed by an admin");
@@ -203,9 +202,7 @@ pub async fn apply_end_sessions(state: &AppState, admin: Uuid, username: &str) -
     let (user_id, families) =
         accounts::end_all_sessions(&state.db(), username, Some(admin)).await?;
     state.revocations.mirror(None, &families).await;
-    state
-        .metrics
-        .count_security_event(SecurityEvent::AdminAction);
+    security_event(state, SecurityEvent::AdminAction, Some(admin));
     tracing::info!(target: "stoa::security", event = "admin_action", action = "end_sessions",
         admin_id = %admin, user_id = %user_id, sessions_revoked = families.len(),
         "sessions ended by an admin");
@@ -220,9 +217,7 @@ pub async fn apply_mfa_reset(state: &AppState, admin: Uuid, username: &str) -> A
         return Err(ApiError::conflict("mfa", "is not on for this user"));
     };
     state.revocations.mirror(None, &families).await;
-    state
-        .metrics
-        .count_security_event(SecurityEvent::AdminAction);
+    security_event(state, SecurityEvent::AdminAction, Some(admin));
     tracing::info!(target: "stoa::security", event = "admin_action", action = "reset_mfa",
         admin_id = %admin, user_id = %user_id, sessions_revoked = families.len(),
         "second factor reset by an admin");
@@ -289,9 +284,7 @@ pub async fn apply_article_removal(
             tags: true,
         })
         .await;
-    state
-        .metrics
-        .count_security_event(SecurityEvent::AdminAction);
+    security_event(state, SecurityEvent::AdminAction, Some(admin));
     tracing::info!(target: "stoa::security", event = "admin_action", action = "remove_article",
         admin_id = %admin, author_id = %author, slug = %slug, "article removed by an admin");
     Ok(())
@@ -324,9 +317,7 @@ pub async fn apply_comment_removal(
     let author = crate::moderation::remove_comment(&state.db(), slug, id, Some(admin), reason)
         .await?
         .ok_or(ApiError::NotFound("comment"))?;
-    state
-        .metrics
-        .count_security_event(SecurityEvent::AdminAction);
+    security_event(state, SecurityEvent::AdminAction, Some(admin));
     tracing::info!(target: "stoa::security", event = "admin_action", action = "remove_comment",
         admin_id = %admin, author_id = %author, slug = %slug, comment_id = id,
         "comment removed by an admin");

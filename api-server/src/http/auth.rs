@@ -111,7 +111,7 @@ async fn rotate(
         );
     }
     let Some(mut replayed) = replayed(state, &presented, client).await? else {
-        security_event(state, SecurityEvent::RefreshTokenInvalid);
+        security_event(state, SecurityEvent::RefreshTokenInvalid, None);
         return Err(ApiError::Unauthorized(
             "refresh token is invalid or expired",
         ));
@@ -127,7 +127,11 @@ async fn rotate(
                 client_ip = %ip.0,
                 "spent refresh token presented again: family revoked"
             );
-            security_event(state, SecurityEvent::RefreshTokenReuse);
+            security_event(
+                state,
+                SecurityEvent::RefreshTokenReuse,
+                Some(replayed.user_id),
+            );
             state.revocations.mirror(None, &[replayed.family_id]).await;
             Err(ApiError::Unauthorized(
                 "refresh token was already used; the session is revoked",
@@ -247,7 +251,11 @@ fn hand_out_again(
         client_ip = %ip.0,
         "spent refresh token presented again within the grace by the same client: same successor handed out"
     );
-    security_event(state, SecurityEvent::RefreshGraceUsed);
+    security_event(
+        state,
+        SecurityEvent::RefreshGraceUsed,
+        Some(replayed.user_id),
+    );
     session_response(
         state,
         replayed.user,

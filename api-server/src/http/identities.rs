@@ -199,11 +199,11 @@ async fn confirm_link(
     .fetch_optional(&**state.db())
     .await?;
     let Some(pending) = pending.filter(|p| p.live) else {
-        security_event(&state, SecurityEvent::ProviderSignInFailed);
+        security_event(&state, SecurityEvent::ProviderSignInFailed, Some(auth.id));
         return Err(ApiError::InvalidCode);
     };
     if pending.user_id != auth.id {
-        security_event(&state, SecurityEvent::ProviderSignInFailed);
+        security_event(&state, SecurityEvent::ProviderSignInFailed, Some(auth.id));
         tracing::warn!(target: "stoa::security", event = "provider_sign_in_failed", provider = %provider, user_id = %auth.id, "a link started by another account was presented");
         return Err(ApiError::forbidden_field(
             "code",
@@ -214,7 +214,7 @@ async fn confirm_link(
     let mut tx = state.db().begin().await?;
     accounts::link(&mut tx, &provider, &identity, auth.id).await?;
     tx.commit().await?;
-    security_event(&state, SecurityEvent::IdentityLinked);
+    security_event(&state, SecurityEvent::IdentityLinked, Some(auth.id));
     tracing::info!(target: "stoa::security", event = "identity_linked", provider = %provider, user_id = %auth.id, "identity linked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -259,7 +259,7 @@ async fn unlink(
         .execute(&mut tx)
         .await?;
     tx.commit().await?;
-    security_event(&state, SecurityEvent::IdentityUnlinked);
+    security_event(&state, SecurityEvent::IdentityUnlinked, Some(auth.id));
     tracing::info!(target: "stoa::security", event = "identity_unlinked", provider = %provider, user_id = %auth.id, "identity unlinked");
     Ok(StatusCode::NO_CONTENT)
 }

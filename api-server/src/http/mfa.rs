@@ -276,7 +276,7 @@ async fn confirm_totp(
         return Err(ApiError::conflict("mfa", "has no enrolment to confirm"));
     };
     let Some(step) = current_step(&pending, &body.code) else {
-        security_event(&state, SecurityEvent::MfaFailed);
+        security_event(&state, SecurityEvent::MfaFailed, Some(auth.id));
         return Err(ApiError::InvalidCode);
     };
     let codes = totp::generate_recovery_codes();
@@ -411,7 +411,7 @@ async fn second_factor(state: &AppState, user_id: Uuid, code: &str) -> ApiResult
             .rows_affected()
                 == 1;
             if spent {
-                security_event(state, SecurityEvent::RecoveryCodeUsed);
+                security_event(state, SecurityEvent::RecoveryCodeUsed, Some(user_id));
                 tracing::info!(target: "stoa::security", event = "recovery_code_used", user_id = %user_id,
                     "signed in with a recovery code");
             }
@@ -419,7 +419,7 @@ async fn second_factor(state: &AppState, user_id: Uuid, code: &str) -> ApiResult
         }
     };
     if !accepted {
-        security_event(state, SecurityEvent::MfaFailed);
+        security_event(state, SecurityEvent::MfaFailed, Some(user_id));
         tracing::warn!(target: "stoa::security", event = "mfa_failed", user_id = %user_id,
             "wrong, replayed or late second-factor code");
         return Err(ApiError::InvalidCode);

@@ -205,7 +205,7 @@ async fn callback(
     let outcome = |outcome: &'static str| state.metrics.count_provider_outcome(&name, outcome);
     let fail = |return_to: &str, code: &'static str, why: &dyn std::fmt::Display| {
         outcome(code);
-        security_event(&state, SecurityEvent::ProviderSignInFailed);
+        security_event(&state, SecurityEvent::ProviderSignInFailed, None);
         tracing::info!(target: "stoa::security", event = "provider_sign_in_failed", provider = %name, reason = %why, "provider sign-in failed");
         back(return_to, &[("stoa_error", code)])
     };
@@ -351,7 +351,7 @@ async fn exchange(
     .fetch_optional(&**state.db())
     .await?;
     let Some(handed) = handed else {
-        security_event(&state, SecurityEvent::ProviderSignInFailed);
+        security_event(&state, SecurityEvent::ProviderSignInFailed, None);
         return Err(ApiError::InvalidCode);
     };
     let user_id = handed.user.user.id;
@@ -370,7 +370,7 @@ async fn exchange(
     }
     let provider = handed.provider;
     let signed_in = || {
-        security_event(&state, SecurityEvent::ProviderSignIn);
+        security_event(&state, SecurityEvent::ProviderSignIn, Some(user_id));
         tracing::info!(target: "stoa::security", event = "provider_sign_in", provider = %provider, user_id = %user_id, "signed in with a provider");
     };
     if handed.mfa {
@@ -413,13 +413,13 @@ async fn link_with_password(
     limit_login_attempts(state, email, ip).await?;
     let within = crate::validate::within(&password, crate::validate::PASSWORD_MAX);
     if !within || !state.passwords.verify(password, hash).await? {
-        security_event(state, SecurityEvent::LoginFailed);
+        security_event(state, SecurityEvent::LoginFailed, Some(user_id));
         return Err(ApiError::InvalidCredentials);
     }
     let mut tx = state.db().begin().await?;
     accounts::link(&mut tx, provider, identity, user_id).await?;
     tx.commit().await?;
-    security_event(state, SecurityEvent::IdentityLinked);
+    security_event(state, SecurityEvent::IdentityLinked, Some(user_id));
     tracing::info!(target: "stoa::security", event = "identity_linked", provider = %provider, user_id = %user_id, "identity linked after the account's password");
     Ok(())
 }

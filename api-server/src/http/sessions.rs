@@ -181,7 +181,7 @@ pub async fn verify_current_password(
     if !validate::within(&current, validate::PASSWORD_MAX)
         || !state.passwords.verify(current, Some(hash)).await?
     {
-        security_event(state, SecurityEvent::CurrentPasswordRejected);
+        security_event(state, SecurityEvent::CurrentPasswordRejected, Some(auth.id));
         return Err(ApiError::forbidden_field("currentPassword", "is incorrect"));
     }
     Ok(())
@@ -207,7 +207,7 @@ async fn require_recent_sign_in(state: &AppState, auth: &AuthUser) -> ApiResult<
     if recent {
         Ok(())
     } else {
-        security_event(state, SecurityEvent::CurrentPasswordRejected);
+        security_event(state, SecurityEvent::CurrentPasswordRejected, Some(auth.id));
         Err(ApiError::forbidden_field(
             "currentPassword",
             "cannot be checked: this account has no password. Sign in again with your identity provider, then retry",
@@ -262,13 +262,18 @@ pub async fn check_password(
     let matched = state.passwords.verify(password, hash).await?;
     let row = match row {
         Some(row) if matched => row,
-        _ => {
-            security_event(state, SecurityEvent::LoginFailed);
+        // The account, when there is one: a run of failures on it shows on its page.
+        other => {
+            security_event(state, SecurityEvent::LoginFailed, other.map(|r| r.user.id));
             return Err(ApiError::InvalidCredentials);
         }
     };
     if disabled {
-        security_event(state, SecurityEvent::DisabledAccountLogin);
+        security_event(
+            state,
+            SecurityEvent::DisabledAccountLogin,
+            Some(row.user.id),
+        );
         return Err(ApiError::forbidden_field("account", "is disabled"));
     }
     if let Some((Some(old_hash), password)) = stale {
@@ -338,6 +343,7 @@ pub async fn limit_login_attempts(
         .await
 }
 
-pub fn security_event(state: &AppState, event: SecurityEvent) {
-    state.metrics.count_security_event(event);
+/// Counts `event` and keeps it for the admin console, with the account it concerns.
+pub fn security_event(state: &AppState, event: SecurityEvent, user: Option<Uuid>) {
+    state.security_log.record(event, user);
 }

@@ -53,6 +53,8 @@ pub struct Context {
     pub mirror: MirrorWindow,
     /// Finished jobs older than this are deleted by the purge.
     pub retention: Duration,
+    /// Stored security events older than this are deleted by the purge.
+    pub security_event_retention: Duration,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -77,12 +79,15 @@ pub async fn run(
         Kind::PurgeExpired => {
             let purged = crate::auth::retention::purge_expired(tx, context.mirror).await?;
             let jobs = purge_finished_jobs(tx, context.retention).await?;
+            let security_events =
+                purge_security_events(tx, context.security_event_retention).await?;
             Ok(serde_json::json!({
                 "refreshTokens": purged.refresh_tokens,
                 "revocations": purged.revocations,
                 "mfaChallenges": purged.mfa_challenges,
                 "signInFlows": purged.sign_in_flows,
                 "jobs": jobs,
+                "securityEvents": security_events,
             }))
         }
         Kind::RecountCounters => {
@@ -129,6 +134,16 @@ async fn export_account(tx: &mut Tx, user_id: Uuid) -> Result<bool, sqlx::Error>
     .await?
     .rows_affected();
     Ok(written > 0)
+}
+
+async fn purge_security_events(tx: &mut Tx, retention: Duration) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM security_events WHERE at < now() - make_interval(secs => $1)")
+            .bind(retention.as_secs_f64())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+    )
 }
 
 async fn purge_finished_jobs(tx: &mut Tx, retention: Duration) -> Result<u64, sqlx::Error> {

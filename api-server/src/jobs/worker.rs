@@ -61,6 +61,7 @@ impl Worker {
             context: Context {
                 mirror: MirrorWindow::of(&config.auth),
                 retention: config.worker.retention,
+                security_event_retention: config.worker.security_event_retention,
             },
             schedules: vec![
                 Schedule {

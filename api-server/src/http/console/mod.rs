@@ -6,6 +6,7 @@
 
 mod audit;
 mod content;
+mod events;
 mod jobs;
 mod overview;
 mod pages;
@@ -45,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/jobs", get(jobs::list))
         .route("/admin/jobs/{id}/{action}", post(jobs::act))
         .route("/admin/audit", get(audit::log))
+        .route("/admin/events", get(events::list))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),

@@ -36,6 +36,7 @@ pub fn page(title: &str, admin: Option<&ConsoleAdmin>, body: Markup) -> Markup {
                             a href="/admin/users" { "Users" }
                             a href="/admin/articles" { "Articles" }
                             a href="/admin/jobs" { "Jobs" }
+                            a href="/admin/events" { "Security events" }
                             a href="/admin/audit" { "Audit log" }
                         }
                         form.signout method="post" action="/admin/logout" {

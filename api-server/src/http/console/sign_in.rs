@@ -202,7 +202,7 @@ async fn signed_in(state: &AppState, user_id: Uuid) -> Response {
 /// The right password (and code) of an account that is not an admin: refused, counted
 /// as the API counts its admin routes' refusals.
 fn not_an_admin(state: &AppState, user_id: Uuid) -> Response {
-    security_event(state, SecurityEvent::AdminDenied);
+    security_event(state, SecurityEvent::AdminDenied, Some(user_id));
     tracing::warn!(target: "stoa::security", event = "admin_denied", user_id = %user_id, "a non-admin tried to sign in to the admin console");
     let body = html! {
         p role="alert" { "This account is not an admin. The console is for admins only; ask one to grant you the role." }

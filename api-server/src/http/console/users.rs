@@ -225,9 +225,10 @@ pub async fn detail(
     .bind(user.id)
     .fetch_all(&**state.db())
     .await;
-    let (sessions, identities) = match (sessions, identities) {
-        (Ok(s), Ok(i)) => (s, i),
-        (Err(e), _) | (_, Err(e)) => return failure(&e.into()),
+    let events = super::events::of_user(&state, user.id).await;
+    let (sessions, identities, events) = match (sessions, identities, events) {
+        (Ok(s), Ok(i), Ok(e)) => (s, i, e),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return failure(&e.into()),
     };
     let own = user.id == admin.user_id;
     let path = format!("/admin/users/{}", urlencode(&user.username));
@@ -259,6 +260,9 @@ pub async fn detail(
         @if identities.is_empty() { p { "None linked." } } @else {
             ul { @for (provider, email) in &identities { li { (provider) @if let Some(email) = email { " (" (email) ")" } } } }
         }
+        h2 { "Security events" }
+        (super::events::table(&events))
+        p { a href=(format!("/admin/events?user={}", urlencode(&user.username))) { "All of this account's events" } }
         h2 { "Actions" }
         @if own {
             p { "This is your own account: another admin disables or demotes it." }
