@@ -500,10 +500,10 @@ async fn expired_sessions_and_revocations_are_purged(pool: PgPool) {
     assert_eq!(left, 1, "the register session is still live");
 }
 
-/// Provider sign-ins never finished (flows, one-time codes, link tickets) are purged once
-/// expired; live ones stay.
+/// Provider sign-ins never finished (flows, one-time codes, link tickets) and admin
+/// console sessions are purged once expired; live ones stay.
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
-async fn unfinished_provider_sign_ins_are_purged_once_expired(pool: PgPool) {
+async fn unfinished_sign_ins_and_ended_console_sessions_are_purged(pool: PgPool) {
     use stoa_api::auth::retention::purge_expired;
     use stoa_api::auth::revocation::MirrorWindow;
     let app = TestApp::spawn(pool.clone()).await;
@@ -519,6 +519,8 @@ async fn unfinished_provider_sign_ins_are_purged_once_expired(pool: PgPool) {
                      SELECT '{tag}'::bytea, 'sign_in', id, 'google', now() {age} FROM users"),
             format!("INSERT INTO oauth_link_tickets (ticket_hash, user_id, provider, expires_at)
                      SELECT '{tag}'::bytea, id, 'google', now() {age} FROM users"),
+            format!("INSERT INTO console_sessions (token_hash, user_id, csrf_token, expires_at)
+                     SELECT '{tag}'::bytea, id, 'csrf', now() {age} FROM users"),
         ];
         for statement in statements {
             sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
@@ -534,15 +536,15 @@ async fn unfinished_provider_sign_ins_are_purged_once_expired(pool: PgPool) {
     let mut tx = common::db(&pool).begin().await.unwrap();
     let purged = purge_expired(&mut tx, window).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(purged.sign_in_flows, 3);
+    assert_eq!((purged.sign_in_flows, purged.console_sessions), (3, 1));
     let left: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM oauth_flows) + (SELECT count(*) FROM oauth_handoffs)
-              + (SELECT count(*) FROM oauth_link_tickets)",
+              + (SELECT count(*) FROM oauth_link_tickets) + (SELECT count(*) FROM console_sessions)",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(left, 3, "the live ones stay");
+    assert_eq!(left, 4, "the live ones stay");
 }
 
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]

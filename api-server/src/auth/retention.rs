@@ -14,6 +14,8 @@ pub struct Purged {
     pub mfa_challenges: u64,
     /// Provider sign-ins never finished: flows, one-time codes and link tickets.
     pub sign_in_flows: u64,
+    /// Admin console sessions past their absolute end.
+    pub console_sessions: u64,
 }
 
 /// One purge, in the caller's transaction.
@@ -49,10 +51,15 @@ pub async fn purge_expired(conn: &mut Tx, window: MirrorWindow) -> Result<Purged
             .await?
             .rows_affected();
     }
+    let console_sessions = sqlx::query("DELETE FROM console_sessions WHERE expires_at < now()")
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
     Ok(Purged {
         refresh_tokens,
         revocations,
         mfa_challenges,
         sign_in_flows,
+        console_sessions,
     })
 }

@@ -86,6 +86,7 @@ pub async fn run(
                 "revocations": purged.revocations,
                 "mfaChallenges": purged.mfa_challenges,
                 "signInFlows": purged.sign_in_flows,
+                "consoleSessions": purged.console_sessions,
                 "jobs": jobs,
                 "securityEvents": security_events,
             }))
