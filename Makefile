@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export DATABASE_URL
 
-.PHONY: run test lint fmt services bench bench-worker crds validate fuzz monitoring images e2e docs coverage
+.PHONY: run test lint fmt services bench bench-worker console-timings crds validate fuzz monitoring images e2e docs coverage
 
 services:
 	@scripts/ensure-services.sh
@@ -63,6 +63,10 @@ bench: services
 ## Worker throughput: 5000 account exports drained by one worker (scripts/bench-worker.sh)
 bench-worker: services
 	scripts/bench-worker.sh
+
+## The admin console's page timings on the bench data (scripts/console-timings.sh)
+console-timings: services
+	scripts/console-timings.sh
 
 ## Regenerate the CRD YAML (crds/, the kustomize base, and the Helm chart's CRD template)
 ## from the Rust types.

@@ -207,24 +207,9 @@ async fn the_admin_console_works_in_chromium(pool: PgPool) {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    let enrol = app
-        .post(
-            "/api/user/mfa/totp",
-            Some(&token),
-            json!({"currentPassword": "password-root"}),
-        )
-        .await;
-    let uri = enrol.body["totp"]["uri"].as_str().unwrap().to_owned();
-    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
-    let code_at = |t: u64| totp_rs::TOTP::from_url(&uri).unwrap().generate(t);
-    let confirm = app
-        .post(
-            "/api/user/mfa/totp/confirm",
-            Some(&token),
-            json!({"code": code_at(now - 30)}),
-        )
-        .await;
-    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text);
+    let totp = common::enable_totp(&app, &token, Some("password-root")).await;
+    let now = common::unix_now();
+    let code_at = |t: u64| totp.generate(t);
 
     let scenario = json!({
         "email": "root@example.com", "password": "password-root", "code": code_at(now),

@@ -262,24 +262,9 @@ async fn sessions_end_when_idle_at_their_end_and_when_the_admin_is_demoted(pool:
 async fn an_admin_with_mfa_passes_the_totp_step(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let token = admin(&app, "root").await;
-    let enrol = app
-        .post(
-            "/api/user/mfa/totp",
-            Some(&token),
-            json!({"currentPassword": "password-root"}),
-        )
-        .await;
-    let uri = enrol.body["totp"]["uri"].as_str().unwrap().to_owned();
-    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
-    let code_at = |t: u64| totp_rs::TOTP::from_url(&uri).unwrap().generate(t);
-    let confirm = app
-        .post(
-            "/api/user/mfa/totp/confirm",
-            Some(&token),
-            json!({"code": code_at(now - 30)}),
-        )
-        .await;
-    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text);
+    let totp = common::enable_totp(&app, &token, Some("password-root")).await;
+    let now = common::unix_now();
+    let code_at = |t: u64| totp.generate(t);
 
     let mut console = Console::new(&app);
     let step = console.password("root@example.com", "password-root").await;

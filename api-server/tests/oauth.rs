@@ -633,21 +633,9 @@ async fn mfa_still_applies_after_a_provider_sign_in(pool: PgPool) {
     let res = setup.sign_in(&mut browser, "alice").await;
     let token = res.body["user"]["token"].as_str().unwrap().to_owned();
     // A passwordless account enrols with its recent provider sign-in.
-    let enrol = app
-        .post("/api/user/mfa/totp", Some(&token), json!({}))
-        .await;
-    assert_eq!(enrol.status, StatusCode::OK, "{}", enrol.text);
-    let uri = enrol.body["totp"]["uri"].as_str().unwrap().to_owned();
-    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
-    let code_at = |t: u64| totp_rs::TOTP::from_url(&uri).unwrap().generate(t);
-    let confirm = app
-        .post(
-            "/api/user/mfa/totp/confirm",
-            Some(&token),
-            json!({"code": code_at(now - 30)}),
-        )
-        .await;
-    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text);
+    let totp = common::enable_totp(app, &token, None).await;
+    let now = common::unix_now();
+    let code_at = |t: u64| totp.generate(t);
 
     let landing = browser.sign_in(&setup.authorize(), "alice").await;
     let res = oidc::exchange(app, &landing.param("stoa_code").unwrap(), json!({})).await;

@@ -394,6 +394,31 @@ pub async fn login(app: &TestApp, name: &str) -> (String, String) {
     )
 }
 
+/// Seconds since the epoch, as an authenticator app reads its clock.
+pub fn unix_now() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp()).unwrap()
+}
+
+/// Turns TOTP on for the account behind `token` (`password`: its current password; none
+/// for an account without one, just signed in with a provider); the authenticator, to
+/// make codes with. The confirming code is the previous time step's, so the current
+/// one stays unused for the test's sign-in.
+pub async fn enable_totp(app: &TestApp, token: &str, password: Option<&str>) -> totp_rs::TOTP {
+    let body = password.map_or_else(|| json!({}), |p| json!({"currentPassword": p}));
+    let enrol = app.post("/api/user/mfa/totp", Some(token), body).await;
+    assert_eq!(enrol.status, StatusCode::OK, "{}", enrol.text);
+    let totp = totp_rs::TOTP::from_url(enrol.body["totp"]["uri"].as_str().unwrap()).unwrap();
+    let confirm = app
+        .post(
+            "/api/user/mfa/totp/confirm",
+            Some(token),
+            json!({"code": totp.generate(unix_now() - 30)}),
+        )
+        .await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text);
+    totp
+}
+
 /// A key set for replicas that must accept each other's tokens.
 pub fn shared_keys() -> tempfile::TempDir {
     let keys = tempfile::tempdir().unwrap();

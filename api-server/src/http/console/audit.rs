@@ -10,11 +10,9 @@ use serde::Deserialize;
 
 use crate::state::AppState;
 
-use super::pages::{failure, page, respond};
+use super::pages::{PAGE, failure, one_page, page, respond};
 use super::session::ConsoleAdmin;
 use super::users::urlencode;
-
-const PAGE: i64 = 50;
 
 /// The actions the log records, for the filter.
 const ACTIONS: [&str; 10] = [
@@ -79,9 +77,7 @@ pub async fn log(
         Ok(entries) => entries,
         Err(e) => return failure(&e.into()),
     };
-    let page_size = usize::try_from(PAGE).unwrap_or(usize::MAX);
-    let more = entries.len() > page_size;
-    entries.truncate(page_size);
+    let more = one_page(&mut entries);
     let next = entries.last().filter(|_| more).map(|last| {
         let mut url = format!("/admin/audit?before={}", last.id);
         if let Some(action) = action {

@@ -15,11 +15,9 @@ use crate::http::admin::{apply_article_removal, apply_comment_removal};
 use crate::state::AppState;
 use crate::validate;
 
-use super::pages::{csrf_refused, failure, page, respond};
+use super::pages::{PAGE, csrf_refused, failure, one_page, page, respond};
 use super::session::ConsoleAdmin;
 use super::users::{contains_pattern, urlencode};
-
-const PAGE: i64 = 50;
 
 #[derive(Deserialize, Default)]
 pub struct ListQuery {
@@ -68,9 +66,7 @@ pub async fn list(
         Ok(rows) => rows,
         Err(e) => return failure(&e.into()),
     };
-    let page_size = usize::try_from(PAGE).unwrap_or(usize::MAX);
-    let more = rows.len() > page_size;
-    rows.truncate(page_size);
+    let more = one_page(&mut rows);
     let next = rows.last().filter(|_| more).map(|last| {
         let q = q
             .map(|q| format!("q={}&", urlencode(q)))

@@ -11,11 +11,9 @@ use serde::Deserialize;
 use crate::metrics::SecurityEvent;
 use crate::state::AppState;
 
-use super::pages::{failure, page, respond};
+use super::pages::{PAGE, failure, one_page, page, respond};
 use super::session::ConsoleAdmin;
 use super::users::urlencode;
-
-const PAGE: i64 = 50;
 
 #[derive(Deserialize, Default)]
 pub struct EventQuery {
@@ -68,9 +66,7 @@ pub async fn list(
         Ok(events) => events,
         Err(e) => return failure(&e.into()),
     };
-    let page_size = usize::try_from(PAGE).unwrap_or(usize::MAX);
-    let more = events.len() > page_size;
-    events.truncate(page_size);
+    let more = one_page(&mut events);
     let next = events.last().filter(|_| more).map(|last| {
         let mut url = format!("/admin/events?before={}", last.id);
         if let Some(event) = event {

@@ -52,6 +52,18 @@ pub fn page(title: &str, admin: Option<&ConsoleAdmin>, body: Markup) -> Markup {
     }
 }
 
+/// Rows per list page.
+pub const PAGE: i64 = 50;
+
+/// Keeps the first [`PAGE`] of `rows` (fetched with one more than a page) and says
+/// whether there are more.
+pub fn one_page<T>(rows: &mut Vec<T>) -> bool {
+    let size = usize::try_from(PAGE).unwrap_or(usize::MAX);
+    let more = rows.len() > size;
+    rows.truncate(size);
+    more
+}
+
 /// A page answered with `status`.
 pub fn respond(status: StatusCode, markup: Markup) -> Response {
     (status, markup).into_response()

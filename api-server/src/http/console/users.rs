@@ -17,11 +17,8 @@ use crate::error::ApiError;
 use crate::http::admin::{apply_change, apply_end_sessions, apply_mfa_reset};
 use crate::state::AppState;
 
-use super::pages::{csrf_refused, failure, page, respond};
+use super::pages::{PAGE, csrf_refused, failure, one_page, page, respond};
 use super::session::ConsoleAdmin;
-
-/// Users per page.
-const PAGE: i64 = 50;
 
 #[derive(Deserialize, Default)]
 pub struct ListQuery {
@@ -91,8 +88,7 @@ pub async fn list(
         Ok(rows) => rows,
         Err(e) => return failure(&e.into()),
     };
-    let more = rows.len() > usize::try_from(PAGE).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(PAGE).unwrap_or(usize::MAX));
+    let more = one_page(&mut rows);
     let next = more.then(|| {
         let mut url = url::Url::parse("http://console/admin/users").ok()?;
         {
