@@ -72,9 +72,9 @@ ensure_redis() {
 }
 
 # Test tools: Prometheus and promtool (the SRE assets' tests), Chromium (the docs page
-# test) and shellcheck (CI) from Debian, playwright-core, the HTTP Observatory scanner and
-# node-oidc-provider (the sign-in tests' OpenID Provider) from npm. Without them those
-# tests say SKIP, unless STOA_REQUIRE_TOOLS=1 (CI).
+# test) and shellcheck (CI) from Debian, playwright-core, axe-core, the HTTP Observatory
+# scanner and node-oidc-provider (the sign-in tests' OpenID Provider) from npm. Without
+# them those tests say SKIP, unless STOA_REQUIRE_TOOLS=1 (CI).
 ensure_tools() {
   local missing=()
   command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
@@ -85,11 +85,17 @@ ensure_tools() {
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
   local browser
   browser="$(cd "$(dirname "$0")/../tests/browser" && pwd)"
-  if [ ! -d "$browser/node_modules/playwright-core" ] || [ ! -d "$browser/node_modules/@mdn/mdn-http-observatory" ] || [ ! -d "$browser/node_modules/oidc-provider" ]; then
+  # Installed again whenever the lock file changed since the last install (a stamp of
+  # its hash), so a checkout that gains a package (axe-core, say) gets it.
+  local lock stamp
+  lock=$(sha256sum "$browser/package-lock.json" | cut -d' ' -f1)
+  stamp="$browser/node_modules/.stoa-installed-lock"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$lock" ]; then
     if command -v npm >/dev/null 2>&1; then
-      say "installing playwright-core, the HTTP Observatory scanner and the test OpenID Provider (npm ci in tests/browser)"
+      say "installing playwright-core, axe-core, the HTTP Observatory scanner and the test OpenID Provider (npm ci in tests/browser)"
       # No install scripts: the scanner's would download lists from outside the registry.
       npm ci --prefix "$browser" --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
+      echo "$lock" >"$stamp"
     else
       say "WARNING: npm is not installed; the browser and identity provider tests will be skipped."
     fi

@@ -32,8 +32,12 @@ fn missing_tool() -> Option<String> {
     if !Path::new(&chromium).exists() {
         return Some(format!("{chromium} is missing (Debian package chromium)"));
     }
-    if !browser_dir().join("node_modules/playwright-core").exists() {
-        return Some("playwright-core is not installed (npm ci --prefix tests/browser)".into());
+    for package in ["playwright-core", "axe-core"] {
+        if !browser_dir().join("node_modules").join(package).exists() {
+            return Some(format!(
+                "{package} is not installed (npm ci --prefix tests/browser)"
+            ));
+        }
     }
     None
 }
