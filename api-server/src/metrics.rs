@@ -484,7 +484,7 @@ impl Metrics {
         let security_events_dropped = Counter::default();
         registry.register(
             "security_events_dropped",
-            "Security events counted but not stored for the admin console (queue full or database refused)",
+            "Security events not stored for the admin console (queue full or the database refused them); stoa_security_events_total still has them",
             security_events_dropped.clone(),
         );
         let provider_sign_ins = Family::<ProviderLabels, Counter>::default();
