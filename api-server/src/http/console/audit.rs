@@ -10,9 +10,8 @@ use serde::Deserialize;
 
 use crate::state::AppState;
 
-use super::pages::{PAGE, failure, one_page, page, respond};
+use super::pages::{PAGE, failure, one_page, page, respond, urlencode};
 use super::session::ConsoleAdmin;
-use super::users::urlencode;
 
 /// The actions the log records, for the filter.
 const ACTIONS: [&str; 10] = [
@@ -115,5 +114,8 @@ pub async fn log(
         }
         @if let Some(next) = next { p { a href=(next) rel="next" { "Older entries" } } }
     };
-    respond(StatusCode::OK, page("Audit log", Some(&admin), body))
+    respond(
+        StatusCode::OK,
+        page("Audit log", Some(admin.header()), body),
+    )
 }

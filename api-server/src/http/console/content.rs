@@ -15,9 +15,10 @@ use crate::http::admin::{apply_article_removal, apply_comment_removal};
 use crate::state::AppState;
 use crate::validate;
 
-use super::pages::{PAGE, csrf_refused, failure, one_page, page, respond};
+use super::pages::{
+    PAGE, contains_pattern, csrf_refused, failure, one_page, page, respond, urlencode,
+};
 use super::session::ConsoleAdmin;
-use super::users::{contains_pattern, urlencode};
 
 #[derive(Deserialize, Default)]
 pub struct ListQuery {
@@ -94,7 +95,7 @@ pub async fn list(
         }
         @if let Some(next) = next { p { a href=(next) rel="next" { "Next page" } } }
     };
-    respond(StatusCode::OK, page("Articles", Some(&admin), body))
+    respond(StatusCode::OK, page("Articles", Some(admin.header()), body))
 }
 
 #[derive(sqlx::FromRow)]
@@ -175,7 +176,10 @@ pub async fn view(
             }
         }
     };
-    respond(StatusCode::OK, page(&article.title, Some(&admin), body))
+    respond(
+        StatusCode::OK,
+        page(&article.title, Some(admin.header()), body),
+    )
 }
 
 #[derive(Deserialize)]

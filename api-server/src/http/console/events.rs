@@ -11,9 +11,8 @@ use serde::Deserialize;
 use crate::metrics::SecurityEvent;
 use crate::state::AppState;
 
-use super::pages::{PAGE, failure, one_page, page, respond};
+use super::pages::{PAGE, failure, one_page, page, respond, urlencode};
 use super::session::ConsoleAdmin;
-use super::users::urlencode;
 
 #[derive(Deserialize, Default)]
 pub struct EventQuery {
@@ -93,7 +92,10 @@ pub async fn list(
         (table(&events))
         @if let Some(next) = next { p { a href=(next) rel="next" { "Older events" } } }
     };
-    respond(StatusCode::OK, page("Security events", Some(&admin), body))
+    respond(
+        StatusCode::OK,
+        page("Security events", Some(admin.header()), body),
+    )
 }
 
 /// Events as a table (also on a user's page).

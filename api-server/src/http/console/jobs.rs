@@ -68,7 +68,7 @@ pub async fn list(State(state): State<AppState>, admin: ConsoleAdmin) -> Respons
             }
         }
     };
-    respond(StatusCode::OK, page("Jobs", Some(&admin), body))
+    respond(StatusCode::OK, page("Jobs", Some(admin.header()), body))
 }
 
 #[derive(Deserialize)]

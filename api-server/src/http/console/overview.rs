@@ -104,5 +104,5 @@ pub async fn overview(State(state): State<AppState>, admin: ConsoleAdmin) -> Res
             }
         }
     };
-    respond(StatusCode::OK, page("Overview", Some(&admin), body))
+    respond(StatusCode::OK, page("Overview", Some(admin.header()), body))
 }

@@ -8,7 +8,12 @@ use maud::{DOCTYPE, Markup, html};
 
 use crate::error::ApiError;
 
-use super::session::ConsoleAdmin;
+/// The signed-in admin's bar at the top of a page.
+pub struct Header<'a> {
+    pub username: &'a str,
+    /// The session's CSRF token, for the sign-out form.
+    pub csrf: &'a str,
+}
 
 /// The console's Content-Security-Policy: its own stylesheet, forms posting to itself,
 /// nothing else (no script, no frames, no other origin).
@@ -16,7 +21,7 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; for
 
 /// A whole page: `title`, the signed-in admin's bar (with "sign out everywhere") when
 /// there is one, and `body`.
-pub fn page(title: &str, admin: Option<&ConsoleAdmin>, body: Markup) -> Markup {
+pub fn page(title: &str, admin: Option<Header<'_>>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -30,7 +35,7 @@ pub fn page(title: &str, admin: Option<&ConsoleAdmin>, body: Markup) -> Markup {
             body {
                 header {
                     a.brand href="/admin" { "Stoa admin" }
-                    @if let Some(admin) = admin {
+                    @if let Some(admin) = &admin {
                         nav aria-label="Console" {
                             a href="/admin" { "Overview" }
                             a href="/admin/users" { "Users" }
@@ -62,6 +67,20 @@ pub fn one_page<T>(rows: &mut Vec<T>) -> bool {
     let more = rows.len() > size;
     rows.truncate(size);
     more
+}
+
+/// `s` as a URL component.
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// `%…%` for ILIKE, with the pattern characters in `q` matched literally.
+pub fn contains_pattern(q: &str) -> String {
+    let escaped = q
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 /// A page answered with `status`.

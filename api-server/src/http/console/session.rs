@@ -32,6 +32,14 @@ pub struct ConsoleAdmin {
 }
 
 impl ConsoleAdmin {
+    /// The bar at the top of each page.
+    pub fn header(&self) -> super::pages::Header<'_> {
+        super::pages::Header {
+            username: &self.username,
+            csrf: &self.csrf,
+        }
+    }
+
     /// Whether `presented` is this session's CSRF token (compared in constant time).
     pub fn csrf_matches(&self, presented: &str) -> bool {
         constant_time_eq(self.csrf.as_bytes(), presented.as_bytes())

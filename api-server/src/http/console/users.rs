@@ -17,7 +17,9 @@ use crate::error::ApiError;
 use crate::http::admin::{apply_change, apply_end_sessions, apply_mfa_reset};
 use crate::state::AppState;
 
-use super::pages::{PAGE, csrf_refused, failure, one_page, page, respond};
+use super::pages::{
+    PAGE, contains_pattern, csrf_refused, failure, one_page, page, respond, urlencode,
+};
 use super::session::ConsoleAdmin;
 
 #[derive(Deserialize, Default)]
@@ -42,15 +44,6 @@ struct Row {
     disabled_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     mfa: bool,
-}
-
-/// `%…%` for ILIKE, with the pattern characters in `q` matched literally.
-pub(super) fn contains_pattern(q: &str) -> String {
-    let escaped = q
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
 }
 
 pub async fn list(
@@ -153,11 +146,7 @@ pub async fn list(
             p { a href=(next) rel="next" { "Next page" } }
         }
     };
-    respond(StatusCode::OK, page("Users", Some(&admin), body))
-}
-
-pub(super) fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    respond(StatusCode::OK, page("Users", Some(admin.header()), body))
 }
 
 #[derive(sqlx::FromRow)]
@@ -282,7 +271,10 @@ pub async fn detail(
             }
         }
     };
-    respond(StatusCode::OK, page(&user.username, Some(&admin), body))
+    respond(
+        StatusCode::OK,
+        page(&user.username, Some(admin.header()), body),
+    )
 }
 
 /// What the page says after `action` (only the known ones: the address is not trusted).
