@@ -16,7 +16,7 @@ use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cookie::{Cookie, SameSite};
+use cookie::SameSite;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::auth::refresh;
 use crate::error::{ApiError, ApiResult};
+use crate::http::cookies;
 use crate::http::extract::ApiJson;
 use crate::http::middleware::ClientIp;
 use crate::http::session_cookie::Delivery;
@@ -151,18 +152,14 @@ async fn authorize(
     .execute(&**state.db())
     .await?;
     let mut response = redirect(authorization.url.as_str());
-    let cookie = Cookie::build((FLOW_COOKIE, browser))
-        .path(FLOW_COOKIE_PATH)
-        .http_only(true)
-        .secure(true)
-        .same_site(SameSite::Lax)
-        .max_age(cookie::time::Duration::seconds(
-            i64::try_from(config.flow_ttl.as_secs()).unwrap_or(i64::MAX),
-        ))
-        .build();
-    if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
+    let cookie = cookies::set(
+        FLOW_COOKIE,
+        &browser,
+        FLOW_COOKIE_PATH,
+        SameSite::Lax,
+        Some(config.flow_ttl),
+    );
+    response.headers_mut().append(header::SET_COOKIE, cookie);
     Ok(response)
 }
 
@@ -228,7 +225,7 @@ async fn callback(
         ));
     };
     let same_browser = flow_cookie(&headers).is_some_and(|browser| {
-        crate::http::cookies::constant_time_eq(&refresh::hash(browser), &flow.browser_hash)
+        cookies::constant_time_eq(&refresh::hash(browser), &flow.browser_hash)
     });
     if !same_browser {
         return Ok(fail(
@@ -539,5 +536,5 @@ fn redirect(location: &str) -> Response {
 }
 
 fn flow_cookie(headers: &HeaderMap) -> Option<&str> {
-    crate::http::cookies::value(headers, FLOW_COOKIE)
+    cookies::value(headers, FLOW_COOKIE)
 }

@@ -13,10 +13,11 @@
 //! it: a request without the header never reads or sets the cookie.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
-use cookie::{Cookie, SameSite};
+use cookie::SameSite;
 
 use crate::config::HttpConfig;
 use crate::error::ApiError;
+use crate::http::cookies;
 
 pub const MODE_HEADER: HeaderName = HeaderName::from_static("x-stoa-session");
 /// `__Secure-`: browsers accept the cookie only with `Secure`, from a secure origin.
@@ -46,14 +47,7 @@ impl Delivery {
 /// origin; `None` without one.
 pub fn presented(headers: &HeaderMap, http: &HttpConfig) -> Result<Option<String>, ApiError> {
     check_origin(headers, http)?;
-    Ok(headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|cookie| cookie.name() == COOKIE_NAME)
-        .map(|cookie| cookie.value().to_owned()))
+    Ok(crate::http::cookies::value(headers, COOKIE_NAME).map(str::to_owned))
 }
 
 /// A cross-origin request must come from an origin listed by name in the CORS list (`*`
@@ -93,30 +87,24 @@ fn check_origin(headers: &HeaderMap, http: &HttpConfig) -> Result<(), ApiError> 
 
 /// `Set-Cookie` for a refresh token that expires in `max_age`.
 pub fn set(token: &str, max_age: std::time::Duration) -> HeaderValue {
-    let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
-    header_value(token, cookie::time::Duration::seconds(seconds))
+    cookies::set(
+        COOKIE_NAME,
+        token,
+        COOKIE_PATH,
+        SameSite::Strict,
+        Some(max_age),
+    )
 }
 
 /// `Set-Cookie` that deletes the cookie (logout, or a refused cookie token).
 pub fn clear() -> HeaderValue {
-    header_value("", cookie::time::Duration::ZERO)
-}
-
-fn header_value(token: &str, max_age: cookie::time::Duration) -> HeaderValue {
-    let cookie = Cookie::build((COOKIE_NAME, token))
-        .path(COOKIE_PATH)
-        .http_only(true)
-        .secure(true)
-        .same_site(SameSite::Strict)
-        .max_age(max_age)
-        .build();
-    // A refresh token is URL-safe base64: always a valid header value.
-    HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
+    cookies::set(COOKIE_NAME, "", COOKIE_PATH, SameSite::Strict, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cookie::Cookie;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -9,7 +9,7 @@ use axum::extract::FromRequestParts;
 use axum::http::HeaderValue;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Redirect, Response};
-use cookie::{Cookie, SameSite};
+use cookie::SameSite;
 use uuid::Uuid;
 
 use crate::auth::refresh;
@@ -121,16 +121,5 @@ pub async fn end_all(state: &AppState, user_id: Uuid) -> ApiResult<u64> {
 /// `Set-Cookie` for `name` on the console's path: HttpOnly, Secure, `SameSite=Strict`;
 /// `None` deletes it.
 pub fn set_cookie(name: &str, value: &str, max_age: Option<std::time::Duration>) -> HeaderValue {
-    let max_age = max_age.map_or(cookie::time::Duration::ZERO, |age| {
-        cookie::time::Duration::seconds(i64::try_from(age.as_secs()).unwrap_or(i64::MAX))
-    });
-    let cookie = Cookie::build((name, value))
-        .path(PATH)
-        .http_only(true)
-        .secure(true)
-        .same_site(SameSite::Strict)
-        .max_age(max_age)
-        .build();
-    // Tokens are URL-safe base64: always a valid header value.
-    HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
+    crate::http::cookies::set(name, value, PATH, SameSite::Strict, max_age)
 }
