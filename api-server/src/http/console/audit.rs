@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::state::AppState;
 
-use super::pages::{PAGE, failure, one_page, page, respond, urlencode};
+use super::pages::{PAGE, failure, next_page, one_page, page, respond};
 use super::session::ConsoleAdmin;
 
 /// The actions the log records, for the filter.
@@ -78,14 +78,11 @@ pub async fn log(
     };
     let more = one_page(&mut entries);
     let next = entries.last().filter(|_| more).map(|last| {
-        let mut url = format!("/admin/audit?before={}", last.id);
-        if let Some(action) = action {
-            url.push_str(&format!("&action={action}"));
-        }
-        if let Some(by) = by {
-            url.push_str(&format!("&admin={}", urlencode(by)));
-        }
-        url
+        next_page(
+            "/admin/audit",
+            &[("action", action), ("admin", by)],
+            ("before", &last.id.to_string()),
+        )
     });
     let body = html! {
         form.search method="get" action="/admin/audit" role="search" {

@@ -16,7 +16,8 @@ use crate::state::AppState;
 use crate::validate;
 
 use super::pages::{
-    PAGE, contains_pattern, csrf_refused, failure, one_page, page, respond, urlencode,
+    PAGE, contains_pattern, csrf_refused, failure, next_page, one_page, page, respond, search_term,
+    urlencode,
 };
 use super::session::ConsoleAdmin;
 
@@ -45,11 +46,7 @@ pub async fn list(
     admin: ConsoleAdmin,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let q = query
-        .q
-        .as_deref()
-        .map(str::trim)
-        .filter(|q| !q.is_empty() && q.len() <= 256);
+    let q = search_term(query.q.as_deref(), 256);
     let rows: Result<Vec<Listed>, _> = sqlx::query_as(
         "SELECT a.id, a.slug, a.title, u.username AS author, a.created_at,
                 (SELECT count(*) FROM comments c WHERE c.article_id = a.id) AS comments
@@ -69,10 +66,11 @@ pub async fn list(
     };
     let more = one_page(&mut rows);
     let next = rows.last().filter(|_| more).map(|last| {
-        let q = q
-            .map(|q| format!("q={}&", urlencode(q)))
-            .unwrap_or_default();
-        format!("/admin/articles?{q}after={}", last.id)
+        next_page(
+            "/admin/articles",
+            &[("q", q)],
+            ("after", &last.id.to_string()),
+        )
     });
     let body = html! {
         form.search method="get" action="/admin/articles" role="search" {

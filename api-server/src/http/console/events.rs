@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::metrics::SecurityEvent;
 use crate::state::AppState;
 
-use super::pages::{PAGE, failure, one_page, page, respond, urlencode};
+use super::pages::{PAGE, failure, next_page, one_page, page, respond, urlencode};
 use super::session::ConsoleAdmin;
 
 #[derive(Deserialize, Default)]
@@ -67,14 +67,11 @@ pub async fn list(
     };
     let more = one_page(&mut events);
     let next = events.last().filter(|_| more).map(|last| {
-        let mut url = format!("/admin/events?before={}", last.id);
-        if let Some(event) = event {
-            url.push_str(&format!("&event={event}"));
-        }
-        if let Some(user) = user {
-            url.push_str(&format!("&user={}", urlencode(user)));
-        }
-        url
+        next_page(
+            "/admin/events",
+            &[("event", event), ("user", user)],
+            ("before", &last.id.to_string()),
+        )
     });
     let body = html! {
         form.search method="get" action="/admin/events" role="search" {

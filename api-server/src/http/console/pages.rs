@@ -69,6 +69,25 @@ pub fn one_page<T>(rows: &mut Vec<T>) -> bool {
     more
 }
 
+/// A list's search term: trimmed, and none when blank or longer than `max` bytes.
+pub fn search_term(raw: Option<&str>, max: usize) -> Option<&str> {
+    raw.map(str::trim)
+        .filter(|q| !q.is_empty() && q.len() <= max)
+}
+
+/// The address of a list's next page: `path` with the list's filters (those set) and the
+/// cursor.
+pub fn next_page(path: &str, filters: &[(&str, Option<&str>)], cursor: (&str, &str)) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in filters {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            query.append_pair(name, value);
+        }
+    }
+    query.append_pair(cursor.0, cursor.1);
+    format!("{path}?{}", query.finish())
+}
+
 /// `s` as a URL component.
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -128,4 +147,38 @@ pub fn csrf_refused() -> Response {
         p role="alert" { "This form expired or did not come from the console. Reload the page and try again." }
     };
     respond(StatusCode::FORBIDDEN, page("Refused", None, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_addresses_keep_their_filters_encoded_and_drop_unset_ones() {
+        assert_eq!(
+            next_page(
+                "/admin/users",
+                &[("q", Some("50% off")), ("only", Some(""))],
+                ("after", "7")
+            ),
+            "/admin/users?q=50%25+off&after=7"
+        );
+        assert_eq!(
+            next_page("/admin/audit", &[("admin", None)], ("before", "3")),
+            "/admin/audit?before=3"
+        );
+        assert_eq!(search_term(Some("  ja "), 10), Some("ja"));
+        assert_eq!(search_term(Some("   "), 10), None);
+        assert_eq!(search_term(Some("toolongterm"), 10), None);
+    }
+
+    #[test]
+    fn a_page_keeps_its_rows_and_says_whether_more_follow() {
+        let mut rows: Vec<i64> = (0..=PAGE).collect();
+        assert!(one_page(&mut rows));
+        assert_eq!(rows.len(), 50);
+        let mut few = vec![1, 2];
+        assert!(!one_page(&mut few));
+        assert_eq!(few, [1, 2]);
+    }
 }

@@ -18,7 +18,8 @@ use crate::http::admin::{apply_change, apply_end_sessions, apply_mfa_reset};
 use crate::state::AppState;
 
 use super::pages::{
-    PAGE, contains_pattern, csrf_refused, failure, one_page, page, respond, urlencode,
+    PAGE, contains_pattern, csrf_refused, failure, next_page, one_page, page, respond, search_term,
+    urlencode,
 };
 use super::session::ConsoleAdmin;
 
@@ -51,11 +52,7 @@ pub async fn list(
     admin: ConsoleAdmin,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let q = query
-        .q
-        .as_deref()
-        .map(str::trim)
-        .filter(|q| !q.is_empty() && q.len() <= 254);
+    let q = search_term(query.q.as_deref(), 254);
     let only = query.only.as_deref().unwrap_or("");
     // Newest first; the next page starts after the last row (created_at, id), so pages
     // stay stable while users sign up.
@@ -82,23 +79,12 @@ pub async fn list(
         Err(e) => return failure(&e.into()),
     };
     let more = one_page(&mut rows);
-    let next = more.then(|| {
-        let mut url = url::Url::parse("http://console/admin/users").ok()?;
-        {
-            let mut pairs = url.query_pairs_mut();
-            if let Some(q) = q {
-                pairs.append_pair("q", q);
-            }
-            if !only.is_empty() {
-                pairs.append_pair("only", only);
-            }
-            pairs.append_pair("after", &rows.last()?.id.to_string());
-        }
-        Some(format!(
-            "{}?{}",
-            url.path(),
-            url.query().unwrap_or_default()
-        ))
+    let next = rows.last().filter(|_| more).map(|last| {
+        next_page(
+            "/admin/users",
+            &[("q", q), ("only", Some(only))],
+            ("after", &last.id.to_string()),
+        )
     });
     let filters = [
         ("", "All"),
@@ -142,7 +128,7 @@ pub async fn list(
                 }
             }
         }
-        @if let Some(Some(next)) = next {
+        @if let Some(next) = next {
             p { a href=(next) rel="next" { "Next page" } }
         }
     };
