@@ -10,8 +10,9 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AccessToken, AccessTokenHash, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    IdTokenVerifier, JsonWebKeySet, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, Scope, SubjectIdentifier, TokenResponse,
+    EndUserName, EndUserPictureUrl, EndUserUsername, IdTokenVerifier, JsonWebKeySet,
+    LocalizedClaim, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
+    Scope, SubjectIdentifier, TokenResponse,
 };
 use tokio::sync::Mutex;
 
@@ -246,19 +247,11 @@ impl Oidc {
         if multi_tenant {
             check_tenant_issuer(&bound.issuer, claims.issuer().as_str(), &payload)?;
         }
-        // azp (3.1.3.7 steps 4 and 5), which the library leaves to its callers.
-        match claims.authorized_party() {
-            Some(azp) if azp.as_str() != self.client_id => {
-                return Err(Invalid::Claims(format!(
-                    "azp {:?} is not this client",
-                    azp.as_str()
-                )));
-            }
-            None if claims.audiences().len() > 1 => {
-                return Err(Invalid::Claims("several audiences and no azp".into()));
-            }
-            _ => {}
-        }
+        check_azp(
+            claims.authorized_party().map(|azp| azp.as_str()),
+            claims.audiences().len(),
+            &self.client_id,
+        )?;
         if let Some(expected) = claims.access_token_hash() {
             let alg = id_token
                 .signing_alg()
@@ -274,23 +267,14 @@ impl Oidc {
                 ));
             }
         }
+        let (username_hint, picture) =
+            profile(claims.preferred_username(), claims.name(), claims.picture());
         Ok(Verified {
             subject: claims.subject().clone(),
             email: claims.email().map(|e| e.as_str().to_owned()),
             email_verified: claims.email_verified(),
-            username_hint: claims
-                .preferred_username()
-                .map(|u| u.as_str().to_owned())
-                .or_else(|| {
-                    claims
-                        .name()
-                        .and_then(|n| n.get(None))
-                        .map(|n| n.as_str().to_owned())
-                }),
-            picture: claims
-                .picture()
-                .and_then(|p| p.get(None))
-                .map(|p| p.as_str().to_owned()),
+            username_hint,
+            picture,
             payload,
         })
     }
@@ -314,22 +298,10 @@ impl Oidc {
                 .map_err(|e| ProviderError::Unavailable(format!("userinfo: {e}")))?;
             verified.email = info.email().map(|e| e.as_str().to_owned());
             verified.email_verified = info.email_verified();
-            if verified.username_hint.is_none() {
-                verified.username_hint = info
-                    .preferred_username()
-                    .map(|u| u.as_str().to_owned())
-                    .or_else(|| {
-                        info.name()
-                            .and_then(|n| n.get(None))
-                            .map(|n| n.as_str().to_owned())
-                    });
-            }
-            if verified.picture.is_none() {
-                verified.picture = info
-                    .picture()
-                    .and_then(|p| p.get(None))
-                    .map(|p| p.as_str().to_owned());
-            }
+            let (username_hint, picture) =
+                profile(info.preferred_username(), info.name(), info.picture());
+            verified.username_hint = verified.username_hint.or(username_hint);
+            verified.picture = verified.picture.or(picture);
         }
         let email_verified = match self.trust {
             EmailTrust::EmailVerified => verified.email_verified == Some(true),
@@ -358,6 +330,35 @@ type Client = openidconnect::core::CoreClient<
 struct Bound {
     client: Client,
     issuer: String,
+}
+
+/// azp (OIDC Core 3.1.3.7 steps 4 and 5), which the library leaves to its callers: when
+/// present it must be this client, and with several audiences it must be present.
+fn check_azp(azp: Option<&str>, audiences: usize, client_id: &str) -> Result<(), Invalid> {
+    match azp {
+        Some(azp) if azp != client_id => {
+            Err(Invalid::Claims(format!("azp {azp:?} is not this client")))
+        }
+        None if audiences > 1 => Err(Invalid::Claims("several audiences and no azp".into())),
+        _ => Ok(()),
+    }
+}
+
+/// A username to start from (`preferred_username`, else the name) and the picture, from
+/// an ID token's or UserInfo's profile claims.
+fn profile(
+    username: Option<&EndUserUsername>,
+    name: Option<&LocalizedClaim<EndUserName>>,
+    picture: Option<&LocalizedClaim<EndUserPictureUrl>>,
+) -> (Option<String>, Option<String>) {
+    let hint = username.map(|u| u.as_str().to_owned()).or_else(|| {
+        name.and_then(|n| n.get(None))
+            .map(|n| n.as_str().to_owned())
+    });
+    let picture = picture
+        .and_then(|p| p.get(None))
+        .map(|p| p.as_str().to_owned());
+    (hint, picture)
 }
 
 /// The claims Stoa reads from a verified ID token.
