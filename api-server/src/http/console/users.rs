@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
-use maud::html;
+use maud::{Markup, html};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -86,13 +86,19 @@ pub async fn list(
             ("after", &last.id.to_string()),
         )
     });
+    let body = list_markup(&rows, q, only, next.as_deref());
+    respond(StatusCode::OK, page("Users", Some(admin.header()), body))
+}
+
+/// The users page's search form, its table and the link to the next page.
+fn list_markup(rows: &[Row], q: Option<&str>, only: &str, next: Option<&str>) -> Markup {
     let filters = [
         ("", "All"),
         ("disabled", "Disabled"),
         ("admins", "Admins"),
         ("mfa", "MFA on"),
     ];
-    let body = html! {
+    html! {
         form.search method="get" action="/admin/users" role="search" {
             label for="q" { "Name or email contains" }
             input #q type="search" name="q" value=(q.unwrap_or(""));
@@ -113,7 +119,7 @@ pub async fn list(
                     th scope="col" { "MFA" } th scope="col" { "State" } th scope="col" { "Joined" }
                 } }
                 tbody {
-                    @for row in &rows {
+                    @for row in rows {
                         tr {
                             th scope="row" { a href=(format!("/admin/users/{}", urlencode(&row.username))) { (row.username) } }
                             td { (row.email) }
@@ -131,8 +137,7 @@ pub async fn list(
         @if let Some(next) = next {
             p { a href=(next) rel="next" { "Next page" } }
         }
-    };
-    respond(StatusCode::OK, page("Users", Some(admin.header()), body))
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -202,9 +207,6 @@ pub async fn detail(
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return failure(&e.into()),
     };
     let own = user.id == admin.user_id;
-    let path = format!("/admin/users/{}", urlencode(&user.username));
-    let action = |name: &str| format!("{path}/{name}");
-    let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
     let body = html! {
         @if let Some(done) = query.done.as_deref().and_then(confirmation) {
             p.done role="status" { (done) }
@@ -218,15 +220,7 @@ pub async fn detail(
             dt { "Joined" } dd { (time(&user.created_at)) }
         }
         h2 { "Sessions (" (sessions.len()) ")" }
-        @if sessions.is_empty() { p { "No live session." } } @else {
-            table {
-                thead { tr { th scope="col" { "Signed in" } th scope="col" { "Last refresh" } th scope="col" { "Ends" } } }
-                tbody { @for s in &sessions { tr {
-                    td { (time(&s.started)) } td { (time(&s.last_refresh)) }
-                    td { (s.ends.as_ref().map(time).unwrap_or_default()) }
-                } } }
-            }
-        }
+        (sessions_markup(&sessions))
         h2 { "Identity providers" }
         @if identities.is_empty() { p { "None linked." } } @else {
             ul { @for (provider, email) in &identities { li { (provider) @if let Some(email) = email { " (" (email) ")" } } } }
@@ -234,6 +228,37 @@ pub async fn detail(
         h2 { "Security events" }
         (super::events::table(&events))
         p { a href=(format!("/admin/events?user={}", urlencode(&user.username))) { "All of this account's events" } }
+        (actions_markup(&user, own, !sessions.is_empty(), &admin.csrf))
+    };
+    respond(
+        StatusCode::OK,
+        page(&user.username, Some(admin.header()), body),
+    )
+}
+
+fn time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// A user's live sessions.
+fn sessions_markup(sessions: &[Session]) -> Markup {
+    html! {
+        @if sessions.is_empty() { p { "No live session." } } @else {
+            table {
+                thead { tr { th scope="col" { "Signed in" } th scope="col" { "Last refresh" } th scope="col" { "Ends" } } }
+                tbody { @for s in sessions { tr {
+                    td { (time(&s.started)) } td { (time(&s.last_refresh)) }
+                    td { (s.ends.as_ref().map(time).unwrap_or_default()) }
+                } } }
+            }
+        }
+    }
+}
+
+/// The actions that apply to `user` now, each a form with the session's CSRF token.
+fn actions_markup(user: &Detail, own: bool, has_sessions: bool, csrf: &str) -> Markup {
+    let path = format!("/admin/users/{}", urlencode(&user.username));
+    html! {
         h2 { "Actions" }
         @if own {
             p { "This is your own account: another admin disables or demotes it." }
@@ -245,22 +270,18 @@ pub async fn detail(
                 ("grant-admin", "Make admin", user.role != "admin"),
                 ("revoke-admin", "Withdraw admin", user.role == "admin" && !own),
                 ("reset-mfa", "Reset the second factor", user.mfa),
-                ("end-sessions", "End all sessions", !sessions.is_empty()),
+                ("end-sessions", "End all sessions", has_sessions),
             ];
             @for (name, label, shown) in forms {
                 @if shown {
-                    form method="post" action=(action(name)) {
-                        input type="hidden" name="csrf" value=(admin.csrf);
+                    form method="post" action=(format!("{path}/{name}")) {
+                        input type="hidden" name="csrf" value=(csrf);
                         button type="submit" { (label) }
                     }
                 }
             }
         }
-    };
-    respond(
-        StatusCode::OK,
-        page(&user.username, Some(admin.header()), body),
-    )
+    }
 }
 
 /// What the page says after `action` (only the known ones: the address is not trusted).
