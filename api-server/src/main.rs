@@ -244,6 +244,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(return_freed_memory)
         .build()
     {
         Ok(runtime) => runtime,
@@ -273,6 +274,38 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// How often a runtime worker that ran out of work hands freed memory back to the OS.
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+
+/// Called by each runtime worker as it runs out of work (tokio's `on_thread_park`).
+///
+/// mimalloc returns a thread's empty pages, and the blocks other threads freed into them,
+/// only from that thread's own allocations: a worker that went quiet after a burst of
+/// 10,000 connections kept their 340 MiB for good (docs/benchmarks.md, "Memory budget").
+/// So each worker collects its own heap here, at most once per `COLLECT_EVERY`: a busy
+/// worker parks thousands of times a second and pays a clock read for each. Forced, so the
+/// pages go back at once instead of after mimalloc's purge delay, which a worker that stays
+/// parked would never reach.
+#[allow(unsafe_code)]
+fn return_freed_memory() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    let now = Instant::now();
+    let due = LAST.with(|last| match last.get() {
+        Some(at) if now.duration_since(at) < COLLECT_EVERY => false,
+        _ => {
+            last.set(Some(now));
+            true
+        }
+    });
+    if due {
+        // SAFETY: mi_collect only walks the calling thread's own heap, and mimalloc is the
+        // global allocator of this process.
+        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 

@@ -2,9 +2,7 @@
 //! The `stoa-api` command line: check-config, migrate, keys generate, admin, jobs.
 mod common;
 
-use std::process::Command;
-
-use common::{TestApp, stoa_api};
+use common::{Served, TestApp, stoa_api};
 use sqlx::PgPool;
 
 fn url_of(pool: &PgPool) -> String {
@@ -334,40 +332,12 @@ async fn credential_steps_create_grant_expire_and_drop_the_roles(pool: PgPool) {
 /// `STOA_ACCESS_LOG_EVERY`, and flushes its log queue when it stops.
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn access_logs_are_json_lines_sampled_one_in_n(pool: PgPool) {
-    use tokio::io::AsyncBufReadExt;
-    let keys = tempfile::tempdir().unwrap();
-    stoa_contract::keys::generate_keyset()
-        .write_dir(keys.path())
-        .unwrap();
-    let mfa_keys = tempfile::tempdir().unwrap();
-    stoa_contract::mfa_keys::generate_mfa_keyset()
-        .write_dir(mfa_keys.path())
-        .unwrap();
-    let mut child = tokio::process::Command::from(stoa_api())
-        .arg("serve")
-        .env("STOA_DATABASE_URL", url_of(&pool))
-        .env("STOA_JWT_KEYS_DIR", keys.path())
-        .env("STOA_MFA_KEYS_DIR", mfa_keys.path())
-        .env("STOA_LISTEN_ADDR", "127.0.0.1:0")
-        .env("STOA_ADMIN_ADDR", "127.0.0.1:0")
-        .env("STOA_SHUTDOWN_DELAY", "0s")
-        .env("STOA_ACCESS_LOG_EVERY", "4")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let api = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the server started");
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if event["message"] == "starting" {
-            break event["api"].as_str().unwrap().to_owned();
-        }
-    };
+    let mut served = Served::start(
+        &url_of(&pool),
+        &[("STOA_ACCESS_LOG_EVERY", "4"), ("STOA_LOG", "info")],
+    )
+    .await;
+    let api = served.api.clone();
     let http = reqwest::Client::new();
     for n in 0..8 {
         let res = http
@@ -379,22 +349,15 @@ async fn access_logs_are_json_lines_sampled_one_in_n(pool: PgPool) {
         assert_eq!(res.status(), 200);
     }
     // SIGTERM: graceful shutdown, then the log queue is flushed.
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    served.terminate();
     let mut access = Vec::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
+    while let Some(line) = served.lines.next_line().await.unwrap() {
         let event: serde_json::Value = serde_json::from_str(&line).unwrap();
         if event["target"] == "stoa::access" {
             access.push(event);
         }
     }
-    assert!(child.wait().await.unwrap().success());
+    assert!(served.child.wait().await.unwrap().success());
     let ids: Vec<&str> = access
         .iter()
         .map(|e| e["request_id"].as_str().unwrap())

@@ -463,3 +463,88 @@ impl Replicas {
         Replicas { redis, keys, a, b }
     }
 }
+
+/// `stoa-api serve` as a process of its own (the binary's runtime and allocator, which the
+/// in-process [`TestApp`] does not have), on a test database, with generated key sets.
+pub struct Served {
+    pub child: tokio::process::Child,
+    /// The public port's address, from the "starting" log line.
+    pub api: String,
+    /// The rest of the server's log, one JSON line each.
+    pub lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    _keys: [tempfile::TempDir; 2],
+}
+
+impl Served {
+    /// Starts it with [`test_env`]'s settings and `extra`, and waits until it serves (its
+    /// "starting" line: `extra` must keep `STOA_LOG` at `info` or below).
+    pub async fn start(database_url: &str, extra: &[(&str, &str)]) -> Served {
+        use tokio::io::AsyncBufReadExt;
+        let keys = tempfile::tempdir().unwrap();
+        stoa_contract::keys::generate_keyset()
+            .write_dir(keys.path())
+            .unwrap();
+        let mfa_keys = tempfile::tempdir().unwrap();
+        stoa_contract::mfa_keys::generate_mfa_keyset()
+            .write_dir(mfa_keys.path())
+            .unwrap();
+        let mut env = test_env(&[("STOA_LOG", "info"), ("STOA_SHUTDOWN_DELAY", "0s")]);
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let mut child = tokio::process::Command::from(stoa_api())
+            .arg("serve")
+            .envs(env)
+            .env("STOA_DATABASE_URL", database_url)
+            .env("STOA_JWT_KEYS_DIR", keys.path())
+            .env("STOA_MFA_KEYS_DIR", mfa_keys.path())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let starting = async {
+            loop {
+                let line = lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("the server started");
+                let event: Value = serde_json::from_str(&line).unwrap();
+                if event["message"] == "starting" {
+                    return event["api"].as_str().unwrap().to_owned();
+                }
+            }
+        };
+        let api = tokio::time::timeout(std::time::Duration::from_secs(30), starting)
+            .await
+            .expect("the server logged \"starting\" within 30 s");
+        Served {
+            child,
+            api,
+            lines,
+            _keys: [keys, mfa_keys],
+        }
+    }
+
+    /// Asks it to stop as Kubernetes does (SIGTERM).
+    pub fn terminate(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Its resident memory (`VmRSS`), in KiB.
+    pub fn resident_kib(&self) -> u64 {
+        let pid = self.child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}

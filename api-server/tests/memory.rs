@@ -1,0 +1,71 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! What the served process holds in memory: a burst's memory goes back to the OS once the
+//! burst is over, so a replica's resident size follows its load down as well as up.
+mod common;
+
+use std::time::Duration;
+
+use common::{Served, url_of};
+use sqlx::PgPool;
+
+const MIB: u64 = 1024;
+
+/// The process's peak resident size (`VmHWM`), in KiB.
+fn peak_kib(served: &Served) -> u64 {
+    let pid = served.child.id().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Hundreds of connections at once, each with a large body the server must read whole
+/// (JSON that turns out invalid), take a few hundred MiB; once they have closed, the
+/// process is back near its idle size within seconds, not holding its peak for good
+/// (mimalloc frees a thread's pages only from that thread, and the runtime's workers go
+/// quiet after a burst: `return_freed_memory` in main.rs).
+#[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
+async fn memory_a_burst_took_is_returned_once_it_is_over(pool: PgPool) {
+    let served = Served::start(&url_of(&pool), &[("STOA_BODY_LIMIT_BYTES", "2097152")]).await;
+    let url = format!("http://{}/api/users", served.api);
+    // No connection reuse: each request opens and closes its own, as a crowd of clients.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let warm = client.get(format!("http://{}/healthz", served.api));
+    assert_eq!(warm.send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = served.resident_kib();
+
+    // Not one valid byte: the server reads the whole body, then refuses it.
+    let body = axum::body::Bytes::from(vec![b'x'; 1536 * 1024]);
+    for _ in 0..2 {
+        let requests = (0..250).map(|_| {
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+        });
+        for response in futures::future::join_all(requests).await {
+            assert_eq!(response.unwrap().status(), 422);
+        }
+    }
+    let peak = peak_kib(&served);
+    assert!(
+        peak > idle + 150 * MIB,
+        "the burst took only {} MiB over the idle {} MiB",
+        (peak - idle) / MIB,
+        idle / MIB
+    );
+
+    common::eventually_within(
+        Duration::from_secs(10),
+        "resident memory back within 24 MiB of idle",
+        || async { served.resident_kib() < idle + 24 * MIB },
+    )
+    .await;
+}
