@@ -10,17 +10,6 @@ use sqlx::PgPool;
 
 const MIB: u64 = 1024;
 
-/// The process's peak resident size (`VmHWM`), in KiB.
-fn peak_kib(served: &Served) -> u64 {
-    let pid = served.child.id().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Hundreds of connections at once, each with a large body the server must read whole
 /// (JSON that turns out invalid), take a few hundred MiB; once they have closed, the
 /// process is back near its idle size within seconds, not holding its peak for good
@@ -54,7 +43,7 @@ async fn memory_a_burst_took_is_returned_once_it_is_over(pool: PgPool) {
             assert_eq!(response.unwrap().status(), 422);
         }
     }
-    let peak = peak_kib(&served);
+    let peak = served.peak_kib();
     assert!(
         peak > idle + 150 * MIB,
         "the burst took only {} MiB over the idle {} MiB",

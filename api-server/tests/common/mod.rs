@@ -537,14 +537,23 @@ impl Served {
         assert!(sent.success());
     }
 
-    /// Its resident memory (`VmRSS`), in KiB.
+    /// Its resident memory now (`VmRSS`), in KiB.
     pub fn resident_kib(&self) -> u64 {
+        self.memory_kib("VmRSS")
+    }
+
+    /// Its peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_kib(&self) -> u64 {
+        self.memory_kib("VmHWM")
+    }
+
+    fn memory_kib(&self, field: &str) -> u64 {
         let pid = self.child.id().unwrap();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
+            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
     }
 }
