@@ -4,12 +4,12 @@
 //! `stoa_security_events_total{event="admin_action"}`. Admins are made with
 //! `stoa-api admin grant`, never through the API.
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::AdminUser;
@@ -22,15 +22,15 @@ use crate::http::types::Timestamp;
 use crate::metrics::SecurityEvent;
 use crate::state::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_users))
-        .routes(routes!(disable_user))
-        .routes(routes!(enable_user))
-        .routes(routes!(reset_mfa))
-        .routes(routes!(end_sessions))
-        .routes(routes!(remove_article))
-        .routes(routes!(remove_comment))
+pub fn router<T: RouteTable>() -> T {
+    T::empty()
+        .routes(api_routes!(list_users))
+        .routes(api_routes!(disable_user))
+        .routes(api_routes!(enable_user))
+        .routes(api_routes!(reset_mfa))
+        .routes(api_routes!(end_sessions))
+        .routes(api_routes!(remove_article))
+        .routes(api_routes!(remove_comment))
 }
 
 /// A user as an admin sees them.

@@ -1,5 +1,7 @@
 //! Token refresh and logout (Stoa extensions).
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -7,8 +9,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -25,10 +25,10 @@ use crate::http::types::UserResponse;
 use crate::metrics::SecurityEvent;
 use crate::state::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(refresh_session))
-        .routes(routes!(logout))
+pub fn router<T: RouteTable>() -> T {
+    T::empty()
+        .routes(api_routes!(refresh_session))
+        .routes(api_routes!(logout))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

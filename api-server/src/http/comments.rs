@@ -1,11 +1,11 @@
 //! Comments on articles. Lists are newest first, like article lists.
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
@@ -17,10 +17,10 @@ use crate::reads::Reader;
 use crate::state::AppState;
 use crate::validate;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_comments, add_comment))
-        .routes(routes!(delete_comment))
+pub fn router<T: RouteTable>() -> T {
+    T::empty()
+        .routes(api_routes!(list_comments, add_comment))
+        .routes(api_routes!(delete_comment))
 }
 
 /// Comments on an article, newest first, one page at a time (default 20, at most 100), so

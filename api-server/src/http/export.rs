@@ -3,20 +3,20 @@
 //! `GET /api/user/export`. The request and its job are written by one statement, so a
 //! request is never lost and no job exists without its request.
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::http::types::Timestamp;
 use crate::state::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(request_export, read_export))
+pub fn router<T: RouteTable>() -> T {
+    T::empty().routes(api_routes!(request_export, read_export))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -2,13 +2,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use stoa_contract::pod::{LoadedKey, PodState};
 
@@ -16,11 +16,11 @@ use crate::keys::KeyState;
 use crate::schema::{SchemaState, SchemaStatus};
 use crate::state::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
-        .routes(routes!(jwks))
+pub fn router<T: RouteTable>() -> T {
+    T::empty()
+        .routes(api_routes!(healthz))
+        .routes(api_routes!(readyz))
+        .routes(api_routes!(jwks))
 }
 
 /// Liveness: the process serves requests. Touches no dependency.

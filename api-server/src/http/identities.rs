@@ -1,12 +1,12 @@
 //! The signed-in user's provider identities: list, link, unlink. An account keeps at
 //! least one way to sign in: its last identity cannot be unlinked while it has no password.
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::auth::AuthUser;
 use crate::auth::refresh;
@@ -19,11 +19,11 @@ use crate::metrics::SecurityEvent;
 use crate::oauth::accounts;
 use crate::state::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_identities))
-        .routes(routes!(start_link, unlink))
-        .routes(routes!(confirm_link))
+pub fn router<T: RouteTable>() -> T {
+    T::empty()
+        .routes(api_routes!(list_identities))
+        .routes(api_routes!(start_link, unlink))
+        .routes(api_routes!(confirm_link))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -12,14 +12,14 @@
 //! `STOA_MFA_CHALLENGE_TTL`. A TOTP code is accepted only for a time step later than the
 //! last one accepted (one atomic update), so a code cannot be replayed within its window.
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -38,13 +38,13 @@ use crate::http::types::{Timestamp, UserResponse};
 use crate::metrics::{Bucket, SecurityEvent};
 use crate::state::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(mfa_status))
-        .routes(routes!(enroll_totp))
-        .routes(routes!(confirm_totp))
-        .routes(routes!(disable_totp))
-        .routes(routes!(complete_login))
+pub fn router<T: RouteTable>() -> T {
+    T::empty()
+        .routes(api_routes!(mfa_status))
+        .routes(api_routes!(enroll_totp))
+        .routes(api_routes!(confirm_totp))
+        .routes(api_routes!(disable_totp))
+        .routes(api_routes!(complete_login))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

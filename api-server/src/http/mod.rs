@@ -20,6 +20,7 @@ pub mod middleware;
 pub mod oauth;
 pub mod openapi;
 pub mod profiles;
+pub mod routing;
 pub mod session_cookie;
 pub mod sessions;
 pub mod slug;
@@ -40,27 +41,22 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ApiError;
+use crate::http::routing::RouteTable;
 use crate::state::AppState;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// All API routes with their OpenAPI description (no middleware, no state).
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    // Responses that carry tokens must never be stored by a browser or a shared cache.
-    let no_store = || {
-        SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        )
-    };
-    OpenApiRouter::with_openapi(openapi::base())
-        .merge(users::router().layer(no_store()))
-        .merge(auth::router().layer(no_store()))
-        .merge(admin::router().layer(no_store()))
-        .merge(mfa::router().layer(no_store()))
-        .merge(oauth::router().layer(no_store()))
-        .merge(identities::router().layer(no_store()))
-        .merge(export::router().layer(no_store()))
+/// Every API route, for either reader of the table (`routing`): the served router or the
+/// documented one.
+fn route_table<T: RouteTable>() -> T {
+    T::empty()
+        .merge(users::router::<T>().no_store())
+        .merge(auth::router::<T>().no_store())
+        .merge(admin::router::<T>().no_store())
+        .merge(mfa::router::<T>().no_store())
+        .merge(oauth::router::<T>().no_store())
+        .merge(identities::router::<T>().no_store())
+        .merge(export::router::<T>().no_store())
         .merge(profiles::router())
         .merge(articles::router())
         .merge(comments::router())
@@ -68,11 +64,31 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(health::router())
 }
 
+/// All API routes with their OpenAPI description (no middleware, no state).
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base()).merge(route_table())
+}
+
 /// The OpenAPI document, as served at `/api/openapi.json`.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut document = api_routes().into_openapi();
     openapi::finish(&mut document);
     document
+}
+
+/// `/api/openapi.json`: the document is made on its first request, not at start-up (see
+/// `routing`), then kept; it is the same for every server of the process.
+async fn serve_openapi_document() -> Result<axum::response::Response, ApiError> {
+    static JSON: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    let json = match JSON.get() {
+        Some(json) => json.clone(),
+        None => {
+            let made = serde_json::to_vec(&openapi_document())
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("the OpenAPI document: {e}")))?;
+            JSON.get_or_init(|| made.into()).clone()
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 /// The public port's service: [`router`] behind the rewrite that accepts one trailing
@@ -93,12 +109,11 @@ pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'se
 
 /// The public router: API, docs and middleware.
 pub fn router(state: AppState) -> Router {
-    let (api, mut openapi) = api_routes().split_for_parts();
-    openapi::finish(&mut openapi);
+    let api: Router<AppState> = route_table();
     let config = &state.config.http;
 
     let docs: Router = SwaggerUi::new("/api/docs")
-        .url("/api/openapi.json", openapi)
+        .config(utoipa_swagger_ui::Config::from("/api/openapi.json"))
         .into();
     // The docs page's scripts are its own files (no inline script); Swagger UI sets
     // inline styles, and shows its logo and schema icons as data: images.
@@ -111,6 +126,10 @@ pub fn router(state: AppState) -> Router {
     // first (and every answer last), then CORS, then the per-IP limit and ETags.
     Router::new()
         .route("/", axum::routing::get(index::index))
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(serve_openapi_document),
+        )
         .merge(api.with_state(state.clone()))
         .merge(console::router().with_state(state.clone()))
         .merge(docs)

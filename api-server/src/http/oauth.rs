@@ -12,6 +12,8 @@
 //!    password login answers: the user with tokens (body or cookie mode), or the 202
 //!    second-factor challenge.
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -19,8 +21,6 @@ use axum::response::{IntoResponse, Response};
 use cookie::SameSite;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::refresh;
@@ -43,12 +43,12 @@ use crate::state::AppState;
 pub const FLOW_COOKIE: &str = "__Secure-stoa-oauth";
 const FLOW_COOKIE_PATH: &str = "/api/auth/oauth";
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list_providers))
-        .routes(routes!(authorize))
-        .routes(routes!(callback))
-        .routes(routes!(exchange))
+pub fn router<T: RouteTable>() -> T {
+    T::empty()
+        .routes(api_routes!(list_providers))
+        .routes(api_routes!(authorize))
+        .routes(api_routes!(callback))
+        .routes(api_routes!(exchange))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,8 +1,8 @@
 //! Profiles and following.
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::extract::{Path, State};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
@@ -12,10 +12,10 @@ use crate::http::types::{Profile, ProfileResponse};
 use crate::reads::Reader;
 use crate::state::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(get_profile))
-        .routes(routes!(follow, unfollow))
+pub fn router<T: RouteTable>() -> T {
+    T::empty()
+        .routes(api_routes!(get_profile))
+        .routes(api_routes!(follow, unfollow))
 }
 
 /// A user's public profile.

@@ -1,8 +1,8 @@
 //! Tags in use, most used first.
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::extract::State;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::cache::Key;
 use crate::error::ApiResult;
@@ -11,8 +11,8 @@ use crate::http::{json_bytes, to_json_bytes};
 use crate::reads::Reader;
 use crate::state::AppState;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_tags))
+pub fn router<T: RouteTable>() -> T {
+    T::empty().routes(api_routes!(list_tags))
 }
 
 /// Distinct tags in use, most used first.

@@ -1,11 +1,11 @@
 //! Registration, login and the current user.
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -26,11 +26,11 @@ use crate::reads::{Reader, Writer};
 use crate::state::AppState;
 use crate::validate;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(register))
-        .routes(routes!(login))
-        .routes(routes!(current_user, update_user))
+pub fn router<T: RouteTable>() -> T {
+    T::empty()
+        .routes(api_routes!(register))
+        .routes(api_routes!(login))
+        .routes(api_routes!(current_user, update_user))
 }
 
 fn taken(field: &'static str) -> impl FnOnce() -> ApiError {

@@ -1,13 +1,13 @@
 //! Articles: create, read, update, delete; listing and the feed in `listing`, favorites
 //! in `favorites`. Every handler is one SQL statement.
 
+use crate::api_routes;
+use crate::http::routing::RouteTable;
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use sqlx::{FromRow, Row};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
@@ -21,12 +21,12 @@ use crate::reads::Reader;
 use crate::state::AppState;
 use crate::validate;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(listing::list_articles, create_article))
-        .routes(routes!(listing::feed))
-        .routes(routes!(get_article, update_article, delete_article))
-        .routes(routes!(favorites::favorite, favorites::unfavorite))
+pub fn router<T: RouteTable>() -> T {
+    T::empty()
+        .routes(api_routes!(listing::list_articles, create_article))
+        .routes(api_routes!(listing::feed))
+        .routes(api_routes!(get_article, update_article, delete_article))
+        .routes(api_routes!(favorites::favorite, favorites::unfavorite))
 }
 
 /// Columns of an article as seen by the caller `$1`, given `a` (articles) and `u` (its
