@@ -139,9 +139,16 @@ bench_one() {
       --metrics-url "http://127.0.0.1:$ADMIN_PORT/metrics" --engine "$ENGINE" --json "$json" "$@"
   echo "server RSS after the run: $(($(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB (peak $(($(awk '/VmHWM/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB)"
   # What a burst freed goes back to the OS within a second or two of the runtime's workers
-  # going idle (`return_freed_memory` in api-server/src/main.rs).
+  # going idle (`return_freed_memory` in api-server/src/main.rs), so RSS is read 5 s after
+  # the server's last client connection closed.
+  local drained=0
+  # (awk reads the whole scrape: a reader that quit at the match would fail curl's write.)
+  while [ "$drained" -lt 60 ] && ! curl -fs "http://127.0.0.1:$ADMIN_PORT/metrics" \
+      | awk '$0 == "stoa_http_connections_open 0" { seen = 1 } END { exit !seen }'; do
+    sleep 0.5; drained=$((drained + 1))
+  done
   sleep 5
-  echo "server RSS 5 s after the run: $(($(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB"
+  echo "server RSS 5 s after its last connection closed ($((drained / 2)) s after the run): $(($(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB"
   kill "$SERVER_PID"
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=
