@@ -114,6 +114,11 @@ INI
   echo "requests through PgBouncer (transaction mode) on 127.0.0.1:$BOUNCER_PORT"
 fi
 
+# The running server's resident memory now (VmRSS) or at its peak (VmHWM), in MiB.
+server_mib() {
+  awk -v field="$1:" '$1 == field { print int($2 / 1024) }' "/proc/$SERVER_PID/status"
+}
+
 # One build on a fresh database: start it, seed and measure, stop it. $1: the server
 # binary, $2: a label, $3: where the results go (JSON); the rest: stoa-load's arguments.
 bench_one() {
@@ -134,10 +139,10 @@ bench_one() {
   "$server" serve >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
-  echo "server RSS at idle (before load): $(($(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB"
+  echo "server RSS at idle (before load): $(server_mib VmRSS) MiB"
   ./target/release/stoa-load --url "http://127.0.0.1:$PORT" --database-url "$PG/$DB" \
       --metrics-url "http://127.0.0.1:$ADMIN_PORT/metrics" --engine "$ENGINE" --json "$json" "$@"
-  echo "server RSS after the run: $(($(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB (peak $(($(awk '/VmHWM/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB)"
+  echo "server RSS after the run: $(server_mib VmRSS) MiB (peak $(server_mib VmHWM) MiB)"
   # What a burst freed goes back to the OS within a second or two of the runtime's workers
   # going idle (`return_freed_memory` in api-server/src/main.rs), so RSS is read 5 s after
   # the server's last client connection closed.
@@ -148,7 +153,7 @@ bench_one() {
     sleep 0.5; drained=$((drained + 1))
   done
   sleep 5
-  echo "server RSS 5 s after its last connection closed ($((drained / 2)) s after the run): $(($(awk '/VmRSS/ {print $2}' /proc/$SERVER_PID/status) / 1024)) MiB"
+  echo "server RSS 5 s after its last connection closed ($((drained / 2)) s after the run): $(server_mib VmRSS) MiB"
   kill "$SERVER_PID"
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=
