@@ -9,6 +9,7 @@ pub mod database_roles;
 pub mod db;
 pub mod error;
 pub mod error_tracking;
+pub mod freed_memory;
 pub mod http;
 pub mod jobs;
 pub use stoa_contract::keys;

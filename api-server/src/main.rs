@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use stoa_api::app::{App, shutdown_signal};
 use stoa_api::config::Config;
 use stoa_api::database_roles::{self, CredentialError};
+use stoa_api::freed_memory::FreedMemory;
 use stoa_api::schema::{self, MigrationError};
 use stoa_api::{db, keys, telemetry};
 use stoa_contract::credential_rotation::{CredentialReport, EXIT_SESSIONS_REMAIN};
@@ -242,17 +243,18 @@ enum MfaKeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_park(return_freed_memory)
-        .build()
-    {
+    let freed_memory = FreedMemory::mimalloc();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    freed_memory.install(&mut builder);
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    runtime.spawn(freed_memory.make_up_owed_collections());
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -274,38 +276,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    }
-}
-
-/// How often a runtime worker that ran out of work hands freed memory back to the OS.
-const COLLECT_EVERY: Duration = Duration::from_secs(1);
-
-/// Called by each runtime worker as it runs out of work (tokio's `on_thread_park`).
-///
-/// mimalloc returns a thread's empty pages, and the blocks other threads freed into them,
-/// only from that thread's own allocations: a worker that went quiet after a burst of
-/// 10,000 connections kept their 340 MiB for good (docs/benchmarks.md, "Memory budget").
-/// So each worker collects its own heap here, at most once per `COLLECT_EVERY`: a busy
-/// worker parks thousands of times a second and pays a clock read for each. Forced, so the
-/// pages go back at once instead of after mimalloc's purge delay, which a worker that stays
-/// parked would never reach.
-#[allow(unsafe_code)]
-fn return_freed_memory() {
-    use std::cell::Cell;
-    use std::time::Instant;
-    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
-    let now = Instant::now();
-    let due = LAST.with(|last| match last.get() {
-        Some(at) if now.duration_since(at) < COLLECT_EVERY => false,
-        _ => {
-            last.set(Some(now));
-            true
-        }
-    });
-    if due {
-        // SAFETY: mi_collect only walks the calling thread's own heap, and mimalloc is the
-        // global allocator of this process.
-        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 

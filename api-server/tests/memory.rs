@@ -14,7 +14,7 @@ const MIB: u64 = 1024;
 /// (JSON that turns out invalid), take a few hundred MiB; once they have closed, the
 /// process is back near its idle size within seconds, not holding its peak for good
 /// (mimalloc frees a thread's pages only from that thread, and the runtime's workers go
-/// quiet after a burst: `return_freed_memory` in main.rs).
+/// quiet after a burst: `stoa_api::freed_memory`).
 #[sqlx::test(migrator = "stoa_api::db::MIGRATOR")]
 async fn memory_a_burst_took_is_returned_once_it_is_over(pool: PgPool) {
     let served = Served::start(&url_of(&pool), &[("STOA_BODY_LIMIT_BYTES", "2097152")]).await;
