@@ -143,9 +143,9 @@ bench_one() {
   ./target/release/stoa-load --url "http://127.0.0.1:$PORT" --database-url "$PG/$DB" \
       --metrics-url "http://127.0.0.1:$ADMIN_PORT/metrics" --engine "$ENGINE" --json "$json" "$@"
   echo "server RSS after the run: $(server_mib VmRSS) MiB (peak $(server_mib VmHWM) MiB)"
-  # What a burst freed goes back to the OS within a second or two of the runtime's workers
-  # going idle (api-server/src/freed_memory.rs), so RSS is read 5 s after
-  # the server's last client connection closed.
+  # What a burst freed goes back to the OS within about three seconds of the runtime's
+  # workers going idle (api-server/src/freed_memory.rs), so RSS is read 5 s after the
+  # server's last client connection closed.
   local drained=0
   # (awk reads the whole scrape: a reader that quit at the match would fail curl's write.)
   while [ "$drained" -lt 60 ] && ! curl -fs "http://127.0.0.1:$ADMIN_PORT/metrics" \

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// How often a runtime worker that ran out of work hands freed memory back to the OS.
-pub const COLLECT_EVERY: Duration = Duration::from_secs(1);
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
 /// The park hook's state shared by every worker of one runtime.
 #[derive(Clone)]
@@ -112,6 +112,8 @@ impl FreedMemory {
 /// waking, for good).
 const MAKE_UP_AFTER: Duration = Duration::from_secs(2);
 
+/// Forced, so the pages go back at once instead of after mimalloc's purge delay, which a
+/// worker that stays parked would never reach.
 #[allow(unsafe_code)]
 fn collect_mimalloc_heap() {
     // SAFETY: mi_collect only walks the calling thread's own heap; with another global
