@@ -3,7 +3,7 @@ CARGO ?= cargo
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export DATABASE_URL
 
-.PHONY: run test lint fmt services bench bench-worker console-timings crds validate fuzz monitoring images e2e docs coverage
+.PHONY: run test lint fmt services bench startup-order bench-worker console-timings crds validate fuzz monitoring images e2e docs coverage
 
 services:
 	@scripts/ensure-services.sh
@@ -59,6 +59,11 @@ fuzz: services
 ## Load harness against a release build on a scratch database (see README, "Benchmarks").
 bench: services
 	scripts/bench.sh
+
+## Regenerate api-server/startup-order.txt, the start-up code's link order, from a release
+## build (after a toolchain or dependency update; `make bench` says when it no longer matches).
+startup-order: services
+	scripts/startup-order.sh
 
 ## Worker throughput: 5000 account exports drained by one worker (scripts/bench-worker.sh)
 bench-worker: services

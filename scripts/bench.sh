@@ -36,6 +36,17 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10500 ]; then
 fi
 
 cargo build --release -q -p stoa-api -p stoa-tests --bin stoa-api --bin stoa-load --bin stoa-bare
+# The start-up code's order (api-server/build.rs) holds only while the list names this
+# build's functions; a toolchain or dependency update renames many.
+if nm ./target/release/stoa-api >/dev/null 2>&1; then
+  listed=$(grep -vc '^#' api-server/startup-order.txt)
+  found=$(nm --defined-only ./target/release/stoa-api | awk '{ print $3 }' | LC_ALL=C sort -u \
+    | LC_ALL=C comm -12 - <(grep -v '^#' api-server/startup-order.txt | LC_ALL=C sort -u) | wc -l)
+  echo "start-up order: $found of $listed listed functions are in this build"
+  if [ $((found * 10)) -lt $((listed * 9)) ]; then
+    echo "  fewer than 90%: idle memory grows; regenerate the list with scripts/startup-order.sh"
+  fi
+fi
 # wrk sends every scenario (a C client costs the shared CPUs far less than the harness's
 # own); installed from Debian where possible, else the harness sends them.
 if ! command -v wrk >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Regenerates api-server/startup-order.txt: the functions a release stoa-api runs from its
+# start to its first ready answer, then those its first requests run, for the linker to
+# place next to each other (api-server/build.rs; docs/benchmarks.md, "Memory budget").
+#
+#   scripts/startup-order.sh
+#
+# Run it after a toolchain or dependency update: symbol names carry a hash of the crate's
+# build settings, so names from an older build stop matching, and `make bench` says how
+# many still do. Needs valgrind (callgrind), PostgreSQL, and takes a few minutes: the
+# traced server runs about fifty times slower. Uses Redis at 127.0.0.1:6379 when it
+# answers, so the Redis client's start-up is listed too.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+
+PG=${STARTUP_ORDER_PG:-postgres://postgres@127.0.0.1:5432}
+REDIS=${STARTUP_ORDER_REDIS_URL:-redis://127.0.0.1:6379}
+DB=stoa_startup_order
+PORT=${STARTUP_ORDER_PORT:-18180}
+ADMIN_PORT=${STARTUP_ORDER_ADMIN_PORT:-19190}
+OUT="api-server/startup-order.txt"
+BIN=./target/release/stoa-api
+WORK=$(mktemp -d)
+trap '[ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+
+command -v valgrind >/dev/null || { echo "valgrind is needed (Debian: apt-get install valgrind)" >&2; exit 1; }
+cargo build --release -q -p stoa-api --bin stoa-api
+if ! nm "$BIN" >/dev/null 2>&1; then
+  echo "$BIN has no symbol table: the release profile must keep it (strip = \"debuginfo\")" >&2
+  exit 1
+fi
+
+"$BIN" keys generate --dir "$WORK/keys" >/dev/null
+"$BIN" mfa-keys generate --dir "$WORK/mfa-keys" >/dev/null
+export STOA_DATABASE_URL="$PG/$DB"
+export STOA_JWT_KEYS_DIR="$WORK/keys"
+export STOA_MFA_KEYS_DIR="$WORK/mfa-keys"
+export STOA_LISTEN_ADDR="127.0.0.1:$PORT"
+export STOA_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT"
+export STOA_SHUTDOWN_DELAY=0s
+if redis-cli -u "$REDIS" ping >/dev/null 2>&1; then
+  export STOA_REDIS_URL="$REDIS"
+else
+  echo "note: no Redis at $REDIS: the Redis client's start-up is not listed"
+fi
+psql "$PG/postgres" -q -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+"$BIN" migrate >/dev/null
+
+# Names as the linker sees them (--demangle=no), uncompressed, so each fn= and cfn= line
+# names its function.
+valgrind --tool=callgrind --demangle=no --compress-strings=no --compress-pos=no \
+  --callgrind-out-file="$WORK/callgrind.out" "$BIN" serve >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+ready=
+for _ in $(seq 1 600); do
+  if curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null; then ready=1; break; fi
+  kill -0 "$SERVER_PID" 2>/dev/null || break
+  sleep 0.5
+done
+if [ -z "$ready" ]; then
+  echo "the traced server did not become ready; its log:" >&2
+  cat "$WORK/server.log" >&2
+  exit 1
+fi
+# Everything so far is start-up: written out (callgrind.out.1), the counters reset.
+callgrind_control --dump=ready "$SERVER_PID" >/dev/null
+
+# The first requests: the RealWorld flow a client runs, the probes and the scrape.
+api=http://127.0.0.1:$PORT/api
+json=(-fsS -H 'Content-Type: application/json')
+user='{"user":{"username":"order","email":"order@example.com","password":"order-password-1"}}'
+curl "${json[@]}" -o /dev/null -d "$user" "$api/users"
+token=$(curl "${json[@]}" -d '{"user":{"email":"order@example.com","password":"order-password-1"}}' \
+  "$api/users/login" | python3 -c 'import json,sys; print(json.load(sys.stdin)["user"]["token"])')
+auth=(-H "Authorization: Token $token")
+curl "${json[@]}" "${auth[@]}" -o /dev/null "$api/user"
+slug=$(curl "${json[@]}" "${auth[@]}" \
+  -d '{"article":{"title":"Ordered","description":"d","body":"b","tagList":["order"]}}' \
+  "$api/articles" | python3 -c 'import json,sys; print(json.load(sys.stdin)["article"]["slug"])')
+curl "${json[@]}" "${auth[@]}" -o /dev/null -d '{"comment":{"body":"c"}}' "$api/articles/$slug/comments"
+curl "${json[@]}" "${auth[@]}" -o /dev/null -X POST "$api/articles/$slug/favorite"
+for path in "articles/$slug" "articles/$slug/comments" articles articles/feed tags profiles/order; do
+  curl "${json[@]}" "${auth[@]}" -o /dev/null "$api/$path"
+  curl -fsS -o /dev/null "$api/$path" 2>/dev/null || true # anonymous (the feed answers 401)
+done
+curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz"
+curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/metrics"
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID" || true
+SERVER_PID=
+
+# Functions named in a dump, kept if this binary defines them (libc's are not ours to
+# place), sorted so a regenerated list diffs by what changed.
+nm --defined-only "$BIN" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$WORK/defined"
+functions() { sed -n 's/^c\{0,1\}fn=//p' "$1" | sort -u | comm -12 - "$WORK/defined"; }
+functions "$WORK/callgrind.out.1" >"$WORK/startup"
+for dump in "$WORK"/callgrind.out*; do [ "$dump" = "$WORK/callgrind.out.1" ] || cat "$dump"; done \
+  | functions /dev/stdin | comm -23 - "$WORK/startup" >"$WORK/requests"
+
+{
+  echo "# Generated by scripts/startup-order.sh from a release build; do not edit."
+  echo "# $(rustc -V); Cargo.lock $(sha256sum Cargo.lock | cut -c1-16); $(git rev-parse --short HEAD)"
+  echo "# $(wc -l <"$WORK/startup") functions run before the first ready answer, then"
+  echo "# $(wc -l <"$WORK/requests") more run by the first requests."
+  cat "$WORK/startup" "$WORK/requests"
+} >"$OUT"
+echo "wrote $OUT: $(wc -l <"$WORK/startup") start-up and $(wc -l <"$WORK/requests") request functions"
