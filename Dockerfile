@@ -27,7 +27,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
       && echo 'fn main() {}' > "$crate/src/main.rs"; \
     done \
     && echo 'fn main() {}' > tests/src/bin/stoa-load.rs \
-    && cargo build --release --locked -p stoa-api -p stoa-operator \
+    && cargo build --release --locked -p stoa-api \
+    && cargo build --release --locked -p stoa-operator \
     && rm -rf api-server/src api-server/contract/src operator/src tests/src \
     && cargo clean --release -p stoa-api -p stoa-operator -p stoa-contract
 
@@ -37,8 +38,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 ARG SOURCE_DATE_EPOCH=0
 ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH}
 COPY . .
+#    Each program on its own, as `cargo build --release -p stoa-api` builds it locally: built
+#    together, their shared dependencies get the union of both feature sets, so stoa-api
+#    would be another binary, whose function names api-server/startup-order.txt (the
+#    start-up code's link order) does not match.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
-    cargo build --release --locked -p stoa-api -p stoa-operator \
+    cargo build --release --locked -p stoa-api \
+    && cargo build --release --locked -p stoa-operator \
     && mkdir -p /out \
     && cp target/release/stoa-api target/release/stoa-operator /out/
 

@@ -35,7 +35,11 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10500 ]; then
   echo "note: open-file limit $(ulimit -n): the many_* scenarios need about 10,500 (pass --many-connections lower, or raise the hard limit)"
 fi
 
-cargo build --release -q -p stoa-api -p stoa-tests --bin stoa-api --bin stoa-load --bin stoa-bare
+# The server alone, as the image builds it: built with the harness, their shared
+# dependencies would get the union of both feature sets, which is another binary (and
+# renames the functions api-server/startup-order.txt lists).
+cargo build --release -q -p stoa-api --bin stoa-api
+cargo build --release -q -p stoa-tests --bin stoa-load --bin stoa-bare
 # The start-up code's order (api-server/build.rs) holds only while the list names this
 # build's functions; a toolchain or dependency update renames many.
 if nm ./target/release/stoa-api >/dev/null 2>&1; then
