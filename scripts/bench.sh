@@ -80,21 +80,12 @@ fi
 
 # Key sets come from this build (an older server that does not know the MFA key set ignores
 # the setting).
-./target/release/stoa-api keys generate --dir "$WORK/keys" >/dev/null
-./target/release/stoa-api mfa-keys generate --dir "$WORK/mfa-keys" >/dev/null
-export STOA_DATABASE_URL="$PG/$DB"
-export STOA_JWT_KEYS_DIR="$WORK/keys"
-export STOA_MFA_KEYS_DIR="$WORK/mfa-keys"
-export STOA_LISTEN_ADDR="127.0.0.1:$PORT"
-export STOA_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT"
-export STOA_SHUTDOWN_DELAY=0s
+# shellcheck source=scripts/lib/scratch-server.sh
+. scripts/lib/scratch-server.sh
+scratch_server_env ./target/release/stoa-api "$WORK" "$PG/$DB" "$PORT" "$ADMIN_PORT"
 # One client address sends everything: raise the rate limits out of the way (they still
 # run, so their cost is measured). Everything else stays at production defaults.
-export STOA_RATE_LIMIT_PER_IP=${STOA_RATE_LIMIT_PER_IP:-1000000000/1m}
-export STOA_RATE_LIMIT_PER_USER=${STOA_RATE_LIMIT_PER_USER:-1000000000/1m}
-export STOA_RATE_LIMIT_AUTH=${STOA_RATE_LIMIT_AUTH:-1000000000/1m}
-export STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT=${STOA_RATE_LIMIT_LOGIN_PER_ACCOUNT:-1000000000/1m}
-export STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEILING=${STOA_RATE_LIMIT_LOGIN_ACCOUNT_CEILING:-1000000000/1m}
+lift_rate_limits
 # The many_* scenarios hold 10,000 connections; the default (4096) would keep the rest
 # waiting to be accepted. Each costs about 20 KiB while in use (docs/benchmarks.md, "Memory budget").
 export STOA_MAX_CONNECTIONS=${STOA_MAX_CONNECTIONS:-12000}

@@ -15,13 +15,14 @@ ADMIN_PORT=$((PORT + 1))
 WORK=$(mktemp -d)
 trap 'kill ${SERVER_PID:-0} 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-cargo build -q --release -p stoa-api --bin stoa-api -p stoa-tests --bin stoa-load
+# Each on its own: built together they would share a feature set (see scripts/bench.sh).
+cargo build -q --release -p stoa-api --bin stoa-api
+cargo build -q --release -p stoa-tests --bin stoa-load
 SERVER=./target/release/stoa-api
-"$SERVER" keys generate --dir "$WORK/keys" >/dev/null
-"$SERVER" mfa-keys generate --dir "$WORK/mfa-keys" >/dev/null
-export STOA_DATABASE_URL="$PG/$DB" STOA_JWT_KEYS_DIR="$WORK/keys" STOA_MFA_KEYS_DIR="$WORK/mfa-keys"
-export STOA_LISTEN_ADDR="127.0.0.1:$PORT" STOA_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT" STOA_LOG=warn
-export STOA_RATE_LIMIT_ENABLED=false
+# shellcheck source=scripts/lib/scratch-server.sh
+. scripts/lib/scratch-server.sh
+scratch_server_env "$SERVER" "$WORK" "$PG/$DB" "$PORT" "$ADMIN_PORT"
+export STOA_LOG=warn STOA_RATE_LIMIT_ENABLED=false
 
 psql "$PG/postgres" -q -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
 "$SERVER" migrate >/dev/null

@@ -31,14 +31,12 @@ if ! nm "$BIN" >/dev/null 2>&1; then
   exit 1
 fi
 
-"$BIN" keys generate --dir "$WORK/keys" >/dev/null
-"$BIN" mfa-keys generate --dir "$WORK/mfa-keys" >/dev/null
-export STOA_DATABASE_URL="$PG/$DB"
-export STOA_JWT_KEYS_DIR="$WORK/keys"
-export STOA_MFA_KEYS_DIR="$WORK/mfa-keys"
-export STOA_LISTEN_ADDR="127.0.0.1:$PORT"
-export STOA_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT"
-export STOA_SHUTDOWN_DELAY=0s
+# shellcheck source=scripts/lib/scratch-server.sh
+. scripts/lib/scratch-server.sh
+scratch_server_env "$BIN" "$WORK" "$PG/$DB" "$PORT" "$ADMIN_PORT"
+# The sign-up and sign-in count against limits that Redis keeps across runs; a rerun soon
+# after another was refused (429).
+lift_rate_limits
 if redis-cli -u "$REDIS" ping >/dev/null 2>&1; then
   export STOA_REDIS_URL="$REDIS"
 else
