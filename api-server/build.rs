@@ -18,7 +18,7 @@ fn main() {
 }
 
 /// Places the functions listed in `startup-order.txt` (scripts/startup-order.sh) next to
-/// each other. Start-up runs 2.3 MiB of code spread over the whole binary, and the kernel
+/// each other. Start-up runs 2.4 MiB of code spread over the whole binary, and the kernel
 /// maps each page it faults in with its neighbours (fault-around, 64 KiB): placed
 /// together, a release replica keeps about 5 MiB of its code resident at idle instead of
 /// 12 (docs/benchmarks.md, "Memory budget"). Names the build does not define, as after a
