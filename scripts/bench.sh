@@ -42,7 +42,7 @@ cargo build --release -q -p stoa-api --bin stoa-api
 cargo build --release -q -p stoa-tests --bin stoa-load --bin stoa-bare
 # The start-up code's order (api-server/build.rs) holds only while the list names this
 # build's functions; a toolchain or dependency update renames many.
-if nm ./target/release/stoa-api >/dev/null 2>&1; then
+if [ -n "$(nm ./target/release/stoa-api 2>/dev/null | head -1)" ]; then
   listed=$(grep -vc '^#' api-server/startup-order.txt)
   found=$(nm --defined-only ./target/release/stoa-api | awk '{ print $3 }' | LC_ALL=C sort -u \
     | LC_ALL=C comm -12 - <(grep -v '^#' api-server/startup-order.txt | LC_ALL=C sort -u) | wc -l)

@@ -26,7 +26,8 @@ trap '[ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"
 
 command -v valgrind >/dev/null || { echo "valgrind is needed (Debian: apt-get install valgrind)" >&2; exit 1; }
 cargo build --release -q -p stoa-api --bin stoa-api
-if ! nm "$BIN" >/dev/null 2>&1; then
+# nm answers a stripped binary with "no symbols" on stderr, and success.
+if [ -z "$(nm "$BIN" 2>/dev/null | head -1)" ]; then
   echo "$BIN has no symbol table: the release profile must keep it (strip = \"debuginfo\")" >&2
   exit 1
 fi
