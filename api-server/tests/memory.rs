@@ -43,9 +43,12 @@ async fn memory_a_burst_took_is_returned_once_it_is_over(pool: PgPool) {
             assert_eq!(response.unwrap().status(), 422);
         }
     }
+    // The burst must dwarf the tolerance below for the test to mean anything. How far the
+    // 250 requests overlap depends on the machine's load: once in CI the peak was only
+    // 124 MiB over idle, so four times the tolerance is asked, not 150 MiB.
     let peak = served.peak_kib();
     assert!(
-        peak > idle + 150 * MIB,
+        peak > idle + 96 * MIB,
         "the burst took only {} MiB over the idle {} MiB",
         (peak - idle) / MIB,
         idle / MIB
