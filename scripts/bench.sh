@@ -42,9 +42,11 @@ cargo build --release -q -p stoa-api --bin stoa-api
 cargo build --release -q -p stoa-tests --bin stoa-load --bin stoa-bare
 # The start-up code's order (api-server/build.rs) holds only while the list names this
 # build's functions; a toolchain or dependency update renames many.
-if [ -n "$(nm ./target/release/stoa-api 2>/dev/null | head -1)" ]; then
+# shellcheck source=scripts/lib/symbols.sh
+. scripts/lib/symbols.sh
+if has_symbol_table ./target/release/stoa-api; then
   listed=$(grep -vc '^#' api-server/startup-order.txt)
-  found=$(nm --defined-only ./target/release/stoa-api | awk '{ print $3 }' | LC_ALL=C sort -u \
+  found=$(defined_functions ./target/release/stoa-api \
     | LC_ALL=C comm -12 - <(grep -v '^#' api-server/startup-order.txt | LC_ALL=C sort -u) | wc -l)
   echo "start-up order: $found of $listed listed functions are in this build"
   if [ $((found * 10)) -lt $((listed * 9)) ]; then

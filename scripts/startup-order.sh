@@ -26,8 +26,9 @@ trap '[ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"
 
 command -v valgrind >/dev/null || { echo "valgrind is needed (Debian: apt-get install valgrind)" >&2; exit 1; }
 cargo build --release -q -p stoa-api --bin stoa-api
-# nm answers a stripped binary with "no symbols" on stderr, and success.
-if [ -z "$(nm "$BIN" 2>/dev/null | head -1)" ]; then
+# shellcheck source=scripts/lib/symbols.sh
+. scripts/lib/symbols.sh
+if ! has_symbol_table "$BIN"; then
   echo "$BIN has no symbol table: the release profile must keep it (strip = \"debuginfo\")" >&2
   exit 1
 fi
@@ -91,7 +92,7 @@ SERVER_PID=
 
 # Functions named in a dump, kept if this binary defines them (libc's are not ours to
 # place), sorted so a regenerated list diffs by what changed.
-nm --defined-only "$BIN" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$WORK/defined"
+defined_functions "$BIN" >"$WORK/defined"
 functions() { sed -n 's/^c\{0,1\}fn=//p' "$1" | sort -u | comm -12 - "$WORK/defined"; }
 functions "$WORK/callgrind.out.1" >"$WORK/startup"
 for dump in "$WORK"/callgrind.out*; do [ "$dump" = "$WORK/callgrind.out.1" ] || cat "$dump"; done \
