@@ -2,6 +2,9 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // `sqlx::migrate!` embeds the migrations, but Cargo only sees the files it read: a new
+    // migration would not rebuild the crate (the rule sqlx documents for `migrate!`).
+    println!("cargo:rerun-if-changed=../migrations");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     // Relative relocations packed as DT_RELR (glibc 2.36 and later, GNU ld 2.38 and
