@@ -1,5 +1,5 @@
--- Back to one trigger per counter for inserts, and the search vector through
--- `stoa_search_vector`.
+-- Back to one trigger per counter for inserts, and the search trigger's language passed
+-- to `stoa_search_vector` as a subquery.
 SET LOCAL lock_timeout = '5s';
 
 DROP TRIGGER articles_inserted ON articles;
